@@ -1,0 +1,319 @@
+"""Configuration: a TOML file, every key optional, secrets and database from the environment.
+
+Loading is pure apart from reading the file: nothing is created or opened here, so
+a bad configuration stops the service before anything starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+ENV_CONFIG = "RECORDER_CONFIG"
+ENV_TOKEN = "RECORDER_DAEMON_TOKEN"
+ENV_API_KEY = "RECORDER_DAEMON_API_KEY"
+ENV_DATABASE_URL = "RECORDER_DATABASE_URL"
+
+MiB = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased as one line naming the file and the key."""
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    url: str = "ws://localhost:8787"
+    token: str | None = field(default=None, repr=False)
+    api_key: str | None = field(default=None, repr=False)
+    ca_file: str | None = None
+    max_frame_bytes: int = 64 * MiB
+    open_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class ReconnectConfig:
+    base: float = 3.0
+    factor: float = 2.0
+    cap: float = 300.0
+    max_attempts: int = 0
+    stable_after: float = 60.0
+
+
+@dataclass(frozen=True)
+class HeartbeatConfig:
+    interval: float = 30.0
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    url: str = ""
+    commit_interval: float = 1.0
+    batch_size: int = 2000
+    queue_max_frames: int = 20000
+    queue_max_bytes: int = 64 * MiB
+    shutdown_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "auto"
+
+
+@dataclass(frozen=True)
+class Config:
+    daemon: DaemonConfig = DaemonConfig()
+    reconnect: ReconnectConfig = ReconnectConfig()
+    heartbeat: HeartbeatConfig = HeartbeatConfig()
+    storage: StorageConfig = StorageConfig()
+    log: LogConfig = LogConfig()
+    # Where the settings came from, for messages.
+    source: str = "<defaults>"
+
+    @property
+    def database_url(self) -> str:
+        return self.storage.url
+
+
+SECTIONS: dict[str, type[Any]] = {
+    "daemon": DaemonConfig,
+    "reconnect": ReconnectConfig,
+    "heartbeat": HeartbeatConfig,
+    "storage": StorageConfig,
+    "log": LogConfig,
+}
+
+POSITIVE = {
+    "daemon.max_frame_bytes",
+    "daemon.open_timeout",
+    "reconnect.base",
+    "reconnect.cap",
+    "heartbeat.interval",
+    "heartbeat.timeout",
+    "storage.commit_interval",
+    "storage.batch_size",
+    "storage.queue_max_frames",
+    "storage.queue_max_bytes",
+    "storage.shutdown_timeout",
+}
+NON_NEGATIVE = {"reconnect.max_attempts", "reconnect.stable_after"}
+CHOICES = {
+    "log.level": ("debug", "info", "warning", "error"),
+    "log.format": ("auto", "console", "json"),
+}
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Config:
+    """Read the TOML file at ``path`` (or ``$RECORDER_CONFIG``), apply the environment, validate."""
+    env = os.environ if env is None else env
+    if path is None:
+        path = env.get(ENV_CONFIG) or None
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: config file not found") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{source}: is a directory, not a config file") from None
+        except PermissionError:
+            raise ConfigError(f"{source}: cannot read config file (permission denied)") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{source}: not valid TOML: not UTF-8") from None
+
+    sections: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section or key {key!r}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key} must be a table ([{key}])")
+        sections[key] = _build_section(source, key, SECTIONS[key], value)
+    config = Config(**sections, source=source)
+    config = _apply_env(config, env)
+    return _finish(config, env)
+
+
+def _build_section(source: str, name: str, cls: type[Any], values: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        dotted = f"{name}.{key}"
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key {dotted!r}")
+        kwargs[key] = _check_type(source, dotted, hints[key], value)
+    return cls(**kwargs)
+
+
+def _check_type(source: str, dotted: str, hint: Any, value: Any) -> Any:
+    optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+    base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+    if base is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if base is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if base is str and isinstance(value, str):
+        # An empty string means "not set" for optional keys (secrets, CA file).
+        return (value or None) if optional else value
+    if base is bool and isinstance(value, bool):
+        return value
+    expected = {float: "a number", int: "an integer", str: "a string", bool: "true or false"}[base]
+    raise ConfigError(f"{source}: {dotted}: expected {expected}, got {_toml_kind(value)} {value!r}")
+
+
+def _toml_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__
+
+
+def _apply_env(config: Config, env: Mapping[str, str]) -> Config:
+    daemon = config.daemon
+    if env.get(ENV_TOKEN):
+        daemon = dataclasses.replace(daemon, token=env[ENV_TOKEN])
+    if env.get(ENV_API_KEY):
+        daemon = dataclasses.replace(daemon, api_key=env[ENV_API_KEY])
+    storage = config.storage
+    if env.get(ENV_DATABASE_URL):
+        storage = dataclasses.replace(storage, url=env[ENV_DATABASE_URL])
+    return dataclasses.replace(config, daemon=daemon, storage=storage)
+
+
+def _finish(config: Config, env: Mapping[str, str]) -> Config:
+    src = config.source
+    for name in SECTIONS:
+        section = getattr(config, name)
+        for f in dataclasses.fields(section):
+            dotted = f"{name}.{f.name}"
+            value = getattr(section, f.name)
+            if dotted in POSITIVE and not value > 0:
+                raise ConfigError(f"{src}: {dotted}: must be greater than 0, got {value!r}")
+            if dotted in NON_NEGATIVE and value < 0:
+                raise ConfigError(f"{src}: {dotted}: must not be negative, got {value!r}")
+            if dotted in CHOICES and value not in CHOICES[dotted]:
+                allowed = ", ".join(CHOICES[dotted])
+                raise ConfigError(f"{src}: {dotted}: must be one of {allowed}, got {value!r}")
+    if config.reconnect.factor < 1:
+        raise ConfigError(
+            f"{src}: reconnect.factor: must be at least 1, got {config.reconnect.factor!r}"
+        )
+    if config.reconnect.cap < config.reconnect.base:
+        raise ConfigError(f"{src}: reconnect.cap: must be at least reconnect.base")
+    _check_ws_url(src, "daemon.url", config.daemon.url)
+    if config.daemon.ca_file is not None and not Path(config.daemon.ca_file).is_file():
+        raise ConfigError(f"{src}: daemon.ca_file: no such file {config.daemon.ca_file!r}")
+    storage = dataclasses.replace(
+        config.storage, url=normalize_database_url(src, config.storage.url, env)
+    )
+    return dataclasses.replace(config, storage=storage)
+
+
+def _check_ws_url(src: str, dotted: str, url: str) -> None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError as exc:
+        raise ConfigError(f"{src}: {dotted}: not a valid URL: {exc}") from None
+    if parts.scheme not in ("ws", "wss"):
+        raise ConfigError(
+            f"{src}: {dotted}: must start with ws:// or wss://, got {redact_url(url)!r}"
+        )
+    if not parts.hostname:
+        raise ConfigError(f"{src}: {dotted}: no host in {redact_url(url)!r}")
+
+
+def default_state_dir(env: Mapping[str, str]) -> Path:
+    """Where the default SQLite file lives: systemd's StateDirectory, else XDG state home."""
+    state = env.get("STATE_DIRECTORY")
+    if state:
+        # systemd joins several directories with ':'; the first one is ours.
+        return Path(state.split(":")[0])
+    xdg = env.get("XDG_STATE_HOME") or str(
+        Path(env.get("HOME") or Path.home()) / ".local" / "state"
+    )
+    return Path(xdg) / "orchestrator-recorder"
+
+
+def normalize_database_url(src: str, url: str, env: Mapping[str, str]) -> str:
+    """Turn what a user writes (``sqlite:///x.db``, ``postgresql://...``) into an async URL."""
+    if not url:
+        return f"sqlite+aiosqlite:///{default_state_dir(env) / 'recorder.db'}"
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"{src}: storage.url: not a database URL: {redact_url(url)!r}") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if parsed.drivername not in ("sqlite", "sqlite+aiosqlite"):
+            raise ConfigError(
+                f"{src}: storage.url: SQLite needs the aiosqlite driver, got {parsed.drivername!r}"
+            )
+        if not parsed.database or parsed.database == ":memory:":
+            raise ConfigError(
+                f"{src}: storage.url: SQLite needs a file path (sqlite:///path/recorder.db)"
+            )
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    elif backend in ("postgresql", "postgres"):
+        if parsed.drivername not in ("postgresql", "postgres", "postgresql+asyncpg"):
+            raise ConfigError(
+                f"{src}: storage.url: PostgreSQL needs the asyncpg driver, got {parsed.drivername!r}"
+            )
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    else:
+        raise ConfigError(
+            f"{src}: storage.url: unsupported database {backend!r} (use sqlite or postgresql)"
+        )
+    return parsed.render_as_string(hide_password=False)
+
+
+SECRET_QUERY_KEYS = {"token", "apikey", "api_key", "access_token", "key", "password"}
+
+
+def redact_url(url: str) -> str:
+    """The URL with credentials (userinfo password, ?token=, ?apiKey=) replaced, for logs and rows."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = parts.query
+    if query:
+        pieces = []
+        for piece in query.split("&"):
+            name, sep, _ = piece.partition("=")
+            pieces.append(f"{name}=***" if sep and name.lower() in SECRET_QUERY_KEYS else piece)
+        query = "&".join(pieces)
+    if netloc == parts.netloc and query == parts.query:
+        # Rebuilding would turn sqlite:////abs/path into sqlite://abs/path.
+        return url
+    return parts._replace(netloc=netloc, query=query).geturl()

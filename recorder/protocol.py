@@ -1,0 +1,267 @@
+"""The daemon protocol as pure functions: classify a frame, derive index updates.
+
+Nothing here does I/O, so every rule is tested without sockets or databases.
+Frames are never re-serialized: classification only reads them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NamedTuple
+
+IN = "in"
+OUT = "out"
+
+# An id longer than this is garbage, not an id: keep it out of the indexed columns.
+MAX_ID_LENGTH = 256
+
+TERMINAL_STATUSES = frozenset(
+    {"completed", "failed", "stopped", "terminated", "cancelled", "canceled", "error", "unknown"}
+)
+# Set on sessions the index believed active that a later sessions_list no longer names.
+LOST_STATUS = "unknown"
+
+
+class Frame(NamedTuple):
+    """One frame as it crossed the wire, before classification (a tuple: cheap to make)."""
+
+    connection_id: int
+    seq: int
+    direction: str
+    received_us: int
+    monotonic_ns: int
+    is_text: bool
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Classified:
+    type: str | None
+    session_id: str | None
+    task_id: str | None
+    # None when the frame is a JSON object, else the reason it is not.
+    parse_error: str | None
+    # The exact text when it can be stored as text (UTF-8 text frame without NUL).
+    text: str | None
+    obj: dict[str, Any] | None
+
+
+def classify(data: bytes, is_text: bool) -> Classified:
+    """Extract type, session and task ids from a frame, never raising."""
+    if not is_text:
+        return Classified(None, None, None, "binary", None, None)
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        return Classified(None, None, None, "invalid_utf8", None, None)
+    storable = text if "\x00" not in text else None
+    try:
+        obj = json.loads(text)
+    except RecursionError:
+        return Classified(None, None, None, "too_deep", storable, None)
+    except ValueError:
+        return Classified(None, None, None, "invalid_json", storable, None)
+    if not isinstance(obj, dict):
+        return Classified(None, None, None, "not_object", storable, None)
+    type_ = _id(obj.get("type"))
+    session_id, task_id = extract_ids(obj, type_)
+    return Classified(type_, session_id, task_id, None, storable, obj)
+
+
+def _id(value: Any) -> str | None:
+    if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH:
+        return value
+    return None
+
+
+def extract_ids(obj: dict[str, Any], type_: str | None) -> tuple[str | None, str | None]:
+    """Session and task id from wherever the protocol puts them.
+
+    Top level (``sessionId``/``taskId``: task_* frames), ``payload`` (client
+    requests), ``data`` (stream and tool frames), ``session`` (session_spawned,
+    session_status_update: ``session.id`` and ``session.task.id``).
+    """
+    session_id = _id(obj.get("sessionId"))
+    task_id = _id(obj.get("taskId"))
+    for key in ("payload", "data"):
+        inner = obj.get(key)
+        if isinstance(inner, dict):
+            session_id = session_id or _id(inner.get("sessionId"))
+            task_id = task_id or _id(inner.get("taskId"))
+            if type_ == "execute_task" and task_id is None:
+                # Real daemons name the task by the text the client sent.
+                task_id = _id(inner.get("task"))
+    session = obj.get("session")
+    if isinstance(session, dict):
+        session_id = session_id or _id(session.get("id"))
+        task = session.get("task")
+        if isinstance(task, dict):
+            task_id = task_id or _id(task.get("id"))
+    return session_id, task_id
+
+
+def parse_daemon_time(value: Any) -> int | None:
+    """ISO-8601 from the daemon (``2026-11-26T11:28:57.464Z``) to epoch microseconds."""
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None
+    return int(moment.timestamp()) * 1_000_000 + moment.microsecond
+
+
+@dataclass(slots=True)
+class SessionDelta:
+    """What a batch of frames says about one session; None means "no news"."""
+
+    first_seen_us: int
+    last_seen_us: int
+    frame_count: int = 0
+    orchestrator_id: str | None = None
+    session_type: str | None = None
+    status: str | None = None
+    task_id: str | None = None
+    task_description: str | None = None
+    started_at_us: int | None = None
+    ended_at_us: int | None = None
+    last_error: str | None = None
+
+
+@dataclass(slots=True)
+class TaskDelta:
+    first_seen_us: int
+    last_seen_us: int
+    frame_count: int = 0
+    description: str | None = None
+    status: str | None = None
+    started_at_us: int | None = None
+    ended_at_us: int | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class IndexBatch:
+    """Index changes accumulated over a batch of frames, applied in one go by the store."""
+
+    sessions: dict[str, SessionDelta] = field(default_factory=dict)
+    tasks: dict[tuple[str, str], TaskDelta] = field(default_factory=dict)
+    connection_frames: dict[int, int] = field(default_factory=dict)
+    # Each sessions_list seen: (receive time, the ids it named).
+    listings: list[tuple[int, frozenset[str]]] = field(default_factory=list)
+
+    def session(self, session_id: str, at_us: int) -> SessionDelta:
+        delta = self.sessions.get(session_id)
+        if delta is None:
+            delta = self.sessions[session_id] = SessionDelta(at_us, at_us)
+        else:
+            delta.last_seen_us = max(delta.last_seen_us, at_us)
+        return delta
+
+    def task(self, session_id: str, task_id: str, at_us: int) -> TaskDelta:
+        key = (session_id, task_id)
+        delta = self.tasks.get(key)
+        if delta is None:
+            delta = self.tasks[key] = TaskDelta(at_us, at_us)
+        else:
+            delta.last_seen_us = max(delta.last_seen_us, at_us)
+        return delta
+
+    def add(self, frame: Frame, info: Classified) -> None:
+        """Fold one classified frame into the batch."""
+        cid = frame.connection_id
+        self.connection_frames[cid] = self.connection_frames.get(cid, 0) + 1
+        at = frame.received_us
+        if info.session_id is not None:
+            self.session(info.session_id, at).frame_count += 1
+            if info.task_id is not None:
+                self.task(info.session_id, info.task_id, at).frame_count += 1
+        obj = info.obj
+        if obj is None:
+            return
+        type_ = info.type
+        if isinstance(obj.get("session"), dict):
+            self._session_object(obj["session"], at)
+        if type_ == "sessions_list" and frame.direction == IN:
+            listed = obj.get("sessions")
+            if isinstance(listed, list):
+                ids = set()
+                for item in listed:
+                    if isinstance(item, dict):
+                        sid = self._session_object(item, at)
+                        if sid is not None:
+                            ids.add(sid)
+                self.listings.append((at, frozenset(ids)))
+        sid, tid = info.session_id, info.task_id
+        if sid is None or tid is None or type_ is None:
+            return
+        if type_ == "execute_task" and frame.direction == OUT:
+            task = self.task(sid, tid, at)
+            payload = obj.get("payload")
+            text = payload.get("task") if isinstance(payload, dict) else None
+            if isinstance(text, str):
+                task.description = text
+            task.status = task.status or "requested"
+        elif type_ == "task_executing":
+            task = self.task(sid, tid, at)
+            task.status = "running"
+            task.started_at_us = task.started_at_us or at
+        elif type_ == "task_completed":
+            task = self.task(sid, tid, at)
+            task.status = "completed"
+            task.ended_at_us = at
+        elif type_ == "task_failed":
+            task = self.task(sid, tid, at)
+            task.status = "failed"
+            task.ended_at_us = at
+            error = obj.get("error")
+            if isinstance(error, str):
+                task.error = error
+                self.session(sid, at).last_error = error
+
+    def _session_object(self, session: dict[str, Any], at: int) -> str | None:
+        sid = _id(session.get("id"))
+        if sid is None:
+            return None
+        delta = self.session(sid, at)
+        if (v := _id(session.get("orchestratorId"))) is not None:
+            delta.orchestrator_id = v
+        if (v := _id(session.get("type"))) is not None:
+            delta.session_type = v
+        status = _id(session.get("status"))
+        if status is not None:
+            delta.status = status
+        if (t := parse_daemon_time(session.get("startedAt"))) is not None:
+            delta.started_at_us = t
+        if (t := parse_daemon_time(session.get("endedAt"))) is not None:
+            delta.ended_at_us = t
+        task = session.get("task")
+        if isinstance(task, dict):
+            tid = _id(task.get("id"))
+            description = task.get("description")
+            if isinstance(description, str):
+                delta.task_description = description
+            if tid is not None:
+                delta.task_id = tid
+                task_delta = self.task(sid, tid, at)
+                if isinstance(description, str):
+                    task_delta.description = description
+                # The daemon leaves task.status at "pending"; the session's status
+                # is the truth about its first task.
+                if status in TERMINAL_STATUSES or status == "running":
+                    task_delta.status = status
+                    if status in TERMINAL_STATUSES and delta.ended_at_us is not None:
+                        task_delta.ended_at_us = delta.ended_at_us
+                elif isinstance(task.get("status"), str):
+                    task_delta.status = _id(task.get("status"))
+                if delta.started_at_us is not None and task_delta.started_at_us is None:
+                    task_delta.started_at_us = delta.started_at_us
+        return sid
+
+
+def is_active(status: str | None) -> bool:
+    return status is not None and status not in TERMINAL_STATUSES

@@ -1,0 +1,133 @@
+"""Database schema: one MetaData shared by the store, the migrations and the tests.
+
+Times are integers, microseconds since the Unix epoch, UTC (columns ending in
+``_us``): exact, portable between SQLite and PostgreSQL, cheap to insert and to
+compare. Home Assistant's recorder moved to numeric timestamps for the same
+reasons. The CLI renders them as ISO-8601.
+
+Only portable types and constraints are used, so the same migrations run on
+SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+# Named constraints keep batch migrations on SQLite (which copy tables) deterministic.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_N_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY (the rowid); PostgreSQL wants BIGINT.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+OPCODE_TEXT = 1
+OPCODE_BINARY = 2
+
+connections = Table(
+    "connections",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    # "link": the recorder's own connection to the daemon; "client"/"upstream": the
+    # two halves of a proxied conversation, tied together by peer_id.
+    Column("role", String(16), nullable=False),
+    Column("peer_id", Id, nullable=True),
+    # Credentials are stripped from the URL before it gets here.
+    Column("url", Text, nullable=False),
+    Column("opened_at_us", BigInteger, nullable=False),
+    Column("closed_at_us", BigInteger, nullable=True),
+    Column("close_code", Integer, nullable=True),
+    Column("close_reason", Text, nullable=True),
+    # "local", "remote" or "service" (the service stopped without closing it).
+    Column("closed_by", String(16), nullable=True),
+    Column("error", Text, nullable=True),
+    Column("frame_count", BigInteger, nullable=False, server_default="0"),
+)
+
+frames = Table(
+    "frames",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("connection_id", Id, ForeignKey("connections.id"), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    # "in": from the daemon (or from the upstream); "out": to it.
+    Column("direction", String(3), nullable=False),
+    Column("received_at_us", BigInteger, nullable=False),
+    # time.monotonic_ns() of the recording process: replay timing within a connection.
+    Column("monotonic_ns", BigInteger, nullable=False),
+    Column("opcode", SmallInteger, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("type", Text, nullable=True),
+    Column("session_id", Text, nullable=True),
+    Column("task_id", Text, nullable=True),
+    # Null when the frame is a JSON object; otherwise why it is not
+    # ("binary", "invalid_utf8", "invalid_json", "not_object", "too_deep").
+    Column("parse_error", String(16), nullable=True),
+    # Exactly one of these holds the frame: the text when it is a UTF-8 text frame
+    # without NUL characters (PostgreSQL text cannot hold NUL), else the raw bytes.
+    Column("payload", Text, nullable=True),
+    Column("payload_bytes", LargeBinary, nullable=True),
+    Index(None, "session_id", "id"),
+    Index(None, "task_id", "id"),
+    Index(None, "type", "id"),
+    Index(None, "received_at_us"),
+    Index(None, "connection_id", "seq"),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("orchestrator_id", Text, nullable=True),
+    Column("session_type", Text, nullable=True),
+    Column("status", Text, nullable=True),
+    Column("task_id", Text, nullable=True),
+    Column("task_description", Text, nullable=True),
+    Column("first_seen_us", BigInteger, nullable=False),
+    Column("last_seen_us", BigInteger, nullable=False),
+    # From the daemon's startedAt/endedAt.
+    Column("started_at_us", BigInteger, nullable=True),
+    Column("ended_at_us", BigInteger, nullable=True),
+    Column("frame_count", BigInteger, nullable=False, server_default="0"),
+    Column("last_error", Text, nullable=True),
+    Index(None, "last_seen_us"),
+    Index(None, "status"),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("session_id", Text, nullable=False),
+    # The daemon's taskId. Real daemons use the task text the client sent, so it is
+    # only unique within a session.
+    Column("task_id", Text, nullable=False),
+    Column("description", Text, nullable=True),
+    Column("status", Text, nullable=True),
+    Column("first_seen_us", BigInteger, nullable=False),
+    Column("last_seen_us", BigInteger, nullable=False),
+    Column("started_at_us", BigInteger, nullable=True),
+    Column("ended_at_us", BigInteger, nullable=True),
+    Column("frame_count", BigInteger, nullable=False, server_default="0"),
+    Column("error", Text, nullable=True),
+    UniqueConstraint("session_id", "task_id"),
+)

@@ -1,0 +1,122 @@
+"""The long-running service: migrate, then run the writer and the link until told to stop.
+
+Signal handlers only set an event. Shutdown closes the link (recording whatever
+the daemon sends before its close frame), then drains the writer's queue within
+``storage.shutdown_timeout`` and says what it did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import structlog
+
+from recorder.config import Config, redact_url
+from recorder.link import Link, LinkGaveUp
+from recorder.store import Store, create_engine, prepare_sqlite_file, upgrade
+from recorder.writer import Writer, now_us
+
+log = structlog.get_logger("recorder.service")
+
+
+class Service:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.started = asyncio.Event()
+        self.writer: Writer
+        self.link: Link
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Run until ``stop`` is set; returns the process exit code."""
+        config = self.config
+        url = config.storage.url
+        prepare_sqlite_file(url)
+        engine = create_engine(url)
+        try:
+            before, after = await upgrade(engine)
+            if before != after:
+                log.info(
+                    "database migrated",
+                    database=redact_url(url),
+                    revision_from=before,
+                    revision_to=after,
+                )
+            store = Store(engine)
+            await store.open()
+            try:
+                return await self._run(store, stop)
+            finally:
+                await store.close()
+        finally:
+            await engine.dispose()
+
+    async def _run(self, store: Store, stop: asyncio.Event) -> int:
+        config = self.config
+        s = config.storage
+        dangling = await store.close_dangling(now_us())
+        if dangling:
+            log.warning("marked connections left open by an unclean stop", count=dangling)
+        self.writer = writer = Writer(
+            store,
+            batch_size=s.batch_size,
+            commit_interval=s.commit_interval,
+            queue_max_frames=s.queue_max_frames,
+            queue_max_bytes=s.queue_max_bytes,
+        )
+        self.link = link = Link(config, writer)
+        writer_task = asyncio.create_task(writer.run(), name="writer")
+        link_task = asyncio.create_task(link.run(), name="link")
+        log.info(
+            "recorder started",
+            daemon=link.safe_url,
+            database=redact_url(s.url),
+            config=config.source,
+        )
+        self.started.set()
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait((stopper, link_task, writer_task), return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        exit_code = 0
+        t0 = time.monotonic()
+        link.stop()
+        try:
+            async with asyncio.timeout(10):
+                await link_task
+        except LinkGaveUp as exc:
+            log.error(str(exc))
+            exit_code = 1
+        except TimeoutError:
+            log.error("link did not close within 10 s; abandoning it")
+        except Exception:
+            log.exception("link failed")
+            exit_code = 1
+        pending = len(writer.queue)
+        writer.stop()
+        try:
+            async with asyncio.timeout(s.shutdown_timeout):
+                await writer_task
+        except TimeoutError:
+            log.error(
+                "writer did not drain in time; frames were lost",
+                lost=len(writer.queue),
+                timeout=s.shutdown_timeout,
+            )
+            exit_code = 1
+        log.info(
+            "recorder stopped",
+            drained=pending,
+            committed=writer.committed,
+            seconds=round(time.monotonic() - t0, 3),
+        )
+        return exit_code
+
+
+async def main(config: Config) -> int:
+    """Entry point for ``recorder run``: the service with SIGTERM/SIGINT handling."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return await Service(config).run(stop)

@@ -1,0 +1,39 @@
+"""Epoch-microsecond timestamps to and from what people type and read."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+
+_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)\s*(?:ago)?\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def format_us(us: int | None) -> str:
+    """``2026-11-26T11:28:57.464123Z``; empty for None."""
+    if us is None:
+        return ""
+    seconds, micros = divmod(us, 1_000_000)
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{micros:06d}Z"
+
+
+def parse_when(text: str, now_us: int | None = None) -> int:
+    """A moment as epoch microseconds: ISO-8601 (UTC unless it says otherwise) or ``15m``/``2h``/``7d`` ago.
+
+    Raises ValueError with a message fit for the user.
+    """
+    now = time.time_ns() // 1000 if now_us is None else now_us
+    match = _RELATIVE.match(text)
+    if match:
+        amount, unit = float(match.group(1)), match.group(2).lower()
+        return now - int(amount * _UNIT_SECONDS[unit] * 1_000_000)
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"not a time: {text!r} (use ISO-8601 like 2026-11-26T10:00:00Z, or 30s, 15m, 2h, 7d)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp()) * 1_000_000 + moment.microsecond
