@@ -97,6 +97,8 @@ class Link:
         r = config.reconnect
         self.backoff = Backoff(r.base, r.factor, r.cap, r.max_attempts, rng or random.Random())
         self.connected = asyncio.Event()
+        # Set whenever a connection has ended (and been written down); cleared on connect.
+        self.disconnected = asyncio.Event()
         self.connections = 0
         self.connection_id: int | None = None
         self.last_rx = 0.0
@@ -207,6 +209,7 @@ class Link:
         self._local_reason = None
         self.last_rx = time.monotonic()
         log.info("connected to daemon", url=self.safe_url, connection_id=cid)
+        self.disconnected.clear()
         self.connected.set()
         helpers = [
             asyncio.create_task(self._resync(ws, cid)),
@@ -242,6 +245,7 @@ class Link:
             error=error,
         )
         self._ws = None
+        self.disconnected.set()
 
     async def _receive(self, ws: Any, cid: int) -> None:
         recv = ws.recv_raw

@@ -146,6 +146,12 @@ class Writer:
         finally:
             self._flush_targets -= 1
 
+    async def wait_commit(self) -> None:
+        """Return after the next commit (for tests and tools that watch progress)."""
+        seen = self.commits
+        async with self._progress:
+            await self._progress.wait_for(lambda: self.commits > seen)
+
     async def open_connection(self, role: str, url: str, peer_id: int | None = None) -> int:
         async with self._lock:
             return await self.store.open_connection(role, url, now_us(), peer_id)

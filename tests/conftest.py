@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from recorder.config import Config, load_config
+from recorder.service import Service
+
+TIMEOUT = 20
+
+
+def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
+    """Write a TOML file from plain dicts (strings, numbers, booleans)."""
+    lines = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        for key, value in values.items():
+            if isinstance(value, bool):
+                rendered = "true" if value else "false"
+            elif isinstance(value, str):
+                rendered = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            else:
+                rendered = repr(value)
+            lines.append(f"{key} = {rendered}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "recorder.db"
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, db_path: Path) -> Callable[..., Config]:
+    """A Config for a daemon URL, fast timings for tests; sections override any key."""
+
+    def make(url: str, **sections: dict[str, Any]) -> Config:
+        base: dict[str, dict[str, Any]] = {
+            "daemon": {"url": url, "open_timeout": 2.0},
+            "reconnect": {"base": 0.05, "factor": 2.0, "cap": 0.5, "stable_after": 60.0},
+            "heartbeat": {"interval": 30.0, "timeout": 10.0},
+            "storage": {"url": f"sqlite:///{db_path}", "commit_interval": 0.05},
+            "log": {"format": "json"},
+        }
+        for name, values in sections.items():
+            base.setdefault(name, {}).update(values)
+        return load_config(write_config(tmp_path / "config.toml", base), env={})
+
+    return make
+
+
+@asynccontextmanager
+async def running(config: Config) -> AsyncIterator[Service]:
+    """The real service in this event loop; stopped (and drained) on exit."""
+    service = Service(config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    async with asyncio.timeout(TIMEOUT):
+        started = asyncio.create_task(service.started.wait())
+        await asyncio.wait((started, task), return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()
+    try:
+        yield service
+    finally:
+        stop.set()
+        async with asyncio.timeout(TIMEOUT):
+            service.exit_code = await task  # type: ignore[attr-defined]

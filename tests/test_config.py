@@ -1,0 +1,158 @@
+"""Configuration: defaults, environment, and one clear line for every mistake."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from recorder.cli import cli
+from recorder.config import ConfigError, default_state_dir, load_config, redact_url
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_without_a_file() -> None:
+    config = load_config(None, env={"HOME": "/home/ann"})
+    assert config.daemon.url == "ws://localhost:8787"
+    assert (
+        config.reconnect.base == 3 and config.reconnect.factor == 2 and config.reconnect.cap == 300
+    )
+    assert config.reconnect.max_attempts == 0 and config.reconnect.stable_after == 60
+    assert config.heartbeat.interval == 30 and config.heartbeat.timeout == 10
+    assert config.daemon.max_frame_bytes == 64 * 1024 * 1024
+    assert config.storage.commit_interval == 1.0
+    assert (
+        config.storage.url
+        == "sqlite+aiosqlite:////home/ann/.local/state/orchestrator-recorder/recorder.db"
+    )
+
+
+def test_example_config_is_complete_and_equals_the_defaults() -> None:
+    example = load_config(ROOT / "config.example.toml", env={"HOME": "/h"})
+    defaults = load_config(None, env={"HOME": "/h"})
+    assert example.daemon == defaults.daemon and example.storage == defaults.storage
+    assert example.reconnect == defaults.reconnect and example.heartbeat == defaults.heartbeat
+    text = (ROOT / "config.example.toml").read_text()
+    from recorder.config import SECTIONS
+
+    for section, cls in SECTIONS.items():
+        assert f"[{section}]" in text
+        for name in cls.__dataclass_fields__:
+            line = next(ln for ln in text.splitlines() if ln.startswith(f"{name} ="))
+            assert "#" in line, f"{section}.{name} has no comment"
+
+
+def test_state_directory_precedence() -> None:
+    assert default_state_dir({"STATE_DIRECTORY": "/var/lib/rec:/other", "HOME": "/h"}) == Path(
+        "/var/lib/rec"
+    )
+    assert default_state_dir({"XDG_STATE_HOME": "/x", "HOME": "/h"}) == Path(
+        "/x/orchestrator-recorder"
+    )
+    assert default_state_dir({"HOME": "/h"}) == Path("/h/.local/state/orchestrator-recorder")
+
+
+def test_environment_supplies_secrets_and_database(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[daemon]\ntoken = "from-file"\n')
+    config = load_config(
+        cfg,
+        env={
+            "RECORDER_DAEMON_TOKEN": "tok",
+            "RECORDER_DAEMON_API_KEY": "key",
+            "RECORDER_DATABASE_URL": "postgresql://u:pw@127.0.0.1/test",
+        },
+    )
+    assert config.daemon.token == "tok" and config.daemon.api_key == "key"
+    assert config.storage.url == "postgresql+asyncpg://u:pw@127.0.0.1/test"
+    assert "tok" not in repr(config) and "key" not in repr(config.daemon)
+
+
+def test_config_path_from_environment(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[daemon]\nurl = "wss://daemon.example:9000/ws"\n')
+    assert (
+        load_config(None, env={"RECORDER_CONFIG": str(cfg)}).daemon.url
+        == "wss://daemon.example:9000/ws"
+    )
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[daemon]\nurll = 'ws://x'\n", "unknown key 'daemon.urll'"),
+        ("[deamon]\nurl = 'ws://x'\n", "unknown section or key 'deamon'"),
+        ("daemon = 3\n", "daemon must be a table"),
+        (
+            "[heartbeat]\ninterval = 'often'\n",
+            "heartbeat.interval: expected a number, got a string 'often'",
+        ),
+        ("[storage]\nbatch_size = 1.5\n", "storage.batch_size: expected an integer"),
+        (
+            "[storage]\nbatch_size = true\n",
+            "storage.batch_size: expected an integer, got a boolean",
+        ),
+        ("[heartbeat]\ninterval = -5\n", "heartbeat.interval: must be greater than 0, got -5.0"),
+        ("[reconnect]\nmax_attempts = -1\n", "reconnect.max_attempts: must not be negative"),
+        (
+            "[daemon]\nurl = 'http://localhost:8787'\n",
+            "daemon.url: must start with ws:// or wss://",
+        ),
+        ("[daemon]\nurl = 'ws://'\n", "daemon.url: no host"),
+        ("[daemon]\nurl = 'ws://host:99999'\n", "daemon.url: not a valid URL"),
+        ("[storage]\nurl = 'mysql://x/y'\n", "storage.url: unsupported database 'mysql'"),
+        ("[storage]\nurl = 'not a url'\n", "storage.url: not a database URL"),
+        ("[log]\nlevel = 'loud'\n", "log.level: must be one of"),
+        ("[daemon\n", "not valid TOML"),
+        ("[daemon]\nca_file = '/nonexistent/ca.pem'\n", "daemon.ca_file: no such file"),
+    ],
+)
+def test_bad_config_names_the_file_and_the_key(tmp_path: Path, toml: str, message: str) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(toml)
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg, env={})
+    text = str(err.value)
+    assert text.startswith(f"{cfg}: ") and message in text and "\n" not in text
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml", env={})
+
+
+def test_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[heartbeat]\ntimeout = -1\n")
+    result = CliRunner().invoke(cli, ["run", "--config", str(cfg)])
+    assert result.exit_code == 2
+    assert (
+        result.output.strip()
+        == f"Error: {cfg}: heartbeat.timeout: must be greater than 0, got -1.0"
+    )
+
+
+def test_bad_config_stops_the_real_process_before_anything_starts(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    db = tmp_path / "should-not-exist.db"
+    cfg.write_text(f'[storage]\nurl = "sqlite:///{db}"\nbatch_size = "many"\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "recorder", "run", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [f"Error: {cfg}: storage.batch_size: expected an integer, got a string 'many'"]
+    assert not db.exists()
+
+
+def test_redact_url_hides_credentials() -> None:
+    assert redact_url("ws://h:1/p?token=abc&x=1&apiKey=k") == "ws://h:1/p?token=***&x=1&apiKey=***"
+    assert redact_url("postgresql+asyncpg://u:secret@h/db") == "postgresql+asyncpg://u:***@h/db"
+    assert redact_url("sqlite+aiosqlite:////abs/path.db") == "sqlite+aiosqlite:////abs/path.db"

@@ -1,0 +1,163 @@
+"""Frame classification and index rules: pure functions, no sockets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from recorder.protocol import IN, OUT, Frame, IndexBatch, classify, is_active, parse_daemon_time
+
+REAL_STATUS = (
+    '{"type":"session_status_update","session":{"id":"session_1795692537464_eeayv91i6",'
+    '"orchestratorId":"vp_123","task":{"id":"task_1795692537464","description":"Implement feature X",'
+    '"type":"code","priority":"high","status":"pending","createdAt":"2026-11-26T11:28:57.464Z",'
+    '"updatedAt":"2026-11-26T11:28:57.464Z"},"type":"claude-code","status":"failed",'
+    '"startedAt":"2026-11-26T11:28:57.464Z","metrics":{"tokensUsed":0},"endedAt":"2026-11-26T11:28:57.467Z"}}'
+)
+
+
+def frame(text: str | bytes, direction: str = IN, at: int = 1_000, is_text: bool = True) -> Frame:
+    data = text.encode() if isinstance(text, str) else text
+    return Frame(1, 1, direction, at, 0, is_text, data)
+
+
+@pytest.mark.parametrize(
+    ("data", "is_text", "reason"),
+    [
+        (b"\x00\x01binary", False, "binary"),
+        (b'{"type":"x"}', False, "binary"),
+        (b"\xff\xfe not utf-8", True, "invalid_utf8"),
+        (b"hello", True, "invalid_json"),
+        (b"", True, "invalid_json"),
+        (b"[1,2,3]", True, "not_object"),
+        (b'"just a string"', True, "not_object"),
+        (b"[" * 50_000 + b"]" * 50_000, True, "too_deep"),
+        (b'{"a":' * 50_000 + b"1" + b"}" * 50_000, True, "too_deep"),
+    ],
+)
+def test_garbage_is_classified_not_raised(data: bytes, is_text: bool, reason: str) -> None:
+    info = classify(data, is_text)
+    assert info.parse_error == reason
+    assert info.type is None and info.session_id is None and info.task_id is None
+
+
+def test_text_is_kept_exactly_unless_it_cannot_be_text() -> None:
+    text = '{ "type" : "x",  "type":"y", "s":"\\ud83d", "k": 1 }'
+    assert classify(text.encode(), True).text == text
+    # Duplicate keys: the last one wins when parsing, the text keeps both.
+    assert classify(text.encode(), True).type == "y"
+    # PostgreSQL text cannot hold NUL: such frames go to the bytes column.
+    assert classify(b'{"type":"x","v":"\x00"}', True).text is None
+    assert classify(b"\xff", True).text is None
+    assert classify(b"not json", True).text == "not json"
+
+
+@pytest.mark.parametrize(
+    ("obj", "session_id", "task_id"),
+    [
+        ({"type": "task_completed", "sessionId": "s1", "taskId": "t1"}, "s1", "t1"),
+        ({"type": "session_status", "payload": {"sessionId": "s2"}}, "s2", None),
+        ({"type": "stream_chunk", "data": {"sessionId": "s3", "chunk": "hi"}}, "s3", None),
+        ({"type": "session_spawned", "session": {"id": "s4", "task": {"id": "t4"}}}, "s4", "t4"),
+        (
+            {"type": "execute_task", "payload": {"sessionId": "s5", "task": "Analyze"}},
+            "s5",
+            "Analyze",
+        ),
+        ({"type": "tool_call_result", "data": {"sessionId": "s6", "taskId": "t6"}}, "s6", "t6"),
+        ({"type": "error", "error": "Invalid message format"}, None, None),
+        ({"type": "x", "sessionId": 12, "taskId": ["t"]}, None, None),
+        ({"type": "x", "sessionId": "s" * 300}, None, None),
+    ],
+)
+def test_ids_come_from_wherever_the_protocol_puts_them(
+    obj: dict[str, object], session_id: str | None, task_id: str | None
+) -> None:
+    info = classify(json.dumps(obj).encode(), True)
+    assert (info.session_id, info.task_id) == (session_id, task_id)
+    assert info.parse_error is None
+
+
+def test_non_string_type_is_null_but_frame_is_an_object() -> None:
+    info = classify(b'{"type":{"nested":1}}', True)
+    assert info.type is None and info.parse_error is None
+
+
+def test_daemon_times() -> None:
+    assert parse_daemon_time("2026-11-26T11:28:57.464Z") == 1795692537464000
+    assert parse_daemon_time("2026-11-26T11:28:57Z") == 1795692537000000
+    assert parse_daemon_time("yesterday") is None
+    assert parse_daemon_time("2026-11-26T11:28:57") is None  # no zone: ambiguous
+    assert parse_daemon_time(17) is None
+
+
+def test_real_session_status_update_fills_session_and_task() -> None:
+    batch = IndexBatch()
+    batch.add(frame(REAL_STATUS, at=5_000), classify(REAL_STATUS.encode(), True))
+    s = batch.sessions["session_1795692537464_eeayv91i6"]
+    assert (s.status, s.orchestrator_id, s.session_type) == ("failed", "vp_123", "claude-code")
+    assert s.task_description == "Implement feature X"
+    assert s.started_at_us == 1795692537464000 and s.ended_at_us == 1795692537467000
+    assert s.frame_count == 1
+    t = batch.tasks[("session_1795692537464_eeayv91i6", "task_1795692537464")]
+    # The daemon leaves task.status "pending"; the session's final status is the task's.
+    assert t.status == "failed" and t.description == "Implement feature X"
+    assert batch.connection_frames == {1: 1}
+
+
+def test_task_lifecycle_from_real_frames() -> None:
+    batch = IndexBatch()
+    sid = "session_1795692537464_eeayv91i6"
+    request = json.dumps(
+        {"type": "execute_task", "payload": {"sessionId": sid, "task": "Second task"}}
+    )
+    executing = json.dumps({"type": "task_executing", "sessionId": sid, "taskId": "Second task"})
+    failed = json.dumps(
+        {
+            "type": "task_failed",
+            "sessionId": sid,
+            "taskId": "Second task",
+            "error": "Session is not running",
+        }
+    )
+    for i, (text, direction) in enumerate([(request, OUT), (executing, IN), (failed, IN)]):
+        batch.add(frame(text, direction, at=100 + i), classify(text.encode(), True))
+    t = batch.tasks[(sid, "Second task")]
+    assert (t.status, t.description, t.started_at_us, t.ended_at_us) == (
+        "failed",
+        "Second task",
+        101,
+        102,
+    )
+    assert t.error == "Session is not running" and t.frame_count == 3
+    assert batch.sessions[sid].last_error == "Session is not running"
+    assert (batch.sessions[sid].first_seen_us, batch.sessions[sid].last_seen_us) == (100, 102)
+
+
+def test_sessions_list_is_recorded_as_a_listing() -> None:
+    batch = IndexBatch()
+    text = json.dumps(
+        {"type": "sessions_list", "sessions": [{"id": "a", "status": "running"}, {"id": "b"}, 7]}
+    )
+    batch.add(frame(text, at=9), classify(text.encode(), True))
+    assert batch.listings == [(9, frozenset({"a", "b"}))]
+    assert batch.sessions["a"].status == "running"
+    # A listing names sessions but is not one of their frames.
+    assert batch.sessions["a"].frame_count == 0
+    # Our own request is not a listing.
+    out = IndexBatch()
+    out.add(frame(text, OUT), classify(text.encode(), True))
+    assert out.listings == []
+
+
+def test_garbage_counts_for_its_connection_only() -> None:
+    batch = IndexBatch()
+    batch.add(frame(b"\xff", is_text=False), classify(b"\xff", False))
+    assert batch.connection_frames == {1: 1} and not batch.sessions and not batch.tasks
+
+
+def test_active_statuses() -> None:
+    assert is_active("running") and is_active("initializing")
+    assert not is_active("completed") and not is_active("failed") and not is_active("stopped")
+    assert not is_active(None) and not is_active("unknown")
