@@ -1,7 +1,7 @@
 """A simulated orchestrator daemon, for tests, benchmarks and demos.
 
-It speaks the daemon's WebSocket protocol (see ``docs``/the seed integration
-document) and reproduces what a real daemon (1.0.39) was observed to send:
+It speaks the daemon's WebSocket protocol, as the Neolith daemon-integration
+document describes it, and reproduces what a real daemon (1.0.39) was observed to send:
 the health check on connect, broadcasts of ``session_status_update`` to every
 client, ``session_spawned`` only after the first task finished, the task
 frames whose ``taskId`` is the task text, the error texts, HTTP rejections with
@@ -43,6 +43,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 __all__ = [
+    "HEALTH_CHECK_FRAME",
     "JournalEntry",
     "SimSession",
     "Simulator",
@@ -50,6 +51,7 @@ __all__ = [
     "TaskPlan",
     "authenticate",
     "dumps",
+    "firehose_template",
     "iso_from_ms",
     "plan_task",
     "serve",
@@ -69,6 +71,7 @@ RESTART_REASON: Final = "Service restart"
 TOKEN_EXPIRED_CODE: Final = 4001
 TOKEN_EXPIRED_REASON: Final = "Token expired"
 TERMINAL_STATUSES: Final = frozenset({"completed", "failed", "stopped"})
+FIREHOSE_BATCH: Final = 64
 
 # Order and names as in the real daemon's daemon_status_update.
 SUBSYSTEMS: Final = (
@@ -603,6 +606,43 @@ class SimSession:
         if self.ended_ms is None:
             self.ended_ms = now_ms()
 
+    def record_task(
+        self,
+        description: str,
+        task_id: str,
+        text: str,
+        tool_calls: int,
+        *,
+        success: bool,
+        elapsed_ms: int,
+    ) -> int:
+        """Book a finished task into metrics and episodic memory; returns the tokens used."""
+        # A rough chars/4 estimate, plus a flat cost per tool round trip.
+        tokens = (len(text) + 3) // 4 + 150 * tool_calls
+        self.tokens_used += tokens
+        self.response_times.append(elapsed_ms)
+        if success:
+            self.tasks_completed += 1
+        else:
+            self.errors_encountered += 1
+        stamp = now_ms()
+        self.episodic.append(
+            {
+                "id": f"memory_{stamp}_{random_base36(self.rng)}",
+                # The real daemon stores an empty result for a failed task.
+                "content": f"Task: {description}\nResult: {text if success else ''}",
+                "timestamp": iso_from_ms(stamp),
+                "type": "interaction",
+                "metadata": {
+                    "taskId": task_id,
+                    "tokensUsed": tokens,
+                    "toolCallsMade": tool_calls,
+                    "success": success,
+                },
+            }
+        )
+        return tokens
+
     def to_json(self) -> JSONObject:
         """The session object exactly as the real daemon's session frames carry it."""
         created = iso_from_ms(self.created_ms)
@@ -952,11 +992,48 @@ class Simulator:
     async def _firehose(self, conn: _Conn) -> None:
         count = self.options.firehose
         prefix, suffix = firehose_template(self._firehose_id, self.options.firehose_size, count)
-        send = self._send
-        for index in range(count):
-            if not await send(conn, f"{prefix}{index}{suffix}"):
+        index = 0
+        while index < count:
+            if self._disconnect_policy_active():
+                # Frame by frame, so the forced close lands after exactly N frames.
+                if not await self._send(conn, f"{prefix}{index}{suffix}"):
+                    return
+                index += 1
+                continue
+            end = min(index + FIREHOSE_BATCH, count)
+            if not self._write_batch(conn, [f"{prefix}{i}{suffix}" for i in range(index, end)]):
                 return
-        await send(conn, stream_end_frame(self._firehose_id))
+            index = end
+            # Same flow control as ws.send(): wait only while the write buffer is full.
+            await conn.ws.drain()
+            # A reader that keeps up never fills the buffer; let other clients run.
+            await asyncio.sleep(0)
+        await self._send(conn, stream_end_frame(self._firehose_id))
+
+    def _disconnect_policy_active(self) -> bool:
+        opts = self.options
+        budget_left = opts.disconnects <= 0 or self._forced_disconnects < opts.disconnects
+        return opts.disconnect_after > 0 and budget_left
+
+    def _write_batch(self, conn: _Conn, texts: list[str]) -> bool:
+        """Frame several messages and hand them to the socket in one write.
+
+        ``ws.send()`` costs one syscall per frame, which caps a firehose near
+        100k frames/s; the Sans-I/O protocol frames them the same way, and one
+        write per batch more than doubles that. Nothing awaits in between, so no
+        other send can interleave inside the batch.
+        """
+        ws = conn.ws
+        if conn.doomed or ws.state is not State.OPEN or ws.transport.is_closing():
+            return False
+        protocol = ws.protocol
+        for text in texts:
+            protocol.send_text(text.encode())
+        ws.transport.write(b"".join(protocol.data_to_send()))
+        conn.attempts += len(texts)
+        for text in texts:
+            self._record(conn.id, "sent", text)
+        return True
 
     def _record(self, conn_id: int, direction: str, data: str | bytes) -> None:
         entry = JournalEntry(conn_id, direction, data)
@@ -1097,7 +1174,8 @@ class Simulator:
                 # The real daemon answers the spawn only now, with the final status.
                 await self._send(requester, session_frame("session_spawned", session))
         finally:
-            if session.autonomous:
+            # A runner cancelled by stop() leaves its session running: not done.
+            if session.autonomous and session.terminal:
                 self._auto_finished += 1
                 if self._auto_finished >= self.options.sessions:
                     self._sessions_done.set()
@@ -1160,38 +1238,18 @@ class Simulator:
         error = plan.error
         if stopped:
             error = f"Session {sid} is not running (status: {session.status})"
-        text = "".join(texts)
-        tokens = (len(text) + 3) // 4 + 150 * tool_calls
         elapsed = int((time.monotonic() - begun) * 1000)
-        session.tokens_used += tokens
-        session.response_times.append(elapsed)
-        if success:
-            session.tasks_completed += 1
-        else:
-            session.errors_encountered += 1
+        tokens = session.record_task(
+            description, task_id, "".join(texts), tool_calls, success=success, elapsed_ms=elapsed
+        )
         self._tasks_processed += 1
         self._tasks_succeeded += success
         self._tokens_total += tokens
-        stamp = now_ms()
-        session.episodic.append(
-            {
-                "id": f"memory_{stamp}_{random_base36(session.rng)}",
-                "content": f"Task: {description}\nResult: {text if success else ''}",
-                "timestamp": iso_from_ms(stamp),
-                "type": "interaction",
-                "metadata": {
-                    "taskId": task_id,
-                    "tokensUsed": tokens,
-                    "toolCallsMade": tool_calls,
-                    "success": success,
-                },
-            }
-        )
         return TaskOutcome(success, error)
 
 
 def _open_journal(path: str) -> IO[str]:
-    # Closed in Simulator.stop(); line-buffered writes are flushed per entry anyway.
+    # Closed in Simulator.stop(); _record flushes every line, so a crash loses nothing.
     return open(path, "a", encoding="utf-8")
 
 

@@ -188,11 +188,11 @@ class Writer:
     async def run(self) -> None:
         queue = self.queue
         while True:
-            await queue.not_empty.wait()
             if not queue:
                 if self._stopping:
                     return
-                queue.not_empty.clear()
+                # stop() sets this too, to wake an idle writer.
+                await queue.not_empty.wait()
                 continue
             await self._wait_for_batch()
             batch = queue.take(self.batch_size)
