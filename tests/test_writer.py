@@ -65,7 +65,7 @@ async def test_frames_are_stored_byte_exact(store: Store) -> None:
     cid = await writer.open_connection("link", "ws://x")
     payloads = [
         (b'{ "type":"a",\t"type":"b", "s":"\\ud83d" }', True),
-        ('{"type":"x","v":"\x00"}'.encode(), True),
+        (b'{"type":"x","v":"\x00"}', True),
         (b"\xff\xfe\x00", True),
         (b"\x00\x01\x02", False),
         ("héllo 🎉".encode(), True),  # not JSON, but text
@@ -76,7 +76,7 @@ async def test_frames_are_stored_byte_exact(store: Store) -> None:
     await writer.flush()
     stored = await rows(store)
     assert len(stored) == len(payloads)
-    for (data, is_text), (_seq, _dir, payload, payload_bytes, _err) in zip(
+    for (data, _is_text), (_seq, _dir, payload, payload_bytes, _err) in zip(
         payloads, stored, strict=True
     ):
         got = payload.encode() if payload is not None else payload_bytes
