@@ -475,6 +475,8 @@ def simulate(**opts: Any) -> None:
         api_key=opts["api_key"],
         max_connections=opts["max_connections"],
         journal_path=opts["journal"],
+        # A long-running simulator must not keep every frame in memory.
+        journal=False,
     )
 
     def ready(port: int) -> None:

@@ -107,6 +107,7 @@ class Link:
         self._ws: Any = None
         self._local_reason: str | None = None
         self._last_rejection: str | None = None
+        self._waiting_for_writer = False
 
     def stop(self) -> None:
         self._stop.set()
@@ -125,8 +126,8 @@ class Link:
             "user_agent_header": USER_AGENT,
             "max_size": d.max_frame_bytes,
             "open_timeout": d.open_timeout,
-            "ping_interval": self.config.heartbeat.interval,
-            "ping_timeout": self.config.heartbeat.timeout,
+            # Heartbeats are ours (see _heartbeat), WebSocket pings included.
+            "ping_interval": None,
             "close_timeout": 5,
             "create_connection": RecordingClientConnection,
         }
@@ -282,26 +283,42 @@ class Link:
             pass
 
     async def _heartbeat(self, ws: Any, cid: int) -> None:
+        """Every interval: a WebSocket ping and a protocol ping; silence after both is death.
+
+        websockets' own keepalive is off: on a timeout it starts a closing handshake
+        that a frozen peer never answers (close_timeout more seconds). Here the
+        transport is aborted at once, so a dead daemon is noticed within
+        interval + timeout.
+        """
         hb = self.config.heartbeat
-        try:
-            while True:
-                await asyncio.sleep(hb.interval)
-                sent = time.monotonic()
+        # Pings go out every interval (not interval + timeout), so a freeze just after
+        # a pong is still noticed within interval + timeout.
+        next_ping = time.monotonic() + hb.interval
+        while True:
+            await asyncio.sleep(max(0.0, next_ping - time.monotonic()))
+            sent = time.monotonic()
+            next_ping = sent + hb.interval
+            try:
+                pong = await ws.ping()
                 await self.send(ws, cid, PING)
-                await asyncio.sleep(hb.timeout)
-                if self.last_rx < sent:
-                    self._local_reason = (
-                        f"heartbeat timeout: nothing received within {hb.timeout:g}s of a ping"
-                    )
-                    log.warning(
-                        "daemon is not answering; dropping the connection",
-                        connection_id=cid,
-                        timeout=hb.timeout,
-                    )
-                    ws.transport.abort()
-                    return
-        except ConnectionClosed:
-            pass
+            except ConnectionClosed:
+                return
+            await asyncio.sleep(hb.timeout)
+            answered = pong.done() and not pong.cancelled() and pong.exception() is None
+            # While the receive loop waits for room in the writer's queue, silence is
+            # ours (we stopped reading), not the daemon's.
+            if answered or self.last_rx >= sent or self._waiting_for_writer:
+                continue
+            self._local_reason = (
+                f"heartbeat timeout: nothing received within {hb.timeout:g}s of a ping"
+            )
+            log.warning(
+                "daemon is not answering; dropping the connection",
+                connection_id=cid,
+                timeout=hb.timeout,
+            )
+            ws.transport.abort()
+            return
 
     async def _close_on_stop(self, ws: Any) -> None:
         await self._stop.wait()

@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Select, and_, bindparam, event, func, select, tuple_, update
+from sqlalchemy import Select, and_, bindparam, event, func, select, true, tuple_, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -115,11 +114,11 @@ def create_engine(url: str) -> AsyncEngine:
 
 
 def migrations_dir() -> Path:
-    try:
-        return Path(str(resources.files("recorder.migrations")))
-    except ModuleNotFoundError:
-        # A source checkout that was not installed: the scripts are at the top level.
-        return Path(__file__).resolve().parent.parent / "alembic"
+    """The alembic scripts: packaged as recorder/migrations in the wheel, or the
+    top-level alembic/ directory of a source checkout (editable installs too)."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "migrations"
+    return packaged if packaged.is_dir() else here.parent / "alembic"
 
 
 def alembic_config() -> AlembicConfig:
@@ -235,14 +234,13 @@ class Store:
         return int(result.rowcount)
 
     async def active_session_ids(self) -> list[str]:
-        result = await self.conn.execute(
-            select(sessions.c.id)
-            .where(sessions.c.status.is_not(None), sessions.c.status.not_in(TERMINAL_STATUSES))
-            .order_by(sessions.c.last_seen_us.desc())
-        )
-        ids = [row[0] for row in result]
-        await self.conn.commit()
-        return ids
+        async with self.conn.begin():
+            result = await self.conn.execute(
+                select(sessions.c.id)
+                .where(sessions.c.status.is_not(None), sessions.c.status.not_in(TERMINAL_STATUSES))
+                .order_by(sessions.c.last_seen_us.desc())
+            )
+            return [row[0] for row in result]
 
     async def write_batch(self, rows: Sequence[FrameRow], index: IndexBatch) -> None:
         async with self.conn.begin():
@@ -417,7 +415,7 @@ def frames_query(f: FrameFilter) -> Select[Any]:
         conds.append(frames.c.received_at_us >= f.since_us)
     if f.until_us is not None:
         conds.append(frames.c.received_at_us < f.until_us)
-    stmt = select(frames).where(and_(*conds)).order_by(frames.c.id)
+    stmt = select(frames).where(and_(true(), *conds)).order_by(frames.c.id)
     if f.limit:
         stmt = stmt.limit(f.limit)
     return stmt

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import structlog
 
@@ -21,6 +22,8 @@ from recorder.schema import OPCODE_BINARY, OPCODE_TEXT
 from recorder.store import FrameRow, Store
 
 log = structlog.get_logger("recorder.writer")
+
+T = TypeVar("T")
 
 # Parsing a frame this large would stall the event loop (and the proxy) for too long.
 PARSE_IN_THREAD_BYTES = 256 * 1024
@@ -53,13 +56,14 @@ class FrameQueue:
     def bytes(self) -> int:
         return self._bytes
 
-    def _full(self) -> bool:
+    @property
+    def full(self) -> bool:
         return len(self._items) >= self.max_frames or (
             self._bytes >= self.max_bytes and bool(self._items)
         )
 
     async def put(self, frame: Frame) -> None:
-        while self._full():
+        while self.full:
             self.waits += 1
             self._not_full.clear()
             await self._not_full.wait()
@@ -69,7 +73,8 @@ class FrameQueue:
         self._items.append(frame)
         self._bytes += len(frame.data)
         self.enqueued += 1
-        if len(self._items) >= self.batch_size:
+        if len(self._items) >= self.batch_size or self.full:
+            # A full queue means producers are about to wait: commit now, not later.
             self.batch_ready.set()
 
     def take(self, n: int) -> list[Frame]:
@@ -81,9 +86,9 @@ class FrameQueue:
             self.oldest_at = asyncio.get_running_loop().time()
         else:
             self.not_empty.clear()
-        if len(items) < self.batch_size:
+        if len(items) < self.batch_size and not self.full:
             self.batch_ready.clear()
-        if not self._full():
+        if not self.full:
             self._not_full.set()
         return batch
 
@@ -152,9 +157,22 @@ class Writer:
         async with self._progress:
             await self._progress.wait_for(lambda: self.commits > seen)
 
+    async def _exclusive(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Run one store operation under the lock, immune to the caller's cancellation.
+
+        A cancelled caller (a connection's helper task, say) must not leave the
+        shared database connection half-way through a transaction.
+        """
+
+        async def locked() -> T:
+            async with self._lock:
+                return await op()
+
+        return await asyncio.shield(asyncio.ensure_future(locked()))
+
     async def open_connection(self, role: str, url: str, peer_id: int | None = None) -> int:
-        async with self._lock:
-            return await self.store.open_connection(role, url, now_us(), peer_id)
+        opened = now_us()
+        return await self._exclusive(lambda: self.store.open_connection(role, url, opened, peer_id))
 
     async def close_connection(
         self,
@@ -167,15 +185,15 @@ class Writer:
     ) -> None:
         closed = now_us()
         await self.flush()
-        async with self._lock:
-            await self.store.close_connection(
+        await self._exclusive(
+            lambda: self.store.close_connection(
                 connection_id, closed, code=code, reason=reason, closed_by=closed_by, error=error
             )
+        )
 
     async def active_session_ids(self) -> list[str]:
         await self.flush()
-        async with self._lock:
-            return await self.store.active_session_ids()
+        return await self._exclusive(self.store.active_session_ids)
 
     def stop(self) -> None:
         """Ask the writer to drain the queue and return from :meth:`run`."""
@@ -202,7 +220,7 @@ class Writer:
         queue = self.queue
         loop = asyncio.get_running_loop()
         deadline = queue.oldest_at + self.commit_interval
-        while len(queue) < self.batch_size and not self._stopping and not self._flush_targets:
+        while not queue.batch_ready.is_set() and not self._stopping and not self._flush_targets:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
@@ -232,8 +250,7 @@ class Writer:
         delay = 0.5
         while True:
             try:
-                async with self._lock:
-                    await self.store.write_batch(rows, index)
+                await self._exclusive(lambda: self.store.write_batch(rows, index))
                 break
             except Exception as exc:
                 # Keep the batch and retry: the queue fills meanwhile and pushes back on

@@ -1,0 +1,61 @@
+"""Shared test helpers: waiting on the database without sleeping, reading frames back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from click.testing import CliRunner
+from sqlalchemy import text
+
+from recorder.cli import cli
+from recorder.service import Service
+
+
+async def query(service: Service, sql: str, **params: Any) -> list[Any]:
+    async with service.writer.store.engine.connect() as conn:
+        return list(await conn.execute(text(sql), params))
+
+
+async def wait_until(
+    service: Service, check: Callable[[], Awaitable[bool]], timeout: float = 10.0
+) -> None:
+    """Re-check after every commit of the writer until ``check()`` holds."""
+    async with asyncio.timeout(timeout):
+        while True:
+            commit = asyncio.create_task(service.writer.wait_commit())
+            await asyncio.sleep(0)
+            if await check():
+                commit.cancel()
+                return
+            await commit
+
+
+async def wait_for_frame(service: Service, where: str, timeout: float = 10.0, **params: Any) -> Any:
+    """Wait until a frame matching the SQL condition is committed; return the first."""
+    found: list[Any] = []
+
+    async def check() -> bool:
+        found[:] = await query(
+            service, f"select * from frames where {where} order by id limit 1", **params
+        )
+        return bool(found)
+
+    await wait_until(service, check, timeout)
+    return found[0]
+
+
+def cli_json_lines(args: list[str]) -> list[dict[str, Any]]:
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.output.splitlines() if line]
+
+
+def frame_bytes(record: dict[str, Any]) -> bytes:
+    import base64
+
+    if "payload" in record:
+        return str(record["payload"]).encode()
+    return base64.b64decode(record["payload_b64"])

@@ -1,0 +1,249 @@
+"""The daemon link over real sockets: garbage, auth, limits, resync, heartbeats."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from websockets.asyncio.client import connect
+
+from recorder.config import Config
+from recorder.link import PING
+from recorder.simulator import Simulator, SimulatorOptions
+from tests.conftest import running
+from tests.helpers import query, wait_for_frame, wait_until
+
+GARBAGE: list[tuple[str | bytes, bool | None, str]] = [
+    ("this is not json", None, "invalid_json"),
+    ("[1, 2, 3]", None, "not_object"),
+    ("[" * 50_000 + "]" * 50_000, None, "too_deep"),
+    (b"\x00\xffbinary\x80", None, "binary"),
+    (b'{"type":"x","bad":"\xff\xfe"}', True, "invalid_utf8"),
+    ('{"type":"x","nul":"\x00"}', None, "invalid_json"),
+    ("", None, "invalid_json"),
+]
+
+
+async def test_garbage_is_recorded_exactly_and_the_link_keeps_going(
+    make_config: Callable[..., Config],
+) -> None:
+    async with Simulator(SimulatorOptions(port=0)) as sim, running(make_config(sim.url)) as svc:
+        await asyncio.wait_for(svc.link.connected.wait(), 10)
+        for data, text, _ in GARBAGE:
+            await sim.broadcast_raw(data, text=text)
+        odd = '{ "type" : "odd",  "type":"dup", "s":"\\ud83d", "k": {"a": [1,2]} }'
+        await sim.broadcast_raw(odd)
+        last = await wait_for_frame(svc, "type = 'dup'")
+        rows = await query(
+            svc,
+            "select payload, payload_bytes, parse_error, opcode, size from frames "
+            "where direction = 'in' and id < :last and id > :last - :n order by id",
+            last=last.id,
+            n=len(GARBAGE) + 1,
+        )
+        assert len(rows) == len(GARBAGE)
+        for (data, text, reason), row in zip(GARBAGE, rows, strict=True):
+            raw = data.encode() if isinstance(data, str) else data
+            stored = row.payload.encode() if row.payload is not None else row.payload_bytes
+            assert stored == raw and row.size == len(raw)
+            assert row.parse_error == reason
+            is_text = isinstance(data, str) or text is True
+            assert row.opcode == (1 if is_text else 2)
+        assert last.payload == odd
+        # Still the first connection, and still alive: it answers a ping.
+        assert svc.link.connections == 1
+        await svc.link.send(svc.link._ws, svc.link.connection_id or 0, PING)
+        await wait_for_frame(svc, "type = 'pong' and id > :id", id=last.id)
+
+
+async def test_auth_headers_are_sent_and_never_logged(make_config: Callable[..., Config]) -> None:
+    opts = SimulatorOptions(port=0, token="tok-SECRET-1", api_key="key-SECRET-2")
+    with structlog.testing.capture_logs() as logs:
+        async with Simulator(opts) as sim:
+            config = make_config(
+                sim.url, daemon={"token": "tok-SECRET-1", "api_key": "key-SECRET-2"}
+            )
+            async with running(config) as svc:
+                await asyncio.wait_for(svc.link.connected.wait(), 10)
+                await wait_for_frame(svc, "type = 'health_check_response'")
+    assert "SECRET" not in repr(logs)
+    assert any(e["event"] == "connected to daemon" for e in logs)
+
+
+async def test_rejected_handshake_is_logged_once_and_retried_at_the_cap(
+    make_config: Callable[..., Config],
+) -> None:
+    """A 401 with a JSON body: one error line with the daemon's reason, then slow quiet retries."""
+    attempts: list[float] = []
+    third = asyncio.Event()
+
+    async def reject(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        attempts.append(time.monotonic())
+        if len(attempts) >= 3:
+            third.set()
+        body = b'{"error":"jwt_expired"}'
+        writer.write(
+            b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(reject, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = make_config(f"ws://127.0.0.1:{port}", reconnect={"base": 0.01, "cap": 0.3})
+    with structlog.testing.capture_logs() as logs:
+        async with running(config):
+            await asyncio.wait_for(third.wait(), 10)
+    server.close()
+    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+    # Full jitter would often retry within base (0.01 s); a rejection waits the whole cap.
+    assert all(gap >= 0.28 for gap in gaps), gaps
+    rejected = [e for e in logs if e["event"] == "daemon rejected the handshake"]
+    assert len(rejected) == 1
+    assert rejected[0]["status"] == 401 and "jwt_expired" in rejected[0]["body"]
+
+
+async def test_oversized_frame_closes_with_1009_and_is_noted(
+    make_config: Callable[..., Config],
+) -> None:
+    async with Simulator(SimulatorOptions(port=0)) as sim:
+        config = make_config(sim.url, daemon={"max_frame_bytes": 4096})
+        async with running(config) as svc:
+            await asyncio.wait_for(svc.link.connected.wait(), 10)
+            await sim.broadcast_raw('{"type":"big","x":"' + "y" * 10_000 + '"}')
+            await asyncio.wait_for(svc.link.disconnected.wait(), 10)
+            await sim.wait_connections(2, timeout=10)
+            await asyncio.wait_for(svc.link.connected.wait(), 10)
+            first = (await query(svc, "select * from connections where id = 1"))[0]
+    assert first.close_code == 1009 and first.closed_by == "local"
+    assert "max_frame_bytes" in first.error
+
+
+async def test_large_frames_below_the_limit_are_recorded(
+    make_config: Callable[..., Config],
+) -> None:
+    big = (
+        '{"type":"tool_call_result","data":{"sessionId":"s_big","result":{"content":"'
+        + "z" * (3 << 20)
+        + '"}}}'
+    )
+    async with Simulator(SimulatorOptions(port=0)) as sim, running(make_config(sim.url)) as svc:
+        await asyncio.wait_for(svc.link.connected.wait(), 10)
+        await sim.broadcast_raw(big)
+        row = await wait_for_frame(svc, "type = 'tool_call_result'")
+    assert row.payload == big and row.session_id == "s_big"
+
+
+async def test_after_reconnect_the_link_asks_what_it_missed(
+    make_config: Callable[..., Config],
+) -> None:
+    """daemon_status, list_sessions and session_status for each session still believed active."""
+    opts = SimulatorOptions(port=0, chunk_delay=5.0, chunks_per_task=(50, 50))
+    async with Simulator(opts) as sim, running(make_config(sim.url)) as svc:
+        await asyncio.wait_for(svc.link.connected.wait(), 10)
+        async with connect(sim.url) as ui:
+            await ui.recv()
+            await ui.send(
+                json.dumps(
+                    {
+                        "type": "spawn_session",
+                        "payload": {"orchestratorId": "vp_1", "task": {"description": "long job"}},
+                    }
+                )
+            )
+            running_row = await wait_for_frame(svc, "type = 'session_status_update'")
+            sid = running_row.session_id
+            await sim.disconnect_all()
+            await sim.wait_connections(3, timeout=10)  # ui + recorder + recorder again
+            request = await wait_for_frame(
+                svc, "type = 'session_status' and direction = 'out' and connection_id = 2"
+            )
+            assert request.session_id == sid
+            reply = await wait_for_frame(
+                svc,
+                "type = 'session_status_update' and connection_id = 2 and session_id = :sid",
+                sid=sid,
+            )
+            assert json.loads(reply.payload)["session"]["status"] == "running"
+        received = [e.data for e in sim.journal if e.direction == "received" and e.conn == 3]
+        assert received[:2] == ['{"type":"daemon_status"}', '{"type":"list_sessions"}']
+        assert json.loads(str(received[2])) == {
+            "type": "session_status",
+            "payload": {"sessionId": sid},
+        }
+        out_rows = await query(
+            svc,
+            "select payload from frames where direction = 'out' and connection_id = 2 order by seq",
+        )
+        assert [r.payload for r in out_rows][:3] == received[:3]
+
+
+async def test_protocol_heartbeat_is_recorded(make_config: Callable[..., Config]) -> None:
+    async with Simulator(SimulatorOptions(port=0)) as sim:
+        config = make_config(sim.url, heartbeat={"interval": 0.1, "timeout": 5.0})
+        async with running(config) as svc:
+            ping = await wait_for_frame(svc, "type = 'ping' and direction = 'out'")
+            pong = await wait_for_frame(svc, "type = 'pong' and id > :id", id=ping.id)
+    assert ping.payload == PING and pong.payload == '{"type":"pong"}'
+
+
+async def test_daemon_shutdown_is_recorded_and_redialled(
+    make_config: Callable[..., Config],
+) -> None:
+    opts = SimulatorOptions(port=0)
+    sim = Simulator(opts)
+    await sim.start()
+    port = sim.port
+    config = make_config(sim.url)
+    async with running(config) as svc:
+        await wait_for_frame(svc, "type = 'health_check_response'")
+        await sim.stop()
+        await asyncio.wait_for(svc.link.disconnected.wait(), 10)
+        row: Any = (await query(svc, "select * from connections where id = 1"))[0]
+        assert (row.close_code, row.close_reason, row.closed_by) == (
+            1000,
+            "Server shutting down",
+            "remote",
+        )
+        sim2 = Simulator(SimulatorOptions(port=port))
+        await sim2.start()
+        try:
+            await asyncio.wait_for(svc.link.connected.wait(), 10)
+            await wait_for_frame(svc, "connection_id = 2")
+        finally:
+            await sim2.stop()
+
+
+async def test_max_attempts_gives_up_with_exit_code_1(make_config: Callable[..., Config]) -> None:
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    config = make_config(
+        f"ws://127.0.0.1:{port}", reconnect={"max_attempts": 2, "base": 0.01, "cap": 0.02}
+    )
+    from recorder.service import Service
+
+    service = Service(config)
+    code = await asyncio.wait_for(service.run(asyncio.Event()), 10)
+    assert code == 1
+
+
+async def test_writer_commits_promptly_while_idle_link_waits(
+    make_config: Callable[..., Config],
+) -> None:
+    async with Simulator(SimulatorOptions(port=0)) as sim, running(make_config(sim.url)) as svc:
+        await wait_for_frame(svc, "type = 'sessions_list'")
+
+        async def has_status() -> bool:
+            return bool(
+                await query(svc, "select 1 from frames where type = 'daemon_status_update'")
+            )
+
+        await wait_until(svc, has_status)
