@@ -21,6 +21,7 @@ import asyncio
 import base64
 import contextlib
 import email.utils
+import heapq
 import hmac
 import http
 import json
@@ -716,6 +717,8 @@ class Simulator:
         self._handshake_auth: dict[ServerConnection, bool] = {}
         self._admitted: dict[ServerConnection, bool] = {}
         self._total_connections = 0
+        self.frames_sent = 0
+        self._sent_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._connection_event = asyncio.Event()
         self._sessions_done = asyncio.Event()
         self._auto_finished = 0
@@ -828,6 +831,15 @@ class Simulator:
         async with asyncio.timeout(timeout):
             while self._total_connections < n:
                 await self._connection_event.wait()
+
+    async def wait_frames_sent(self, n: int, timeout: float | None = 5.0) -> None:  # noqa: ASYNC109
+        """Wait until ``n`` frames in total have been sent to clients."""
+        if self.frames_sent >= n:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sent_waiters, (n, id(waiter), waiter))
+        async with asyncio.timeout(timeout):
+            await waiter
 
     async def wait_sessions_done(self, timeout: float | None = 30.0) -> None:  # noqa: ASYNC109
         """Wait until every autonomous session reached a terminal status."""
@@ -1037,6 +1049,12 @@ class Simulator:
 
     def _record(self, conn_id: int, direction: str, data: str | bytes) -> None:
         entry = JournalEntry(conn_id, direction, data)
+        if direction == "sent":
+            self.frames_sent += 1
+            while self._sent_waiters and self._sent_waiters[0][0] <= self.frames_sent:
+                _, _, waiter = heapq.heappop(self._sent_waiters)
+                if not waiter.done():
+                    waiter.set_result(None)
         if self.options.journal:
             self.journal.append(entry)
         if self._journal_file is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -101,7 +102,7 @@ async def test_rejected_handshake_is_logged_once_and_retried_at_the_cap(
         async with running(config):
             await asyncio.wait_for(third.wait(), 10)
     server.close()
-    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
     # Full jitter would often retry within base (0.01 s); a rejection waits the whole cap.
     assert all(gap >= 0.28 for gap in gaps), gaps
     rejected = [e for e in logs if e["event"] == "daemon rejected the handshake"]
