@@ -1,0 +1,257 @@
+"""The CLI over a real SQLite file filled through the real writer."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from recorder.cli import cli
+from recorder.protocol import IN, OUT, Frame
+from recorder.store import Store, create_engine, prepare_sqlite_file, upgrade
+from recorder.writer import Writer
+
+T0 = 1_795_692_537_000_000  # 2026-11-26T11:28:57Z
+S1 = "session_1795692537464_eeayv91i6"
+S2 = "session_1795692599999_zzzzzzzzz"
+
+FRAMES: list[tuple[str, bytes, bool]] = [
+    (IN, b'{"type":"health_check_response","healthy":true}', True),
+    (
+        OUT,
+        json.dumps(
+            {"type": "execute_task", "payload": {"sessionId": S1, "task": "Analyze"}}
+        ).encode(),
+        True,
+    ),
+    (
+        IN,
+        json.dumps(
+            {
+                "type": "session_status_update",
+                "session": {
+                    "id": S1,
+                    "status": "running",
+                    "type": "claude-code",
+                    "task": {"id": "task_1", "description": "Implement feature X"},
+                },
+            }
+        ).encode(),
+        True,
+    ),
+    (
+        IN,
+        json.dumps({"type": "task_executing", "sessionId": S1, "taskId": "Analyze"}).encode(),
+        True,
+    ),
+    (
+        IN,
+        json.dumps(
+            {"type": "stream_chunk", "data": {"sessionId": S1, "chunk": "Here\nis"}}
+        ).encode(),
+        True,
+    ),
+    (
+        IN,
+        json.dumps({"type": "task_completed", "sessionId": S1, "taskId": "Analyze"}).encode(),
+        True,
+    ),
+    (
+        IN,
+        json.dumps(
+            {"type": "session_status_update", "session": {"id": S2, "status": "failed"}}
+        ).encode(),
+        True,
+    ),
+    (IN, b"\x00\x01\x02binary", False),
+    (IN, b"\xff\xfe", True),
+]
+
+
+@pytest.fixture
+def filled_db(db_path: Path) -> Path:
+    async def fill() -> None:
+        url = f"sqlite+aiosqlite:///{db_path}"
+        prepare_sqlite_file(url)
+        engine = create_engine(url)
+        await upgrade(engine)
+        store = Store(engine)
+        await store.open()
+        writer = Writer(store)
+        task = asyncio.create_task(writer.run())
+        cid = await writer.open_connection("link", "ws://127.0.0.1:8787")
+        for i, (direction, data, is_text) in enumerate(FRAMES, 1):
+            await writer.put(Frame(cid, i, direction, T0 + i * 60_000_000, i, is_text, data))
+        writer.stop()
+        await task
+        await store.close()
+        await engine.dispose()
+
+    asyncio.run(fill())
+    return db_path
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.output
+
+
+def jsonl(db: Path, *args: str) -> list[dict[str, object]]:
+    code, out = invoke("frames", "--database", str(db), "--format", "jsonl", *args)
+    assert code == 0, out
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    def walk(group: click.Group, prefix: list[str]) -> list[list[str]]:
+        found = []
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                found += walk(command, [*prefix, name])
+            else:
+                found.append([*prefix, name])
+        return found
+
+    commands = walk(cli, [])
+    assert {" ".join(c) for c in commands} >= {
+        "run",
+        "db upgrade",
+        "db current",
+        "sessions",
+        "frames",
+        "status",
+        "simulate",
+    }
+    for command in commands:
+        code, out = invoke(*command, "--help")
+        assert code == 0 and "Usage:" in out
+        assert "Example: recorder " in out, f"{' '.join(command)} --help has no example"
+
+
+def test_jsonl_contract(filled_db: Path) -> None:
+    lines = jsonl(filled_db, "--limit", "0")
+    assert len(lines) == len(FRAMES)
+    keys = [
+        "id",
+        "connection_id",
+        "seq",
+        "direction",
+        "received_at",
+        "type",
+        "session_id",
+        "task_id",
+        "opcode",
+        "size",
+    ]
+    for line, (direction, data, is_text) in zip(lines, FRAMES, strict=True):
+        assert list(line)[:10] == keys
+        assert line["direction"] == direction and line["size"] == len(data)
+        assert line["opcode"] == ("text" if is_text else "binary")
+        if "payload" in line:
+            assert str(line["payload"]).encode() == data
+        else:
+            assert base64.b64decode(str(line["payload_b64"])) == data
+    assert lines[0]["received_at"] == "2026-11-26T11:29:57.000000Z"
+    assert "payload_b64" in lines[7] and "payload_b64" in lines[8]  # binary; invalid UTF-8 text
+    assert lines[1]["task_id"] == "Analyze" and lines[1]["session_id"] == S1
+
+
+@pytest.mark.parametrize(
+    ("args", "expected_seqs"),
+    [
+        (["--session", S1], [2, 3, 4, 5, 6]),
+        (["--task", "Analyze"], [2, 4, 6]),
+        (["--type", "session_status_update"], [3, 7]),
+        (["--direction", "out"], [2]),
+        (["--since", "2026-11-26T11:33:57Z"], [5, 6, 7, 8, 9]),
+        (["--until", "2026-11-26T11:31:00Z"], [1, 2]),
+        (["--session", S1, "--limit", "2"], [2, 3]),
+        (["--connection", "1", "--limit", "1"], [1]),
+        (["--session", "nope"], []),
+    ],
+)
+def test_frame_filters(filled_db: Path, args: list[str], expected_seqs: list[int]) -> None:
+    assert [line["seq"] for line in jsonl(filled_db, *args)] == expected_seqs
+
+
+def test_frames_table(filled_db: Path) -> None:
+    code, out = invoke("frames", "--database", str(filled_db))
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["ID", "TIME", "CONN", "DIR"]
+    assert len(lines) == len(FRAMES) + 1  # newlines inside frames are escaped
+    assert "stream_chunk" in lines[5] and S1 in lines[5]
+    assert "<9 bytes binary>" in lines[8] and "<2 bytes invalid UTF-8>" in lines[9]
+    assert "->" in lines[2] and "<-" in lines[1]
+
+
+def test_sessions_list_and_filters(filled_db: Path) -> None:
+    code, out = invoke("sessions", "--database", str(filled_db), "--json")
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["id"] for r in rows] == [S2, S1]  # newest first
+    s1 = rows[1]
+    assert (
+        s1["status"] == "running"
+        and s1["frame_count"] == 5
+        and s1["task_description"] == "Implement feature X"
+    )
+    code, out = invoke("sessions", "--database", str(filled_db), "--status", "failed")
+    assert code == 0 and S2 in out and S1 not in out
+    code, out = invoke(
+        "sessions", "--database", str(filled_db), "--since", "2026-11-26T11:35:00Z", "--json"
+    )
+    assert [json.loads(line)["id"] for line in out.splitlines()] == [S2]
+
+
+def test_status(filled_db: Path) -> None:
+    code, out = invoke("status", "--database", str(filled_db), "--json")
+    assert code == 0
+    info = json.loads(out)
+    assert info["connected"] is True  # the fixture never closed its connection row
+    assert info["frames"] == len(FRAMES) and info["sessions"] == 2 and info["active_sessions"] == 1
+    assert info["last_frame_at"] == "2026-11-26T11:37:57.000000Z"
+    assert info["database_bytes"] > 0
+    code, out = invoke("status", "--database", str(filled_db))
+    assert "connected since" in out and "frames      9" in out
+
+
+def test_db_commands(tmp_path: Path) -> None:
+    db = tmp_path / "sub" / "dir" / "new.db"
+    code, out = invoke("db", "upgrade", "--database", str(db))
+    assert code == 0 and "-> 0001" in out
+    assert (
+        oct(db.parent.stat().st_mode & 0o777) == "0o700"
+        and oct(db.stat().st_mode & 0o777) == "0o600"
+    )
+    code, out = invoke("db", "upgrade", "--database", str(db))
+    assert code == 0 and "already at 0001" in out
+    code, out = invoke("db", "current", "--database", str(db))
+    assert code == 0 and out.startswith("0001 (head: 0001; up to date)")
+
+
+def test_bad_input_is_one_line(tmp_path: Path, filled_db: Path) -> None:
+    code, out = invoke("frames", "--database", str(tmp_path / "missing.db"))
+    assert code == 1 and out.startswith("Error: no database at") and out.count("\n") == 1
+    code, out = invoke("frames", "--database", str(filled_db), "--since", "last tuesday")
+    assert code == 2 and "not a time: 'last tuesday'" in out
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    code, out = invoke("sessions", "--database", str(empty))
+    assert code == 1 and "has no recorder tables; run `recorder db upgrade`" in out
+    code, out = invoke("frames", "--database", str(filled_db), "--direction", "sideways")
+    assert code == 2
+
+
+def test_python_dash_m_and_console_script(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "recorder", "--version"], capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 0 and "recorder, version" in proc.stdout
