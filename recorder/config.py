@@ -7,6 +7,7 @@ a bad configuration stops the service before anything starts.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import types
@@ -24,6 +25,7 @@ ENV_CONFIG = "RECORDER_CONFIG"
 ENV_TOKEN = "RECORDER_DAEMON_TOKEN"
 ENV_API_KEY = "RECORDER_DAEMON_API_KEY"
 ENV_DATABASE_URL = "RECORDER_DATABASE_URL"
+ENV_PROXY_TOKEN = "RECORDER_PROXY_TOKEN"
 
 MiB = 1024 * 1024
 
@@ -68,6 +70,26 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class ProxyConfig:
+    enabled: bool = True
+    listen: str = "127.0.0.1:8788"
+    # Empty: the same daemon as daemon.url.
+    upstream: str = ""
+    token: str | None = field(default=None, repr=False)
+    inject_auth: bool = False
+    allow_remote_without_auth: bool = False
+    max_clients: int = 64
+
+    @property
+    def host(self) -> str:
+        return split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_listen(self.listen)[1]
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "auto"
@@ -79,6 +101,7 @@ class Config:
     reconnect: ReconnectConfig = ReconnectConfig()
     heartbeat: HeartbeatConfig = HeartbeatConfig()
     storage: StorageConfig = StorageConfig()
+    proxy: ProxyConfig = ProxyConfig()
     log: LogConfig = LogConfig()
     # Where the settings came from, for messages.
     source: str = "<defaults>"
@@ -93,6 +116,7 @@ SECTIONS: dict[str, type[Any]] = {
     "reconnect": ReconnectConfig,
     "heartbeat": HeartbeatConfig,
     "storage": StorageConfig,
+    "proxy": ProxyConfig,
     "log": LogConfig,
 }
 
@@ -108,6 +132,7 @@ POSITIVE = {
     "storage.queue_max_frames",
     "storage.queue_max_bytes",
     "storage.shutdown_timeout",
+    "proxy.max_clients",
 }
 NON_NEGATIVE = {"reconnect.max_attempts", "reconnect.stable_after"}
 CHOICES = {
@@ -204,7 +229,10 @@ def _apply_env(config: Config, env: Mapping[str, str]) -> Config:
     storage = config.storage
     if env.get(ENV_DATABASE_URL):
         storage = dataclasses.replace(storage, url=env[ENV_DATABASE_URL])
-    return dataclasses.replace(config, daemon=daemon, storage=storage)
+    proxy = config.proxy
+    if env.get(ENV_PROXY_TOKEN):
+        proxy = dataclasses.replace(proxy, token=env[ENV_PROXY_TOKEN])
+    return dataclasses.replace(config, daemon=daemon, storage=storage, proxy=proxy)
 
 
 def _finish(config: Config, env: Mapping[str, str]) -> Config:
@@ -230,10 +258,52 @@ def _finish(config: Config, env: Mapping[str, str]) -> Config:
     _check_ws_url(src, "daemon.url", config.daemon.url)
     if config.daemon.ca_file is not None and not Path(config.daemon.ca_file).is_file():
         raise ConfigError(f"{src}: daemon.ca_file: no such file {config.daemon.ca_file!r}")
+    _check_proxy(src, config)
     storage = dataclasses.replace(
         config.storage, url=normalize_database_url(src, config.storage.url, env)
     )
     return dataclasses.replace(config, storage=storage)
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` to (host, port); ValueError if it is neither."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(listen)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_proxy(src: str, config: Config) -> None:
+    proxy = config.proxy
+    try:
+        host, _ = split_listen(proxy.listen)
+    except ValueError:
+        raise ConfigError(
+            f"{src}: proxy.listen: expected host:port (like 127.0.0.1:8788), got {proxy.listen!r}"
+        ) from None
+    if proxy.upstream:
+        _check_ws_url(src, "proxy.upstream", proxy.upstream)
+    if (
+        proxy.enabled
+        and not is_loopback(host)
+        and not proxy.token
+        and not proxy.allow_remote_without_auth
+    ):
+        raise ConfigError(
+            f"{src}: proxy.listen: {proxy.listen} is reachable from other machines; set proxy.token "
+            "(or RECORDER_PROXY_TOKEN), or proxy.allow_remote_without_auth = true"
+        )
 
 
 def _check_ws_url(src: str, dotted: str, url: str) -> None:

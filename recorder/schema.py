@@ -47,17 +47,20 @@ connections = Table(
     "connections",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    # "link": the recorder's own connection to the daemon; "client"/"upstream": the
-    # two halves of a proxied conversation, tied together by peer_id.
+    # "link": the recorder's own connection to the daemon; "proxy": a UI's
+    # conversation relayed through the recorder (both halves under one id: frames
+    # from the UI are "out", frames from the daemon "in").
     Column("role", String(16), nullable=False),
-    Column("peer_id", Id, nullable=True),
-    # Credentials are stripped from the URL before it gets here.
+    # The upstream URL, credentials masked before they get here.
     Column("url", Text, nullable=False),
+    # For proxied conversations: the UI's address.
+    Column("client_addr", Text, nullable=True),
     Column("opened_at_us", BigInteger, nullable=False),
     Column("closed_at_us", BigInteger, nullable=True),
     Column("close_code", Integer, nullable=True),
     Column("close_reason", Text, nullable=True),
-    # "local", "remote" or "service" (the service stopped without closing it).
+    # "local"/"remote" for the link; "client"/"upstream"/"recorder" for the proxy;
+    # "service" when a previous run stopped without closing it.
     Column("closed_by", String(16), nullable=True),
     Column("error", Text, nullable=True),
     Column("frame_count", BigInteger, nullable=False, server_default="0"),

@@ -15,6 +15,7 @@ import structlog
 
 from recorder.config import Config, redact_url
 from recorder.link import Link, LinkGaveUp
+from recorder.proxy import Proxy
 from recorder.store import Store, create_engine, prepare_sqlite_file, upgrade
 from recorder.writer import Writer, now_us
 
@@ -27,6 +28,7 @@ class Service:
         self.started = asyncio.Event()
         self.writer: Writer
         self.link: Link
+        self.proxy: Proxy | None = None
 
     async def run(self, stop: asyncio.Event) -> int:
         """Run until ``stop`` is set; returns the process exit code."""
@@ -67,11 +69,26 @@ class Service:
         )
         self.link = link = Link(config, writer)
         writer_task = asyncio.create_task(writer.run(), name="writer")
+        self.proxy = None
+        if config.proxy.enabled:
+            self.proxy = Proxy(config, writer)
+            try:
+                await self.proxy.start()
+            except OSError as exc:
+                log.error(
+                    "proxy cannot listen",
+                    listen=config.proxy.listen,
+                    error=exc.strerror or str(exc),
+                )
+                writer.stop()
+                await writer_task
+                return 1
         link_task = asyncio.create_task(link.run(), name="link")
         log.info(
             "recorder started",
             daemon=link.safe_url,
             database=redact_url(s.url),
+            proxy=config.proxy.listen if self.proxy else None,
             config=config.source,
         )
         self.started.set()
@@ -81,6 +98,9 @@ class Service:
         exit_code = 0
         t0 = time.monotonic()
         link.stop()
+        if self.proxy is not None:
+            # Closes every UI with 1001, and each of their upstream connections.
+            await self.proxy.stop()
         try:
             async with asyncio.timeout(10):
                 await link_task

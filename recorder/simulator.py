@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import email.utils
 import heapq
 import hmac
 import http
@@ -42,6 +41,8 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
+
+from recorder.wire import json_response
 
 __all__ = [
     "HEALTH_CHECK_FRAME",
@@ -178,16 +179,7 @@ def jitter(rng: random.Random, mean: float) -> float:
 
 
 def _json_response(status: int, obj: JSONObject) -> Response:
-    body = dumps(obj).encode()
-    headers = Headers(
-        [
-            ("Date", email.utils.formatdate(usegmt=True)),
-            ("Connection", "close"),
-            ("Content-Type", "application/json"),
-            ("Content-Length", str(len(body))),
-        ]
-    )
-    return Response(status, http.HTTPStatus(status).phrase, headers, body)
+    return json_response(status, obj)
 
 
 def _first_header(headers: Headers, name: str) -> str | None:

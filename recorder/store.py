@@ -186,12 +186,16 @@ class Store:
         return self._conn
 
     async def open_connection(
-        self, role: str, url: str, opened_us: int, peer_id: int | None = None
+        self, role: str, url: str, opened_us: int, client_addr: str | None = None
     ) -> int:
         async with self.conn.begin():
             result = await self.conn.execute(
                 connections.insert().values(
-                    role=role, url=url, opened_at_us=opened_us, peer_id=peer_id, frame_count=0
+                    role=role,
+                    url=url,
+                    opened_at_us=opened_us,
+                    client_addr=client_addr,
+                    frame_count=0,
                 )
             )
         pk = result.inserted_primary_key

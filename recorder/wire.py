@@ -10,13 +10,18 @@ Everything else (flow control, fragmentation, close handling) stays websockets'.
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import http
+import json
 from typing import Any, cast
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.messages import Assembler
 from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
 from websockets.exceptions import ConcurrencyError, TooManyFragments
 from websockets.frames import CONT, TEXT, CloseCode
+from websockets.http11 import Response
 
 try:
     from websockets.asyncio.messages import MAX_FRAGMENTS
@@ -87,3 +92,17 @@ class RecordingClientConnection(RawFramesMixin, ClientConnection):
 
 class RecordingServerConnection(RawFramesMixin, ServerConnection):
     pass
+
+
+def json_response(status: int, obj: object) -> Response:
+    """An HTTP response with a JSON body, as daemons answer /health and rejected handshakes."""
+    body = json.dumps(obj, separators=(",", ":")).encode()
+    headers = Headers(
+        [
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Connection", "close"),
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+        ]
+    )
+    return Response(status, http.HTTPStatus(status).phrase, headers, body)

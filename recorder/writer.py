@@ -170,9 +170,11 @@ class Writer:
 
         return await asyncio.shield(asyncio.ensure_future(locked()))
 
-    async def open_connection(self, role: str, url: str, peer_id: int | None = None) -> int:
+    async def open_connection(self, role: str, url: str, client_addr: str | None = None) -> int:
         opened = now_us()
-        return await self._exclusive(lambda: self.store.open_connection(role, url, opened, peer_id))
+        return await self._exclusive(
+            lambda: self.store.open_connection(role, url, opened, client_addr)
+        )
 
     async def close_connection(
         self,

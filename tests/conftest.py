@@ -46,6 +46,7 @@ def make_config(tmp_path: Path, db_path: Path) -> Callable[..., Config]:
             "reconnect": {"base": 0.05, "factor": 2.0, "cap": 0.5, "stable_after": 60.0},
             "heartbeat": {"interval": 30.0, "timeout": 10.0},
             "storage": {"url": f"sqlite:///{db_path}", "commit_interval": 0.05},
+            "proxy": {"listen": "127.0.0.1:0"},
             "log": {"format": "json"},
         }
         for name, values in sections.items():

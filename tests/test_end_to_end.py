@@ -174,6 +174,7 @@ def test_sigterm_loses_nothing(tmp_path: Path) -> None:
                 {
                     "daemon": {"url": sim.url},
                     "storage": {"url": f"sqlite:///{db}", "commit_interval": 1.0},
+                    "proxy": {"enabled": False},
                     "log": {"format": "json"},
                 },
             )
