@@ -216,12 +216,13 @@ class Proxy:
         for name in FORWARDED_HEADERS:
             for value in client.get_all(name):
                 out[name] = value
-        if strip_authorization:
+        if strip_authorization and "Authorization" in out:
             del out["Authorization"]
         if self.config.proxy.inject_auth:
             d = self.config.daemon
-            del out["Authorization"]
-            del out["x-api-key"]
+            for name in ("Authorization", "x-api-key"):
+                if name in out:
+                    del out[name]
             if d.token:
                 out["Authorization"] = f"Bearer {d.token}"
             if d.api_key:

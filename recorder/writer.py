@@ -10,6 +10,7 @@ every ``commit_interval`` seconds or ``batch_size`` frames, whichever comes firs
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -166,7 +167,12 @@ class Writer:
 
         async def locked() -> T:
             async with self._lock:
-                return await op()
+                result = await op()
+            # Every store operation ends in a commit; watchers re-check after each.
+            self.commits += 1
+            async with self._progress:
+                self._progress.notify_all()
+            return result
 
         return await asyncio.shield(asyncio.ensure_future(locked()))
 
@@ -237,6 +243,10 @@ class Writer:
                 hurry.cancel()
             self._hurry.clear()
 
+    async def _commit(self, rows: list[FrameRow], index: IndexBatch) -> None:
+        await self.store.write_batch(rows, index)
+        self.committed += len(rows)
+
     async def _write(self, batch: list[Frame]) -> None:
         rows: list[FrameRow] = []
         index = IndexBatch()
@@ -252,7 +262,7 @@ class Writer:
         delay = 0.5
         while True:
             try:
-                await self._exclusive(lambda: self.store.write_batch(rows, index))
+                await self._exclusive(functools.partial(self._commit, rows, index))
                 break
             except Exception as exc:
                 # Keep the batch and retry: the queue fills meanwhile and pushes back on
@@ -265,10 +275,6 @@ class Writer:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
-        self.committed += len(batch)
-        self.commits += 1
-        async with self._progress:
-            self._progress.notify_all()
 
 
 def now_us() -> int:
