@@ -21,7 +21,7 @@ from recorder.proxy import admit, relay_close, upstream_url
 from recorder.simulator import Simulator, SimulatorOptions
 from recorder.wire import RecordingClientConnection
 from tests.conftest import running, write_config
-from tests.helpers import query, wait_for_frame, wait_until
+from tests.helpers import query, wait_until
 
 T = 10
 
@@ -186,7 +186,7 @@ async def test_garbage_both_ways_is_relayed_and_recorded_byte_exact(
 ) -> None:
     garbage: list[tuple[bytes, bool]] = [
         (b"\x00\xff binary", False),
-        ('{"type":"x","nul":"\x00"}'.encode(), True),
+        (b'{"type":"x","nul":"\x00"}', True),
         (b"not json at all", True),
         (b"[" * 50_000 + b"]" * 50_000, True),
         # Last: a daemon built on a strict WebSocket library closes with 1007 on this.
@@ -386,7 +386,7 @@ async def test_subprotocol_is_negotiated_end_to_end(make_config: Callable[..., C
         async with connect(proxy_url(svc), subprotocols=["orch.v2", "orch.v1"]) as ui:  # type: ignore[list-item]
             await ui.recv()
             assert ui.subprotocol == "orch.v1"
-        path, headers = up.requests[-1]
+        _path, headers = up.requests[-1]
         assert "orch.v2" in headers.get("Sec-WebSocket-Protocol", "")
 
 
