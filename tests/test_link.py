@@ -248,3 +248,55 @@ async def test_writer_commits_promptly_while_idle_link_waits(
             )
 
         await wait_until(svc, has_status)
+
+
+async def test_wss_with_a_private_ca(make_config: Callable[..., Config], tmp_path: Any) -> None:
+    """wss:// to a daemon whose certificate only the configured CA file vouches for."""
+    import shutil
+    import ssl
+    import subprocess
+
+    import pytest
+    from websockets.asyncio.server import ServerConnection, serve
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send('{"type":"health_check_response","healthy":true}')
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0, ssl=server_ctx) as server:
+        port = server.sockets[0].getsockname()[1]
+        config = make_config(f"wss://127.0.0.1:{port}", daemon={"ca_file": str(cert)})
+        async with running(config) as svc:
+            row = await wait_for_frame(svc, "type = 'health_check_response'")
+            conn = (
+                await query(svc, "select url from connections where id = :id", id=row.connection_id)
+            )[0]
+    assert conn.url == f"wss://127.0.0.1:{port}"
