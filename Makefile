@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config.example.toml
 DEMO_PORT ?= 8787
+DEMO_PROXY_PORT ?= 8788
 
 .PHONY: install run test lint demo bench clean
 
@@ -30,9 +31,10 @@ test: $(STAMP) lint
 # A simulated daemon and the recorder side by side; watch `recorder sessions` fill up.
 demo: $(STAMP)
 	@rm -f demo.db demo.db-wal demo.db-shm
+	@printf '[daemon]\nurl = "ws://127.0.0.1:$(DEMO_PORT)"\n[proxy]\nlisten = "127.0.0.1:$(DEMO_PROXY_PORT)"\n[storage]\nurl = "sqlite:///demo.db"\n' > demo.toml
 	@set -e; \
 	$(BIN)/recorder simulate --port $(DEMO_PORT) --sessions 12 --session-interval 1 --seed 7 --status-interval 5 & sim=$$!; \
-	RECORDER_DATABASE_URL=sqlite:///demo.db $(BIN)/recorder run --config $(CONFIG) 2>demo.log & rec=$$!; \
+	$(BIN)/recorder run --config demo.toml 2>demo.log & rec=$$!; \
 	trap 'kill $$rec $$sim 2>/dev/null; wait $$rec $$sim 2>/dev/null' EXIT INT TERM; \
 	for i in 1 2 3 4 5 6 7 8; do \
 		sleep 2; clear 2>/dev/null || true; echo "recorder sessions (demo $$i/8, log in demo.log)"; \
@@ -44,4 +46,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info demo.db demo.db-wal demo.db-shm demo.log
+	rm -rf $(VENV) build dist *.egg-info demo.db demo.db-wal demo.db-shm demo.log demo.toml
