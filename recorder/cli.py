@@ -6,6 +6,7 @@ import asyncio
 import base64
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, BinaryIO, TypeVar
@@ -50,8 +51,6 @@ def database_option(fn: F) -> F:
 
 
 def load(config_path: str | None, database: str | None = None) -> Config:
-    import os
-
     env = dict(os.environ)
     if database:
         env["RECORDER_DATABASE_URL"] = database if "://" in database else f"sqlite:///{database}"

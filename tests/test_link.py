@@ -262,7 +262,8 @@ async def test_wss_with_a_private_ca(make_config: Callable[..., Config], tmp_pat
     if shutil.which("openssl") is None:
         pytest.skip("openssl is needed to make a test certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
+    await asyncio.to_thread(
+        subprocess.run,
         [
             "openssl",
             "req",
@@ -300,3 +301,19 @@ async def test_wss_with_a_private_ca(make_config: Callable[..., Config], tmp_pat
                 await query(svc, "select url from connections where id = :id", id=row.connection_id)
             )[0]
     assert conn.url == f"wss://127.0.0.1:{port}"
+
+
+async def test_backoff_resets_only_after_a_stable_connection(
+    make_config: Callable[..., Config],
+) -> None:
+    """A daemon that drops every connection at once must not be re-dialled at the base delay forever."""
+    opts = SimulatorOptions(port=0, disconnect_after=1)
+    for stable_after, expect_growth in ((60.0, True), (0.0, False)):
+        async with Simulator(opts) as sim:
+            config = make_config(
+                sim.url, reconnect={"base": 0.001, "cap": 0.01, "stable_after": stable_after}
+            )
+            async with running(config) as svc:
+                await sim.wait_connections(4, timeout=10)
+                attempts = svc.link.backoff.attempt
+        assert (attempts >= 3) is expect_growth, (stable_after, attempts)
