@@ -18,8 +18,11 @@ Method (every process is separate, everything is on loopback):
    frames in order, so that row means every chunk before it is committed too.
    Rate = N / (wall clock when the poll first sees ``stream_end`` - ``received_at_us``
    of the first ``stream_chunk`` row). The poll adds at most one interval (50 ms) to
-   the measured time. The receive-only rate (first to last ``received_at_us``) is
-   reported too: the gap between the two is the writer's lag.
+   the measured time, and the time includes the writer's final flush: the last partial
+   batch waits up to ``storage.commit_interval`` (1 s by default) before it is committed.
+   Also reported: the receive rate (first to last ``received_at_us``), the commit lag
+   after the last frame, and the steady commit rate between 10 % and 90 % of the frames
+   (from the poll samples; no start-up, no final flush).
 4. Zero loss: after the recorder stopped, the connection's rows are read back: exactly
    one link connection, ``seq`` 1..M with no gap or duplicate, every index 0..N-1
    exactly once (``payload`` parsed as JSON), each payload byte-identical to what the
@@ -61,7 +64,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # a plain checkout, not installed
@@ -125,6 +128,9 @@ def vm_hwm_kib(pid: int) -> int:
 class Child:
     """A child process whose stderr goes to a file; always reaped by :meth:`kill`."""
 
+    # Every child still running, so that main() can stop them whatever went wrong.
+    live: ClassVar[set[Child]] = set()
+
     def __init__(self, name: str, args: list[str], workdir: Path) -> None:
         self.name = name
         self.log_path = workdir / f"{name}.log"
@@ -138,6 +144,7 @@ class Child:
             env=child_env(),
         )
         self.pid = self.proc.pid
+        Child.live.add(self)
 
     def log(self) -> str:
         self._log.flush()
@@ -156,6 +163,7 @@ class Child:
             return None
 
     def kill(self) -> None:
+        Child.live.discard(self)
         if self.alive():
             self.proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -322,6 +330,7 @@ class RecorderRun:
     seconds: float
     fps: float
     receive_fps: float
+    steady_fps: float
     commit_lag_s: float
     poll_interval_s: float
     peak_rss_mb: float
@@ -376,6 +385,7 @@ def run_recorder(
 
         # Committed: the stream_end row is visible.
         last_id, last_progress = -1, time.monotonic()
+        progress: list[tuple[float, int]] = []
         while True:
             if poll_scalar(db, "select count(*) from frames where type = 'stream_end'"):
                 done = time.time()
@@ -384,6 +394,7 @@ def run_recorder(
             if not rec.alive():
                 raise BenchError(f"recorder exited early:\n{rec.log()[-2000:]}")
             top = poll_scalar(db, "select max(id) from frames") or 0
+            progress.append((time.time(), top))
             if top != last_id:
                 last_id, last_progress = top, time.monotonic()
             elif time.monotonic() - last_progress > stall:
@@ -423,6 +434,7 @@ def run_recorder(
         seconds=seconds,
         fps=frames / seconds,
         receive_fps=frames / max((last_us - first_us) / 1e6, 1e-9),
+        steady_fps=steady_rate(progress, frames),
         commit_lag_s=done - last_us / 1e6,
         poll_interval_s=poll,
         peak_rss_mb=peak_kib / 1024,
@@ -433,6 +445,15 @@ def run_recorder(
         warnings=warnings,
         loss=loss,
     )
+
+
+def steady_rate(progress: list[tuple[float, int]], frames: int) -> float:
+    """Committed rows/s between 10 % and 90 % of the frames: no start-up, no final flush."""
+    lo = next((p for p in progress if p[1] >= frames // 10), None)
+    hi = next((p for p in progress if p[1] >= frames * 9 // 10), None)
+    if lo is None or hi is None or hi[0] <= lo[0]:
+        return float("nan")
+    return (hi[1] - lo[1]) / (hi[0] - lo[0])
 
 
 def parse_log(text: str) -> list[dict[str, Any]]:
@@ -546,6 +567,7 @@ def summarize(
         "recorder_peak_rss_mb": peak,
         "avg_frame_bytes": median([c.avg_frame_bytes for c in ceilings]),
         "recorder_receive_fps": median([r.receive_fps for r in recorders]),
+        "recorder_steady_fps": median([r.steady_fps for r in recorders]),
         "recorder_commit_lag_s": median([r.commit_lag_s for r in recorders]),
         "targets": targets,
         "machine": {"nproc": os.cpu_count(), "python": sys.version.split()[0]},
@@ -567,6 +589,7 @@ def print_table(s: dict[str, Any]) -> None:
         ("zero loss", yes(s["zero_loss"])),
         ("recorder peak RSS MB", f"{s['recorder_peak_rss_mb']:.1f}  (target < {TARGET_RSS_MB:g})"),
         ("recorder frames/s (received)", f"{s['recorder_receive_fps']:,.0f}"),
+        ("recorder frames/s (10-90% steady)", f"{s['recorder_steady_fps']:,.0f}"),
         ("commit lag after last frame s", f"{s['recorder_commit_lag_s']:.2f}"),
     ]
     width = max(len(k) for k, _ in rows)
@@ -651,6 +674,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 2
     finally:
+        for child in list(Child.live):
+            child.kill()
         if args.keep:
             print(f"kept {root}", file=sys.stderr)
         else:
