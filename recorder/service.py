@@ -16,8 +16,7 @@ import structlog
 from recorder.config import Config, redact_url
 from recorder.link import Link, LinkGaveUp
 from recorder.proxy import Proxy
-from recorder.store import Store, create_engine, prepare_sqlite_file, upgrade
-from recorder.writer import Writer, now_us
+from recorder.writer import Writer, WriterError
 
 log = structlog.get_logger("recorder.service")
 
@@ -33,40 +32,39 @@ class Service:
     async def run(self, stop: asyncio.Event) -> int:
         """Run until ``stop`` is set; returns the process exit code."""
         config = self.config
-        url = config.storage.url
-        prepare_sqlite_file(url)
-        engine = create_engine(url)
-        try:
-            before, after = await upgrade(engine)
-            if before != after:
-                log.info(
-                    "database migrated",
-                    database=redact_url(url),
-                    revision_from=before,
-                    revision_to=after,
-                )
-            store = Store(engine)
-            await store.open()
-            try:
-                return await self._run(store, stop)
-            finally:
-                await store.close()
-        finally:
-            await engine.dispose()
-
-    async def _run(self, store: Store, stop: asyncio.Event) -> int:
-        config = self.config
         s = config.storage
-        dangling = await store.close_dangling(now_us())
-        if dangling:
-            log.warning("marked connections left open by an unclean stop", count=dangling)
         self.writer = writer = Writer(
-            store,
+            s.url,
             batch_size=s.batch_size,
             commit_interval=s.commit_interval,
             queue_max_frames=s.queue_max_frames,
             queue_max_bytes=s.queue_max_bytes,
+            log_level=config.log.level,
+            log_format=config.log.format,
         )
+        try:
+            before, after = await writer.start()
+        except WriterError as exc:
+            log.error(str(exc), database=redact_url(s.url))
+            return 1
+        try:
+            if before != after:
+                log.info(
+                    "database migrated",
+                    database=redact_url(s.url),
+                    revision_from=before,
+                    revision_to=after,
+                )
+            dangling = await writer.close_dangling()
+            if dangling:
+                log.warning("marked connections left open by an unclean stop", count=dangling)
+            return await self._run(writer, stop)
+        finally:
+            await writer.close()
+
+    async def _run(self, writer: Writer, stop: asyncio.Event) -> int:
+        config = self.config
+        s = config.storage
         self.link = link = Link(config, writer)
         writer_task = asyncio.create_task(writer.run(), name="writer")
         self.proxy = None
@@ -81,7 +79,7 @@ class Service:
                     error=exc.strerror or str(exc),
                 )
                 writer.stop()
-                await writer_task
+                await asyncio.gather(writer_task, return_exceptions=True)
                 return 1
         link_task = asyncio.create_task(link.run(), name="link")
         log.info(
@@ -122,6 +120,16 @@ class Service:
                 "writer did not drain in time; frames were lost",
                 lost=len(writer.queue),
                 timeout=s.shutdown_timeout,
+            )
+            exit_code = 1
+        except WriterError as exc:
+            log.error(
+                "database writer failed; frames were lost", error=str(exc), lost=len(writer.queue)
+            )
+            exit_code = 1
+        except WriterError as exc:
+            log.error(
+                "database writer failed; frames were lost", error=str(exc), lost=len(writer.queue)
             )
             exit_code = 1
         log.info(

@@ -179,6 +179,14 @@ class Store:
             await self._conn.close()
             self._conn = None
 
+    async def reopen(self) -> None:
+        """After a failure: a fresh connection (the old one may be broken)."""
+        try:
+            await self.close()
+        except Exception:
+            self._conn = None
+        await self.open()
+
     @property
     def conn(self) -> AsyncConnection:
         if self._conn is None:

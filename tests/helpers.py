@@ -12,11 +12,17 @@ from sqlalchemy import text
 
 from recorder.cli import cli
 from recorder.service import Service
+from recorder.store import create_engine
 
 
 async def query(service: Service, sql: str, **params: Any) -> list[Any]:
-    async with service.writer.store.engine.connect() as conn:
-        return list(await conn.execute(text(sql), params))
+    """Read the service's database the way the CLI does: another connection."""
+    engine = create_engine(service.config.storage.url)
+    try:
+        async with engine.connect() as conn:
+            return list(await conn.execute(text(sql), params))
+    finally:
+        await engine.dispose()
 
 
 async def wait_until(

@@ -15,7 +15,6 @@ from click.testing import CliRunner
 
 from recorder.cli import cli
 from recorder.protocol import IN, OUT, Frame
-from recorder.store import Store, create_engine, prepare_sqlite_file, upgrade
 from recorder.writer import Writer
 
 T0 = 1_795_692_537_000_000  # 2026-11-26T11:28:57Z
@@ -78,21 +77,15 @@ FRAMES: list[tuple[str, bytes, bool]] = [
 @pytest.fixture
 def filled_db(db_path: Path) -> Path:
     async def fill() -> None:
-        url = f"sqlite+aiosqlite:///{db_path}"
-        prepare_sqlite_file(url)
-        engine = create_engine(url)
-        await upgrade(engine)
-        store = Store(engine)
-        await store.open()
-        writer = Writer(store)
+        writer = Writer(f"sqlite+aiosqlite:///{db_path}")
+        await writer.start()
         task = asyncio.create_task(writer.run())
         cid = await writer.open_connection("link", "ws://127.0.0.1:8787")
         for i, (direction, data, is_text) in enumerate(FRAMES, 1):
             await writer.put(Frame(cid, i, direction, T0 + i * 60_000_000, i, is_text, data))
         writer.stop()
         await task
-        await store.close()
-        await engine.dispose()
+        await writer.close()
 
     asyncio.run(fill())
     return db_path

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -14,19 +15,29 @@ from sqlalchemy import select, text
 
 from recorder.protocol import IN, OUT, Frame
 from recorder.schema import frames, metadata, sessions
-from recorder.store import Store, create_engine, upgrade
+from recorder.store import create_engine, upgrade
 from recorder.writer import Writer
 
 
 @pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[Store]:
-    engine = create_engine(f"sqlite+aiosqlite:///{db_path}")
-    await upgrade(engine)
-    s = Store(engine)
-    await s.open()
-    yield s
-    await s.close()
-    await engine.dispose()
+def url(db_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{db_path}"
+
+
+@pytest.fixture
+async def started(url: str) -> AsyncIterator[Callable[..., Awaitable[Writer]]]:
+    """Start writers (real child processes) with given options; stop them afterwards."""
+    writers: list[Writer] = []
+
+    async def start(**options: Any) -> Writer:
+        writer = Writer(url, **options)
+        await writer.start()
+        writers.append(writer)
+        return writer
+
+    yield start
+    for writer in writers:
+        await writer.close()
 
 
 def mk(
@@ -35,8 +46,9 @@ def mk(
     return Frame(cid, seq, direction, at or 1_000_000 + seq, seq, is_text, data)
 
 
-async def rows(store: Store) -> list[tuple[object, ...]]:
-    async with store.engine.connect() as conn:
+async def rows(url: str) -> list[tuple[object, ...]]:
+    engine = create_engine(url)
+    async with engine.connect() as conn:
         result = await conn.execute(
             select(
                 frames.c.seq,
@@ -49,18 +61,23 @@ async def rows(store: Store) -> list[tuple[object, ...]]:
         return [tuple(r) for r in result]
 
 
-async def test_migrations_match_the_models(store: Store) -> None:
+async def test_migrations_match_the_models(url: str) -> None:
     def diff(conn: object) -> list[object]:
         return compare_metadata(MigrationContext.configure(conn), metadata)  # type: ignore[arg-type]
 
-    async with store.engine.connect() as conn:
+    engine = create_engine(url)
+    await upgrade(engine)
+    async with engine.connect() as conn:
         assert await conn.run_sync(diff) == []
         mode = (await conn.execute(text("PRAGMA journal_mode"))).scalar()
+    await engine.dispose()
     assert mode == "wal"
 
 
-async def test_frames_are_stored_byte_exact(store: Store) -> None:
-    writer = Writer(store, commit_interval=10)
+async def test_frames_are_stored_byte_exact(
+    started: Callable[..., Awaitable[Writer]], url: str
+) -> None:
+    writer = await started(commit_interval=10)
     task = asyncio.create_task(writer.run())
     cid = await writer.open_connection("link", "ws://x")
     payloads = [
@@ -74,7 +91,7 @@ async def test_frames_are_stored_byte_exact(store: Store) -> None:
     for i, (data, is_text) in enumerate(payloads, 1):
         await writer.put(mk(cid, i, data, is_text=is_text))
     await writer.flush()
-    stored = await rows(store)
+    stored = await rows(url)
     assert len(stored) == len(payloads)
     for (data, _is_text), (_seq, _dir, payload, payload_bytes, _err) in zip(
         payloads, stored, strict=True
@@ -93,8 +110,10 @@ async def test_frames_are_stored_byte_exact(store: Store) -> None:
     await task
 
 
-async def test_commits_when_batch_is_full_without_waiting_for_the_interval(store: Store) -> None:
-    writer = Writer(store, batch_size=10, commit_interval=60)
+async def test_commits_when_batch_is_full_without_waiting_for_the_interval(
+    started: Callable[..., Awaitable[Writer]], url: str
+) -> None:
+    writer = await started(batch_size=10, commit_interval=60)
     task = asyncio.create_task(writer.run())
     cid = await writer.open_connection("link", "ws://x")
     for i in range(25):
@@ -108,8 +127,10 @@ async def test_commits_when_batch_is_full_without_waiting_for_the_interval(store
     assert writer.committed == 25
 
 
-async def test_commits_after_the_interval_when_the_batch_is_not_full(store: Store) -> None:
-    writer = Writer(store, batch_size=1000, commit_interval=0.05)
+async def test_commits_after_the_interval_when_the_batch_is_not_full(
+    started: Callable[..., Awaitable[Writer]], url: str
+) -> None:
+    writer = await started(batch_size=1000, commit_interval=0.05)
     task = asyncio.create_task(writer.run())
     cid = await writer.open_connection("link", "ws://x")
     commits = writer.commits
@@ -122,8 +143,10 @@ async def test_commits_after_the_interval_when_the_batch_is_not_full(store: Stor
     await task
 
 
-async def test_full_queue_pushes_back_and_loses_nothing(store: Store) -> None:
-    writer = Writer(store, batch_size=2, commit_interval=0.01, queue_max_frames=5)
+async def test_full_queue_pushes_back_and_loses_nothing(
+    started: Callable[..., Awaitable[Writer]], url: str
+) -> None:
+    writer = await started(batch_size=2, commit_interval=0.01, queue_max_frames=5)
     cid = await writer.open_connection("link", "ws://x")
     for i in range(5):
         await writer.put(mk(cid, i, b"{}"))
@@ -135,13 +158,15 @@ async def test_full_queue_pushes_back_and_loses_nothing(store: Store) -> None:
     async with asyncio.timeout(5):
         await blocked
     await writer.flush()
-    assert [r[0] for r in await rows(store)] == list(range(6))
+    assert [r[0] for r in await rows(url)] == list(range(6))
     writer.stop()
     await task
 
 
-async def test_queue_is_bounded_in_bytes_but_admits_one_huge_frame(store: Store) -> None:
-    writer = Writer(store, queue_max_frames=1000, queue_max_bytes=1000)
+async def test_queue_is_bounded_in_bytes_but_admits_one_huge_frame(
+    started: Callable[..., Awaitable[Writer]], url: str
+) -> None:
+    writer = await started(queue_max_frames=1000, queue_max_bytes=1000)
     cid = await writer.open_connection("link", "ws://x")
     await writer.put(mk(cid, 1, b"x" * 5000))  # bigger than the bound, queue empty: admitted
     blocked = asyncio.create_task(writer.put(mk(cid, 2, b"{}")))
@@ -157,8 +182,10 @@ async def test_queue_is_bounded_in_bytes_but_admits_one_huge_frame(store: Store)
     assert writer.committed == 2
 
 
-async def test_index_heals_from_sessions_list(store: Store) -> None:
-    writer = Writer(store, commit_interval=10)
+async def test_index_heals_from_sessions_list(
+    started: Callable[..., Awaitable[Writer]], url: str
+) -> None:
+    writer = await started(commit_interval=10)
     task = asyncio.create_task(writer.run())
     cid = await writer.open_connection("link", "ws://x")
 
@@ -178,15 +205,19 @@ async def test_index_heals_from_sessions_list(store: Store) -> None:
     await writer.put(mk(cid, 4, b'{"type":"list_sessions"}', direction=OUT, at=200))
     await writer.put(mk(cid, 5, listing, at=201))
     await writer.flush()
-    async with store.engine.connect() as conn:
+    engine = create_engine(url)
+    async with engine.connect() as conn:
         got = dict((await conn.execute(select(sessions.c.id, sessions.c.status))).all())
+    await engine.dispose()
     assert got == {"s1": "unknown", "s2": "running", "s3": "completed"}
     writer.stop()
     await task
 
 
-async def test_index_accumulates_across_batches(store: Store) -> None:
-    writer = Writer(store, batch_size=1, commit_interval=10)
+async def test_index_accumulates_across_batches(
+    started: Callable[..., Awaitable[Writer]], url: str
+) -> None:
+    writer = await started(batch_size=1, commit_interval=10)
     task = asyncio.create_task(writer.run())
     cid = await writer.open_connection("link", "ws://x")
     frames_ = [
@@ -214,12 +245,14 @@ async def test_index_accumulates_across_batches(store: Store) -> None:
     for i, f in enumerate(frames_):
         await writer.put(mk(cid, i, json.dumps(f).encode(), at=1000 + i))
     await writer.flush()
-    async with store.engine.connect() as conn:
+    engine = create_engine(url)
+    async with engine.connect() as conn:
         s = (await conn.execute(select(sessions))).one()
         t = dict(
             (await conn.execute(text("select task_id, status from tasks order by task_id"))).all()
         )
         conn_row = (await conn.execute(text("select frame_count from connections"))).scalar()
+    await engine.dispose()
     assert (s.status, s.frame_count, s.first_seen_us, s.last_seen_us) == (
         "completed",
         5,
