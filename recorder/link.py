@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from recorder import __version__
 from recorder.config import Config, redact_url
-from recorder.protocol import IN, OUT, Frame
+from recorder.protocol import IN, OUT
 from recorder.wire import RecordingClientConnection
 from recorder.writer import Writer
 
@@ -259,18 +259,14 @@ class Link:
                 return
             self.last_rx = time.monotonic()
             await put(
-                Frame(
-                    cid, next(seq), IN, time.time_ns() // 1000, time.monotonic_ns(), is_text, data
-                )
+                (cid, next(seq), IN, time.time_ns() // 1000, time.monotonic_ns(), is_text, data)
             )
 
     async def send(self, ws: Any, cid: int, text: str) -> None:
         """Send a text frame and record it once it is on its way."""
         received_us, mono = time.time_ns() // 1000, time.monotonic_ns()
         await ws.send(text)
-        await self.writer.put(
-            Frame(cid, next(self._seq), OUT, received_us, mono, True, text.encode())
-        )
+        await self.writer.put((cid, next(self._seq), OUT, received_us, mono, True, text.encode()))
 
     async def _resync(self, ws: Any, cid: int) -> None:
         """Ask for everything we may have missed while disconnected."""

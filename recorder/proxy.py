@@ -34,7 +34,7 @@ from websockets.typing import Subprotocol
 
 from recorder import __version__
 from recorder.config import Config, redact_url
-from recorder.protocol import IN, OUT, Frame
+from recorder.protocol import IN, OUT
 from recorder.wire import RecordingClientConnection, RecordingServerConnection, json_response
 from recorder.writer import Writer
 
@@ -289,9 +289,7 @@ class Proxy:
                         await dst.send(data, text=is_text)
                     finally:
                         # Recorded even when the other side is gone: the sender sent it.
-                        await put(
-                            Frame(cid, next(seq), direction, received_us, mono, is_text, data)
-                        )
+                        await put((cid, next(seq), direction, received_us, mono, is_text, data))
             except ConnectionClosed:
                 pass
             if not first:

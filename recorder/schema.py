@@ -28,7 +28,7 @@ from sqlalchemy import (
 
 # Named constraints keep batch migrations on SQLite (which copy tables) deterministic.
 NAMING_CONVENTION = {
-    "ix": "ix_%(column_0_N_label)s",
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
     "ck": "ck_%(table_name)s_%(constraint_name)s",
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
@@ -89,12 +89,21 @@ frames = Table(
     # without NUL characters (PostgreSQL text cannot hold NUL), else the raw bytes.
     Column("payload", Text, nullable=True),
     Column("payload_bytes", LargeBinary, nullable=True),
-    Index(None, "session_id", "id"),
-    Index(None, "task_id", "id"),
     Index(None, "type", "id"),
     Index(None, "received_at_us"),
-    Index(None, "connection_id", "seq"),
 )
+
+# Partial: many frames carry no session and most no task, and every index entry
+# costs insert time (measured: each secondary index adds about 1 µs per frame).
+# `session_id = ?` implies `IS NOT NULL`, so both databases use them for lookups.
+for _column in (frames.c.session_id, frames.c.task_id):
+    Index(
+        None,
+        _column,
+        frames.c.id,
+        sqlite_where=_column.is_not(None),
+        postgresql_where=_column.is_not(None),
+    )
 
 sessions = Table(
     "sessions",

@@ -127,11 +127,6 @@ class Service:
                 "database writer failed; frames were lost", error=str(exc), lost=len(writer.queue)
             )
             exit_code = 1
-        except WriterError as exc:
-            log.error(
-                "database writer failed; frames were lost", error=str(exc), lost=len(writer.queue)
-            )
-            exit_code = 1
         log.info(
             "recorder stopped",
             drained=pending,

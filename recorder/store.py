@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -21,7 +22,6 @@ from sqlalchemy import Select, and_, bindparam, event, func, select, true, tuple
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from alembic import command
 from recorder.protocol import TERMINAL_STATUSES, IndexBatch, SessionDelta, TaskDelta
 from recorder.schema import connections, frames, sessions, tasks
 
@@ -105,6 +105,8 @@ def create_engine(url: str) -> AsyncEngine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA busy_timeout=10000")
+            # 16 MiB of page cache (the default is 2 MiB): index pages stay hot.
+            cursor.execute("PRAGMA cache_size=-16384")
             cursor.close()
 
     return engine

@@ -32,7 +32,7 @@ from typing import Any
 
 import structlog
 
-from recorder.protocol import Frame, IndexBatch, classify
+from recorder.protocol import FrameTuple, IndexBatch, classify
 from recorder.schema import OPCODE_BINARY, OPCODE_TEXT
 from recorder.store import FrameRow, Store, create_engine, prepare_sqlite_file, upgrade
 
@@ -41,8 +41,8 @@ log = structlog.get_logger("recorder.writer")
 # Parsing a frame this large would stall the child's loop for too long.
 PARSE_IN_THREAD_BYTES = 256 * 1024
 # Batches shipped to the child before waiting for its answer: one being written,
-# one waiting, so the child never idles while the parent serialises the next.
-IN_FLIGHT = 2
+# one being classified, one on the wire.
+IN_FLIGHT = 3
 _HEADER = struct.Struct("!Q")
 
 
@@ -57,7 +57,7 @@ class FrameQueue:
         self.max_frames = max_frames
         self.max_bytes = max_bytes
         self.batch_size = batch_size
-        self._items: deque[Frame] = deque()
+        self._items: deque[FrameTuple] = deque()
         self._bytes = 0
         self.enqueued = 0
         # When the oldest waiting frame arrived (loop time); the commit deadline runs from it.
@@ -81,7 +81,7 @@ class FrameQueue:
             self._bytes >= self.max_bytes and bool(self._items)
         )
 
-    async def put(self, frame: Frame) -> None:
+    async def put(self, frame: FrameTuple) -> None:
         while self.full:
             self.waits += 1
             self._not_full.clear()
@@ -90,19 +90,19 @@ class FrameQueue:
             self.oldest_at = asyncio.get_running_loop().time()
             self.not_empty.set()
         self._items.append(frame)
-        self._bytes += len(frame.data)
+        self._bytes += len(frame[6])  # data
         self.enqueued += 1
         if len(self._items) >= self.batch_size or self.full:
             # A full queue means producers are about to wait: commit now, not later.
             self.batch_ready.set()
 
-    def take(self, n: int) -> list[Frame]:
+    def take(self, n: int) -> list[FrameTuple]:
         items = self._items
         batch = [items.popleft() for _ in range(min(n, len(items)))]
-        self._bytes -= sum(len(f.data) for f in batch)
+        self._bytes -= sum(len(f[6]) for f in batch)
         if items:
-            # We don't know when the new head arrived; "now" errs on the late side.
-            self.oldest_at = asyncio.get_running_loop().time()
+            # The new head's receive time (time.monotonic_ns, the loop's clock too).
+            self.oldest_at = items[0][4] / 1e9  # monotonic_ns
         else:
             self.not_empty.clear()
         if len(items) < self.batch_size and not self.full:
@@ -112,33 +112,34 @@ class FrameQueue:
         return batch
 
 
-def to_row(frame: Frame, info: Any) -> FrameRow:
-    return (
-        frame.connection_id,
-        frame.seq,
-        frame.direction,
-        frame.received_us,
-        frame.monotonic_ns,
-        OPCODE_TEXT if frame.is_text else OPCODE_BINARY,
-        len(frame.data),
-        info.type,
-        info.session_id,
-        info.task_id,
-        info.parse_error,
-        info.text,
-        None if info.text is not None else frame.data,
-    )
-
-
 def rows_and_index(batch: Sequence[Sequence[Any]]) -> tuple[list[FrameRow], IndexBatch]:
     """Classify a batch: the rows to insert and what they say about sessions and tasks."""
     rows: list[FrameRow] = []
+    append = rows.append
     index = IndexBatch()
-    for item in batch:
-        frame = Frame._make(item)
-        info = classify(frame.data, frame.is_text)
-        rows.append(to_row(frame, info))
-        index.add(frame, info)
+    add = index.add
+    for frame in batch:
+        cid, seq, direction, received, mono, is_text, data = frame
+        info = classify(data, is_text)
+        text = info.text
+        append(
+            (
+                cid,
+                seq,
+                direction,
+                received,
+                mono,
+                OPCODE_TEXT if is_text else OPCODE_BINARY,
+                len(data),
+                info.type,
+                info.session_id,
+                info.task_id,
+                info.parse_error,
+                text,
+                None if text is not None else data,
+            )
+        )
+        add(frame, info)
     return rows, index
 
 
@@ -279,7 +280,7 @@ class Writer:
 
     # --- producer side -----------------------------------------------------------
 
-    async def put(self, frame: Frame) -> None:
+    async def put(self, frame: FrameTuple) -> None:
         await self.queue.put(frame)
 
     async def flush(self) -> None:
@@ -364,10 +365,9 @@ class Writer:
         if self._died is not None:
             raise WriterError(self._died)
 
-    async def _ship(self, batch: list[Frame]) -> None:
+    async def _ship(self, batch: list[FrameTuple]) -> None:
         try:
-            # Plain tuples pickle three times faster than named ones.
-            await self._call("batch", [tuple(f) for f in batch])
+            await self._call("batch", batch)
             self.committed += len(batch)
             async with self._progress:
                 self._progress.notify_all()
@@ -421,12 +421,35 @@ async def _child(sock: socket.socket, url: str) -> None:
         await _send(stream, ("failed", f"{type(exc).__name__}: {exc}".splitlines()[0]))
         stream.close()
         return
-    # Everything allocated so far lives for the whole run; keep the collector off it.
+    # Everything allocated so far lives for the whole run; keep the collector off it,
+    # and let the young generation grow: each batch makes thousands of short-lived dicts.
     gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     await _send(stream, ("ready", before, after))
+    # While one batch is being written (SQLite releases the GIL in its C code), the
+    # next one is classified: a two-stage pipeline, still one transaction at a time.
+    writing: asyncio.Task[None] | None = None
+
+    async def write_and_answer(rid: int, rows: list[FrameRow], index: IndexBatch) -> None:
+        try:
+            await _write_rows(store, rows, index)
+        except Exception as exc:
+            await _send(stream, (rid, False, f"{type(exc).__name__}: {exc}"))
+        else:
+            await _send(stream, (rid, True, None))
+
     try:
         while (message := await _receive(reader)) is not None:
             kind, rid, payload = message
+            if kind == "batch":
+                rows, index = await _prepare(payload)
+                if writing is not None:
+                    await writing
+                writing = asyncio.create_task(write_and_answer(rid, rows, index))
+                continue
+            if writing is not None:
+                await writing  # everything before this operation is committed first
+                writing = None
             try:
                 result = await _handle(store, kind, payload)
             except Exception as exc:
@@ -436,6 +459,8 @@ async def _child(sock: socket.socket, url: str) -> None:
             await _send(stream, (rid, True, result))
             if kind == "stop":
                 break
+        if writing is not None:
+            await writing
     finally:
         await store.close()
         await engine.dispose()
@@ -443,9 +468,6 @@ async def _child(sock: socket.socket, url: str) -> None:
 
 
 async def _handle(store: Store, kind: str, payload: Any) -> Any:
-    if kind == "batch":
-        await _write_batch(store, payload)
-        return None
     if kind == "open":
         role, url, opened, client_addr = payload
         return await store.open_connection(role, url, opened, client_addr)
@@ -464,11 +486,13 @@ async def _handle(store: Store, kind: str, payload: Any) -> Any:
     raise ValueError(f"unknown writer operation {kind!r}")
 
 
-async def _write_batch(store: Store, batch: list[tuple[Any, ...]]) -> None:
+async def _prepare(batch: list[tuple[Any, ...]]) -> tuple[list[FrameRow], IndexBatch]:
     if any(len(item[6]) > PARSE_IN_THREAD_BYTES for item in batch):
-        rows, index = await asyncio.to_thread(rows_and_index, batch)
-    else:
-        rows, index = rows_and_index(batch)
+        return await asyncio.to_thread(rows_and_index, batch)
+    return rows_and_index(batch)
+
+
+async def _write_rows(store: Store, rows: list[FrameRow], index: IndexBatch) -> None:
     delay = 0.5
     while True:
         try:
@@ -478,7 +502,10 @@ async def _write_batch(store: Store, batch: list[tuple[Any, ...]]) -> None:
             # Keep the batch and retry: the parent's queue fills meanwhile and pushes
             # back on the sockets, so nothing is dropped while the database is away.
             log.error(
-                "database write failed; retrying", error=str(exc), frames=len(rows), retry_in=delay
+                "database write failed; retrying",
+                error=str(exc),
+                frames=len(rows),
+                retry_in=delay,
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)

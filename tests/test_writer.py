@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ async def started(url: str) -> AsyncIterator[Callable[..., Awaitable[Writer]]]:
 def mk(
     cid: int, seq: int, data: bytes, *, direction: str = IN, is_text: bool = True, at: int = 0
 ) -> Frame:
-    return Frame(cid, seq, direction, at or 1_000_000 + seq, seq, is_text, data)
+    return Frame(cid, seq, direction, at or 1_000_000 + seq, time.monotonic_ns(), is_text, data)
 
 
 async def rows(url: str) -> list[tuple[object, ...]]:
