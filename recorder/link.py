@@ -250,7 +250,7 @@ class Link:
 
     async def _receive(self, ws: Any, cid: int) -> None:
         recv = ws.recv_raw
-        put = self.writer.put
+        queue = self.writer.queue
         seq = self._seq
         while True:
             try:
@@ -258,9 +258,15 @@ class Link:
             except ConnectionClosed:
                 return
             self.last_rx = time.monotonic()
-            await put(
-                (cid, next(seq), IN, time.time_ns() // 1000, time.monotonic_ns(), is_text, data)
-            )
+            frame = (cid, next(seq), IN, time.time_ns() // 1000, time.monotonic_ns(), is_text, data)
+            if not queue.full:
+                queue.put_nowait(frame)  # the common case, without a coroutine
+                continue
+            # No room: stop reading until the writer catches up. Silence on the socket
+            # from now on is ours, not the daemon's (see _heartbeat).
+            self._waiting_for_writer = True
+            await queue.put(frame)
+            self._waiting_for_writer = False
 
     async def send(self, ws: Any, cid: int, text: str) -> None:
         """Send a text frame and record it once it is on its way."""

@@ -86,6 +86,10 @@ class FrameQueue:
             self.waits += 1
             self._not_full.clear()
             await self._not_full.wait()
+        self.put_nowait(frame)
+
+    def put_nowait(self, frame: FrameTuple) -> None:
+        """Append without checking the bound: for callers that checked :attr:`full`."""
         if not self._items:
             self.oldest_at = asyncio.get_running_loop().time()
             self.not_empty.set()
