@@ -29,7 +29,8 @@ Method (every process is separate, everything is on loopback):
    simulator sends (regenerated with :func:`recorder.simulator.firehose_template`, which
    is itself checked against frames the bare client captured off the wire), opcode text,
    ``size`` equal to the payload's length, and exactly one ``stream_end``.
-5. Peak RSS: ``VmHWM`` of the recorder process, read right before SIGTERM; the recorder
+5. Peak RSS: ``VmHWM`` of the recorder's processes (the service and its writer
+   process), summed, read right before SIGTERM; the recorder
    must then exit 0 and log ``recorder stopped``.
 
 Measurements alternate (ceiling, recorder, ceiling, recorder, ...) ``--repeat`` times and
@@ -116,6 +117,13 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def process_tree(pid: int) -> list[int]:
+    """The pid and all its descendants (the recorder runs its writer in a child)."""
+    import psutil
+
+    return [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]
 
 
 def vm_hwm_kib(pid: int) -> int:
@@ -400,9 +408,12 @@ def run_recorder(
             elif time.monotonic() - last_progress > stall:
                 raise BenchError(f"no frame committed for {stall:.0f} s (stuck at row {top})")
             time.sleep(poll)
-        rec_cpu = cpu_seconds(rec.pid) - rec_cpu0
+        # The recorder is a process tree: the service and its database writer.
+        pids = process_tree(rec.pid)
+        rec_cpu = sum(cpu_seconds(p) for p in pids) - rec_cpu0
         sim_cpu = cpu_seconds(sim.pid) - sim_cpu0
-        peak_kib = vm_hwm_kib(rec.pid)
+        # Summed peaks: an upper bound on the tree's peak (they need not coincide).
+        peak_kib = sum(vm_hwm_kib(p) for p in pids)
         exit_code = rec.terminate(min(90.0, max(deadline.left(), 1.0)))
         log = rec.log()
     finally:
