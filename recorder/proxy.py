@@ -277,9 +277,9 @@ class Proxy:
         log.info("proxy client connected", connection_id=cid, client=peer)
         seq = itertools.count(1)
         first: list[str] = []
-        put = self.writer.put
+        queue = self.writer.queue
 
-        async def pump(src: Any, dst: Any, direction: str, side: str, other: str) -> None:
+        async def pump(src: Any, dst: Any, direction: str, side: str) -> None:
             recv = src.recv_raw
             try:
                 while True:
@@ -289,7 +289,11 @@ class Proxy:
                         await dst.send(data, text=is_text)
                     finally:
                         # Recorded even when the other side is gone: the sender sent it.
-                        await put((cid, next(seq), direction, received_us, mono, is_text, data))
+                        frame = (cid, next(seq), direction, received_us, mono, is_text, data)
+                        if queue.full:
+                            await queue.put(frame)  # back-pressure: stop reading this side
+                        else:
+                            queue.put_nowait(frame)
             except ConnectionClosed:
                 pass
             if not first:
@@ -299,8 +303,8 @@ class Proxy:
 
         try:
             await asyncio.gather(
-                pump(client, upstream, OUT, "client", "upstream"),
-                pump(upstream, client, IN, "upstream", "client"),
+                pump(client, upstream, OUT, "client"),
+                pump(upstream, client, IN, "upstream"),
             )
         except Exception as exc:  # a bug here must not take the service down
             log.exception("proxy conversation failed", connection_id=cid)
