@@ -41,6 +41,9 @@ from recorder.writer import Writer
 log = structlog.get_logger("recorder.proxy")
 
 HEALTH_TIMEOUT = 3.0
+# At most this many already-received frames are relayed in one socket write.
+RELAY_BATCH = 64
+STOP_TIMEOUT = 10.0
 # Headers a browser or UI sends that the daemon may care about.
 FORWARDED_HEADERS = ("Authorization", "x-api-key", "Origin", "Cookie", "User-Agent")
 
@@ -145,7 +148,15 @@ class Proxy:
             return
         # Closes every client with 1001; each conversation then closes its upstream.
         self.server.close()
-        await self.server.wait_closed()
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT):
+                await self.server.wait_closed()
+        except TimeoutError:
+            # A peer that never completes its close must not hold the shutdown.
+            log.warning("proxy conversations did not close in time; aborting them")
+            for conn in list(self.server.connections):
+                conn.transport.abort()
+            await self.server.wait_closed()
 
     # --- handshake ----------------------------------------------------------------
 
@@ -280,20 +291,24 @@ class Proxy:
         queue = self.writer.queue
 
         async def pump(src: Any, dst: Any, direction: str, side: str) -> None:
-            recv = src.recv_raw
+            recv, recv_nowait = src.recv_raw, src.recv_raw_nowait
             try:
                 while True:
                     is_text, data = await recv()
-                    received_us, mono = time.time_ns() // 1000, time.monotonic_ns()
+                    batch = [(is_text, data, time.time_ns() // 1000, time.monotonic_ns())]
+                    # Whatever else has already arrived goes out in the same write.
+                    while len(batch) < RELAY_BATCH and (more := recv_nowait()) is not None:
+                        batch.append((*more, time.time_ns() // 1000, time.monotonic_ns()))
                     try:
-                        await dst.send(data, text=is_text)
+                        await dst.send_many([(t, d) for t, d, _, _ in batch])
                     finally:
                         # Recorded even when the other side is gone: the sender sent it.
-                        frame = (cid, next(seq), direction, received_us, mono, is_text, data)
-                        if queue.full:
-                            await queue.put(frame)  # back-pressure: stop reading this side
-                        else:
-                            queue.put_nowait(frame)
+                        for is_text, data, received_us, mono in batch:
+                            frame = (cid, next(seq), direction, received_us, mono, is_text, data)
+                            if queue.full:
+                                await queue.put(frame)  # back-pressure: stop reading
+                            else:
+                                queue.put_nowait(frame)
             except ConnectionClosed:
                 pass
             if not first:
