@@ -9,17 +9,20 @@ import json
 import os
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import click
-from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from recorder import __version__, logs, store
+from recorder import __version__, logs
 from recorder.config import Config, ConfigError, load_config, redact_url
-from recorder.protocol import IN, OUT
-from recorder.schema import OPCODE_TEXT
+from recorder.protocol import IN, OPCODE_TEXT, OUT
 from recorder.times import format_us, parse_when
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+# SQLAlchemy and the store are imported inside the commands that query: `recorder
+# run` never loads them in the service's process (the writer process does).
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -67,6 +70,9 @@ def run_db(
     config: Config, fn: Callable[[AsyncEngine], Coroutine[Any, Any, T]], *, create: bool = False
 ) -> T:
     """Run ``fn(engine)``, turning database failures into one-line errors."""
+    from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+
+    from recorder import store
 
     async def go() -> T:
         url = config.storage.url
@@ -133,6 +139,8 @@ def db_upgrade(config_path: str | None, database: str | None) -> None:
 
     Example: recorder db upgrade --database /var/lib/orchestrator-recorder/recorder.db
     """
+    from recorder import store
+
     config = load(config_path, database)
     before, after = run_db(config, store.upgrade, create=True)
     if before == after:
@@ -149,6 +157,8 @@ def db_current(config_path: str | None, database: str | None) -> None:
 
     Example: recorder db current
     """
+    from recorder import store
+
     config = load(config_path, database)
     rev = run_db(config, store.current)
     head = store.head_revision()
@@ -188,6 +198,8 @@ def sessions(
 
     Example: recorder sessions --status running --since 2h
     """
+    from recorder import store
+
     config = load(config_path, database)
     rows = run_db(
         config, functools.partial(store.list_sessions, status=status, since_us=since, limit=limit)
@@ -291,6 +303,8 @@ def frames(
 
     Example: recorder frames --session session_1795692537464_eeayv91i6 --format jsonl --limit 0
     """
+    from recorder import store
+
     config = load(config_path, database)
     query = store.FrameFilter(
         session_id=filters["session_id"],
@@ -350,6 +364,8 @@ def status(config_path: str | None, database: str | None, as_json: bool) -> None
 
     Example: recorder status --json
     """
+    from recorder import store
+
     config = load(config_path, database)
     st = run_db(config, store.status)
     conn = st.last_connection

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 import types
 import typing
@@ -17,9 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 ENV_CONFIG = "RECORDER_CONFIG"
 ENV_TOKEN = "RECORDER_DAEMON_TOKEN"
@@ -332,36 +330,41 @@ def default_state_dir(env: Mapping[str, str]) -> Path:
     return Path(xdg) / "orchestrator-recorder"
 
 
+_SCHEME = re.compile(r"^([a-z][a-z0-9]*)(?:\+([a-z0-9_]+))?$")
+
+
 def normalize_database_url(src: str, url: str, env: Mapping[str, str]) -> str:
-    """Turn what a user writes (``sqlite:///x.db``, ``postgresql://...``) into an async URL."""
+    """Turn what a user writes (``sqlite:///x.db``, ``postgresql://...``) into an async URL.
+
+    Parsed here rather than with SQLAlchemy's make_url so that the service's own
+    process never loads SQLAlchemy (only its writer process does).
+    """
     if not url:
         return f"sqlite+aiosqlite:///{default_state_dir(env) / 'recorder.db'}"
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise ConfigError(f"{src}: storage.url: not a database URL: {redact_url(url)!r}") from None
-    backend = parsed.get_backend_name()
+    scheme, sep, rest = url.partition("://")
+    match = _SCHEME.match(scheme.lower())
+    if not sep or match is None:
+        raise ConfigError(f"{src}: storage.url: not a database URL: {redact_url(url)!r}")
+    backend, driver = match.group(1), match.group(2)
     if backend == "sqlite":
-        if parsed.drivername not in ("sqlite", "sqlite+aiosqlite"):
+        if driver not in (None, "aiosqlite"):
             raise ConfigError(
-                f"{src}: storage.url: SQLite needs the aiosqlite driver, got {parsed.drivername!r}"
+                f"{src}: storage.url: SQLite needs the aiosqlite driver, got {scheme!r}"
             )
-        if not parsed.database or parsed.database == ":memory:":
+        if not rest.startswith("/") or rest in ("/", "/:memory:"):
             raise ConfigError(
                 f"{src}: storage.url: SQLite needs a file path (sqlite:///path/recorder.db)"
             )
-        parsed = parsed.set(drivername="sqlite+aiosqlite")
-    elif backend in ("postgresql", "postgres"):
-        if parsed.drivername not in ("postgresql", "postgres", "postgresql+asyncpg"):
+        return f"sqlite+aiosqlite://{rest}"
+    if backend in ("postgresql", "postgres"):
+        if driver not in (None, "asyncpg"):
             raise ConfigError(
-                f"{src}: storage.url: PostgreSQL needs the asyncpg driver, got {parsed.drivername!r}"
+                f"{src}: storage.url: PostgreSQL needs the asyncpg driver, got {scheme!r}"
             )
-        parsed = parsed.set(drivername="postgresql+asyncpg")
-    else:
-        raise ConfigError(
-            f"{src}: storage.url: unsupported database {backend!r} (use sqlite or postgresql)"
-        )
-    return parsed.render_as_string(hide_password=False)
+        return f"postgresql+asyncpg://{rest}"
+    raise ConfigError(
+        f"{src}: storage.url: unsupported database {backend!r} (use sqlite or postgresql)"
+    )
 
 
 SECRET_QUERY_KEYS = {"token", "apikey", "api_key", "access_token", "key", "password"}

@@ -16,6 +16,10 @@ from typing import Any, NamedTuple
 IN = "in"
 OUT = "out"
 
+# WebSocket opcodes, as stored in frames.opcode.
+OPCODE_TEXT = 1
+OPCODE_BINARY = 2
+
 # An id longer than this is garbage, not an id: keep it out of the indexed columns.
 MAX_ID_LENGTH = 256
 

@@ -40,8 +40,7 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 # SQLite only autoincrements an INTEGER PRIMARY KEY (the rowid); PostgreSQL wants BIGINT.
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
-OPCODE_TEXT = 1
-OPCODE_BINARY = 2
+from recorder.protocol import OPCODE_BINARY, OPCODE_TEXT  # noqa: E402,F401  (re-exported)
 
 connections = Table(
     "connections",

@@ -20,21 +20,22 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
-import multiprocessing
 import pickle
 import signal
 import socket
 import struct
+import sys
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from recorder.protocol import FrameTuple, IndexBatch, classify
-from recorder.schema import OPCODE_BINARY, OPCODE_TEXT
-from recorder.store import FrameRow, Store, create_engine, prepare_sqlite_file, upgrade
+from recorder.protocol import OPCODE_BINARY, OPCODE_TEXT, FrameTuple, IndexBatch, classify
+
+if TYPE_CHECKING:
+    from recorder.store import FrameRow, Store
 
 log = structlog.get_logger("recorder.writer")
 
@@ -208,17 +209,19 @@ class Writer:
     async def start(self) -> tuple[str | None, str | None]:
         """Start the writer process; it migrates the database. Returns (before, after) revisions."""
         ours, theirs = socket.socketpair()
-        # spawn, not fork: the parent already runs an event loop and threads.
-        ctx = multiprocessing.get_context("spawn")
-        self._process = ctx.Process(
-            target=child_main,
-            args=(theirs, self.url, self._log),
-            name="recorder-writer",
-            daemon=True,
+        # A plain child process (no multiprocessing: its resource tracker would be a
+        # third process); the database URL travels over the socket, never in argv.
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "from recorder.writer import child_entry; child_entry()",
+            str(theirs.fileno()),
+            pass_fds=(theirs.fileno(),),
+            stdin=asyncio.subprocess.DEVNULL,
         )
-        self._process.start()
         theirs.close()
         reader, self._stream = await asyncio.open_connection(sock=ours)
+        await _send(self._stream, (self.url, self._log))
         hello = await _receive(reader)
         if not isinstance(hello, tuple) or hello[0] != "ready":
             await self._reap()
@@ -241,11 +244,15 @@ class Writer:
         await self._reap()
 
     async def _reap(self) -> None:
-        if self._process is not None:
-            await asyncio.to_thread(self._process.join, 10)
-            if self._process.is_alive():
-                self._process.kill()
-                await asyncio.to_thread(self._process.join, 5)
+        process = self._process
+        if process is None:
+            return
+        try:
+            await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
+            log.error("writer process did not exit; killing it", pid=process.pid)
+            process.kill()
+            await process.wait()
 
     async def _read_answers(self, reader: asyncio.StreamReader) -> None:
         while True:
@@ -401,20 +408,26 @@ class Writer:
 # --- child side -------------------------------------------------------------------
 
 
-def child_main(sock: socket.socket, url: str, log_options: tuple[str, str]) -> None:
-    """Entry point of the writer process."""
-    from recorder import logs
-
+def child_entry() -> None:
+    """Entry point of the writer process: ``python -c ... <socket fd>``."""
     # The parent decides when to stop (after draining); systemd's SIGTERM to the
-    # whole control group must not kill the writer first.
+    # whole control group, or Ctrl-C in a terminal, must not kill the writer first.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logs.configure(*log_options)
-    asyncio.run(_child(sock, url))
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    asyncio.run(_child(sock))
 
 
-async def _child(sock: socket.socket, url: str) -> None:
+async def _child(sock: socket.socket) -> None:
+    from recorder import logs
+    from recorder.store import Store, create_engine, prepare_sqlite_file, upgrade
+
     reader, stream = await asyncio.open_connection(sock=sock)
+    settings = await _receive(reader)
+    if settings is None:
+        return
+    url, log_options = settings
+    logs.configure(*log_options)
     try:
         prepare_sqlite_file(url)
         engine = create_engine(url)
