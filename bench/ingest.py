@@ -50,12 +50,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import re
 import resource
-import shutil
 import signal
 import sqlite3
 import statistics
@@ -65,11 +63,18 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # a plain checkout, not installed
-    sys.path.insert(0, str(REPO))
+from harness import (
+    BenchError,
+    Child,
+    Deadline,
+    cpu_seconds,
+    log_outcome,
+    ro_connect,
+    scratch_dir,
+    wait_for_log,
+)
 
 TARGET_RATIO = 0.5
 TARGET_RSS_MB = 150.0
@@ -79,44 +84,9 @@ DEFAULT_SIZE = 180  # the simulator's firehose_size default; the CLI has no opti
 CHUNK_PREFIX = b'{"type":"stream_chunk"'
 END_PREFIX = b'{"type":"stream_end"'
 LISTENING = re.compile(r"listening on ws://127\.0\.0\.1:(\d+)")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-class BenchError(Exception):
-    """The benchmark itself could not run (not a recorder result)."""
 
 
 # --- processes ---------------------------------------------------------------------
-
-
-class Deadline:
-    def __init__(self, seconds: float) -> None:
-        self.at = time.monotonic() + seconds
-        self.seconds = seconds
-
-    def left(self) -> float:
-        return self.at - time.monotonic()
-
-    def check(self, what: str) -> None:
-        if self.left() <= 0:
-            raise BenchError(f"overall timeout ({self.seconds:.0f} s) while {what}")
-
-
-def child_env() -> dict[str, str]:
-    # Nothing from the caller's environment may redirect the recorder (database, config).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECORDER_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a live process."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def process_tree(pid: int) -> list[int]:
@@ -133,68 +103,16 @@ def vm_hwm_kib(pid: int) -> int:
     raise BenchError(f"no VmHWM for pid {pid}")
 
 
-class Child:
-    """A child process whose stderr goes to a file; always reaped by :meth:`kill`."""
-
-    # Every child still running, so that main() can stop them whatever went wrong.
-    live: ClassVar[set[Child]] = set()
-
-    def __init__(self, name: str, args: list[str], workdir: Path) -> None:
-        self.name = name
-        self.log_path = workdir / f"{name}.log"
-        self._log: IO[bytes] = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE if name == "client" else subprocess.DEVNULL,
-            stderr=self._log,
-            cwd=workdir,
-            env=child_env(),
-        )
-        self.pid = self.proc.pid
-        Child.live.add(self)
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def terminate(self, timeout: float) -> int | None:
-        """SIGTERM, wait up to ``timeout``; returns the exit code or None if it hung."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=max(timeout, 0.1))
-        except subprocess.TimeoutExpired:
-            return None
-
-    def kill(self) -> None:
-        Child.live.discard(self)
-        if self.alive():
-            self.proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._log.close()
-
-
 def start_simulator(frames: int, workdir: Path, deadline: Deadline) -> tuple[Child, int]:
     args = [sys.executable, "-m", "recorder", "simulate", "--port", "0"]
     args += ["--firehose", str(frames), "--chunk-delay", "0"]
     sim = Child("simulator", args, workdir)
-    until = time.monotonic() + min(30.0, deadline.left())
-    while time.monotonic() < until:
-        if (m := LISTENING.search(sim.log())) is not None:
-            return sim, int(m.group(1))
-        if not sim.alive():
-            break
-        time.sleep(0.05)
-    text = sim.log()
-    sim.kill()
-    raise BenchError(f"simulator did not start:\n{text[-2000:]}")
+    try:
+        m = wait_for_log(sim, LISTENING, deadline.left())
+    except BenchError:
+        sim.kill()
+        raise
+    return sim, int(m.group(1))
 
 
 # --- the ceiling: a bare client ----------------------------------------------------------
@@ -253,16 +171,16 @@ def run_ceiling(frames: int, root: Path, deadline: Deadline) -> CeilingRun:
     sim, port = start_simulator(frames, workdir, deadline)
     client: Child | None = None
     try:
-        sim_cpu0 = cpu_seconds(sim.pid)
+        sim_cpu0 = cpu_seconds(sim.pid, children=False)
         args = [sys.executable, str(Path(__file__).resolve()), "--frames", str(frames)]
         args += ["--bare-client", f"ws://127.0.0.1:{port}"]
-        client = Child("client", args, workdir)
+        client = Child("client", args, workdir, pipe_stdout=True)
         assert client.proc.stdout is not None
         try:
             out, _ = client.proc.communicate(timeout=max(deadline.left(), 1.0))
         except subprocess.TimeoutExpired:
             raise BenchError("overall timeout while the bare client was receiving") from None
-        sim_cpu = cpu_seconds(sim.pid) - sim_cpu0
+        sim_cpu = cpu_seconds(sim.pid, children=False) - sim_cpu0
         if client.proc.returncode != 0:
             raise BenchError(f"bare client failed:\n{client.log()[-2000:]}")
         result = json.loads(out)
@@ -350,10 +268,6 @@ class RecorderRun:
     loss: LossReport
 
 
-def ro_connect(db: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10, isolation_level=None)
-
-
 def poll_scalar(db: Path, sql: str) -> Any:
     """One short read transaction; None while the file or the tables do not exist yet."""
     if not db.exists():
@@ -389,7 +303,10 @@ def run_recorder(
             if not rec.alive():
                 raise BenchError(f"recorder exited early:\n{rec.log()[-2000:]}")
             time.sleep(poll)
-        rec_cpu0, sim_cpu0 = cpu_seconds(rec.pid), cpu_seconds(sim.pid)
+        rec_cpu0, sim_cpu0 = (
+            cpu_seconds(rec.pid, children=False),
+            cpu_seconds(sim.pid, children=False),
+        )
 
         # Committed: the stream_end row is visible.
         last_id, last_progress = -1, time.monotonic()
@@ -410,8 +327,8 @@ def run_recorder(
             time.sleep(poll)
         # The recorder is a process tree: the service and its database writer.
         pids = process_tree(rec.pid)
-        rec_cpu = sum(cpu_seconds(p) for p in pids) - rec_cpu0
-        sim_cpu = cpu_seconds(sim.pid) - sim_cpu0
+        rec_cpu = sum(cpu_seconds(p, children=False) for p in pids) - rec_cpu0
+        sim_cpu = cpu_seconds(sim.pid, children=False) - sim_cpu0
         # Summed peaks: an upper bound on the tree's peak (they need not coincide).
         peak_kib = sum(vm_hwm_kib(p) for p in pids)
         exit_code = rec.terminate(min(90.0, max(deadline.left(), 1.0)))
@@ -422,13 +339,7 @@ def run_recorder(
         sim.terminate(5)
         sim.kill()
 
-    events = parse_log(log)
-    stopped = any(e.get("event") == "recorder stopped" for e in events)
-    warnings = [
-        f"{e.get('level')}: {e.get('event')}"
-        for e in events
-        if e.get("level") in ("warning", "error", "critical")
-    ]
+    stopped, warnings = log_outcome(log)
     con = ro_connect(db)
     try:
         first_us, last_us = con.execute(
@@ -465,16 +376,6 @@ def steady_rate(progress: list[tuple[float, int]], frames: int) -> float:
     if lo is None or hi is None or hi[0] <= lo[0]:
         return float("nan")
     return (hi[1] - lo[1]) / (hi[0] - lo[0])
-
-
-def parse_log(text: str) -> list[dict[str, Any]]:
-    events = []
-    for line in text.splitlines():
-        with contextlib.suppress(ValueError):
-            obj = json.loads(line)
-            if isinstance(obj, dict):
-                events.append(obj)
-    return events
 
 
 def verify(con: sqlite3.Connection, frames: int) -> LossReport:
@@ -667,30 +568,26 @@ def main(argv: list[str] | None = None) -> int:
     deadline = Deadline(seconds)
     # SIGTERM to the benchmark must still reach the finally blocks that stop the children.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    root = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     ceilings: list[CeilingRun] = []
     recorders: list[RecorderRun] = []
-    try:
-        for i in range(args.repeat):
-            for kind in ("ceiling", "recorder"):
-                if not args.json:
-                    print(f"run {i + 1}/{args.repeat}: {kind} ...", file=sys.stderr, flush=True)
-                if kind == "ceiling":
-                    ceilings.append(run_ceiling(args.frames, root, deadline))
-                else:
-                    recorders.append(
-                        run_recorder(args.frames, root, deadline, args.poll, args.stall)
-                    )
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        for child in list(Child.live):
-            child.kill()
-        if args.keep:
-            print(f"kept {root}", file=sys.stderr)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+    with scratch_dir("bench-ingest-", args.keep) as root:
+        try:
+            for i in range(args.repeat):
+                for kind in ("ceiling", "recorder"):
+                    if not args.json:
+                        print(f"run {i + 1}/{args.repeat}: {kind} ...", file=sys.stderr, flush=True)
+                    if kind == "ceiling":
+                        ceilings.append(run_ceiling(args.frames, root, deadline))
+                    else:
+                        recorders.append(
+                            run_recorder(args.frames, root, deadline, args.poll, args.stall)
+                        )
+        except BenchError as exc:
+            print(f"benchmark failed: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            for child in list(Child.live):
+                child.kill()
     summary = summarize(args.frames, ceilings, recorders)
     if args.json:
         print(json.dumps(summary, indent=2))

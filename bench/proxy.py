@@ -78,7 +78,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import datetime
 import gc
 import hashlib
@@ -86,24 +85,29 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
 import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # a plain checkout, not installed
-    sys.path.insert(0, str(REPO))
+from harness import (
+    REPO,
+    BenchError,
+    Child,
+    Deadline,
+    cpu_seconds,
+    log_outcome,
+    ro_connect,
+    scratch_dir,
+    wait_for_log,
+)
 
 TARGET_ADDED_P99_MS = 2.0
 TARGET_ADDED_P99_RATE = 1000
@@ -124,12 +128,6 @@ RESULT_PREFIX = b'{"type":"bench_result"'
 DONE_BYTES = DONE.encode()
 STAMP = re.compile(rb'"index":(\d+),"t":(\d+)\}')
 LISTENING = re.compile(r"peer listening on 127\.0\.0\.1:(\d+)")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PR_SET_PDEATHSIG = 1
-
-
-class BenchError(Exception):
-    """The benchmark itself could not run (not a recorder result)."""
 
 
 # --- frames, shared by the peer and the client ------------------------------------------
@@ -392,120 +390,12 @@ def run_client() -> int:
 # --- processes ---------------------------------------------------------------------------
 
 
-class Deadline:
-    def __init__(self, seconds: float) -> None:
-        self.at = time.monotonic() + seconds
-        self.seconds = seconds
-
-    def left(self) -> float:
-        return self.at - time.monotonic()
-
-    def check(self, what: str) -> None:
-        if self.left() <= 0:
-            raise BenchError(f"overall timeout ({self.seconds:.0f} s) while {what}")
-
-
-def child_env() -> dict[str, str]:
-    # Nothing from the caller's environment may redirect the recorder (database, config).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECORDER_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the benchmark dies, however it dies."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def cpu_seconds(pid: int, children: bool = True) -> float:
-    """utime + stime of a live process and of its live descendants (a writer process, say)."""
-    total = 0.0
-    todo, seen = [pid], set()
-    while todo:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            if p == pid:
-                return float("nan")
-            continue
-        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
-        if not children:
-            break
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-    return total
-
-
 def source_digest() -> str:
     """Which recorder code was measured: SHA-256 over recorder/*.py (first 12 hex digits)."""
     h = hashlib.sha256()
     for path in sorted((REPO / "recorder").glob("*.py")):
         h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:12]
-
-
-class Child:
-    """A child process whose stderr goes to a file; always reaped by :meth:`kill`."""
-
-    def __init__(self, name: str, args: list[str], workdir: Path, pipes: bool = False) -> None:
-        self.name = name
-        self.log_path = workdir / f"{name}.log"
-        self._log: IO[bytes] = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            args,
-            stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
-            stdout=subprocess.PIPE if pipes else subprocess.DEVNULL,
-            stderr=self._log,
-            cwd=workdir,
-            env=child_env(),
-            preexec_fn=die_with_parent,
-        )
-        self.pid = self.proc.pid
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def terminate(self, timeout: float) -> int | None:
-        """SIGTERM, wait up to ``timeout``; returns the exit code or None if it hung."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=max(timeout, 0.1))
-        except subprocess.TimeoutExpired:
-            return None
-
-    def kill(self) -> None:
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None:
-                with contextlib.suppress(OSError):
-                    pipe.close()
-        if self.alive():
-            self.proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
-        self._log.close()
-
-
-def wait_for_log(child: Child, pattern: re.Pattern[str], deadline: Deadline) -> re.Match[str]:
-    until = time.monotonic() + min(30.0, max(deadline.left(), 0.1))
-    while time.monotonic() < until:
-        if (m := pattern.search(child.log())) is not None:
-            return m
-        if not child.alive():
-            break
-        time.sleep(0.05)
-    raise BenchError(f"{child.name} did not start:\n{child.log()[-2000:]}")
 
 
 def free_port() -> int:
@@ -533,20 +423,6 @@ listen = "127.0.0.1:{proxy}"
 level = "info"
 format = "json"
 """
-
-
-def ro_connect(db: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10, isolation_level=None)
-
-
-def parse_log(text: str) -> list[dict[str, Any]]:
-    events = []
-    for line in text.splitlines():
-        with contextlib.suppress(ValueError):
-            obj = json.loads(line)
-            if isinstance(obj, dict):
-                events.append(obj)
-    return events
 
 
 # --- the driver ------------------------------------------------------------------------
@@ -582,16 +458,28 @@ class Bench:
     def start(self) -> None:
         py = sys.executable
         me = str(Path(__file__).resolve())
-        self.peer = Child("peer", [py, me, "--peer"], self.root)
-        self.peer_port = int(wait_for_log(self.peer, LISTENING, self.deadline).group(1))
+        self.peer = Child("peer", [py, me, "--peer"], self.root, die_with_parent=True)
+        budget = max(self.deadline.left(), 0.1)
+        self.peer_port = int(wait_for_log(self.peer, LISTENING, budget).group(1))
         self.proxy_port = free_port()
         config = self.root / "config.toml"
         config.write_text(CONFIG.format(peer=self.peer_port, proxy=self.proxy_port, db=self.db))
         self.recorder = Child(
-            "recorder", [py, "-m", "recorder", "run", "--config", str(config)], self.root
+            "recorder",
+            [py, "-m", "recorder", "run", "--config", str(config)],
+            self.root,
+            die_with_parent=True,
         )
-        wait_for_log(self.recorder, re.compile(r'"event": "recorder started"'), self.deadline)
-        self.client = Child("client", [py, me, "--client"], self.root, pipes=True)
+        budget = max(self.deadline.left(), 0.1)
+        wait_for_log(self.recorder, re.compile(r'"event": "recorder started"'), budget)
+        self.client = Child(
+            "client",
+            [py, me, "--client"],
+            self.root,
+            pipe_stdin=True,
+            pipe_stdout=True,
+            die_with_parent=True,
+        )
 
     def stop(self) -> dict[str, Any]:
         """Stop the client, then the recorder (SIGTERM: it must drain and exit 0)."""
@@ -601,16 +489,8 @@ class Bench:
             self._transport = None
         self.client.kill()
         exit_code = self.recorder.terminate(min(90.0, max(self.deadline.left(), 5.0)))
-        events = parse_log(self.recorder.log())
-        return {
-            "exit_code": exit_code,
-            "logged_stopped": any(e.get("event") == "recorder stopped" for e in events),
-            "warnings": [
-                f"{e.get('level')}: {e.get('event')}"
-                for e in events
-                if e.get("level") in ("warning", "error", "critical")
-            ],
-        }
+        stopped, warnings = log_outcome(self.recorder.log())
+        return {"exit_code": exit_code, "logged_stopped": stopped, "warnings": warnings}
 
     def close(self) -> None:
         for child in (self.client, self.recorder, self.peer):
@@ -1024,19 +904,15 @@ def main(argv: list[str] | None = None) -> int:
     args.source_start = source_digest()
     # SIGTERM to the benchmark must still reach the finally blocks that stop the children.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    root = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
-    bench = Bench(args, root, deadline)
-    try:
-        summary = asyncio.run(asyncio.wait_for(drive(args, bench), deadline.left()))
-    except (BenchError, TimeoutError) as exc:
-        print(f"benchmark failed: {exc or 'overall timeout'}", file=sys.stderr)
-        return 2
-    finally:
-        bench.close()
-        if args.keep:
-            print(f"kept {root}", file=sys.stderr)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+    with scratch_dir("bench-proxy-", args.keep) as root:
+        bench = Bench(args, root, deadline)
+        try:
+            summary = asyncio.run(asyncio.wait_for(drive(args, bench), deadline.left()))
+        except (BenchError, TimeoutError) as exc:
+            print(f"benchmark failed: {exc or 'overall timeout'}", file=sys.stderr)
+            return 2
+        finally:
+            bench.close()
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

@@ -1,0 +1,225 @@
+"""Process and database plumbing shared by the benchmarks in this folder.
+
+``bench/ingest.py`` and ``bench/proxy.py`` each start the recorder and its counterparts
+as separate processes, watch them through ``/proc`` and their logs, and read the
+recorder's SQLite file read-only afterwards. This module holds those pieces once:
+
+* :class:`BenchError` (the benchmark itself failed), :class:`Deadline` (the overall
+  time limit) and :func:`scratch_dir` (the temporary directory of a run);
+* :class:`Child`, a child process with its stderr in a log file, started with
+  :func:`child_env`, and :func:`wait_for_log` to wait for a line in that log;
+* :func:`cpu_seconds` from ``/proc``;
+* :func:`ro_connect` (read-only SQLite) and :func:`log_outcome` (what the recorder's
+  JSON log says about its stop).
+
+The scripts run as ``python bench/<name>.py``, which puts this folder on ``sys.path``;
+that is how ``from harness import ...`` finds this module, in the benchmark and in the
+helper processes it starts from its own file. Importing it also puts the repository
+on ``sys.path``, so that ``recorder`` imports from a plain checkout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any, ClassVar
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # a plain checkout, not installed
+    sys.path.insert(0, str(REPO))
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PR_SET_PDEATHSIG = 1
+
+
+class BenchError(Exception):
+    """The benchmark itself could not run (not a recorder result)."""
+
+
+class Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+        self.seconds = seconds
+
+    def left(self) -> float:
+        return self.at - time.monotonic()
+
+    def check(self, what: str) -> None:
+        if self.left() <= 0:
+            raise BenchError(f"overall timeout ({self.seconds:.0f} s) while {what}")
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str, keep: bool) -> Iterator[Path]:
+    """A fresh temporary directory for one benchmark; removed at the end unless ``keep``."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield root
+    finally:
+        if keep:
+            print(f"kept {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+# --- processes ---------------------------------------------------------------------------
+
+
+def child_env() -> dict[str, str]:
+    # Nothing from the caller's environment may redirect the recorder (database, config).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECORDER_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the benchmark dies, however it dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def cpu_seconds(pid: int, children: bool = True) -> float:
+    """utime + stime of a live process and of its live descendants (a writer process, say).
+
+    With ``children=False``, of the process alone. NaN if the process is gone.
+    """
+    total = 0.0
+    todo, seen = [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            if p == pid:
+                return float("nan")
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+        if not children:
+            break
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return total
+
+
+class Child:
+    """A child process whose stderr goes to a file; always reaped by :meth:`kill`.
+
+    stdin and stdout are pipes only where asked for (``pipe_stdin``, ``pipe_stdout``);
+    ``die_with_parent`` has the kernel SIGTERM the child if the benchmark dies.
+    """
+
+    # Every child still running, so that main() can stop them whatever went wrong.
+    live: ClassVar[set[Child]] = set()
+
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        workdir: Path,
+        *,
+        pipe_stdin: bool = False,
+        pipe_stdout: bool = False,
+        die_with_parent: bool = False,
+    ) -> None:
+        self.name = name
+        self.log_path = workdir / f"{name}.log"
+        self._log: IO[bytes] = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE if pipe_stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if pipe_stdout else subprocess.DEVNULL,
+            stderr=self._log,
+            cwd=workdir,
+            env=child_env(),
+            preexec_fn=_die_with_parent if die_with_parent else None,
+        )
+        self.pid = self.proc.pid
+        Child.live.add(self)
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def terminate(self, timeout: float) -> int | None:
+        """SIGTERM, wait up to ``timeout``; returns the exit code or None if it hung."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=max(timeout, 0.1))
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        Child.live.discard(self)
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        if self.alive():
+            self.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+        self._log.close()
+
+
+def wait_for_log(child: Child, pattern: re.Pattern[str], seconds: float) -> re.Match[str]:
+    """The first match of ``pattern`` in the child's log, waiting up to ``seconds`` (30 at
+    most); BenchError if the child exits or the time is up first."""
+    until = time.monotonic() + min(30.0, seconds)
+    while time.monotonic() < until:
+        if (m := pattern.search(child.log())) is not None:
+            return m
+        if not child.alive():
+            break
+        time.sleep(0.05)
+    raise BenchError(f"{child.name} did not start:\n{child.log()[-2000:]}")
+
+
+# --- the recorder's output ---------------------------------------------------------------
+
+
+def ro_connect(db: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10, isolation_level=None)
+
+
+def parse_log(text: str) -> list[dict[str, Any]]:
+    events = []
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            obj = json.loads(line)
+            if isinstance(obj, dict):
+                events.append(obj)
+    return events
+
+
+def log_outcome(text: str) -> tuple[bool, list[str]]:
+    """From the recorder's JSON log: did it log ``recorder stopped``, and its warnings
+    and errors (``level: event``)."""
+    events = parse_log(text)
+    stopped = any(e.get("event") == "recorder stopped" for e in events)
+    warnings = [
+        f"{e.get('level')}: {e.get('event')}"
+        for e in events
+        if e.get("level") in ("warning", "error", "critical")
+    ]
+    return stopped, warnings
