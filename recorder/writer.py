@@ -224,6 +224,7 @@ class Writer:
         await _send(self._stream, (self.url, self._log))
         hello = await _receive(reader)
         if not isinstance(hello, tuple) or hello[0] != "ready":
+            self._stream.close()
             await self._reap()
             detail = hello[1] if isinstance(hello, tuple) and len(hello) > 1 else "it exited"
             raise WriterError(f"database writer did not start: {detail}")

@@ -317,3 +317,18 @@ async def test_backoff_resets_only_after_a_stable_connection(
                 await sim.wait_connections(4, timeout=10)
                 attempts = svc.link.backoff.attempt
         assert (attempts >= 3) is expect_growth, (stable_after, attempts)
+
+
+async def test_unusable_database_stops_the_service_with_one_clear_line(
+    make_config: Callable[..., Config],
+) -> None:
+    from recorder.service import Service
+
+    config = make_config(
+        "ws://127.0.0.1:9", storage={"url": "sqlite:////proc/no-such-dir/recorder.db"}
+    )
+    with structlog.testing.capture_logs() as logs:
+        code = await asyncio.wait_for(Service(config).run(asyncio.Event()), 30)
+    assert code == 1
+    errors = [e for e in logs if e["log_level"] == "error"]
+    assert len(errors) == 1 and errors[0]["event"].startswith("database writer did not start: ")
