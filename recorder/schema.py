@@ -26,6 +26,10 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+from recorder.protocol import OPCODE_BINARY, OPCODE_TEXT
+
+__all__ = ["OPCODE_BINARY", "OPCODE_TEXT", "connections", "frames", "metadata", "sessions", "tasks"]
+
 # Named constraints keep batch migrations on SQLite (which copy tables) deterministic.
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -40,7 +44,6 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 # SQLite only autoincrements an INTEGER PRIMARY KEY (the rowid); PostgreSQL wants BIGINT.
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
-from recorder.protocol import OPCODE_BINARY, OPCODE_TEXT  # noqa: E402,F401  (re-exported)
 
 connections = Table(
     "connections",

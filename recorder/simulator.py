@@ -178,10 +178,6 @@ def jitter(rng: random.Random, mean: float) -> float:
     return mean * factor if mean > 0 else 0.0
 
 
-def _json_response(status: int, obj: JSONObject) -> Response:
-    return json_response(status, obj)
-
-
 def _first_header(headers: Headers, name: str) -> str | None:
     values = headers.get_all(name)
     return values[0] if values else None
@@ -883,13 +879,13 @@ class Simulator:
         if target.path == "/health":
             active = sum(1 for session in self.sessions.values() if session.status == "running")
             health = {"status": "healthy", "uptime": self.uptime_ms, "activeSessions": active}
-            return _json_response(200, health)
+            return json_response(200, health)
         if not _is_upgrade(request.headers):
             return None  # websockets answers 426 Upgrade Required
         opts = self.options
         error = authenticate(opts.token, opts.api_key, request.headers, parse_qs(target.query))
         if error is not None:
-            return _json_response(401, {"error": error})
+            return json_response(401, {"error": error})
         self._handshake_auth[ws] = bool(opts.token or opts.api_key)
         return None
 
@@ -901,7 +897,7 @@ class Simulator:
             return None
         limit = self.options.max_connections
         if limit > 0 and self._live_connections() >= limit:
-            return _json_response(429, {"error": "connection_limit_exceeded"})
+            return json_response(429, {"error": "connection_limit_exceeded"})
         # Counted from here, not from the handler, so concurrent handshakes can't
         # both slip under the limit.
         self._admitted[ws] = authenticated
