@@ -346,7 +346,11 @@ def write_table(out: BinaryIO, row: Any) -> None:
         if text is not None
         else f"<{row.size} bytes {'binary' if row.opcode != OPCODE_TEXT else 'invalid UTF-8'}>"
     )
-    preview = preview.replace("\n", "\\n")[:80]
+    # One line per frame, and no raw control characters on the terminal.
+    preview = "".join(
+        c if c.isprintable() else ("\\n" if c == "\n" else f"\\x{ord(c):02x}")
+        for c in preview[:80]
+    )[:80]
     arrow = "<-" if row.direction == IN else "->"
     line = (
         f"{row.id:>8} {format_us(row.received_at_us):<27} {row.connection_id:>4} {arrow:<3} "

@@ -334,6 +334,14 @@ class Proxy:
         closer = first[0] if first else "recorder"
         ws = client if closer == "client" else upstream
         close = ws.protocol.close_rcvd if closer in ("client", "upstream") else None
+        if close is None and closer != "recorder" and ws.protocol.close_sent is not None:
+            # We ended that side ourselves (websockets failed it): say so, and why.
+            close, closer = ws.protocol.close_sent, "recorder"
+            if close.code == 1009:
+                error = error or (
+                    f"frame larger than daemon.max_frame_bytes "
+                    f"({self.config.daemon.max_frame_bytes} bytes)"
+                )
         code = close.code if close is not None else 1006
         reason = close.reason if close is not None else None
         if close is None and error is None:

@@ -486,3 +486,24 @@ async def test_stopping_the_service_closes_proxied_clients_with_1001(
             async with asyncio.timeout(T):
                 await ui.recv()
         assert (ui.close_code, ui.close_reason) == (1001, "")
+
+
+async def test_oversized_frame_from_the_ui_is_refused_and_noted(
+    make_config: Callable[..., Config],
+) -> None:
+    async with Upstream() as up:
+        config = make_config(up.url, daemon={"max_frame_bytes": 4096})
+        async with running(config) as svc:
+            async with connect(proxy_url(svc)) as ui:
+                await ui.recv()
+                await ui.send("x" * 10_000)
+                with pytest.raises(ConnectionClosed):
+                    async with asyncio.timeout(T):
+                        await ui.recv()
+                assert ui.close_code == 1009
+            await asyncio.wait_for(up.done.wait(), T)
+            assert up.closes[-1][0] == 1011  # the daemon is told the conversation failed
+            await wait_until(svc, lambda: _closed_count(svc, 1))
+            row = (await query(svc, "select * from connections where role = 'proxy'"))[0]
+    assert (row.closed_by, row.close_code) == ("recorder", 1009)
+    assert "max_frame_bytes" in row.error
