@@ -348,8 +348,7 @@ def write_table(out: BinaryIO, row: Any) -> None:
     )
     # One line per frame, and no raw control characters on the terminal.
     preview = "".join(
-        c if c.isprintable() else ("\\n" if c == "\n" else f"\\x{ord(c):02x}")
-        for c in preview[:80]
+        c if c.isprintable() else ("\\n" if c == "\n" else f"\\x{ord(c):02x}") for c in preview[:80]
     )[:80]
     arrow = "<-" if row.direction == IN else "->"
     line = (

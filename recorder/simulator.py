@@ -1097,25 +1097,25 @@ class Simulator:
             return
         await self._send(conn, task_frame("task_failed", session_id, task, error))
 
-    async def _on_session_status(self, conn: _Conn, message: JSONObject) -> None:
+    async def _requested_session(self, conn: _Conn, message: JSONObject) -> SimSession | None:
+        """The session a request names, or None after answering with the daemon's error."""
         session_id = _session_id_of(message.get("payload"))
         if session_id is None:
             await self._send(conn, error_frame(INVALID_FORMAT))
-            return
+            return None
         session = self.sessions.get(session_id)
         if session is None:
             await self._send(conn, error_frame(f"Session not found: {session_id}"))
-            return
-        await self._send(conn, session_frame("session_status_update", session))
+        return session
+
+    async def _on_session_status(self, conn: _Conn, message: JSONObject) -> None:
+        session = await self._requested_session(conn, message)
+        if session is not None:
+            await self._send(conn, session_frame("session_status_update", session))
 
     async def _on_stop_session(self, conn: _Conn, message: JSONObject) -> None:
-        session_id = _session_id_of(message.get("payload"))
-        if session_id is None:
-            await self._send(conn, error_frame(INVALID_FORMAT))
-            return
-        session = self.sessions.get(session_id)
+        session = await self._requested_session(conn, message)
         if session is None:
-            await self._send(conn, error_frame(f"Session not found: {session_id}"))
             return
         session.end("stopped")
         await self.broadcast(session_frame("session_status_update", session))
