@@ -1,0 +1,99 @@
+"""The same schema, migrations and writer on PostgreSQL (127.0.0.1:5432, trust auth)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from recorder.protocol import IN, OUT, Frame
+from recorder.writer import Writer
+from tests.helpers import cli_json_lines, frame_bytes
+
+ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+async def _admin(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(ADMIN.replace("postgresql://", "postgres://"), timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    name = f"recorder_test_{os.getpid()}"
+    try:
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}"'))
+        asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    except (TimeoutError, OSError) as exc:
+        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432: {exc}")
+    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+FRAMES: list[tuple[str, bytes, bool]] = [
+    (IN, b'{"type":"health_check_response","healthy":true}', True),
+    (
+        IN,
+        json.dumps(
+            {
+                "type": "session_status_update",
+                "session": {
+                    "id": "s1",
+                    "status": "running",
+                    "task": {"id": "t1", "description": "d"},
+                },
+            }
+        ).encode(),
+        True,
+    ),
+    (
+        OUT,
+        json.dumps(
+            {"type": "execute_task", "payload": {"sessionId": "s1", "task": "Analyze"}}
+        ).encode(),
+        True,
+    ),
+    (
+        IN,
+        json.dumps({"type": "task_completed", "sessionId": "s1", "taskId": "Analyze"}).encode(),
+        True,
+    ),
+    (IN, b'{"type":"x","nul":"\x00"}', True),
+    (IN, b"\xff\xfe", True),
+    (IN, b"\x00binary", False),
+    (IN, json.dumps({"type": "sessions_list", "sessions": []}).encode(), True),
+]
+
+
+def test_postgres_gets_the_same_schema_and_every_frame(pg_url: str) -> None:
+    async def record() -> None:
+        writer = Writer(pg_url.replace("postgresql://", "postgresql+asyncpg://"))
+        before, after = await writer.start()
+        assert (before, after) == (None, "0001")
+        task = asyncio.create_task(writer.run())
+        cid = await writer.open_connection("link", "ws://127.0.0.1:8787")
+        for i, (direction, data, is_text) in enumerate(FRAMES, 1):
+            await writer.put(Frame(cid, i, direction, 1_795_692_537_000_000 + i, i, is_text, data))
+        await writer.close_connection(cid, code=1000, reason="bye", closed_by="remote")
+        writer.stop()
+        await task
+        await writer.close()
+
+    asyncio.run(record())
+    records = cli_json_lines(["frames", "--database", pg_url, "--format", "jsonl", "--limit", "0"])
+    assert [frame_bytes(r) for r in records] == [data for _, data, _ in FRAMES]
+    assert [r["direction"] for r in records] == [d for d, _, _ in FRAMES]
+    sessions = cli_json_lines(["sessions", "--database", pg_url, "--json"])
+    # The empty sessions_list at the end marks the session the index believed active.
+    assert [(s["id"], s["status"]) for s in sessions] == [("s1", "unknown")]
+    info = cli_json_lines(["status", "--database", pg_url, "--json"])[0]
+    assert info["frames"] == len(FRAMES) and info["sessions"] == 1 and not info["connected"]
+    assert info["database_bytes"] > 0
