@@ -293,7 +293,3 @@ class IndexBatch:
                 if delta.started_at_us is not None and task_delta.started_at_us is None:
                     task_delta.started_at_us = delta.started_at_us
         return sid
-
-
-def is_active(status: str | None) -> bool:
-    return status is not None and status not in TERMINAL_STATUSES

@@ -22,7 +22,7 @@ from sqlalchemy import Select, and_, bindparam, event, func, select, true, tuple
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from recorder.protocol import TERMINAL_STATUSES, IndexBatch, SessionDelta, TaskDelta
+from recorder.protocol import LOST_STATUS, TERMINAL_STATUSES, IndexBatch, SessionDelta, TaskDelta
 from recorder.schema import connections, frames, sessions, tasks
 
 FRAME_COLUMNS = (
@@ -381,7 +381,7 @@ class Store:
             await self.conn.execute(
                 update(sessions)
                 .where(sessions.c.id.in_(chunk))
-                .values(status="unknown", last_error="no longer in the daemon's sessions_list")
+                .values(status=LOST_STATUS, last_error="no longer in the daemon's sessions_list")
             )
 
 

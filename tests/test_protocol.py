@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from recorder.protocol import IN, OUT, Frame, IndexBatch, classify, is_active, parse_daemon_time
+from recorder.protocol import IN, OUT, Frame, IndexBatch, classify, parse_daemon_time
 
 REAL_STATUS = (
     '{"type":"session_status_update","session":{"id":"session_1795692537464_eeayv91i6",'
@@ -155,9 +155,3 @@ def test_garbage_counts_for_its_connection_only() -> None:
     batch = IndexBatch()
     batch.add(frame(b"\xff", is_text=False), classify(b"\xff", False))
     assert batch.connection_frames == {1: 1} and not batch.sessions and not batch.tasks
-
-
-def test_active_statuses() -> None:
-    assert is_active("running") and is_active("initializing")
-    assert not is_active("completed") and not is_active("failed") and not is_active("stopped")
-    assert not is_active(None) and not is_active("unknown")
