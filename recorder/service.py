@@ -90,11 +90,6 @@ class Service:
             proxy=config.proxy.listen if self.proxy else None,
             config=config.source,
         )
-        # Start-up objects live as long as the service: keep the collector off them.
-        # Every frame makes a tuple the collector tracks; a larger young generation
-        # means far fewer collections at tens of thousands of frames per second.
-        gc.freeze()
-        gc.set_threshold(20_000, 50, 50)
         self.started.set()
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait((stopper, link_task, writer_task), return_when=asyncio.FIRST_COMPLETED)
@@ -148,4 +143,17 @@ async def main(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    return await Service(config).run(stop)
+    service = Service(config)
+    running = asyncio.create_task(service.run(stop))
+    started = asyncio.create_task(service.started.wait())
+    await asyncio.wait((running, started), return_when=asyncio.FIRST_COMPLETED)
+    if started.done():
+        # Start-up objects live as long as the process: keep the collector off them.
+        # Every frame makes a tuple the collector tracks; a larger young generation
+        # means far fewer collections at tens of thousands of frames per second.
+        # (Here, not in Service: embedding the service must not retune the host's GC.)
+        gc.freeze()
+        gc.set_threshold(20_000, 50, 50)
+    else:
+        started.cancel()
+    return await running
