@@ -60,6 +60,14 @@ async def converse(url: str, **kwargs: Any) -> list[str]:
     return got
 
 
+async def closed_by_proxy(ui: Any) -> None:
+    """Wait (bounded) until the proxy closes this UI connection."""
+    with pytest.raises(ConnectionClosed):
+        async with asyncio.timeout(T):
+            while True:
+                await ui.recv()
+
+
 def proxy_url(svc: Any, path: str = "/") -> str:
     return f"ws://127.0.0.1:{svc.proxy.port}{path}"
 
@@ -147,13 +155,7 @@ async def test_proxied_client_gets_what_a_direct_client_gets(
         assert "stream_chunk" in [json.loads(f)["type"] for f in proxied]
         await svc.writer.flush()
 
-        async def recorded() -> bool:
-            rows = await query(
-                svc, "select 1 from connections where role = 'proxy' and closed_at_us is not null"
-            )
-            return bool(rows)
-
-        await wait_until(svc, recorded)
+        await wait_until(svc, lambda: _closed_count(svc, 1))
         rows = await query(
             svc,
             "select * from frames where connection_id = (select id from connections where role = 'proxy') order by seq",
@@ -325,18 +327,10 @@ async def test_close_codes_and_reasons_are_relayed_both_ways(
         async with connect(proxy_url(svc)) as ui:
             await ui.recv()
             await ui.send("go")
-            with pytest.raises(ConnectionClosed):
-                async with asyncio.timeout(T):
-                    await ui.recv()
+            await closed_by_proxy(ui)
             assert (ui.close_code, ui.close_reason) == (4001, "Token expired")
 
-        async def both_closed() -> bool:
-            rows = await query(
-                svc, "select * from connections where role='proxy' and closed_at_us is not null"
-            )
-            return len(rows) == 2
-
-        await wait_until(svc, both_closed)
+        await wait_until(svc, lambda: _closed_count(svc, 2))
         rows = await query(
             svc,
             "select closed_by, close_code, close_reason from connections where role='proxy' order by id",
@@ -355,9 +349,7 @@ async def test_killing_the_upstream_closes_the_client_which_can_come_back(
         async with connect(proxy_url(svc)) as ui:
             await ui.recv()
             await ui.send("trigger")
-            with pytest.raises(ConnectionClosed):
-                async with asyncio.timeout(T):
-                    await ui.recv()
+            await closed_by_proxy(ui)
             assert ui.close_code == 1011
         up.abort = False
         async with connect(proxy_url(svc)) as ui:
@@ -365,18 +357,7 @@ async def test_killing_the_upstream_closes_the_client_which_can_come_back(
             await ui.send("still here")
             assert await ui.recv() == "still here"
 
-        async def recorded() -> bool:
-            return (
-                len(
-                    await query(
-                        svc,
-                        "select 1 from connections where role='proxy' and closed_at_us is not null",
-                    )
-                )
-                == 2
-            )
-
-        await wait_until(svc, recorded)
+        await wait_until(svc, lambda: _closed_count(svc, 2))
         first = (await query(svc, "select * from connections where role='proxy' order by id"))[0]
         assert first.closed_by == "upstream" and first.error == "upstream connection lost"
 
@@ -482,9 +463,7 @@ async def test_stopping_the_service_closes_proxied_clients_with_1001(
         async with running(make_config(sim.url)) as svc:
             ui = await connect(proxy_url(svc))
             await ui.recv()
-        with pytest.raises(ConnectionClosed):
-            async with asyncio.timeout(T):
-                await ui.recv()
+        await closed_by_proxy(ui)
         assert (ui.close_code, ui.close_reason) == (1001, "")
 
 
@@ -497,9 +476,7 @@ async def test_oversized_frame_from_the_ui_is_refused_and_noted(
             async with connect(proxy_url(svc)) as ui:
                 await ui.recv()
                 await ui.send("x" * 10_000)
-                with pytest.raises(ConnectionClosed):
-                    async with asyncio.timeout(T):
-                        await ui.recv()
+                await closed_by_proxy(ui)
                 assert ui.close_code == 1009
             await asyncio.wait_for(up.done.wait(), T)
             assert up.closes[-1][0] == 1011  # the daemon is told the conversation failed
