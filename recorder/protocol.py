@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
+import orjson
+
 IN = "in"
 OUT = "out"
 
@@ -80,26 +82,51 @@ def _loads(text: str) -> Any:
     return obj
 
 
+_BINARY = Classified(None, None, None, "binary", None, None)
+
+
 def classify(data: bytes, is_text: bool) -> Classified:
-    """Extract type, session and task ids from a frame, never raising."""
+    """Extract type, session and task ids from a frame, never raising.
+
+    orjson parses the bytes straight off the wire, checking UTF-8 and JSON in one
+    C pass (about half the time of the json module per frame). What it rejects
+    goes to :func:`_classify_strictly`, the json module's verdict, so a frame is
+    classified the same either way: orjson refuses some input json accepts (NaN,
+    lone surrogate escapes, nesting past 1024), never the reverse.
+    """
     if not is_text:
-        return Classified(None, None, None, "binary", None, None)
+        return _BINARY
     try:
-        text = data.decode()
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return _classify_strictly(data)
+    text = data.decode() if b"\x00" not in data else None
+    if type(obj) is not dict:
+        return Classified(None, None, None, "not_object", text, None)
+    return _classified(obj, text)
+
+
+def _classify_strictly(data: bytes) -> Classified:
+    try:
+        decoded = data.decode()
     except UnicodeDecodeError:
         return Classified(None, None, None, "invalid_utf8", None, None)
-    storable = text if "\x00" not in text else None
+    storable = decoded if "\x00" not in decoded else None
     try:
-        obj = _loads(text)
+        obj = _loads(decoded)
     except RecursionError:
         return Classified(None, None, None, "too_deep", storable, None)
     except ValueError:
         return Classified(None, None, None, "invalid_json", storable, None)
     if not isinstance(obj, dict):
         return Classified(None, None, None, "not_object", storable, None)
+    return _classified(obj, storable)
+
+
+def _classified(obj: dict[str, Any], text: str | None) -> Classified:
     type_ = _id(obj.get("type"))
     session_id, task_id = extract_ids(obj, type_)
-    return Classified(type_, session_id, task_id, None, storable, obj)
+    return Classified(type_, session_id, task_id, None, text, obj)
 
 
 def _id(value: Any) -> str | None:

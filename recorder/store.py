@@ -8,22 +8,31 @@ executemany and keeps the same SQL portable between SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncIterator, Sequence
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import structlog
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Select, and_, bindparam, event, func, select, true, tuple_, update
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy import create_engine as sa_create_engine
+from sqlalchemy.engine import Connection, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from recorder.protocol import LOST_STATUS, TERMINAL_STATUSES, IndexBatch, SessionDelta, TaskDelta
 from recorder.schema import connections, frames, sessions, tasks
+
+log = structlog.get_logger("recorder.store")
+T = TypeVar("T")
 
 FRAME_COLUMNS = (
     "connection_id",
@@ -55,6 +64,13 @@ FrameRow = tuple[
     str | None,
     bytes | None,
 ]
+
+
+# 13 parameters a row: 6500 a statement, under SQLite's limit of 32766 bound
+# parameters (999 before SQLite 3.32, 2020).
+SQLITE_ROWS_PER_INSERT = (
+    500 if sqlite3.sqlite_version_info >= (3, 32) else 999 // len(FRAME_COLUMNS)
+)
 
 
 class StoreError(Exception):
@@ -96,20 +112,20 @@ def require_database(url: str) -> None:
 def create_engine(url: str) -> AsyncEngine:
     engine = create_async_engine(url, pool_pre_ping=False)
     if engine.dialect.name == "sqlite":
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cursor = dbapi_conn.cursor()
-            # WAL lets the CLI read while the service writes; NORMAL is durable across
-            # application crashes and only loses the last commits on power loss.
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=10000")
-            # 16 MiB of page cache (the default is 2 MiB): index pages stay hot.
-            cursor.execute("PRAGMA cache_size=-16384")
-            cursor.close()
-
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    # WAL lets the CLI read while the service writes; NORMAL is durable across
+    # application crashes and only loses the last commits on power loss.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    # 16 MiB of page cache (the default is 2 MiB): index pages stay hot.
+    cursor.execute("PRAGMA cache_size=-16384")
+    cursor.close()
 
 
 # --- migrations ---------------------------------------------------------------
@@ -143,13 +159,19 @@ def _current_sync(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
+def upgrade_sync(connection: Connection, revision: str = "head") -> tuple[str | None, str | None]:
+    """Run migrations up to ``revision`` in one transaction; returns (before, after)."""
+    with connection.begin():
+        before = _current_sync(connection)
+        _upgrade_sync(connection, revision)
+        after = _current_sync(connection)
+    return before, after
+
+
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> tuple[str | None, str | None]:
     """Run migrations up to ``revision``; returns (before, after)."""
-    async with engine.begin() as conn:
-        before = await conn.run_sync(_current_sync)
-        await conn.run_sync(_upgrade_sync, revision)
-        after = await conn.run_sync(_current_sync)
-    return before, after
+    async with engine.connect() as conn:
+        return await conn.run_sync(upgrade_sync, revision)
 
 
 async def current(engine: AsyncEngine) -> str | None:
@@ -161,45 +183,29 @@ async def current(engine: AsyncEngine) -> str | None:
 
 
 class Store:
-    """Write access to the database, used by exactly one task: the writer."""
+    """The writer's statements, as synchronous functions of a SQLAlchemy Connection.
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        compiled = frames.insert().compile(dialect=engine.dialect, column_keys=list(FRAME_COLUMNS))
+    Written once, run two ways (see :class:`WriterDatabase`): on SQLite a whole
+    batch runs in one call on the writer's database thread, with no trip back to
+    the event loop between statements; on PostgreSQL through
+    ``AsyncConnection.run_sync`` over asyncpg. Each method is one transaction.
+    """
+
+    def __init__(self, dialect: Dialect) -> None:
+        compiled = frames.insert().compile(dialect=dialect, column_keys=list(FRAME_COLUMNS))
         # Map the compiled statement's parameter order onto our row tuples.
         order = compiled.positiontup or list(FRAME_COLUMNS)
         if list(order) != list(FRAME_COLUMNS):
             raise RuntimeError(f"unexpected parameter order {order}")
         self._insert_sql = str(compiled)
-        self._conn: AsyncConnection | None = None
+        self._multirow = dialect.name == "sqlite"
+        self._multirow_sql: dict[int, str] = {}
 
-    async def open(self) -> None:
-        self._conn = await self.engine.connect()
-
-    async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
-
-    async def reopen(self) -> None:
-        """After a failure: a fresh connection (the old one may be broken)."""
-        try:
-            await self.close()
-        except Exception:
-            self._conn = None
-        await self.open()
-
-    @property
-    def conn(self) -> AsyncConnection:
-        if self._conn is None:
-            raise RuntimeError("store is not open")
-        return self._conn
-
-    async def open_connection(
-        self, role: str, url: str, opened_us: int, client_addr: str | None = None
+    def open_connection(
+        self, conn: Connection, role: str, url: str, opened_us: int, client_addr: str | None = None
     ) -> int:
-        async with self.conn.begin():
-            result = await self.conn.execute(
+        with conn.begin():
+            result = conn.execute(
                 connections.insert().values(
                     role=role,
                     url=url,
@@ -212,8 +218,9 @@ class Store:
         assert pk is not None
         return int(pk[0])
 
-    async def close_connection(
+    def close_connection(
         self,
+        conn: Connection,
         connection_id: int,
         closed_us: int,
         *,
@@ -222,8 +229,8 @@ class Store:
         closed_by: str | None,
         error: str | None,
     ) -> None:
-        async with self.conn.begin():
-            await self.conn.execute(
+        with conn.begin():
+            conn.execute(
                 update(connections)
                 .where(connections.c.id == connection_id)
                 .values(
@@ -235,10 +242,10 @@ class Store:
                 )
             )
 
-    async def close_dangling(self, now_us: int) -> int:
+    def close_dangling(self, conn: Connection, now_us: int) -> int:
         """Connections left open by a service that died: mark them closed by the service."""
-        async with self.conn.begin():
-            result = await self.conn.execute(
+        with conn.begin():
+            result = conn.execute(
                 update(connections)
                 .where(connections.c.closed_at_us.is_(None))
                 .values(
@@ -247,45 +254,65 @@ class Store:
             )
         return int(result.rowcount)
 
-    async def active_session_ids(self) -> list[str]:
-        async with self.conn.begin():
-            result = await self.conn.execute(
+    def active_session_ids(self, conn: Connection) -> list[str]:
+        with conn.begin():
+            result = conn.execute(
                 select(sessions.c.id)
                 .where(sessions.c.status.is_not(None), sessions.c.status.not_in(TERMINAL_STATUSES))
                 .order_by(sessions.c.last_seen_us.desc())
             )
             return [row[0] for row in result]
 
-    async def write_batch(self, rows: Sequence[FrameRow], index: IndexBatch) -> None:
-        async with self.conn.begin():
-            if rows:
-                await self.conn.exec_driver_sql(self._insert_sql, list(rows))
-            await self._apply_index(index)
+    def write_batch(self, conn: Connection, rows: Sequence[FrameRow], index: IndexBatch) -> None:
+        with conn.begin():
+            if not rows:
+                pass
+            elif self._multirow:
+                self._insert_multirow(conn, rows)
+            else:
+                conn.exec_driver_sql(self._insert_sql, list(rows))
+            self._apply_index(conn, index)
 
-    async def _apply_index(self, index: IndexBatch) -> None:
-        conn = self.conn
+    def _insert_multirow(self, conn: Connection, rows: Sequence[FrameRow]) -> None:
+        """SQLite: hundreds of rows per ``INSERT ... VALUES (...), (...), ...``.
+
+        Python's sqlite3 executemany steps each row separately and takes the GIL
+        back every time; one multi-row statement does all its B-tree work in one
+        step without the GIL, in parallel with the writer classifying the next
+        batch. Measured alone: 3.6 against 5.0 µs per frame.
+        """
+        for start in range(0, len(rows), SQLITE_ROWS_PER_INSERT):
+            part = rows[start : start + SQLITE_ROWS_PER_INSERT]
+            sql = self._multirow_sql.get(len(part))
+            if sql is None:
+                head, _, values = self._insert_sql.rpartition(" VALUES ")
+                sql = self._multirow_sql[len(part)] = (
+                    f"{head} VALUES {', '.join([values] * len(part))}"
+                )
+            conn.exec_driver_sql(sql, tuple(chain.from_iterable(part)))
+
+    def _apply_index(self, conn: Connection, index: IndexBatch) -> None:
         if index.connection_frames:
             stmt = (
                 update(connections)
                 .where(connections.c.id == _bind("cid"))
                 .values(frame_count=connections.c.frame_count + _bind("n"))
             )
-            await conn.execute(
+            conn.execute(
                 stmt, _bound([{"cid": cid, "n": n} for cid, n in index.connection_frames.items()])
             )
         if index.sessions:
-            await self._merge_sessions(index.sessions)
+            self._merge_sessions(conn, index.sessions)
         if index.tasks:
-            await self._merge_tasks(index.tasks)
+            self._merge_tasks(conn, index.tasks)
         for at_us, listed in index.listings:
-            await self._reconcile(at_us, listed)
+            self._reconcile(conn, at_us, listed)
 
-    async def _merge_sessions(self, deltas: dict[str, SessionDelta]) -> None:
-        conn = self.conn
+    def _merge_sessions(self, conn: Connection, deltas: dict[str, SessionDelta]) -> None:
         existing: dict[str, Any] = {}
         ids = list(deltas)
         for chunk in _chunks(ids, 500):
-            result = await conn.execute(select(sessions).where(sessions.c.id.in_(chunk)))
+            result = conn.execute(select(sessions).where(sessions.c.id.in_(chunk)))
             existing.update({row.id: row._mapping for row in result})
         inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
@@ -315,21 +342,20 @@ class Store:
                 row[key] = new if new is not None else (None if old is None else old[key])
             (inserts if old is None else updates).append(row)
         if inserts:
-            await conn.execute(sessions.insert(), inserts)
+            conn.execute(sessions.insert(), inserts)
         if updates:
-            await conn.execute(
+            conn.execute(
                 update(sessions)
                 .where(sessions.c.id == _bind("id"))
                 .values({k: _bind(k) for k in updates[0] if k != "id"}),
                 _bound(updates),
             )
 
-    async def _merge_tasks(self, deltas: dict[tuple[str, str], TaskDelta]) -> None:
-        conn = self.conn
+    def _merge_tasks(self, conn: Connection, deltas: dict[tuple[str, str], TaskDelta]) -> None:
         existing: dict[tuple[str, str], Any] = {}
         keys = list(deltas)
         for chunk in _chunks(keys, 300):
-            result = await conn.execute(
+            result = conn.execute(
                 select(tasks).where(tuple_(tasks.c.session_id, tasks.c.task_id).in_(chunk))
             )
             existing.update({(row.session_id, row.task_id): row._mapping for row in result})
@@ -359,17 +385,17 @@ class Store:
                 row["pk"] = old["id"]
                 updates.append(row)
         if inserts:
-            await conn.execute(tasks.insert(), inserts)
+            conn.execute(tasks.insert(), inserts)
         if updates:
             cols = [k for k in updates[0] if k not in ("pk", "session_id", "task_id")]
-            await conn.execute(
+            conn.execute(
                 update(tasks).where(tasks.c.id == _bind("pk")).values({k: _bind(k) for k in cols}),
                 _bound(updates),
             )
 
-    async def _reconcile(self, at_us: int, listed: frozenset[str]) -> None:
+    def _reconcile(self, conn: Connection, at_us: int, listed: frozenset[str]) -> None:
         """Sessions we believe active that the daemon's list no longer names are lost."""
-        result = await self.conn.execute(
+        result = conn.execute(
             select(sessions.c.id).where(
                 sessions.c.status.is_not(None),
                 sessions.c.status.not_in(TERMINAL_STATUSES),
@@ -378,11 +404,180 @@ class Store:
         )
         gone = [sid for (sid,) in result if sid not in listed]
         for chunk in _chunks(gone, 500):
-            await self.conn.execute(
+            conn.execute(
                 update(sessions)
                 .where(sessions.c.id.in_(chunk))
                 .values(status=LOST_STATUS, last_error="no longer in the daemon's sessions_list")
             )
+
+
+# --- the writer's connection ---------------------------------------------------------
+
+# A passive checkpoint runs after about this much has been written to the WAL:
+# SQLite's own automatic checkpoint comes after 1000 pages (4 MiB).
+CHECKPOINT_BYTES = 4 * 1024 * 1024
+# A frame row's share of the WAL besides its payload: the row and four index entries.
+ROW_OVERHEAD_BYTES = 256
+
+
+class WriterDatabase:
+    """The writer's one connection, and a way to run :class:`Store` functions on it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    @staticmethod
+    async def open(url: str) -> WriterDatabase:
+        db: WriterDatabase
+        if make_url(url).get_backend_name() == "sqlite":
+            db = SqliteWriterDatabase(url)
+        else:
+            db = AsyncWriterDatabase(url)
+        await db.connect()
+        return db
+
+    @property
+    def dialect(self) -> Dialect:
+        raise NotImplementedError
+
+    async def connect(self) -> None:
+        raise NotImplementedError
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(connection, *args)``, on the connection, wherever it lives."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Close the connection (:meth:`connect` opens a new one)."""
+        raise NotImplementedError
+
+    async def shutdown(self) -> None:
+        """Close the connection and release everything else."""
+        await self.close()
+
+    async def reopen(self) -> None:
+        """After a failure: a fresh connection (the old one may be broken)."""
+        try:
+            await self.close()
+        except Exception:
+            pass
+        await self.connect()
+
+    def wrote(self, rows: Sequence[FrameRow]) -> None:
+        """These rows were committed (SQLite checkpoints by what it wrote)."""
+
+
+class AsyncWriterDatabase(WriterDatabase):
+    """PostgreSQL: asyncpg, with the synchronous Store code run through run_sync."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.engine = create_engine(url)
+        self._conn: AsyncConnection | None = None
+
+    @property
+    def dialect(self) -> Dialect:
+        return self.engine.dialect
+
+    async def connect(self) -> None:
+        self._conn = await self.engine.connect()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._conn is None:
+            raise RuntimeError("database is not open")
+        return await self._conn.run_sync(fn, *args)
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+
+    async def shutdown(self) -> None:
+        try:
+            await self.close()
+        finally:
+            await self.engine.dispose()
+
+
+class SqliteWriterDatabase(WriterDatabase):
+    """SQLite: the stdlib driver on a thread of its own, one call per batch.
+
+    Through aiosqlite, each statement of a batch was a round trip through the
+    writer's event loop, which was busy classifying the next batch; the database
+    thread spent most of a batch waiting for its turn. Here a whole transaction is
+    one call on the database thread.
+
+    Checkpoints (copying the WAL back into the database file, with an fsync) run on a
+    second connection and thread, passive, so the writer never waits for one; the
+    writer's connection has automatic checkpoints off.
+    """
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.engine = sa_create_engine(make_url(url).set(drivername="sqlite+pysqlite"))
+        event.listen(self.engine, "connect", _sqlite_pragmas)
+        event.listen(self.engine, "connect", _no_autocheckpoint)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-checkpoint")
+        self._checkpoint: Future[None] | None = None
+        self._unchecked = 0
+        self._conn: Connection | None = None
+        path = sqlite_path(url)
+        self._path = str(path) if path is not None else None
+
+    @property
+    def dialect(self) -> Dialect:
+        return self.engine.dialect
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def connect(self) -> None:
+        self._conn = await self._in_thread(self.engine.connect)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError("database is not open")
+        return await self._in_thread(fn, conn, *args)
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._in_thread(conn.close)
+        if self._checkpoint is not None:
+            await asyncio.wrap_future(self._checkpoint)
+            self._checkpoint = None
+
+    async def shutdown(self) -> None:
+        await self.close()
+        await self._in_thread(self.engine.dispose)
+        self._thread.shutdown()
+        self._checkpointer.shutdown()
+
+    def wrote(self, rows: Sequence[FrameRow]) -> None:
+        self._unchecked += sum(row[6] for row in rows) + ROW_OVERHEAD_BYTES * len(rows)
+        if self._unchecked < CHECKPOINT_BYTES or self._path is None:
+            return
+        if self._checkpoint is not None and not self._checkpoint.done():
+            return
+        self._unchecked = 0
+        self._checkpoint = self._checkpointer.submit(_checkpoint, self._path)
+
+
+def _no_autocheckpoint(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")
+
+
+def _checkpoint(path: str) -> None:
+    conn = sqlite3.connect(path, timeout=10)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    except sqlite3.Error as exc:
+        # The next one will try again; the WAL only grows meanwhile.
+        log.warning("sqlite checkpoint failed", error=str(exc))
+    finally:
+        conn.close()
 
 
 def _bind(name: str) -> Any:

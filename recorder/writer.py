@@ -28,6 +28,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -35,7 +36,7 @@ import structlog
 from recorder.protocol import OPCODE_BINARY, OPCODE_TEXT, FrameTuple, IndexBatch, classify
 
 if TYPE_CHECKING:
-    from recorder.store import FrameRow, Store
+    from recorder.store import FrameRow, Store, WriterDatabase
 
 log = structlog.get_logger("recorder.writer")
 
@@ -45,6 +46,8 @@ PARSE_IN_THREAD_BYTES = 256 * 1024
 # one being classified, one on the wire.
 IN_FLIGHT = 3
 _HEADER = struct.Struct("!Q")
+# Frames classified between two turns of the child's event loop (about 0.5 ms).
+CLASSIFY_SLICE = 200
 
 
 class WriterError(Exception):
@@ -120,8 +123,13 @@ class FrameQueue:
 def rows_and_index(batch: Sequence[Sequence[Any]]) -> tuple[list[FrameRow], IndexBatch]:
     """Classify a batch: the rows to insert and what they say about sessions and tasks."""
     rows: list[FrameRow] = []
-    append = rows.append
     index = IndexBatch()
+    classify_into(batch, rows, index)
+    return rows, index
+
+
+def classify_into(batch: Sequence[Sequence[Any]], rows: list[FrameRow], index: IndexBatch) -> None:
+    append = rows.append
     add = index.add
     for frame in batch:
         cid, seq, direction, received, mono, is_text, data = frame
@@ -145,7 +153,6 @@ def rows_and_index(batch: Sequence[Sequence[Any]]) -> tuple[list[FrameRow], Inde
             )
         )
         add(frame, info)
-    return rows, index
 
 
 # --- wire format between the two processes -----------------------------------------
@@ -421,7 +428,7 @@ def child_entry() -> None:
 
 async def _child(sock: socket.socket) -> None:
     from recorder import logs
-    from recorder.store import Store, create_engine, prepare_sqlite_file, upgrade
+    from recorder.store import Store, WriterDatabase, prepare_sqlite_file, upgrade_sync
 
     reader, stream = await asyncio.open_connection(sock=sock)
     settings = await _receive(reader)
@@ -431,28 +438,33 @@ async def _child(sock: socket.socket) -> None:
     logs.configure(*log_options)
     try:
         prepare_sqlite_file(url)
-        engine = create_engine(url)
-        before, after = await upgrade(engine)
-        store = Store(engine)
-        await store.open()
+        db = await WriterDatabase.open(url)
     except Exception as exc:
-        await _send(stream, ("failed", f"{type(exc).__name__}: {exc}".splitlines()[0]))
+        await _send(stream, ("failed", _one_line(exc)))
         stream.close()
+        return
+    try:
+        before, after = await db.run(upgrade_sync)
+        store = Store(db.dialect)
+    except Exception as exc:
+        await _send(stream, ("failed", _one_line(exc)))
+        stream.close()
+        await db.shutdown()
         return
     # Everything allocated so far lives for the whole run; keep the collector off it,
     # and let the young generation grow: each batch makes thousands of short-lived dicts.
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
     await _send(stream, ("ready", before, after))
-    # While one batch is being written (SQLite releases the GIL in its C code), the
-    # next one is classified: a two-stage pipeline, still one transaction at a time.
+    # While one batch is being written (on SQLite's thread, mostly without the GIL),
+    # the next one is classified: a two-stage pipeline, one transaction at a time.
     writing: asyncio.Task[None] | None = None
 
     async def write_and_answer(rid: int, rows: list[FrameRow], index: IndexBatch) -> None:
         try:
-            await _write_rows(store, rows, index)
+            await _write_rows(db, store, rows, index)
         except Exception as exc:
-            await _send(stream, (rid, False, f"{type(exc).__name__}: {exc}"))
+            await _send(stream, (rid, False, _one_line(exc)))
         else:
             await _send(stream, (rid, True, None))
 
@@ -469,10 +481,10 @@ async def _child(sock: socket.socket) -> None:
                 await writing  # everything before this operation is committed first
                 writing = None
             try:
-                result = await _handle(store, kind, payload)
+                result = await _handle(db, store, kind, payload)
             except Exception as exc:
                 log.exception("writer operation failed", operation=kind)
-                await _send(stream, (rid, False, f"{type(exc).__name__}: {exc}"))
+                await _send(stream, (rid, False, _one_line(exc)))
                 continue
             await _send(stream, (rid, True, result))
             if kind == "stop":
@@ -480,25 +492,32 @@ async def _child(sock: socket.socket) -> None:
         if writing is not None:
             await writing
     finally:
-        await store.close()
-        await engine.dispose()
+        await db.shutdown()
         stream.close()
 
 
-async def _handle(store: Store, kind: str, payload: Any) -> Any:
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+async def _handle(db: WriterDatabase, store: Store, kind: str, payload: Any) -> Any:
     if kind == "open":
         role, url, opened, client_addr = payload
-        return await store.open_connection(role, url, opened, client_addr)
+        return await db.run(store.open_connection, role, url, opened, client_addr)
     if kind == "close":
         cid, closed, code, reason, closed_by, error = payload
-        await store.close_connection(
-            cid, closed, code=code, reason=reason, closed_by=closed_by, error=error
+        await db.run(
+            partial(
+                store.close_connection, code=code, reason=reason, closed_by=closed_by, error=error
+            ),
+            cid,
+            closed,
         )
         return None
     if kind == "active":
-        return await store.active_session_ids()
+        return await db.run(store.active_session_ids)
     if kind == "dangling":
-        return await store.close_dangling(payload)
+        return await db.run(store.close_dangling, payload)
     if kind == "stop":
         return None
     raise ValueError(f"unknown writer operation {kind!r}")
@@ -507,15 +526,24 @@ async def _handle(store: Store, kind: str, payload: Any) -> Any:
 async def _prepare(batch: list[tuple[Any, ...]]) -> tuple[list[FrameRow], IndexBatch]:
     if any(len(item[6]) > PARSE_IN_THREAD_BYTES for item in batch):
         return await asyncio.to_thread(rows_and_index, batch)
-    return rows_and_index(batch)
+    rows: list[FrameRow] = []
+    index = IndexBatch()
+    for start in range(0, len(batch), CLASSIFY_SLICE):
+        classify_into(batch[start : start + CLASSIFY_SLICE], rows, index)
+        # A turn of the loop between slices: the previous batch's write finishing
+        # is answered (and the parent ships the next batch) without waiting for
+        # this whole batch to be classified.
+        await asyncio.sleep(0)
+    return rows, index
 
 
-async def _write_rows(store: Store, rows: list[FrameRow], index: IndexBatch) -> None:
+async def _write_rows(
+    db: WriterDatabase, store: Store, rows: list[FrameRow], index: IndexBatch
+) -> None:
     delay = 0.5
     while True:
         try:
-            await store.write_batch(rows, index)
-            return
+            await db.run(store.write_batch, rows, index)
         except Exception as exc:
             # Keep the batch and retry: the parent's queue fills meanwhile and pushes
             # back on the sockets, so nothing is dropped while the database is away.
@@ -528,9 +556,12 @@ async def _write_rows(store: Store, rows: list[FrameRow], index: IndexBatch) -> 
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
             try:
-                await store.reopen()
+                await db.reopen()
             except Exception:
                 pass  # the next attempt fails and waits again
+        else:
+            db.wrote(rows)
+            return
 
 
 def now_us() -> int:
