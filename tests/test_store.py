@@ -1,0 +1,73 @@
+"""The writer's database on a real SQLite file: multi-row inserts, checkpoints, WAL size."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from recorder.protocol import IN
+from recorder.store import SQLITE_ROWS_PER_INSERT, SqliteWriterDatabase, Store, upgrade_sync
+from recorder.writer import rows_and_index
+
+
+def batch(start: int, count: int, size: int) -> list[tuple[int, int, str, int, int, bool, bytes]]:
+    pad = "x" * max(size - 80, 0)
+    return [
+        (
+            1,
+            seq,
+            IN,
+            1_000_000 + seq,
+            seq,
+            True,
+            f'{{"type":"stream_chunk","data":{{"sessionId":"s1","chunk":"{pad}","i":{seq}}}}}'.encode(),
+        )
+        for seq in range(start, start + count)
+    ]
+
+
+async def open_db(db_path: Path, **options: int) -> tuple[SqliteWriterDatabase, Store]:
+    db = SqliteWriterDatabase(f"sqlite+aiosqlite:///{db_path}", **options)
+    await db.connect()
+    await db.run(upgrade_sync)
+    await db.run(Store(db.dialect).open_connection, "link", "ws://x", 1)
+    return db, Store(db.dialect)
+
+
+def stored(db_path: Path) -> list[tuple[int, str]]:
+    with sqlite3.connect(db_path) as conn:
+        return list(conn.execute("select seq, payload from frames order by id"))
+
+
+async def test_batches_larger_than_one_statement_keep_every_row_in_order(db_path: Path) -> None:
+    db, store = await open_db(db_path)
+    frames = batch(1, SQLITE_ROWS_PER_INSERT * 2 + 37, 100)
+    rows, index = rows_and_index(frames)
+    await db.run(store.write_batch, rows, index)
+    await db.shutdown()
+    assert stored(db_path) == [(f[1], f[6].decode()) for f in frames]
+
+
+async def test_checkpoints_run_beside_the_writer_and_the_wal_stays_bounded(
+    db_path: Path,
+) -> None:
+    kib = 1024
+    db, store = await open_db(db_path, checkpoint_bytes=256 * kib, restart_bytes=1024 * kib)
+    wal = Path(f"{db_path}-wal")
+    wal_sizes = []
+    seq = 1
+    for _ in range(40):  # 40 batches of 50 frames of 8 KiB: about 16 MiB in all
+        frames = batch(seq, 50, 8 * kib)
+        seq += len(frames)
+        rows, index = rows_and_index(frames)
+        await db.run(store.write_batch, rows, index)
+        db.wrote(rows)
+        wal_sizes.append(wal.stat().st_size)
+    await db.settle()
+    assert db.checkpoints >= 10
+    # The database file took the pages while the WAL started over: without the
+    # catch-up it grows to the whole 16 MiB, and without checkpoints the file stays empty.
+    assert db_path.stat().st_size > 12 * 1024 * kib
+    assert max(wal_sizes) < 3 * 1024 * kib
+    await db.shutdown()
+    assert [s for s, _ in stored(db_path)] == list(range(1, seq))
