@@ -48,6 +48,11 @@ IN_FLIGHT = 3
 _HEADER = struct.Struct("!Q")
 # Frames classified between two turns of the child's event loop (about 0.5 ms).
 CLASSIFY_SLICE = 200
+# After a burst that filled whole batches, the rest is committed once no frame has
+# arrived for this long, rather than up to commit_interval later: the burst is
+# over, and the disk is already busy with it. Below batch_size frames per
+# commit_interval this never applies, and commits stay one per interval.
+BURST_END_QUIET = 0.01
 
 
 class WriterError(Exception):
@@ -78,6 +83,11 @@ class FrameQueue:
     @property
     def bytes(self) -> int:
         return self._bytes
+
+    @property
+    def newest_at(self) -> float:
+        """When the newest waiting frame arrived (loop time), or 0 when empty."""
+        return self._items[-1][4] / 1e9 if self._items else 0.0  # monotonic_ns
 
     @property
     def full(self) -> bool:
@@ -200,6 +210,9 @@ class Writer:
         self._log = (log_level, log_format)
         self._hurry = asyncio.Event()
         self._stopping = False
+        # The last batch shipped was full: frames are arriving faster than batch_size
+        # per commit_interval.
+        self._bursting = False
         self._progress = asyncio.Condition()
         self._flush_targets = 0
         self._ids = itertools.count(1)
@@ -372,6 +385,7 @@ class Writer:
                     continue
                 await self._wait_for_batch()
                 await self._in_flight.acquire()
+                self._bursting = len(queue) >= self.batch_size
                 batch = queue.take(self.batch_size)
                 task = asyncio.create_task(self._ship(batch))
                 pending.add(task)
@@ -398,7 +412,10 @@ class Writer:
         loop = asyncio.get_running_loop()
         deadline = queue.oldest_at + self.commit_interval
         while not queue.batch_ready.is_set() and not self._stopping and not self._flush_targets:
-            remaining = deadline - loop.time()
+            until = deadline
+            if self._bursting:
+                until = min(deadline, queue.newest_at + BURST_END_QUIET)
+            remaining = until - loop.time()
             if remaining <= 0:
                 return
             ready = asyncio.ensure_future(queue.batch_ready.wait())
