@@ -249,16 +249,21 @@ class Link:
         self.disconnected.set()
 
     async def _receive(self, ws: Any, cid: int) -> None:
-        recv = ws.recv_raw
+        recv, recv_nowait = ws.recv_raw, ws.recv_raw_nowait
         queue = self.writer.queue
         seq = self._seq
         while True:
-            try:
-                is_text, data = await recv()
-            except ConnectionClosed:
-                return
-            self.last_rx = time.monotonic()
-            frame = (cid, next(seq), IN, time.time_ns() // 1000, time.monotonic_ns(), is_text, data)
+            # Messages that have already arrived, without a coroutine each.
+            message = recv_nowait()
+            if message is None:
+                try:
+                    message = await recv()
+                except ConnectionClosed:
+                    return
+            is_text, data = message
+            mono = time.monotonic_ns()
+            self.last_rx = mono / 1e9  # time.monotonic()'s clock
+            frame = (cid, next(seq), IN, time.time_ns() // 1000, mono, is_text, data)
             if not queue.full:
                 queue.put_nowait(frame)  # the common case, without a coroutine
                 continue

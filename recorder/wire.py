@@ -22,7 +22,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.client import ClientProtocol
 from websockets.datastructures import Headers
 from websockets.exceptions import ConcurrencyError, TooManyFragments
-from websockets.frames import CONT, TEXT, CloseCode, Frame, Opcode
+from websockets.frames import CONT, TEXT, CloseCode
 from websockets.http11 import Response
 from websockets.protocol import OPEN, Protocol
 
@@ -33,14 +33,25 @@ except ImportError:  # pragma: no cover - older websockets had no limit
 
 
 class RawAssembler(Assembler):
+    """websockets' message assembler, holding frames and, from the fast path, whole
+    messages as ``(is_text, data)`` tuples; only the raw getters read it."""
+
+    def put_message(self, message: tuple[bool, bytes]) -> None:
+        if self.closed:
+            raise EOFError("stream of frames ended")
+        self.frames.put(message)  # type: ignore[arg-type]
+        self.maybe_pause()
+
     async def get_raw(self) -> tuple[bool, bytes]:
         """Like ``Assembler.get()``, returning the opcode and the undecoded payload."""
         if self.get_in_progress:
             raise ConcurrencyError("get() or get_iter() is already running")
         self.get_in_progress = True
         try:
-            frame = await self.frames.get(not self.closed)
+            frame: Any = await self.frames.get(not self.closed)
             self.maybe_resume()
+            if type(frame) is tuple:
+                return frame
             parts = [frame]
             while not frame.fin:
                 try:
@@ -61,11 +72,18 @@ class RawAssembler(Assembler):
     def get_raw_nowait(self) -> tuple[bool, bytes] | None:
         """A whole single-frame message already received, or None; never waits."""
         queue = self.frames.queue
-        if self.get_in_progress or not queue or not queue[0].fin:
+        if self.get_in_progress or not queue:
             return None
-        frame = queue.popleft()
+        head: Any = queue[0]
+        if type(head) is tuple:
+            queue.popleft()
+            self.maybe_resume()
+            return head
+        if not head.fin:
+            return None
+        queue.popleft()
         self.maybe_resume()
-        return frame.opcode is TEXT, bytes(frame.data)
+        return head.opcode is TEXT, bytes(head.data)
 
 
 class RawFramesMixin:
@@ -183,7 +201,7 @@ class _FastClientProtocol(ClientProtocol, _AfterHandshake):
         limit = self.max_message_size
         if self.max_fragment_size is not None:
             limit = self.max_fragment_size if limit is None else min(limit, self.max_fragment_size)
-        append = self.events.append
+        append = cast(Any, self.events).append
         end = len(data)
         pos = taken = 0
         slow_from = -1
@@ -223,8 +241,8 @@ class _FastClientProtocol(ClientProtocol, _AfterHandshake):
                         self._whole_frames = False
                         break
                 if plain and slow_from < 0 and self.current_size is None:
-                    opcode = Opcode.TEXT if head == 0x81 else Opcode.BINARY
-                    append(Frame(opcode, bytes(view[start:stop])))
+                    # The whole message, as RawAssembler hands it out (see process_event).
+                    append((head == 0x81, bytes(view[start:stop])))
                     taken += 1
                 elif slow_from < 0:
                     slow_from = pos
@@ -246,6 +264,12 @@ class RecordingClientConnection(RawFramesMixin, ClientConnection):
         if type(protocol) is ClientProtocol:
             protocol.__class__ = _FastClientProtocol
         super().__init__(protocol, **kwargs)
+
+    def process_event(self, event: Any) -> None:
+        if type(event) is tuple:  # a whole message from the fast path
+            self.recv_messages.put_message(event)
+        else:
+            super().process_event(event)
 
 
 class RecordingServerConnection(RawFramesMixin, ServerConnection):
