@@ -130,7 +130,7 @@ def _classified(obj: dict[str, Any], text: str | None) -> Classified:
 
 
 def _id(value: Any) -> str | None:
-    if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH:
+    if type(value) is str and 0 < len(value) <= MAX_ID_LENGTH:
         return value
     return None
 
@@ -140,24 +140,31 @@ def extract_ids(obj: dict[str, Any], type_: str | None) -> tuple[str | None, str
 
     Top level (``sessionId``/``taskId``: task_* frames), ``payload`` (client
     requests), ``data`` (stream and tool frames), ``session`` (session_spawned,
-    session_status_update: ``session.id`` and ``session.task.id``).
+    session_status_update: ``session.id`` and ``session.task.id``); the first
+    place that has one wins. Runs for every frame, hence the plain lookups.
     """
-    session_id = _id(obj.get("sessionId"))
-    task_id = _id(obj.get("taskId"))
+    get = obj.get
+    session_id = _id(get("sessionId"))
+    task_id = _id(get("taskId"))
+    if session_id is not None and task_id is not None:
+        return session_id, task_id
     for key in ("payload", "data"):
-        inner = obj.get(key)
-        if isinstance(inner, dict):
-            session_id = session_id or _id(inner.get("sessionId"))
-            task_id = task_id or _id(inner.get("taskId"))
-            if type_ == "execute_task" and task_id is None:
-                # Real daemons name the task by the text the client sent.
-                task_id = _id(inner.get("task"))
-    session = obj.get("session")
-    if isinstance(session, dict):
-        session_id = session_id or _id(session.get("id"))
+        inner = get(key)
+        if type(inner) is dict:
+            if session_id is None:
+                session_id = _id(inner.get("sessionId"))
+            if task_id is None:
+                task_id = _id(inner.get("taskId"))
+                if task_id is None and type_ == "execute_task":
+                    # Real daemons name the task by the text the client sent.
+                    task_id = _id(inner.get("task"))
+    session = get("session")
+    if type(session) is dict:
+        if session_id is None:
+            session_id = _id(session.get("id"))
         task = session.get("task")
-        if isinstance(task, dict):
-            task_id = task_id or _id(task.get("id"))
+        if task_id is None and type(task) is dict:
+            task_id = _id(task.get("id"))
     return session_id, task_id
 
 
@@ -233,17 +240,24 @@ class IndexBatch:
     def add(self, frame: Sequence[Any], info: Classified) -> None:
         """Fold one classified frame (a :class:`Frame` or plain tuple) into the batch."""
         cid = frame[F_CONNECTION]
-        self.connection_frames[cid] = self.connection_frames.get(cid, 0) + 1
+        counts = self.connection_frames
+        counts[cid] = counts.get(cid, 0) + 1
         at = frame[F_RECEIVED]
-        if info.session_id is not None:
-            self.session(info.session_id, at).frame_count += 1
+        sid = info.session_id
+        if sid is not None:
+            delta = self.sessions.get(sid)
+            if delta is None:
+                delta = self.sessions[sid] = SessionDelta(at, at)
+            elif at > delta.last_seen_us:
+                delta.last_seen_us = at
+            delta.frame_count += 1
             if info.task_id is not None:
-                self.task(info.session_id, info.task_id, at).frame_count += 1
+                self.task(sid, info.task_id, at).frame_count += 1
         obj = info.obj
         if obj is None:
             return
         type_ = info.type
-        if isinstance(obj.get("session"), dict):
+        if type(obj.get("session")) is dict:
             self._session_object(obj["session"], at)
         if type_ == "sessions_list" and frame[F_DIRECTION] == IN:
             listed = obj.get("sessions")
