@@ -13,7 +13,6 @@ import os
 
 from alembic import context
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from recorder.schema import metadata
 
@@ -33,6 +32,10 @@ def run_with(connection: Connection) -> None:
 
 
 async def run_standalone(url: str) -> None:
+    # Imported here: the service's database process migrates through run_with() and
+    # never needs the asyncio extension (about 8 MB).
+    from sqlalchemy.ext.asyncio import create_async_engine
+
     engine = create_async_engine(url)
     async with engine.begin() as conn:
         await conn.run_sync(run_with)

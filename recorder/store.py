@@ -16,20 +16,21 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Select, and_, bindparam, event, func, select, true, tuple_, update
 from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.engine import Connection, Dialect, make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from recorder.protocol import LOST_STATUS, TERMINAL_STATUSES, IndexBatch, SessionDelta, TaskDelta
 from recorder.schema import connections, frames, sessions, tasks
+
+if TYPE_CHECKING:
+    # Imported where used: the database process writing SQLite needs neither, and
+    # they are about 20 MB of its memory.
+    from alembic.config import Config as AlembicConfig
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 log = structlog.get_logger("recorder.store")
 T = TypeVar("T")
@@ -110,6 +111,8 @@ def require_database(url: str) -> None:
 
 
 def create_engine(url: str) -> AsyncEngine:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
     engine = create_async_engine(url, pool_pre_ping=False)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
@@ -124,7 +127,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=10000")
     # 16 MiB of page cache (the default is 2 MiB): index pages stay hot.
-    cursor.execute("PRAGMA cache_size=-16384")
+    cursor.execute("PRAGMA cache_size=-4096")
     cursor.close()
 
 
@@ -140,22 +143,30 @@ def migrations_dir() -> Path:
 
 
 def alembic_config() -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(migrations_dir()))
     return cfg
 
 
 def head_revision() -> str | None:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 def _upgrade_sync(connection: Connection, revision: str) -> None:
     cfg = alembic_config()
     cfg.attributes["connection"] = connection
+    from alembic import command
+
     command.upgrade(cfg, revision)
 
 
 def _current_sync(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     return MigrationContext.configure(connection).get_current_revision()
 
 

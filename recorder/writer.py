@@ -4,15 +4,18 @@ Producers (the daemon link, the proxy) put frames on a bounded queue and never
 wait for the database unless the queue is full: then they wait, which stops them
 reading their sockets and pushes back on the sender. A frame is never dropped.
 
-The database work (classifying frames, maintaining the session index, SQLite or
-PostgreSQL writes) runs in a child process: measured on a 2-core machine, doing it
-on the event loop's thread capped ingest near 40 k frames/s, because the GIL
-serialised it with the sockets. The parent keeps the queue and the batching
-policy (a commit every ``commit_interval`` seconds or ``batch_size`` frames,
-whichever comes first) and ships batches over a socket pair; the child answers
-each batch once it is committed. Every other database operation (opening and
-closing connection rows, the active-session list) goes over the same socket, in
-order, so the child is the only writer, as in Home Assistant's recorder thread.
+The database work runs in two child processes, in a line: the classifier (JSON
+parsing, ids, session index deltas) and, its child, the database process (SQLite
+or PostgreSQL writes). Measured on a 2-core machine: on the event loop's thread
+this work capped ingest near 40 k frames/s, because the GIL serialised it with
+the sockets; in one child process, classification and SQLite still took turns on
+the GIL. The service keeps the queue and the batching policy (a commit every
+``commit_interval`` seconds or ``batch_size`` frames, whichever comes first) and
+ships batches to the classifier over a socket pair; the answer for each batch
+comes back the same way once it is committed. Every other database operation
+(opening and closing connection rows, the active-session list) travels the same
+line, in order, so the database process is the only writer, as in Home
+Assistant's recorder thread.
 """
 
 from __future__ import annotations
@@ -40,14 +43,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("recorder.writer")
 
-# Parsing a frame this large would stall the child's loop for too long.
-PARSE_IN_THREAD_BYTES = 256 * 1024
-# Batches shipped to the child before waiting for its answer: one being written,
-# one being classified, one on the wire.
+# Batches shipped before waiting for an answer: one being written, one being
+# classified, one on the wire.
 IN_FLIGHT = 3
 _HEADER = struct.Struct("!Q")
-# Frames classified between two turns of the child's event loop (about 0.5 ms).
-CLASSIFY_SLICE = 200
 # After a burst that filled whole batches, the rest is committed once no frame has
 # arrived for this long, rather than up to commit_interval later: the burst is
 # over, and the disk is already busy with it. Below batch_size frames per
@@ -134,11 +133,6 @@ def rows_and_index(batch: Sequence[Sequence[Any]]) -> tuple[list[FrameRow], Inde
     """Classify a batch: the rows to insert and what they say about sessions and tasks."""
     rows: list[FrameRow] = []
     index = IndexBatch()
-    classify_into(batch, rows, index)
-    return rows, index
-
-
-def classify_into(batch: Sequence[Sequence[Any]], rows: list[FrameRow], index: IndexBatch) -> None:
     append = rows.append
     add = index.add
     for frame in batch:
@@ -163,6 +157,7 @@ def classify_into(batch: Sequence[Sequence[Any]], rows: list[FrameRow], index: I
             )
         )
         add(frame, info)
+    return rows, index
 
 
 # --- wire format between the two processes -----------------------------------------
@@ -228,19 +223,7 @@ class Writer:
 
     async def start(self) -> tuple[str | None, str | None]:
         """Start the writer process; it migrates the database. Returns (before, after) revisions."""
-        ours, theirs = socket.socketpair()
-        # A plain child process (no multiprocessing: its resource tracker would be a
-        # third process); the database URL travels over the socket, never in argv.
-        self._process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            "from recorder.writer import child_entry; child_entry()",
-            str(theirs.fileno()),
-            pass_fds=(theirs.fileno(),),
-            stdin=asyncio.subprocess.DEVNULL,
-        )
-        theirs.close()
-        reader, self._stream = await asyncio.open_connection(sock=ours)
+        self._process, reader, self._stream = await _spawn("classifier_entry")
         await _send(self._stream, (self.url, self._log))
         hello = await _receive(reader)
         if not isinstance(hello, tuple) or hello[0] != "ready":
@@ -433,48 +416,162 @@ class Writer:
 # --- child side -------------------------------------------------------------------
 
 
-def child_entry() -> None:
-    """Entry point of the writer process: ``python -c ... <socket fd>``."""
-    # The parent decides when to stop (after draining); systemd's SIGTERM to the
-    # whole control group, or Ctrl-C in a terminal, must not kill the writer first.
+def classifier_entry() -> None:
+    """The classifier process, the service's child: ``python -c ... <socket fd>``."""
+    _ignore_stop_signals()
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    asyncio.run(_classifier(sock))
+
+
+def database_entry() -> None:
+    """The database process, the classifier's child: ``python -c ... <socket fd>``."""
+    _ignore_stop_signals()
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    asyncio.run(_database(sock))
+
+
+def _ignore_stop_signals() -> None:
+    # The service decides when to stop (after draining); systemd's SIGTERM to the
+    # whole control group, or Ctrl-C in a terminal, must not kill these first.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sock = socket.socket(fileno=int(sys.argv[1]))
-    asyncio.run(_child(sock))
 
 
-async def _child(sock: socket.socket) -> None:
+async def _spawn(entry: str) -> tuple[Any, asyncio.StreamReader, asyncio.StreamWriter]:
+    """A Python child process running ``recorder.writer.<entry>``, and a socket to it."""
+    ours, theirs = socket.socketpair()
+    # A plain child process (no multiprocessing: its resource tracker would be one
+    # more); the database URL travels over the socket, never in argv.
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        f"from recorder.writer import {entry}; {entry}()",
+        str(theirs.fileno()),
+        pass_fds=(theirs.fileno(),),
+        stdin=asyncio.subprocess.DEVNULL,
+    )
+    theirs.close()
+    reader, stream = await asyncio.open_connection(sock=ours)
+    return process, reader, stream
+
+
+async def _classifier(sock: socket.socket) -> None:
+    """Classify batches on their way to the database process; relay everything else.
+
+    Classification (JSON parsing, id extraction, index deltas) and SQLite's work
+    are each about half of the writer's CPU per frame. In one process the GIL let
+    only one of them run at a time, whatever the threads (measured: a database
+    thread beside a classifying one gained nothing). Two processes use two cores.
+    Messages keep their order, so a connection is closed after its frames are in.
+    """
+    parent_in, parent_out = await asyncio.open_connection(sock=sock)
+    settings = await _receive(parent_in)
+    if settings is None:
+        return
+    logs_configure(settings[1])
+    process, db_in, db_out = await _spawn("database_entry")
+    await _send(db_out, settings)
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+    async def upward() -> None:
+        # Answers, and the database's hello, go back to the parent as they are.
+        while (answer := await _receive(db_in)) is not None:
+            await _send(parent_out, answer)
+        parent_out.close()
+
+    answers = asyncio.create_task(upward())
+    try:
+        while (message := await _receive(parent_in)) is not None:
+            kind, rid, payload = message
+            if kind == "batch":
+                message = (kind, rid, rows_and_index(payload))
+            await _send(db_out, message)
+    except ConnectionError:
+        pass  # the database process is gone; upward() tells the parent
+    finally:
+        db_out.close()
+        await answers
+        await process.wait()
+
+
+def logs_configure(options: tuple[str, str]) -> None:
     from recorder import logs
-    from recorder.store import Store, WriterDatabase, prepare_sqlite_file, upgrade_sync
+
+    logs.configure(*options)
+
+
+def migration_entry() -> None:
+    """A short-lived process that migrates the database: ``python -c ... <socket fd>``."""
+    _ignore_stop_signals()
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    asyncio.run(_migration(sock))
+
+
+async def _migration(sock: socket.socket) -> None:
+    # Alembic and its templates are about 10 MB that the database process, which
+    # runs for months, would otherwise keep for a few milliseconds of use.
+    from recorder.store import WriterDatabase, prepare_sqlite_file, upgrade_sync
 
     reader, stream = await asyncio.open_connection(sock=sock)
     settings = await _receive(reader)
     if settings is None:
         return
     url, log_options = settings
-    logs.configure(*log_options)
+    logs_configure(log_options)
     try:
         prepare_sqlite_file(url)
         db = await WriterDatabase.open(url)
+        try:
+            before, after = await db.run(upgrade_sync)
+        finally:
+            await db.shutdown()
     except Exception as exc:
         await _send(stream, ("failed", _one_line(exc)))
+    else:
+        await _send(stream, ("ready", before, after))
+    stream.close()
+
+
+async def _migrate(settings: tuple[str, tuple[str, str]]) -> Any:
+    """Run the migration process; its answer: ("ready", before, after) or ("failed", why)."""
+    process, reader, stream = await _spawn("migration_entry")
+    await _send(stream, settings)
+    answer = await _receive(reader)
+    stream.close()
+    await process.wait()
+    return answer if answer is not None else ("failed", "the migration process exited")
+
+
+async def _database(sock: socket.socket) -> None:
+    from recorder.store import Store, WriterDatabase
+
+    reader, stream = await asyncio.open_connection(sock=sock)
+    settings = await _receive(reader)
+    if settings is None:
+        return
+    url, log_options = settings
+    logs_configure(log_options)
+    migrated = await _migrate(settings)
+    if migrated[0] != "ready":
+        await _send(stream, migrated)
         stream.close()
         return
+    _, before, after = migrated
     try:
-        before, after = await db.run(upgrade_sync)
+        db = await WriterDatabase.open(url)
         store = Store(db.dialect)
     except Exception as exc:
         await _send(stream, ("failed", _one_line(exc)))
         stream.close()
-        await db.shutdown()
         return
     # Everything allocated so far lives for the whole run; keep the collector off it,
-    # and let the young generation grow: each batch makes thousands of short-lived dicts.
+    # and let the young generation grow: each batch makes thousands of short-lived objects.
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
     await _send(stream, ("ready", before, after))
-    # While one batch is being written (on SQLite's thread, mostly without the GIL),
-    # the next one is classified: a two-stage pipeline, one transaction at a time.
+    # While one batch is written (on SQLite's thread, mostly without the GIL), the
+    # next one is read off the socket and unpickled.
     writing: asyncio.Task[None] | None = None
 
     async def write_and_answer(rid: int, rows: list[FrameRow], index: IndexBatch) -> None:
@@ -488,15 +585,13 @@ async def _child(sock: socket.socket) -> None:
     try:
         while (message := await _receive(reader)) is not None:
             kind, rid, payload = message
+            if writing is not None:
+                await writing  # one transaction at a time, in order
+                writing = None
             if kind == "batch":
-                rows, index = await _prepare(payload)
-                if writing is not None:
-                    await writing
+                rows, index = payload
                 writing = asyncio.create_task(write_and_answer(rid, rows, index))
                 continue
-            if writing is not None:
-                await writing  # everything before this operation is committed first
-                writing = None
             try:
                 result = await _handle(db, store, kind, payload)
             except Exception as exc:
@@ -538,20 +633,6 @@ async def _handle(db: WriterDatabase, store: Store, kind: str, payload: Any) -> 
     if kind == "stop":
         return None
     raise ValueError(f"unknown writer operation {kind!r}")
-
-
-async def _prepare(batch: list[tuple[Any, ...]]) -> tuple[list[FrameRow], IndexBatch]:
-    if any(len(item[6]) > PARSE_IN_THREAD_BYTES for item in batch):
-        return await asyncio.to_thread(rows_and_index, batch)
-    rows: list[FrameRow] = []
-    index = IndexBatch()
-    for start in range(0, len(batch), CLASSIFY_SLICE):
-        classify_into(batch[start : start + CLASSIFY_SLICE], rows, index)
-        # A turn of the loop between slices: the previous batch's write finishing
-        # is answered (and the parent ships the next batch) without waiting for
-        # this whole batch to be classified.
-        await asyncio.sleep(0)
-    return rows, index
 
 
 async def _write_rows(
