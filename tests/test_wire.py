@@ -1,9 +1,10 @@
-"""The link's frame fast path against websockets' own parser, on the same bytes.
+"""The frame fast path against websockets' own parser, on the same bytes.
 
-A raw TCP server answers the handshake and then writes a prepared byte stream in
+A raw TCP peer does the handshake and then writes a prepared byte stream in
 awkward pieces (one byte, a frame and a half, the lot), so frames and headers are
-split everywhere. Whatever arrives, the recording client must see exactly what a
-plain websockets client sees: the same messages, the same close.
+split everywhere. Whatever arrives, the recording client (the link, the proxy's
+upstream side) and the recording server (the proxy's UI side) must see exactly
+what plain websockets connections see: the same messages, the same close.
 """
 
 from __future__ import annotations
@@ -155,4 +156,106 @@ async def test_fast_path_sees_what_websockets_sees(case: str, seed: int) -> None
     assert ours["close"] == theirs["close"]
     if case == "plain frames, then close":
         assert len(ours["messages"]) == len(PLAIN) - 4  # ping, pong, two fragments joined
+        assert ours["fast"] > 250
+
+
+# --- the same for a server: frames from a client are masked --------------------------
+
+CLIENT_PLAIN = [
+    masked(TEXT, b'{"type":"list_sessions"}'),
+    masked(TEXT, b"y" * 126),
+    masked(TEXT, b"z" * 70_000),
+    masked(BINARY, b""),
+    masked(Opcode.PING, b"ping from the UI"),
+    masked(TEXT, b"after ping"),
+    Frame(TEXT, b"frag-1 ", fin=False).serialize(mask=True),
+    masked(CONT, b"frag-2"),
+] + [masked(TEXT, b'{"type":"session_status","i":%d}' % i) for i in range(300)]
+CLIENT_CLOSE = Frame(Opcode.CLOSE, Close(1000, "bye").serialize()).serialize(mask=True)
+CLIENT_STREAMS = {
+    "plain frames, then close": b"".join(CLIENT_PLAIN) + CLIENT_CLOSE,
+    "unmasked frame from a client": b"".join(CLIENT_PLAIN[:3])
+    + frame(TEXT, b"bare")
+    + CLIENT_CLOSE,
+    "ends in the middle of a frame": b"".join(CLIENT_PLAIN) + masked(TEXT, b"cut short")[:9],
+}
+
+
+async def raw_client(port: int, stream: bytes, seed: int) -> None:
+    rng = random.Random(seed)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(b"0123456789abcdef").decode()
+    writer.write(
+        f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    await reader.readuntil(b"\r\n\r\n")
+    pos = 0
+    while pos < len(stream):
+        size = rng.choice([1, 2, 5, 64, 181, 1000, 65536])
+        writer.write(stream[pos : pos + size])
+        pos += size
+        await writer.drain()
+    if not stream.endswith(CLIENT_CLOSE):
+        writer.close()
+    try:
+        await asyncio.wait_for(reader.read(), 5)  # the server closes TCP after its close
+    except (TimeoutError, ConnectionError):
+        pass
+    writer.close()
+
+
+async def serve_and_receive(stream: bytes, seed: int, factory: type[Any]) -> dict[str, Any]:
+    from websockets.asyncio.server import serve
+
+    done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+    async def handler(ws: Any) -> None:
+        messages = []
+        try:
+            while True:
+                if hasattr(ws, "recv_raw"):
+                    messages.append((await ws.recv_raw())[1])
+                else:
+                    messages.append(await ws.recv(decode=False))
+        except ConnectionClosed:
+            pass
+        done.set_result(
+            {
+                "messages": messages,
+                "close": (ws.close_code, ws.close_reason),
+                "fast": getattr(ws.protocol, "fast_frames", None),
+            }
+        )
+
+    async with serve(
+        handler,
+        "127.0.0.1",
+        0,
+        create_connection=factory,
+        max_size=MAX_SIZE,
+        compression=None,
+        ping_interval=None,
+        close_timeout=1,
+    ) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with asyncio.timeout(20):
+            await raw_client(port, stream, seed)
+            return await done
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("case", list(CLIENT_STREAMS))
+async def test_server_fast_path_sees_what_websockets_sees(case: str, seed: int) -> None:
+    from websockets.asyncio.server import ServerConnection
+
+    from recorder.wire import RecordingServerConnection
+
+    ours = await serve_and_receive(CLIENT_STREAMS[case], seed, RecordingServerConnection)
+    theirs = await serve_and_receive(CLIENT_STREAMS[case], seed, ServerConnection)
+    assert ours["messages"] == theirs["messages"]
+    assert ours["close"] == theirs["close"]
+    if case == "plain frames, then close":
+        assert len(ours["messages"]) == len(CLIENT_PLAIN) - 2  # ping; two fragments joined
         assert ours["fast"] > 250
