@@ -1,9 +1,10 @@
 """The database: engine set-up, migrations, the writer's batch writes, and the queries.
 
-Writes go through :class:`Store`, which only the writer task uses. Frames are
-inserted with one driver-level ``executemany`` per batch (SQLAlchemy Core compiles
-the statement once, per dialect): that is several times faster than Core's own
-executemany and keeps the same SQL portable between SQLite and PostgreSQL.
+Writes go through :class:`Store`, which only the database process uses, through a
+:class:`WriterDatabase`. The INSERT is compiled once per dialect by SQLAlchemy Core
+and run at the driver level: several hundred rows per statement on SQLite, one
+``executemany`` per batch on PostgreSQL (asyncpg pipelines it). Both are several
+times faster than Core's own executemany, with the same SQL on both databases.
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=10000")
-    # 16 MiB of page cache (the default is 2 MiB): index pages stay hot.
+    # 4 MiB of page cache (the default is 2): inserts append at the right edge of
+    # every B-tree, so the hot pages are few; 16 MiB measured no faster.
     cursor.execute("PRAGMA cache_size=-4096")
     cursor.close()
 
@@ -190,7 +192,7 @@ async def current(engine: AsyncEngine) -> str | None:
         return await conn.run_sync(_current_sync)
 
 
-# --- writes (the writer task only) ----------------------------------------------
+# --- writes (the database process only) ---------------------------------------------
 
 
 class Store:
