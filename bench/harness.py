@@ -223,3 +223,12 @@ def log_outcome(text: str) -> tuple[bool, list[str]]:
         if e.get("level") in ("warning", "error", "critical")
     ]
     return stopped, warnings
+
+
+def yes(flag: bool) -> str:
+    """How the benchmarks print a check: a missed one stands out."""
+    return "yes" if flag else "NO"
+
+
+def targets_line(targets: dict[str, bool]) -> str:
+    return "  targets: " + ", ".join(f"{name} {yes(met)}" for name, met in targets.items())

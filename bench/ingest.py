@@ -73,7 +73,9 @@ from harness import (
     log_outcome,
     ro_connect,
     scratch_dir,
+    targets_line,
     wait_for_log,
+    yes,
 )
 
 TARGET_RATIO = 0.5
@@ -489,9 +491,6 @@ def summarize(
 
 
 def print_table(s: dict[str, Any]) -> None:
-    def yes(flag: bool) -> str:
-        return "yes" if flag else "NO"
-
     rows = [
         ("frames", f"{s['frames']:,}"),
         ("avg frame bytes", f"{s['avg_frame_bytes']:.1f}"),
@@ -525,8 +524,7 @@ def print_table(s: dict[str, Any]) -> None:
             print(f"      loss: {problem}")
         for warning in r["warnings"][:5]:
             print(f"      log: {warning}")
-    targets = ", ".join(f"{k} {yes(v)}" for k, v in s["targets"].items())
-    print(f"  targets: {targets}")
+    print(targets_line(s["targets"]))
 
 
 # --- main --------------------------------------------------------------------------------

@@ -106,7 +106,9 @@ from harness import (
     log_outcome,
     ro_connect,
     scratch_dir,
+    targets_line,
     wait_for_log,
+    yes,
 )
 
 TARGET_ADDED_P99_MS = 2.0
@@ -817,9 +819,6 @@ def summarize(
 
 
 def print_table(s: dict[str, Any]) -> None:
-    def yes(flag: bool) -> str:
-        return "yes" if flag else "NO"
-
     print(
         f"proxy benchmark: {s['repeat']} repeat(s), medians; one-way latency in ms, "
         f"first {WARMUP_FRACTION:.0%} of each run dropped"
@@ -865,8 +864,7 @@ def print_table(s: dict[str, Any]) -> None:
     print(f"  recorder exit {r['exit_code']}, logged stopped: {yes(r['logged_stopped'])}")
     for w in r["warnings"][:5]:
         print(f"    log: {w}")
-    targets = ", ".join(f"{k} {yes(v)}" for k, v in s["targets"].items())
-    print(f"  targets: {targets}")
+    print(targets_line(s["targets"]))
 
 
 # --- main --------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import struct
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -222,7 +222,7 @@ class Writer:
     # --- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> tuple[str | None, str | None]:
-        """Start the writer process; it migrates the database. Returns (before, after) revisions."""
+        """Start the writer processes; they migrate the database. Returns (before, after) revisions."""
         self._process, reader, self._stream = await _spawn("classifier_entry")
         await _send(self._stream, (self.url, self._log))
         hello = await _receive(reader)
@@ -235,7 +235,7 @@ class Writer:
         return hello[1], hello[2]
 
     async def close(self) -> None:
-        """Stop the writer process (after :meth:`run` has drained the queue)."""
+        """Stop the writer processes (after :meth:`run` has drained the queue)."""
         if self._stream is not None and self._died is None:
             try:
                 await self._call("stop")
@@ -416,25 +416,45 @@ class Writer:
 # --- child side -------------------------------------------------------------------
 
 
+# The settings every child process gets first: (database URL, (log level, log format)).
+Settings = tuple[str, tuple[str, str]]
+ChildMain = Callable[[asyncio.StreamReader, asyncio.StreamWriter, Settings], Awaitable[None]]
+
+
 def classifier_entry() -> None:
     """The classifier process, the service's child: ``python -c ... <socket fd>``."""
-    _ignore_stop_signals()
-    sock = socket.socket(fileno=int(sys.argv[1]))
-    asyncio.run(_classifier(sock))
+    _run_child(_classifier)
 
 
 def database_entry() -> None:
-    """The database process, the classifier's child: ``python -c ... <socket fd>``."""
-    _ignore_stop_signals()
-    sock = socket.socket(fileno=int(sys.argv[1]))
-    asyncio.run(_database(sock))
+    """The database process, the classifier's child."""
+    _run_child(_database)
 
 
-def _ignore_stop_signals() -> None:
+def migration_entry() -> None:
+    """A short-lived process that migrates the database, the database process's child."""
+    _run_child(_migration)
+
+
+def _run_child(main: ChildMain) -> None:
+    """A child's life: ignore stop signals, read its settings, configure logging, run."""
     # The service decides when to stop (after draining); systemd's SIGTERM to the
     # whole control group, or Ctrl-C in a terminal, must not kill these first.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=int(sys.argv[1]))
+
+    async def child() -> None:
+        reader, stream = await asyncio.open_connection(sock=sock)
+        settings = await _receive(reader)
+        if settings is None:
+            return
+        from recorder import logs
+
+        logs.configure(*settings[1])
+        await main(reader, stream, settings)
+
+    asyncio.run(child())
 
 
 async def _spawn(entry: str) -> tuple[Any, asyncio.StreamReader, asyncio.StreamWriter]:
@@ -455,7 +475,9 @@ async def _spawn(entry: str) -> tuple[Any, asyncio.StreamReader, asyncio.StreamW
     return process, reader, stream
 
 
-async def _classifier(sock: socket.socket) -> None:
+async def _classifier(
+    parent_in: asyncio.StreamReader, parent_out: asyncio.StreamWriter, settings: Settings
+) -> None:
     """Classify batches on their way to the database process; relay everything else.
 
     Classification (JSON parsing, id extraction, index deltas) and SQLite's work
@@ -464,11 +486,6 @@ async def _classifier(sock: socket.socket) -> None:
     thread beside a classifying one gained nothing). Two processes use two cores.
     Messages keep their order, so a connection is closed after its frames are in.
     """
-    parent_in, parent_out = await asyncio.open_connection(sock=sock)
-    settings = await _receive(parent_in)
-    if settings is None:
-        return
-    logs_configure(settings[1])
     process, db_in, db_out = await _spawn("database_entry")
     await _send(db_out, settings)
     gc.freeze()
@@ -495,30 +512,14 @@ async def _classifier(sock: socket.socket) -> None:
         await process.wait()
 
 
-def logs_configure(options: tuple[str, str]) -> None:
-    from recorder import logs
-
-    logs.configure(*options)
-
-
-def migration_entry() -> None:
-    """A short-lived process that migrates the database: ``python -c ... <socket fd>``."""
-    _ignore_stop_signals()
-    sock = socket.socket(fileno=int(sys.argv[1]))
-    asyncio.run(_migration(sock))
-
-
-async def _migration(sock: socket.socket) -> None:
+async def _migration(
+    reader: asyncio.StreamReader, stream: asyncio.StreamWriter, settings: Settings
+) -> None:
     # Alembic and its templates are about 10 MB that the database process, which
     # runs for months, would otherwise keep for a few milliseconds of use.
     from recorder.store import WriterDatabase, prepare_sqlite_file, upgrade_sync
 
-    reader, stream = await asyncio.open_connection(sock=sock)
-    settings = await _receive(reader)
-    if settings is None:
-        return
-    url, log_options = settings
-    logs_configure(log_options)
+    url = settings[0]
     try:
         prepare_sqlite_file(url)
         db = await WriterDatabase.open(url)
@@ -533,7 +534,7 @@ async def _migration(sock: socket.socket) -> None:
     stream.close()
 
 
-async def _migrate(settings: tuple[str, tuple[str, str]]) -> Any:
+async def _migrate(settings: Settings) -> Any:
     """Run the migration process; its answer: ("ready", before, after) or ("failed", why)."""
     process, reader, stream = await _spawn("migration_entry")
     await _send(stream, settings)
@@ -543,15 +544,12 @@ async def _migrate(settings: tuple[str, tuple[str, str]]) -> Any:
     return answer if answer is not None else ("failed", "the migration process exited")
 
 
-async def _database(sock: socket.socket) -> None:
+async def _database(
+    reader: asyncio.StreamReader, stream: asyncio.StreamWriter, settings: Settings
+) -> None:
     from recorder.store import Store, WriterDatabase
 
-    reader, stream = await asyncio.open_connection(sock=sock)
-    settings = await _receive(reader)
-    if settings is None:
-        return
-    url, log_options = settings
-    logs_configure(log_options)
+    url = settings[0]
     migrated = await _migrate(settings)
     if migrated[0] != "ready":
         await _send(stream, migrated)

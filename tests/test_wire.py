@@ -25,6 +25,13 @@ from recorder.wire import RecordingClientConnection
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_SIZE = 100_000
+# Both sides of every comparison, recording or plain, connect or serve with these.
+OPTIONS: dict[str, Any] = {
+    "max_size": MAX_SIZE,
+    "compression": None,
+    "ping_interval": None,
+    "close_timeout": 1,
+}
 
 
 def frame(opcode: Opcode, data: bytes, *, fin: bool = True, rsv1: bool = False) -> bytes:
@@ -119,14 +126,7 @@ async def serve_raw(stream: bytes, seed: int) -> tuple[asyncio.Server, int]:
 
 async def receive_all(port: int, factory: type[ClientConnection]) -> dict[str, Any]:
     messages: list[tuple[bool, bytes]] = []
-    async with connect(
-        f"ws://127.0.0.1:{port}",
-        create_connection=factory,
-        max_size=MAX_SIZE,
-        compression=None,
-        ping_interval=None,
-        close_timeout=1,
-    ) as ws:
+    async with connect(f"ws://127.0.0.1:{port}", create_connection=factory, **OPTIONS) as ws:
         try:
             while True:
                 if isinstance(ws, RecordingClientConnection):
@@ -229,16 +229,7 @@ async def serve_and_receive(stream: bytes, seed: int, factory: type[Any]) -> dic
             }
         )
 
-    async with serve(
-        handler,
-        "127.0.0.1",
-        0,
-        create_connection=factory,
-        max_size=MAX_SIZE,
-        compression=None,
-        ping_interval=None,
-        close_timeout=1,
-    ) as server:
+    async with serve(handler, "127.0.0.1", 0, create_connection=factory, **OPTIONS) as server:
         port = server.sockets[0].getsockname()[1]
         async with asyncio.timeout(20):
             await raw_client(port, stream, seed)

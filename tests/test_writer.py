@@ -41,6 +41,21 @@ async def started(url: str) -> AsyncIterator[Callable[..., Awaitable[Writer]]]:
         await writer.close()
 
 
+Running = Callable[..., Awaitable[tuple[Writer, asyncio.Task[None], int]]]
+
+
+@pytest.fixture
+def running(started: Callable[..., Awaitable[Writer]]) -> Running:
+    """A started writer, its run() task, and a link connection row to put frames on."""
+
+    async def start(**options: Any) -> tuple[Writer, asyncio.Task[None], int]:
+        writer = await started(**options)
+        task = asyncio.create_task(writer.run())
+        return writer, task, await writer.open_connection("link", "ws://x")
+
+    return start
+
+
 def mk(
     cid: int, seq: int, data: bytes, *, direction: str = IN, is_text: bool = True, at: int = 0
 ) -> Frame:
@@ -75,12 +90,8 @@ async def test_migrations_match_the_models(url: str) -> None:
     assert mode == "wal"
 
 
-async def test_frames_are_stored_byte_exact(
-    started: Callable[..., Awaitable[Writer]], url: str
-) -> None:
-    writer = await started(commit_interval=10)
-    task = asyncio.create_task(writer.run())
-    cid = await writer.open_connection("link", "ws://x")
+async def test_frames_are_stored_byte_exact(running: Running, url: str) -> None:
+    writer, task, cid = await running(commit_interval=10)
     payloads = [
         (b'{ "type":"a",\t"type":"b", "s":"\\ud83d" }', True),
         (b'{"type":"x","v":"\x00"}', True),
@@ -112,11 +123,9 @@ async def test_frames_are_stored_byte_exact(
 
 
 async def test_commits_when_batch_is_full_without_waiting_for_the_interval(
-    started: Callable[..., Awaitable[Writer]], url: str
+    running: Running, url: str
 ) -> None:
-    writer = await started(batch_size=10, commit_interval=60)
-    task = asyncio.create_task(writer.run())
-    cid = await writer.open_connection("link", "ws://x")
+    writer, task, cid = await running(batch_size=10, commit_interval=60)
     for i in range(25):
         await writer.put(mk(cid, i, b"{}"))
     async with asyncio.timeout(5):  # far below the 60 s interval
@@ -130,12 +139,8 @@ async def test_commits_when_batch_is_full_without_waiting_for_the_interval(
     await task
 
 
-async def test_a_trickle_waits_for_the_interval_not_for_a_pause(
-    started: Callable[..., Awaitable[Writer]], url: str
-) -> None:
-    writer = await started(batch_size=10, commit_interval=60)
-    task = asyncio.create_task(writer.run())
-    cid = await writer.open_connection("link", "ws://x")
+async def test_a_trickle_waits_for_the_interval_not_for_a_pause(running: Running, url: str) -> None:
+    writer, task, cid = await running(batch_size=10, commit_interval=60)
     commits = writer.commits
     for i in range(5):
         await writer.put(mk(cid, i, b"{}"))
@@ -152,11 +157,9 @@ async def test_a_trickle_waits_for_the_interval_not_for_a_pause(
 
 
 async def test_commits_after_the_interval_when_the_batch_is_not_full(
-    started: Callable[..., Awaitable[Writer]], url: str
+    running: Running, url: str
 ) -> None:
-    writer = await started(batch_size=1000, commit_interval=0.05)
-    task = asyncio.create_task(writer.run())
-    cid = await writer.open_connection("link", "ws://x")
+    writer, task, cid = await running(batch_size=1000, commit_interval=0.05)
     commits = writer.commits
     for i in range(3):
         await writer.put(mk(cid, i, b"{}"))
@@ -206,12 +209,8 @@ async def test_queue_is_bounded_in_bytes_but_admits_one_huge_frame(
     assert writer.committed == 2
 
 
-async def test_index_heals_from_sessions_list(
-    started: Callable[..., Awaitable[Writer]], url: str
-) -> None:
-    writer = await started(commit_interval=10)
-    task = asyncio.create_task(writer.run())
-    cid = await writer.open_connection("link", "ws://x")
+async def test_index_heals_from_sessions_list(running: Running, url: str) -> None:
+    writer, task, cid = await running(commit_interval=10)
 
     def status(sid: str, st: str) -> bytes:
         return json.dumps(
@@ -238,12 +237,8 @@ async def test_index_heals_from_sessions_list(
     await task
 
 
-async def test_index_accumulates_across_batches(
-    started: Callable[..., Awaitable[Writer]], url: str
-) -> None:
-    writer = await started(batch_size=1, commit_interval=10)
-    task = asyncio.create_task(writer.run())
-    cid = await writer.open_connection("link", "ws://x")
+async def test_index_accumulates_across_batches(running: Running, url: str) -> None:
+    writer, task, cid = await running(batch_size=1, commit_interval=10)
     frames_ = [
         {
             "type": "session_status_update",
