@@ -1,6 +1,6 @@
 """Alembic environment for orchestrator-recorder.
 
-The service runs migrations itself at start-up (``recorder.store.upgrade``), handing
+The service runs migrations itself at start-up (``recorder.db.migrations``), handing
 this script an open connection through ``config.attributes["connection"]``. The
 ``alembic`` command-line tool works too, for developers writing new revisions:
 it reads ``sqlalchemy.url`` from ``alembic.ini`` or ``RECORDER_DATABASE_URL``.
@@ -14,7 +14,7 @@ import os
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from recorder.schema import metadata
+from recorder.db.schema import metadata
 
 config = context.config
 

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from sqlalchemy import text
 
 from recorder.cli import cli
+from recorder.db.engine import create_engine
 from recorder.service import Service
-from recorder.store import create_engine
 
 
 async def query(service: Service, sql: str, **params: Any) -> list[Any]:

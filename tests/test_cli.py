@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from recorder.cli import cli
-from recorder.protocol import IN, OUT, Frame
-from recorder.writer import Writer
+from recorder.pipeline.writer import Writer
+from recorder.protocol.frames import IN, OUT, Frame
 
 T0 = 1_795_692_537_000_000  # 2026-11-26T11:28:57Z
 S1 = "session_1795692537464_eeayv91i6"

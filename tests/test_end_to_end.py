@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from recorder.cli import cli
 from recorder.config import Config
-from recorder.protocol import TERMINAL_STATUSES
+from recorder.protocol.index import TERMINAL_STATUSES
 from recorder.simulator import JournalEntry, Simulator, SimulatorOptions
 from tests.conftest import running, write_config
 from tests.helpers import cli_json_lines, frame_bytes, query, wait_for_frame, wait_until
@@ -241,7 +241,7 @@ def test_wheel_carries_the_migrations(tmp_path: Path) -> None:
         [
             str(venv / "bin" / "python"),
             "-c",
-            "import recorder.store as s; print(s.__file__, s.migrations_dir())",
+            "import recorder.db.migrations as s; print(s.__file__, s.migrations_dir())",
         ],
         capture_output=True,
         text=True,
@@ -251,6 +251,25 @@ def test_wheel_carries_the_migrations(tmp_path: Path) -> None:
     )
     assert str(root / "recorder") not in probe.stdout, "the test must run the installed copy"
     assert "recorder/migrations" in probe.stdout
+    # Every subpackage of the source tree is in the wheel (they are listed by hand).
+    source_packages = sorted(
+        "recorder." + str(init.parent.relative_to(root / "recorder")).replace("/", ".")
+        for init in (root / "recorder").glob("*/__init__.py")
+    )
+    installed = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import pkgutil, recorder; print(' '.join(sorted(m.name for m in"
+            " pkgutil.iter_modules(recorder.__path__, 'recorder.') if m.ispkg)))",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=elsewhere,
+        env=env,
+        check=True,
+    ).stdout.split()
+    assert [p for p in installed if p != "recorder.migrations"] == source_packages
     result = subprocess.run(
         [str(venv / "bin" / "recorder"), "db", "upgrade", "--database", str(db)],
         capture_output=True,

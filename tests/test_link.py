@@ -13,7 +13,7 @@ import structlog
 from websockets.asyncio.client import connect
 
 from recorder.config import Config
-from recorder.link import PING
+from recorder.protocol.requests import PING
 from recorder.simulator import Simulator, SimulatorOptions
 from tests.conftest import running
 from tests.helpers import query, wait_for_frame, wait_until

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from recorder.protocol import IN, OUT, Frame
-from recorder.writer import Writer
+from recorder.pipeline.writer import Writer
+from recorder.protocol.frames import IN, OUT, Frame
 from tests.helpers import cli_json_lines, frame_bytes
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/test"

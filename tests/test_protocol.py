@@ -6,7 +6,10 @@ import json
 
 import pytest
 
-from recorder.protocol import IN, OUT, Frame, IndexBatch, classify, parse_daemon_time
+from recorder.protocol.classify import classify
+from recorder.protocol.frames import IN, OUT, Frame
+from recorder.protocol.index import IndexBatch
+from recorder.times import parse_daemon_time
 
 REAL_STATUS = (
     '{"type":"session_status_update","session":{"id":"session_1795692537464_eeayv91i6",'
@@ -80,7 +83,7 @@ PARSER_EDGES = [
 
 @pytest.mark.parametrize("data", PARSER_EDGES)
 def test_orjson_and_the_json_module_classify_alike(data: bytes) -> None:
-    from recorder.protocol import _classify_strictly
+    from recorder.protocol.classify import _classify_strictly
 
     fast, strict = classify(data, True), _classify_strictly(data)
     # The parsed object may differ in numbers (orjson reads integers past 64 bits

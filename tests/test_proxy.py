@@ -15,11 +15,11 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from recorder.capture.admission import admit, relay_close, upstream_url
+from recorder.capture.wire import RecordingClientConnection
 from recorder.cli import cli
 from recorder.config import Config, ConfigError, load_config
-from recorder.proxy import admit, relay_close, upstream_url
 from recorder.simulator import Simulator, SimulatorOptions
-from recorder.wire import RecordingClientConnection
 from tests.conftest import running, write_config
 from tests.helpers import query, wait_until
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from recorder.protocol import IN
-from recorder.store import SQLITE_ROWS_PER_INSERT, SqliteWriterDatabase, Store, upgrade_sync
-from recorder.writer import rows_and_index
+from recorder.db.migrations import upgrade_sync
+from recorder.db.sqlite import SqliteWriterDatabase
+from recorder.db.write import SQLITE_ROWS_PER_INSERT, Store
+from recorder.pipeline.ops import rows_and_index
+from recorder.protocol.frames import IN
 
 
 def batch(start: int, count: int, size: int) -> list[tuple[int, int, str, int, int, bool, bytes]]:

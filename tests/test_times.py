@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from recorder.link import Backoff
+from recorder.capture.backoff import Backoff
 from recorder.times import format_us, parse_when
 
 NOW = 1_795_692_537_464_000

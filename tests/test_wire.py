@@ -21,7 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close, Frame, Opcode
 
-from recorder.wire import RecordingClientConnection
+from recorder.capture.wire import RecordingClientConnection
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_SIZE = 100_000
@@ -241,7 +241,7 @@ async def serve_and_receive(stream: bytes, seed: int, factory: type[Any]) -> dic
 async def test_server_fast_path_sees_what_websockets_sees(case: str, seed: int) -> None:
     from websockets.asyncio.server import ServerConnection
 
-    from recorder.wire import RecordingServerConnection
+    from recorder.capture.wire import RecordingServerConnection
 
     ours = await serve_and_receive(CLIENT_STREAMS[case], seed, RecordingServerConnection)
     theirs = await serve_and_receive(CLIENT_STREAMS[case], seed, ServerConnection)

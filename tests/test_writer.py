@@ -14,10 +14,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import select, text
 
-from recorder.protocol import IN, OUT, Frame
-from recorder.schema import frames, metadata, sessions
-from recorder.store import create_engine, upgrade
-from recorder.writer import Writer
+from recorder.db.engine import create_engine
+from recorder.db.migrations import upgrade
+from recorder.db.schema import frames, metadata, sessions
+from recorder.pipeline.writer import Writer
+from recorder.protocol.frames import IN, OUT, Frame
 
 
 @pytest.fixture

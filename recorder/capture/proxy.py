@@ -16,27 +16,26 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import ssl
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import structlog
-from websockets.asyncio.client import connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
-from websockets.frames import Close
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from recorder import __version__
+from recorder.capture.admission import admit, relay_close, upstream_url
+from recorder.capture.dial import Dialer
+from recorder.capture.handshake import USER_AGENT, http_get_health, json_response
+from recorder.capture.wire import RecordingServerConnection
 from recorder.config import Config, redact_url
-from recorder.protocol import IN, OUT
-from recorder.wire import RecordingClientConnection, RecordingServerConnection, json_response
-from recorder.writer import Writer
+from recorder.pipeline.writer import Writer
+from recorder.protocol.frames import IN, OUT
+from recorder.times import now_us
 
 log = structlog.get_logger("recorder.proxy")
 
@@ -48,61 +47,6 @@ STOP_TIMEOUT = 10.0
 FORWARDED_HEADERS = ("Authorization", "x-api-key", "Origin", "Cookie", "User-Agent")
 
 
-# --- pure helpers ---------------------------------------------------------------
-
-
-def bearer(headers: Headers) -> str | None:
-    value = headers.get("Authorization")
-    if value and value[:7].lower() == "bearer ":
-        return value[7:].strip()
-    return None
-
-
-@dataclass(frozen=True)
-class Admission:
-    """What to do with a client's handshake: reject, or forward with these credentials."""
-
-    reject: tuple[int, str] | None
-    query: list[tuple[str, str]]
-    strip_authorization: bool
-
-
-def admit(token: str | None, headers: Headers, query: list[tuple[str, str]]) -> Admission:
-    """Check the proxy's own token (Bearer or ``?token=``); it is never forwarded."""
-    if not token:
-        return Admission(None, query, False)
-    if bearer(headers) == token:
-        return Admission(None, query, True)
-    if ("token", token) in query:
-        return Admission(None, [kv for kv in query if kv != ("token", token)], False)
-    offered = bearer(headers) is not None or any(k == "token" for k, _ in query)
-    return Admission(
-        (401, "proxy_token_invalid" if offered else "credentials_missing"), query, False
-    )
-
-
-def upstream_url(base: str, path: str, query: list[tuple[str, str]]) -> str:
-    """The daemon URL for a client request: the client's path (if any) and query go upstream."""
-    parts = urlsplit(base)
-    upstream_path = path if path not in ("", "/") else (parts.path or "/")
-    merged = parse_qsl(parts.query, keep_blank_values=True) + query
-    return urlunsplit((parts.scheme, parts.netloc, upstream_path, urlencode(merged), ""))
-
-
-SENDABLE = set(range(1000, 1004)) | set(range(1007, 1015)) | set(range(3000, 5000))
-
-
-def relay_close(close: Close | None, lost: str) -> tuple[int, str]:
-    """The close to pass on to the other side, given what this side sent us."""
-    if close is None:
-        return 1011, lost
-    if close.code == 1005:  # a close frame without a code
-        return 1000, ""
-    if close.code not in SENDABLE:
-        return 1011, lost
-    return close.code, close.reason
-
-
 # --- the proxy ------------------------------------------------------------------
 
 
@@ -111,15 +55,13 @@ class Proxy:
         self.config = config
         self.writer = writer
         p = config.proxy
-        self.upstream = p.upstream or config.daemon.url
+        self.dialer = Dialer(config.daemon, p.upstream or config.daemon.url)
+        self.upstream = self.dialer.url
         self.safe_upstream = redact_url(self.upstream)
         self.clients = 0
         self.conversations = 0
         self.server: Server | None = None
         self._pending: dict[ServerConnection, Any] = {}
-        self._ssl: ssl.SSLContext | None = None
-        if self.upstream.startswith("wss://") and config.daemon.ca_file:
-            self._ssl = ssl.create_default_context(cafile=config.daemon.ca_file)
 
     @property
     def port(self) -> int:
@@ -139,7 +81,7 @@ class Proxy:
             max_size=self.config.daemon.max_frame_bytes,
             # Frames are relayed as they are; compressing on loopback costs latency.
             compression=None,
-            server_header=f"orchestrator-recorder/{__version__}",
+            server_header=USER_AGENT,
         )
         log.info("proxy listening", listen=p.listen, port=self.port, upstream=self.safe_upstream)
 
@@ -185,16 +127,12 @@ class Proxy:
             if s.strip()
         ]
         try:
-            upstream = await connect(
+            upstream = await self.dialer.dial(
                 url,
                 additional_headers=headers,
                 user_agent_header=None,
                 subprotocols=offered or None,
-                create_connection=RecordingClientConnection,
-                max_size=self.config.daemon.max_frame_bytes,
-                open_timeout=self.config.daemon.open_timeout,
                 compression=None,
-                ssl=self._ssl,
             )
         except InvalidStatus as exc:
             # The daemon said no: the client hears exactly what it said.
@@ -230,14 +168,7 @@ class Proxy:
         if strip_authorization and "Authorization" in out:
             del out["Authorization"]
         if self.config.proxy.inject_auth:
-            d = self.config.daemon
-            for name in ("Authorization", "x-api-key"):
-                if name in out:
-                    del out[name]
-            if d.token:
-                out["Authorization"] = f"Bearer {d.token}"
-            if d.api_key:
-                out["x-api-key"] = d.api_key
+            self.dialer.add_credentials(out)
         return out
 
     def _select_subprotocol(
@@ -260,7 +191,7 @@ class Proxy:
         info: dict[str, Any] = {"upstream": self.safe_upstream, "clients": self.clients}
         try:
             status, body = await asyncio.wait_for(
-                http_get_health(self.upstream, self._ssl), HEALTH_TIMEOUT
+                http_get_health(self.upstream, self.dialer.ssl), HEALTH_TIMEOUT
             )
         except (OSError, TimeoutError, ValueError) as exc:
             info |= {"upstreamReachable": False, "error": str(exc) or type(exc).__name__}
@@ -288,27 +219,25 @@ class Proxy:
         log.info("proxy client connected", connection_id=cid, client=peer)
         seq = itertools.count(1)
         first: list[str] = []
-        queue = self.writer.queue
+        offer, put = self.writer.offer, self.writer.put
 
         async def pump(src: Any, dst: Any, direction: str, side: str) -> None:
             recv, recv_nowait = src.recv_raw, src.recv_raw_nowait
             try:
                 while True:
                     is_text, data = await recv()
-                    batch = [(is_text, data, time.time_ns() // 1000, time.monotonic_ns())]
+                    batch = [(is_text, data, now_us(), time.monotonic_ns())]
                     # Whatever else has already arrived goes out in the same write.
                     while len(batch) < RELAY_BATCH and (more := recv_nowait()) is not None:
-                        batch.append((*more, time.time_ns() // 1000, time.monotonic_ns()))
+                        batch.append((*more, now_us(), time.monotonic_ns()))
                     try:
                         await dst.send_many([(t, d) for t, d, _, _ in batch])
                     finally:
                         # Recorded even when the other side is gone: the sender sent it.
                         for is_text, data, received_us, mono in batch:
                             frame = (cid, next(seq), direction, received_us, mono, is_text, data)
-                            if queue.full:
-                                await queue.put(frame)  # back-pressure: stop reading
-                            else:
-                                queue.put_nowait(frame)
+                            if not offer(frame):
+                                await put(frame)  # back-pressure: stop reading
             except ConnectionClosed:
                 pass
             if not first:
@@ -338,10 +267,7 @@ class Proxy:
             # We ended that side ourselves (websockets failed it): say so, and why.
             close, closer = ws.protocol.close_sent, "recorder"
             if close.code == 1009:
-                error = error or (
-                    f"frame larger than daemon.max_frame_bytes "
-                    f"({self.config.daemon.max_frame_bytes} bytes)"
-                )
+                error = error or self.dialer.too_big
         code = close.code if close is not None else 1006
         reason = close.reason if close is not None else None
         if close is None and error is None:
@@ -371,31 +297,3 @@ def _peer(conn: ServerConnection) -> str:
     if isinstance(addr, tuple) and len(addr) >= 2:
         return f"{addr[0]}:{addr[1]}"
     return str(addr)
-
-
-async def http_get_health(ws_url: str, ssl_context: ssl.SSLContext | None) -> tuple[int, bytes]:
-    """GET /health on the daemon's HTTP port: (status, body). Bounded in size."""
-    parts = urlsplit(ws_url)
-    secure = parts.scheme == "wss"
-    host = parts.hostname or "localhost"
-    port = parts.port or (443 if secure else 80)
-    context = (ssl_context or ssl.create_default_context()) if secure else None
-    reader, writer = await asyncio.open_connection(host, port, ssl=context)
-    try:
-        writer.write(
-            f"GET /health HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept: application/json\r\n"
-            f"Connection: close\r\nUser-Agent: orchestrator-recorder/{__version__}\r\n\r\n".encode()
-        )
-        await writer.drain()
-        raw = await reader.read(1 << 20)
-        while chunk := await reader.read(1 << 20):
-            raw += chunk
-            if len(raw) > 1 << 20:
-                break
-    finally:
-        writer.close()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status_line = head.split(b"\r\n", 1)[0].split()
-    if len(status_line) < 2 or not status_line[1].isdigit():
-        raise ValueError("not an HTTP response")
-    return int(status_line[1]), body

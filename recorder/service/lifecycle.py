@@ -14,10 +14,10 @@ import time
 
 import structlog
 
+from recorder.capture.link import Link, LinkGaveUp
+from recorder.capture.proxy import Proxy
 from recorder.config import Config, redact_url
-from recorder.link import Link, LinkGaveUp
-from recorder.proxy import Proxy
-from recorder.writer import Writer, WriterError
+from recorder.pipeline.writer import Writer, WriterError
 
 log = structlog.get_logger("recorder.service")
 
@@ -111,7 +111,7 @@ class Service:
         except Exception:
             log.exception("link failed")
             exit_code = 1
-        pending = len(writer.queue)
+        pending = writer.queued
         writer.stop()
         try:
             async with asyncio.timeout(s.shutdown_timeout):
@@ -119,13 +119,13 @@ class Service:
         except TimeoutError:
             log.error(
                 "writer did not drain in time; frames were lost",
-                lost=len(writer.queue),
+                lost=writer.queued,
                 timeout=s.shutdown_timeout,
             )
             exit_code = 1
         except WriterError as exc:
             log.error(
-                "database writer failed; frames were lost", error=str(exc), lost=len(writer.queue)
+                "database writer failed; frames were lost", error=str(exc), lost=writer.queued
             )
             exit_code = 1
         log.info(

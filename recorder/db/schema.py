@@ -26,9 +26,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-from recorder.protocol import OPCODE_BINARY, OPCODE_TEXT
-
-__all__ = ["OPCODE_BINARY", "OPCODE_TEXT", "connections", "frames", "metadata", "sessions", "tasks"]
+__all__ = ["connections", "frames", "metadata", "sessions", "tasks"]
 
 # Named constraints keep batch migrations on SQLite (which copy tables) deterministic.
 NAMING_CONVENTION = {

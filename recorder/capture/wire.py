@@ -10,9 +10,6 @@ Everything else (flow control, fragmentation, close handling) stays websockets'.
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import http
-import json
 from collections.abc import Generator
 from typing import Any, cast
 
@@ -20,10 +17,8 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.messages import Assembler
 from websockets.asyncio.server import ServerConnection
 from websockets.client import ClientProtocol
-from websockets.datastructures import Headers
 from websockets.exceptions import ConcurrencyError, TooManyFragments
 from websockets.frames import CONT, TEXT, CloseCode
-from websockets.http11 import Response
 from websockets.protocol import OPEN, SERVER, Protocol
 from websockets.server import ServerProtocol
 
@@ -298,17 +293,3 @@ class RecordingServerConnection(RawFramesMixin, ServerConnection):
         if type(protocol) is ServerProtocol:  # see RecordingClientConnection
             protocol.__class__ = _FastServerProtocol
         super().__init__(protocol, *args, **kwargs)
-
-
-def json_response(status: int, obj: object) -> Response:
-    """An HTTP response with a JSON body, as daemons answer /health and rejected handshakes."""
-    body = json.dumps(obj, separators=(",", ":")).encode()
-    headers = Headers(
-        [
-            ("Date", email.utils.formatdate(usegmt=True)),
-            ("Connection", "close"),
-            ("Content-Type", "application/json"),
-            ("Content-Length", str(len(body))),
-        ]
-    )
-    return Response(status, http.HTTPStatus(status).phrase, headers, body)

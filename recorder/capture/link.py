@@ -1,7 +1,7 @@
 """The recorder's own connection to the daemon: dial, record, heartbeat, re-dial.
 
-The reconnect schedule is a pure object (:class:`Backoff`); everything else is the
-I/O edge. Every frame in either direction goes to the writer as it crosses the
+The reconnect schedule is a pure object (:class:`~recorder.capture.backoff.Backoff`);
+everything else is the I/O edge. Every frame in either direction goes to the writer as it crosses the
 wire; the receive loop awaits the writer's queue, so a full queue stops reading
 from the socket instead of dropping frames.
 """
@@ -10,90 +10,36 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import random
-import ssl
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from websockets.asyncio.client import connect
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from recorder import __version__
+from recorder.capture.backoff import Backoff
+from recorder.capture.dial import Dialer, describe_close
+from recorder.capture.handshake import USER_AGENT
 from recorder.config import Config, redact_url
-from recorder.protocol import IN, OUT
-from recorder.wire import RecordingClientConnection
-from recorder.writer import Writer
+from recorder.pipeline.writer import Writer
+from recorder.protocol import requests
+from recorder.protocol.frames import IN, OUT
+from recorder.times import now_us
 
 log = structlog.get_logger("recorder.link")
-
-USER_AGENT = f"orchestrator-recorder/{__version__}"
-PING = '{"type":"ping"}'
 
 
 class LinkGaveUp(Exception):
     """``reconnect.max_attempts`` consecutive attempts failed."""
 
 
-@dataclass
-class Backoff:
-    """Exponential backoff with full jitter: delay = uniform(0, min(cap, base * factor**n))."""
-
-    base: float
-    factor: float
-    cap: float
-    max_attempts: int = 0
-    rng: random.Random = field(default_factory=random.Random)
-    attempt: int = 0
-
-    def ceiling(self) -> float:
-        # Bound the exponent so factor**attempt cannot overflow after days of failures.
-        return min(self.cap, self.base * self.factor ** min(self.attempt, 64))
-
-    def next_delay(self) -> float:
-        delay = self.rng.uniform(0, self.ceiling())
-        self.attempt += 1
-        return delay
-
-    def capped_delay(self) -> float:
-        """For rejections that won't fix themselves soon (401/403): wait the full cap."""
-        self.attempt += 1
-        return self.cap
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-    @property
-    def exhausted(self) -> bool:
-        return self.max_attempts > 0 and self.attempt >= self.max_attempts
-
-
-def describe_close(ws: Any, local_reason: str | None) -> tuple[int | None, str | None, str]:
-    """(code, reason, who closed) for the connection row."""
-    proto = ws.protocol
-    rcvd, sent = proto.close_rcvd, proto.close_sent
-    if rcvd is not None and (sent is None or proto.close_rcvd_then_sent):
-        return rcvd.code, rcvd.reason, "remote"
-    if sent is not None:
-        return sent.code, sent.reason, "local"
-    return 1006, None, "local" if local_reason else "remote"
-
-
-def session_status_request(session_id: str) -> str:
-    return json.dumps(
-        {"type": "session_status", "payload": {"sessionId": session_id}}, separators=(",", ":")
-    )
-
-
 class Link:
     def __init__(self, config: Config, writer: Writer, *, rng: random.Random | None = None) -> None:
         self.config = config
         self.writer = writer
-        d = config.daemon
-        self.url = d.url
-        self.safe_url = redact_url(d.url)
+        self.dialer = Dialer(config.daemon)
+        self.safe_url = redact_url(self.dialer.url)
         r = config.reconnect
         self.backoff = Backoff(r.base, r.factor, r.cap, r.max_attempts, rng or random.Random())
         self.connected = asyncio.Event()
@@ -114,33 +60,21 @@ class Link:
 
     # --- dialing -----------------------------------------------------------------
 
-    def _connect_kwargs(self) -> dict[str, Any]:
-        d = self.config.daemon
-        headers = {}
-        if d.token:
-            headers["Authorization"] = f"Bearer {d.token}"
-        if d.api_key:
-            headers["x-api-key"] = d.api_key
-        kwargs: dict[str, Any] = {
-            "additional_headers": headers,
+    def _dial_options(self) -> dict[str, Any]:
+        return {
+            "additional_headers": self.dialer.add_credentials(Headers()),
             "user_agent_header": USER_AGENT,
-            "max_size": d.max_frame_bytes,
-            "open_timeout": d.open_timeout,
             # Heartbeats are ours (see _heartbeat), WebSocket pings included.
             "ping_interval": None,
             "close_timeout": 5,
-            "create_connection": RecordingClientConnection,
         }
-        if self.url.startswith("wss://") and d.ca_file:
-            kwargs["ssl"] = ssl.create_default_context(cafile=d.ca_file)
-        return kwargs
 
     async def run(self) -> None:
         """Connect, record until the connection ends, wait, repeat; until :meth:`stop`."""
-        kwargs = self._connect_kwargs()
+        options = self._dial_options()
         while not self._stop.is_set():
             try:
-                ws = await connect(self.url, **kwargs)
+                ws = await self.dialer.dial(**options)
             except InvalidStatus as exc:
                 delay = self._rejected(exc)
             except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
@@ -231,7 +165,7 @@ class Link:
             await asyncio.gather(*helpers, return_exceptions=True)
         code, reason, closed_by = describe_close(ws, self._local_reason)
         if code == 1009:
-            error = f"frame larger than daemon.max_frame_bytes ({self.config.daemon.max_frame_bytes} bytes)"
+            error = self.dialer.too_big
         error = error or self._local_reason
         await self.writer.close_connection(
             cid, code=code, reason=reason, closed_by=closed_by, error=error
@@ -250,7 +184,7 @@ class Link:
 
     async def _receive(self, ws: Any, cid: int) -> None:
         recv, recv_nowait = ws.recv_raw, ws.recv_raw_nowait
-        queue = self.writer.queue
+        offer, put = self.writer.offer, self.writer.put
         seq = self._seq
         while True:
             # Messages that have already arrived, without a coroutine each.
@@ -263,29 +197,28 @@ class Link:
             is_text, data = message
             mono = time.monotonic_ns()
             self.last_rx = mono / 1e9  # time.monotonic()'s clock
-            frame = (cid, next(seq), IN, time.time_ns() // 1000, mono, is_text, data)
-            if not queue.full:
-                queue.put_nowait(frame)  # the common case, without a coroutine
-                continue
+            frame = (cid, next(seq), IN, now_us(), mono, is_text, data)
+            if offer(frame):
+                continue  # the common case, without a coroutine
             # No room: stop reading until the writer catches up. Silence on the socket
             # from now on is ours, not the daemon's (see _heartbeat).
             self._waiting_for_writer = True
-            await queue.put(frame)
+            await put(frame)
             self._waiting_for_writer = False
 
     async def send(self, ws: Any, cid: int, text: str) -> None:
         """Send a text frame and record it once it is on its way."""
-        received_us, mono = time.time_ns() // 1000, time.monotonic_ns()
+        received_us, mono = now_us(), time.monotonic_ns()
         await ws.send(text)
         await self.writer.put((cid, next(self._seq), OUT, received_us, mono, True, text.encode()))
 
     async def _resync(self, ws: Any, cid: int) -> None:
         """Ask for everything we may have missed while disconnected."""
         try:
-            await self.send(ws, cid, '{"type":"daemon_status"}')
-            await self.send(ws, cid, '{"type":"list_sessions"}')
+            await self.send(ws, cid, requests.DAEMON_STATUS)
+            await self.send(ws, cid, requests.LIST_SESSIONS)
             for session_id in await self.writer.active_session_ids():
-                await self.send(ws, cid, session_status_request(session_id))
+                await self.send(ws, cid, requests.session_status(session_id))
         except ConnectionClosed:
             pass
 
@@ -307,7 +240,7 @@ class Link:
             next_ping = sent + hb.interval
             try:
                 pong = await ws.ping()
-                await self.send(ws, cid, PING)
+                await self.send(ws, cid, requests.PING)
             except ConnectionClosed:
                 return
             await asyncio.sleep(hb.timeout)

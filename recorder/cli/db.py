@@ -1,0 +1,47 @@
+"""``recorder db``: migrate and inspect the schema."""
+
+from __future__ import annotations
+
+import click
+
+from recorder.cli.options import config_option, database_option, load, run_db
+
+
+@click.group()
+def db() -> None:
+    """Database schema: migrate and inspect."""
+
+
+@db.command("upgrade")
+@config_option
+@database_option
+def db_upgrade(config_path: str | None, database: str | None) -> None:
+    """Create or migrate the database to the newest schema.
+
+    Example: recorder db upgrade --database /var/lib/orchestrator-recorder/recorder.db
+    """
+    from recorder.db.migrations import upgrade
+
+    config = load(config_path, database)
+    before, after = run_db(config, upgrade, create=True)
+    if before == after:
+        click.echo(f"already at {after} (head)")
+    else:
+        click.echo(f"upgraded {before or 'empty database'} -> {after}")
+
+
+@db.command("current")
+@config_option
+@database_option
+def db_current(config_path: str | None, database: str | None) -> None:
+    """Show the database's schema revision and the newest one this recorder knows.
+
+    Example: recorder db current
+    """
+    from recorder.db.migrations import current, head_revision
+
+    config = load(config_path, database)
+    rev = run_db(config, current)
+    head = head_revision()
+    state = "up to date" if rev == head else "needs `recorder db upgrade`"
+    click.echo(f"{rev or 'none'} (head: {head}; {state})")

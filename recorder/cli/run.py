@@ -1,0 +1,25 @@
+"""``recorder run``: the service in the foreground."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import click
+
+from recorder import logs
+from recorder.cli.options import config_option, load
+
+
+@click.command()
+@config_option
+def run(config_path: str | None) -> None:
+    """Run the recorder service in the foreground until SIGTERM or Ctrl-C.
+
+    Example: recorder run --config /etc/orchestrator-recorder/config.toml
+    """
+    from recorder.service import lifecycle
+
+    config = load(config_path)
+    logs.configure(config.log.level, config.log.format)
+    sys.exit(asyncio.run(lifecycle.main(config)))

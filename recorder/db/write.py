@@ -1,0 +1,308 @@
+"""The write side: the statements the database process runs, one transaction each.
+
+Only the database process uses :class:`Store`, through a :class:`WriterDatabase`
+(see :mod:`recorder.db.connection`). The INSERT is compiled once per dialect by
+SQLAlchemy Core and run at the driver level: several hundred rows per statement
+on SQLite, one ``executemany`` per batch on PostgreSQL (asyncpg pipelines it).
+Both are several times faster than Core's own executemany, with the same SQL on
+both databases.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from itertools import chain
+from typing import Any
+
+from sqlalchemy import bindparam, select, tuple_, update
+from sqlalchemy.engine import Connection, Dialect
+
+from recorder.db.schema import connections, frames, sessions, tasks
+from recorder.protocol.index import (
+    LOST_STATUS,
+    TERMINAL_STATUSES,
+    IndexBatch,
+    SessionDelta,
+    TaskDelta,
+)
+
+FRAME_COLUMNS = (
+    "connection_id",
+    "seq",
+    "direction",
+    "received_at_us",
+    "monotonic_ns",
+    "opcode",
+    "size",
+    "type",
+    "session_id",
+    "task_id",
+    "parse_error",
+    "payload",
+    "payload_bytes",
+)
+FrameRow = tuple[
+    int,
+    int,
+    str,
+    int,
+    int,
+    int,
+    int,
+    str | None,
+    str | None,
+    str | None,
+    str | None,
+    str | None,
+    bytes | None,
+]
+
+
+# 13 parameters a row: 6500 a statement, under SQLite's limit of 32766 bound
+# parameters (999 before SQLite 3.32, 2020).
+SQLITE_ROWS_PER_INSERT = (
+    500 if sqlite3.sqlite_version_info >= (3, 32) else 999 // len(FRAME_COLUMNS)
+)
+
+
+class Store:
+    """The writer's statements, as synchronous functions of a SQLAlchemy Connection.
+
+    Written once, run two ways (see :class:`WriterDatabase`): on SQLite a whole
+    batch runs in one call on the writer's database thread, with no trip back to
+    the event loop between statements; on PostgreSQL through
+    ``AsyncConnection.run_sync`` over asyncpg. Each method is one transaction.
+    """
+
+    def __init__(self, dialect: Dialect) -> None:
+        compiled = frames.insert().compile(dialect=dialect, column_keys=list(FRAME_COLUMNS))
+        # Map the compiled statement's parameter order onto our row tuples.
+        order = compiled.positiontup or list(FRAME_COLUMNS)
+        if list(order) != list(FRAME_COLUMNS):
+            raise RuntimeError(f"unexpected parameter order {order}")
+        self._insert_sql = str(compiled)
+        self._multirow = dialect.name == "sqlite"
+        self._multirow_sql: dict[int, str] = {}
+
+    def open_connection(
+        self, conn: Connection, role: str, url: str, opened_us: int, client_addr: str | None = None
+    ) -> int:
+        with conn.begin():
+            result = conn.execute(
+                connections.insert().values(
+                    role=role,
+                    url=url,
+                    opened_at_us=opened_us,
+                    client_addr=client_addr,
+                    frame_count=0,
+                )
+            )
+        pk = result.inserted_primary_key
+        assert pk is not None
+        return int(pk[0])
+
+    def close_connection(
+        self,
+        conn: Connection,
+        connection_id: int,
+        closed_us: int,
+        *,
+        code: int | None,
+        reason: str | None,
+        closed_by: str | None,
+        error: str | None,
+    ) -> None:
+        with conn.begin():
+            conn.execute(
+                update(connections)
+                .where(connections.c.id == connection_id)
+                .values(
+                    closed_at_us=closed_us,
+                    close_code=code,
+                    close_reason=reason,
+                    closed_by=closed_by,
+                    error=error,
+                )
+            )
+
+    def close_dangling(self, conn: Connection, now_us: int) -> int:
+        """Connections left open by a service that died: mark them closed by the service."""
+        with conn.begin():
+            result = conn.execute(
+                update(connections)
+                .where(connections.c.closed_at_us.is_(None))
+                .values(
+                    closed_at_us=now_us, closed_by="service", error="recorder stopped uncleanly"
+                )
+            )
+        return int(result.rowcount)
+
+    def active_session_ids(self, conn: Connection) -> list[str]:
+        with conn.begin():
+            result = conn.execute(
+                select(sessions.c.id)
+                .where(sessions.c.status.is_not(None), sessions.c.status.not_in(TERMINAL_STATUSES))
+                .order_by(sessions.c.last_seen_us.desc())
+            )
+            return [row[0] for row in result]
+
+    def write_batch(self, conn: Connection, rows: Sequence[FrameRow], index: IndexBatch) -> None:
+        with conn.begin():
+            if not rows:
+                pass
+            elif self._multirow:
+                self._insert_multirow(conn, rows)
+            else:
+                conn.exec_driver_sql(self._insert_sql, list(rows))
+            self._apply_index(conn, index)
+
+    def _insert_multirow(self, conn: Connection, rows: Sequence[FrameRow]) -> None:
+        """SQLite: hundreds of rows per ``INSERT ... VALUES (...), (...), ...``.
+
+        Python's sqlite3 executemany steps each row separately and takes the GIL
+        back every time; one multi-row statement does all its B-tree work in one
+        step without the GIL, in parallel with the writer classifying the next
+        batch. Measured alone: 3.6 against 5.0 µs per frame.
+        """
+        for start in range(0, len(rows), SQLITE_ROWS_PER_INSERT):
+            part = rows[start : start + SQLITE_ROWS_PER_INSERT]
+            sql = self._multirow_sql.get(len(part))
+            if sql is None:
+                head, _, values = self._insert_sql.rpartition(" VALUES ")
+                sql = self._multirow_sql[len(part)] = (
+                    f"{head} VALUES {', '.join([values] * len(part))}"
+                )
+            conn.exec_driver_sql(sql, tuple(chain.from_iterable(part)))
+
+    def _apply_index(self, conn: Connection, index: IndexBatch) -> None:
+        if index.connection_frames:
+            stmt = (
+                update(connections)
+                .where(connections.c.id == _bind("cid"))
+                .values(frame_count=connections.c.frame_count + _bind("n"))
+            )
+            conn.execute(
+                stmt, _bound([{"cid": cid, "n": n} for cid, n in index.connection_frames.items()])
+            )
+        if index.sessions:
+            self._merge_sessions(conn, index.sessions)
+        if index.tasks:
+            self._merge_tasks(conn, index.tasks)
+        for at_us, listed in index.listings:
+            self._reconcile(conn, at_us, listed)
+
+    def _merge_sessions(self, conn: Connection, deltas: dict[str, SessionDelta]) -> None:
+        existing: dict[str, Any] = {}
+        ids = list(deltas)
+        for chunk in _chunks(ids, 500):
+            result = conn.execute(select(sessions).where(sessions.c.id.in_(chunk)))
+            existing.update({row.id: row._mapping for row in result})
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        for sid, d in deltas.items():
+            old = existing.get(sid)
+            row = {
+                "id": sid,
+                "first_seen_us": d.first_seen_us
+                if old is None
+                else min(old["first_seen_us"], d.first_seen_us),
+                "last_seen_us": d.last_seen_us
+                if old is None
+                else max(old["last_seen_us"], d.last_seen_us),
+                "frame_count": d.frame_count + (0 if old is None else old["frame_count"]),
+            }
+            for key in (
+                "orchestrator_id",
+                "session_type",
+                "status",
+                "task_id",
+                "task_description",
+                "started_at_us",
+                "ended_at_us",
+                "last_error",
+            ):
+                new = getattr(d, key)
+                row[key] = new if new is not None else (None if old is None else old[key])
+            (inserts if old is None else updates).append(row)
+        if inserts:
+            conn.execute(sessions.insert(), inserts)
+        if updates:
+            conn.execute(
+                update(sessions)
+                .where(sessions.c.id == _bind("id"))
+                .values({k: _bind(k) for k in updates[0] if k != "id"}),
+                _bound(updates),
+            )
+
+    def _merge_tasks(self, conn: Connection, deltas: dict[tuple[str, str], TaskDelta]) -> None:
+        existing: dict[tuple[str, str], Any] = {}
+        keys = list(deltas)
+        for chunk in _chunks(keys, 300):
+            result = conn.execute(
+                select(tasks).where(tuple_(tasks.c.session_id, tasks.c.task_id).in_(chunk))
+            )
+            existing.update({(row.session_id, row.task_id): row._mapping for row in result})
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        for (sid, tid), d in deltas.items():
+            old = existing.get((sid, tid))
+            row: dict[str, Any] = {
+                "session_id": sid,
+                "task_id": tid,
+                "first_seen_us": d.first_seen_us
+                if old is None
+                else min(old["first_seen_us"], d.first_seen_us),
+                "last_seen_us": d.last_seen_us
+                if old is None
+                else max(old["last_seen_us"], d.last_seen_us),
+                "frame_count": d.frame_count + (0 if old is None else old["frame_count"]),
+            }
+            for key in ("description", "status", "started_at_us", "ended_at_us", "error"):
+                new = getattr(d, key)
+                row[key] = new if new is not None else (None if old is None else old[key])
+            if old is not None and old["started_at_us"] is not None:
+                row["started_at_us"] = old["started_at_us"]
+            if old is None:
+                inserts.append(row)
+            else:
+                row["pk"] = old["id"]
+                updates.append(row)
+        if inserts:
+            conn.execute(tasks.insert(), inserts)
+        if updates:
+            cols = [k for k in updates[0] if k not in ("pk", "session_id", "task_id")]
+            conn.execute(
+                update(tasks).where(tasks.c.id == _bind("pk")).values({k: _bind(k) for k in cols}),
+                _bound(updates),
+            )
+
+    def _reconcile(self, conn: Connection, at_us: int, listed: frozenset[str]) -> None:
+        """Sessions we believe active that the daemon's list no longer names are lost."""
+        result = conn.execute(
+            select(sessions.c.id).where(
+                sessions.c.status.is_not(None),
+                sessions.c.status.not_in(TERMINAL_STATUSES),
+                sessions.c.last_seen_us < at_us,
+            )
+        )
+        gone = [sid for (sid,) in result if sid not in listed]
+        for chunk in _chunks(gone, 500):
+            conn.execute(
+                update(sessions)
+                .where(sessions.c.id.in_(chunk))
+                .values(status=LOST_STATUS, last_error="no longer in the daemon's sessions_list")
+            )
+
+
+def _bind(name: str) -> Any:
+    # Bound names must differ from column names in UPDATE ... SET.
+    return bindparam(f"b_{name}")
+
+
+def _bound(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{f"b_{k}": v for k, v in row.items()} for row in rows]
+
+
+def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]

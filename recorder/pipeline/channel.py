@@ -1,0 +1,111 @@
+"""How the writer processes talk: length-prefixed pickles over a socket pair.
+
+Each child is a plain ``python -c`` process (no multiprocessing: its resource
+tracker would be one more process) that inherits one end of a socket pair. Its
+first message is its :class:`Settings`; its first answer is :class:`Ready` or
+:class:`Failed`. After that, requests are ``(request id, operation)`` and answers
+``(request id, ok, result or error text)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import signal
+import socket
+import struct
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+_HEADER = struct.Struct("!Q")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What every child is told first. The database URL travels here, never in argv."""
+
+    url: str
+    log_level: str
+    log_format: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """The database is migrated and open: revisions before and after the migration."""
+
+    before: str | None
+    after: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A child could not start, and why, in one line."""
+
+    reason: str
+
+
+# A request down the line: (request id, operation); an answer: (request id, ok, result).
+Answer = tuple[int, bool, Any]
+
+
+async def send(stream: asyncio.StreamWriter, message: object) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(data)))
+    stream.write(data)
+    await stream.drain()
+
+
+async def receive(stream: asyncio.StreamReader) -> Any:
+    """The next message, or None when the other side has gone."""
+    try:
+        (size,) = _HEADER.unpack(await stream.readexactly(_HEADER.size))
+        return pickle.loads(await stream.readexactly(size))
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as the one line an answer or a log carries."""
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+async def spawn(entry: str) -> tuple[Any, asyncio.StreamReader, asyncio.StreamWriter]:
+    """A Python child process running ``recorder.pipeline.processes.<entry>``, and a socket to it."""
+    ours, theirs = socket.socketpair()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        f"from recorder.pipeline.processes import {entry}; {entry}()",
+        str(theirs.fileno()),
+        pass_fds=(theirs.fileno(),),
+        stdin=asyncio.subprocess.DEVNULL,
+    )
+    theirs.close()
+    reader, stream = await asyncio.open_connection(sock=ours)
+    return process, reader, stream
+
+
+ChildMain = Callable[[asyncio.StreamReader, asyncio.StreamWriter, Settings], Awaitable[None]]
+
+
+def run_child(main: ChildMain) -> None:
+    """A child's life: ignore stop signals, read its settings, configure logging, run."""
+    # The service decides when to stop (after draining); systemd's SIGTERM to the
+    # whole control group, or Ctrl-C in a terminal, must not kill these first.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=int(sys.argv[1]))
+
+    async def child() -> None:
+        reader, stream = await asyncio.open_connection(sock=sock)
+        settings = await receive(reader)
+        if not isinstance(settings, Settings):
+            return
+        from recorder import logs
+
+        logs.configure(settings.log_level, settings.log_format)
+        await main(reader, stream, settings)
+
+    asyncio.run(child())

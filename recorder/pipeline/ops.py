@@ -1,0 +1,186 @@
+"""The operations that travel down the writer line, one small class per kind of work.
+
+The service sends an operation with a request id; the classifier prepares it
+(:meth:`Operation.prepared`: a batch of frames becomes rows and index deltas) and
+passes it on; the database process runs it (:meth:`Operation.run`) and answers.
+Every kind of database work is one class here, so adding one touches no dispatch
+code, as with Home Assistant's recorder tasks. Operations are pickled between
+processes: they hold plain data only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+import structlog
+
+from recorder.protocol.classify import classify
+from recorder.protocol.frames import OPCODE_BINARY, OPCODE_TEXT, FrameTuple
+from recorder.protocol.index import IndexBatch
+
+if TYPE_CHECKING:
+    from recorder.db.connection import WriterDatabase
+    from recorder.db.write import FrameRow, Store
+
+log = structlog.get_logger("recorder.pipeline")
+T = TypeVar("T")
+
+# A failed batch write is retried after this, doubling up to the cap.
+RETRY_FIRST = 0.5
+RETRY_CAP = 30.0
+
+
+class Operation(Generic[T]):
+    """One piece of database work; ``T`` is what the database process answers."""
+
+    __slots__ = ()
+    # The database process stops reading after answering this one.
+    last: ClassVar[bool] = False
+
+    def prepared(self) -> Operation[T]:
+        """What the classifier passes on to the database process."""
+        return self
+
+    async def run(self, db: WriterDatabase, store: Store) -> T:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class OpenConnection(Operation[int]):
+    """A new connection row; answers its id."""
+
+    role: str
+    url: str
+    opened_us: int
+    client_addr: str | None = None
+
+    async def run(self, db: WriterDatabase, store: Store) -> int:
+        return await db.run(
+            store.open_connection, self.role, self.url, self.opened_us, self.client_addr
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CloseConnection(Operation[None]):
+    connection_id: int
+    closed_us: int
+    code: int | None
+    reason: str | None
+    closed_by: str | None
+    error: str | None
+
+    async def run(self, db: WriterDatabase, store: Store) -> None:
+        close = partial(
+            store.close_connection,
+            code=self.code,
+            reason=self.reason,
+            closed_by=self.closed_by,
+            error=self.error,
+        )
+        await db.run(close, self.connection_id, self.closed_us)
+
+
+@dataclass(frozen=True, slots=True)
+class CloseDangling(Operation[int]):
+    """Connections a previous run left open: closed now; answers how many."""
+
+    now_us: int
+
+    async def run(self, db: WriterDatabase, store: Store) -> int:
+        return await db.run(store.close_dangling, self.now_us)
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveSessions(Operation[list[str]]):
+    """The ids of sessions the index believes active, most recently seen first."""
+
+    async def run(self, db: WriterDatabase, store: Store) -> list[str]:
+        return await db.run(store.active_session_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class Stop(Operation[None]):
+    """The last operation: the database process closes its connection after it."""
+
+    last: ClassVar[bool] = True
+
+    async def run(self, db: WriterDatabase, store: Store) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteFrames(Operation[None]):
+    """A batch as the service ships it; the classifier turns it into :class:`WriteRows`."""
+
+    frames: list[FrameTuple]
+
+    def prepared(self) -> WriteRows:
+        return WriteRows(*rows_and_index(self.frames))
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRows(Operation[None]):
+    """A classified batch: its rows and index deltas, committed in one transaction."""
+
+    rows: list[FrameRow]
+    index: IndexBatch
+
+    async def run(self, db: WriterDatabase, store: Store) -> None:
+        delay = RETRY_FIRST
+        while True:
+            try:
+                await db.run(store.write_batch, self.rows, self.index)
+            except Exception as exc:
+                # Keep the batch and retry: the service's queue fills meanwhile and
+                # pushes back on the sockets, so nothing is dropped while the
+                # database is away.
+                log.error(
+                    "database write failed; retrying",
+                    error=str(exc),
+                    frames=len(self.rows),
+                    retry_in=delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_CAP)
+                try:
+                    await db.reopen()
+                except Exception:
+                    pass  # the next attempt fails and waits again
+            else:
+                db.wrote(self.rows)
+                return
+
+
+def rows_and_index(batch: Sequence[Sequence[Any]]) -> tuple[list[FrameRow], IndexBatch]:
+    """Classify a batch: the rows to insert and what they say about sessions and tasks."""
+    rows: list[FrameRow] = []
+    index = IndexBatch()
+    append = rows.append
+    add = index.add
+    for frame in batch:
+        cid, seq, direction, received, mono, is_text, data = frame
+        info = classify(data, is_text)
+        text = info.text
+        append(
+            (
+                cid,
+                seq,
+                direction,
+                received,
+                mono,
+                OPCODE_TEXT if is_text else OPCODE_BINARY,
+                len(data),
+                info.type,
+                info.session_id,
+                info.task_id,
+                info.parse_error,
+                text,
+                None if text is not None else data,
+            )
+        )
+        add(frame, info)
+    return rows, index

@@ -1,0 +1,162 @@
+"""The writer's child processes: classifier, database, and a short-lived migration.
+
+They stand in a line, service -> classifier -> database, and answers come back
+the same way, so order is kept and the database process is the only writer.
+Classification (JSON parsing, id extraction, index deltas) and SQLite's work are
+each about half of the writer's CPU per frame; in one process the GIL let only
+one of them run at a time, whatever the threads (measured: a database thread
+beside a classifying one gained nothing). Two processes use two cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+import structlog
+
+from recorder.pipeline.channel import (
+    Failed,
+    Ready,
+    Settings,
+    one_line,
+    receive,
+    run_child,
+    send,
+    spawn,
+)
+from recorder.pipeline.ops import Operation
+
+log = structlog.get_logger("recorder.pipeline")
+
+
+def classifier_entry() -> None:
+    """The classifier process, the service's child."""
+    run_child(_classifier)
+
+
+def database_entry() -> None:
+    """The database process, the classifier's child."""
+    run_child(_database)
+
+
+def migration_entry() -> None:
+    """A short-lived process that migrates the database, the database process's child."""
+    run_child(_migration)
+
+
+def _settle_gc() -> None:
+    # Everything allocated so far lives for the whole run: keep the collector off
+    # it, and let the young generation grow, since each batch makes thousands of
+    # short-lived objects.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
+async def _classifier(
+    parent_in: asyncio.StreamReader, parent_out: asyncio.StreamWriter, settings: Settings
+) -> None:
+    """Prepare operations on their way to the database process; relay the answers back."""
+    process, db_in, db_out = await spawn("database_entry")
+    await send(db_out, settings)
+    _settle_gc()
+
+    async def upward() -> None:
+        # Answers, and the database's hello, go back to the parent as they are.
+        while (answer := await receive(db_in)) is not None:
+            await send(parent_out, answer)
+        parent_out.close()
+
+    answers = asyncio.create_task(upward())
+    try:
+        while (message := await receive(parent_in)) is not None:
+            rid, operation = message
+            await send(db_out, (rid, operation.prepared()))
+    except ConnectionError:
+        pass  # the database process is gone; upward() tells the parent
+    finally:
+        db_out.close()
+        await answers
+        await process.wait()
+
+
+async def _migration(
+    reader: asyncio.StreamReader, stream: asyncio.StreamWriter, settings: Settings
+) -> None:
+    # Alembic and its templates are about 10 MB that the database process, which
+    # runs for months, would otherwise keep for a few milliseconds of use.
+    from recorder.db.connection import WriterDatabase
+    from recorder.db.engine import prepare_sqlite_file
+    from recorder.db.migrations import upgrade_sync
+
+    hello: Ready | Failed
+    try:
+        prepare_sqlite_file(settings.url)
+        db = await WriterDatabase.open(settings.url)
+        try:
+            hello = Ready(*await db.run(upgrade_sync))
+        finally:
+            await db.shutdown()
+    except Exception as exc:
+        hello = Failed(one_line(exc))
+    await send(stream, hello)
+    stream.close()
+
+
+async def _migrate(settings: Settings) -> Ready | Failed:
+    """Run the migration process and return its answer."""
+    process, reader, stream = await spawn("migration_entry")
+    await send(stream, settings)
+    answer = await receive(reader)
+    stream.close()
+    await process.wait()
+    return answer if isinstance(answer, Ready | Failed) else Failed("the migration process exited")
+
+
+async def _database(
+    reader: asyncio.StreamReader, stream: asyncio.StreamWriter, settings: Settings
+) -> None:
+    """Run each operation in order, one transaction at a time, and answer it."""
+    from recorder.db.connection import WriterDatabase
+    from recorder.db.write import Store
+
+    migrated = await _migrate(settings)
+    if isinstance(migrated, Failed):
+        await send(stream, migrated)
+        stream.close()
+        return
+    try:
+        db = await WriterDatabase.open(settings.url)
+        store = Store(db.dialect)
+    except Exception as exc:
+        await send(stream, Failed(one_line(exc)))
+        stream.close()
+        return
+    _settle_gc()
+    await send(stream, migrated)
+
+    async def answer(rid: int, operation: Operation[object]) -> None:
+        try:
+            result = await operation.run(db, store)
+        except Exception as exc:
+            log.exception("writer operation failed", operation=type(operation).__name__)
+            await send(stream, (rid, False, one_line(exc)))
+        else:
+            await send(stream, (rid, True, result))
+
+    # While one operation runs (a batch mostly on SQLite's thread, without the
+    # GIL), the next one is read off the socket and unpickled.
+    running: asyncio.Task[None] | None = None
+    try:
+        while (message := await receive(reader)) is not None:
+            rid, operation = message
+            if running is not None:
+                await running  # one transaction at a time, in order
+            running = asyncio.create_task(answer(rid, operation))
+            if operation.last:
+                break
+        if running is not None:
+            await running
+    finally:
+        await db.shutdown()
+        stream.close()

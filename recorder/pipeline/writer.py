@@ -1,0 +1,255 @@
+"""The service's handle on the writer processes: the only way to the database.
+
+Producers (the daemon link, the proxy) hand frames over with :meth:`Writer.offer`
+(never waits) or :meth:`Writer.put` (waits while the queue is full, which stops
+them reading their sockets and pushes back on the sender). A frame is never
+dropped. :meth:`Writer.run` cuts batches from the queue and ships them down the
+line to the classifier and database processes; every other database operation
+travels the same line, in order, so the database process is the only writer, as
+in Home Assistant's recorder thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any, TypeVar
+
+import structlog
+
+from recorder.pipeline.batching import Batcher, FrameQueue
+from recorder.pipeline.channel import Answer, Ready, Settings, receive, send, spawn
+from recorder.pipeline.ops import (
+    ActiveSessions,
+    CloseConnection,
+    CloseDangling,
+    OpenConnection,
+    Operation,
+    Stop,
+    WriteFrames,
+)
+from recorder.protocol.frames import FrameTuple
+from recorder.times import now_us
+
+log = structlog.get_logger("recorder.pipeline")
+T = TypeVar("T")
+
+# Batches shipped before waiting for an answer: one being written, one being
+# classified, one on the wire.
+IN_FLIGHT = 3
+
+
+class WriterError(Exception):
+    """The writer processes failed to start, or died."""
+
+
+class Writer:
+    """The parent's handle on the writer processes."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        batch_size: int = 2000,
+        commit_interval: float = 1.0,
+        queue_max_frames: int = 20000,
+        queue_max_bytes: int = 64 * 1024 * 1024,
+        log_level: str = "info",
+        log_format: str = "json",
+    ) -> None:
+        self.url = url
+        self.batch_size = batch_size
+        self.commit_interval = commit_interval
+        self.queue = FrameQueue(queue_max_frames, queue_max_bytes, batch_size)
+        # The producers' way in: append if there is room, else say so (never waits).
+        self.offer = self.queue.offer
+        self._batcher = Batcher(self.queue, batch_size, commit_interval)
+        self.committed = 0
+        self.commits = 0
+        self._settings = Settings(url, log_level, log_format)
+        self._stopping = False
+        self._progress = asyncio.Condition()
+        self._flush_targets = 0
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._in_flight = asyncio.Semaphore(IN_FLIGHT)
+        self._process: Any = None
+        self._stream: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._send_lock = asyncio.Lock()
+        self._died: str | None = None
+
+    @property
+    def queued(self) -> int:
+        """Frames handed over and not yet shipped to the writer processes."""
+        return len(self.queue)
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> tuple[str | None, str | None]:
+        """Start the writer processes; they migrate the database. Returns (before, after) revisions."""
+        self._process, reader, self._stream = await spawn("classifier_entry")
+        await send(self._stream, self._settings)
+        hello = await receive(reader)
+        if not isinstance(hello, Ready):
+            self._stream.close()
+            await self._reap()
+            detail = getattr(hello, "reason", "it exited")
+            raise WriterError(f"database writer did not start: {detail}")
+        self._reader_task = asyncio.create_task(self._read_answers(reader), name="writer-answers")
+        return hello.before, hello.after
+
+    async def close(self) -> None:
+        """Stop the writer processes (after :meth:`run` has drained the queue)."""
+        if self._stream is not None and self._died is None:
+            try:
+                await self._call(Stop())
+            except WriterError:
+                pass
+        if self._stream is not None:
+            self._stream.close()
+        if self._reader_task is not None:
+            await self._reader_task
+        await self._reap()
+
+    async def _reap(self) -> None:
+        process = self._process
+        if process is None:
+            return
+        try:
+            await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
+            log.error("writer process did not exit; killing it", pid=process.pid)
+            process.kill()
+            await process.wait()
+
+    async def _read_answers(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            answer: Answer | None = await receive(reader)
+            if answer is None:
+                break
+            rid, ok, result = answer
+            future = self._waiting.pop(rid, None)
+            if future is not None and not future.done():
+                if ok:
+                    future.set_result(result)
+                else:
+                    future.set_exception(WriterError(result))
+        self._died = self._died or "the writer process exited"
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(WriterError(self._died))
+        self._waiting.clear()
+        async with self._progress:
+            self._progress.notify_all()
+
+    async def _call(self, operation: Operation[T]) -> T:
+        if self._died is not None or self._stream is None:
+            raise WriterError(self._died or "the writer is not running")
+        rid = next(self._ids)
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = future
+        async with self._send_lock:
+            await send(self._stream, (rid, operation))
+        # Shielded: a cancelled caller must not lose the answer's bookkeeping.
+        result = await asyncio.shield(future)
+        self.commits += 1
+        async with self._progress:
+            self._progress.notify_all()
+        return result
+
+    # --- producer side -----------------------------------------------------------
+
+    async def put(self, frame: FrameTuple) -> None:
+        """Hand a frame over, waiting while the queue is full."""
+        await self.queue.put(frame)
+
+    async def flush(self) -> None:
+        """Return once every frame put before this call is committed."""
+        target = self.queue.enqueued
+        if self.committed >= target:
+            return
+        self._flush_targets += 1
+        self._batcher.hurry.set()
+        try:
+            async with self._progress:
+                await self._progress.wait_for(
+                    lambda: self.committed >= target or self._died is not None
+                )
+        finally:
+            self._flush_targets -= 1
+        if self._died is not None and self.committed < target:
+            raise WriterError(self._died)
+
+    async def wait_commit(self) -> None:
+        """Return after the next commit (for tests and tools that watch progress)."""
+        seen = self.commits
+        async with self._progress:
+            await self._progress.wait_for(lambda: self.commits > seen or self._died is not None)
+
+    async def open_connection(self, role: str, url: str, client_addr: str | None = None) -> int:
+        return await self._call(OpenConnection(role, url, now_us(), client_addr))
+
+    async def close_connection(
+        self,
+        connection_id: int,
+        *,
+        code: int | None = None,
+        reason: str | None = None,
+        closed_by: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        closed = now_us()
+        await self.flush()
+        await self._call(CloseConnection(connection_id, closed, code, reason, closed_by, error))
+
+    async def active_session_ids(self) -> list[str]:
+        await self.flush()
+        return await self._call(ActiveSessions())
+
+    async def close_dangling(self) -> int:
+        return await self._call(CloseDangling(now_us()))
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to drain the queue and return."""
+        self._stopping = True
+        self._batcher.hurry.set()
+        self.queue.not_empty.set()
+
+    # --- the shipping task -------------------------------------------------------
+
+    async def run(self) -> None:
+        queue = self.queue
+        pending: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                if not queue:
+                    if self._stopping:
+                        break
+                    # stop() sets this too, to wake an idle writer.
+                    await queue.not_empty.wait()
+                    continue
+                await self._batcher.wait(self._urgent)
+                await self._in_flight.acquire()
+                task = asyncio.create_task(self._ship(self._batcher.take()))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+                if self._died is not None:
+                    raise WriterError(self._died)
+        finally:
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        if self._died is not None:
+            raise WriterError(self._died)
+
+    def _urgent(self) -> bool:
+        return self._stopping or bool(self._flush_targets)
+
+    async def _ship(self, batch: list[FrameTuple]) -> None:
+        try:
+            await self._call(WriteFrames(batch))
+            self.committed += len(batch)
+            async with self._progress:
+                self._progress.notify_all()
+        finally:
+            self._in_flight.release()
