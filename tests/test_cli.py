@@ -74,8 +74,11 @@ FRAMES: list[tuple[str, bytes, bool]] = [
 ]
 
 
-@pytest.fixture
-def filled_db(db_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def filled_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database filled once per module through the real writer; tests only read it."""
+    db_path = tmp_path_factory.mktemp("filled") / "recorder.db"
+
     async def fill() -> None:
         writer = Writer(f"sqlite+aiosqlite:///{db_path}")
         await writer.start()
