@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection, Dialect, make_url
 
 from recorder.db.connection import WriterDatabase
 from recorder.db.engine import sqlite_path, sqlite_pragmas
-from recorder.db.write import FrameRow
+from recorder.db.write import ROW_SIZE, FrameRow
 
 log = structlog.get_logger("recorder.db")
 T = TypeVar("T")
@@ -111,7 +111,7 @@ class SqliteWriterDatabase(WriterDatabase):
         self._checkpointer.shutdown()
 
     def wrote(self, rows: Sequence[FrameRow]) -> None:
-        written = sum(row[6] for row in rows) + ROW_OVERHEAD_BYTES * len(rows)
+        written = sum(row[ROW_SIZE] for row in rows) + ROW_OVERHEAD_BYTES * len(rows)
         self._unchecked += written
         self._since_restart += written
         if self._unchecked < self.checkpoint_bytes or self._path is None:

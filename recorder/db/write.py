@@ -11,9 +11,9 @@ both databases.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import chain
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import bindparam, select, tuple_, update
 from sqlalchemy.engine import Connection, Dialect
@@ -57,6 +57,9 @@ FrameRow = tuple[
     str | None,
     bytes | None,
 ]
+# The position of the frame's size in a FrameRow.
+ROW_SIZE: Final = 6
+assert FRAME_COLUMNS[ROW_SIZE] == "size"
 
 
 # 13 parameters a row: 6500 a statement, under SQLite's limit of 32766 bound
@@ -202,28 +205,7 @@ class Store:
         updates: list[dict[str, Any]] = []
         for sid, d in deltas.items():
             old = existing.get(sid)
-            row = {
-                "id": sid,
-                "first_seen_us": d.first_seen_us
-                if old is None
-                else min(old["first_seen_us"], d.first_seen_us),
-                "last_seen_us": d.last_seen_us
-                if old is None
-                else max(old["last_seen_us"], d.last_seen_us),
-                "frame_count": d.frame_count + (0 if old is None else old["frame_count"]),
-            }
-            for key in (
-                "orchestrator_id",
-                "session_type",
-                "status",
-                "task_id",
-                "task_description",
-                "started_at_us",
-                "ended_at_us",
-                "last_error",
-            ):
-                new = getattr(d, key)
-                row[key] = new if new is not None else (None if old is None else old[key])
+            row = {"id": sid, **_merged(old, d, SESSION_NEWS)}
             (inserts if old is None else updates).append(row)
         if inserts:
             conn.execute(sessions.insert(), inserts)
@@ -247,20 +229,7 @@ class Store:
         updates: list[dict[str, Any]] = []
         for (sid, tid), d in deltas.items():
             old = existing.get((sid, tid))
-            row: dict[str, Any] = {
-                "session_id": sid,
-                "task_id": tid,
-                "first_seen_us": d.first_seen_us
-                if old is None
-                else min(old["first_seen_us"], d.first_seen_us),
-                "last_seen_us": d.last_seen_us
-                if old is None
-                else max(old["last_seen_us"], d.last_seen_us),
-                "frame_count": d.frame_count + (0 if old is None else old["frame_count"]),
-            }
-            for key in ("description", "status", "started_at_us", "ended_at_us", "error"):
-                new = getattr(d, key)
-                row[key] = new if new is not None else (None if old is None else old[key])
+            row = {"session_id": sid, "task_id": tid, **_merged(old, d, TASK_NEWS)}
             if old is not None and old["started_at_us"] is not None:
                 row["started_at_us"] = old["started_at_us"]
             if old is None:
@@ -293,6 +262,40 @@ class Store:
                 .where(sessions.c.id.in_(chunk))
                 .values(status=LOST_STATUS, last_error="no longer in the daemon's sessions_list")
             )
+
+
+# Fields of a delta that replace the stored value when the delta has one.
+SESSION_NEWS = (
+    "orchestrator_id",
+    "session_type",
+    "status",
+    "task_id",
+    "task_description",
+    "started_at_us",
+    "ended_at_us",
+    "last_error",
+)
+TASK_NEWS = ("description", "status", "started_at_us", "ended_at_us", "error")
+
+
+def _merged(
+    old: Mapping[str, Any] | None, delta: SessionDelta | TaskDelta, news: Sequence[str]
+) -> dict[str, Any]:
+    """A stored row's columns after a batch's delta: seen-times widen, counts add up,
+    and each of ``news`` takes the delta's value where it has one."""
+    row: dict[str, Any] = {
+        "first_seen_us": delta.first_seen_us,
+        "last_seen_us": delta.last_seen_us,
+        "frame_count": delta.frame_count,
+    }
+    if old is not None:
+        row["first_seen_us"] = min(old["first_seen_us"], delta.first_seen_us)
+        row["last_seen_us"] = max(old["last_seen_us"], delta.last_seen_us)
+        row["frame_count"] += old["frame_count"]
+    for key in news:
+        new = getattr(delta, key)
+        row[key] = new if new is not None else (None if old is None else old[key])
+    return row
 
 
 def _bind(name: str) -> Any:
