@@ -92,7 +92,8 @@ def _die_with_parent() -> None:
 
 
 def cpu_seconds(pid: int, children: bool = True) -> float:
-    """utime + stime of a live process and of its live descendants (a writer process, say).
+    """utime + stime of a live process and of its live descendants (the recorder's
+    classifier and database processes).
 
     With ``children=False``, of the process alone. NaN if the process is gone.
     """

@@ -6,9 +6,9 @@ Method (every process is separate, everything is on loopback):
    ``python -m recorder simulate --port 0 --firehose N --chunk-delay 0``. Right after
    its ``health_check_response`` it sends each new client N ``stream_chunk`` frames
    (``data.metadata.index`` 0..N-1, about 180 bytes each) and one ``stream_end``, as
-   fast as the client reads them. The CLI does not turn off the simulator's in-memory
-   journal, so the *simulator* keeps every frame it sent (its RSS, not the recorder's);
-   a fresh simulator per measurement keeps that from growing across runs.
+   fast as the client reads them. The CLI turns off the simulator's in-memory journal,
+   so the simulator does not keep the frames it sent; each measurement still gets a
+   fresh simulator, so that no run inherits another's state.
 2. Ceiling: a bare ``websockets`` client (``recv(decode=False)``, ``max_size=None``, in
    its own process) receives until ``stream_end`` and does nothing with the frames.
    Rate = N / (arrival of ``stream_end`` - arrival of the first ``stream_chunk``).
@@ -18,8 +18,9 @@ Method (every process is separate, everything is on loopback):
    frames in order, so that row means every chunk before it is committed too.
    Rate = N / (wall clock when the poll first sees ``stream_end`` - ``received_at_us``
    of the first ``stream_chunk`` row). The poll adds at most one interval (50 ms) to
-   the measured time, and the time includes the writer's final flush: the last partial
-   batch waits up to ``storage.commit_interval`` (1 s by default) before it is committed.
+   the measured time, and the time includes the writer's final flush: the queue drains,
+   and the last partial batch is committed once no frame has arrived for 10 ms
+   (``BURST_END_QUIET`` in ``recorder/pipeline/batching.py``).
    Also reported: the receive rate (first to last ``received_at_us``), the commit lag
    after the last frame, and the steady commit rate between 10 % and 90 % of the frames
    (from the poll samples; no start-up, no final flush).
@@ -29,9 +30,9 @@ Method (every process is separate, everything is on loopback):
    simulator sends (regenerated with :func:`recorder.simulator.firehose_template`, which
    is itself checked against frames the bare client captured off the wire), opcode text,
    ``size`` equal to the payload's length, and exactly one ``stream_end``.
-5. Peak RSS: ``VmHWM`` of the recorder's processes (the service and its writer
-   process), summed, read right before SIGTERM; the recorder
-   must then exit 0 and log ``recorder stopped``.
+5. Peak RSS: ``VmHWM`` of the recorder's processes (the service, the classifier and the
+   database process; the short-lived migration process has exited by then), summed,
+   read right before SIGTERM; the recorder must then exit 0 and log ``recorder stopped``.
 
 Measurements alternate (ceiling, recorder, ceiling, recorder, ...) ``--repeat`` times and
 the medians are reported, because small shared machines are noisy. CPU seconds of each
@@ -92,7 +93,7 @@ LISTENING = re.compile(r"listening on ws://127\.0\.0\.1:(\d+)")
 
 
 def process_tree(pid: int) -> list[int]:
-    """The pid and all its descendants (the recorder runs its writer in a child)."""
+    """The pid and all its descendants (the recorder: service -> classifier -> database)."""
     import psutil
 
     return [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]
@@ -305,10 +306,9 @@ def run_recorder(
             if not rec.alive():
                 raise BenchError(f"recorder exited early:\n{rec.log()[-2000:]}")
             time.sleep(poll)
-        rec_cpu0, sim_cpu0 = (
-            cpu_seconds(rec.pid, children=False),
-            cpu_seconds(sim.pid, children=False),
-        )
+        # The recorder's whole process tree, as at the end of the window.
+        rec_cpu0 = sum(cpu_seconds(p, children=False) for p in process_tree(rec.pid))
+        sim_cpu0 = cpu_seconds(sim.pid, children=False)
 
         # Committed: the stream_end row is visible.
         last_id, last_progress = -1, time.monotonic()
@@ -327,7 +327,7 @@ def run_recorder(
             elif time.monotonic() - last_progress > stall:
                 raise BenchError(f"no frame committed for {stall:.0f} s (stuck at row {top})")
             time.sleep(poll)
-        # The recorder is a process tree: the service and its database writer.
+        # The recorder is a process tree: service -> classifier -> database.
         pids = process_tree(rec.pid)
         rec_cpu = sum(cpu_seconds(p, children=False) for p in pids) - rec_cpu0
         sim_cpu = cpu_seconds(sim.pid, children=False) - sim_cpu0

@@ -39,7 +39,9 @@ everywhere (the proxy never negotiates it, so a direct connection must not eithe
   runs the driver also watches the database (read-only, every 50 ms, ``max(seq)`` of the
   run's connection) and reports "recorded" frames/s = N / (moment every row of the run
   is committed - first receive): forwarding runs ahead of the database by at most the
-  writer's queue (``storage.queue_max_frames``), then back-pressure couples the two.
+  writer's queue (``storage.queue_max_frames``) plus the batches in flight to the writer
+  processes (up to ``IN_FLIGHT`` = 3 batches of ``storage.batch_size``,
+  ``recorder/pipeline/writer.py``), then back-pressure couples the two.
 * **Every frame recorded**: after the recorder has been stopped with SIGTERM (it must
   exit 0 and log ``recorder stopped``), each proxied measurement's connection row
   (``connections.role = 'proxy'``, found by the ``run=`` id in its URL) is read back with
@@ -51,11 +53,11 @@ everywhere (the proxy never negotiates it, so a direct connection must not eithe
   checks that the proxy forwarded every data frame unchanged.
 
 Around every measurement the driver reads the CPU time (``/proc``) of the peer, the
-client and the recorder, the recorder including its child processes (a writer
-process, say), and reports CPU-seconds and "cores busy" (all three per wall-second),
-which shows whether the machine, rather than one process, was the limit. The output
-names the recorder code it measured (SHA-256 over ``recorder/*.py``) and says if that
-code changed during the run.
+client and the recorder, the recorder including its child processes (the recorder's
+classifier and database processes), and reports CPU-seconds and "cores busy" (all three
+per wall-second), which shows whether the machine, rather than one process, was the
+limit. The output names the recorder code it measured (SHA-256 over every
+``recorder/**/*.py``, subpackages included) and says if that code changed during the run.
 
 Direct and proxied measurements of a point run back to back (direct first), point after
 point, ``--repeat`` times; medians are reported, because small shared machines are
@@ -393,10 +395,13 @@ def run_client() -> int:
 
 
 def source_digest() -> str:
-    """Which recorder code was measured: SHA-256 over recorder/*.py (first 12 hex digits)."""
+    """Which recorder code was measured: SHA-256 over every recorder/**/*.py, subpackages
+    included, each file as its path relative to recorder/ and its bytes, in path order
+    (first 12 hex digits)."""
+    root = REPO / "recorder"
     h = hashlib.sha256()
-    for path in sorted((REPO / "recorder").glob("*.py")):
-        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    for rel in sorted(path.relative_to(root).as_posix() for path in root.rglob("*.py")):
+        h.update(rel.encode() + b"\0" + (root / rel).read_bytes())
     return h.hexdigest()[:12]
 
 

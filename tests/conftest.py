@@ -56,10 +56,16 @@ def make_config(tmp_path: Path, db_path: Path) -> Callable[..., Config]:
     return make
 
 
+class RunningService(Service):
+    """The real service, plus what its ``run()`` returned once ``running()`` stopped it."""
+
+    exit_code: int
+
+
 @asynccontextmanager
-async def running(config: Config) -> AsyncIterator[Service]:
+async def running(config: Config) -> AsyncIterator[RunningService]:
     """The real service in this event loop; stopped (and drained) on exit."""
-    service = Service(config)
+    service = RunningService(config)
     stop = asyncio.Event()
     task = asyncio.create_task(service.run(stop))
     async with asyncio.timeout(TIMEOUT):
@@ -72,4 +78,4 @@ async def running(config: Config) -> AsyncIterator[Service]:
     finally:
         stop.set()
         async with asyncio.timeout(TIMEOUT):
-            service.exit_code = await task  # type: ignore[attr-defined]
+            service.exit_code = await task

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,9 +130,9 @@ class SimulatorProcess:
 
 
 @pytest.fixture
-def sim_process() -> AsyncIterator[SimulatorProcess]:
+def sim_process() -> Iterator[SimulatorProcess]:
     sim = SimulatorProcess()
-    yield sim  # type: ignore[misc]
+    yield sim
     sim.close()
 
 

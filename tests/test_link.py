@@ -7,6 +7,7 @@ import itertools
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -250,7 +251,7 @@ async def test_writer_commits_promptly_while_idle_link_waits(
         await wait_until(svc, has_status)
 
 
-async def test_wss_with_a_private_ca(make_config: Callable[..., Config], tmp_path: Any) -> None:
+async def test_wss_with_a_private_ca(make_config: Callable[..., Config], tmp_path: Path) -> None:
     """wss:// to a daemon whose certificate only the configured CA file vouches for."""
     import shutil
     import ssl

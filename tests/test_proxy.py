@@ -5,20 +5,23 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, TypedDict, cast
 
 import pytest
 import structlog
 from click.testing import CliRunner
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Subprotocol
 
 from recorder.capture.admission import admit, relay_close, upstream_url
 from recorder.capture.wire import RecordingClientConnection
 from recorder.cli import cli
 from recorder.config import Config, ConfigError, load_config
+from recorder.service import Service
 from recorder.simulator import Simulator, SimulatorOptions
 from tests.conftest import running, write_config
 from tests.helpers import query, wait_until
@@ -60,7 +63,7 @@ async def converse(url: str, **kwargs: Any) -> list[str]:
     return got
 
 
-async def closed_by_proxy(ui: Any) -> None:
+async def closed_by_proxy(ui: ClientConnection) -> None:
     """Wait (bounded) until the proxy closes this UI connection."""
     with pytest.raises(ConnectionClosed):
         async with asyncio.timeout(T):
@@ -68,8 +71,14 @@ async def closed_by_proxy(ui: Any) -> None:
                 await ui.recv()
 
 
-def proxy_url(svc: Any, path: str = "/") -> str:
-    return f"ws://127.0.0.1:{svc.proxy.port}{path}"
+def proxy_port(svc: Service) -> int:
+    """The port of the service's proxy (every config in these tests enables it)."""
+    assert svc.proxy is not None
+    return svc.proxy.port
+
+
+def proxy_url(svc: Service, path: str = "/") -> str:
+    return f"ws://127.0.0.1:{proxy_port(svc)}{path}"
 
 
 # --- pure parts -----------------------------------------------------------------
@@ -114,7 +123,7 @@ def test_relay_close() -> None:
     assert relay_close(Close(1006, ""), "lost") == (1011, "lost")
 
 
-def test_non_loopback_listen_needs_a_token(tmp_path: Any) -> None:
+def test_non_loopback_listen_needs_a_token(tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "c.toml", {"proxy": {"listen": "0.0.0.0:8788"}})
     with pytest.raises(
         ConfigError, match=r"proxy.listen: 0.0.0.0:8788 is reachable from other machines"
@@ -196,12 +205,13 @@ async def test_garbage_both_ways_is_relayed_and_recorded_byte_exact(
     ]
     async with Simulator(SimulatorOptions(port=0)) as sim, running(make_config(sim.url)) as svc:
         await sim.wait_connections(1)
-        async with connect(proxy_url(svc), create_connection=RecordingClientConnection) as ui:
+        async with connect(proxy_url(svc), create_connection=RecordingClientConnection) as conn:
+            ui = cast(RecordingClientConnection, conn)  # connect() is not generic in its class
             await ui.recv_raw()  # health check
             upstream_conn = sim.total_connections
             for data, text in garbage:
                 await sim.broadcast_raw(data, text=text)
-            relayed = []
+            relayed: list[tuple[bytes, bool]] = []
             async with asyncio.timeout(T):
                 while len(relayed) < len(garbage):
                     is_text, data = await ui.recv_raw()
@@ -238,17 +248,24 @@ async def test_garbage_both_ways_is_relayed_and_recorded_byte_exact(
         assert [(d, t) for dr, d, t in stored if dr == "in"][1 : 1 + len(garbage)] == garbage
 
 
+class HeaderOptions(TypedDict, total=False):
+    """The ``connect()`` options a test passes through ``**kwargs``."""
+
+    additional_headers: dict[str, str]
+
+
 async def test_credentials_pass_through_and_upstream_rejections_reach_the_client(
     make_config: Callable[..., Config],
 ) -> None:
     opts = SimulatorOptions(port=0, token="daemon-tok", api_key="daemon-key")
     async with Simulator(opts) as sim, running(make_config(sim.url)) as svc:
-        for kwargs, path in [
+        cases: list[tuple[HeaderOptions, str]] = [
             ({"additional_headers": {"Authorization": "Bearer daemon-tok"}}, "/"),
             ({"additional_headers": {"x-api-key": "daemon-key"}}, "/"),
             ({}, "/?token=daemon-tok"),
             ({}, "/?apiKey=daemon-key"),
-        ]:
+        ]
+        for kwargs, path in cases:
             async with connect(proxy_url(svc, path), **kwargs) as ws:
                 assert json.loads(await ws.recv())["type"] == "health_check_response"
         with pytest.raises(InvalidStatus) as err:
@@ -364,7 +381,9 @@ async def test_killing_the_upstream_closes_the_client_which_can_come_back(
 
 async def test_subprotocol_is_negotiated_end_to_end(make_config: Callable[..., Config]) -> None:
     async with Upstream(subprotocols=["orch.v1"]) as up, running(make_config(up.url)) as svc:
-        async with connect(proxy_url(svc), subprotocols=["orch.v2", "orch.v1"]) as ui:  # type: ignore[list-item]
+        async with connect(
+            proxy_url(svc), subprotocols=[Subprotocol("orch.v2"), Subprotocol("orch.v1")]
+        ) as ui:
             await ui.recv()
             assert ui.subprotocol == "orch.v1"
         _path, headers = up.requests[-1]
@@ -404,7 +423,7 @@ async def test_proxy_token_is_enforced_and_never_leaks(make_config: Callable[...
     assert secret not in repr(logs) and not any(secret in u for u in urls)
 
 
-async def _closed_count(svc: Any, n: int) -> bool:
+async def _closed_count(svc: Service, n: int) -> bool:
     rows = await query(
         svc, "select 1 from connections where role='proxy' and closed_at_us is not null"
     )
@@ -423,11 +442,11 @@ async def test_health_answers_like_the_daemon(make_config: Callable[..., Config]
     sim = Simulator(SimulatorOptions(port=0))
     await sim.start()
     async with running(make_config(sim.url)) as svc:
-        status, body = await get(svc.proxy.port)
+        status, body = await get(proxy_port(svc))
         assert status == 200 and body["status"] == "healthy" and "uptime" in body
         assert body["recorder"]["upstreamReachable"] is True
         await sim.stop()
-        status, body = await get(svc.proxy.port)
+        status, body = await get(proxy_port(svc))
         assert status == 503 and body["recorder"]["upstreamReachable"] is False
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from recorder.capture.backoff import Backoff
@@ -37,7 +39,7 @@ def test_parse_when_rejects_nonsense_with_a_hint() -> None:
         parse_when("last tuesday")
 
 
-class FixedRng:
+class FixedRng(random.Random):
     """Returns the top of the range, so the test sees the ceilings."""
 
     def uniform(self, a: float, b: float) -> float:
@@ -45,7 +47,7 @@ class FixedRng:
 
 
 def test_backoff_doubles_to_the_cap_and_resets() -> None:
-    b = Backoff(base=3, factor=2, cap=300, rng=FixedRng())  # type: ignore[arg-type]
+    b = Backoff(base=3, factor=2, cap=300, rng=FixedRng())
     delays = [b.next_delay() for _ in range(10)]
     assert delays == [3, 6, 12, 24, 48, 96, 192, 300, 300, 300]
     b.reset()
@@ -53,8 +55,6 @@ def test_backoff_doubles_to_the_cap_and_resets() -> None:
 
 
 def test_backoff_is_full_jitter() -> None:
-    import random
-
     b = Backoff(base=3, factor=2, cap=300, rng=random.Random(1))
     samples = []
     for _ in range(200):
@@ -65,7 +65,7 @@ def test_backoff_is_full_jitter() -> None:
 
 
 def test_backoff_limits_and_capped_delay() -> None:
-    b = Backoff(base=1, factor=2, cap=60, max_attempts=3, rng=FixedRng())  # type: ignore[arg-type]
+    b = Backoff(base=1, factor=2, cap=60, max_attempts=3, rng=FixedRng())
     assert b.capped_delay() == 60
     b.next_delay()
     assert not b.exhausted

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import select, text
+from sqlalchemy import Connection, select, text
 
 from recorder.db.engine import create_engine
 from recorder.db.migrations import upgrade
@@ -63,7 +63,11 @@ def mk(
     return Frame(cid, seq, direction, at or 1_000_000 + seq, time.monotonic_ns(), is_text, data)
 
 
-async def rows(url: str) -> list[tuple[object, ...]]:
+# (seq, direction, payload, payload_bytes, parse_error) of a stored frame.
+StoredFrame = tuple[int, str, str | None, bytes | None, str | None]
+
+
+async def rows(url: str) -> list[StoredFrame]:
     engine = create_engine(url)
     async with engine.connect() as conn:
         result = await conn.execute(
@@ -75,12 +79,13 @@ async def rows(url: str) -> list[tuple[object, ...]]:
                 frames.c.parse_error,
             ).order_by(frames.c.id)
         )
-        return [tuple(r) for r in result]
+        return [(r.seq, r.direction, r.payload, r.payload_bytes, r.parse_error) for r in result]
 
 
 async def test_migrations_match_the_models(url: str) -> None:
-    def diff(conn: object) -> list[object]:
-        return compare_metadata(MigrationContext.configure(conn), metadata)  # type: ignore[arg-type]
+    def diff(conn: Connection) -> list[object]:
+        diffs: list[object] = compare_metadata(MigrationContext.configure(conn), metadata)
+        return diffs
 
     engine = create_engine(url)
     await upgrade(engine)
@@ -268,7 +273,7 @@ async def test_index_accumulates_across_batches(running: Running, url: str) -> N
     engine = create_engine(url)
     async with engine.connect() as conn:
         s = (await conn.execute(select(sessions))).one()
-        t = dict(
+        t: dict[str, str] = dict(
             (await conn.execute(text("select task_id, status from tasks order by task_id"))).all()
         )
         conn_row = (await conn.execute(text("select frame_count from connections"))).scalar()
