@@ -131,9 +131,15 @@ def test_daemon_times() -> None:
     assert parse_daemon_time(17) is None
 
 
+def add(batch: IndexBatch, f: Frame) -> None:
+    """Fold a frame in the way the classifier does, its own session id and size."""
+    info = classify(f.data, f.is_text)
+    batch.add(f, info, info.session_id, len(f.data))
+
+
 def test_real_session_status_update_fills_session_and_task() -> None:
     batch = IndexBatch()
-    batch.add(frame(REAL_STATUS, at=5_000), classify(REAL_STATUS.encode(), True))
+    add(batch, frame(REAL_STATUS, at=5_000))
     s = batch.sessions["session_1795692537464_eeayv91i6"]
     assert (s.status, s.orchestrator_id, s.session_type) == ("failed", "vp_123", "claude-code")
     assert s.task_description == "Implement feature X"
@@ -161,7 +167,7 @@ def test_task_lifecycle_from_real_frames() -> None:
         }
     )
     for i, (text, direction) in enumerate([(request, OUT), (executing, IN), (failed, IN)]):
-        batch.add(frame(text, direction, at=100 + i), classify(text.encode(), True))
+        add(batch, frame(text, direction, at=100 + i))
     t = batch.tasks[(sid, "Second task")]
     assert (t.status, t.description, t.started_at_us, t.ended_at_us) == (
         "failed",
@@ -179,18 +185,18 @@ def test_sessions_list_is_recorded_as_a_listing() -> None:
     text = json.dumps(
         {"type": "sessions_list", "sessions": [{"id": "a", "status": "running"}, {"id": "b"}, 7]}
     )
-    batch.add(frame(text, at=9), classify(text.encode(), True))
+    add(batch, frame(text, at=9))
     assert batch.listings == [(9, frozenset({"a", "b"}))]
     assert batch.sessions["a"].status == "running"
     # A listing names sessions but is not one of their frames.
     assert batch.sessions["a"].frame_count == 0
     # Our own request is not a listing.
     out = IndexBatch()
-    out.add(frame(text, OUT), classify(text.encode(), True))
+    add(out, frame(text, OUT))
     assert out.listings == []
 
 
 def test_garbage_counts_for_its_connection_only() -> None:
     batch = IndexBatch()
-    batch.add(frame(b"\xff", is_text=False), classify(b"\xff", False))
+    add(batch, frame(b"\xff", is_text=False))
     assert batch.connection_frames == {1: 1} and not batch.sessions and not batch.tasks

@@ -8,7 +8,7 @@ from pathlib import Path
 from recorder.db.migrations import upgrade_sync
 from recorder.db.sqlite import SqliteWriterDatabase
 from recorder.db.write import SQLITE_ROWS_PER_INSERT, Store
-from recorder.pipeline.ops import rows_and_index
+from recorder.pipeline.classifier import Classifier
 from recorder.protocol.frames import IN
 
 
@@ -44,7 +44,7 @@ def stored(db_path: Path) -> list[tuple[int, str]]:
 async def test_batches_larger_than_one_statement_keep_every_row_in_order(db_path: Path) -> None:
     db, store = await open_db(db_path)
     frames = batch(1, SQLITE_ROWS_PER_INSERT * 2 + 37, 100)
-    rows, index = rows_and_index(frames)
+    rows, index = Classifier().rows_and_index(frames)
     await db.run(store.write_batch, rows, index)
     await db.shutdown()
     assert stored(db_path) == [(f[1], f[6].decode()) for f in frames]
@@ -61,7 +61,7 @@ async def test_checkpoints_run_beside_the_writer_and_the_wal_stays_bounded(
     for _ in range(40):  # 40 batches of 50 frames of 8 KiB: about 16 MiB in all
         frames = batch(seq, 50, 8 * kib)
         seq += len(frames)
-        rows, index = rows_and_index(frames)
+        rows, index = Classifier().rows_and_index(frames)
         await db.run(store.write_batch, rows, index)
         db.wrote(rows)
         wal_sizes.append(wal.stat().st_size)

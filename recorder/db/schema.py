@@ -26,7 +26,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-__all__ = ["connections", "frames", "metadata", "sessions", "tasks"]
+__all__ = ["connections", "frame_days", "frames", "metadata", "sessions", "tasks"]
 
 # Named constraints keep batch migrations on SQLite (which copy tables) deterministic.
 NAMING_CONVENTION = {
@@ -91,6 +91,9 @@ frames = Table(
     Column("payload_bytes", LargeBinary, nullable=True),
     Index(None, "type", "id"),
     Index(None, "received_at_us"),
+    # A connection's frames in order: replay, `frames --connection`, and the
+    # attribution of a spawn request once its session is announced.
+    Index(None, "connection_id", "seq"),
 )
 
 # Partial: many frames carry no session and most no task, and every index entry
@@ -122,6 +125,7 @@ sessions = Table(
     Column("frame_count", BigInteger, nullable=False, server_default="0"),
     Column("last_error", Text, nullable=True),
     Index(None, "last_seen_us"),
+    Index(None, "first_seen_us"),
     Index(None, "status"),
 )
 
@@ -142,4 +146,17 @@ tasks = Table(
     Column("frame_count", BigInteger, nullable=False, server_default="0"),
     Column("error", Text, nullable=True),
     UniqueConstraint("session_id", "task_id"),
+)
+
+# Frames and bytes per UTC day, type and direction, kept by the writer in the same
+# transaction as the frames: `recorder stats` reads this instead of every frame.
+frame_days = Table(
+    "frame_days",
+    metadata,
+    Column("day_us", BigInteger, primary_key=True),
+    # "" for frames without a type (not JSON objects, binary).
+    Column("type", Text, primary_key=True),
+    Column("direction", String(3), primary_key=True),
+    Column("frames", BigInteger, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
 )

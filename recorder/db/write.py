@@ -18,7 +18,7 @@ from typing import Any, Final
 from sqlalchemy import bindparam, select, tuple_, update
 from sqlalchemy.engine import Connection, Dialect
 
-from recorder.db.schema import connections, frames, sessions, tasks
+from recorder.db.schema import connections, frame_days, frames, sessions, tasks
 from recorder.protocol.index import (
     LOST_STATUS,
     TERMINAL_STATUSES,
@@ -188,14 +188,25 @@ class Store:
             conn.execute(
                 stmt, _bound([{"cid": cid, "n": n} for cid, n in index.connection_frames.items()])
             )
+        if index.attributions:
+            conn.execute(
+                update(frames)
+                .where(frames.c.connection_id == _bind("cid"), frames.c.seq == _bind("seq"))
+                .values(session_id=_bind("sid")),
+                _bound([{"cid": c, "seq": q, "sid": sid} for c, q, sid in index.attributions]),
+            )
+        known: set[str] = set()
         if index.sessions:
-            self._merge_sessions(conn, index.sessions)
+            known = self._merge_sessions(conn, index.sessions)
         if index.tasks:
-            self._merge_tasks(conn, index.tasks)
+            self._merge_tasks(conn, {k: d for k, d in index.tasks.items() if k[0] in known})
         for at_us, listed in index.listings:
             self._reconcile(conn, at_us, listed)
+        if index.days:
+            self._count_days(conn, index.days)
 
-    def _merge_sessions(self, conn: Connection, deltas: dict[str, SessionDelta]) -> None:
+    def _merge_sessions(self, conn: Connection, deltas: dict[str, SessionDelta]) -> set[str]:
+        """Insert or update session rows; returns the ids that exist afterwards."""
         existing: dict[str, Any] = {}
         ids = list(deltas)
         for chunk in _chunks(ids, 500):
@@ -205,7 +216,9 @@ class Store:
         updates: list[dict[str, Any]] = []
         for sid, d in deltas.items():
             old = existing.get(sid)
-            row = {"id": sid, **_merged(old, d, SESSION_NEWS)}
+            if old is None and not d.creates:
+                continue  # only asked about, never shown to exist (see SessionDelta)
+            row = {"id": sid, **_merged(old, d, SESSION_NEWS, SESSION_KEPT)}
             (inserts if old is None else updates).append(row)
         if inserts:
             conn.execute(sessions.insert(), inserts)
@@ -216,6 +229,24 @@ class Store:
                 .values({k: _bind(k) for k in updates[0] if k != "id"}),
                 _bound(updates),
             )
+        return set(existing) | {row["id"] for row in inserts}
+
+    def _count_days(self, conn: Connection, days: dict[tuple[int, str, str], list[int]]) -> None:
+        insert = dialect_insert(conn.dialect.name, frame_days)
+        upsert = insert.on_conflict_do_update(
+            index_elements=["day_us", "type", "direction"],
+            set_={
+                "frames": frame_days.c.frames + insert.excluded.frames,
+                "bytes": frame_days.c.bytes + insert.excluded.bytes,
+            },
+        )
+        conn.execute(
+            upsert,
+            [
+                {"day_us": day, "type": type_, "direction": direction, "frames": n, "bytes": b}
+                for (day, type_, direction), (n, b) in days.items()
+            ],
+        )
 
     def _merge_tasks(self, conn: Connection, deltas: dict[tuple[str, str], TaskDelta]) -> None:
         existing: dict[tuple[str, str], Any] = {}
@@ -229,7 +260,7 @@ class Store:
         updates: list[dict[str, Any]] = []
         for (sid, tid), d in deltas.items():
             old = existing.get((sid, tid))
-            row = {"session_id": sid, "task_id": tid, **_merged(old, d, TASK_NEWS)}
+            row = {"session_id": sid, "task_id": tid, **_merged(old, d, TASK_NEWS, TASK_KEPT)}
             if old is not None and old["started_at_us"] is not None:
                 row["started_at_us"] = old["started_at_us"]
             if old is None:
@@ -276,13 +307,21 @@ SESSION_NEWS = (
     "last_error",
 )
 TASK_NEWS = ("description", "status", "started_at_us", "ended_at_us", "error")
+# Of those, the ones a stored value keeps: a session's first task (the daemon
+# overwrites the task's description in later session objects).
+SESSION_KEPT = frozenset({"task_id", "task_description"})
+TASK_KEPT = frozenset({"description"})
 
 
 def _merged(
-    old: Mapping[str, Any] | None, delta: SessionDelta | TaskDelta, news: Sequence[str]
+    old: Mapping[str, Any] | None,
+    delta: SessionDelta | TaskDelta,
+    news: Sequence[str],
+    kept: frozenset[str],
 ) -> dict[str, Any]:
     """A stored row's columns after a batch's delta: seen-times widen, counts add up,
-    and each of ``news`` takes the delta's value where it has one."""
+    and each of ``news`` takes the delta's value where it has one, unless it is one
+    of ``kept`` and already stored."""
     row: dict[str, Any] = {
         "first_seen_us": delta.first_seen_us,
         "last_seen_us": delta.last_seen_us,
@@ -294,8 +333,20 @@ def _merged(
         row["frame_count"] += old["frame_count"]
     for key in news:
         new = getattr(delta, key)
-        row[key] = new if new is not None else (None if old is None else old[key])
+        stored = None if old is None else old[key]
+        row[key] = stored if stored is not None and (new is None or key in kept) else new
     return row
+
+
+def dialect_insert(dialect: str, table: Any) -> Any:
+    """INSERT with ``on_conflict_do_update``, which both databases have with one spelling."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table)
 
 
 def _bind(name: str) -> Any:

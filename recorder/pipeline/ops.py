@@ -11,20 +11,19 @@ processes: they hold plain data only.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 import structlog
 
-from recorder.protocol.classify import classify
-from recorder.protocol.frames import OPCODE_BINARY, OPCODE_TEXT, FrameTuple
+from recorder.protocol.frames import FrameTuple
 from recorder.protocol.index import IndexBatch
 
 if TYPE_CHECKING:
     from recorder.db.connection import WriterDatabase
     from recorder.db.write import FrameRow, Store
+    from recorder.pipeline.classifier import Classifier
 
 log = structlog.get_logger("recorder.pipeline")
 T = TypeVar("T")
@@ -41,8 +40,8 @@ class Operation(Generic[T]):
     # The database process stops reading after answering this one.
     last: ClassVar[bool] = False
 
-    def prepared(self) -> Operation[T]:
-        """What the classifier passes on to the database process."""
+    def prepared(self, classifier: Classifier) -> Operation[T]:
+        """What the classifier process passes on to the database process."""
         return self
 
     async def run(self, db: WriterDatabase, store: Store) -> T:
@@ -72,6 +71,10 @@ class CloseConnection(Operation[None]):
     reason: str | None
     closed_by: str | None
     error: str | None
+
+    def prepared(self, classifier: Classifier) -> CloseConnection:
+        classifier.attribution.forget(self.connection_id)
+        return self
 
     async def run(self, db: WriterDatabase, store: Store) -> None:
         close = partial(
@@ -118,8 +121,8 @@ class WriteFrames(Operation[None]):
 
     frames: list[FrameTuple]
 
-    def prepared(self) -> WriteRows:
-        return WriteRows(*rows_and_index(self.frames))
+    def prepared(self, classifier: Classifier) -> WriteRows:
+        return WriteRows(*classifier.rows_and_index(self.frames))
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,34 +156,3 @@ class WriteRows(Operation[None]):
             else:
                 db.wrote(self.rows)
                 return
-
-
-def rows_and_index(batch: Sequence[Sequence[Any]]) -> tuple[list[FrameRow], IndexBatch]:
-    """Classify a batch: the rows to insert and what they say about sessions and tasks."""
-    rows: list[FrameRow] = []
-    index = IndexBatch()
-    append = rows.append
-    add = index.add
-    for frame in batch:
-        cid, seq, direction, received, mono, is_text, data = frame
-        info = classify(data, is_text)
-        text = info.text
-        append(
-            (
-                cid,
-                seq,
-                direction,
-                received,
-                mono,
-                OPCODE_TEXT if is_text else OPCODE_BINARY,
-                len(data),
-                info.type,
-                info.session_id,
-                info.task_id,
-                info.parse_error,
-                text,
-                None if text is not None else data,
-            )
-        )
-        add(frame, info)
-    return rows, index

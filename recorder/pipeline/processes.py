@@ -25,6 +25,7 @@ from recorder.pipeline.channel import (
     send,
     spawn,
 )
+from recorder.pipeline.classifier import Classifier
 from recorder.pipeline.ops import Operation
 
 log = structlog.get_logger("recorder.pipeline")
@@ -59,6 +60,7 @@ async def _classifier(
     """Prepare operations on their way to the database process; relay the answers back."""
     process, db_in, db_out = await spawn("database_entry")
     await send(db_out, settings)
+    classifier = Classifier()
     _settle_gc()
 
     async def upward() -> None:
@@ -71,7 +73,7 @@ async def _classifier(
     try:
         while (message := await receive(parent_in)) is not None:
             rid, operation = message
-            await send(db_out, (rid, operation.prepared()))
+            await send(db_out, (rid, operation.prepared(classifier)))
     except ConnectionError:
         pass  # the database process is gone; upward() tells the parent
     finally:

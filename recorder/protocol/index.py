@@ -19,15 +19,28 @@ TERMINAL_STATUSES = frozenset(
 )
 # Set on sessions the index believed active that a later sessions_list no longer names.
 LOST_STATUS = "unknown"
+DAY_US = 86_400 * 1_000_000
+# Frames from the daemon that name a session without showing that it exists: the
+# daemon answers a task request for an unknown session with task_* frames too.
+_NOT_EVIDENCE = frozenset({"task_executing", "task_completed", "task_failed", "error"})
 
 
 @dataclass(slots=True)
 class SessionDelta:
-    """What a batch of frames says about one session; None means "no news"."""
+    """What a batch of frames says about one session; None means "no news".
+
+    A session's row is created only by a frame showing that the session exists
+    (``creates``): one that carries the session object, or a stream or tool frame
+    from the daemon. Requests sent to the daemon, and its task and error replies,
+    only update a session already known: asking about ``session_nope`` creates
+    nothing. ``task_id``/``task_description`` keep the session's first task: the
+    daemon overwrites ``session.task.description`` with each later task's text.
+    """
 
     first_seen_us: int
     last_seen_us: int
     frame_count: int = 0
+    creates: bool = False
     orchestrator_id: str | None = None
     session_type: str | None = None
     status: str | None = None
@@ -59,6 +72,10 @@ class IndexBatch:
     connection_frames: dict[int, int] = field(default_factory=dict)
     # Each sessions_list seen: (receive time, the ids it named).
     listings: list[tuple[int, frozenset[str]]] = field(default_factory=list)
+    # Earlier frames that now belong to a session: (connection id, seq, session id).
+    attributions: list[tuple[int, int, str]] = field(default_factory=list)
+    # Frames and bytes per (UTC day, type or "", direction): the stats rollup.
+    days: dict[tuple[int, str, str], list[int]] = field(default_factory=dict)
 
     def session(self, session_id: str, at_us: int) -> SessionDelta:
         delta = self.sessions.get(session_id)
@@ -77,13 +94,31 @@ class IndexBatch:
             delta.last_seen_us = max(delta.last_seen_us, at_us)
         return delta
 
-    def add(self, frame: Sequence[Any], info: Classified) -> None:
-        """Fold one classified frame (a :class:`Frame` or plain tuple) into the batch."""
+    def attribute(self, connection_id: int, seq: int, session_id: str, at_us: int) -> None:
+        """A frame recorded earlier (a ``spawn_session``) belongs to ``session_id``."""
+        self.attributions.append((connection_id, seq, session_id))
+        self.session(session_id, at_us).frame_count += 1
+
+    def add(
+        self, frame: Sequence[Any], info: Classified, session_id: str | None, size: int
+    ) -> None:
+        """Fold one classified frame (a :class:`Frame` or plain tuple) into the batch.
+
+        ``session_id`` is the frame's own, or the one attribution gave it.
+        """
         cid = frame[F_CONNECTION]
         counts = self.connection_frames
         counts[cid] = counts.get(cid, 0) + 1
         at = frame[F_RECEIVED]
-        sid = info.session_id
+        type_ = info.type
+        day = (at - at % DAY_US, type_ or "", frame[F_DIRECTION])
+        tally = self.days.get(day)
+        if tally is None:
+            self.days[day] = [1, size]
+        else:
+            tally[0] += 1
+            tally[1] += size
+        sid = session_id
         if sid is not None:
             delta = self.sessions.get(sid)
             if delta is None:
@@ -91,12 +126,13 @@ class IndexBatch:
             elif at > delta.last_seen_us:
                 delta.last_seen_us = at
             delta.frame_count += 1
+            if not delta.creates and frame[F_DIRECTION] == IN and type_ not in _NOT_EVIDENCE:
+                delta.creates = True
             if info.task_id is not None:
                 self.task(sid, info.task_id, at).frame_count += 1
         obj = info.obj
         if obj is None:
             return
-        type_ = info.type
         if type(obj.get("session")) is dict:
             self._session_object(obj["session"], at)
         if type_ == "sessions_list" and frame[F_DIRECTION] == IN:
@@ -109,6 +145,11 @@ class IndexBatch:
                         if sid is not None:
                             ids.add(sid)
                 self.listings.append((at, frozenset(ids)))
+        if type_ == "error" and session_id is not None and info.session_id is None:
+            error = obj.get("error")
+            if isinstance(error, str):
+                self.session(session_id, at).last_error = error
+            return
         sid, tid = info.session_id, info.task_id
         if sid is None or tid is None or type_ is None:
             return
@@ -141,6 +182,7 @@ class IndexBatch:
         if sid is None:
             return None
         delta = self.session(sid, at)
+        delta.creates = True
         if (v := id_or_none(session.get("orchestratorId"))) is not None:
             delta.orchestrator_id = v
         if (v := id_or_none(session.get("type"))) is not None:
@@ -156,12 +198,14 @@ class IndexBatch:
         if isinstance(task, dict):
             tid = id_or_none(task.get("id"))
             description = task.get("description")
-            if isinstance(description, str):
+            # First wins, here and when stored (see SessionDelta).
+            if isinstance(description, str) and delta.task_description is None:
                 delta.task_description = description
             if tid is not None:
-                delta.task_id = tid
+                if delta.task_id is None:
+                    delta.task_id = tid
                 task_delta = self.task(sid, tid, at)
-                if isinstance(description, str):
+                if isinstance(description, str) and task_delta.description is None:
                     task_delta.description = description
                 # The daemon leaves task.status at "pending"; the session's status
                 # is the truth about its first task.

@@ -1,0 +1,63 @@
+"""The classifier process's work on a batch: rows to insert and what they say.
+
+It keeps one piece of state across batches, the per-connection memory that
+attributes spawn requests and error replies to their sessions
+(:class:`~recorder.protocol.attribution.Attribution`); everything else is a pure
+function of the frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from recorder.protocol.attribution import Attribution
+from recorder.protocol.classify import classify
+from recorder.protocol.frames import OPCODE_BINARY, OPCODE_TEXT, FrameTuple
+from recorder.protocol.index import IndexBatch
+
+if TYPE_CHECKING:
+    from recorder.db.write import FrameRow
+
+
+class Classifier:
+    def __init__(self) -> None:
+        self.attribution = Attribution()
+
+    def rows_and_index(self, batch: Sequence[FrameTuple]) -> tuple[list[FrameRow], IndexBatch]:
+        """Classify a batch: the rows to insert and what they say about sessions and tasks."""
+        rows: list[FrameRow] = []
+        index = IndexBatch()
+        append = rows.append
+        add = index.add
+        see = self.attribution.see
+        for frame in batch:
+            cid, seq, direction, received, mono, is_text, data = frame
+            info = classify(data, is_text)
+            text = info.text
+            session_id = info.session_id
+            attributed, spawn = see(cid, seq, direction, info.type, session_id, info.obj)
+            if attributed is not None:
+                session_id = attributed
+            size = len(data)
+            append(
+                (
+                    cid,
+                    seq,
+                    direction,
+                    received,
+                    mono,
+                    OPCODE_TEXT if is_text else OPCODE_BINARY,
+                    size,
+                    info.type,
+                    session_id,
+                    info.task_id,
+                    info.parse_error,
+                    text,
+                    None if text is not None else data,
+                )
+            )
+            add(frame, info, session_id, size)
+            if spawn is not None and info.session_id is not None:
+                index.attribute(spawn[0], spawn[1], info.session_id, received)
+        return rows, index

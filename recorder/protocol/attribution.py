@@ -1,0 +1,118 @@
+"""Which session a frame belongs to when the frame itself does not say.
+
+The daemon's protocol has no request ids. A ``spawn_session`` request names no
+session (the daemon makes one up), and an ``{"type":"error"}`` reply names
+nothing at all. Both are part of a session's story, so they are attributed from
+what happened around them on the same connection:
+
+- a ``spawn_session`` belongs to the session that the next ``session_spawned`` on
+  that connection announces (the one whose orchestrator and task description match
+  the request, else the oldest request still waiting);
+- an ``error`` belongs to the session of the request it answers: the latest
+  request on that connection that named a session and has had no reply yet.
+
+The state lives in the classifier process, per connection, bounded, and is
+dropped when the connection closes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from recorder.protocol.frames import IN, OUT
+
+# Requests remembered per connection; replies come within moments, so only a
+# flood of unanswered requests reaches this, and then the oldest are forgotten.
+PENDING_MAX = 64
+
+
+@dataclass(slots=True)
+class _Spawn:
+    seq: int
+    orchestrator_id: Any
+    description: Any
+
+
+@dataclass(slots=True)
+class _Connection:
+    spawns: deque[_Spawn] = field(default_factory=lambda: deque(maxlen=PENDING_MAX))
+    # Session ids named by requests without a reply yet, oldest first.
+    asked: deque[str] = field(default_factory=lambda: deque(maxlen=PENDING_MAX))
+
+
+class Attribution:
+    """Per-connection memory of requests, to attribute spawns and errors."""
+
+    def __init__(self) -> None:
+        self._connections: dict[int, _Connection] = {}
+
+    def see(
+        self,
+        connection_id: int,
+        seq: int,
+        direction: str,
+        type_: str | None,
+        session_id: str | None,
+        obj: dict[str, Any] | None,
+    ) -> tuple[str | None, tuple[int, int] | None]:
+        """Fold one classified frame in.
+
+        Returns the session this frame belongs to if it names none itself (an
+        error's), and, when this frame announces a spawned session, the
+        ``(connection_id, seq)`` of the ``spawn_session`` request it answers.
+        """
+        state = self._connections.get(connection_id)
+        if direction == OUT:
+            if type_ == "spawn_session" and obj is not None:
+                payload = obj.get("payload")
+                task = payload.get("task") if isinstance(payload, dict) else None
+                spawn = _Spawn(
+                    seq,
+                    payload.get("orchestratorId") if isinstance(payload, dict) else None,
+                    task.get("description") if isinstance(task, dict) else None,
+                )
+                self._state(connection_id, state).spawns.append(spawn)
+            elif session_id is not None:
+                self._state(connection_id, state).asked.append(session_id)
+            return None, None
+        if state is None or direction != IN:
+            return None, None
+        if type_ == "error" and session_id is None:
+            return (state.asked.pop() if state.asked else None), None
+        if session_id is not None and state.asked:
+            _forget_latest(state.asked, session_id)
+        if type_ == "session_spawned" and session_id is not None and state.spawns:
+            request = _matching_spawn(state.spawns, obj)
+            return None, (connection_id, request.seq)
+        return None, None
+
+    def forget(self, connection_id: int) -> None:
+        """The connection closed: nothing more will be answered on it."""
+        self._connections.pop(connection_id, None)
+
+    def _state(self, connection_id: int, state: _Connection | None) -> _Connection:
+        if state is None:
+            state = self._connections[connection_id] = _Connection()
+        return state
+
+
+def _forget_latest(asked: deque[str], session_id: str) -> None:
+    """A reply about ``session_id`` answers the latest request that named it."""
+    for i in range(len(asked) - 1, -1, -1):
+        if asked[i] == session_id:
+            del asked[i]
+            return
+
+
+def _matching_spawn(spawns: deque[_Spawn], obj: dict[str, Any] | None) -> _Spawn:
+    session = obj.get("session") if obj is not None else None
+    task = session.get("task") if isinstance(session, dict) else None
+    if isinstance(session, dict) and isinstance(task, dict):
+        wanted = (session.get("orchestratorId"), task.get("description"))
+        for spawn in spawns:
+            if (spawn.orchestrator_id, spawn.description) == wanted:
+                spawns.remove(spawn)
+                return spawn
+    return spawns.popleft()
