@@ -367,6 +367,17 @@ def normalize_database_url(src: str, url: str, env: Mapping[str, str]) -> str:
     )
 
 
+def display_database(url: str) -> str:
+    """A database URL as a person names it: a SQLite file's path, or the URL without
+    the driver and with the password masked."""
+    scheme, _, rest = url.partition("://")
+    backend = scheme.split("+")[0]
+    if backend == "sqlite":
+        path = rest.partition("?")[0]
+        return path[1:] if path.startswith("/") else path
+    return redact_url(f"{backend}://{rest}")
+
+
 SECRET_QUERY_KEYS = {"token", "apikey", "api_key", "access_token", "key", "password"}
 
 

@@ -56,7 +56,7 @@ async def wait_for_frame(service: Service, where: str, timeout: float = 10.0, **
 def cli_json_lines(args: list[str]) -> list[dict[str, Any]]:
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    return [json.loads(line) for line in result.output.splitlines() if line]
+    return [json.loads(line) for line in result.stdout.splitlines() if line]
 
 
 def frame_bytes(record: dict[str, Any]) -> bytes:

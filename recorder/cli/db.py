@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from recorder.cli.options import config_option, database_option, load, run_db
+from recorder.cli.options import load, run_db, target_options
 
 
 @click.group()
@@ -13,8 +13,7 @@ def db() -> None:
 
 
 @db.command("upgrade")
-@config_option
-@database_option
+@target_options
 def db_upgrade(config_path: str | None, database: str | None) -> None:
     """Create or migrate the database to the newest schema.
 
@@ -22,8 +21,8 @@ def db_upgrade(config_path: str | None, database: str | None) -> None:
     """
     from recorder.db.migrations import upgrade
 
-    config = load(config_path, database)
-    before, after = run_db(config, upgrade, create=True)
+    target = load(config_path, database)
+    before, after = run_db(target, upgrade, create=True)
     if before == after:
         click.echo(f"already at {after} (head)")
     else:
@@ -31,8 +30,7 @@ def db_upgrade(config_path: str | None, database: str | None) -> None:
 
 
 @db.command("current")
-@config_option
-@database_option
+@target_options
 def db_current(config_path: str | None, database: str | None) -> None:
     """Show the database's schema revision and the newest one this recorder knows.
 
@@ -40,8 +38,8 @@ def db_current(config_path: str | None, database: str | None) -> None:
     """
     from recorder.db.migrations import current, head_revision
 
-    config = load(config_path, database)
-    rev = run_db(config, current)
+    target = load(config_path, database)
+    rev = run_db(target, current)
     head = head_revision()
     state = "up to date" if rev == head else "needs `recorder db upgrade`"
     click.echo(f"{rev or 'none'} (head: {head}; {state})")

@@ -1,30 +1,49 @@
-"""What the commands share: options written once, configuration loading, database errors."""
+"""What the commands share: options written once, configuration, the database to read.
+
+The query commands import neither asyncio nor SQLAlchemy (half a second of
+imports on a small machine): they read through :mod:`recorder.db.reader`. Only
+``recorder db`` and ``recorder run`` load the writer's stack.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import os
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
-from recorder.config import Config, ConfigError, load_config, redact_url
+from recorder.config import Config, ConfigError, display_database, load_config
 from recorder.times import parse_when
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-# SQLAlchemy and the database modules are imported inside the functions that query:
-# `recorder run` never loads them in the service's process (the writer process does).
+    from recorder.db.reader import Reader
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 class UsageFailure(click.ClickException):
     """A usage or configuration error: one line, exit code 2."""
 
     exit_code = 2
+
+
+@dataclass(frozen=True)
+class Target:
+    """The loaded configuration and how messages name its database."""
+
+    config: Config
+    shown: str
+
+    @property
+    def url(self) -> str:
+        return self.config.storage.url
 
 
 def config_option(fn: F) -> F:
@@ -47,29 +66,52 @@ def database_option(fn: F) -> F:
     )(fn)
 
 
-def load(config_path: str | None, database: str | None = None) -> Config:
+def target_options(fn: F) -> F:
+    """``--config`` and ``--database``: which database a command works on."""
+    return config_option(database_option(fn))
+
+
+def load(config_path: str | None, database: str | None = None) -> Target:
     env = dict(os.environ)
     if database:
         env["RECORDER_DATABASE_URL"] = database if "://" in database else f"sqlite:///{database}"
     try:
-        return load_config(config_path, env)
+        config = load_config(config_path, env)
     except ConfigError as exc:
         raise UsageFailure(str(exc)) from None
+    return Target(config, database or display_database(config.storage.url))
 
 
-T = TypeVar("T")
+@contextmanager
+def reading(target: Target) -> Iterator[Reader]:
+    """A read-only connection; any database failure becomes one line, exit 1."""
+    from recorder.db.reader import ReadError, open_reader
+
+    try:
+        reader = open_reader(target.url, target.shown)
+    except ReadError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        yield reader
+    except ReadError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        reader.close()
 
 
 def run_db(
-    config: Config, fn: Callable[[AsyncEngine], Coroutine[Any, Any, T]], *, create: bool = False
+    target: Target, fn: Callable[[AsyncEngine], Coroutine[Any, Any, T]], *, create: bool = False
 ) -> T:
-    """Run ``fn(engine)``, turning database failures into one-line errors."""
-    from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+    """For ``recorder db``: run ``fn(engine)`` on the writer's engine, errors in one line."""
+    import asyncio
+
+    from sqlalchemy.exc import DBAPIError
 
     from recorder.db.engine import StoreError, create_engine, prepare_sqlite_file, require_database
+    from recorder.db.reader import describe_error
 
     async def go() -> T:
-        url = config.storage.url
+        url = target.url
         if create:
             prepare_sqlite_file(url)
         else:
@@ -84,23 +126,63 @@ def run_db(
         return asyncio.run(go())
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
-    except (OperationalError, ProgrammingError) as exc:
-        text = str(exc.orig) if exc.orig is not None else str(exc)
-        if "no such table" in text or "does not exist" in text:
-            raise click.ClickException(
-                f"database {redact_url(config.storage.url)} has no recorder tables; run `recorder db upgrade`"
-            ) from None
-        raise click.ClickException(f"database error: {text.splitlines()[0]}") from None
-    except (DBAPIError, OSError) as exc:
-        raise click.ClickException(
-            f"cannot use database {redact_url(config.storage.url)}: {exc}"
-        ) from None
+    except DBAPIError as exc:
+        raise click.ClickException(describe_error(target.shown, exc.orig or exc)) from None
+    except OSError as exc:
+        raise click.ClickException(describe_error(target.shown, exc)) from None
 
 
-def parse_time_option(_ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+def parse_moment(_ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """A time option's value as epoch microseconds."""
     if value is None:
         return None
     try:
         return parse_when(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param=param) from None
+
+
+def time_options(fn: F) -> F:
+    """``--since`` and ``--until``, as epoch microseconds; since must come first."""
+    fn = click.option("--until", callback=parse_moment, help="Before this time.")(fn)
+    return click.option(
+        "--since", callback=parse_moment, help="From this time: ISO-8601, or 30s, 15m, 2h, 7d ago."
+    )(fn)
+
+
+def check_span(since: int | None, until: int | None) -> None:
+    if since is not None and until is not None and since > until:
+        raise click.UsageError("--since is later than --until")
+
+
+def output_option(json_means: str = "json", jsonl: bool = True) -> Callable[[F], F]:
+    """``--format table|json|jsonl`` as the command's ``fmt`` argument, and ``--json``
+    as the alias it was before: ``json_means`` is ``jsonl`` for the list commands
+    that had it (one object per line), else ``json`` (one document)."""
+    choices = ["table", "json", "jsonl"] if jsonl else ["table", "json"]
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def command(*args: Any, as_json: bool, fmt: str, **kwargs: Any) -> Any:
+            return fn(*args, fmt=json_means if as_json else fmt, **kwargs)
+
+        command = click.option(
+            "--json", "as_json", is_flag=True, help=f"Same as --format {json_means}."
+        )(command)
+        command = click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(choices),
+            default="table",
+            show_default=True,
+            help="table for people (sized to the terminal), json for one document"
+            + (", jsonl for one object per line." if jsonl else "."),
+        )(command)
+        return cast(F, command)
+
+    return decorate
+
+
+def nothing(what: str) -> None:
+    """Say on stderr that a query matched nothing (exit status stays 0)."""
+    click.echo(f"no {what} match", err=True)

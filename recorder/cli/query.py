@@ -1,93 +1,111 @@
-"""The query commands: ``sessions``, ``frames``, ``status``."""
+"""What was recorded: ``sessions``, ``frames``, ``tail`` and ``status``."""
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, BinaryIO
+import time
+from typing import Any
 
 import click
 
-from recorder.cli.options import config_option, database_option, load, parse_time_option, run_db
-from recorder.cli.render import (
-    FRAME_TABLE_HEADER,
-    SESSION_TABLE_HEADER,
-    session_json,
-    session_line,
-    write_frame_jsonl,
-    write_frame_line,
+from recorder.cli.options import (
+    check_span,
+    load,
+    output_option,
+    parse_moment,
+    reading,
+    target_options,
+    time_options,
 )
-from recorder.config import redact_url
+from recorder.cli.render import SESSION_COLUMNS, FrameWriter, emit, session_json
 from recorder.protocol.frames import IN, OUT
 from recorder.times import format_us
 
-if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncEngine
+# How often `recorder tail` looks for newly committed frames.
+TAIL_POLL = 0.2
 
 
 @click.command()
-@config_option
-@database_option
+@target_options
 @click.option("--status", help="Only sessions with this status (running, completed, failed, ...).")
-@click.option(
-    "--since", callback=parse_time_option, help="Only sessions seen since: ISO time or 15m, 2h, 7d."
-)
+@click.option("--since", callback=parse_moment, help="Only sessions seen since then.")
 @click.option(
     "--limit", type=click.IntRange(min=0), default=50, show_default=True, help="0 for all."
 )
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@output_option(json_means="jsonl")
 def sessions(
     config_path: str | None,
     database: str | None,
     status: str | None,
     since: int | None,
     limit: int,
-    as_json: bool,
+    fmt: str,
 ) -> None:
     """List recorded sessions, newest first.
 
     Example: recorder sessions --status running --since 2h
     """
-    from recorder.db.read import list_sessions
+    from recorder.db import read
 
-    config = load(config_path, database)
-    rows = run_db(
-        config, functools.partial(list_sessions, status=status, since_us=since, limit=limit)
+    target = load(config_path, database)
+    with reading(target) as reader:
+        rows = read.sessions(reader, status=status, since_us=since, limit=limit)
+    emit(rows, fmt, SESSION_COLUMNS, session_json, "sessions")
+
+
+def frame_filters(fn: Any) -> Any:
+    """The filters `frames` and `tail` share."""
+    fn = time_options(fn)
+    fn = click.option(
+        "--grep",
+        metavar="TEXT",
+        help="Frames whose payload contains TEXT (a scan: narrow it with the other filters).",
+    )(fn)
+    fn = click.option("--connection", "connection_id", type=int, help="Frames of this connection.")(
+        fn
     )
-    if as_json:
-        for row in rows:
-            click.echo(json.dumps(session_json(row)))
-        return
-    click.echo(SESSION_TABLE_HEADER)
-    for row in rows:
-        click.echo(session_line(row))
+    fn = click.option(
+        "--direction", type=click.Choice([IN, OUT]), help="in: from the daemon; out: to it."
+    )(fn)
+    fn = click.option(
+        "--type", "type_", help="Frames of this type (stream_chunk, session_status_update, ...)."
+    )(fn)
+    fn = click.option("--task", help="Frames of this task: its id or its description.")(fn)
+    return click.option("--session", "session_id", help="Frames of this session.")(fn)
+
+
+def _filter(filters: dict[str, Any], **more: Any) -> Any:
+    from recorder.db.read import FrameFilter
+
+    check_span(filters["since"], filters["until"])
+    return FrameFilter(
+        session_id=filters["session_id"],
+        task=filters["task"],
+        type=filters["type_"],
+        direction=filters["direction"],
+        connection_id=filters["connection_id"],
+        since_us=filters["since"],
+        until_us=filters["until"],
+        grep=filters["grep"],
+        **more,
+    )
 
 
 @click.command()
-@config_option
-@database_option
-@click.option("--session", "session_id", help="Frames of this session.")
-@click.option("--task", "task_id", help="Frames of this task.")
-@click.option(
-    "--type", "type_", help="Frames of this type (stream_chunk, session_status_update, ...)."
-)
-@click.option("--direction", type=click.Choice([IN, OUT]), help="in: from the daemon; out: to it.")
-@click.option("--connection", "connection_id", type=int, help="Frames of this connection id.")
-@click.option(
-    "--since", callback=parse_time_option, help="From this time: ISO time or 15m, 2h, 7d."
-)
-@click.option("--until", callback=parse_time_option, help="Before this time.")
+@target_options
+@frame_filters
 @click.option(
     "--limit", type=click.IntRange(min=0), default=100, show_default=True, help="0 for all."
 )
 @click.option(
-    "--format", "fmt", type=click.Choice(["table", "jsonl"]), default="table", show_default=True
+    "--last", type=click.IntRange(min=1), help="The newest N frames (still oldest first)."
 )
+@output_option(json_means="jsonl")
 def frames(
     config_path: str | None,
     database: str | None,
+    limit: int,
+    last: int | None,
     fmt: str,
     **filters: Any,
 ) -> None:
@@ -99,69 +117,94 @@ def frames(
 
     Example: recorder frames --session session_1795692537464_eeayv91i6 --format jsonl --limit 0
     """
-    from recorder.db.read import FrameFilter, iter_frames
+    from recorder.db import read
 
-    config = load(config_path, database)
-    query = FrameFilter(
-        session_id=filters["session_id"],
-        task_id=filters["task_id"],
-        type=filters["type_"],
-        direction=filters["direction"],
-        connection_id=filters["connection_id"],
-        since_us=filters["since"],
-        until_us=filters["until"],
-        limit=filters["limit"],
-    )
-    out: BinaryIO = sys.stdout.buffer
-    render: Callable[[BinaryIO, Any], None] = (
-        write_frame_jsonl if fmt == "jsonl" else write_frame_line
-    )
-
-    async def go(engine: AsyncEngine) -> None:
-        if fmt == "table":
-            out.write(FRAME_TABLE_HEADER.encode() + b"\n")
-        async for row in iter_frames(engine, query):
-            render(out, row)
-
-    try:
-        run_db(config, go)
-    except BrokenPipeError:
-        # `recorder frames | head` is normal use.
-        sys.stderr.close()
-    out.flush()
+    query = _filter(filters, limit=0 if last else limit, last=last or 0)
+    target = load(config_path, database)
+    out = FrameWriter(fmt)
+    with reading(target) as reader:
+        for row in read.frames(reader, query):
+            out.write(row)
+    out.finish()
 
 
 @click.command()
-@config_option
-@database_option
-@click.option("--json", "as_json", is_flag=True, help="As one JSON object.")
-def status(config_path: str | None, database: str | None, as_json: bool) -> None:
+@target_options
+@frame_filters
+@click.option(
+    "--last",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="Start with the newest N frames already recorded.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "jsonl"]),
+    default="table",
+    show_default=True,
+)
+def tail(
+    config_path: str | None, database: str | None, last: int, fmt: str, **filters: Any
+) -> None:
+    """Print frames as they are committed, until Ctrl-C.
+
+    Example: recorder tail --session session_1795692537464_eeayv91i6 --format jsonl
+    """
+    from recorder.db import read
+
+    target = load(config_path, database)
+    out = FrameWriter(fmt, flush_each=True)
+    with reading(target) as reader:
+        seen = read.newest_frame_id(reader)
+        if last:
+            for row in read.frames(reader, _filter(filters, last=last, through_id=seen)):
+                out.write(row)
+        try:
+            while True:
+                time.sleep(TAIL_POLL)
+                newest = read.newest_frame_id(reader)
+                if newest > seen:
+                    span = _filter(filters, after_id=seen, through_id=newest)
+                    for row in read.frames(reader, span):
+                        out.write(row)
+                    seen = newest
+        except KeyboardInterrupt:
+            pass
+
+
+@click.command()
+@target_options
+@output_option(jsonl=False)
+def status(config_path: str | None, database: str | None, fmt: str) -> None:
     """Is the recorder connected, and what has it recorded?
 
     Example: recorder status --json
     """
-    from recorder.db.read import status as read_status
+    from recorder.db import read
 
-    config = load(config_path, database)
-    st = run_db(config, read_status)
+    target = load(config_path, database)
+    with reading(target) as reader:
+        st = read.status(reader)
     conn = st.last_connection
     info: dict[str, Any] = {
         "connected": st.connected_since_us is not None,
         "connected_since": format_us(st.connected_since_us) or None,
-        "daemon_url": conn.url if conn is not None else config.daemon.url,
-        "last_disconnect": format_us(conn.closed_at_us)
-        if conn is not None and conn.closed_at_us
+        "daemon_url": conn["url"] if conn is not None else target.config.daemon.url,
+        "last_disconnect": format_us(conn["closed_at_us"])
+        if conn is not None and conn["closed_at_us"]
         else None,
-        "last_close_code": conn.close_code if conn is not None else None,
-        "last_error": conn.error if conn is not None else None,
+        "last_close_code": conn["close_code"] if conn is not None else None,
+        "last_error": conn["error"] if conn is not None else None,
         "last_frame_at": format_us(st.last_frame_us) or None,
         "frames": st.frame_count,
         "sessions": st.session_count,
         "active_sessions": st.active_sessions,
-        "database": redact_url(config.storage.url),
+        "database": target.shown,
         "database_bytes": st.database_bytes,
     }
-    if as_json:
+    if fmt == "json":
         click.echo(json.dumps(info))
         return
     if info["connected"]:

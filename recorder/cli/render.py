@@ -1,99 +1,272 @@
-"""How rows look on a terminal and in files: shared by every command that prints them."""
+"""How rows look on a terminal and in files: shared by every command that prints them.
+
+Rows come from :mod:`recorder.db.read` and are read by column name. Three shapes:
+``table`` for people (aligned, one line per row, no raw control characters, the
+last column cut to the terminal's width), ``json`` (one document) and ``jsonl``
+(one object per line).
+"""
 
 from __future__ import annotations
 
 import base64
 import json
+import shutil
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, BinaryIO
+
+import click
 
 from recorder.protocol.frames import IN, OPCODE_TEXT
 from recorder.times import format_us
 
-FRAME_TABLE_HEADER = (
-    f"{'ID':>8} {'TIME':<27} {'CONN':>4} DIR {'TYPE':<24} {'SESSION':<34} {'SIZE':>7} PAYLOAD"
-)
-SESSION_TABLE_HEADER = (
-    f"{'SESSION':<34} {'STATUS':<10} {'TYPE':<12} {'FRAMES':>7} {'FIRST SEEN':<27} TASK"
-)
+Row = Any
 
 
-def session_json(row: Any) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "status": row.status,
-        "orchestrator_id": row.orchestrator_id,
-        "session_type": row.session_type,
-        "task_id": row.task_id,
-        "task_description": row.task_description,
-        "first_seen": format_us(row.first_seen_us),
-        "last_seen": format_us(row.last_seen_us),
-        "started_at": format_us(row.started_at_us) or None,
-        "ended_at": format_us(row.ended_at_us) or None,
-        "frame_count": row.frame_count,
-        "last_error": row.last_error,
-    }
-
-
-def session_line(row: Any) -> str:
-    task = (row.task_description or "").replace("\n", " ")
-    return (
-        f"{row.id:<34} {row.status or '?':<10} {row.session_type or '':<12} {row.frame_count:>7} "
-        f"{format_us(row.first_seen_us):<27} {task[:60]}"
+def printable(text: str) -> str:
+    """One line, with newlines and control characters escaped."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else ("\\n" if c == "\n" else f"\\x{ord(c):02x}") for c in text
     )
 
 
-def frame_json(row: Any) -> dict[str, Any]:
+def terminal_width() -> int | None:
+    """The terminal's width when stdout is one; None (no cutting) when piped."""
+    if not sys.stdout.isatty():
+        return None
+    return shutil.get_terminal_size((120, 24)).columns
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    value: Callable[[Row], Any]
+    right: bool = False
+
+
+def table_lines(columns: Sequence[Column], rows: Iterable[Row]) -> list[str]:
+    cells = [[printable(_cell(c.value(row))) for c in columns] for row in rows]
+    widths = [max([len(c.header)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    room = terminal_width()
+    lines = []
+    for values in [[c.header for c in columns], *cells]:
+        parts = [
+            v.rjust(w) if c.right else (v if i == len(columns) - 1 else v.ljust(w))
+            for i, (c, v, w) in enumerate(zip(columns, values, widths, strict=True))
+        ]
+        line = "  ".join(parts).rstrip()
+        lines.append(line[:room] if room else line)
+    return lines
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return str(value)
+
+
+def emit(
+    rows: Sequence[Row],
+    fmt: str,
+    columns: Sequence[Column],
+    to_json: Callable[[Row], dict[str, Any]],
+    what: str,
+) -> None:
+    """Print ``rows`` in the chosen shape; say on stderr when there are none."""
+    if not rows:
+        if fmt == "json":
+            click.echo("[]")
+        click.echo(f"no {what} match", err=True)
+        return
+    if fmt == "json":
+        click.echo(json.dumps([to_json(r) for r in rows], ensure_ascii=False, indent=2))
+    elif fmt == "jsonl":
+        for row in rows:
+            click.echo(json.dumps(to_json(row), ensure_ascii=False))
+    else:
+        for line in table_lines(columns, rows):
+            click.echo(line)
+
+
+def when(us: int | None) -> str:
+    return format_us(us)
+
+
+# --- sessions, tasks, connections -------------------------------------------------
+
+
+def session_json(row: Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "status": row["status"],
+        "orchestrator_id": row["orchestrator_id"],
+        "session_type": row["session_type"],
+        "task_id": row["task_id"],
+        "task_description": row["task_description"],
+        "first_seen": format_us(row["first_seen_us"]),
+        "last_seen": format_us(row["last_seen_us"]),
+        "started_at": format_us(row["started_at_us"]) or None,
+        "ended_at": format_us(row["ended_at_us"]) or None,
+        "frame_count": row["frame_count"],
+        "last_error": row["last_error"],
+    }
+
+
+SESSION_COLUMNS = (
+    Column("SESSION", lambda r: r["id"]),
+    Column("STATUS", lambda r: r["status"] or "?"),
+    Column("TYPE", lambda r: r["session_type"]),
+    Column("FRAMES", lambda r: r["frame_count"], right=True),
+    Column("FIRST SEEN", lambda r: when(r["first_seen_us"])),
+    Column("TASK", lambda r: r["task_description"]),
+)
+
+
+def task_json(row: Row) -> dict[str, Any]:
+    return {
+        "session_id": row["session_id"],
+        "task_id": row["task_id"],
+        "description": row["description"],
+        "status": row["status"],
+        "first_seen": format_us(row["first_seen_us"]),
+        "last_seen": format_us(row["last_seen_us"]),
+        "started_at": format_us(row["started_at_us"]) or None,
+        "ended_at": format_us(row["ended_at_us"]) or None,
+        "frame_count": row["frame_count"],
+        "error": row["error"],
+    }
+
+
+TASK_COLUMNS = (
+    Column("SESSION", lambda r: r["session_id"]),
+    Column("STATUS", lambda r: r["status"] or "?"),
+    Column("FRAMES", lambda r: r["frame_count"], right=True),
+    Column("STARTED", lambda r: when(r["started_at_us"] or r["first_seen_us"])),
+    Column("ENDED", lambda r: when(r["ended_at_us"])),
+    Column("TASK", lambda r: r["description"] or r["task_id"]),
+    Column("ERROR", lambda r: r["error"]),
+)
+
+
+def connection_json(row: Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "role": row["role"],
+        "url": row["url"],
+        "client_addr": row["client_addr"],
+        "opened_at": format_us(row["opened_at_us"]),
+        "closed_at": format_us(row["closed_at_us"]) or None,
+        "closed_by": row["closed_by"],
+        "close_code": row["close_code"],
+        "close_reason": row["close_reason"],
+        "error": row["error"],
+        "frame_count": row["frame_count"],
+    }
+
+
+CONNECTION_COLUMNS = (
+    Column("ID", lambda r: r["id"], right=True),
+    Column("ROLE", lambda r: r["role"]),
+    Column("UI", lambda r: r["client_addr"]),
+    Column("OPENED", lambda r: when(r["opened_at_us"])),
+    Column("CLOSED", lambda r: when(r["closed_at_us"]) or "open"),
+    Column("BY", lambda r: r["closed_by"]),
+    Column("CODE", lambda r: r["close_code"], right=True),
+    Column("FRAMES", lambda r: r["frame_count"], right=True),
+    Column("URL / ERROR", lambda r: r["error"] or r["url"]),
+)
+
+
+# --- frames -------------------------------------------------------------------------
+
+FRAME_TABLE_HEADER = (
+    f"{'ID':>8} {'TIME':<27} {'CONN':>4} DIR {'TYPE':<24} {'SESSION':<34} {'SIZE':>7} PAYLOAD"
+)
+
+
+def frame_json(row: Row) -> dict[str, Any]:
     """The JSONL contract of ``recorder frames --format jsonl``. Keep it stable."""
     out: dict[str, Any] = {
-        "id": row.id,
-        "connection_id": row.connection_id,
-        "seq": row.seq,
-        "direction": row.direction,
-        "received_at": format_us(row.received_at_us),
-        "type": row.type,
-        "session_id": row.session_id,
-        "task_id": row.task_id,
-        "opcode": "text" if row.opcode == OPCODE_TEXT else "binary",
-        "size": row.size,
+        "id": row["id"],
+        "connection_id": row["connection_id"],
+        "seq": row["seq"],
+        "direction": row["direction"],
+        "received_at": format_us(row["received_at_us"]),
+        "type": row["type"],
+        "session_id": row["session_id"],
+        "task_id": row["task_id"],
+        "opcode": "text" if row["opcode"] == OPCODE_TEXT else "binary",
+        "size": row["size"],
     }
     text = frame_text(row)
     if text is not None:
         out["payload"] = text
     else:
-        out["payload_b64"] = base64.b64encode(row.payload_bytes or b"").decode()
+        out["payload_b64"] = base64.b64encode(row["payload_bytes"] or b"").decode()
     return out
 
 
-def frame_text(row: Any) -> str | None:
+def frame_text(row: Row) -> str | None:
     """The exact frame text, or None when the frame is binary or not valid UTF-8."""
-    if row.payload is not None:
-        return str(row.payload)
-    if row.opcode == OPCODE_TEXT and row.payload_bytes is not None:
+    if row["payload"] is not None:
+        return str(row["payload"])
+    if row["opcode"] == OPCODE_TEXT and row["payload_bytes"] is not None:
         try:
-            return bytes(row.payload_bytes).decode()
+            return bytes(row["payload_bytes"]).decode()
         except UnicodeDecodeError:
             return None
     return None
 
 
-def write_frame_jsonl(out: BinaryIO, row: Any) -> None:
-    out.write(json.dumps(frame_json(row), ensure_ascii=False).encode() + b"\n")
+class FrameWriter:
+    """Writes frames to stdout one by one, in the chosen shape (json is a stream too)."""
 
+    def __init__(self, fmt: str, *, flush_each: bool = False) -> None:
+        self.fmt = fmt
+        self.flush_each = flush_each
+        self.out: BinaryIO = sys.stdout.buffer
+        self.count = 0
+        # The payload preview takes what the terminal has left after the fixed columns.
+        room = terminal_width()
+        self.preview = max(20, room - len(FRAME_TABLE_HEADER) + 7) if room else 80
 
-def write_frame_line(out: BinaryIO, row: Any) -> None:
-    text = frame_text(row)
-    preview = (
-        text
-        if text is not None
-        else f"<{row.size} bytes {'binary' if row.opcode != OPCODE_TEXT else 'invalid UTF-8'}>"
-    )
-    # One line per frame, and no raw control characters on the terminal.
-    preview = "".join(
-        c if c.isprintable() else ("\\n" if c == "\n" else f"\\x{ord(c):02x}") for c in preview[:80]
-    )[:80]
-    arrow = "<-" if row.direction == IN else "->"
-    line = (
-        f"{row.id:>8} {format_us(row.received_at_us):<27} {row.connection_id:>4} {arrow:<3} "
-        f"{(row.type or '-')[:24]:<24} {(row.session_id or '-')[:34]:<34} {row.size:>7} {preview}\n"
-    )
-    out.write(line.encode())
+    def write(self, row: Row) -> None:
+        out = self.out
+        if self.count == 0:
+            if self.fmt == "table":
+                out.write(FRAME_TABLE_HEADER.encode() + b"\n")
+            elif self.fmt == "json":
+                out.write(b"[\n")
+        elif self.fmt == "json":
+            out.write(b",\n")
+        self.count += 1
+        if self.fmt == "table":
+            out.write(self._line(row).encode())
+        else:
+            line = json.dumps(frame_json(row), ensure_ascii=False).encode()
+            out.write(line if self.fmt == "json" else line + b"\n")
+        if self.flush_each:
+            out.flush()
+
+    def finish(self, what: str = "frames") -> None:
+        if self.fmt == "json":
+            self.out.write(b"\n]\n" if self.count else b"[]\n")
+        self.out.flush()
+        if not self.count:
+            click.echo(f"no {what} match", err=True)
+
+    def _line(self, row: Row) -> str:
+        text = frame_text(row)
+        if text is None:
+            kind = "binary" if row["opcode"] != OPCODE_TEXT else "invalid UTF-8"
+            text = f"<{row['size']} bytes {kind}>"
+        preview = printable(text[: self.preview])[: self.preview]
+        arrow = "<-" if row["direction"] == IN else "->"
+        return (
+            f"{row['id']:>8} {format_us(row['received_at_us']):<27} {row['connection_id']:>4} "
+            f"{arrow:<3} {(row['type'] or '-')[:24]:<24} {(row['session_id'] or '-')[:34]:<34} "
+            f"{row['size']:>7} {preview}\n"
+        )

@@ -20,6 +20,6 @@ def run(config_path: str | None) -> None:
     """
     from recorder.service import lifecycle
 
-    config = load(config_path)
+    config = load(config_path).config
     logs.configure(config.log.level, config.log.format)
     sys.exit(asyncio.run(lifecycle.main(config)))

@@ -1,83 +1,174 @@
-"""The read side: the queries the CLI (and later replay and cleanup) share."""
+"""The read side: the queries the CLI (and replay and cleanup) share.
+
+Plain SQL over a :class:`~recorder.db.reader.Reader`, written so that every
+session-scoped query walks an index: its cost follows the session, not the
+database. Counts that would scan every frame come from the writer's rollups
+(``connections.frame_count``, ``frame_days``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import Select, and_, func, select, true
-
-from recorder.db.engine import sqlite_path
-from recorder.db.schema import connections, frames, sessions
+from recorder.db.reader import Reader, ReadError, Row, first_row
 from recorder.protocol.index import TERMINAL_STATUSES
+from recorder.protocol.story import READ_TYPES, Recording, Story, StoryFrame, tell
+from recorder.times import now_us
 
-if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncEngine
+_TERMINAL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
+_ACTIVE = f"status IS NOT NULL AND status NOT IN ({_TERMINAL})"
+FRAME_COLUMNS = (
+    "id, connection_id, seq, direction, received_at_us, monotonic_ns, opcode, size, type, "
+    "session_id, task_id, parse_error, payload, payload_bytes"
+)
+
+
+class NoSuchSession(ReadError):
+    """No session, or more than one, matches what the user typed."""
 
 
 @dataclass(frozen=True)
 class FrameFilter:
     session_id: str | None = None
-    task_id: str | None = None
+    # A task id, or the description a person remembers.
+    task: str | None = None
     type: str | None = None
     direction: str | None = None
     connection_id: int | None = None
     since_us: int | None = None
     until_us: int | None = None
+    # Frames whose payload contains this text: a scan, bounded by the other filters.
+    grep: str | None = None
+    # Only frames after this id, and up to that one (`recorder tail`).
+    after_id: int | None = None
+    through_id: int | None = None
     limit: int = 0
+    # The newest N, still printed oldest first.
+    last: int = 0
 
 
-def frames_query(f: FrameFilter) -> Select[Any]:
-    conds = []
+def _where(reader: Reader, f: FrameFilter) -> tuple[str, dict[str, Any]]:
+    conds: list[str] = []
+    params: dict[str, Any] = {}
     if f.session_id is not None:
-        conds.append(frames.c.session_id == f.session_id)
-    if f.task_id is not None:
-        conds.append(frames.c.task_id == f.task_id)
+        conds.append("session_id = :session_id")
+        params["session_id"] = f.session_id
+    if f.task is not None:
+        conds.append(
+            "task_id IN (SELECT :task UNION SELECT task_id FROM tasks WHERE description = :task)"
+        )
+        params["task"] = f.task
     if f.type is not None:
-        conds.append(frames.c.type == f.type)
+        conds.append("type = :type")
+        params["type"] = f.type
     if f.direction is not None:
-        conds.append(frames.c.direction == f.direction)
+        conds.append("direction = :direction")
+        params["direction"] = f.direction
     if f.connection_id is not None:
-        conds.append(frames.c.connection_id == f.connection_id)
+        conds.append("connection_id = :connection_id")
+        params["connection_id"] = f.connection_id
     if f.since_us is not None:
-        conds.append(frames.c.received_at_us >= f.since_us)
+        conds.append("received_at_us >= :since_us")
+        params["since_us"] = f.since_us
     if f.until_us is not None:
-        conds.append(frames.c.received_at_us < f.until_us)
-    stmt = select(frames).where(and_(true(), *conds)).order_by(frames.c.id)
-    if f.limit:
-        stmt = stmt.limit(f.limit)
-    return stmt
+        conds.append("received_at_us < :until_us")
+        params["until_us"] = f.until_us
+    if f.after_id is not None:
+        conds.append("id > :after_id")
+        params["after_id"] = f.after_id
+    if f.through_id is not None:
+        conds.append("id <= :through_id")
+        params["through_id"] = f.through_id
+    if f.grep is not None:
+        find = (
+            "strpos(payload, :grep)" if reader.dialect == "postgresql" else "instr(payload, :grep)"
+        )
+        conds.append(f"{find} > 0")
+        params["grep"] = f.grep
+    return (" WHERE " + " AND ".join(conds) if conds else ""), params
 
 
-async def iter_frames(engine: AsyncEngine, f: FrameFilter) -> AsyncIterator[Any]:
+def frames(reader: Reader, f: FrameFilter) -> Iterator[Row]:
     """Frames in recording order, streamed: memory stays flat for millions of rows."""
-    async with engine.connect() as conn:
-        result = await conn.stream(frames_query(f).execution_options(yield_per=1000))
-        async for row in result:
-            yield row
+    where, params = _where(reader, f)
+    if f.last:
+        newest = reader.rows(
+            f"SELECT {FRAME_COLUMNS} FROM frames{where} ORDER BY id DESC LIMIT {int(f.last)}",
+            params,
+        )
+        yield from reversed(newest)
+        return
+    limit = f" LIMIT {int(f.limit)}" if f.limit else ""
+    yield from reader.stream(
+        f"SELECT {FRAME_COLUMNS} FROM frames{where} ORDER BY id{limit}", params
+    )
 
 
-async def list_sessions(
-    engine: AsyncEngine, *, status: str | None = None, since_us: int | None = None, limit: int = 50
-) -> list[Any]:
-    stmt = select(sessions)
+def newest_frame_id(reader: Reader) -> int:
+    row = first_row(reader, "SELECT max(id) AS id FROM frames")
+    return int(row["id"]) if row is not None and row["id"] is not None else 0
+
+
+def sessions(
+    reader: Reader, *, status: str | None = None, since_us: int | None = None, limit: int = 50
+) -> list[Row]:
+    conds: list[str] = []
+    params: dict[str, Any] = {}
     if status is not None:
-        stmt = stmt.where(sessions.c.status == status)
+        conds.append("status = :status")
+        params["status"] = status
     if since_us is not None:
-        stmt = stmt.where(sessions.c.last_seen_us >= since_us)
-    stmt = stmt.order_by(sessions.c.first_seen_us.desc(), sessions.c.id.desc())
-    if limit:
-        stmt = stmt.limit(limit)
-    async with engine.connect() as conn:
-        return list(await conn.execute(stmt))
+        conds.append("last_seen_us >= :since_us")
+        params["since_us"] = since_us
+    where = " WHERE " + " AND ".join(conds) if conds else ""
+    limit_sql = f" LIMIT {int(limit)}" if limit else ""
+    return reader.rows(
+        f"SELECT * FROM sessions{where} ORDER BY first_seen_us DESC, id DESC{limit_sql}", params
+    )
+
+
+def resolve_session(reader: Reader, text: str) -> Row:
+    """The session whose id is ``text`` or starts with it (exactly one must)."""
+    exact = first_row(reader, "SELECT * FROM sessions WHERE id = :id", {"id": text})
+    if exact is not None:
+        return exact
+    found = reader.rows(
+        "SELECT * FROM sessions WHERE substr(id, 1, :n) = :prefix ORDER BY id LIMIT 6",
+        {"n": len(text), "prefix": text},
+    )
+    if not found:
+        raise NoSuchSession(f"no recorded session matches {text!r} (see `recorder sessions`)")
+    if len(found) > 1:
+        names = ", ".join(row["id"] for row in found[:5])
+        raise NoSuchSession(f"{text!r} matches more than one session: {names}, ...")
+    return found[0]
+
+
+def tasks(reader: Reader, session_id: str | None = None, limit: int = 0) -> list[Row]:
+    where = " WHERE session_id = :sid" if session_id is not None else ""
+    limit_sql = f" LIMIT {int(limit)}" if limit else ""
+    return reader.rows(
+        f"SELECT * FROM tasks{where} ORDER BY first_seen_us DESC, id DESC{limit_sql}",
+        {"sid": session_id} if session_id is not None else {},
+    )
+
+
+def connections(reader: Reader, *, role: str | None = None, limit: int = 0) -> list[Row]:
+    where = " WHERE role = :role" if role is not None else ""
+    limit_sql = f" LIMIT {int(limit)}" if limit else ""
+    return reader.rows(
+        f"SELECT * FROM connections{where} ORDER BY id DESC{limit_sql}",
+        {"role": role} if role is not None else {},
+    )
 
 
 @dataclass(frozen=True)
 class Status:
     connected_since_us: int | None
-    last_connection: Any
+    last_connection: Row | None
     last_frame_us: int | None
     frame_count: int
     session_count: int
@@ -85,55 +176,137 @@ class Status:
     database_bytes: int | None
 
 
-async def status(engine: AsyncEngine) -> Status:
-    async with engine.connect() as conn:
-        last_conn = (
-            await conn.execute(
-                select(connections)
-                .where(connections.c.role == "link")
-                .order_by(connections.c.id.desc())
-                .limit(1)
-            )
-        ).first()
-        last_frame = (await conn.execute(select(func.max(frames.c.id)))).scalar()
-        last_frame_us = None
-        if last_frame is not None:
-            last_frame_us = (
-                await conn.execute(select(frames.c.received_at_us).where(frames.c.id == last_frame))
-            ).scalar()
-        frame_count = (await conn.execute(select(func.count()).select_from(frames))).scalar() or 0
-        session_count = (
-            await conn.execute(select(func.count()).select_from(sessions))
-        ).scalar() or 0
-        active = (
-            await conn.execute(
-                select(func.count())
-                .select_from(sessions)
-                .where(sessions.c.status.is_not(None), sessions.c.status.not_in(TERMINAL_STATUSES))
-            )
-        ).scalar() or 0
-        size: int | None = None
-        if engine.dialect.name == "postgresql":
-            size = (
-                await conn.execute(select(func.pg_database_size(func.current_database())))
-            ).scalar()
-    if engine.dialect.name == "sqlite":
-        path = sqlite_path(str(engine.url))
-        if path is not None:
-            size = sum(
-                p.stat().st_size
-                for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm"))
-                if p.exists()
-            )
+def status(reader: Reader) -> Status:
+    """What the recorder has done, read in constant time whatever the database's size."""
+    last_conn = first_row(
+        reader, "SELECT * FROM connections WHERE role = 'link' ORDER BY id DESC LIMIT 1"
+    )
+    last_frame = first_row(
+        reader, "SELECT received_at_us FROM frames WHERE id = (SELECT max(id) FROM frames)"
+    )
+    counts = first_row(
+        reader,
+        "SELECT (SELECT coalesce(sum(frame_count), 0) FROM connections) AS frames, "
+        "(SELECT count(*) FROM sessions) AS sessions, "
+        f"(SELECT count(*) FROM sessions WHERE {_ACTIVE}) AS active",
+    )
+    assert counts is not None
     connected_since = None
-    if last_conn is not None and last_conn.closed_at_us is None:
-        connected_since = last_conn.opened_at_us
+    if last_conn is not None and last_conn["closed_at_us"] is None:
+        connected_since = last_conn["opened_at_us"]
     return Status(
         connected_since_us=connected_since,
         last_connection=last_conn,
-        last_frame_us=last_frame_us,
-        frame_count=int(frame_count),
-        session_count=int(session_count),
-        active_sessions=int(active),
-        database_bytes=size,
+        last_frame_us=last_frame["received_at_us"] if last_frame is not None else None,
+        frame_count=int(counts["frames"]),
+        session_count=int(counts["sessions"]),
+        active_sessions=int(counts["active"]),
+        database_bytes=reader.size_bytes(),
     )
+
+
+@dataclass(frozen=True)
+class Stats:
+    by_type: list[Row]
+    by_day: list[Row]
+    by_status: list[Row]
+    busiest: list[Row]
+    database_bytes: int | None
+    daemon: dict[str, Any]
+    daemon_at_us: int | None
+
+
+def stats(reader: Reader, busiest: int = 10) -> Stats:
+    by_type = reader.rows(
+        "SELECT type, sum(frames) AS frames, sum(bytes) AS bytes FROM frame_days "
+        "GROUP BY type ORDER BY sum(frames) DESC, type"
+    )
+    by_day = reader.rows(
+        "SELECT day_us, sum(frames) AS frames, sum(bytes) AS bytes FROM frame_days "
+        "GROUP BY day_us ORDER BY day_us"
+    )
+    by_status = reader.rows(
+        "SELECT coalesce(status, '?') AS status, count(*) AS sessions FROM sessions "
+        "GROUP BY coalesce(status, '?') ORDER BY count(*) DESC"
+    )
+    top = reader.rows(
+        "SELECT id, status, frame_count, first_seen_us FROM sessions "
+        f"ORDER BY frame_count DESC, id LIMIT {int(busiest)}"
+    )
+    last = first_row(
+        reader,
+        "SELECT received_at_us, payload FROM frames WHERE type = 'daemon_status_update' "
+        "ORDER BY id DESC LIMIT 1",
+    )
+    daemon: dict[str, Any] = {}
+    if last is not None and last["payload"]:
+        status_obj = _json(last["payload"]).get("status")
+        if isinstance(status_obj, dict):
+            daemon = status_obj
+    return Stats(
+        by_type,
+        by_day,
+        by_status,
+        top,
+        reader.size_bytes(),
+        daemon,
+        last["received_at_us"] if last is not None else None,
+    )
+
+
+def story(reader: Reader, session: Row) -> Story:
+    """``recorder show``: a session's frames read once, through its index."""
+    sid = session["id"]
+    wanted = ", ".join(f"'{t}'" for t in READ_TYPES)
+    rows = reader.rows(
+        "SELECT id, connection_id, seq, direction, received_at_us, monotonic_ns, type, "
+        f"task_id, size, CASE WHEN type IN ({wanted}) THEN payload END AS payload "
+        "FROM frames WHERE session_id = :sid ORDER BY id",
+        {"sid": sid},
+    )
+    frames_ = [
+        StoryFrame(
+            r["id"],
+            r["connection_id"],
+            r["seq"],
+            r["direction"],
+            r["received_at_us"],
+            r["monotonic_ns"],
+            r["type"],
+            r["task_id"],
+            r["size"],
+            _json(r["payload"]) if r["payload"] else None,
+        )
+        for r in rows
+    ]
+    start = min(session["first_seen_us"], session["started_at_us"] or session["first_seen_us"])
+    end = session["ended_at_us"] or now_us()
+    recordings = [
+        Recording(
+            r["id"],
+            r["role"],
+            r["url"],
+            r["client_addr"],
+            r["opened_at_us"],
+            r["closed_at_us"],
+            r["close_code"],
+            r["closed_by"],
+            r["error"],
+        )
+        for r in reader.rows(
+            "SELECT * FROM connections WHERE opened_at_us <= :end "
+            "AND (closed_at_us IS NULL OR closed_at_us >= :start) "
+            "OR id IN (SELECT DISTINCT connection_id FROM frames WHERE session_id = :sid) "
+            "ORDER BY id",
+            {"start": start, "end": end, "sid": sid},
+        )
+    ]
+    return tell(dict(session), frames_, recordings, now_us())
+
+
+def _json(text: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return {}
+    return obj if isinstance(obj, dict) else {}

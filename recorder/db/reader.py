@@ -1,0 +1,240 @@
+"""Read-only connections for the query commands: the stdlib's sqlite3, or asyncpg.
+
+A query command must answer at once and must never change a database it reads: a
+postmortem often runs on a copy, in a directory the reader cannot write. So the
+read side does not go through SQLAlchemy (half a second of imports here) nor the
+writer's engine set-up (which switches a file to WAL). SQL is written once with
+``:name`` parameters; PostgreSQL gets them as ``$1, $2, ...``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote
+
+from recorder.config import redact_url
+
+# Rows come back as sqlite3.Row or asyncpg.Record: both are read by column name.
+Row = Any
+FETCH = 1000
+
+
+class ReadError(Exception):
+    """A database the user named cannot be read; one line, naming it as they wrote it."""
+
+
+class Reader(Protocol):
+    dialect: str
+
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]: ...
+
+    def stream(self, sql: str, params: Mapping[str, Any] | None = None) -> Iterator[Row]: ...
+
+    def size_bytes(self) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
+def open_reader(url: str, shown: str | None = None) -> Reader:
+    """A read-only connection to ``url``; ``shown`` is how messages name the database."""
+    shown = shown or redact_url(url)
+    scheme = url.partition("://")[0].split("+")[0].lower()
+    if scheme == "sqlite":
+        return SqliteReader(sqlite_file(url), shown)
+    return PostgresReader(url, shown)
+
+
+def sqlite_file(url: str) -> Path:
+    """The file of a ``sqlite:///path`` URL (``sqlite:////abs/path`` for an absolute one)."""
+    rest = url.partition("://")[2].partition("?")[0]
+    return Path(rest[1:] if rest.startswith("/") else rest)
+
+
+def first_row(reader: Reader, sql: str, params: Mapping[str, Any] | None = None) -> Row | None:
+    rows = reader.rows(sql, params)
+    return rows[0] if rows else None
+
+
+class SqliteReader:
+    """SQLite opened with ``mode=ro``: the file's bytes never change.
+
+    A live recorder's database, or a copy with its ``-wal`` beside it, is read with
+    the WAL's content. SQLite needs a ``-shm`` file for that; where one can be
+    neither found nor created (a copy in a read-only directory), the database and
+    its WAL are copied to a private temporary directory and read there.
+    """
+
+    dialect = "sqlite"
+
+    def __init__(self, path: Path, shown: str) -> None:
+        self.path = path
+        self.shown = shown
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if path.is_dir():
+            raise ReadError(f"{shown} is a directory, not a database file")
+        if not path.exists():
+            raise ReadError(
+                f"no database at {shown} (start `recorder run` or run `recorder db upgrade`)"
+            )
+        if not os.access(path, os.R_OK):
+            raise ReadError(f"cannot read {shown} (permission denied)")
+        self.conn = self._connect(path)
+        try:
+            self._probe()
+        except sqlite3.OperationalError as exc:
+            if not _needs_private_copy(exc):
+                self.conn.close()
+                raise self.error(exc) from None
+            self.conn.close()
+            self.conn = self._private_copy()
+            try:
+                self._probe()
+            except sqlite3.Error as exc2:
+                self.close()
+                raise self.error(exc2) from None
+        except sqlite3.Error as exc:
+            self.conn.close()
+            raise self.error(exc) from None
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        uri = f"file:{quote(str(path.absolute()))}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        # A live writer may hold the lock for a moment; a query waits for it.
+        conn.execute("PRAGMA busy_timeout=5000")
+        return conn
+
+    def _probe(self) -> None:
+        self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+
+    def _private_copy(self) -> sqlite3.Connection:
+        self._tmp = tempfile.TemporaryDirectory(prefix="recorder-read-")
+        copy = Path(self._tmp.name) / self.path.name
+        for suffix in ("", "-wal"):
+            source = Path(f"{self.path}{suffix}")
+            if source.exists():
+                shutil.copyfile(source, f"{copy}{suffix}")
+        return self._connect(copy)
+
+    def error(self, exc: BaseException) -> ReadError:
+        return ReadError(describe_error(self.shown, exc))
+
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]:
+        try:
+            return self.conn.execute(sql, params or {}).fetchall()
+        except sqlite3.Error as exc:
+            raise self.error(exc) from None
+
+    def stream(self, sql: str, params: Mapping[str, Any] | None = None) -> Iterator[Row]:
+        try:
+            cursor = self.conn.execute(sql, params or {})
+            while batch := cursor.fetchmany(FETCH):
+                yield from batch
+        except sqlite3.Error as exc:
+            raise self.error(exc) from None
+
+    def size_bytes(self) -> int | None:
+        return sum(
+            p.stat().st_size
+            for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm"))
+            if p.exists()
+        )
+
+    def close(self) -> None:
+        self.conn.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def _needs_private_copy(exc: sqlite3.OperationalError) -> bool:
+    # Read-only WAL access without a -shm file it may create.
+    text = str(exc)
+    return "unable to open database file" in text or "readonly" in text
+
+
+def describe_error(shown: str, exc: BaseException) -> str:
+    """A database error as one line that names the database the way the user did."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "no such table" in text or ("relation" in text and "does not exist" in text):
+        return f"database {shown} has no recorder tables; run `recorder db upgrade`"
+    if "file is not a database" in text or "malformed" in text:
+        return f"{shown} is not a usable SQLite database ({text})"
+    return f"cannot read database {shown}: {text}"
+
+
+_PARAM = re.compile(r"(?<!:):([a-z_][a-z0-9_]*)")
+
+
+def numbered(sql: str, params: Mapping[str, Any] | None) -> tuple[str, Sequence[Any]]:
+    """``:name`` parameters to asyncpg's ``$1, $2, ...``, and the values in that order."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}"
+
+    text = _PARAM.sub(number, sql)
+    values = params or {}
+    return text, [values[name] for name in names]
+
+
+class PostgresReader:
+    """PostgreSQL through asyncpg, in read-only transactions, driven from sync code."""
+
+    dialect = "postgresql"
+
+    def __init__(self, url: str, shown: str) -> None:
+        import asyncio
+
+        import asyncpg
+
+        self.shown = shown
+        self._asyncpg = asyncpg
+        self._loop = asyncio.new_event_loop()
+        dsn = "postgresql://" + url.partition("://")[2]
+        try:
+            self.conn = self._loop.run_until_complete(asyncpg.connect(dsn, timeout=10))
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            self._loop.close()
+            raise ReadError(describe_error(shown, exc)) from None
+
+    def _run(self, awaitable: Any) -> Any:
+        try:
+            return self._loop.run_until_complete(awaitable)
+        except (OSError, self._asyncpg.PostgresError) as exc:
+            raise ReadError(describe_error(self.shown, exc)) from None
+
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]:
+        text, values = numbered(sql, params)
+        return list(self._run(self.conn.fetch(text, *values)))
+
+    def stream(self, sql: str, params: Mapping[str, Any] | None = None) -> Iterator[Row]:
+        text, values = numbered(sql, params)
+        transaction = self.conn.transaction(readonly=True)
+        self._run(transaction.start())
+        try:
+            cursor = self._run(self.conn.cursor(text, *values))
+            while batch := self._run(cursor.fetch(FETCH)):
+                yield from batch
+        finally:
+            self._run(transaction.rollback())
+
+    def size_bytes(self) -> int | None:
+        return int(self._run(self.conn.fetchval("SELECT pg_database_size(current_database())")))
+
+    def close(self) -> None:
+        try:
+            self._loop.run_until_complete(self.conn.close())
+        finally:
+            self._loop.close()
