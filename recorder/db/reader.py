@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from recorder.config import redact_url
+from recorder.config import display_database
 
 # Rows come back as sqlite3.Row or asyncpg.Record: both are read by column name.
 Row = Any
@@ -44,7 +44,7 @@ class Reader(Protocol):
 
 def open_reader(url: str, shown: str | None = None) -> Reader:
     """A read-only connection to ``url``; ``shown`` is how messages name the database."""
-    shown = shown or redact_url(url)
+    shown = shown or display_database(url)
     scheme = url.partition("://")[0].split("+")[0].lower()
     if scheme == "sqlite":
         return SqliteReader(sqlite_file(url), shown)

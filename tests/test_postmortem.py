@@ -1,0 +1,429 @@
+"""Postmortem queries on a real recording: show, tail, attribution, read-only copies."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from websockets.asyncio.client import ClientConnection, connect
+
+from recorder.cli import cli
+from recorder.config import load_config
+from recorder.db import read
+from recorder.db.reader import open_reader
+from recorder.pipeline.writer import Writer
+from recorder.protocol.frames import IN, Frame
+from recorder.simulator import Simulator, SimulatorOptions
+from tests.conftest import running, write_config
+from tests.helpers import query, wait_until
+
+TIMEOUT = 30
+
+
+def spawn_request(orchestrator: str, description: str) -> dict[str, Any]:
+    return {
+        "type": "spawn_session",
+        "payload": {
+            "orchestratorId": orchestrator,
+            "task": {"type": "code", "description": description, "priority": "high"},
+            "sessionType": "claude-code",
+            "memoryProfile": "default",
+        },
+    }
+
+
+class Recording:
+    """What the module's recording holds, as the simulator saw it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.ui_session = ""
+        self.gap_session = ""
+        self.tool_calls_sent = 0
+        self.ui_frames: list[dict[str, Any]] = []
+
+
+async def ui_conversation(url: str, rec: Recording) -> None:
+    """A UI through the proxy: spawn, a second task, a question about a session
+    that does not exist."""
+    async with connect(url) as ws:
+        await ws.recv()  # health check
+        await ws.send(json.dumps(spawn_request("vp_7", "Implement feature X")))
+        while True:
+            message = json.loads(await ws.recv())
+            rec.ui_frames.append(message)
+            if message["type"] == "tool_call_start":
+                rec.tool_calls_sent += 1
+            if message["type"] == "session_spawned":
+                rec.ui_session = message["session"]["id"]
+                break
+        await ws.send(
+            json.dumps(
+                {"type": "execute_task", "payload": {"sessionId": rec.ui_session, "task": "Fix it"}}
+            )
+        )
+        await ws.send(
+            json.dumps({"type": "session_status", "payload": {"sessionId": "session_nope"}})
+        )
+        while True:
+            message = json.loads(await ws.recv())
+            if message["type"] == "error":
+                break
+
+
+async def status_of(ws: ClientConnection, session_id: str | None, status: str) -> str:
+    """Read broadcasts until a session (any, if None) has ``status``; its id."""
+    while True:
+        message = json.loads(await ws.recv())
+        session = message.get("session") or {}
+        if message["type"] == "session_status_update" and session.get("status") == status:
+            if session_id is None or session["id"] == session_id:
+                return str(session["id"])
+
+
+async def record(path: Path, tmp: Path) -> Recording:
+    rec = Recording(path)
+    opts = SimulatorOptions(port=0, chunk_delay=0.005, seed=5, fail_rate=0.0)
+    async with Simulator(opts) as sim:
+        config = load_config(
+            write_config(
+                tmp / "config.toml",
+                {
+                    "daemon": {"url": sim.url},
+                    "reconnect": {"base": 0.2, "cap": 0.4},
+                    "storage": {"url": f"sqlite:///{path}", "commit_interval": 0.05},
+                    "proxy": {"listen": "127.0.0.1:0"},
+                    "log": {"format": "json"},
+                },
+            ),
+            env={},
+        )
+        async with running(config) as svc:
+            assert svc.proxy is not None
+            await ui_conversation(f"ws://127.0.0.1:{svc.proxy.port}", rec)
+            # A session the link alone watches, active across a forced disconnect.
+            sim.options.chunk_delay = 0.3
+            sim.options.chunks_per_task = (4, 4)
+            spawn = spawn_request("vp_gap", "Outlive a restart")
+            async with connect(sim.url) as spawner:
+                await spawner.recv()
+                await spawner.send(json.dumps(spawn))
+                rec.gap_session = await status_of(spawner, None, "running")
+                connections = sim.total_connections
+                await sim.disconnect_all()
+            await sim.wait_connections(connections + 1, timeout=TIMEOUT)  # the link is back
+            async with connect(sim.url) as watcher:
+                await status_of(watcher, rec.gap_session, "completed")
+
+            async def recorded_as_completed() -> bool:
+                rows = await query(
+                    svc, "select status from sessions where id = :id", id=rec.gap_session
+                )
+                return [r.status for r in rows] == ["completed"]
+
+            await wait_until(svc, recorded_as_completed, timeout=TIMEOUT)
+            await svc.writer.flush()
+    return rec
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory: pytest.TempPathFactory) -> Recording:
+    tmp = tmp_path_factory.mktemp("recording")
+    return asyncio.run(record(tmp / "recorder.db", tmp))
+
+
+def invoke(*args: str) -> Any:
+    return CliRunner().invoke(cli, list(args))
+
+
+def show_json(db: Path, session: str) -> dict[str, Any]:
+    result = invoke("show", "--database", str(db), session, "--json")
+    assert result.exit_code == 0, result.output
+    return dict(json.loads(result.stdout))
+
+
+def test_show_pairs_tool_calls_and_counts_what_the_ui_saw(recording: Recording) -> None:
+    story = show_json(recording.path, recording.ui_session[:22])  # a unique prefix
+    assert story["session"]["id"] == recording.ui_session
+    assert recording.tool_calls_sent > 0
+    tools = story["tools"]
+    assert len(tools) == recording.tool_calls_sent
+    assert all(t["status"] in ("completed", "failed") and t["duration_s"] >= 0 for t in tools)
+    assert story["by_type"]["stream_chunk"] == sum(
+        1 for m in recording.ui_frames if m["type"] == "stream_chunk"
+    )
+    roles = {c["role"] for c in story["connections"]}
+    assert "proxy" in roles and all(c["frames"] > 0 for c in story["connections"])
+    assert [c["status"] for c in story["timeline"]][-1] == "completed"
+    assert story["metrics"]["tasksCompleted"] >= 1
+    text = invoke("show", "--database", str(recording.path), recording.ui_session).stdout
+    assert "Tool calls:" in text and "UI 127.0.0.1:" in text
+
+
+def test_show_reports_the_gap_of_a_forced_disconnect(recording: Recording) -> None:
+    story = show_json(recording.path, recording.gap_session)
+    assert story["session"]["status"] == "completed"
+    gaps = story["gaps"]
+    assert len(gaps) == 1 and gaps[0]["seconds"] > 0
+    links = [c for c in story["connections"] if c["role"] == "link"]
+    assert len(links) == 2  # before and after the disconnect
+    assert gaps[0]["start_us"] == links[0]["closed_us"]
+    assert gaps[0]["end_us"] == links[1]["opened_us"]
+    assert (
+        "Gaps: no connection was recording"
+        in invoke("show", "--database", str(recording.path), recording.gap_session).stdout
+    )
+
+
+def jsonl(*args: str) -> list[dict[str, Any]]:
+    result = invoke("frames", "--format", "jsonl", "--limit", "0", *args)
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_spawn_requests_and_errors_belong_to_their_sessions(recording: Recording) -> None:
+    frames = jsonl("--database", str(recording.path), "--session", recording.ui_session)
+    types = [f["type"] for f in frames]
+    assert types[0] == "spawn_session" and "session_spawned" in types
+    nope = jsonl("--database", str(recording.path), "--session", "session_nope")
+    assert [(f["type"], f["direction"]) for f in nope] == [
+        ("session_status", "out"),
+        ("error", "in"),
+    ]
+    assert "Session not found" in nope[1]["payload"]
+    # The stored bytes are what crossed the wire: the error frame names no session.
+    assert "session_nope" not in json.loads(nope[1]["payload"]).get("sessionId", "")
+
+
+def test_asking_about_a_missing_session_creates_no_session(recording: Recording) -> None:
+    result = invoke("sessions", "--database", str(recording.path), "--json", "--limit", "0")
+    ids = {json.loads(line)["id"] for line in result.stdout.splitlines()}
+    assert "session_nope" not in ids and recording.ui_session in ids
+    assert invoke("show", "--database", str(recording.path), "session_nope").exit_code == 1
+
+
+def test_a_second_task_keeps_each_description(recording: Recording) -> None:
+    result = invoke(
+        "tasks", "--database", str(recording.path), "--session", recording.ui_session, "--json"
+    )
+    tasks = {t["task_id"]: t for t in json.loads(result.stdout)}
+    assert tasks["Fix it"]["description"] == "Fix it"
+    first = [t for t in tasks.values() if t["task_id"] != "Fix it"]
+    assert [t["description"] for t in first] == ["Implement feature X"]
+    session = json.loads(
+        invoke("sessions", "--database", str(recording.path), "--format", "json").stdout
+    )
+    ours = next(s for s in session if s["id"] == recording.ui_session)
+    assert ours["task_description"] == "Implement feature X"
+    by_text = jsonl("--database", str(recording.path), "--task", "Implement feature X")
+    assert by_text and all(f["session_id"] == recording.ui_session for f in by_text)
+
+
+def test_query_options_that_cannot_match(recording: Recording) -> None:
+    db = str(recording.path)
+    bad = invoke("frames", "--database", db, "--since", "1h", "--until", "2h")
+    assert bad.exit_code == 2 and "--since is later than --until" in bad.output
+    empty = invoke("frames", "--database", db, "--type", "no_such_type")
+    assert empty.exit_code == 0 and empty.stdout == "" and "no frames match" in empty.stderr
+    last = jsonl("--database", db, "--last", "3")
+    everything = jsonl("--database", db)
+    assert [f["id"] for f in last] == [f["id"] for f in everything[-3:]]
+    grep = jsonl("--database", db, "--grep", "Session not found")
+    assert [f["type"] for f in grep] == ["error"]
+
+
+def test_stats_connections_and_status(recording: Recording) -> None:
+    db = str(recording.path)
+    stats = json.loads(invoke("stats", "--database", db, "--json").stdout)
+    everything = jsonl("--database", db)
+    assert sum(stats["frames_by_type"].values()) == len(everything)
+    assert stats["frames_by_type"]["stream_chunk"] == sum(
+        1 for f in everything if f["type"] == "stream_chunk"
+    )
+    conns = json.loads(invoke("connections", "--database", db, "--json").stdout)
+    assert sum(c["frame_count"] for c in conns) == len(everything)
+    assert {c["role"] for c in conns} == {"link", "proxy"}
+    status = json.loads(invoke("status", "--database", db, "--json").stdout)
+    assert status["frames"] == len(everything) and status["database"] == db
+
+
+def digest(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+def read_as_nobody(path: Path) -> list[str]:
+    """Session ids read by a process that cannot write the directory (root can)."""
+    reader_end, writer_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to nobody, read, report, leave
+        code = 1
+        try:
+            os.close(reader_end)
+            if os.getuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            reader = open_reader(f"sqlite:///{path}")
+            ids = [row["id"] for row in read.sessions(reader, limit=0)]
+            reader.close()
+            os.write(writer_end, json.dumps(ids).encode())
+            code = 0
+        except BaseException as exc:
+            os.write(writer_end, json.dumps({"error": repr(exc)}).encode())
+        finally:
+            os._exit(code)
+    os.close(writer_end)
+    with os.fdopen(reader_end, "rb") as pipe:
+        answer = json.loads(pipe.read() or b"null")
+    os.waitpid(pid, 0)
+    assert isinstance(answer, list), answer
+    return [str(x) for x in answer]
+
+
+def test_a_read_only_copy_with_its_wal_is_read_and_left_alone(recording: Recording) -> None:
+    # Somewhere the unprivileged reader can reach (pytest's own directories are 0700).
+    copy = Path(tempfile.mkdtemp(prefix="recorder-copy-"))
+    copy.chmod(0o755)
+    # A copy of a live database: its latest commit still only in the -wal file.
+    live = copy / "live"
+    live.mkdir()
+    shutil.copyfile(recording.path, live / "recorder.db")
+    writer = sqlite3.connect(live / "recorder.db")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    with writer:
+        writer.execute(
+            "INSERT INTO sessions (id, first_seen_us, last_seen_us, frame_count) "
+            "VALUES ('session_only_in_the_wal', 1, 1, 0)"
+        )
+    shutil.copyfile(live / "recorder.db", copy / "recorder.db")
+    shutil.copyfile(live / "recorder.db-wal", copy / "recorder.db-wal")
+    writer.close()
+    shutil.rmtree(live)
+    for p in copy.iterdir():
+        p.chmod(0o444)
+    copy.chmod(0o555)
+    before = digest(copy)
+    try:
+        ids = read_as_nobody(copy / "recorder.db")
+    finally:
+        after = digest(copy)
+        copy.chmod(0o755)
+        shutil.rmtree(copy)
+    assert recording.ui_session in ids and "session_only_in_the_wal" in ids
+    assert after == before  # no byte changed, no file added
+
+
+def test_an_unrelated_or_empty_file_is_not_changed(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    result = invoke("sessions", "--database", str(empty))
+    assert result.exit_code == 1 and result.stdout == ""
+    assert (
+        result.stderr.strip()
+        == f"Error: database {empty} has no recorder tables; run `recorder db upgrade`"
+    )
+    assert empty.stat().st_size == 0 and sorted(tmp_path.iterdir()) == [empty]
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("create table t(x)")
+    before = other.read_bytes()
+    assert invoke("frames", "--database", str(other)).exit_code == 1
+    assert other.read_bytes() == before
+
+
+def test_errors_are_one_line_naming_the_path_as_written(tmp_path: Path) -> None:
+    for target, expected in (
+        (str(tmp_path), f"Error: {tmp_path} is a directory, not a database file"),
+        (
+            "missing.db",
+            "Error: no database at missing.db (start `recorder run` or run `recorder db upgrade`)",
+        ),
+    ):
+        result = invoke("sessions", "--database", target)
+        assert result.exit_code == 1 and result.stdout == ""
+        assert result.stderr.strip() == expected
+        assert "sqlite+" not in result.stderr and "Background" not in result.stderr
+
+
+def run_cli(*args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "recorder", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kwargs,
+    )
+
+
+@pytest.fixture
+def many_frames(tmp_path: Path) -> Iterator[Path]:
+    """A database with enough frames to fill a pipe many times over."""
+    path = tmp_path / "many.db"
+
+    async def fill() -> None:
+        writer = Writer(f"sqlite+aiosqlite:///{path}")
+        await writer.start()
+        task = asyncio.create_task(writer.run())
+        cid = await writer.open_connection("link", "ws://127.0.0.1:8787")
+        for i in range(1, 5001):
+            status = b'{"type":"session_status_update","session":{"id":"s%05d","status":"running"}}'
+            await writer.put(Frame(cid, i, IN, 1_000_000 + i, i, True, status % i))
+        writer.stop()
+        await task
+        await writer.close()
+
+    asyncio.run(fill())
+    yield path
+
+
+@pytest.mark.parametrize("command", [["frames", "--limit", "0"], ["sessions", "--limit", "0"]])
+def test_a_closed_pipe_ends_quietly(many_frames: Path, command: list[str]) -> None:
+    proc = run_cli(*command, "--database", str(many_frames))
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # what `| head -1` does
+    assert proc.wait(TIMEOUT) == 0
+    assert proc.stderr.read() == b""
+
+
+def test_tail_prints_frames_committed_after_it_started(tmp_path: Path) -> None:
+    path = tmp_path / "tail.db"
+
+    async def scenario() -> None:
+        writer = Writer(f"sqlite+aiosqlite:///{path}")
+        await writer.start()
+        task = asyncio.create_task(writer.run())
+        cid = await writer.open_connection("link", "ws://x")
+        await writer.put(Frame(cid, 1, IN, 1, 1, True, b'{"type":"before"}'))
+        await writer.flush()
+        proc = run_cli("tail", "--database", str(path), "--format", "jsonl", "--last", "1")
+        assert proc.stdout is not None
+        loop = asyncio.get_running_loop()
+        try:
+            first = json.loads(await loop.run_in_executor(None, proc.stdout.readline))
+            assert first["type"] == "before"  # it has read where the database ends
+            await writer.put(Frame(cid, 2, IN, 2, 2, True, b'{"type":"after"}'))
+            await writer.flush()
+            async with asyncio.timeout(TIMEOUT):
+                second = json.loads(await loop.run_in_executor(None, proc.stdout.readline))
+            assert second["type"] == "after" and second["seq"] == 2
+        finally:
+            proc.send_signal(signal.SIGINT)  # Ctrl-C
+            assert await loop.run_in_executor(None, proc.wait, TIMEOUT) == 0
+            assert proc.stderr is not None and proc.stderr.read() == b""
+        writer.stop()
+        await task
+        await writer.close()
+
+    asyncio.run(scenario())
