@@ -10,7 +10,8 @@ recorder's SQLite file read-only afterwards. This module holds those pieces once
   :func:`child_env`, and :func:`wait_for_log` to wait for a line in that log;
 * :func:`cpu_seconds` from ``/proc``;
 * :func:`ro_connect` (read-only SQLite) and :func:`log_outcome` (what the recorder's
-  JSON log says about its stop).
+  JSON log says about its stop);
+* :func:`drop_page_cache` and :func:`resident_fraction`, for cold-cache measurements.
 
 The scripts run as ``python bench/<name>.py``, which puts this folder on ``sys.path``;
 that is how ``from harness import ...`` finds this module, in the benchmark and in the
@@ -233,3 +234,78 @@ def yes(flag: bool) -> str:
 
 def targets_line(targets: dict[str, bool]) -> str:
     return "  targets: " + ", ".join(f"{name} {yes(met)}" for name, met in targets.items())
+
+
+# --- the page cache ----------------------------------------------------------------------
+
+PROT_READ = 1
+MAP_SHARED = 1
+
+
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    ]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+    return libc
+
+
+def resident_fraction(path: Path) -> float:
+    """The share of a file's pages that are in the page cache (``mincore``); NaN if the
+    kernel would not say. Mapping the file does not read it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return float("nan")
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return 0.0
+        libc = _libc()
+        addr = libc.mmap(None, size, PROT_READ, MAP_SHARED, fd, 0)
+        if addr is None or addr == ctypes.c_void_p(-1).value:
+            return float("nan")
+        try:
+            page = os.sysconf("SC_PAGE_SIZE")
+            pages = (size + page - 1) // page
+            vec = (ctypes.c_ubyte * pages)()
+            if libc.mincore(addr, size, vec) != 0:
+                return float("nan")
+            return sum(b & 1 for b in bytes(vec)) / pages
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+
+
+def drop_page_cache(paths: list[Path]) -> str:
+    """Before a cold measurement: empty the page cache; returns how.
+
+    ``drop_caches``: ``sync``, then ``1`` into ``/proc/sys/vm/drop_caches`` (root, and a
+    writable ``/proc/sys``): every clean page of every file goes, the interpreter's and
+    the libraries' too. Otherwise ``fadvise``: ``posix_fadvise(POSIX_FADV_DONTNEED)`` on
+    each of ``paths`` (any user who can open them; clean pages only, so they are synced
+    first). Check the outcome with :func:`resident_fraction`.
+    """
+    os.sync()
+    with contextlib.suppress(OSError):
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("1\n")
+        return "drop_caches"
+    for path in paths:
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+    return "fadvise"
