@@ -109,7 +109,9 @@ def jsonl(db: Path, *args: str) -> list[dict[str, object]]:
 def test_every_command_has_help_with_an_example() -> None:
     def walk(group: click.Group, prefix: list[str]) -> list[list[str]]:
         found = []
-        for name, command in group.commands.items():
+        ctx = click.Context(group)
+        for name in group.list_commands(ctx):
+            command = group.get_command(ctx, name)
             if isinstance(command, click.Group):
                 found += walk(command, [*prefix, name])
             else:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,7 +19,9 @@ from recorder.cli.render import (
     task_json,
     when,
 )
-from recorder.protocol.story import Story
+
+if TYPE_CHECKING:
+    from recorder.protocol.story import Story
 
 
 @click.command()

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 import click
 
-from recorder import logs
 from recorder.cli.options import config_option, load
 
 
@@ -18,6 +16,9 @@ def run(config_path: str | None) -> None:
 
     Example: recorder run --config /etc/orchestrator-recorder/config.toml
     """
+    import asyncio
+
+    from recorder import logs
     from recorder.service import lifecycle
 
     config = load(config_path).config

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import click
@@ -73,6 +72,8 @@ def simulate(**opts: Any) -> None:
 
     Example: recorder simulate --port 8787 --sessions 5 --seed 1
     """
+    import asyncio
+
     from recorder.simulator import SimulatorOptions, serve
 
     options = SimulatorOptions(

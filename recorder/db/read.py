@@ -72,6 +72,12 @@ def _where(reader: Reader, f: FrameFilter) -> tuple[str, dict[str, Any]]:
         params["connection_id"] = f.connection_id
     if f.since_us is not None:
         conds.append("received_at_us >= :since_us")
+        # The same frames, found from where they start: ids follow recording order, so
+        # no frame received since then has a smaller id than the first one that was.
+        # Without it, a walk in id order reads every older frame first.
+        conds.append(
+            "id >= (SELECT coalesce(min(id), 0) FROM frames WHERE received_at_us >= :since_us)"
+        )
         params["since_us"] = f.since_us
     if f.until_us is not None:
         conds.append("received_at_us < :until_us")
@@ -135,9 +141,14 @@ def resolve_session(reader: Reader, text: str) -> Row:
     exact = first_row(reader, "SELECT * FROM sessions WHERE id = :id", {"id": text})
     if exact is not None:
         return exact
+    # SQLite compares bytes, so a range on the key finds every id starting with the
+    # text; PostgreSQL's collations may not sort that way, and its table is read as is.
+    starts = (
+        "id >= :prefix AND id < :beyond" if reader.dialect == "sqlite" else "left(id, :n) = :prefix"
+    )
     found = reader.rows(
-        "SELECT * FROM sessions WHERE substr(id, 1, :n) = :prefix ORDER BY id LIMIT 6",
-        {"n": len(text), "prefix": text},
+        f"SELECT * FROM sessions WHERE {starts} ORDER BY id LIMIT 6",
+        {"prefix": text, "beyond": text + "\U0010ffff", "n": len(text)},
     )
     if not found:
         raise NoSuchSession(f"no recorded session matches {text!r} (see `recorder sessions`)")

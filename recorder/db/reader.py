@@ -67,8 +67,9 @@ class SqliteReader:
 
     A live recorder's database, or a copy with its ``-wal`` beside it, is read with
     the WAL's content. SQLite needs a ``-shm`` file for that; where one can be
-    neither found nor created (a copy in a read-only directory), the database and
-    its WAL are copied to a private temporary directory and read there.
+    neither found nor created (a copy in a read-only directory), a file without WAL
+    content is read as immutable, and one with it is copied, with its WAL, to a
+    private temporary directory and read there.
     """
 
     dialect = "sqlite"
@@ -93,7 +94,13 @@ class SqliteReader:
                 self.conn.close()
                 raise self.error(exc) from None
             self.conn.close()
-            self.conn = self._private_copy()
+            wal = Path(f"{path}-wal")
+            if wal.exists() and wal.stat().st_size > 0:
+                self.conn = self._private_copy()
+            else:
+                # Nothing beyond the file itself to read, and no writer here: read it
+                # as an immutable file, without locks or a -shm.
+                self.conn = self._connect(path, immutable=True)
             try:
                 self._probe()
             except sqlite3.Error as exc2:
@@ -104,8 +111,8 @@ class SqliteReader:
             raise self.error(exc) from None
 
     @staticmethod
-    def _connect(path: Path) -> sqlite3.Connection:
-        uri = f"file:{quote(str(path.absolute()))}?mode=ro"
+    def _connect(path: Path, *, immutable: bool = False) -> sqlite3.Connection:
+        uri = f"file:{quote(str(path.absolute()))}?mode=ro" + ("&immutable=1" if immutable else "")
         conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         # A live writer may hold the lock for a moment; a query waits for it.

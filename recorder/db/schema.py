@@ -91,9 +91,6 @@ frames = Table(
     Column("payload_bytes", LargeBinary, nullable=True),
     Index(None, "type", "id"),
     Index(None, "received_at_us"),
-    # A connection's frames in order: replay, `frames --connection`, and the
-    # attribution of a spawn request once its session is announced.
-    Index(None, "connection_id", "seq"),
 )
 
 # Partial: many frames carry no session and most no task, and every index entry
@@ -146,6 +143,8 @@ tasks = Table(
     Column("frame_count", BigInteger, nullable=False, server_default="0"),
     Column("error", Text, nullable=True),
     UniqueConstraint("session_id", "task_id"),
+    # `frames --task` takes the description a person remembers.
+    Index(None, "description"),
 )
 
 # Frames and bytes per UTC day, type and direction, kept by the writer in the same

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from itertools import chain
 from typing import Any, Final
 
-from sqlalchemy import bindparam, select, tuple_, update
+from sqlalchemy import bindparam, func, select, tuple_, update
 from sqlalchemy.engine import Connection, Dialect
 
 from recorder.db.schema import connections, frame_days, frames, sessions, tasks
@@ -57,6 +57,9 @@ FrameRow = tuple[
     str | None,
     bytes | None,
 ]
+# spawn_session rows whose ids the writer keeps until their session is announced;
+# beyond this the oldest are forgotten (their attribution then searches for them).
+SPAWNS_REMEMBERED = 10_000
 # The position of the frame's size in a FrameRow.
 ROW_SIZE: Final = 6
 assert FRAME_COLUMNS[ROW_SIZE] == "size"
@@ -87,6 +90,8 @@ class Store:
         self._insert_sql = str(compiled)
         self._multirow = dialect.name == "sqlite"
         self._multirow_sql: dict[int, str] = {}
+        # spawn_session rows waiting for their session: (connection id, seq) -> frame id.
+        self._spawn_ids: dict[tuple[int, int], int] = {}
 
     def open_connection(
         self, conn: Connection, role: str, url: str, opened_us: int, client_addr: str | None = None
@@ -152,13 +157,28 @@ class Store:
 
     def write_batch(self, conn: Connection, rows: Sequence[FrameRow], index: IndexBatch) -> None:
         with conn.begin():
+            before = conn.execute(select(func.max(frames.c.id))).scalar() if index.spawns else None
             if not rows:
                 pass
             elif self._multirow:
                 self._insert_multirow(conn, rows)
             else:
                 conn.exec_driver_sql(self._insert_sql, list(rows))
+            if index.spawns:
+                self._note_spawns(conn, before or 0)
             self._apply_index(conn, index)
+
+    def _note_spawns(self, conn: Connection, before: int) -> None:
+        """The ids of the spawn requests just stored, found through the (type, id) index."""
+        found = conn.execute(
+            select(frames.c.id, frames.c.connection_id, frames.c.seq).where(
+                frames.c.type == "spawn_session", frames.c.id > before
+            )
+        )
+        for fid, cid, seq in found:
+            self._spawn_ids[(cid, seq)] = fid
+        while len(self._spawn_ids) > SPAWNS_REMEMBERED:
+            del self._spawn_ids[next(iter(self._spawn_ids))]
 
     def _insert_multirow(self, conn: Connection, rows: Sequence[FrameRow]) -> None:
         """SQLite: hundreds of rows per ``INSERT ... VALUES (...), (...), ...``.
@@ -189,12 +209,7 @@ class Store:
                 stmt, _bound([{"cid": cid, "n": n} for cid, n in index.connection_frames.items()])
             )
         if index.attributions:
-            conn.execute(
-                update(frames)
-                .where(frames.c.connection_id == _bind("cid"), frames.c.seq == _bind("seq"))
-                .values(session_id=_bind("sid")),
-                _bound([{"cid": c, "seq": q, "sid": sid} for c, q, sid in index.attributions]),
-            )
+            self._attribute(conn, index.attributions)
         known: set[str] = set()
         if index.sessions:
             known = self._merge_sessions(conn, index.sessions)
@@ -204,6 +219,29 @@ class Store:
             self._reconcile(conn, at_us, listed)
         if index.days:
             self._count_days(conn, index.days)
+
+    def _attribute(self, conn: Connection, attributions: list[tuple[int, int, str]]) -> None:
+        known = [(self._spawn_ids.pop((c, q), None), c, q, sid) for c, q, sid in attributions]
+        by_id = [{"fid": fid, "sid": sid} for fid, _, _, sid in known if fid is not None]
+        if by_id:
+            conn.execute(
+                update(frames).where(frames.c.id == _bind("fid")).values(session_id=_bind("sid")),
+                _bound(by_id),
+            )
+        # Stored before this process started: every spawn_session row is looked at,
+        # still through the (type, id) index rather than one that every frame pays for.
+        others = [{"cid": c, "seq": q, "sid": sid} for fid, c, q, sid in known if fid is None]
+        if others:
+            conn.execute(
+                update(frames)
+                .where(
+                    frames.c.type == "spawn_session",
+                    frames.c.connection_id == _bind("cid"),
+                    frames.c.seq == _bind("seq"),
+                )
+                .values(session_id=_bind("sid")),
+                _bound(others),
+            )
 
     def _merge_sessions(self, conn: Connection, deltas: dict[str, SessionDelta]) -> set[str]:
         """Insert or update session rows; returns the ids that exist afterwards."""

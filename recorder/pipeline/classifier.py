@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from recorder.protocol.attribution import Attribution
 from recorder.protocol.classify import classify
-from recorder.protocol.frames import OPCODE_BINARY, OPCODE_TEXT, FrameTuple
+from recorder.protocol.frames import OPCODE_BINARY, OPCODE_TEXT, OUT, FrameTuple
 from recorder.protocol.index import IndexBatch
 
 if TYPE_CHECKING:
@@ -31,14 +31,19 @@ class Classifier:
         append = rows.append
         add = index.add
         see = self.attribution.see
+        waiting = self.attribution.waiting
         for frame in batch:
             cid, seq, direction, received, mono, is_text, data = frame
             info = classify(data, is_text)
             text = info.text
             session_id = info.session_id
-            attributed, spawn = see(cid, seq, direction, info.type, session_id, info.obj)
-            if attributed is not None:
-                session_id = attributed
+            spawn = None
+            if direction == OUT or cid in waiting:
+                if info.type == "spawn_session":
+                    index.spawns.append((cid, seq))
+                attributed, spawn = see(cid, seq, direction, info.type, session_id, info.obj)
+                if attributed is not None:
+                    session_id = attributed
             size = len(data)
             append(
                 (

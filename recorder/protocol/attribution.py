@@ -43,10 +43,16 @@ class _Connection:
 
 
 class Attribution:
-    """Per-connection memory of requests, to attribute spawns and errors."""
+    """Per-connection memory of requests, to attribute spawns and errors.
+
+    ``waiting`` holds the connections with a request still unanswered: a frame
+    from the daemon on any other connection has nothing to attribute, and the
+    classifier skips :meth:`see` for it (most frames are such).
+    """
 
     def __init__(self) -> None:
         self._connections: dict[int, _Connection] = {}
+        self.waiting: set[int] = set()
 
     def see(
         self,
@@ -74,23 +80,29 @@ class Attribution:
                     task.get("description") if isinstance(task, dict) else None,
                 )
                 self._state(connection_id, state).spawns.append(spawn)
+                self.waiting.add(connection_id)
             elif session_id is not None:
                 self._state(connection_id, state).asked.append(session_id)
+                self.waiting.add(connection_id)
             return None, None
         if state is None or direction != IN:
             return None, None
+        attributed: str | None = None
+        spawn_request: tuple[int, int] | None = None
         if type_ == "error" and session_id is None:
-            return (state.asked.pop() if state.asked else None), None
-        if session_id is not None and state.asked:
+            attributed = state.asked.pop() if state.asked else None
+        elif session_id is not None and state.asked:
             _forget_latest(state.asked, session_id)
         if type_ == "session_spawned" and session_id is not None and state.spawns:
-            request = _matching_spawn(state.spawns, obj)
-            return None, (connection_id, request.seq)
-        return None, None
+            spawn_request = (connection_id, _matching_spawn(state.spawns, obj).seq)
+        if not state.asked and not state.spawns:
+            self.waiting.discard(connection_id)
+        return attributed, spawn_request
 
     def forget(self, connection_id: int) -> None:
         """The connection closed: nothing more will be answered on it."""
         self._connections.pop(connection_id, None)
+        self.waiting.discard(connection_id)
 
     def _state(self, connection_id: int, state: _Connection | None) -> _Connection:
         if state is None:

@@ -69,13 +69,33 @@ class IndexBatch:
 
     sessions: dict[str, SessionDelta] = field(default_factory=dict)
     tasks: dict[tuple[str, str], TaskDelta] = field(default_factory=dict)
-    connection_frames: dict[int, int] = field(default_factory=dict)
+    # Frames and bytes per (connection, type, direction, UTC day): one dict update per
+    # frame, from which the connections' counts and the daily rollup are summed.
+    tallies: dict[tuple[int, str | None, str, int], list[int]] = field(default_factory=dict)
     # Each sessions_list seen: (receive time, the ids it named).
     listings: list[tuple[int, frozenset[str]]] = field(default_factory=list)
     # Earlier frames that now belong to a session: (connection id, seq, session id).
     attributions: list[tuple[int, int, str]] = field(default_factory=list)
-    # Frames and bytes per (UTC day, type or "", direction): the stats rollup.
-    days: dict[tuple[int, str, str], list[int]] = field(default_factory=dict)
+    # spawn_session requests in this batch, (connection id, seq): their rows' ids are
+    # noted as they are stored, for their attribution later.
+    spawns: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def connection_frames(self) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for (cid, _, _, _), (n, _) in self.tallies.items():
+            counts[cid] = counts.get(cid, 0) + n
+        return counts
+
+    @property
+    def days(self) -> dict[tuple[int, str, str], list[int]]:
+        """Frames and bytes per (UTC day, type or "", direction): the stats rollup."""
+        days: dict[tuple[int, str, str], list[int]] = {}
+        for (_, type_, direction, day), (n, size) in self.tallies.items():
+            tally = days.setdefault((day, type_ or "", direction), [0, 0])
+            tally[0] += n
+            tally[1] += size
+        return days
 
     def session(self, session_id: str, at_us: int) -> SessionDelta:
         delta = self.sessions.get(session_id)
@@ -106,15 +126,12 @@ class IndexBatch:
 
         ``session_id`` is the frame's own, or the one attribution gave it.
         """
-        cid = frame[F_CONNECTION]
-        counts = self.connection_frames
-        counts[cid] = counts.get(cid, 0) + 1
         at = frame[F_RECEIVED]
         type_ = info.type
-        day = (at - at % DAY_US, type_ or "", frame[F_DIRECTION])
-        tally = self.days.get(day)
+        key = (frame[F_CONNECTION], type_, frame[F_DIRECTION], at - at % DAY_US)
+        tally = self.tallies.get(key)
         if tally is None:
-            self.days[day] = [1, size]
+            self.tallies[key] = [1, size]
         else:
             tally[0] += 1
             tally[1] += size

@@ -1,4 +1,4 @@
-"""frames by connection and seq, sessions by first seen, daily frame stats
+"""sessions by first seen, tasks by description, daily frame stats
 
 Revision ID: 0002
 Revises: 0001
@@ -21,14 +21,12 @@ DAY_US = 86_400 * 1_000_000
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("frames", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_frames_connection_id_seq"), ["connection_id", "seq"], unique=False
-        )
     with op.batch_alter_table("sessions", schema=None) as batch_op:
         batch_op.create_index(
             batch_op.f("ix_sessions_first_seen_us"), ["first_seen_us"], unique=False
         )
+    with op.batch_alter_table("tasks", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_tasks_description"), ["description"], unique=False)
     op.create_table(
         "frame_days",
         sa.Column("day_us", sa.BigInteger(), nullable=False),
@@ -49,7 +47,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("frame_days")
+    with op.batch_alter_table("tasks", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_tasks_description"))
     with op.batch_alter_table("sessions", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_sessions_first_seen_us"))
-    with op.batch_alter_table("frames", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_frames_connection_id_seq"))
