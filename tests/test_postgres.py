@@ -8,7 +8,9 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from click.testing import CliRunner
 
+from recorder.cli import cli
 from recorder.db.migrations import head_revision
 from recorder.pipeline.writer import Writer
 from recorder.protocol.frames import IN, OUT, Frame
@@ -97,4 +99,27 @@ def test_postgres_gets_the_same_schema_and_every_frame(pg_url: str) -> None:
     assert [(s["id"], s["status"]) for s in sessions] == [("s1", "unknown")]
     info = cli_json_lines(["status", "--database", pg_url, "--json"])[0]
     assert info["frames"] == len(FRAMES) and info["sessions"] == 1 and not info["connected"]
+    # The postmortem commands read PostgreSQL with the same SQL.
+    result = CliRunner().invoke(cli, ["show", "--database", pg_url, "s1", "--json"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert shown["by_type"] == {"session_status_update": 1, "execute_task": 1, "task_completed": 1}
+    stats = json.loads(CliRunner().invoke(cli, ["stats", "--database", pg_url, "--json"]).stdout)
+    assert sum(stats["frames_by_type"].values()) == len(FRAMES)
+    by_task = cli_json_lines(
+        ["frames", "--database", pg_url, "--task", "Analyze", "--format", "jsonl"]
+    )
+    assert [r["type"] for r in by_task] == ["execute_task", "task_completed"]
+    since = cli_json_lines(
+        [
+            "frames",
+            "--database",
+            pg_url,
+            "--since",
+            "2026-11-26T11:28:57.000004Z",
+            "--format",
+            "jsonl",
+        ]
+    )
+    assert [r["seq"] for r in since] == [4, 5, 6, 7, 8]
     assert info["database_bytes"] > 0
