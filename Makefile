@@ -28,23 +28,33 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
 
-# A simulated daemon and the recorder side by side; watch `recorder sessions` fill up.
+# The story in two minutes: a simulated daemon, the recorder, and a UI-like client
+# talking to the daemon through the recorder's proxy; then what the recorder saw.
 demo: $(STAMP)
-	@rm -f demo.db demo.db-wal demo.db-shm
-	@printf '[daemon]\nurl = "ws://127.0.0.1:$(DEMO_PORT)"\n[proxy]\nlisten = "127.0.0.1:$(DEMO_PROXY_PORT)"\n[storage]\nurl = "sqlite:///demo.db"\n' > demo.toml
+	@rm -f demo.db demo.db-wal demo.db-shm demo.sessions
+	@printf '[daemon]\nurl = "ws://127.0.0.1:$(DEMO_PORT)"\n[proxy]\nlisten = "127.0.0.1:$(DEMO_PROXY_PORT)"\n[storage]\nurl = "sqlite:///demo.db"\ncommit_interval = 0.2\n' > demo.toml
 	@set -e; \
-	$(BIN)/recorder simulate --port $(DEMO_PORT) --sessions 12 --session-interval 1 --seed 7 --status-interval 5 & sim=$$!; \
+	$(BIN)/recorder simulate --port $(DEMO_PORT) --sessions 3 --session-interval 2 --seed 7 --status-interval 5 2>demo-daemon.log & sim=$$!; \
 	$(BIN)/recorder run --config demo.toml 2>demo.log & rec=$$!; \
 	trap 'kill $$rec $$sim 2>/dev/null; wait $$rec $$sim 2>/dev/null' EXIT INT TERM; \
-	for i in 1 2 3 4 5 6 7 8; do \
-		sleep 2; clear 2>/dev/null || true; echo "recorder sessions (demo $$i/8, log in demo.log)"; \
-		$(BIN)/recorder sessions --database demo.db --limit 15 || true; \
-	done; \
-	$(BIN)/recorder status --database demo.db
+	echo "A UI spawns two sessions through the recorder's proxy (ws://127.0.0.1:$(DEMO_PROXY_PORT))..."; \
+	$(BIN)/python -m recorder.simulator.ui ws://127.0.0.1:$(DEMO_PROXY_PORT) --sessions 2 > demo.sessions; \
+	sleep 1; sid=$$(head -1 demo.sessions); \
+	echo; echo "\$$ recorder sessions"; $(BIN)/recorder sessions --database demo.db; \
+	echo; echo "\$$ recorder show $$sid"; $(BIN)/recorder show --database demo.db $$sid; \
+	echo; echo "\$$ recorder replay $$sid --speed 4 --max-idle 1"; \
+	$(BIN)/recorder replay --database demo.db $$sid --speed 4 --max-idle 1; \
+	echo; echo "Try next (the recorder keeps running until you press Ctrl-C here, or see demo.log):"; \
+	echo "  $(BIN)/recorder tail --database demo.db"; \
+	echo "  $(BIN)/recorder replay --database demo.db $$sid --format jsonl --instant"; \
+	echo "  $(BIN)/recorder export --database demo.db $$sid --output demo.cast   # then: asciinema play demo.cast"; \
+	echo "  $(BIN)/recorder replay --database demo.db $$sid --serve 127.0.0.1:8799   # point a UI at it"; \
+	echo "  $(BIN)/recorder stats --database demo.db"; \
+	wait $$rec
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/proxy.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info demo.db demo.db-wal demo.db-shm demo.log demo.toml
+	rm -rf $(VENV) build dist *.egg-info demo.db demo.db-wal demo.db-shm demo.log demo-daemon.log demo.toml demo.sessions demo.cast

@@ -188,6 +188,19 @@ def test_show_reports_the_gap_of_a_forced_disconnect(recording: Recording) -> No
     )
 
 
+def test_replay_marks_the_gap_and_plays_the_ui_stream(recording: Recording) -> None:
+    db = str(recording.path)
+    gap = invoke("replay", "--database", db, recording.gap_session, "--instant")
+    assert gap.exit_code == 0, gap.output
+    lines = gap.stdout.splitlines()
+    assert lines[0] == "[status] running" and lines[-1] == "[status] completed"
+    assert len([line for line in lines if line.startswith("[gap] ")]) == 1
+    ui = invoke("replay", "--database", db, recording.ui_session, "--instant").stdout
+    chunks = "".join(m["data"]["chunk"] for m in recording.ui_frames if m["type"] == "stream_chunk")
+    assert chunks.strip() and chunks.splitlines()[0] in ui
+    assert ui.count("[tool] ") == 2 * recording.tool_calls_sent
+
+
 def jsonl(*args: str) -> list[dict[str, Any]]:
     result = invoke("frames", "--format", "jsonl", "--limit", "0", *args)
     assert result.exit_code == 0, result.output
@@ -292,7 +305,8 @@ def read_as_nobody(path: Path) -> list[str]:
     return [str(x) for x in answer]
 
 
-def test_a_read_only_copy_with_its_wal_is_read_and_left_alone(recording: Recording) -> None:
+@pytest.mark.parametrize("with_wal", [True, False])
+def test_a_read_only_copy_is_read_and_left_alone(recording: Recording, with_wal: bool) -> None:
     # Somewhere the unprivileged reader can reach (pytest's own directories are 0700).
     copy = Path(tempfile.mkdtemp(prefix="recorder-copy-"))
     copy.chmod(0o755)
@@ -308,7 +322,8 @@ def test_a_read_only_copy_with_its_wal_is_read_and_left_alone(recording: Recordi
             "VALUES ('session_only_in_the_wal', 1, 1, 0)"
         )
     shutil.copyfile(live / "recorder.db", copy / "recorder.db")
-    shutil.copyfile(live / "recorder.db-wal", copy / "recorder.db-wal")
+    if with_wal:
+        shutil.copyfile(live / "recorder.db-wal", copy / "recorder.db-wal")
     writer.close()
     shutil.rmtree(live)
     for p in copy.iterdir():
@@ -321,7 +336,8 @@ def test_a_read_only_copy_with_its_wal_is_read_and_left_alone(recording: Recordi
         after = digest(copy)
         copy.chmod(0o755)
         shutil.rmtree(copy)
-    assert recording.ui_session in ids and "session_only_in_the_wal" in ids
+    assert recording.ui_session in ids
+    assert ("session_only_in_the_wal" in ids) is with_wal
     assert after == before  # no byte changed, no file added
 
 

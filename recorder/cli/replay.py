@@ -1,0 +1,227 @@
+"""``recorder replay`` and ``recorder export``: a recorded session played back."""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Any
+
+import click
+
+from recorder.cli.options import load, reading, target_options
+from recorder.times import parse_when
+
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+(?:\.\d+)?)s?)?$")
+
+
+def parse_point(text: str) -> tuple[float | None, int | None]:
+    """``--from``/``--to``: an offset into the session (``90``, ``1m30s``, ``2h``) as
+    seconds, or a moment (ISO-8601) as epoch µs."""
+    match = _DURATION.match(text.strip())
+    if match and any(match.groups()):
+        hours, minutes, seconds = match.groups()
+        return int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(seconds or 0), None
+    try:
+        return None, parse_when(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is neither an offset (90, 1m30s) nor a time (2026-11-26T10:00:00Z)"
+        ) from None
+
+
+def pace_options(fn: Any) -> Any:
+    fn = click.option("--instant", is_flag=True, help="No pauses at all.")(fn)
+    fn = click.option(
+        "--max-idle",
+        type=click.FloatRange(min=0),
+        metavar="SECONDS",
+        help="Cap every pause at this (recorded time).",
+    )(fn)
+    fn = click.option("--speed", type=click.FloatRange(min=0.01), default=1.0, show_default=True)(
+        fn
+    )
+    fn = click.option(
+        "--connection", type=int, help="Play this connection only (see `recorder show`)."
+    )(fn)
+    return click.option(
+        "--from", "start", metavar="OFFSET|TIME", help="Start here: 90, 1m30s, or an ISO time."
+    )(fn)
+
+
+def make_pace(
+    start: str | None, stop: str | None, speed: float, max_idle: float | None, instant: bool
+) -> Any:
+    from recorder.replay.timing import Pace
+
+    begin = parse_point(start) if start else (None, None)
+    end = parse_point(stop) if stop else (None, None)
+    return Pace(speed, max_idle, instant, begin[0], end[0], begin[1], end[1])
+
+
+@click.command()
+@target_options
+@click.argument("session")
+@pace_options
+@click.option(
+    "--to",
+    "to",
+    metavar="OFFSET|TIME|URL",
+    help="Stop here (90, 1m30s, an ISO time); or ws://host:port to replay the session's "
+    "requests against that live daemon.",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "jsonl"]), default="text", show_default=True
+)
+@click.option("--follow", is_flag=True, help="Keep playing what is still being recorded.")
+@click.option("--serve", metavar="HOST:PORT", help="Be the daemon for a real client instead.")
+@click.option(
+    "--wait-for-client",
+    is_flag=True,
+    help="With --serve: hold each recorded reply until the client sends its request.",
+)
+@click.option("--loop", is_flag=True, help="With --serve: every new client from the start.")
+@click.option("--json", "as_json", is_flag=True, help="With --to URL: the comparison as JSON.")
+def replay(
+    config_path: str | None,
+    database: str | None,
+    session: str,
+    start: str | None,
+    to: str | None,
+    connection: int | None,
+    speed: float,
+    max_idle: float | None,
+    instant: bool,
+    fmt: str,
+    follow: bool,
+    serve: str | None,
+    wait_for_client: bool,
+    loop: bool,
+    as_json: bool,
+) -> None:
+    """Play a session as it happened (its id, or the start of it).
+
+    Stream text is written as it arrived; tool calls, status changes, task events,
+    errors and gaps in the recording are marked lines. On a terminal, space pauses
+    and resumes, `.` steps while paused, Ctrl-C stops.
+
+    Example: recorder replay session_1795692537464 --speed 4 --max-idle 2
+    """
+    from recorder.replay import source
+    from recorder.replay.timing import paced
+
+    target = load(config_path, database)
+    live = to is not None and to.startswith(("ws://", "wss://"))
+    if serve or live:
+        from recorder.cli.replay_modes import serve_or_replay_live
+
+        serve_or_replay_live(
+            target,
+            session,
+            serve=serve,
+            daemon=to if live else None,
+            connection=connection,
+            pace=make_pace(start, None, speed, max_idle, instant),
+            wait_for_client=wait_for_client,
+            loop=loop,
+            as_json=as_json,
+        )
+        return
+    pace = make_pace(start, to, speed, max_idle, instant)
+    with reading(target) as reader:
+        plan = source.open_session(reader, session, connection)
+        timed = paced(source.cues(reader, plan, follow=follow), pace)
+        try:
+            if fmt == "jsonl":
+                _jsonl(timed)
+            else:
+                _text(timed)
+        except KeyboardInterrupt:
+            click.echo("", err=True)
+
+
+def _text(timed: Any) -> None:
+    from recorder.replay.terminal import Player, keys_from, on_a_terminal
+
+    interactive = on_a_terminal()
+    player = Player(sys.stdout, colour=interactive)
+    try:
+        with keys_from(sys.stdin, interactive) as keys:
+            player.play(timed, keys)
+    finally:
+        player.finish()
+
+
+def _jsonl(timed: Any) -> None:
+    import time
+
+    from recorder.cli.render import FrameWriter
+
+    out = FrameWriter("jsonl", flush_each=True)
+    for pause, cue in timed:
+        if pause > 0:
+            time.sleep(pause)
+        if cue.frame is not None and cue.frame.row is not None:
+            out.write(cue.frame.row)
+    out.finish()
+
+
+@click.command()
+@target_options
+@click.argument("session")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["asciicast", "jsonl"]),
+    default="asciicast",
+    show_default=True,
+)
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False, writable=True), help="File (default: stdout)."
+)
+@click.option(
+    "--max-idle",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="idle_time_limit of the cast.",
+)
+@click.option("--connection", type=int, help="This connection only.")
+def export(
+    config_path: str | None,
+    database: str | None,
+    session: str,
+    fmt: str,
+    output: str | None,
+    max_idle: float | None,
+    connection: int | None,
+) -> None:
+    """Write a session as an asciicast v2 file (for `asciinema play`) or as JSONL frames.
+
+    Example: recorder export session_1795692537464 --output session.cast --max-idle 2
+    """
+    from recorder.cli.render import frame_json
+    from recorder.replay import source
+    from recorder.replay.export import asciicast
+    from recorder.replay.timing import Pace, output_times, paced
+
+    target = load(config_path, database)
+    with reading(target) as reader:
+        plan = source.open_session(reader, session, connection)
+        stream = click.open_file(output or "-", "w", encoding="utf-8")
+        with stream:
+            timed = output_times(paced(source.cues(reader, plan), Pace()))
+            if fmt == "asciicast":
+                asciicast(
+                    timed,
+                    stream,
+                    title=f"recorder replay {plan.id}",
+                    started_us=plan.row["started_at_us"] or plan.row["first_seen_us"],
+                    idle_time_limit=max_idle,
+                )
+            else:
+                import json
+
+                for _, cue in timed:
+                    if cue.frame is not None and cue.frame.row is not None:
+                        stream.write(
+                            json.dumps(frame_json(cue.frame.row), ensure_ascii=False) + "\n"
+                        )

@@ -1,0 +1,92 @@
+"""``recorder replay --serve`` and ``recorder replay --to ws://``: the I/O-heavy modes,
+kept apart from terminal playback so that a plain replay loads neither."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from typing import Any
+
+import click
+
+from recorder.cli.options import Target, reading
+from recorder.config import is_loopback, split_listen
+
+
+def serve_or_replay_live(
+    target: Target,
+    session: str,
+    *,
+    serve: str | None,
+    daemon: str | None,
+    connection: int | None,
+    pace: Any,
+    wait_for_client: bool,
+    loop: bool,
+    as_json: bool,
+) -> None:
+    from recorder.replay import source
+
+    with reading(target) as reader:
+        plan = source.open_session(reader, session, connection)
+        recorded = source.conversation(reader, plan)
+    if serve is not None:
+        _serve(target, serve, plan, recorded, pace, wait_for_client, loop)
+    else:
+        assert daemon is not None
+        _live(target, daemon, plan, recorded, pace, as_json)
+
+
+def _serve(
+    target: Target, listen: str, plan: Any, recorded: Any, pace: Any, wait: bool, loop: bool
+) -> None:
+    from recorder.replay.serve import ReplayServer
+
+    try:
+        host, port = split_listen(listen)
+    except ValueError:
+        raise click.UsageError(f"--serve: expected HOST:PORT, got {listen!r}") from None
+    token = target.config.proxy.token
+    if not is_loopback(host) and not token:
+        raise click.UsageError(
+            f"--serve: {listen} is reachable from other machines; set proxy.token "
+            "(or RECORDER_PROXY_TOKEN) first"
+        )
+    server = ReplayServer(recorded, pace=pace, wait_for_client=wait, loop=loop, token=token)
+
+    def ready(port: int) -> None:
+        click.echo(f"replaying {plan.id} as a daemon on ws://{host}:{port}", err=True)
+
+    async def until_stopped() -> None:
+        # SIGTERM (systemd, kill) ends it like Ctrl-C: clients get their close frames.
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        await server.run(host, port, ready=ready)
+
+    try:
+        asyncio.run(until_stopped())
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        pass
+
+
+def _live(target: Target, url: str, plan: Any, recorded: Any, pace: Any, as_json: bool) -> None:
+    from recorder.replay.live import LiveReplayError, replay_live
+
+    try:
+        result = asyncio.run(replay_live(target.config, url, recorded, pace=pace))
+    except LiveReplayError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        sys.exit(130)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), ensure_ascii=False, indent=2))
+    else:
+        for line in result.lines():
+            click.echo(line)
+    if not result.same:
+        sys.exit(1)

@@ -1,0 +1,366 @@
+"""``recorder replay SESSION --to ws://…``: a recorded client's requests played again
+against a live daemon (a new version, a new configuration), the answers recorded and
+compared with the recorded ones: does the new daemon still fail this way?
+
+**Sending.** In recorded order, on one connection dialled with the recorder's
+credentials. A request the client sent after receiving replies waits until the new
+daemon has sent the last of them (not a ``stream_chunk``, whose count varies): the
+same kind, as many times (task completion and failure are one kind); at most 30 s
+plus twice the daemon's recorded time, 5 minutes at most. Then it pauses for the
+client's recorded think time after that reply; a request that waited for no reply,
+for the recorded time since the previous request. Recorded times are monotonic within
+a connection; each pause is capped by ``pace.max_idle`` and divided by ``pace.speed``
+(``pace.instant``: none). Waits for the daemon are never scaled, and ``Pace``'s
+window (``--from``) does not apply: played from its middle, a conversation would name
+sessions the daemon never made.
+
+**Ids.** A session created by the conversation's ``spawn_session`` gets a new id: the
+first session named after our spawn by a ``session_status_update`` (broadcast, at
+once) with the same orchestrator and task description, or by any frame only the
+requester gets (stream, tool call, task, ``session_spawned``). Other ids a
+recorded reply named before any request did (the daemon's; a client's, such as a
+task's text, are never rewritten) are paired by position: the n-th reply of a kind.
+A request naming the session waits up to 30 s for its new id. Substitution replaces
+the exact JSON string ``"old"``, quotes included, by ``"new"`` in a text request;
+nothing else changes (whitespace, key order, an id inside a longer string, binary).
+
+**Ending.** After the last request: until the counterpart of the recorded last reply
+(not a chunk) has come, then until nothing about the session has come for half a
+second; or the daemon closes; at the latest after twice the recorded time from the
+last request to the last reply plus 10 s, at most a minute.
+
+**Recording, comparing.** Recorded like a proxied conversation, with role ``replay``.
+Compared (:mod:`recorder.replay.compare`): the recorded replies on the connections
+that carried the requests, and the new ones that name the new session or are errors
+(which name nothing, and can only answer our requests), with new ids in error texts
+put back to the recorded ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from recorder.capture.dial import Dialer, describe_close
+from recorder.capture.handshake import USER_AGENT
+from recorder.config import Config, redact_url
+from recorder.pipeline.writer import Writer, WriterError
+from recorder.protocol.classify import classify
+from recorder.protocol.frames import IN, OUT
+from recorder.replay.compare import Comparison, Reply, compare, kind, summarise
+from recorder.replay.plan import ReplayFrame, timeline
+from recorder.replay.source import Conversation
+from recorder.replay.timing import Pace
+from recorder.times import now_us
+
+ID_WAIT = 30.0
+REPLY_MARGIN, REPLY_MAX = 30.0, 300.0
+END_MARGIN, END_MAX = 10.0, 60.0
+SETTLE = 0.5
+Slot = tuple[str, int]  # (kind, how many of that kind so far, this one included)
+
+
+class LiveReplayError(Exception):
+    """The replay could not start (daemon unreachable or refusing, database writer)."""
+
+
+class Step(NamedTuple):
+    """A request; the reply it waited for, how long the daemon took to send that
+    reply, and the recorded seconds from that reply (else the previous request)."""
+
+    frame: ReplayFrame
+    awaited: Slot | None
+    daemon_time: float
+    pause: float
+
+
+class Plan(NamedTuple):
+    session: str
+    spawn: tuple[Any, Any] | None  # (orchestratorId, description) of the creating spawn
+    steps: list[Step]
+    replies: list[ReplayFrame]  # the recorded side of the comparison
+    slots: dict[Slot, tuple[str | None, str | None]]  # (session, task) id at each slot
+    last: Slot | None  # the reply the conversation ended with
+    tail: float  # recorded seconds from the last request to the last reply
+    assigned: frozenset[str]  # ids a reply named before any request: the daemon's
+
+
+def _announced(obj: dict[str, Any] | None, key: str) -> tuple[Any, Any]:
+    """(orchestratorId, task description) of a spawn request or a session frame."""
+    inner = obj.get(key) if obj else None
+    inner = inner if isinstance(inner, dict) else {}
+    task = inner.get("task")
+    return inner.get("orchestratorId"), task.get("description") if isinstance(task, dict) else None
+
+
+def plan(recorded: Conversation) -> Plan:
+    """When each request goes, and what the replayed conversation is compared with."""
+    carried = {f.connection_id for f in recorded.requests}
+    replies = [f for f in recorded.replies if f.connection_id in carried]
+    hello = recorded.hello if recorded.hello and recorded.hello.connection_id in carried else None
+    merged = sorted([*recorded.requests, *replies, *([hello] if hello else [])], key=lambda f: f.id)
+    at = {cue.frame.id: cue.t for cue in timeline(merged, []) if cue.frame is not None}
+    spawn = next((f for f in recorded.requests if f.type == "spawn_session"), None)
+    counts: Counter[str] = Counter()
+    slots: dict[Slot, tuple[str | None, str | None]] = {}
+    steps: list[Step] = []
+    awaited: tuple[Slot, float] | None = None
+    last = awaited
+    named: set[str] = set()
+    assigned: set[str] = set()
+    previous = at[hello.id] if hello else None
+    for frame in merged:
+        if frame is hello:
+            continue
+        c = classify(frame.data, frame.is_text)
+        ids = {i for i in (c.session_id, c.task_id) if i is not None} - named
+        named |= ids
+        if frame.direction == IN:
+            assigned |= ids
+            k = kind(frame.type)
+            counts[k] += 1
+            slots[(k, counts[k])] = (c.session_id, c.task_id)
+            if frame.type != "stream_chunk":
+                awaited = last = ((k, counts[k]), at[frame.id])
+            continue
+        t = at[frame.id]
+        if awaited is not None:
+            daemon = awaited[1] - (previous if previous is not None else awaited[1])
+            steps.append(Step(frame, awaited[0], max(daemon, 0.0), t - awaited[1]))
+        else:
+            steps.append(Step(frame, None, 0.0, t - previous if previous is not None else 0.0))
+        previous, awaited = t, None
+    tail = max(at[replies[-1].id] - previous, 0.0) if replies and previous is not None else 0.0
+    key = _announced(classify(spawn.data, True).obj, "payload") if spawn else None
+    end = last[0] if last else None
+    return Plan(recorded.session.id, key, steps, replies, slots, end, tail, frozenset(assigned))
+
+
+def substitute(data: bytes, ids: dict[str, str]) -> bytes:
+    """``data`` with each ``"old"`` JSON string replaced by ``"new"``."""
+    for old, new in ids.items():
+        quoted = json.dumps(old, ensure_ascii=False).encode()
+        data = data.replace(quoted, json.dumps(new, ensure_ascii=False).encode())
+    return data
+
+
+class _Live:
+    """The replayed conversation as it happens: the socket, what came back, the ids."""
+
+    def __init__(self, the_plan: Plan, ws: Any, writer: Writer, cid: int, pace: Pace) -> None:
+        self.plan, self.ws, self.writer, self.cid, self.pace = the_plan, ws, writer, cid, pace
+        # Recorded id -> new id; a session no spawn of ours created keeps its id.
+        self.ids: dict[str, str] = {} if the_plan.spawn else {the_plan.session: the_plan.session}
+        self.seq = itertools.count(1)
+        self.spawn_sent = self.closed = False
+        self.counts: Counter[str] = Counter()
+        self.replies: list[Reply] = []
+        self.notes: list[str] = []
+        self.changed = asyncio.Condition()
+
+    @property
+    def session(self) -> str | None:
+        return self.ids.get(self.plan.session)
+
+    async def record(self, direction: str, is_text: bool, data: bytes) -> None:
+        frame = (self.cid, next(self.seq), direction, now_us(), time.monotonic_ns(), is_text, data)
+        await self.writer.put(frame)
+
+    def see(self, is_text: bool, data: bytes) -> bool:
+        """Take in a frame from the daemon; whether it belongs to the session."""
+        c = classify(data, is_text)
+        if c.session_id is None:
+            ours = c.type == "error"
+        elif self.session is None and self.spawn_sent:
+            # Only session_status_update is broadcast: any other frame naming a
+            # session came to us alone, about the session our spawn made.
+            wanted = self.plan.spawn or (None, None)
+            ours = c.type != "session_status_update" or wanted in (
+                (None, None),
+                _announced(c.obj, "session"),
+            )
+            if ours:
+                self.ids[self.plan.session] = c.session_id
+        else:
+            ours = c.session_id == self.session
+        if not ours:
+            return False
+        k = kind(c.type)
+        self.counts[k] += 1
+        recorded = self.plan.slots.get((k, self.counts[k]), (None, None))
+        for old, new in zip(recorded, (c.session_id, c.task_id), strict=True):
+            # Only the daemon's ids: a client's (a task's text) is never rewritten.
+            if old in self.plan.assigned and new is not None and old not in self.ids:
+                self.ids[old] = new
+        self.replies.append(summarise(is_text, data))
+        return True
+
+    def has(self, slot: Slot | None) -> bool:
+        return slot is None or self.counts[slot[0]] >= slot[1] or self.closed
+
+    async def until(self, check: Callable[[], bool], seconds: float) -> bool:
+        """Wait for ``check()`` (re-checked on every frame) up to ``seconds``."""
+        try:
+            async with asyncio.timeout(max(seconds, 0.0)), self.changed:
+                await self.changed.wait_for(lambda: check() or self.closed)
+        except TimeoutError:
+            return False
+        return check()
+
+    async def _wake(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def receive(self) -> None:
+        try:
+            while True:
+                is_text, data = await self.ws.recv_raw()
+                await self.record(IN, is_text, data)
+                if self.see(is_text, data):
+                    await self._wake()
+        except ConnectionClosed:
+            pass
+        finally:
+            self.closed = True
+            await self._wake()
+
+    async def send_all(self) -> tuple[int, str]:
+        """Send each request when its time comes; (how many were sent, how it ended)."""
+        loop = asyncio.get_running_loop()
+        previous = loop.time()
+        for sent, step in enumerate(self.plan.steps):
+            start, awaited = previous, step.awaited
+            if awaited is not None:
+                wait = min(REPLY_MARGIN + 2 * step.daemon_time, REPLY_MAX)
+                if await self.until(functools.partial(self.has, awaited), wait):
+                    start = loop.time()
+                elif not self.closed:
+                    self.notes.append(
+                        f"request {sent + 1}: no reply {awaited[0]} #{awaited[1]} "
+                        f"within {wait:.0f} s; sent anyway"
+                    )
+            await asyncio.sleep(max(start + _pause(step.pause, self.pace) - loop.time(), 0.0))
+            is_text, data = step.frame.is_text, step.frame.data
+            if is_text and self.plan.session.encode() in data and self.session is None:
+                known = await self.until(lambda: self.session is not None, ID_WAIT)
+                if not known and not self.closed:
+                    self.notes.append(
+                        f"request {sent + 1}: no new session id within {ID_WAIT:.0f} s; "
+                        "sent as recorded"
+                    )
+            if is_text:
+                data = substitute(data, {o: n for o, n in self.ids.items() if o != n})
+            if self.closed:
+                return sent, "closed"
+            # Set first: the daemon may announce the session before send() returns.
+            self.spawn_sent = self.spawn_sent or step.frame.type == "spawn_session"
+            try:
+                await self.ws.send_many([(is_text, data)])
+            except ConnectionClosed:
+                return sent, "closed"
+            await self.record(OUT, is_text, data)
+            previous = loop.time()
+        return len(self.plan.steps), await self.finish()
+
+    async def finish(self) -> str:
+        """Read on until the conversation has ended the way the recorded one did."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(END_MARGIN + 2 * self.plan.tail, END_MAX)
+        if not await self.until(lambda: self.has(self.plan.last), deadline - loop.time()):
+            return "closed" if self.closed else "timeout"
+        # Then anything more about the session, until it has been quiet for a while.
+        seen = -1
+        while not self.closed and loop.time() < deadline and seen < len(self.replies):
+            seen = len(self.replies)
+            more = functools.partial(lambda n: len(self.replies) > n, seen)
+            await self.until(more, min(SETTLE, deadline - loop.time()))
+        return "closed" if self.closed else "as recorded"
+
+    def comparison(self, sent: int, ended: str, close: tuple[int | None, str | None]) -> Comparison:
+        steps, (code, reason) = len(self.plan.steps), close
+        if ended == "closed":
+            said = f"{code} {reason}" if reason else f"{code}"
+            self.notes.append(
+                f"the daemon closed the connection ({said}) after {sent} of {steps} requests"
+            )
+        elif ended == "timeout":
+            self.notes.append("the new conversation did not end as the recorded one did")
+        changed = {o: n for o, n in self.ids.items() if o != n}
+        recorded = [summarise(f.is_text, f.data) for f in self.plan.replies]
+        replayed = [(t, st, _ids_back(err, changed)) for t, st, err in self.replies]
+        details = {"session": {"recorded": self.plan.session, "replayed": self.session},
+                   "substituted": changed, "connection_id": self.cid,
+                   "requests": {"recorded": steps, "sent": sent}, "ended": ended}  # fmt: skip
+        return compare(recorded, replayed, notes=self.notes, details=details)
+
+
+def _ids_back(text: str | None, ids: dict[str, str]) -> str | None:
+    """An error text with the new ids put back to the recorded ones."""
+    for old, new in ids.items():
+        text = text.replace(new, old) if text is not None else None
+    return text
+
+
+def _pause(seconds: float, pace: Pace) -> float:
+    capped = min(seconds, pace.max_idle) if pace.max_idle is not None else seconds
+    return 0.0 if pace.instant else max(capped, 0.0) / pace.speed
+
+
+async def replay_live(
+    config: Config, url: str, recorded: Conversation, *, pace: Pace | None = None
+) -> Comparison:
+    """Play ``recorded``'s requests against the daemon at ``url``; record and compare."""
+    s, log = config.storage, config.log
+    writer = Writer(s.url, batch_size=s.batch_size, commit_interval=s.commit_interval,
+                    queue_max_frames=s.queue_max_frames, queue_max_bytes=s.queue_max_bytes,
+                    log_level=log.level, log_format=log.format)  # fmt: skip
+    try:
+        await writer.start()
+    except WriterError as exc:
+        raise LiveReplayError(str(exc)) from None
+    running = asyncio.create_task(writer.run(), name="replay-writer")
+    try:
+        ws = await _dial(config, url)
+        cid = await writer.open_connection("replay", redact_url(url), None)
+        live = _Live(plan(recorded), ws, writer, cid, pace or Pace())
+        reader = asyncio.create_task(live.receive(), name="replay-receive")
+        sent, ended = 0, "closed"
+        try:
+            sent, ended = await live.send_all()
+        finally:
+            await ws.close()
+            await asyncio.gather(reader, return_exceptions=True)
+            code, reason, closed_by = describe_close(ws, "replay ended")
+            await writer.close_connection(cid, code=code, reason=reason, closed_by=closed_by)
+        return live.comparison(sent, ended, (code, reason))
+    finally:
+        writer.stop()
+        await running
+        await writer.close()
+
+
+async def _dial(config: Config, url: str) -> Any:
+    dialer = Dialer(config.daemon, url)
+    try:
+        return await dialer.dial(
+            url,
+            additional_headers=dialer.add_credentials(Headers()),
+            user_agent_header=USER_AGENT,
+            compression=None,
+            close_timeout=5,
+        )
+    except InvalidStatus as exc:
+        body = (exc.response.body or b"").decode(errors="replace")[:200]
+        error = f"refused: HTTP {exc.response.status_code} {body}"
+    except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+        error = str(exc) or type(exc).__name__
+    raise LiveReplayError(f"cannot replay to {redact_url(url)}: {error}")

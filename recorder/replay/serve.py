@@ -1,0 +1,330 @@
+"""``recorder replay SESSION --serve HOST:PORT``: a recorded session played to a real
+client by a server that stands in for the daemon.
+
+Point a UI at it (``NEXT_PUBLIC_DAEMON_WS_URL=ws://127.0.0.1:8790``) and it sees what
+the recorded UI saw: the daemon's hello, then the session's daemon-to-client frames,
+byte-exact (text as text, binary as binary), in order, with their recorded pauses
+(``--speed``, ``--max-idle``, ``--instant``). Meanwhile requests are answered as the
+daemon would, from the recording: ``ping``; ``daemon_status`` (the last recorded
+status); ``session_status`` and ``list_sessions`` (the session as the replay has shown
+it so far). Malformed requests and unknown types get the daemon's "Invalid message
+format". Requests that would make the daemon act (spawn, execute, stop) get no
+answer of their own: what happens is what the recording says.
+
+Who gets the replay:
+
+- ``loop``: every client, each its own, from the start.
+- Otherwise the replay is played through once. It goes to the first client; if that
+  client leaves before the end, the next client to connect gets it from the start (a
+  page reload, or React's double mount in development, must not lose it). Clients
+  that connect while it is playing, and every client after it has played through, get
+  the hello and answers as of the replay's point, like a second UI on the same daemon.
+
+``wait_for_client``: every recorded request is a gate in the replay's timeline; the
+replies recorded after it wait until this client has sent a matching request: the
+same type, the same ``sessionId`` and task text, literally (a client that read the
+session id from the replay sends the recorded one). Each request the client sends
+claims the earliest unclaimed recorded request it matches, so a client that asks
+early does not stall the replay later; replies recorded before the first request play
+at once. Queries are answered at once as well as claiming, so a recorded query's
+reply also plays when its gate is reached, as a daemon's broadcast duplicates a reply.
+
+``GET /health`` answers like the daemon's. With a token, clients present it as the
+proxy's clients do (``Authorization: Bearer`` or ``?token=``), else get 401 and JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from recorder.capture.admission import admit
+from recorder.capture.handshake import USER_AGENT, json_response
+from recorder.protocol.frames import IN
+from recorder.replay.plan import Cue, ReplayFrame, timeline
+from recorder.replay.source import Conversation
+from recorder.replay.timing import Pace, paced
+from recorder.simulator.frames import (
+    HEALTH_CHECK_FRAME,
+    INVALID_FORMAT,
+    PONG_FRAME,
+    dumps,
+    error_frame,
+)
+
+log = logging.getLogger("recorder.replay.serve")
+
+# Answered from the recording, at once.
+QUERIES = frozenset({"ping", "daemon_status", "list_sessions", "session_status"})
+# Known to the daemon, answered by the recording only (its replies after them).
+ACTIONS = frozenset({"spawn_session", "execute_task", "stop_session"})
+SESSION_FRAMES = ("session_status_update", "session_spawned")
+NO_DAEMON_STATUS = "No daemon status in this recording"
+CLOSE_TIMEOUT = 2.0
+
+# (is_text, data): a frame as it goes on the wire.
+Wire = tuple[bool, bytes]
+
+
+def parse_request(data: str | bytes) -> dict[str, Any] | None:
+    """The request as the daemon reads it: a JSON object with a string type, or None."""
+    if isinstance(data, bytes):  # recorded text
+        try:
+            data = data.decode()
+        except UnicodeDecodeError:
+            return None
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) and isinstance(obj.get("type"), str) else None
+
+
+def request_key(data: str | bytes) -> tuple[Any, ...]:
+    """What makes a client's request match a recorded one: the type and the ids in
+    its payload; for a request that is not a JSON object, its exact bytes."""
+    obj = parse_request(data)
+    if obj is None:
+        return ("raw", data.encode() if isinstance(data, str) else data)
+    payload = obj.get("payload")
+    payload = payload if isinstance(payload, dict) else {}
+    task = payload.get("task")
+    if isinstance(task, dict):  # spawn_session carries the task as an object
+        task = task.get("description")
+    return (obj["type"], payload.get("sessionId"), task)
+
+
+class Playback:
+    """One run through the recording: the sessions it has shown, and which recorded
+    requests its client has matched."""
+
+    def __init__(self, requests: list[ReplayFrame]) -> None:
+        # Session id -> (its latest object, the session_status_update answering for it).
+        self.sessions: dict[str, tuple[dict[str, Any], Wire]] = {}
+        self.finished = False
+        self._keys = [request_key(r.data) for r in requests]
+        self._claimed = [False] * len(requests)
+        self._claims = asyncio.Event()
+
+    def claim(self, data: str | bytes) -> bool:
+        key = request_key(data)
+        for i, recorded in enumerate(self._keys):
+            if not self._claimed[i] and recorded == key:
+                self._claimed[i] = True
+                self._claims.set()
+                return True
+        return False
+
+    async def claimed(self, index: int) -> None:
+        while not self._claimed[index]:
+            self._claims.clear()
+            await self._claims.wait()
+
+    def saw(self, frame: ReplayFrame) -> None:
+        """Keep the session object a played session_status_update or session_spawned carries."""
+        if frame.type not in SESSION_FRAMES or not frame.is_text:
+            return
+        obj = parse_request(frame.data)
+        session = obj.get("session") if obj is not None else None
+        if not isinstance(session, dict) or not isinstance(session.get("id"), str):
+            return
+        if frame.type == "session_status_update":
+            answer: Wire = (True, frame.data)  # what the daemon said, byte-exact
+        else:
+            rebuilt = {"type": "session_status_update", "session": session}
+            answer = (True, dumps(rebuilt).encode())
+        self.sessions[session["id"]] = (session, answer)
+
+    @property
+    def active(self) -> int:
+        return sum(1 for s, _ in self.sessions.values() if s.get("status") == "running")
+
+
+class ReplayServer:
+    """A daemon that plays a recorded :class:`Conversation` (see the module docstring)."""
+
+    def __init__(
+        self,
+        recorded: Conversation,
+        *,
+        pace: Pace,
+        wait_for_client: bool = False,
+        loop: bool = False,
+        token: str | None = None,
+    ) -> None:
+        self.recorded = recorded
+        self.pace = pace
+        self.wait_for_client = wait_for_client
+        self.loop = loop
+        self.token = token
+        self.port: int | None = None
+        hello = recorded.hello
+        replies = {f.id for f in recorded.replies}
+        # A session only a link saw may have no hello of its own (its first frame is
+        # then one of the replies, which must not be played twice): the daemon's.
+        if hello is None or hello.id in replies:
+            self.hello: Wire = (True, HEALTH_CHECK_FRAME.encode())
+        else:
+            self.hello = (hello.is_text, hello.data)
+        self._gates = {r.id: i for i, r in enumerate(recorded.requests)}
+        self._current: Playback | None = None  # the replay answers come from
+        self._busy = False  # without loop: the replay is being played to a client
+        self._started = time.monotonic()
+
+    async def run(
+        self, host: str, port: int, *, ready: Callable[[int], None] | None = None
+    ) -> None:
+        """Serve until cancelled; ``ready(port)`` once listening."""
+        self._started = time.monotonic()
+        async with serve(
+            self._handle,
+            host,
+            port,
+            process_request=self._process_request,
+            # Frames go out as recorded; the daemon does not compress either.
+            compression=None,
+            # Ctrl-C closes every client; one that stopped reading (a full queue
+            # holds back our close frame) must not keep the command waiting long.
+            close_timeout=CLOSE_TIMEOUT,
+            server_header=USER_AGENT,
+        ) as server:
+            self.port = int(server.sockets[0].getsockname()[1])
+            if ready is not None:
+                ready(self.port)
+            # Cancelling this closes every client (1001) and waits for the handlers.
+            await server.serve_forever()
+
+    # --- handshake ----------------------------------------------------------------
+
+    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        target = urlsplit(request.path)
+        upgrade = any("websocket" in v.lower() for v in request.headers.get_all("Upgrade"))
+        if target.path == "/health" and not upgrade:
+            view = self._current
+            uptime = int((time.monotonic() - self._started) * 1000)
+            active = view.active if view is not None else 0
+            return json_response(
+                200, {"status": "healthy", "uptime": uptime, "activeSessions": active}
+            )
+        if not upgrade:
+            return None  # websockets answers 426
+        query = parse_qsl(target.query, keep_blank_values=True)
+        admission = admit(self.token, request.headers, query)
+        if admission.reject is not None:
+            status, error = admission.reject
+            log.warning("replay client rejected: %s", error)
+            return json_response(status, {"error": error})
+        return None
+
+    # --- one client ---------------------------------------------------------------
+
+    def _take(self) -> Playback | None:
+        """A replay of its own for a new client, or None (see the module docstring)."""
+        if not self.loop and (self._busy or (self._current and self._current.finished)):
+            return None
+        self._busy = True
+        self._current = Playback(self.recorded.requests)
+        return self._current
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        playback = self._take()
+        player: asyncio.Task[None] | None = None
+        try:
+            await ws.send(self.hello[1], text=self.hello[0])
+            if playback is not None:
+                player = asyncio.create_task(self._play(ws, playback))
+            async for message in ws:
+                await self._answer(ws, message, playback)
+        except ConnectionClosed:
+            pass
+        finally:
+            if player is not None:
+                player.cancel()
+                await asyncio.wait([player])
+                if not player.cancelled() and (exc := player.exception()) is not None:
+                    log.error("replay failed", exc_info=exc)
+            if playback is not None and not playback.finished:
+                self._busy = False  # played to nobody to the end: the next client gets it
+
+    def _cues(self) -> Iterator[Cue]:
+        frames = self.recorded.replies
+        if self.wait_for_client:
+            # Requests join the timeline as gates, so that a reply's pause after its
+            # gate is the daemon's recorded latency, not the recorded user's think time.
+            frames = sorted([*frames, *self.recorded.requests], key=lambda f: f.id)
+        return timeline(frames, self.recorded.session.gaps)
+
+    async def _play(self, ws: ServerConnection, playback: Playback) -> None:
+        clock = asyncio.get_running_loop()
+        replies = self.recorded.replies
+        seen = 0  # replies[:seen] are in the playback's state (skipped ones too)
+        # Each frame is due a pause after the one before; counting from when it was
+        # due, not from when sending it ended, keeps a long replay from drifting.
+        due = clock.time()
+        try:
+            for pause, cue in paced(self._cues(), self.pace):
+                frame = cue.frame
+                if frame is None:  # a gap: its silence is part of the next pause
+                    due += pause
+                    continue
+                if frame.direction != IN:  # a recorded request: wait for the client's
+                    await playback.claimed(self._gates[frame.id])
+                    due = max(due, clock.time())
+                    continue
+                due += pause
+                # Sleeps at least a tick, so a client's requests are answered promptly
+                # even during an --instant replay.
+                await asyncio.sleep(max(0.0, due - clock.time()))
+                while seen < len(replies) and replies[seen].id <= frame.id:
+                    playback.saw(replies[seen])
+                    seen += 1
+                await ws.send(frame.data, text=frame.is_text)
+            playback.finished = True
+        except ConnectionClosed:
+            pass
+
+    async def _answer(
+        self, ws: ServerConnection, message: str | bytes, playback: Playback | None
+    ) -> None:
+        # A binary frame is no request to the daemon, whatever it holds.
+        request = parse_request(message) if isinstance(message, str) else None
+        kind = request.get("type") if request is not None else None
+        claimed = self.wait_for_client and playback is not None and playback.claim(message)
+        if claimed and kind not in QUERIES:
+            return  # the recorded replies after it answer it
+        if request is None or (kind not in QUERIES and kind not in ACTIONS):
+            await ws.send(error_frame(INVALID_FORMAT))
+            return
+        view = playback or self._current
+        sessions = view.sessions if view is not None else {}
+        payload = request.get("payload")
+        if kind == "ping":
+            await ws.send(PONG_FRAME)
+        elif kind == "daemon_status":
+            status = self.recorded.daemon_status
+            if status is None:
+                await ws.send(error_frame(NO_DAEMON_STATUS))
+            else:
+                await ws.send(status.data, text=status.is_text)
+        elif kind == "list_sessions":
+            shown = [session for session, _ in sessions.values()]
+            await ws.send(dumps({"type": "sessions_list", "sessions": shown}))
+        elif kind == "session_status":
+            sid = payload.get("sessionId") if isinstance(payload, dict) else None
+            if not isinstance(sid, str):
+                await ws.send(error_frame(INVALID_FORMAT))
+            elif sid in sessions:
+                is_text, data = sessions[sid][1]
+                await ws.send(data, text=is_text)
+            else:
+                await ws.send(error_frame(f"Session not found: {sid}"))
+        # An action nobody recorded gets nothing: the replay is what happens.

@@ -1,0 +1,206 @@
+"""A session's replay read from the database, streamed: it starts at once and its
+memory stays flat whatever the session's length."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from recorder.db.read import resolve_session
+from recorder.db.reader import Reader, Row
+from recorder.protocol.frames import IN, OPCODE_TEXT
+from recorder.protocol.index import TERMINAL_STATUSES
+from recorder.protocol.story import Gap, Recording, gaps
+from recorder.replay.plan import Choice, Cue, ReplayFrame, choose, timeline
+from recorder.times import now_us
+
+COLUMNS = (
+    "id, connection_id, seq, direction, received_at_us, monotonic_ns, type, opcode, size, "
+    "session_id, task_id, payload, payload_bytes"
+)
+# How often --follow looks for frames committed since.
+FOLLOW_POLL = 0.2
+
+
+def replay_frame(row: Row) -> ReplayFrame:
+    payload = row["payload"]
+    data = payload.encode() if payload is not None else bytes(row["payload_bytes"] or b"")
+    return ReplayFrame(
+        row["id"],
+        row["connection_id"],
+        row["seq"],
+        row["direction"],
+        row["received_at_us"],
+        row["monotonic_ns"],
+        row["type"],
+        row["opcode"] == OPCODE_TEXT,
+        data,
+        row,
+    )
+
+
+@dataclass
+class Session:
+    """What a replay needs to know about a session before its first frame."""
+
+    row: Row
+    recordings: list[Recording]
+    choice: Choice
+    gaps: list[Gap]
+
+    @property
+    def id(self) -> str:
+        return str(self.row["id"])
+
+    @property
+    def roles(self) -> dict[int, str]:
+        return {r.id: r.role for r in self.recordings}
+
+
+def open_session(reader: Reader, text: str, connection: int | None = None) -> Session:
+    """The session ``text`` names (an id or its start), and the replay's plan for it."""
+    row = resolve_session(reader, text)
+    sid = row["id"]
+    start = min(row["first_seen_us"], row["started_at_us"] or row["first_seen_us"])
+    ended = row["ended_at_us"]
+    if ended is None and row["status"] in TERMINAL_STATUSES:
+        ended = row["last_seen_us"]
+    now = now_us()
+    end = ended if ended is not None else now
+    recordings = [
+        Recording(
+            r["id"],
+            r["role"],
+            r["url"],
+            r["client_addr"],
+            r["opened_at_us"],
+            r["closed_at_us"],
+            r["close_code"],
+            r["closed_by"],
+            r["error"],
+        )
+        for r in reader.rows(
+            "SELECT * FROM connections WHERE opened_at_us <= :end "
+            "AND (closed_at_us IS NULL OR closed_at_us >= :start) ORDER BY id",
+            {"start": start, "end": end},
+        )
+    ]
+    # Through the (type, id) index: one row per spawn ever, where the session's own
+    # index would walk every frame of a long session. SQLite's unary + keeps it off
+    # the session index; PostgreSQL's planner picks by statistics.
+    session_term = "+session_id" if reader.dialect == "sqlite" else "session_id"
+    creator = reader.rows(
+        f"SELECT connection_id FROM frames WHERE type = 'spawn_session' AND {session_term} = :sid "
+        "ORDER BY id LIMIT 1",
+        {"sid": sid},
+    )
+    creator_id = creator[0]["connection_id"] if creator else None
+    if connection is not None and connection not in {r.id for r in recordings}:
+        recordings += [
+            Recording(
+                r["id"],
+                r["role"],
+                r["url"],
+                r["client_addr"],
+                r["opened_at_us"],
+                r["closed_at_us"],
+                r["close_code"],
+                r["closed_by"],
+                r["error"],
+            )
+            for r in reader.rows("SELECT * FROM connections WHERE id = :id", {"id": connection})
+        ]
+    choice = choose(recordings, creator_id, start, end, now, only=connection)
+    found = gaps(start, end, recordings, now) if connection is None else []
+    return Session(row, recordings, choice, found)
+
+
+def frames(reader: Reader, session: Session, *, follow: bool = False) -> Iterator[ReplayFrame]:
+    """The frames the replay plays, in recording order; with ``follow``, then those
+    committed later, until the session ends (or the caller stops)."""
+    roles = session.roles
+    last_id = 0
+    for row in reader.stream(
+        f"SELECT {COLUMNS} FROM frames WHERE session_id = :sid ORDER BY id", {"sid": session.id}
+    ):
+        last_id = row["id"]
+        frame = replay_frame(row)
+        if frame.connection_id not in roles:
+            # A connection outside the session's span: only when clocks disagree.
+            found = reader.rows(
+                "SELECT role FROM connections WHERE id = :id", {"id": frame.connection_id}
+            )
+            roles[frame.connection_id] = found[0]["role"] if found else "?"
+        if session.choice.plays(frame, roles):
+            yield frame
+    while follow:
+        time.sleep(FOLLOW_POLL)
+        rows = reader.rows(
+            f"SELECT {COLUMNS} FROM frames WHERE session_id = :sid AND id > :after ORDER BY id",
+            {"sid": session.id, "after": last_id},
+        )
+        for row in rows:
+            last_id = row["id"]
+            frame = replay_frame(row)
+            if session.choice.plays(frame, roles) or roles.get(frame.connection_id) is None:
+                yield frame
+        status = reader.rows("SELECT status FROM sessions WHERE id = :sid", {"sid": session.id})
+        if not rows and status and status[0]["status"] in TERMINAL_STATUSES:
+            return
+
+
+def cues(reader: Reader, session: Session, *, follow: bool = False) -> Iterator[Cue]:
+    return timeline(frames(reader, session, follow=follow), session.gaps)
+
+
+@dataclass
+class Conversation:
+    """A session's recorded conversation, whole, for the serve and live modes: the
+    frames the replay plays (daemon to client), and the requests the client sent on
+    the connections played (client to daemon), each in recording order."""
+
+    session: Session
+    # The first frame the daemon sent on the played connection (its hello).
+    hello: ReplayFrame | None
+    replies: list[ReplayFrame]
+    requests: list[ReplayFrame]
+    # The last daemon_status_update recorded before or during the session.
+    daemon_status: ReplayFrame | None
+
+
+def conversation(reader: Reader, session: Session) -> Conversation:
+    roles = session.roles
+    choice = session.choice
+    replies: list[ReplayFrame] = []
+    requests: list[ReplayFrame] = []
+    for row in reader.stream(
+        f"SELECT {COLUMNS} FROM frames WHERE session_id = :sid ORDER BY id", {"sid": session.id}
+    ):
+        frame = replay_frame(row)
+        if choice.plays(frame, roles):
+            replies.append(frame)
+        elif frame.direction != IN and (
+            frame.connection_id in choice.conversations or frame.connection_id == choice.only
+        ):
+            requests.append(frame)
+    played = sorted({f.connection_id for f in replies} | {f.connection_id for f in requests})
+    first = choice.only or (min(choice.conversations) if choice.conversations else None)
+    if first is None and played:
+        first = played[0]
+    hello = None
+    if first is not None:
+        rows = reader.rows(
+            f"SELECT {COLUMNS} FROM frames WHERE connection_id = :cid AND direction = 'in' "
+            "ORDER BY id LIMIT 1",
+            {"cid": first},
+        )
+        hello = replay_frame(rows[0]) if rows else None
+    until = replies[-1].id if replies else 0
+    status_rows = reader.rows(
+        f"SELECT {COLUMNS} FROM frames WHERE type = 'daemon_status_update' AND id <= :until "
+        "ORDER BY id DESC LIMIT 1",
+        {"until": until or 2**62},
+    )
+    status = replay_frame(status_rows[0]) if status_rows else None
+    return Conversation(session, hello, replies, requests, status)

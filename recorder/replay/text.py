@@ -1,0 +1,85 @@
+"""What a cue looks like when played as text: output, or a marked line. Pure.
+
+Stream chunks are the session's output, written as they arrived; everything
+else (tool calls, status changes, task events, errors, gaps) is a marker: a line
+of its own, so the text between markers reads as the model wrote it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from recorder.replay.plan import Cue
+
+
+@dataclass(frozen=True)
+class Shown:
+    """Text to write (``output``), or a marker line (``kind`` and ``label``)."""
+
+    output: str = ""
+    kind: str = ""
+    label: str = ""
+
+    @property
+    def is_marker(self) -> bool:
+        return bool(self.kind)
+
+
+def _short(value: Any, limit: int = 160) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _object(cue: Cue) -> dict[str, Any] | None:
+    frame = cue.frame
+    if frame is None or not frame.is_text:
+        return None
+    try:
+        obj = json.loads(frame.data)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def show(cue: Cue) -> Shown | None:
+    """How a cue is shown, or None for frames that have nothing to show."""
+    if cue.gap is not None:
+        return Shown(kind="gap", label=f"{cue.gap.seconds:.1f} s with no recording connection")
+    frame = cue.frame
+    assert frame is not None
+    obj = _object(cue)
+    if obj is None:
+        return Shown(kind="frame", label=f"{frame.type or 'not JSON'}, {len(frame.data)} bytes")
+    kind = frame.type or ""
+    data: dict[str, Any] = obj["data"] if isinstance(obj.get("data"), dict) else {}
+    if kind == "stream_chunk":
+        chunk = data.get("chunk")
+        return Shown(output=chunk) if isinstance(chunk, str) else None
+    if kind == "stream_compacted":
+        text = data.get("text")
+        return Shown(output=text) if isinstance(text, str) else None
+    if kind in ("stream_start", "stream_end"):
+        return None
+    if kind == "tool_call_start":
+        return Shown(kind="tool", label=f"{data.get('toolName')} {_short(data.get('toolInput'))}")
+    if kind == "tool_call_result":
+        result = data.get("result")
+        error = result.get("error") if isinstance(result, dict) else None
+        outcome = f"failed: {_short(error)}" if error is not None else data.get("status", "done")
+        return Shown(kind="tool", label=f"{data.get('toolName')} {outcome}")
+    if kind in ("session_status_update", "session_spawned"):
+        session = obj.get("session")
+        status = session.get("status") if isinstance(session, dict) else None
+        label = f"{status}" + (" (spawned)" if kind == "session_spawned" else "")
+        return Shown(kind="status", label=label)
+    if kind.startswith("task_"):
+        label = f"{kind[5:]}: {_short(obj.get('taskId'))}"
+        if isinstance(obj.get("error"), str):
+            label += f": {_short(obj['error'])}"
+        return Shown(kind="task", label=label)
+    if kind == "error":
+        return Shown(kind="error", label=_short(obj.get("error")))
+    return Shown(kind=kind or "frame", label=_short(obj, 120))
