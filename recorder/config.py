@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from recorder.cleanup.policy import PolicyError
+from recorder.cleanup.settings import CleanupConfig, parse_cleanup
+
 ENV_CONFIG = "RECORDER_CONFIG"
 ENV_TOKEN = "RECORDER_DAEMON_TOKEN"
 ENV_API_KEY = "RECORDER_DAEMON_API_KEY"
@@ -65,6 +68,22 @@ class StorageConfig:
     queue_max_frames: int = 20000
     queue_max_bytes: int = 64 * MiB
     shutdown_timeout: float = 30.0
+    # Purge finished sessions older than this (a duration, "30d"); empty: keep all.
+    retention: str = ""
+    # Purge the oldest finished sessions while the database is larger ("20GiB").
+    max_db_size: str = ""
+
+    @property
+    def retention_s(self) -> float | None:
+        from recorder.cleanup.policy import parse_duration
+
+        return parse_duration(self.retention) if self.retention else None
+
+    @property
+    def max_db_bytes(self) -> int | None:
+        from recorder.cleanup.policy import parse_size
+
+        return parse_size(self.max_db_size) if self.max_db_size else None
 
 
 @dataclass(frozen=True)
@@ -101,6 +120,7 @@ class Config:
     storage: StorageConfig = StorageConfig()
     proxy: ProxyConfig = ProxyConfig()
     log: LogConfig = LogConfig()
+    cleanup: CleanupConfig = field(default_factory=CleanupConfig)
     # Where the settings came from, for messages.
     source: str = "<defaults>"
 
@@ -116,6 +136,7 @@ SECTIONS: dict[str, type[Any]] = {
     "storage": StorageConfig,
     "proxy": ProxyConfig,
     "log": LogConfig,
+    "cleanup": CleanupConfig,
 }
 
 POSITIVE = {
@@ -170,6 +191,12 @@ def load_config(
             raise ConfigError(f"{source}: unknown section or key {key!r}")
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {key} must be a table ([{key}])")
+        if key == "cleanup":
+            try:
+                sections[key] = parse_cleanup(value)
+            except PolicyError as exc:
+                raise ConfigError(f"{source}: {exc}") from None
+            continue
         sections[key] = _build_section(source, key, SECTIONS[key], value)
     config = Config(**sections, source=source)
     config = _apply_env(config, env)
@@ -251,6 +278,11 @@ def _finish(config: Config, env: Mapping[str, str]) -> Config:
         raise ConfigError(
             f"{src}: reconnect.factor: must be at least 1, got {config.reconnect.factor!r}"
         )
+    for key, parse in (("retention", "retention_s"), ("max_db_size", "max_db_bytes")):
+        try:
+            getattr(config.storage, parse)
+        except PolicyError as exc:
+            raise ConfigError(f"{src}: storage.{key}: {exc}") from None
     if config.reconnect.cap < config.reconnect.base:
         raise ConfigError(f"{src}: reconnect.cap: must be at least reconnect.base")
     _check_ws_url(src, "daemon.url", config.daemon.url)

@@ -1,17 +1,26 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from recorder.config import Config, load_config
 from recorder.service import Service
 
 TIMEOUT = 20
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """Commands run in this process (CliRunner) configure structlog for themselves;
+    the next test starts from the defaults again."""
+    yield
+    structlog.reset_defaults()
 
 
 def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:

@@ -206,6 +206,18 @@ class Link:
             await put(frame)
             self._waiting_for_writer = False
 
+    async def request(self, text: str) -> bool:
+        """Send a request to the daemon now, recorded like any frame; False while the
+        link is down (nothing is queued for later: the caller decides what then)."""
+        ws, cid = self._ws, self.connection_id
+        if ws is None or cid is None or not self.connected.is_set():
+            return False
+        try:
+            await self.send(ws, cid, text)
+        except ConnectionClosed:
+            return False
+        return True
+
     async def send(self, ws: Any, cid: int, text: str) -> None:
         """Send a text frame and record it once it is on its way."""
         received_us, mono = now_us(), time.monotonic_ns()

@@ -43,3 +43,19 @@ def db_current(config_path: str | None, database: str | None) -> None:
     head = head_revision()
     state = "up to date" if rev == head else "needs `recorder db upgrade`"
     click.echo(f"{rev or 'none'} (head: {head}; {state})")
+
+
+@db.command("vacuum")
+@target_options
+def db_vacuum(config_path: str | None, database: str | None) -> None:
+    """Give the space of purged recordings back to the file system, in full.
+
+    Purges give space back as they go in databases this recorder created; run this
+    once on an older database (the recorder must be stopped), or after a large purge.
+
+    Example: recorder db vacuum --database /var/lib/orchestrator-recorder/recorder.db
+    """
+    from recorder.cli.cleanup import vacuum
+
+    before, after = vacuum(load(config_path, database))
+    click.echo(f"{before / 1048576:.1f} MiB -> {after / 1048576:.1f} MiB")

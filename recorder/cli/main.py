@@ -28,6 +28,9 @@ COMMANDS = {
     "stats": "recorder.cli.postmortem:stats",
     "replay": "recorder.cli.replay:replay",
     "export": "recorder.cli.replay:export",
+    "cleanup": "recorder.cli.cleanup:cleanup",
+    "pin": "recorder.cli.cleanup:pin",
+    "unpin": "recorder.cli.cleanup:unpin",
     "db": "recorder.cli.db:db",
     "simulate": "recorder.cli.simulate:simulate",
 }

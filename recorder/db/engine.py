@@ -57,6 +57,10 @@ def create_engine(url: str) -> AsyncEngine:
 
 def sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
+    # Space freed by a purge goes back to the file system (PRAGMA incremental_vacuum,
+    # after purges). It takes effect only on a database created with it: this comes
+    # before the first table; an older file needs `recorder db vacuum` once.
+    cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
     # WAL lets the CLI read while the service writes; NORMAL is durable across
     # application crashes and only loses the last commits on power loss.
     cursor.execute("PRAGMA journal_mode=WAL")

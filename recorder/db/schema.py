@@ -26,7 +26,18 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-__all__ = ["connections", "frame_days", "frames", "metadata", "sessions", "tasks"]
+__all__ = [
+    "cleanup_matches",
+    "cleanup_requests",
+    "cleanup_runs",
+    "connections",
+    "frame_days",
+    "frames",
+    "metadata",
+    "pins",
+    "sessions",
+    "tasks",
+]
 
 # Named constraints keep batch migrations on SQLite (which copy tables) deterministic.
 NAMING_CONVENTION = {
@@ -158,4 +169,59 @@ frame_days = Table(
     Column("direction", String(3), primary_key=True),
     Column("frames", BigInteger, nullable=False),
     Column("bytes", BigInteger, nullable=False),
+)
+
+# --- cleanup ----------------------------------------------------------------------
+
+# Sessions no cleanup policy may touch (`recorder pin`).
+pins = Table(
+    "pins",
+    metadata,
+    Column("session_id", Text, primary_key=True),
+    Column("pinned_at_us", BigInteger, nullable=False),
+)
+
+# When each policy first matched each session: the grace window runs from here.
+cleanup_matches = Table(
+    "cleanup_matches",
+    metadata,
+    Column("policy", Text, primary_key=True),
+    Column("session_id", Text, primary_key=True),
+    Column("first_matched_us", BigInteger, nullable=False),
+)
+
+# The audit trail: one row per run of a policy.
+cleanup_runs = Table(
+    "cleanup_runs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("policy", Text, nullable=False),
+    Column("action", String(16), nullable=False),
+    # "schedule", or "request" (`recorder cleanup run` through a running service),
+    # or "cli" (run on the database directly, no service running).
+    Column("trigger", String(16), nullable=False),
+    Column("dry_run", SmallInteger, nullable=False),
+    Column("started_us", BigInteger, nullable=False),
+    Column("ended_us", BigInteger, nullable=False),
+    Column("matched", Integer, nullable=False),
+    Column("acted", Integer, nullable=False),
+    # JSON: [{"session": id, "result": "..."}], what was done (or would be) to each.
+    Column("actions", Text, nullable=False),
+    Column("error", Text, nullable=True),
+    Index(None, "started_us"),
+)
+
+# `recorder cleanup run` asking a running service: taken and answered by the service.
+cleanup_requests = Table(
+    "cleanup_requests",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    # Empty: every enabled policy.
+    Column("policy", Text, nullable=True),
+    Column("dry_run", SmallInteger, nullable=False),
+    Column("requested_us", BigInteger, nullable=False),
+    Column("taken_us", BigInteger, nullable=True),
+    Column("done_us", BigInteger, nullable=True),
+    # JSON list of cleanup_runs ids, or the reason it could not run.
+    Column("result", Text, nullable=True),
 )

@@ -187,6 +187,10 @@ class Writer:
         async with self._progress:
             await self._progress.wait_for(lambda: self.commits > seen or self._died is not None)
 
+    async def perform(self, operation: Operation[T]) -> T:
+        """Run one operation in the database process, in order with the batches."""
+        return await self._call(operation)
+
     async def open_connection(self, role: str, url: str, client_addr: str | None = None) -> int:
         return await self._call(OpenConnection(role, url, now_us(), client_addr))
 

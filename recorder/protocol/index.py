@@ -165,7 +165,11 @@ class IndexBatch:
         if type_ == "error" and session_id is not None and info.session_id is None:
             error = obj.get("error")
             if isinstance(error, str):
-                self.session(session_id, at).last_error = error
+                delta = self.session(session_id, at)
+                delta.last_error = error
+                if error.startswith("Session not found"):
+                    # The daemon no longer knows it: nothing to stop, ask about, wait for.
+                    delta.status = LOST_STATUS
             return
         sid, tid = info.session_id, info.task_id
         if sid is None or tid is None or type_ is None:

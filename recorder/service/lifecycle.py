@@ -16,8 +16,11 @@ import structlog
 
 from recorder.capture.link import Link, LinkGaveUp
 from recorder.capture.proxy import Proxy
-from recorder.config import Config, redact_url
+from recorder.cleanup.jobs import Cleanup
+from recorder.config import Config, display_database, redact_url
+from recorder.db.reader import sqlite_file
 from recorder.pipeline.writer import Writer, WriterError
+from recorder.service.instance import AlreadyRunning, InstanceLock
 
 log = structlog.get_logger("recorder.service")
 
@@ -29,9 +32,30 @@ class Service:
         self.writer: Writer
         self.link: Link
         self.proxy: Proxy | None = None
+        self.cleanup: Cleanup | None = None
 
     async def run(self, stop: asyncio.Event) -> int:
         """Run until ``stop`` is set; returns the process exit code."""
+        lock = None
+        if self.config.storage.url.startswith("sqlite"):
+            lock = InstanceLock(
+                sqlite_file(self.config.storage.url), display_database(self.config.storage.url)
+            )
+            try:
+                lock.acquire()
+            except AlreadyRunning as exc:
+                log.error(str(exc))
+                return 1
+            except OSError as exc:
+                log.error(f"cannot use database {lock.shown}: {exc.strerror or exc}")
+                return 1
+        try:
+            return await self._with_writer(stop)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    async def _with_writer(self, stop: asyncio.Event) -> int:
         config = self.config
         s = config.storage
         self.writer = writer = Writer(
@@ -83,6 +107,10 @@ class Service:
                 await asyncio.gather(writer_task, return_exceptions=True)
                 return 1
         link_task = asyncio.create_task(link.run(), name="link")
+        cleanup = Cleanup(config, writer, link)
+        if cleanup.wanted:
+            cleanup.start()
+            self.cleanup = cleanup
         log.info(
             "recorder started",
             daemon=link.safe_url,
@@ -96,6 +124,8 @@ class Service:
         stopper.cancel()
         exit_code = 0
         t0 = time.monotonic()
+        if self.cleanup is not None:
+            await self.cleanup.stop()
         link.stop()
         if self.proxy is not None:
             # Closes every UI with 1001, and each of their upstream connections.

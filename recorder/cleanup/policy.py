@@ -1,0 +1,192 @@
+"""Cleanup policies as data, and which sessions they match: pure, tested without I/O.
+
+A policy says when (a cron expression, or ``every 5m``), what (``stop_session``,
+``purge`` or ``compact``) and which sessions: every condition given in ``when``
+must hold. ``keep_last`` spares the newest matching sessions; pinned sessions are
+never touched; purge and compact, which destroy recorded data, wait until a
+session has matched for ``cleanup.grace``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from recorder.protocol.index import LOST_STATUS, TERMINAL_STATUSES
+
+ACTIONS = ("stop_session", "purge", "compact")
+DESTRUCTIVE = frozenset({"purge", "compact"})
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+class PolicyError(ValueError):
+    """A policy that cannot run: the message names the key (the loader adds the file)."""
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``15m``, ``12h``, ``7d``, ``2w`` as seconds."""
+    match = _DURATION.match(text) if isinstance(text, str) else None
+    if not match:
+        raise PolicyError(f"expected a duration like 30s, 15m, 12h, 7d or 2w, got {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_size(text: str) -> int:
+    """``500MB``, ``2GiB`` as bytes."""
+    match = _SIZE.match(text) if isinstance(text, str) else None
+    if not match:
+        raise PolicyError(f"expected a size like 500MB or 2GiB, got {text!r}")
+    return int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()])
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """The ``when`` table: every condition given must hold."""
+
+    status: tuple[str, ...] | None = None
+    idle_for: float | None = None
+    ended_before: float | None = None
+    started_before: float | None = None
+    orchestrator_id: str | None = None
+    session_type: str | None = None
+    min_frames: int | None = None
+    max_frames: int | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    schedule: str
+    action: str
+    when: Conditions = field(default_factory=Conditions)
+    enabled: bool = True
+    dry_run: bool = False
+    keep_last: int = 0
+
+    @property
+    def destructive(self) -> bool:
+        return self.action in DESTRUCTIVE
+
+
+@dataclass(frozen=True)
+class SessionFacts:
+    """What matching reads of a session (a row of the sessions table)."""
+
+    id: str
+    status: str | None
+    orchestrator_id: str | None
+    session_type: str | None
+    first_seen_us: int
+    last_seen_us: int
+    started_at_us: int | None
+    ended_at_us: int | None
+    frame_count: int
+
+    @classmethod
+    def of(cls, row: Mapping[Any, Any]) -> SessionFacts:
+        return cls(*(row[name] for name in cls.__dataclass_fields__))
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def ended_us(self) -> int | None:
+        if self.ended_at_us is not None:
+            return self.ended_at_us
+        return self.last_seen_us if self.finished else None
+
+    @property
+    def started_us(self) -> int:
+        return self.started_at_us if self.started_at_us is not None else self.first_seen_us
+
+
+def matches(conditions: Conditions, session: SessionFacts, now_us: int) -> bool:
+    c = conditions
+    if c.status is not None and session.status not in c.status:
+        return False
+    if c.idle_for is not None and now_us - session.last_seen_us < c.idle_for * 1e6:
+        return False
+    if c.ended_before is not None:
+        ended = session.ended_us
+        if ended is None or ended > now_us - c.ended_before * 1e6:
+            return False
+    if c.started_before is not None and session.started_us > now_us - c.started_before * 1e6:
+        return False
+    if c.orchestrator_id is not None and session.orchestrator_id != c.orchestrator_id:
+        return False
+    if c.session_type is not None and session.session_type != c.session_type:
+        return False
+    if c.min_frames is not None and session.frame_count < c.min_frames:
+        return False
+    return not (c.max_frames is not None and session.frame_count > c.max_frames)
+
+
+@dataclass(frozen=True)
+class Decision:
+    session_id: str
+    # "act", or why not: "pinned", "kept" (keep_last), "grace", "active" (purge and
+    # compact leave a session that is still running), "unknown" (the daemon no longer
+    # knows it: nothing to stop).
+    verdict: str
+
+
+def decide(
+    policy: Policy,
+    sessions: Iterable[SessionFacts],
+    now_us: int,
+    *,
+    pinned: frozenset[str] = frozenset(),
+    first_matched: Mapping[str, int] | None = None,
+    grace: float = 0.0,
+) -> list[Decision]:
+    """Every session the policy matches, newest first, and what to do with it."""
+    matched = sorted(
+        (s for s in sessions if matches(policy.when, s, now_us)),
+        key=lambda s: (s.started_us, s.id),
+        reverse=True,
+    )
+    first_matched = first_matched or {}
+    decisions = []
+    for rank, session in enumerate(matched):
+        if session.id in pinned:
+            verdict = "pinned"
+        elif rank < policy.keep_last:
+            verdict = "kept"
+        elif policy.destructive and not session.finished:
+            verdict = "active"
+        elif policy.action == "stop_session" and session.status == LOST_STATUS:
+            verdict = "unknown"
+        elif (
+            policy.destructive
+            and grace > 0
+            and now_us - first_matched.get(session.id, now_us) < grace * 1e6
+        ):
+            verdict = "grace"
+        else:
+            verdict = "act"
+        decisions.append(Decision(session.id, verdict))
+    return decisions
+
+
+def oldest_to_purge(sessions: Sequence[SessionFacts], pinned: frozenset[str]) -> list[SessionFacts]:
+    """For ``storage.max_db_size``: finished, unpinned sessions, oldest first."""
+    return sorted(
+        (s for s in sessions if s.finished and s.id not in pinned),
+        key=lambda s: (s.ended_us or s.last_seen_us, s.id),
+    )

@@ -1,0 +1,340 @@
+"""``recorder cleanup``, ``recorder pin``/``unpin`` and ``recorder db vacuum``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from recorder.cli.options import Target, UsageFailure, load, output_option, reading, target_options
+from recorder.cli.render import Column, emit, when
+from recorder.times import format_us, now_us
+
+# How long `cleanup run` waits for a running service to finish the runs it asked for.
+WAIT_FOR_SERVICE = 3600.0
+
+
+@click.group()
+def cleanup() -> None:
+    """Cleanup policies: list them, run them now, read what they did."""
+
+
+def _policies(target: Target) -> dict[str, Any]:
+    from recorder.cleanup.jobs import policies_of
+
+    return {p.name: p for p in policies_of(target.config)}
+
+
+@cleanup.command("policies")
+@target_options
+@output_option()
+def list_policies(config_path: str | None, database: str | None, fmt: str) -> None:
+    """Each policy, its schedule, its next run time.
+
+    Example: recorder cleanup policies --config /etc/orchestrator-recorder/config.toml
+    """
+    from recorder.cleanup.policy import PolicyError
+    from recorder.cleanup.settings import trigger
+
+    target = load(config_path, database)
+    rows = []
+    for policy in _policies(target).values():
+        try:
+            fire = trigger(policy).get_next_fire_time(None, datetime.now(UTC))
+        except PolicyError as exc:
+            raise UsageFailure(f"{target.config.source}: {exc}") from None
+        when_ = {k: v for k, v in vars(policy.when).items() if v is not None}
+        rows.append(
+            {
+                "name": policy.name,
+                "action": policy.action,
+                "schedule": policy.schedule,
+                "enabled": policy.enabled,
+                "dry_run": policy.dry_run,
+                "keep_last": policy.keep_last,
+                "when": when_,
+                "next_run": fire.isoformat() if fire and policy.enabled else None,
+            }
+        )
+    columns = (
+        Column("POLICY", lambda r: r["name"]),
+        Column("ACTION", lambda r: r["action"] + (" (dry run)" if r["dry_run"] else "")),
+        Column("SCHEDULE", lambda r: r["schedule"]),
+        Column("NEXT RUN", lambda r: r["next_run"] or "disabled"),
+        Column("WHEN", lambda r: ", ".join(f"{k}={v}" for k, v in r["when"].items())),
+    )
+    emit(rows, fmt, columns, lambda r: r, "policies")
+
+
+@cleanup.command("run")
+@target_options
+@click.option("--policy", "name", help="Only this policy (default: every enabled one).")
+@click.option("--dry-run", is_flag=True, help="Print what would happen; change nothing.")
+@output_option()
+def run_now(
+    config_path: str | None, database: str | None, name: str | None, dry_run: bool, fmt: str
+) -> None:
+    """Run cleanup policies now.
+
+    With the service running, the runs happen inside it (through its writer and its
+    link to the daemon); otherwise purge and compact run on the database directly and
+    stop_session says that the service is not running. --dry-run only reads.
+
+    Example: recorder cleanup run --policy stop-completed --dry-run
+    """
+    target = load(config_path, database)
+    policies = _policies(target)
+    if name is not None and name not in policies:
+        known = ", ".join(policies) or "none configured"
+        raise UsageFailure(f"no policy named {name!r} (policies: {known})")
+    chosen = [policies[name]] if name else [p for p in policies.values() if p.enabled]
+    if not chosen:
+        click.echo("no cleanup policies to run (see [[cleanup.policies]])", err=True)
+        return
+    if dry_run:
+        _dry_run(target, chosen, fmt)
+        return
+    holder = _service(target)
+    if holder is not None:
+        run_ids = _through_service(target, name, holder)
+    else:
+        run_ids = asyncio.run(_directly(target, chosen))
+    with reading(target) as reader:
+        rows = reader.rows(
+            "SELECT * FROM cleanup_runs WHERE id IN ({}) ORDER BY id".format(
+                ", ".join(str(int(i)) for i in run_ids) or "0"
+            )
+        )
+    _emit_runs(rows, fmt)
+
+
+def _service(target: Target) -> str | None:
+    if not target.url.startswith("sqlite"):
+        return None
+    from recorder.db.reader import sqlite_file
+    from recorder.service.instance import running
+
+    return running(sqlite_file(target.url))
+
+
+def _dry_run(target: Target, chosen: list[Any], fmt: str) -> None:
+    from recorder.cleanup.policy import SessionFacts, decide
+
+    now = now_us()
+    with reading(target) as reader:
+        facts = [SessionFacts.of(row) for row in reader.rows("SELECT * FROM sessions")]
+        pinned = frozenset(r["session_id"] for r in reader.rows("SELECT session_id FROM pins"))
+        rows = []
+        for policy in chosen:
+            first = {
+                r["session_id"]: r["first_matched_us"]
+                for r in reader.rows(
+                    "SELECT session_id, first_matched_us FROM cleanup_matches WHERE policy = :p",
+                    {"p": policy.name},
+                )
+            }
+            grace = target.config.cleanup.grace
+            for d in decide(policy, facts, now, pinned=pinned, first_matched=first, grace=grace):
+                result = f"would {policy.action}" if d.verdict == "act" else d.verdict
+                rows.append({"policy": policy.name, "session": d.session_id, "result": result})
+    columns = (
+        Column("POLICY", lambda r: r["policy"]),
+        Column("SESSION", lambda r: r["session"]),
+        Column("RESULT", lambda r: r["result"]),
+    )
+    emit(rows, fmt, columns, lambda r: r, "sessions")
+
+
+def _through_service(target: Target, name: str | None, holder: str) -> list[int]:
+    from recorder.db.cleanup import ask
+
+    request_id = _write(target, lambda conn: ask(conn, name, False, now_us()))
+    click.echo(f"asked the running recorder ({holder}) to run it", err=True)
+    deadline = time.monotonic() + WAIT_FOR_SERVICE
+    poll = min(0.5, target.config.cleanup.poll / 2)
+    while time.monotonic() < deadline:
+        with reading(target) as reader:
+            row = reader.rows(
+                "SELECT result FROM cleanup_requests WHERE id = :id AND done_us IS NOT NULL",
+                {"id": request_id},
+            )
+        if row:
+            answer = json.loads(row[0]["result"])
+            if "error" in answer:
+                raise click.ClickException(answer["error"])
+            return [int(i) for i in answer["runs"]]
+        time.sleep(poll)
+    raise click.ClickException("the running recorder did not answer within an hour")
+
+
+async def _directly(target: Target, chosen: list[Any]) -> list[int]:
+    from recorder import logs
+    from recorder.cleanup.jobs import Cleanup, Direct
+    from recorder.db.connection import WriterDatabase
+    from recorder.db.write import Store
+
+    # The runs' results are printed; only problems go to the log (stderr).
+    logs.configure("warning", "console")
+
+    db = await WriterDatabase.open(target.url)
+    try:
+        runner = Cleanup(
+            target.config, Direct(db, Store(db.dialect)), None, no_link="the service is not running"
+        )
+        return [await runner.run(p, dry_run=False, trigger="cli") for p in chosen]
+    finally:
+        await db.shutdown()
+
+
+def _write(target: Target, fn: Any) -> Any:
+    """One small write from the CLI (a request, a pin), on the writer's own code."""
+    from recorder.db.connection import WriterDatabase
+
+    async def go() -> Any:
+        db = await WriterDatabase.open(target.url)
+        try:
+            return await db.run(fn)
+        finally:
+            await db.shutdown()
+
+    with reading(target):  # the database exists and is the recorder's: else one line
+        pass
+    return asyncio.run(go())
+
+
+def _emit_runs(rows: list[Any], fmt: str) -> None:
+    def as_json(r: Any) -> dict[str, Any]:
+        return {
+            "id": r["id"],
+            "policy": r["policy"],
+            "action": r["action"],
+            "trigger": r["trigger"],
+            "dry_run": bool(r["dry_run"]),
+            "started": format_us(r["started_us"]),
+            "ended": format_us(r["ended_us"]),
+            "matched": r["matched"],
+            "acted": r["acted"],
+            "actions": json.loads(r["actions"]),
+            "error": r["error"],
+        }
+
+    columns = (
+        Column("RUN", lambda r: r["id"], right=True),
+        Column("STARTED", lambda r: when(r["started_us"])),
+        Column("POLICY", lambda r: r["policy"] + (" (dry run)" if r["dry_run"] else "")),
+        Column("ACTION", lambda r: r["action"]),
+        Column("BY", lambda r: r["trigger"]),
+        Column("MATCHED", lambda r: r["matched"], right=True),
+        Column("ACTED", lambda r: r["acted"], right=True),
+        Column("ERROR / RESULTS", lambda r: r["error"] or _results(r["actions"])),
+    )
+    emit(rows, fmt, columns, as_json, "cleanup runs")
+
+
+def _results(actions: str) -> str:
+    counts: dict[str, int] = {}
+    for action in json.loads(actions):
+        result = str(action.get("result", "")).split(" ")[0]
+        counts[result] = counts.get(result, 0) + 1
+    return ", ".join(f"{n} {r}" for r, n in counts.items())
+
+
+@cleanup.command("history")
+@target_options
+@click.option("--policy", "name", help="Only this policy's runs.")
+@click.option(
+    "--limit", type=click.IntRange(min=0), default=20, show_default=True, help="0 for all."
+)
+@output_option()
+def history(
+    config_path: str | None, database: str | None, name: str | None, limit: int, fmt: str
+) -> None:
+    """What the cleanup runs did, newest first.
+
+    Example: recorder cleanup history --policy retention --json
+    """
+    target = load(config_path, database)
+    where = " WHERE policy = :p" if name else ""
+    limit_sql = f" LIMIT {int(limit)}" if limit else ""
+    with reading(target) as reader:
+        rows = reader.rows(
+            f"SELECT * FROM cleanup_runs{where} ORDER BY id DESC{limit_sql}", {"p": name}
+        )
+    _emit_runs(rows, fmt)
+
+
+def _pin(config_path: str | None, database: str | None, session: str, on: bool) -> None:
+    from recorder.db import read
+    from recorder.db.cleanup import pin as set_pin
+
+    target = load(config_path, database)
+    with reading(target) as reader:
+        sid = read.resolve_session(reader, session)["id"]
+    changed = _write(target, lambda conn: set_pin(conn, sid, now_us(), on))
+    state = "pinned" if on else "unpinned"
+    click.echo(f"{sid} {state}" if changed else f"{sid} was already {state}")
+
+
+@click.command()
+@target_options
+@click.argument("session")
+def pin(config_path: str | None, database: str | None, session: str) -> None:
+    """Keep a session from every cleanup policy (its id, or the start of it).
+
+    Example: recorder pin session_1795692537464
+    """
+    _pin(config_path, database, session, True)
+
+
+@click.command()
+@target_options
+@click.argument("session")
+def unpin(config_path: str | None, database: str | None, session: str) -> None:
+    """Let cleanup policies touch a pinned session again.
+
+    Example: recorder unpin session_1795692537464
+    """
+    _pin(config_path, database, session, False)
+
+
+def vacuum(target: Target) -> tuple[int, int]:
+    """A full VACUUM (SQLite: also switching an older file to incremental vacuum)."""
+    from recorder.db.reader import sqlite_file
+
+    if _service(target) is not None:
+        raise click.ClickException(
+            "a full vacuum needs the database to itself: stop the recorder first "
+            "(purges give space back on their own in databases it created)"
+        )
+    if target.url.startswith("sqlite"):
+        import sqlite3
+
+        path = sqlite_file(target.url)
+        with reading(target):
+            pass
+        before = path.stat().st_size
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+        return before, path.stat().st_size
+    import asyncpg
+
+    async def pg() -> tuple[int, int]:
+        conn = await asyncpg.connect("postgresql://" + target.url.partition("://")[2])
+        try:
+            size = "SELECT pg_database_size(current_database())"
+            before = int(await conn.fetchval(size))
+            await conn.execute("VACUUM")
+            return before, int(await conn.fetchval(size))
+        finally:
+            await conn.close()
+
+    return asyncio.run(pg())

@@ -1,0 +1,366 @@
+"""The cleanup's database work: matching, purging, compacting, the audit trail.
+
+Synchronous functions of a SQLAlchemy Connection, one short transaction each, run
+by the database process (through :mod:`recorder.pipeline.ops`) while the service
+runs, or directly by the CLI when it does not. A purge is many calls of
+:func:`purge_some`, each deleting a bounded number of frames, so that batches of
+new frames are written in between: recording goes on during a large purge.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.engine import Connection
+
+from recorder.cleanup.policy import Decision, Policy, SessionFacts, decide
+from recorder.db.schema import (
+    cleanup_matches,
+    cleanup_requests,
+    cleanup_runs,
+    connections,
+    frame_days,
+    frames,
+    pins,
+    sessions,
+    tasks,
+)
+from recorder.protocol.index import DAY_US, TERMINAL_STATUSES
+from recorder.times import format_us
+
+# Frames deleted per transaction: a few milliseconds of the writer's time each.
+PURGE_CHUNK = 2000
+COMPACTED = "stream_compacted"
+_FACTS = [sessions.c[name] for name in SessionFacts.__dataclass_fields__]
+
+
+class StillActive(Exception):
+    """Purge and compact never touch a session that is still running."""
+
+
+def match_policy(
+    conn: Connection, policy: Policy, now_us: int, grace: float, remember: bool
+) -> list[Decision]:
+    """The policy's decisions now; with ``remember``, note when each match began."""
+    with conn.begin():
+        facts = [SessionFacts.of(row._mapping) for row in conn.execute(select(*_FACTS))]
+        pinned = frozenset(row[0] for row in conn.execute(select(pins.c.session_id)))
+        first = dict(
+            conn.execute(
+                select(cleanup_matches.c.session_id, cleanup_matches.c.first_matched_us).where(
+                    cleanup_matches.c.policy == policy.name
+                )
+            ).all()
+        )
+        decisions = decide(policy, facts, now_us, pinned=pinned, first_matched=first, grace=grace)
+        if remember:
+            matched = {d.session_id for d in decisions}
+            new = [
+                {"policy": policy.name, "session_id": sid, "first_matched_us": now_us}
+                for sid in matched - set(first)
+            ]
+            if new:
+                conn.execute(insert(cleanup_matches), new)
+            gone = sorted(set(first) - matched)
+            for start in range(0, len(gone), 500):
+                conn.execute(
+                    delete(cleanup_matches).where(
+                        cleanup_matches.c.policy == policy.name,
+                        cleanup_matches.c.session_id.in_(gone[start : start + 500]),
+                    )
+                )
+    return decisions
+
+
+def _finished(conn: Connection, session_id: str) -> None:
+    status = conn.execute(select(sessions.c.status).where(sessions.c.id == session_id)).scalar()
+    if status is not None and status not in TERMINAL_STATUSES:
+        raise StillActive(f"session {session_id} is {status}")
+
+
+def _uncount(conn: Connection, rows: Sequence[Any]) -> None:
+    """Take deleted frames out of the rollups: per connection, session and day."""
+    per_connection: dict[int, int] = {}
+    per_day: dict[tuple[int, str, str], list[int]] = {}
+    for row in rows:
+        per_connection[row.connection_id] = per_connection.get(row.connection_id, 0) + 1
+        key = (row.received_at_us - row.received_at_us % DAY_US, row.type or "", row.direction)
+        tally = per_day.setdefault(key, [0, 0])
+        tally[0] += 1
+        tally[1] += row.size
+    for cid, n in per_connection.items():
+        conn.execute(
+            update(connections)
+            .where(connections.c.id == cid)
+            .values(frame_count=connections.c.frame_count - n)
+        )
+    for (day, type_, direction), (n, size) in per_day.items():
+        conn.execute(
+            update(frame_days)
+            .where(
+                frame_days.c.day_us == day,
+                frame_days.c.type == type_,
+                frame_days.c.direction == direction,
+            )
+            .values(frames=frame_days.c.frames - n, bytes=frame_days.c.bytes - size)
+        )
+
+
+_CHUNK_COLUMNS = (
+    frames.c.id,
+    frames.c.connection_id,
+    frames.c.received_at_us,
+    frames.c.type,
+    frames.c.direction,
+    frames.c.size,
+)
+
+
+def purge_some(conn: Connection, session_id: str, limit: int = PURGE_CHUNK) -> int:
+    """Delete up to ``limit`` of a finished session's frames; how many were deleted."""
+    with conn.begin():
+        _finished(conn, session_id)
+        rows = conn.execute(
+            select(*_CHUNK_COLUMNS)
+            .where(frames.c.session_id == session_id)
+            .order_by(frames.c.id)
+            .limit(limit)
+        ).all()
+        if not rows:
+            return 0
+        conn.execute(delete(frames).where(frames.c.id.in_([r.id for r in rows])))
+        _uncount(conn, rows)
+        conn.execute(
+            update(sessions)
+            .where(sessions.c.id == session_id)
+            .values(frame_count=sessions.c.frame_count - len(rows))
+        )
+        return len(rows)
+
+
+def purge_finish(conn: Connection, session_id: str, connection_ids: Iterable[int]) -> int:
+    """After its frames: the session's index rows, and the closed connections it
+    emptied. Returns how many connection rows went."""
+    with conn.begin():
+        _finished(conn, session_id)
+        conn.execute(delete(tasks).where(tasks.c.session_id == session_id))
+        conn.execute(delete(cleanup_matches).where(cleanup_matches.c.session_id == session_id))
+        conn.execute(delete(sessions).where(sessions.c.id == session_id))
+        ids = sorted(set(connection_ids))
+        if not ids:
+            return 0
+        result = conn.execute(
+            delete(connections).where(
+                connections.c.id.in_(ids),
+                connections.c.closed_at_us.is_not(None),
+                connections.c.frame_count <= 0,
+            )
+        )
+        return int(result.rowcount)
+
+
+def connections_of(conn: Connection, session_id: str) -> list[int]:
+    with conn.begin():
+        return [
+            row[0]
+            for row in conn.execute(
+                select(frames.c.connection_id).where(frames.c.session_id == session_id).distinct()
+            )
+        ]
+
+
+def compact(conn: Connection, session_id: str) -> tuple[int, int]:
+    """Replace a finished session's stream chunks, per connection, by one frame holding
+    their text (``stream_compacted``), where the first chunk was; every other frame
+    stays as it was. Returns (chunks replaced, frames written)."""
+    with conn.begin():
+        _finished(conn, session_id)
+        rows = conn.execute(
+            select(*_CHUNK_COLUMNS, frames.c.seq, frames.c.payload)
+            .where(frames.c.session_id == session_id, frames.c.type == "stream_chunk")
+            .order_by(frames.c.id)
+        ).all()
+        by_connection: dict[int, list[Any]] = {}
+        for row in rows:
+            by_connection.setdefault(row.connection_id, []).append(row)
+        replaced = written = 0
+        for chunks in by_connection.values():
+            if len(chunks) < 2:
+                continue
+            first, last = chunks[0], chunks[-1]
+            payload = json.dumps(
+                {
+                    "type": COMPACTED,
+                    "data": {
+                        "sessionId": session_id,
+                        "text": "".join(_chunk_text(c.payload) for c in chunks),
+                        "chunks": len(chunks),
+                        "firstReceivedAt": format_us(first.received_at_us),
+                        "lastReceivedAt": format_us(last.received_at_us),
+                        "seqs": [first.seq, last.seq],
+                    },
+                    "recorder": "compacted",
+                },
+                ensure_ascii=False,
+                separators=(",", ":"),
+            )
+            size = len(payload.encode())
+            conn.execute(
+                update(frames)
+                .where(frames.c.id == first.id)
+                .values(
+                    type=COMPACTED,
+                    payload=payload,
+                    payload_bytes=None,
+                    parse_error=None,
+                    opcode=1,
+                    size=size,
+                )
+            )
+            rest = [c.id for c in chunks[1:]]
+            for start in range(0, len(rest), 5000):
+                conn.execute(delete(frames).where(frames.c.id.in_(rest[start : start + 5000])))
+            _uncount(conn, chunks)
+            _count(conn, first, size)
+            conn.execute(
+                update(sessions)
+                .where(sessions.c.id == session_id)
+                .values(frame_count=sessions.c.frame_count - len(rest))
+            )
+            replaced += len(chunks)
+            written += 1
+        return replaced, written
+
+
+def _chunk_text(payload: str | None) -> str:
+    try:
+        obj = json.loads(payload or "")
+    except ValueError:
+        return ""
+    data = obj.get("data") if isinstance(obj, dict) else None
+    chunk = data.get("chunk") if isinstance(data, dict) else None
+    return chunk if isinstance(chunk, str) else ""
+
+
+def _count(conn: Connection, first: Any, size: int) -> None:
+    """The compacted frame, counted where the first chunk was."""
+    day = first.received_at_us - first.received_at_us % DAY_US
+    conn.execute(
+        update(connections)
+        .where(connections.c.id == first.connection_id)
+        .values(frame_count=connections.c.frame_count + 1)
+    )
+    key = {"day_us": day, "type": COMPACTED, "direction": first.direction}
+    found = conn.execute(
+        update(frame_days)
+        .where(*(frame_days.c[k] == v for k, v in key.items()))
+        .values(frames=frame_days.c.frames + 1, bytes=frame_days.c.bytes + size)
+    )
+    if not found.rowcount:
+        conn.execute(insert(frame_days).values(**key, frames=1, bytes=size))
+
+
+def record_run(conn: Connection, run: dict[str, Any]) -> int:
+    with conn.begin():
+        result = conn.execute(insert(cleanup_runs).values(**run))
+    pk = result.inserted_primary_key
+    assert pk is not None
+    return int(pk[0])
+
+
+def take_requests(conn: Connection, now_us: int) -> list[tuple[int, str | None, bool]]:
+    """Requests from `recorder cleanup run`, marked taken."""
+    with conn.begin():
+        rows = conn.execute(
+            select(cleanup_requests.c.id, cleanup_requests.c.policy, cleanup_requests.c.dry_run)
+            .where(cleanup_requests.c.taken_us.is_(None))
+            .order_by(cleanup_requests.c.id)
+        ).all()
+        if rows:
+            conn.execute(
+                update(cleanup_requests)
+                .where(cleanup_requests.c.id.in_([r.id for r in rows]))
+                .values(taken_us=now_us)
+            )
+    return [(r.id, r.policy, bool(r.dry_run)) for r in rows]
+
+
+def answer_request(conn: Connection, request_id: int, now_us: int, result: str) -> None:
+    with conn.begin():
+        conn.execute(
+            update(cleanup_requests)
+            .where(cleanup_requests.c.id == request_id)
+            .values(done_us=now_us, result=result)
+        )
+
+
+def ask(conn: Connection, policy: str | None, dry_run: bool, now_us: int) -> int:
+    """For the CLI: a request a running service will take."""
+    with conn.begin():
+        result = conn.execute(
+            insert(cleanup_requests).values(
+                policy=policy, dry_run=int(dry_run), requested_us=now_us
+            )
+        )
+    pk = result.inserted_primary_key
+    assert pk is not None
+    return int(pk[0])
+
+
+def pin(conn: Connection, session_id: str, now_us: int, on: bool) -> bool:
+    """Pin (or unpin) a session; False when it already was (or was not) pinned."""
+    with conn.begin():
+        exists = conn.execute(
+            select(pins.c.session_id).where(pins.c.session_id == session_id)
+        ).first()
+        if on and exists is None:
+            conn.execute(insert(pins).values(session_id=session_id, pinned_at_us=now_us))
+            return True
+        if not on and exists is not None:
+            conn.execute(delete(pins).where(pins.c.session_id == session_id))
+            return True
+        return False
+
+
+def database_bytes(conn: Connection) -> int:
+    """What the database occupies, less the free pages SQLite would give back."""
+    if conn.dialect.name == "sqlite":
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        pages = driver.execute("PRAGMA page_count").fetchone()[0]
+        free = driver.execute("PRAGMA freelist_count").fetchone()[0]
+        size = driver.execute("PRAGMA page_size").fetchone()[0]
+        return int((pages - free) * size)
+    with conn.begin():
+        return int(
+            conn.execute(select(func.pg_database_size(func.current_database()))).scalar() or 0
+        )
+
+
+def oldest_finished(conn: Connection, limit: int) -> list[SessionFacts]:
+    with conn.begin():
+        rows = conn.execute(
+            select(*_FACTS)
+            .where(sessions.c.status.in_(sorted(TERMINAL_STATUSES)))
+            .where(sessions.c.id.not_in(select(pins.c.session_id)))
+            .order_by(sessions.c.last_seen_us)
+            .limit(limit)
+        ).all()
+    return [SessionFacts.of(row._mapping) for row in rows]
+
+
+def give_back_space(conn: Connection, pages: int = 2000) -> int:
+    """SQLite: return up to ``pages`` free pages to the file system (incremental
+    vacuum; a database made before it was on needs `recorder db vacuum` once).
+    Returns how many free pages are left."""
+    if conn.dialect.name != "sqlite":
+        return 0
+    # On the driver's connection: SQLAlchemy's would wrap it in a transaction, and
+    # incremental_vacuum does its work outside one.
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    driver.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
+    return int(driver.execute("PRAGMA freelist_count").fetchone()[0])

@@ -1,0 +1,79 @@
+"""One recorder per database: the instance lock, and whether a recorder holds it.
+
+SQLite: an exclusive ``flock`` on ``<database>.lock`` beside the file, held for the
+service's life and released by the kernel however the process ends (SIGKILL
+included), so a stale lock cannot outlive its holder. The file says who holds it
+(PID, host, since) for the one-line refusal a second recorder prints.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+from pathlib import Path
+
+from recorder.times import format_us, now_us
+
+
+class AlreadyRunning(Exception):
+    """Another recorder holds this database."""
+
+
+def lock_path(database: Path) -> Path:
+    return database.with_name(database.name + ".lock")
+
+
+class InstanceLock:
+    def __init__(self, database: Path, shown: str) -> None:
+        self.path = lock_path(database)
+        self.shown = shown
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock, or raise AlreadyRunning naming the holder."""
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise AlreadyRunning(
+                f"another recorder is running on {self.shown} ({holder}); "
+                "stop it first, or point this one at another database"
+            ) from None
+        os.ftruncate(fd, 0)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": format_us(now_us())}
+        os.write(fd, json.dumps(info).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"PID {info['pid']} on {info['host']}, since {info['since']}"
+    except (ValueError, KeyError, OSError):
+        return "its PID is unknown"
+
+
+def running(database: Path) -> str | None:
+    """Who holds the lock of ``database`` (PID, host, since), or None if nobody does."""
+    path = lock_path(database)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(fd)
+    finally:
+        os.close(fd)
+    return None
