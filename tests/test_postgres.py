@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -123,3 +124,58 @@ def test_postgres_gets_the_same_schema_and_every_frame(pg_url: str) -> None:
     )
     assert [r["seq"] for r in since] == [4, 5, 6, 7, 8]
     assert info["database_bytes"] > 0
+
+
+def test_cleanup_purges_and_compacts_on_postgres(pg_url: str, tmp_path: Path) -> None:
+    def status(sid: str, state: str) -> bytes:
+        return json.dumps(
+            {"type": "session_status_update", "session": {"id": sid, "status": state}}
+        ).encode()
+
+    def chunk(sid: str, text: str) -> bytes:
+        return json.dumps(
+            {"type": "stream_chunk", "data": {"sessionId": sid, "chunk": text}}
+        ).encode()
+
+    async def record() -> None:
+        writer = Writer(pg_url.replace("postgresql://", "postgresql+asyncpg://"))
+        await writer.start()
+        task = asyncio.create_task(writer.run())
+        cid = await writer.open_connection("proxy", "ws://127.0.0.1:8787/", "127.0.0.1:5000")
+        script = [
+            status("a", "running"),
+            chunk("a", "one "),
+            chunk("a", "two"),
+            status("a", "completed"),
+        ]
+        script += [status("b", "running"), chunk("b", "x"), status("b", "failed")]
+        for i, data in enumerate(script, 1):
+            await writer.put(Frame(cid, i, IN, 1_795_692_537_000_000 + i, i, True, data))
+        await writer.close_connection(cid, code=1000, reason="", closed_by="client")
+        writer.stop()
+        await task
+        await writer.close()
+
+    asyncio.run(record())
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[storage]\nurl = "{pg_url}"\n'
+        '[[cleanup.policies]]\nname = "squash"\nschedule = "every 1h"\naction = "compact"\n'
+        'when = { status = ["completed"] }\n'
+        '[[cleanup.policies]]\nname = "bye"\nschedule = "every 1h"\naction = "purge"\n'
+        'when = { status = ["failed"] }\n'
+    )
+    result = CliRunner().invoke(cli, ["cleanup", "run", "--config", str(config), "--json"])
+    assert result.exit_code == 0, result.output
+    runs = {r["policy"]: r for r in json.loads(result.stdout)}
+    assert runs["squash"]["actions"][0]["result"] == "compacted 2 chunks into 1 frames"
+    assert runs["bye"]["actions"][0]["result"] == "purged 3 frames"
+    frames = cli_json_lines(["frames", "--database", pg_url, "--format", "jsonl", "--limit", "0"])
+    assert [f["type"] for f in frames] == [
+        "session_status_update",
+        "stream_compacted",
+        "session_status_update",
+    ]
+    assert json.loads(frames[1]["payload"])["data"]["text"] == "one two"
+    sessions = cli_json_lines(["sessions", "--database", pg_url, "--json"])
+    assert [s["id"] for s in sessions] == ["a"]
