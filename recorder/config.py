@@ -49,7 +49,7 @@ class DaemonConfig:
 class ReconnectConfig:
     base: float = 3.0
     factor: float = 2.0
-    cap: float = 300.0
+    cap: float = 30.0
     max_attempts: int = 0
     stable_after: float = 60.0
 
@@ -68,6 +68,9 @@ class StorageConfig:
     queue_max_frames: int = 20000
     queue_max_bytes: int = 64 * MiB
     shutdown_timeout: float = 30.0
+    # This recorder's name in the database: several recorders may share one
+    # PostgreSQL database, one instance name each.
+    instance: str = "default"
     # Purge finished sessions older than this (a duration, "30d"); empty: keep all.
     retention: str = ""
     # Purge the oldest finished sessions while the database is larger ("20GiB").

@@ -214,12 +214,14 @@ def test_status(filled_db: Path) -> None:
     code, out = invoke("status", "--database", str(filled_db), "--json")
     assert code == 0
     info = json.loads(out)
-    assert info["connected"] is True  # the fixture never closed its connection row
+    # The fixture never closed its connection row, but no recorder runs: not connected.
+    assert info["connected"] is False and info["running"] is False
     assert info["frames"] == len(FRAMES) and info["sessions"] == 2 and info["active_sessions"] == 1
     assert info["last_frame_at"] == "2026-11-26T11:37:57.000000Z"
     assert info["database_bytes"] > 0
     code, out = invoke("status", "--database", str(filled_db))
-    assert "connected since" in out and "frames      9" in out
+    assert "left open by a recorder that stopped" in out and "frames      9" in out
+    assert out.startswith("recorder    not running, and has never run on this database")
 
 
 def test_db_commands(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ def test_defaults_without_a_file() -> None:
     config = load_config(None, env={"HOME": "/home/ann"})
     assert config.daemon.url == "ws://localhost:8787"
     assert (
-        config.reconnect.base == 3 and config.reconnect.factor == 2 and config.reconnect.cap == 300
+        config.reconnect.base == 3 and config.reconnect.factor == 2 and config.reconnect.cap == 30
     )
     assert config.reconnect.max_attempts == 0 and config.reconnect.stable_after == 60
     assert config.heartbeat.interval == 30 and config.heartbeat.timeout == 10

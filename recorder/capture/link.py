@@ -49,6 +49,17 @@ class Link:
         self.connection_id: int | None = None
         self.last_rx = 0.0
         self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        # What the service reports (status, sd_notify, metrics): connecting, connected,
+        # waiting; since when; the last failure; when the next attempt is due.
+        self.state = "connecting"
+        self.since_us: int | None = None
+        self.last_error: str | None = None
+        self.last_error_us: int | None = None
+        self.retry_at_us: int | None = None
+        self.reconnects: dict[str, int] = {}
+        # Set once the first attempt to connect has ended, however it ended.
+        self.attempted = asyncio.Event()
         self._seq = itertools.count(1)
         self._ws: Any = None
         self._local_reason: str | None = None
@@ -73,12 +84,14 @@ class Link:
         """Connect, record until the connection ends, wait, repeat; until :meth:`stop`."""
         options = self._dial_options()
         while not self._stop.is_set():
+            self.state = "connecting"
             try:
                 ws = await self.dialer.dial(**options)
             except InvalidStatus as exc:
                 delay = self._rejected(exc)
             except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
                 delay = self.backoff.next_delay()
+                self._failed("unreachable", f"cannot reach the daemon: {_error_text(exc)}")
                 log.warning(
                     "cannot reach daemon",
                     url=self.safe_url,
@@ -88,6 +101,7 @@ class Link:
                 )
             else:
                 self._last_rejection = None
+                self.attempted.set()
                 started = time.monotonic()
                 await self._record(ws)
                 if time.monotonic() - started >= self.config.reconnect.stable_after:
@@ -95,22 +109,46 @@ class Link:
                 if self._stop.is_set():
                     break
                 delay = self.backoff.next_delay()
+                self.reconnects["disconnected"] = self.reconnects.get("disconnected", 0) + 1
                 log.info("reconnecting", retry_in=round(delay, 2), attempt=self.backoff.attempt)
             if self.backoff.exhausted:
                 raise LinkGaveUp(
                     f"gave up on {self.safe_url} after {self.backoff.attempt} attempts "
                     "(reconnect.max_attempts)"
                 )
-            try:
-                async with asyncio.timeout(delay):
-                    await self._stop.wait()
-            except TimeoutError:
-                pass
+            await self._wait(delay)
+
+    def _failed(self, reason: str, error: str | None) -> None:
+        self.attempted.set()
+        self.reconnects[reason] = self.reconnects.get(reason, 0) + 1
+        self.last_error = error
+        self.last_error_us = now_us()
+
+    async def _wait(self, delay: float) -> None:
+        """Until the next attempt is due, the link stops, or :meth:`wake` is called."""
+        self.state = "waiting"
+        self.retry_at_us = now_us() + int(delay * 1e6)
+        self._wake.clear()
+        waits = [asyncio.ensure_future(e.wait()) for e in (self._stop, self._wake)]
+        try:
+            await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        self.retry_at_us = None
+
+    def wake(self) -> None:
+        """The daemon is back (the proxy just reached it): dial now, not at the backoff's
+        time. A recorder must not sleep through the daemon's return."""
+        if self.state == "waiting":
+            log.info("daemon reachable again; dialling now", url=self.safe_url)
+            self._wake.set()
 
     def _rejected(self, exc: InvalidStatus) -> float:
         status = exc.response.status_code
         body = exc.response.body.decode(errors="replace")[:300] if exc.response.body else ""
         reason = f"HTTP {status} {body}".strip()
+        self._failed("rejected", f"the daemon rejected the handshake: {reason}")
         if status in (401, 403):
             delay = self.backoff.capped_delay()
             # Credentials won't fix themselves: say it once, then retry slowly and quietly.
@@ -144,6 +182,7 @@ class Link:
         self._local_reason = None
         self.last_rx = time.monotonic()
         log.info("connected to daemon", url=self.safe_url, connection_id=cid)
+        self.state, self.since_us, self.last_error = "connected", now_us(), None
         self.disconnected.clear()
         self.connected.set()
         helpers = [
@@ -180,6 +219,10 @@ class Link:
             error=error,
         )
         self._ws = None
+        self.state, self.since_us = "connecting", now_us()
+        if error or code not in (1000, 1001) or not self._stop.is_set():
+            self.last_error = f"connection closed: code {code}" + (f", {error}" if error else "")
+            self.last_error_us = self.since_us
         self.disconnected.set()
 
     async def _receive(self, ws: Any, cid: int) -> None:

@@ -17,7 +17,7 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -60,6 +60,8 @@ class Proxy:
         self.safe_upstream = redact_url(self.upstream)
         self.clients = 0
         self.conversations = 0
+        # Called when a client's upstream connection succeeds: the daemon is up.
+        self.on_upstream_reached: Callable[[], None] | None = None
         self.server: Server | None = None
         self._pending: dict[ServerConnection, Any] = {}
 
@@ -158,6 +160,8 @@ class Proxy:
             )
             return json_response(502, {"error": "upstream_unreachable"})
         self._pending[conn] = upstream
+        if self.on_upstream_reached is not None:
+            self.on_upstream_reached()
         return None
 
     def _upstream_headers(self, client: Headers, strip_authorization: bool) -> Headers:

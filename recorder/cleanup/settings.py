@@ -8,7 +8,7 @@ commands do not import it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,3 +147,10 @@ def trigger(policy: Policy) -> Any:
         return CronTrigger.from_crontab(text, timezone="UTC")
     except ValueError as exc:
         raise PolicyError(f"cleanup.policies[{policy.name}].schedule: {exc}") from None
+
+
+def check_schedules(policies: Iterable[Policy]) -> None:
+    """Every schedule as APScheduler will read it (PolicyError otherwise); APScheduler
+    is imported only when there are policies."""
+    for policy in policies:
+        trigger(policy)

@@ -19,7 +19,6 @@ from recorder.cli.options import (
 )
 from recorder.cli.render import SESSION_COLUMNS, FrameWriter, emit, session_json
 from recorder.protocol.frames import IN, OUT
-from recorder.times import format_us
 
 # How often `recorder tail` looks for newly committed frames.
 TAIL_POLL = 0.2
@@ -178,49 +177,25 @@ def tail(
 @target_options
 @output_option(jsonl=False)
 def status(config_path: str | None, database: str | None, fmt: str) -> None:
-    """Is the recorder connected, and what has it recorded?
+    """Is a recorder running on this database, is it connected, what has it recorded?
 
     Example: recorder status --json
     """
     from recorder.db import read
+    from recorder.db.reader import sqlite_file
+    from recorder.service.instance import running
+    from recorder.service.report import lines, report
 
     target = load(config_path, database)
+    sqlite = target.url.startswith("sqlite")
+    holder = running(sqlite_file(target.url)) if sqlite else None
     with reading(target) as reader:
-        st = read.status(reader)
-    conn = st.last_connection
-    info: dict[str, Any] = {
-        "connected": st.connected_since_us is not None,
-        "connected_since": format_us(st.connected_since_us) or None,
-        "daemon_url": conn["url"] if conn is not None else target.config.daemon.url,
-        "last_disconnect": format_us(conn["closed_at_us"])
-        if conn is not None and conn["closed_at_us"]
-        else None,
-        "last_close_code": conn["close_code"] if conn is not None else None,
-        "last_error": conn["error"] if conn is not None else None,
-        "last_frame_at": format_us(st.last_frame_us) or None,
-        "frames": st.frame_count,
-        "sessions": st.session_count,
-        "active_sessions": st.active_sessions,
-        "database": target.shown,
-        "database_bytes": st.database_bytes,
-    }
+        st = read.status(reader, target.config.storage.instance)
+    info = report(
+        st, holder=holder, sqlite=sqlite, daemon_url=target.config.daemon.url, database=target.shown
+    )
     if fmt == "json":
         click.echo(json.dumps(info))
-        return
-    if info["connected"]:
-        state = f"connected since {info['connected_since']}"
-    elif conn is None:
-        state = "never connected"
     else:
-        state = f"disconnected since {info['last_disconnect']} (code {info['last_close_code']})"
-        if info["last_error"]:
-            state += f": {info['last_error']}"
-    size = st.database_bytes
-    click.echo(f"daemon      {info['daemon_url']}: {state}")
-    click.echo(f"last frame  {info['last_frame_at'] or 'none'}")
-    click.echo(f"frames      {st.frame_count:,}")
-    click.echo(f"sessions    {st.session_count:,} ({st.active_sessions:,} active)")
-    click.echo(
-        f"database    {info['database']}"
-        + (f" ({size / 1048576:.1f} MiB)" if size is not None else "")
-    )
+        for line in lines(info):
+            click.echo(line)

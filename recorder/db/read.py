@@ -185,9 +185,12 @@ class Status:
     session_count: int
     active_sessions: int
     database_bytes: int | None
+    # What the recorder instance last said about itself (None: never ran here).
+    instance: Row | None = None
+    proxied_frames: int = 0
 
 
-def status(reader: Reader) -> Status:
+def status(reader: Reader, instance: str = "default") -> Status:
     """What the recorder has done, read in constant time whatever the database's size."""
     last_conn = first_row(
         reader, "SELECT * FROM connections WHERE role = 'link' ORDER BY id DESC LIMIT 1"
@@ -199,8 +202,10 @@ def status(reader: Reader) -> Status:
         reader,
         "SELECT (SELECT coalesce(sum(frame_count), 0) FROM connections) AS frames, "
         "(SELECT count(*) FROM sessions) AS sessions, "
-        f"(SELECT count(*) FROM sessions WHERE {_ACTIVE}) AS active",
+        f"(SELECT count(*) FROM sessions WHERE {_ACTIVE}) AS active, "
+        "(SELECT coalesce(sum(frame_count), 0) FROM connections WHERE role = 'proxy') AS proxied",
     )
+    found = first_row(reader, "SELECT * FROM instances WHERE name = :name", {"name": instance})
     assert counts is not None
     connected_since = None
     if last_conn is not None and last_conn["closed_at_us"] is None:
@@ -213,6 +218,8 @@ def status(reader: Reader) -> Status:
         session_count=int(counts["sessions"]),
         active_sessions=int(counts["active"]),
         database_bytes=reader.size_bytes(),
+        instance=found,
+        proxied_frames=int(counts["proxied"]),
     )
 
 

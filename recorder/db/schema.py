@@ -33,6 +33,7 @@ __all__ = [
     "connections",
     "frame_days",
     "frames",
+    "instances",
     "metadata",
     "pins",
     "sessions",
@@ -75,6 +76,9 @@ connections = Table(
     Column("closed_by", String(16), nullable=True),
     Column("error", Text, nullable=True),
     Column("frame_count", BigInteger, nullable=False, server_default="0"),
+    # The recorder that recorded it (storage.instance): recorders sharing one
+    # PostgreSQL database each close only their own rows after an unclean stop.
+    Column("instance", Text, nullable=False, server_default="default"),
 )
 
 frames = Table(
@@ -224,4 +228,19 @@ cleanup_requests = Table(
     Column("done_us", BigInteger, nullable=True),
     # JSON list of cleanup_runs ids, or the reason it could not run.
     Column("result", Text, nullable=True),
+)
+
+
+# Each recorder (storage.instance) and what it last said about itself: `recorder
+# status` reads it (whether the recorder is running comes from its lock).
+instances = Table(
+    "instances",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("pid", Integer, nullable=False),
+    Column("host", Text, nullable=False),
+    Column("started_us", BigInteger, nullable=False),
+    Column("heartbeat_us", BigInteger, nullable=False),
+    # JSON: the link's state, its last error, the proxy's clients, frames recorded.
+    Column("state", Text, nullable=False),
 )

@@ -81,7 +81,8 @@ class Store:
     ``AsyncConnection.run_sync`` over asyncpg. Each method is one transaction.
     """
 
-    def __init__(self, dialect: Dialect) -> None:
+    def __init__(self, dialect: Dialect, instance: str = "default") -> None:
+        self.instance = instance
         compiled = frames.insert().compile(dialect=dialect, column_keys=list(FRAME_COLUMNS))
         # Map the compiled statement's parameter order onto our row tuples.
         order = compiled.positiontup or list(FRAME_COLUMNS)
@@ -104,6 +105,7 @@ class Store:
                     opened_at_us=opened_us,
                     client_addr=client_addr,
                     frame_count=0,
+                    instance=self.instance,
                 )
             )
         pk = result.inserted_primary_key
@@ -139,7 +141,9 @@ class Store:
         with conn.begin():
             result = conn.execute(
                 update(connections)
-                .where(connections.c.closed_at_us.is_(None))
+                .where(
+                    connections.c.closed_at_us.is_(None), connections.c.instance == self.instance
+                )
                 .values(
                     closed_at_us=now_us, closed_by="service", error="recorder stopped uncleanly"
                 )
@@ -398,3 +402,25 @@ def _bound(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def heartbeat(
+    conn: Connection, name: str, pid: int, host: str, started_us: int, at_us: int, state: str
+) -> None:
+    from recorder.db.schema import instances
+
+    row = {
+        "name": name,
+        "pid": pid,
+        "host": host,
+        "started_us": started_us,
+        "heartbeat_us": at_us,
+        "state": state,
+    }
+    insert = dialect_insert(conn.dialect.name, instances)
+    with conn.begin():
+        conn.execute(
+            insert.values(**row).on_conflict_do_update(
+                index_elements=["name"], set_={k: v for k, v in row.items() if k != "name"}
+            )
+        )

@@ -29,6 +29,7 @@ class Settings:
     url: str
     log_level: str
     log_format: str
+    instance: str = "default"
 
 
 @dataclass(frozen=True, slots=True)

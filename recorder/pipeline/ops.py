@@ -156,3 +156,30 @@ class WriteRows(Operation[None]):
             else:
                 db.wrote(self.rows)
                 return
+
+
+@dataclass(frozen=True, slots=True)
+class Ping(Operation[None]):
+    """Through both writer processes and back: they are alive and answering."""
+
+    async def run(self, db: WriterDatabase, store: Store) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat(Operation[None]):
+    """The service says what it is doing (``recorder status`` reads it)."""
+
+    name: str
+    pid: int
+    host: str
+    started_us: int
+    at_us: int
+    state: str
+
+    async def run(self, db: WriterDatabase, store: Store) -> None:
+        from recorder.db.write import heartbeat
+
+        await db.run(
+            heartbeat, self.name, self.pid, self.host, self.started_us, self.at_us, self.state
+        )

@@ -129,7 +129,7 @@ async def _database(
         return
     try:
         db = await WriterDatabase.open(settings.url)
-        store = Store(db.dialect)
+        store = Store(db.dialect, settings.instance)
     except Exception as exc:
         await send(stream, Failed(one_line(exc)))
         stream.close()

@@ -56,6 +56,7 @@ class Writer:
         queue_max_bytes: int = 64 * 1024 * 1024,
         log_level: str = "info",
         log_format: str = "json",
+        instance: str = "default",
     ) -> None:
         self.url = url
         self.batch_size = batch_size
@@ -66,7 +67,7 @@ class Writer:
         self._batcher = Batcher(self.queue, batch_size, commit_interval)
         self.committed = 0
         self.commits = 0
-        self._settings = Settings(url, log_level, log_format)
+        self._settings = Settings(url, log_level, log_format, instance)
         self._stopping = False
         self._progress = asyncio.Condition()
         self._flush_targets = 0
@@ -111,6 +112,12 @@ class Writer:
         if self._reader_task is not None:
             await self._reader_task
         await self._reap()
+
+    def kill(self) -> None:
+        """Now, whatever it is doing (a forced exit): the classifier goes, and the
+        database process follows when its socket closes."""
+        if self._process is not None and self._process.returncode is None:
+            self._process.kill()
 
     async def _reap(self) -> None:
         process = self._process

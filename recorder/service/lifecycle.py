@@ -8,31 +8,77 @@ the daemon sends before its close frame), then drains the writer's queue within
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
+import os
 import signal
 import time
 
 import structlog
 
+from recorder import logs
 from recorder.capture.link import Link, LinkGaveUp
 from recorder.capture.proxy import Proxy
 from recorder.cleanup.jobs import Cleanup
-from recorder.config import Config, display_database, redact_url
+from recorder.cleanup.policy import PolicyError
+from recorder.cleanup.settings import check_schedules
+from recorder.config import Config, ConfigError, display_database, load_config, redact_url
 from recorder.db.reader import sqlite_file
 from recorder.pipeline.writer import Writer, WriterError
 from recorder.service.instance import AlreadyRunning, InstanceLock
+from recorder.service.notify import Notifier
+from recorder.service.watch import beat, describe, watch
+from recorder.times import now_us
 
 log = structlog.get_logger("recorder.service")
 
 
 class Service:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
         self.config = config
+        self.notifier = notifier or Notifier()
         self.started = asyncio.Event()
+        self.started_us = now_us()
         self.writer: Writer
         self.link: Link
         self.proxy: Proxy | None = None
         self.cleanup: Cleanup | None = None
+
+    def force_exit(self) -> None:
+        """A second stop signal: leave now, and say what is lost."""
+        writer = getattr(self, "writer", None)
+        lost = writer.queue.enqueued - writer.committed if writer is not None else 0
+        log.error("stopping at once on a second signal; frames were not committed", lost=lost)
+        if writer is not None:
+            writer.kill()
+        os._exit(1)
+
+    async def reload(self) -> None:
+        """SIGHUP: the log level and the cleanup policies, from the same file; a
+        broken file is logged and the running configuration kept."""
+        self.notifier.send(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000)
+        try:
+            new = load_config(None if self.config.source == "<defaults>" else self.config.source)
+            check_schedules(new.cleanup.policies)
+        except (ConfigError, PolicyError) as exc:
+            log.error("configuration not reloaded; keeping the running one", error=str(exc))
+        else:
+            logs.configure(new.log.level, new.log.format)
+            if self.cleanup is not None:
+                await self.cleanup.stop()
+            cleanup = Cleanup(new, self.writer, self.link)
+            self.cleanup = None
+            if cleanup.wanted:
+                cleanup.start()
+                self.cleanup = cleanup
+            self.config = dataclasses.replace(self.config, log=new.log, cleanup=new.cleanup)
+            log.info(
+                "configuration reloaded",
+                config=new.source,
+                log_level=new.log.level,
+                policies=len(cleanup.policies),
+            )
+        self.notifier.send(READY=1, STATUS=describe(self))
 
     async def run(self, stop: asyncio.Event) -> int:
         """Run until ``stop`` is set; returns the process exit code."""
@@ -66,6 +112,7 @@ class Service:
             queue_max_bytes=s.queue_max_bytes,
             log_level=config.log.level,
             log_format=config.log.format,
+            instance=s.instance,
         )
         try:
             before, after = await writer.start()
@@ -95,6 +142,7 @@ class Service:
         self.proxy = None
         if config.proxy.enabled:
             self.proxy = Proxy(config, writer)
+            self.proxy.on_upstream_reached = link.wake
             try:
                 await self.proxy.start()
             except OSError as exc:
@@ -118,10 +166,24 @@ class Service:
             proxy=config.proxy.listen if self.proxy else None,
             config=config.source,
         )
+        # Ready once migrated (done) and the first attempt to connect has ended, so that
+        # `systemctl start` returns with something true to say.
+        attempted = asyncio.create_task(link.attempted.wait())
+        await asyncio.wait(
+            (attempted, link_task),
+            timeout=config.daemon.open_timeout + 5,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        attempted.cancel()
+        await beat(self)
+        self.notifier.send(READY=1, STATUS=describe(self))
+        watcher = asyncio.create_task(watch(self, self.notifier), name="watch")
         self.started.set()
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait((stopper, link_task, writer_task), return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
+        watcher.cancel()
+        self.notifier.send(STOPPING=1, STATUS="stopping: committing what is queued")
         exit_code = 0
         t0 = time.monotonic()
         if self.cleanup is not None:
@@ -158,6 +220,10 @@ class Service:
                 "database writer failed; frames were lost", error=str(exc), lost=writer.queued
             )
             exit_code = 1
+        try:
+            await beat(self, stopped=True)
+        except Exception:
+            pass  # the writer has gone; `recorder status` knows from the lock anyway
         log.info(
             "recorder stopped",
             drained=pending,
@@ -168,12 +234,24 @@ class Service:
 
 
 async def main(config: Config) -> int:
-    """Entry point for ``recorder run``: the service with SIGTERM/SIGINT handling."""
+    """Entry point for ``recorder run``: the service, and its signals.
+
+    SIGTERM or Ctrl-C: stop reading, drain, close (exit 0). A second one during the
+    drain: exit at once, saying how many frames were not committed. SIGHUP: reload
+    the log level and the cleanup policies from the config file.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     service = Service(config)
+
+    def on_stop() -> None:
+        if stop.is_set():
+            service.force_exit()
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_stop)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(service.reload()))
     running = asyncio.create_task(service.run(stop))
     started = asyncio.create_task(service.started.wait())
     await asyncio.wait((running, started), return_when=asyncio.FIRST_COMPLETED)
