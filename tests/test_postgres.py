@@ -5,16 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import structlog
 from click.testing import CliRunner
 
 from recorder.cli import cli
+from recorder.config import Config
 from recorder.db.migrations import head_revision
 from recorder.pipeline.writer import Writer
 from recorder.protocol.frames import IN, OUT, Frame
+from recorder.service import Service
+from tests.conftest import running
 from tests.helpers import cli_json_lines, frame_bytes
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -179,3 +184,37 @@ def test_cleanup_purges_and_compacts_on_postgres(pg_url: str, tmp_path: Path) ->
     assert json.loads(frames[1]["payload"])["data"]["text"] == "one two"
     sessions = cli_json_lines(["sessions", "--database", pg_url, "--json"])
     assert [s["id"] for s in sessions] == ["a"]
+
+
+async def test_named_instances_share_a_database_and_one_name_runs_once(
+    pg_url: str, make_config: Callable[..., Config]
+) -> None:
+    import asyncpg
+
+    def config(name: str) -> Config:
+        return make_config("ws://127.0.0.1:9", storage={"url": pg_url, "instance": name})
+
+    async with running(config("a")):
+        pass  # migrated; now a row that recorder "b" left open when it died
+    conn = await asyncpg.connect(pg_url)
+
+    async def b_row() -> Any:
+        return await conn.fetchval("SELECT closed_by FROM connections WHERE instance = 'b'")
+
+    try:
+        await conn.execute(
+            "INSERT INTO connections (role, url, opened_at_us, frame_count, instance) "
+            "VALUES ('link', 'ws://x', 1, 0, 'b')"
+        )
+        with structlog.testing.capture_logs() as logs:
+            async with running(config("a")) as a:
+                assert await b_row() is None  # "a" closes only its own rows
+                async with running(config("b")) as b:
+                    assert await b_row() == "service"  # "b" closes its own
+                    # Both run at once; a second "a" refuses.
+                    assert await Service(config("a")).run(asyncio.Event()) == 1
+    finally:
+        await conn.close()
+    errors = [e["event"] for e in logs if e["log_level"] == "error"]
+    assert len(errors) == 1 and errors[0].startswith("another recorder named 'a' is running on ")
+    assert a.exit_code == 0 and b.exit_code == 0

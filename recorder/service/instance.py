@@ -3,16 +3,19 @@
 SQLite: an exclusive ``flock`` on ``<database>.lock`` beside the file, held for the
 service's life and released by the kernel however the process ends (SIGKILL
 included), so a stale lock cannot outlive its holder. The file says who holds it
-(PID, host, since) for the one-line refusal a second recorder prints.
+(PID, host, since) for the one-line refusal a second recorder prints. PostgreSQL: an
+advisory lock per instance name (:class:`PostgresInstanceLock`).
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 from recorder.times import format_us, now_us
 
@@ -77,3 +80,49 @@ def running(database: Path) -> str | None:
     finally:
         os.close(fd)
     return None
+
+
+def advisory_key(instance: str) -> int:
+    """The PostgreSQL advisory lock of one named instance: a signed 64-bit number."""
+    digest = hashlib.blake2b(f"orchestrator-recorder:{instance}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class PostgresInstanceLock:
+    """PostgreSQL: a session advisory lock per instance name, held on a connection of
+    its own for the service's life (the server releases it when the connection goes,
+    however the process ends). Recorders with different names share the database."""
+
+    def __init__(self, url: str, instance: str, shown: str) -> None:
+        self.dsn = "postgresql://" + url.partition("://")[2]
+        self.instance = instance
+        self.shown = shown
+        self._conn: Any = None
+
+    async def acquire(self) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(self.dsn, timeout=10)
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", advisory_key(self.instance)):
+            holder = "its PID is unknown"
+            try:
+                row = await conn.fetchrow(
+                    "SELECT pid, host, started_us FROM instances WHERE name = $1", self.instance
+                )
+                if row is not None:
+                    holder = (
+                        f"PID {row['pid']} on {row['host']}, since {format_us(row['started_us'])}"
+                    )
+            except asyncpg.PostgresError:
+                pass
+            await conn.close()
+            raise AlreadyRunning(
+                f"another recorder named {self.instance!r} is running on {self.shown} ({holder}); "
+                "stop it first, or give this one another storage.instance"
+            )
+        self._conn = conn
+
+    async def release(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None

@@ -25,7 +25,7 @@ from recorder.cleanup.settings import check_schedules
 from recorder.config import Config, ConfigError, display_database, load_config, redact_url
 from recorder.db.reader import sqlite_file
 from recorder.pipeline.writer import Writer, WriterError
-from recorder.service.instance import AlreadyRunning, InstanceLock
+from recorder.service.instance import AlreadyRunning, InstanceLock, PostgresInstanceLock
 from recorder.service.notify import Notifier
 from recorder.service.watch import beat, describe, watch
 from recorder.times import now_us
@@ -82,24 +82,33 @@ class Service:
 
     async def run(self, stop: asyncio.Event) -> int:
         """Run until ``stop`` is set; returns the process exit code."""
-        lock = None
-        if self.config.storage.url.startswith("sqlite"):
-            lock = InstanceLock(
-                sqlite_file(self.config.storage.url), display_database(self.config.storage.url)
-            )
-            try:
+        url = self.config.storage.url
+        shown = display_database(url)
+        lock: InstanceLock | None = None
+        pg_lock: PostgresInstanceLock | None = None
+        try:
+            if url.startswith("sqlite"):
+                lock = InstanceLock(sqlite_file(url), shown)
                 lock.acquire()
-            except AlreadyRunning as exc:
-                log.error(str(exc))
-                return 1
-            except OSError as exc:
-                log.error(f"cannot use database {lock.shown}: {exc.strerror or exc}")
-                return 1
+            else:
+                pg_lock = PostgresInstanceLock(url, self.config.storage.instance, shown)
+                await pg_lock.acquire()
+        except AlreadyRunning as exc:
+            log.error(str(exc))
+            return 1
+        except (OSError, TimeoutError) as exc:
+            log.error(f"cannot use database {shown}: {getattr(exc, 'strerror', None) or exc}")
+            return 1
+        except Exception as exc:  # the server refused us (asyncpg's errors)
+            log.error(f"cannot use database {shown}: {type(exc).__name__}: {exc}".splitlines()[0])
+            return 1
         try:
             return await self._with_writer(stop)
         finally:
             if lock is not None:
                 lock.release()
+            if pg_lock is not None:
+                await pg_lock.release()
 
     async def _with_writer(self, stop: asyncio.Event) -> int:
         config = self.config

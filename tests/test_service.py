@@ -1,0 +1,204 @@
+"""The service as an operator meets it: one per database, a truthful status, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from click.testing import CliRunner
+from websockets.asyncio.client import connect
+
+from recorder.cli import cli
+from recorder.config import Config
+from recorder.simulator import Simulator, SimulatorOptions
+from tests.conftest import running, write_config
+from tests.test_systemd import Listener
+
+TIMEOUT = 30
+
+
+class Recorder:
+    """`recorder run` as a real process, ready when it has told NOTIFY_SOCKET so."""
+
+    def __init__(self, tmp_path: Path, config: Path, name: str = "rec") -> None:
+        self.log_path = tmp_path / f"{name}.log"
+        self.listener = Listener(tmp_path / f"{name}.notify")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "recorder", "run", "--config", str(config)],
+            env={**os.environ, "NOTIFY_SOCKET": str(self.listener.path)},
+            stdout=subprocess.DEVNULL,
+            stderr=self.log_path.open("wb"),
+        )
+
+    def ready(self) -> dict[str, str]:
+        return self.listener.until("READY")[-1]
+
+    def log(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line]
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(TIMEOUT)
+
+
+@pytest.fixture
+def config_for(tmp_path: Path) -> Callable[..., Path]:
+    def make(name: str = "config", **sections: dict[str, Any]) -> Path:
+        base: dict[str, dict[str, Any]] = {
+            "daemon": {"url": "ws://127.0.0.1:9", "open_timeout": 2.0},
+            "reconnect": {"base": 0.05, "cap": 0.2},
+            "storage": {"url": f"sqlite:///{tmp_path / 'recorder.db'}", "commit_interval": 0.05},
+            "proxy": {"listen": "127.0.0.1:0"},
+            "log": {"format": "json"},
+        }
+        for section, values in sections.items():
+            base.setdefault(section, {}).update(values)
+        return write_config(tmp_path / f"{name}.toml", base)
+
+    return make
+
+
+@pytest.fixture
+def recorders() -> Iterator[list[Recorder]]:
+    started: list[Recorder] = []
+    yield started
+    for rec in started:
+        if rec.proc.poll() is None:
+            rec.proc.kill()
+            rec.proc.wait()
+
+
+def status(config: Path) -> dict[str, Any]:
+    result = CliRunner().invoke(cli, ["status", "--config", str(config), "--json"])
+    assert result.exit_code == 0, result.output
+    return dict(json.loads(result.stdout))
+
+
+def test_a_second_recorder_on_the_same_database_refuses(
+    tmp_path: Path, config_for: Callable[..., Path], recorders: list[Recorder]
+) -> None:
+    config = config_for()
+    first = Recorder(tmp_path, config, "first")
+    recorders.append(first)
+    first.ready()
+    second = Recorder(tmp_path, config, "second")
+    recorders.append(second)
+    assert second.proc.wait(TIMEOUT) == 1
+    (line,) = second.log()
+    assert line["level"] == "error"
+    assert line["event"].startswith(f"another recorder is running on {tmp_path / 'recorder.db'} ")
+    assert f"PID {first.proc.pid} on {socket.gethostname()}" in line["event"]
+    # It touched nothing: the first one's connection row is still open, not "unclean".
+    assert status(config)["running"] is True
+    rows = CliRunner().invoke(cli, ["connections", "--config", str(config), "--json"]).stdout
+    assert all(c["closed_by"] != "service" for c in json.loads(rows))
+    assert first.stop() == 0
+
+
+def test_status_knows_a_killed_recorder_is_not_running(
+    tmp_path: Path, config_for: Callable[..., Path], recorders: list[Recorder]
+) -> None:
+    config = config_for()
+    rec = Recorder(tmp_path, config)
+    recorders.append(rec)
+    rec.ready()
+    alive = status(config)
+    assert alive["running"] is True and alive["recorder"]["pid"] == rec.proc.pid
+    assert alive["proxy"]["listen"].startswith("127.0.0.1:")
+    # The outage it is riding out (nothing listens at port 9), with its error.
+    assert alive["link_state"] in ("waiting", "connecting")
+    assert "cannot reach the daemon" in (alive["last_error"] or "")
+    rec.proc.kill()
+    rec.proc.wait()
+    dead = status(config)
+    assert dead["running"] is False and dead["connected"] is False
+    text = CliRunner().invoke(cli, ["status", "--config", str(config)]).stdout
+    assert text.startswith("recorder    not running (last heard from ")
+
+
+async def test_status_shows_a_rejected_handshake_and_the_daemons_reason(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    async with Simulator(SimulatorOptions(port=0, token="right")) as sim:
+        config = make_config(sim.url, daemon={"token": "wrong"})
+        async with running(config) as svc:
+            await asyncio.wait_for(svc.link.attempted.wait(), TIMEOUT)
+            from recorder.service.watch import beat
+
+            await beat(svc)
+            result = await asyncio.to_thread(
+                CliRunner().invoke, cli, ["status", "--config", str(tmp_path / "config.toml")]
+            )
+    assert result.exit_code == 0, result.output
+    daemon = result.stdout.splitlines()[1]
+    assert "the daemon rejected the handshake: HTTP 401" in daemon
+    assert "jwt_invalid" in daemon and "never connected" not in daemon
+
+
+def test_a_second_signal_exits_at_once(
+    tmp_path: Path, config_for: Callable[..., Path], recorders: list[Recorder]
+) -> None:
+    config = config_for(storage={"shutdown_timeout": 60})
+    rec = Recorder(tmp_path, config)
+    recorders.append(rec)
+    rec.ready()
+    # Freeze the database process mid-run: the drain after SIGTERM cannot finish.
+    children = [
+        int(p)
+        for p in Path(f"/proc/{rec.proc.pid}/task/{rec.proc.pid}/children").read_text().split()
+    ]
+    grandchildren = [
+        int(p) for c in children for p in Path(f"/proc/{c}/task/{c}/children").read_text().split()
+    ]
+    for pid in grandchildren:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        rec.proc.send_signal(signal.SIGTERM)
+        rec.listener.until("STOPPING")
+        started = time.monotonic()
+        rec.proc.send_signal(signal.SIGINT)
+        assert rec.proc.wait(TIMEOUT) == 1
+        assert time.monotonic() - started < 5
+    finally:
+        for pid in grandchildren:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    forced = [e for e in rec.log() if e["event"].startswith("stopping at once on a second signal")]
+    assert len(forced) == 1 and isinstance(forced[0]["lost"], int)
+
+
+async def test_the_link_dials_at_once_when_the_proxy_reaches_the_daemon(
+    make_config: Callable[..., Config],
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # A long backoff: without the proxy's news the link would wait tens of seconds.
+    config = make_config(
+        f"ws://127.0.0.1:{port}", reconnect={"base": 30.0, "cap": 60.0, "factor": 1.0}
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with running(config) as svc:
+            await asyncio.wait_for(svc.link.attempted.wait(), TIMEOUT)
+            assert svc.link.state == "waiting" and svc.link.connections == 0
+            async with Simulator(SimulatorOptions(port=port)):
+                assert svc.proxy is not None
+                async with connect(f"ws://127.0.0.1:{svc.proxy.port}") as ui:
+                    await ui.recv()
+                    await asyncio.wait_for(svc.link.connected.wait(), 10)
+            assert svc.link.connections == 1
+    # It was the proxy's news, not the end of the backoff, that started the dial.
+    assert [e["event"] for e in logs].count("daemon reachable again; dialling now") == 1
