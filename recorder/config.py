@@ -110,6 +110,13 @@ class ProxyConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    # host:port for GET /metrics when the proxy is off; with the proxy on, /metrics is
+    # on the proxy's port. Empty: only there.
+    listen: str = ""
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "auto"
@@ -123,6 +130,7 @@ class Config:
     storage: StorageConfig = StorageConfig()
     proxy: ProxyConfig = ProxyConfig()
     log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
     cleanup: CleanupConfig = field(default_factory=CleanupConfig)
     # Where the settings came from, for messages.
     source: str = "<defaults>"
@@ -139,6 +147,7 @@ SECTIONS: dict[str, type[Any]] = {
     "storage": StorageConfig,
     "proxy": ProxyConfig,
     "log": LogConfig,
+    "metrics": MetricsConfig,
     "cleanup": CleanupConfig,
 }
 
@@ -327,6 +336,14 @@ def _check_proxy(src: str, config: Config) -> None:
         ) from None
     if proxy.upstream:
         _check_ws_url(src, "proxy.upstream", proxy.upstream)
+    if config.metrics.listen:
+        try:
+            split_listen(config.metrics.listen)
+        except ValueError:
+            raise ConfigError(
+                f"{src}: metrics.listen: expected host:port (like 127.0.0.1:9464), "
+                f"got {config.metrics.listen!r}"
+            ) from None
     if (
         proxy.enabled
         and not is_loopback(host)

@@ -35,9 +35,21 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
-    # Libraries log through the standard library. websockets logs handshake headers
-    # (Authorization, x-api-key) at DEBUG, so it never goes below WARNING.
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    # Libraries log through the standard library: their lines are rendered like ours
+    # (JSON lines for journald), with the logger's name. websockets logs handshake
+    # headers (Authorization, x-api-key) at DEBUG, so nothing goes below WARNING.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processor=renderer,
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+        )
     )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(logging.WARNING)
     logging.getLogger("websockets").setLevel(logging.WARNING)

@@ -202,3 +202,43 @@ async def test_the_link_dials_at_once_when_the_proxy_reaches_the_daemon(
             assert svc.link.connections == 1
     # It was the proxy's news, not the end of the backoff, that started the dial.
     assert [e["event"] for e in logs].count("daemon reachable again; dialling now") == 1
+
+
+async def test_metrics_parse_and_match_the_database(
+    make_config: Callable[..., Config],
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.helpers import query
+
+    async with Simulator(SimulatorOptions(port=0, chunk_delay=0.001, seed=2)) as sim:
+        async with running(make_config(sim.url)) as svc:
+            assert svc.proxy is not None
+            async with connect(f"ws://127.0.0.1:{svc.proxy.port}") as ui:
+                await ui.recv()
+                await ui.send('{"type":"ping"}')
+                await ui.recv()
+            await svc.writer.flush()
+            reader, writer = await asyncio.open_connection("127.0.0.1", svc.proxy.port)
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            raw = await reader.read()
+            writer.close()
+            head, _, body = raw.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and b"text/plain; version=0.0.4" in head
+            families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+            by_label = {
+                (s.labels["direction"], s.labels["role"]): s.value
+                for s in families["recorder_frames"].samples
+                if s.name == "recorder_frames_total"
+            }
+            rows = await query(
+                svc,
+                "select f.direction, c.role, count(*) as n from frames f "
+                "join connections c on c.id = f.connection_id group by 1, 2",
+            )
+            assert by_label == {(r.direction, r.role): float(r.n) for r in rows}
+            assert families["recorder_link_up"].samples[0].value == 1
+            assert families["recorder_proxy_conversations"].samples[0].value == 1
+            histogram = families["recorder_commit_seconds"]
+            count = next(s for s in histogram.samples if s.name.endswith("_count")).value
+            assert count == families["recorder_batches"].samples[0].value >= 1

@@ -31,6 +31,20 @@ def json_response(status: int, obj: object) -> Response:
     return Response(status, http.HTTPStatus(status).phrase, headers, body)
 
 
+def text_response(status: int, text: str) -> Response:
+    """A plain-text HTTP response (Prometheus' text format is one)."""
+    body = text.encode()
+    headers = Headers(
+        [
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Connection", "close"),
+            ("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+        ]
+    )
+    return Response(status, http.HTTPStatus(status).phrase, headers, body)
+
+
 def bearer(headers: Headers) -> str | None:
     """The token of the first ``Authorization: Bearer`` header, if any."""
     values = headers.get_all("Authorization")

@@ -30,7 +30,7 @@ from websockets.typing import Subprotocol
 
 from recorder.capture.admission import admit, relay_close, upstream_url
 from recorder.capture.dial import Dialer
-from recorder.capture.handshake import USER_AGENT, http_get_health, json_response
+from recorder.capture.handshake import USER_AGENT, http_get_health, json_response, text_response
 from recorder.capture.wire import RecordingServerConnection
 from recorder.config import Config, redact_url
 from recorder.pipeline.writer import Writer
@@ -62,6 +62,8 @@ class Proxy:
         self.conversations = 0
         # Called when a client's upstream connection succeeds: the daemon is up.
         self.on_upstream_reached: Callable[[], None] | None = None
+        # The service's metrics, for GET /metrics on this port.
+        self.metrics: Callable[[], str] | None = None
         self.server: Server | None = None
         self._pending: dict[ServerConnection, Any] = {}
 
@@ -109,6 +111,8 @@ class Proxy:
         upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
         if target.path == "/health" and not upgrade:
             return await self._health()
+        if target.path == "/metrics" and not upgrade and self.metrics is not None:
+            return text_response(200, self.metrics())
         if not upgrade:
             return None  # websockets answers 426
         p = self.config.proxy

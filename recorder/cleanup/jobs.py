@@ -25,7 +25,6 @@ from recorder.cleanup.settings import trigger
 from recorder.pipeline.cleanup_ops import (
     AnswerRequest,
     Compact,
-    ConnectionsOf,
     DatabaseBytes,
     GiveBackSpace,
     MatchPolicy,
@@ -130,6 +129,7 @@ class Cleanup:
         self.runs = 0
         self._scheduler: Any = None
         self._lock = asyncio.Lock()
+        self._requested: set[asyncio.Task[None]] = set()
 
     @property
     def wanted(self) -> bool:
@@ -145,7 +145,7 @@ class Cleanup:
         for policy in self.policies.values():
             if policy.enabled:
                 scheduler.add_job(
-                    self.run, trigger(policy), args=(policy,), id=policy.name, **options
+                    self._scheduled, trigger(policy), args=(policy,), id=policy.name, **options
                 )
         if self.config.storage.max_db_bytes is not None:
             scheduler.add_job(
@@ -162,11 +162,21 @@ class Cleanup:
         return {job.id: job.next_run_time for job in self._scheduler.get_jobs()}
 
     async def stop(self) -> None:
+        """No new runs; a run in progress stops between two of its steps."""
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
-        async with self._lock:  # a run in progress finishes its current step first
-            pass
+        for task in list(self._requested):
+            task.cancel()
+        await asyncio.gather(*self._requested, return_exceptions=True)
+
+    async def _scheduled(self, policy: Policy) -> None:
+        try:
+            await self.run(policy)
+        except asyncio.CancelledError:
+            # The service is stopping: what is done is done, the rest waits for the
+            # next run (a purge picks up where it stopped).
+            log.info("cleanup run interrupted by the stop", policy=policy.name)
 
     # --- runs -----------------------------------------------------------------------
 
@@ -238,11 +248,15 @@ class Cleanup:
 
     async def purge(self, session_id: str) -> int:
         """A session's frames in short transactions, then its index rows."""
-        touched = await self.writer.perform(ConnectionsOf(session_id))
+        touched: set[int] = set()
         total = 0
-        while deleted := await self.writer.perform(PurgeSome(session_id, PURGE_CHUNK)):
+        while True:
+            deleted, connections = await self.writer.perform(PurgeSome(session_id, PURGE_CHUNK))
+            if not deleted:
+                break
             total += deleted
-        await self.writer.perform(PurgeFinish(session_id, tuple(touched)))
+            touched.update(connections)
+        await self.writer.perform(PurgeFinish(session_id, tuple(sorted(touched))))
         return total
 
     async def _give_back_space(self) -> None:
@@ -277,14 +291,25 @@ class Cleanup:
         )
 
     async def take_requests(self) -> None:
-        """What `recorder cleanup run` asked of this service."""
-        for request_id, name, dry in await self.writer.perform(TakeRequests(now_us())):
-            chosen = [self.policies[name]] if name in self.policies else []
-            if name is None:
-                chosen = [p for p in self.policies.values() if p.enabled]
-            if name is not None and not chosen:
-                result = json.dumps({"error": f"no policy named {name!r}"})
-            else:
+        """What `recorder cleanup run` asked of this service: run in tasks of their own,
+        so this poll is over at once (a long purge must not hold the poller)."""
+        for request in await self.writer.perform(TakeRequests(now_us())):
+            task = asyncio.create_task(self._answer(*request))
+            self._requested.add(task)
+            task.add_done_callback(self._requested.discard)
+
+    async def _answer(self, request_id: int, name: str | None, dry: bool) -> None:
+        chosen = [self.policies[name]] if name in self.policies else []
+        if name is None:
+            chosen = [p for p in self.policies.values() if p.enabled]
+        if name is not None and not chosen:
+            result = json.dumps({"error": f"no policy named {name!r}"})
+        else:
+            try:
                 ids = [await self.run(p, dry_run=dry, trigger="request") for p in chosen]
-                result = json.dumps({"runs": ids})
-            await self.writer.perform(AnswerRequest(request_id, now_us(), result))
+            except asyncio.CancelledError:
+                ids = None
+            result = json.dumps(
+                {"runs": ids} if ids is not None else {"error": "the recorder stopped first"}
+            )
+        await self.writer.perform(AnswerRequest(request_id, now_us(), result))

@@ -31,8 +31,6 @@ from recorder.db.schema import (
 from recorder.protocol.index import DAY_US, TERMINAL_STATUSES
 from recorder.times import format_us
 
-# Frames deleted per transaction: a few milliseconds of the writer's time each.
-PURGE_CHUNK = 2000
 COMPACTED = "stream_compacted"
 _FACTS = [sessions.c[name] for name in SessionFacts.__dataclass_fields__]
 
@@ -119,8 +117,9 @@ _CHUNK_COLUMNS = (
 )
 
 
-def purge_some(conn: Connection, session_id: str, limit: int = PURGE_CHUNK) -> int:
-    """Delete up to ``limit`` of a finished session's frames; how many were deleted."""
+def purge_some(conn: Connection, session_id: str, limit: int) -> tuple[int, list[int]]:
+    """Delete up to ``limit`` of a finished session's frames: how many were deleted,
+    and the connections they were on."""
     with conn.begin():
         _finished(conn, session_id)
         rows = conn.execute(
@@ -130,7 +129,7 @@ def purge_some(conn: Connection, session_id: str, limit: int = PURGE_CHUNK) -> i
             .limit(limit)
         ).all()
         if not rows:
-            return 0
+            return 0, []
         conn.execute(delete(frames).where(frames.c.id.in_([r.id for r in rows])))
         _uncount(conn, rows)
         conn.execute(
@@ -138,7 +137,7 @@ def purge_some(conn: Connection, session_id: str, limit: int = PURGE_CHUNK) -> i
             .where(sessions.c.id == session_id)
             .values(frame_count=sessions.c.frame_count - len(rows))
         )
-        return len(rows)
+        return len(rows), sorted({r.connection_id for r in rows})
 
 
 def purge_finish(conn: Connection, session_id: str, connection_ids: Iterable[int]) -> int:
@@ -160,16 +159,6 @@ def purge_finish(conn: Connection, session_id: str, connection_ids: Iterable[int
             )
         )
         return int(result.rowcount)
-
-
-def connections_of(conn: Connection, session_id: str) -> list[int]:
-    with conn.begin():
-        return [
-            row[0]
-            for row in conn.execute(
-                select(frames.c.connection_id).where(frames.c.session_id == session_id).distinct()
-            )
-        ]
 
 
 def compact(conn: Connection, session_id: str) -> tuple[int, int]:
@@ -362,5 +351,6 @@ def give_back_space(conn: Connection, pages: int = 2000) -> int:
     # incremental_vacuum does its work outside one.
     driver = conn.connection.driver_connection
     assert driver is not None
-    driver.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
+    # executescript steps the pragma to the end; execute() would free one page.
+    driver.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
     return int(driver.execute("PRAGMA freelist_count").fetchone()[0])

@@ -69,6 +69,9 @@ class WriterDatabase:
     def wrote(self, rows: Sequence[FrameRow]) -> None:
         """These rows were committed (SQLite checkpoints by what it wrote)."""
 
+    def changed(self) -> None:
+        """Work other than a batch was committed (SQLite measures its WAL)."""
+
 
 class AsyncWriterDatabase(WriterDatabase):
     """PostgreSQL: asyncpg, with the synchronous Store code run through run_sync."""

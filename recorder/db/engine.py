@@ -49,7 +49,8 @@ def require_database(url: str) -> None:
 def create_engine(url: str) -> AsyncEngine:
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    engine = create_async_engine(url, pool_pre_ping=False)
+    # hide_parameters: an error message must never carry frame data into a log.
+    engine = create_async_engine(url, pool_pre_ping=False, hide_parameters=True)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", sqlite_pragmas)
     return engine

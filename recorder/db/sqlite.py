@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
@@ -55,7 +56,9 @@ class SqliteWriterDatabase(WriterDatabase):
         self.checkpoint_bytes = checkpoint_bytes
         self.restart_bytes = restart_bytes
         self.checkpoints = 0
-        self.engine = create_engine(make_url(url).set(drivername="sqlite+pysqlite"))
+        self.engine = create_engine(
+            make_url(url).set(drivername="sqlite+pysqlite"), hide_parameters=True
+        )
         event.listen(self.engine, "connect", sqlite_pragmas)
         event.listen(self.engine, "connect", self._writer_pragmas)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
@@ -63,6 +66,8 @@ class SqliteWriterDatabase(WriterDatabase):
         self._checkpoint: Future[None] | None = None
         self._unchecked = 0
         self._since_restart = 0
+        # The WAL's size when changed() last looked.
+        self._wal_seen = 0
         self._conn: Connection | None = None
         path = sqlite_path(url)
         self._path = str(path) if path is not None else None
@@ -111,7 +116,21 @@ class SqliteWriterDatabase(WriterDatabase):
         self._checkpointer.shutdown()
 
     def wrote(self, rows: Sequence[FrameRow]) -> None:
-        written = sum(row[ROW_SIZE] for row in rows) + ROW_OVERHEAD_BYTES * len(rows)
+        self.wrote_bytes(sum(row[ROW_SIZE] for row in rows) + ROW_OVERHEAD_BYTES * len(rows))
+
+    def changed(self) -> None:
+        """After work that is not a batch (a purge, a vacuum step): its share of the WAL
+        is not known in advance, so the file is measured."""
+        if self._path is None:
+            return
+        try:
+            size = Path(f"{self._path}-wal").stat().st_size
+        except OSError:
+            return
+        grown, self._wal_seen = max(0, size - self._wal_seen), size
+        self.wrote_bytes(grown)
+
+    def wrote_bytes(self, written: int) -> None:
         self._unchecked += written
         self._since_restart += written
         if self._unchecked < self.checkpoint_bytes or self._path is None:

@@ -28,26 +28,19 @@ class MatchPolicy(Operation[list[Decision]]):
 
 
 @dataclass(frozen=True, slots=True)
-class ConnectionsOf(Operation[list[int]]):
-    session_id: str
-
-    async def run(self, db: WriterDatabase, store: Store) -> list[int]:
-        from recorder.db.cleanup import connections_of
-
-        return await db.run(connections_of, self.session_id)
-
-
-@dataclass(frozen=True, slots=True)
-class PurgeSome(Operation[int]):
-    """Up to ``limit`` frames of a finished session: one short transaction."""
+class PurgeSome(Operation[tuple[int, list[int]]]):
+    """Up to ``limit`` frames of a finished session: one short transaction. Answers how
+    many went, and the connections they were on."""
 
     session_id: str
     limit: int
 
-    async def run(self, db: WriterDatabase, store: Store) -> int:
+    async def run(self, db: WriterDatabase, store: Store) -> tuple[int, list[int]]:
         from recorder.db.cleanup import purge_some
 
-        return await db.run(purge_some, self.session_id, self.limit)
+        result = await db.run(purge_some, self.session_id, self.limit)
+        db.changed()  # deletes and page moves grow the WAL too
+        return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +51,9 @@ class PurgeFinish(Operation[int]):
     async def run(self, db: WriterDatabase, store: Store) -> int:
         from recorder.db.cleanup import purge_finish
 
-        return await db.run(purge_finish, self.session_id, self.connection_ids)
+        result = await db.run(purge_finish, self.session_id, self.connection_ids)
+        db.changed()  # deletes and page moves grow the WAL too
+        return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +63,9 @@ class Compact(Operation[tuple[int, int]]):
     async def run(self, db: WriterDatabase, store: Store) -> tuple[int, int]:
         from recorder.db.cleanup import compact
 
-        return await db.run(compact, self.session_id)
+        result = await db.run(compact, self.session_id)
+        db.changed()  # deletes and page moves grow the WAL too
+        return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +75,9 @@ class GiveBackSpace(Operation[int]):
     async def run(self, db: WriterDatabase, store: Store) -> int:
         from recorder.db.cleanup import give_back_space
 
-        return await db.run(give_back_space, self.pages)
+        result = await db.run(give_back_space, self.pages)
+        db.changed()  # deletes and page moves grow the WAL too
+        return result
 
 
 @dataclass(frozen=True, slots=True)

@@ -116,7 +116,7 @@ class Stop(Operation[None]):
 
 
 @dataclass(frozen=True, slots=True)
-class WriteFrames(Operation[None]):
+class WriteFrames(Operation[dict[tuple[int, str], tuple[int, int]]]):
     """A batch as the service ships it; the classifier turns it into :class:`WriteRows`."""
 
     frames: list[FrameTuple]
@@ -126,13 +126,16 @@ class WriteFrames(Operation[None]):
 
 
 @dataclass(frozen=True, slots=True)
-class WriteRows(Operation[None]):
-    """A classified batch: its rows and index deltas, committed in one transaction."""
+class WriteRows(Operation[dict[tuple[int, str], tuple[int, int]]]):
+    """A classified batch: its rows and index deltas, committed in one transaction.
+
+    Answers frames and bytes per (connection, direction): the service's metrics.
+    """
 
     rows: list[FrameRow]
     index: IndexBatch
 
-    async def run(self, db: WriterDatabase, store: Store) -> None:
+    async def run(self, db: WriterDatabase, store: Store) -> dict[tuple[int, str], tuple[int, int]]:
         delay = RETRY_FIRST
         while True:
             try:
@@ -141,9 +144,10 @@ class WriteRows(Operation[None]):
                 # Keep the batch and retry: the service's queue fills meanwhile and
                 # pushes back on the sockets, so nothing is dropped while the
                 # database is away.
+                # One short line: never the statement's parameters (frame data).
                 log.error(
                     "database write failed; retrying",
-                    error=str(exc),
+                    error=short_error(exc),
                     frames=len(self.rows),
                     retry_in=delay,
                 )
@@ -155,7 +159,18 @@ class WriteRows(Operation[None]):
                     pass  # the next attempt fails and waits again
             else:
                 db.wrote(self.rows)
-                return
+                tally: dict[tuple[int, str], tuple[int, int]] = {}
+                for (cid, _, direction, _), (n, size) in self.index.tallies.items():
+                    old = tally.get((cid, direction), (0, 0))
+                    tally[(cid, direction)] = (old[0] + n, old[1] + size)
+                return tally
+
+
+def short_error(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one line without SQL parameters: what a log line may carry."""
+    orig = getattr(exc, "orig", None)  # SQLAlchemy wraps the driver's error
+    text = f"{type(orig or exc).__name__}: {orig or exc}".splitlines()[0]
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import structlog
@@ -28,7 +30,7 @@ from recorder.pipeline.ops import (
     Stop,
     WriteFrames,
 )
-from recorder.protocol.frames import FrameTuple
+from recorder.protocol.frames import F_RECEIVED, FrameTuple
 from recorder.times import now_us
 
 log = structlog.get_logger("recorder.pipeline")
@@ -37,6 +39,37 @@ T = TypeVar("T")
 # Batches shipped before waiting for an answer: one being written, one being
 # classified, one on the wire.
 IN_FLIGHT = 3
+
+
+# Upper bounds of the commit latency histogram, in seconds.
+COMMIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class WriterMetrics:
+    """What the writer line reports with each answer, summed for /metrics."""
+
+    roles: dict[int, str] = field(default_factory=dict)
+    # (direction, role) -> [frames, bytes]
+    frames: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    batches: int = 0
+    commit_buckets: list[int] = field(default_factory=lambda: [0] * len(COMMIT_BUCKETS))
+    commit_seconds: float = 0.0
+    last_frame_us: int | None = None
+
+    def committed(
+        self, tally: dict[tuple[int, str], tuple[int, int]], seconds: float, last_us: int
+    ) -> None:
+        self.batches += 1
+        self.commit_seconds += seconds
+        for i, bound in enumerate(COMMIT_BUCKETS):
+            if seconds <= bound:
+                self.commit_buckets[i] += 1
+        for (cid, direction), (n, size) in tally.items():
+            slot = self.frames.setdefault((direction, self.roles.get(cid, "other")), [0, 0])
+            slot[0] += n
+            slot[1] += size
+        self.last_frame_us = last_us
 
 
 class WriterError(Exception):
@@ -67,6 +100,7 @@ class Writer:
         self._batcher = Batcher(self.queue, batch_size, commit_interval)
         self.committed = 0
         self.commits = 0
+        self.metrics = WriterMetrics()
         self._settings = Settings(url, log_level, log_format, instance)
         self._stopping = False
         self._progress = asyncio.Condition()
@@ -199,7 +233,9 @@ class Writer:
         return await self._call(operation)
 
     async def open_connection(self, role: str, url: str, client_addr: str | None = None) -> int:
-        return await self._call(OpenConnection(role, url, now_us(), client_addr))
+        cid = await self._call(OpenConnection(role, url, now_us(), client_addr))
+        self.metrics.roles[cid] = role
+        return cid
 
     async def close_connection(
         self,
@@ -258,7 +294,9 @@ class Writer:
 
     async def _ship(self, batch: list[FrameTuple]) -> None:
         try:
-            await self._call(WriteFrames(batch))
+            shipped = time.monotonic()
+            tally = await self._call(WriteFrames(batch))
+            self.metrics.committed(tally, time.monotonic() - shipped, batch[-1][F_RECEIVED])
             self.committed += len(batch)
             async with self._progress:
                 self._progress.notify_all()

@@ -22,10 +22,18 @@ from recorder.capture.proxy import Proxy
 from recorder.cleanup.jobs import Cleanup
 from recorder.cleanup.policy import PolicyError
 from recorder.cleanup.settings import check_schedules
-from recorder.config import Config, ConfigError, display_database, load_config, redact_url
+from recorder.config import (
+    Config,
+    ConfigError,
+    display_database,
+    load_config,
+    redact_url,
+    split_listen,
+)
 from recorder.db.reader import sqlite_file
 from recorder.pipeline.writer import Writer, WriterError
 from recorder.service.instance import AlreadyRunning, InstanceLock, PostgresInstanceLock
+from recorder.service.metrics import render, serve_metrics
 from recorder.service.notify import Notifier
 from recorder.service.watch import beat, describe, watch
 from recorder.times import now_us
@@ -43,6 +51,8 @@ class Service:
         self.link: Link
         self.proxy: Proxy | None = None
         self.cleanup: Cleanup | None = None
+        # Refreshed by the watch loop, for /metrics.
+        self.database_bytes: int | None = None
 
     def force_exit(self) -> None:
         """A second stop signal: leave now, and say what is lost."""
@@ -152,6 +162,7 @@ class Service:
         if config.proxy.enabled:
             self.proxy = Proxy(config, writer)
             self.proxy.on_upstream_reached = link.wake
+            self.proxy.metrics = lambda: render(self)
             try:
                 await self.proxy.start()
             except OSError as exc:
@@ -160,6 +171,16 @@ class Service:
                     listen=config.proxy.listen,
                     error=exc.strerror or str(exc),
                 )
+                writer.stop()
+                await asyncio.gather(writer_task, return_exceptions=True)
+                return 1
+        metrics_server = None
+        if self.proxy is None and config.metrics.listen:
+            host, port = split_listen(config.metrics.listen)
+            try:
+                metrics_server = await serve_metrics(self, host, port)
+            except OSError as exc:
+                log.error("metrics cannot listen", listen=config.metrics.listen, error=exc.strerror)
                 writer.stop()
                 await asyncio.gather(writer_task, return_exceptions=True)
                 return 1
@@ -193,6 +214,8 @@ class Service:
         stopper.cancel()
         watcher.cancel()
         self.notifier.send(STOPPING=1, STATUS="stopping: committing what is queued")
+        if metrics_server is not None:
+            metrics_server.close()
         exit_code = 0
         t0 = time.monotonic()
         if self.cleanup is not None:

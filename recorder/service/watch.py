@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from recorder.pipeline.cleanup_ops import DatabaseBytes
 from recorder.pipeline.ops import Heartbeat, Ping
 from recorder.service.notify import Notifier
 from recorder.times import format_us, now_us
@@ -104,6 +105,7 @@ async def watch(service: Service, notifier: Notifier) -> None:
                 log.warning("writer processes did not answer the watchdog", error=str(exc))
         try:
             await beat(service)
+            service.database_bytes = await service.writer.perform(DatabaseBytes())
         except Exception as exc:
             log.warning("could not write the heartbeat", error=str(exc))
         fields: dict[str, str | int] = {"STATUS": describe(service)}

@@ -1,0 +1,163 @@
+"""``GET /metrics``: the service's counters in the Prometheus text format.
+
+Written directly (the format is a few lines of text per metric): the service keeps
+no registry and imports nothing for it. Counters that live in the writer processes
+(frames and bytes committed, per direction and role; commit latency) come up with
+the writer's answers (:class:`~recorder.pipeline.writer.WriterMetrics`).
+Served on the proxy's port, or on ``[metrics] listen`` when the proxy is off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import structlog
+
+from recorder.pipeline.writer import COMMIT_BUCKETS
+
+if TYPE_CHECKING:
+    from recorder.service.lifecycle import Service
+
+log = structlog.get_logger("recorder.service")
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LINK_STATES = ("connecting", "connected", "waiting")
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else repr(float(value))
+
+
+def _family(name: str, kind: str, help_: str, samples: Iterable[tuple[str, float]]) -> list[str]:
+    lines = [f"# HELP {name} {help_}", f"# TYPE {name} {kind}"]
+    return lines + [f"{name}{labels} {_number(value)}" for labels, value in samples]
+
+
+def _labels(**pairs: str) -> str:
+    inner = ",".join(f'{k}="{v}"' for k, v in pairs.items())
+    return "{" + inner + "}" if inner else ""
+
+
+def render(service: Service) -> str:
+    writer = service.writer
+    m = writer.metrics
+    link = service.link
+    proxy = service.proxy
+    out: list[str] = []
+    out += _family(
+        "recorder_frames_total",
+        "counter",
+        "Frames committed to the database.",
+        ((_labels(direction=d, role=r), n) for (d, r), (n, _) in sorted(m.frames.items())),
+    )
+    out += _family(
+        "recorder_frame_bytes_total",
+        "counter",
+        "Bytes of frames committed to the database.",
+        ((_labels(direction=d, role=r), b) for (d, r), (_, b) in sorted(m.frames.items())),
+    )
+    out += _family("recorder_batches_total", "counter", "Batches committed.", [("", m.batches)])
+    buckets: list[tuple[str, float]] = [
+        (f'_bucket{{le="{bound:g}"}}', count)
+        for bound, count in zip(COMMIT_BUCKETS, m.commit_buckets, strict=True)
+    ]
+    buckets += [
+        ('_bucket{le="+Inf"}', m.batches),
+        ("_sum", m.commit_seconds),
+        ("_count", m.batches),
+    ]
+    out += [
+        "# HELP recorder_commit_seconds From shipping a batch to its commit.",
+        "# TYPE recorder_commit_seconds histogram",
+    ] + [f"recorder_commit_seconds{suffix} {_number(value)}" for suffix, value in buckets]
+    out += _family(
+        "recorder_queue_frames",
+        "gauge",
+        "Frames waiting for the writer.",
+        [("", len(writer.queue))],
+    )
+    out += _family(
+        "recorder_queue_bytes", "gauge", "Bytes waiting for the writer.", [("", writer.queue.bytes)]
+    )
+    out += _family(
+        "recorder_backpressure_waits_total",
+        "counter",
+        "Times a producer waited for room in the queue (its socket not read meanwhile).",
+        [("", writer.queue.waits)],
+    )
+    out += _family(
+        "recorder_link_state",
+        "gauge",
+        "The daemon link's state (1 for the current one).",
+        ((_labels(state=s), int(link.state == s)) for s in LINK_STATES),
+    )
+    out += _family(
+        "recorder_link_up",
+        "gauge",
+        "1 while the link is connected.",
+        [("", int(link.state == "connected"))],
+    )
+    out += _family(
+        "recorder_link_reconnects_total",
+        "counter",
+        "Connection attempts that failed or connections that ended, by reason.",
+        ((_labels(reason=r), n) for r, n in sorted(link.reconnects.items())),
+    )
+    out += _family(
+        "recorder_proxy_clients",
+        "gauge",
+        "UIs connected through the proxy now.",
+        [("", proxy.clients if proxy is not None else 0)],
+    )
+    out += _family(
+        "recorder_proxy_conversations_total",
+        "counter",
+        "UI conversations relayed since start.",
+        [("", proxy.conversations if proxy is not None else 0)],
+    )
+    if service.database_bytes is not None:
+        out += _family(
+            "recorder_database_bytes",
+            "gauge",
+            "Size of the database.",
+            [("", service.database_bytes)],
+        )
+    out += _family(
+        "recorder_writer_restarts_total", "counter", "Writer processes restarted.", [("", 0)]
+    )
+    if m.last_frame_us is not None:
+        out += _family(
+            "recorder_last_frame_timestamp_seconds",
+            "gauge",
+            "When the newest committed frame was received (Unix time).",
+            [("", m.last_frame_us / 1e6)],
+        )
+    return "\n".join(out) + "\n"
+
+
+async def serve_metrics(service: Service, host: str, port: int) -> asyncio.Server:
+    """A small HTTP server answering ``GET /metrics`` (when the proxy is off)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            target = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
+            if request.startswith(b"GET ") and target.split(b"?")[0] == b"/metrics":
+                body, status = render(service).encode(), "200 OK"
+            else:
+                body, status = b"not found\n", "404 Not Found"
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {CONTENT_TYPE}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, host, port)
+    log.info("metrics listening", listen=f"{host}:{server.sockets[0].getsockname()[1]}")
+    return server
