@@ -55,6 +55,9 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/proxy.py
+	$(BIN)/python bench/query.py
+	$(BIN)/python bench/replay.py
+	$(BIN)/python bench/purge.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info demo.db demo.db-wal demo.db-shm demo.log demo-daemon.log demo.toml demo.sessions demo.cast
