@@ -235,8 +235,9 @@ def _check_type(source: str, dotted: str, hint: Any, value: Any) -> Any:
     if base is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if base is str and isinstance(value, str):
-        # An empty string means "not set" for optional keys (secrets, CA file).
-        return (value or None) if optional else value
+        # An empty (or blank) string means "not set" for optional keys (secrets, CA
+        # file): a token of spaces is no token.
+        return (value.strip() or None) if optional else value
     if base is bool and isinstance(value, bool):
         return value
     expected = {float: "a number", int: "an integer", str: "a string", bool: "true or false"}[base]
@@ -259,6 +260,8 @@ def _toml_kind(value: Any) -> str:
 
 def _apply_env(config: Config, env: Mapping[str, str]) -> Config:
     daemon = config.daemon
+    # Blank values are no values: RECORDER_PROXY_TOKEN=" " must not count as a token.
+    env = {k: v.strip() for k, v in env.items() if k.startswith("RECORDER_")}
     if env.get(ENV_TOKEN):
         daemon = dataclasses.replace(daemon, token=env[ENV_TOKEN])
     if env.get(ENV_API_KEY):
@@ -336,6 +339,11 @@ def _check_proxy(src: str, config: Config) -> None:
         ) from None
     if proxy.upstream:
         _check_ws_url(src, "proxy.upstream", proxy.upstream)
+    if proxy.enabled and proxy.inject_auth and not proxy.token:
+        raise ConfigError(
+            f"{src}: proxy.inject_auth: lends the recorder's credentials to proxy clients, so "
+            "it needs proxy.token (or RECORDER_PROXY_TOKEN): only clients presenting it get them"
+        )
     if config.metrics.listen:
         try:
             split_listen(config.metrics.listen)

@@ -281,9 +281,20 @@ async def test_credentials_pass_through_and_upstream_rejections_reach_the_client
 
 async def test_inject_auth_replaces_client_credentials(make_config: Callable[..., Config]) -> None:
     async with Simulator(SimulatorOptions(port=0, token="daemon-tok")) as sim:
-        config = make_config(sim.url, daemon={"token": "daemon-tok"}, proxy={"inject_auth": True})
-        async with running(config) as svc, connect(proxy_url(svc)) as ws:
-            assert json.loads(await ws.recv())["type"] == "health_check_response"
+        config = make_config(
+            sim.url,
+            daemon={"token": "daemon-tok"},
+            proxy={"inject_auth": True, "token": "proxy-tok"},
+        )
+        async with running(config) as svc:
+            # A client presenting the proxy's token is lent the recorder's credentials...
+            async with connect(proxy_url(svc) + "?token=proxy-tok") as ws:
+                assert json.loads(await ws.recv())["type"] == "health_check_response"
+            # ...and one without it gets nothing of them.
+            with pytest.raises(InvalidStatus) as caught:
+                async with connect(proxy_url(svc)):
+                    pass
+            assert caught.value.response.status_code == 401
 
 
 class Upstream:

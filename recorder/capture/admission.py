@@ -9,6 +9,7 @@ from websockets.datastructures import Headers
 from websockets.frames import Close
 
 from recorder.capture.handshake import bearer
+from recorder.config import SECRET_QUERY_KEYS
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,9 @@ class Admission:
     reject: tuple[int, str] | None
     query: list[tuple[str, str]]
     strip_authorization: bool
+    # The client presented the proxy's token: it may be lent the recorder's own
+    # credentials (proxy.inject_auth). Without a token configured, nobody is.
+    trusted: bool = False
 
 
 def admit(token: str | None, headers: Headers, query: list[tuple[str, str]]) -> Admission:
@@ -25,20 +29,27 @@ def admit(token: str | None, headers: Headers, query: list[tuple[str, str]]) -> 
     if not token:
         return Admission(None, query, False)
     if bearer(headers) == token:
-        return Admission(None, query, True)
+        return Admission(None, query, True, trusted=True)
     if ("token", token) in query:
-        return Admission(None, [kv for kv in query if kv != ("token", token)], False)
+        return Admission(None, [kv for kv in query if kv != ("token", token)], False, True)
     offered = bearer(headers) is not None or any(k == "token" for k, _ in query)
     return Admission(
         (401, "proxy_token_invalid" if offered else "credentials_missing"), query, False
     )
 
 
-def upstream_url(base: str, path: str, query: list[tuple[str, str]]) -> str:
-    """The daemon URL for a client request: the client's path (if any) and query go upstream."""
+def upstream_url(base: str, path: str, query: list[tuple[str, str]], *, lend: bool = False) -> str:
+    """The daemon URL for a client request: the client's path (if any) and query go
+    upstream. Credentials in the configured URL (``?token=``, ``?apiKey=``) go only
+    when ``lend``: the recorder's credentials are not every client's."""
     parts = urlsplit(base)
     upstream_path = path if path not in ("", "/") else (parts.path or "/")
-    merged = parse_qsl(parts.query, keep_blank_values=True) + query
+    own = [
+        (k, v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        if lend or k.lower() not in SECRET_QUERY_KEYS
+    ]
+    merged = own + query
     return urlunsplit((parts.scheme, parts.netloc, upstream_path, urlencode(merged), ""))
 
 

@@ -22,7 +22,7 @@ from recorder.capture.backoff import Backoff
 from recorder.capture.dial import Dialer, describe_close
 from recorder.capture.handshake import USER_AGENT
 from recorder.config import Config, redact_url
-from recorder.pipeline.writer import Writer
+from recorder.pipeline.writer import Writer, WriterError
 from recorder.protocol import requests
 from recorder.protocol.frames import IN, OUT
 from recorder.times import now_us
@@ -206,9 +206,12 @@ class Link:
         if code == 1009:
             error = self.dialer.too_big
         error = error or self._local_reason
-        await self.writer.close_connection(
-            cid, code=code, reason=reason, closed_by=closed_by, error=error
-        )
+        try:
+            await self.writer.close_connection(
+                cid, code=code, reason=reason, closed_by=closed_by, error=error
+            )
+        except WriterError:
+            pass  # the writer is gone; the service says what was lost
         level = "info" if self._stop.is_set() or code in (1000, 1001) else "warning"
         getattr(log, level)(
             "daemon connection closed",

@@ -33,7 +33,7 @@ from recorder.capture.dial import Dialer
 from recorder.capture.handshake import USER_AGENT, http_get_health, json_response, text_response
 from recorder.capture.wire import RecordingServerConnection
 from recorder.config import Config, redact_url
-from recorder.pipeline.writer import Writer
+from recorder.pipeline.writer import Writer, WriterError
 from recorder.protocol.frames import IN, OUT
 from recorder.times import now_us
 
@@ -66,6 +66,9 @@ class Proxy:
         self.metrics: Callable[[], str] | None = None
         self.server: Server | None = None
         self._pending: dict[ServerConnection, Any] = {}
+        # Clients from their acceptance until their conversation starts (or they go).
+        self._admitted: set[ServerConnection] = set()
+        self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def port(self) -> int:
@@ -122,10 +125,15 @@ class Proxy:
             status, error = admission.reject
             log.warning("proxy client rejected", client=_peer(conn), error=error)
             return json_response(status, {"error": error})
-        if self.clients + len(self._pending) >= p.max_clients:
+        # A client counts from the moment it is accepted, handshake included.
+        if self.clients + len(self._admitted) >= p.max_clients:
             return json_response(429, {"error": "connection_limit_exceeded"})
-        headers = self._upstream_headers(request.headers, admission.strip_authorization)
-        url = upstream_url(self.upstream, target.path, admission.query)
+        self._admitted.add(conn)
+        # However the client goes, whenever: its slot and its upstream are freed.
+        conn.connection_lost_waiter.add_done_callback(lambda _: self._forget(conn))
+        lend = p.inject_auth and admission.trusted
+        headers = self._upstream_headers(request.headers, admission.strip_authorization, lend)
+        url = upstream_url(self.upstream, target.path, admission.query, lend=lend)
         offered = [
             Subprotocol(s.strip())
             for value in request.headers.get_all("Sec-WebSocket-Protocol")
@@ -163,19 +171,33 @@ class Proxy:
                 error=str(exc) or type(exc).__name__,
             )
             return json_response(502, {"error": "upstream_unreachable"})
-        self._pending[conn] = upstream
         if self.on_upstream_reached is not None:
             self.on_upstream_reached()
+        if conn.connection_lost_waiter.done():  # the client left while we dialled
+            self._forget(conn)
+            await upstream.close(1001, "client went away")
+            return json_response(400, {"error": "client_closed_request"})
+        self._pending[conn] = upstream
         return None
 
-    def _upstream_headers(self, client: Headers, strip_authorization: bool) -> Headers:
+    def _forget(self, conn: ServerConnection) -> None:
+        """A client that is gone before its conversation started: free what it held."""
+        self._admitted.discard(conn)
+        upstream = self._pending.pop(conn, None)
+        if upstream is not None:
+            task = asyncio.get_running_loop().create_task(upstream.close(1001, "client went away"))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    def _upstream_headers(self, client: Headers, strip_authorization: bool, lend: bool) -> Headers:
+        """What the client brought, and the recorder's credentials only when lent."""
         out = Headers()
         for name in FORWARDED_HEADERS:
             for value in client.get_all(name):
                 out[name] = value
         if strip_authorization and "Authorization" in out:
             del out["Authorization"]
-        if self.config.proxy.inject_auth:
+        if lend:
             self.dialer.add_credentials(out)
         return out
 
@@ -190,6 +212,7 @@ class Proxy:
         self, conn: ServerConnection, request: Request, response: Response
     ) -> None:
         if response.status_code != 101:
+            self._admitted.discard(conn)
             upstream = self._pending.pop(conn, None)
             if upstream is not None:
                 await upstream.close(1001, "client handshake failed")
@@ -218,6 +241,7 @@ class Proxy:
 
     async def _handle(self, client: ServerConnection) -> None:
         upstream = self._pending.pop(client)
+        self._admitted.discard(client)
         self.clients += 1
         self.conversations += 1
         peer = _peer(client)
@@ -280,9 +304,12 @@ class Proxy:
         reason = close.reason if close is not None else None
         if close is None and error is None:
             error = f"{closer} connection lost"
-        await self.writer.close_connection(
-            cid, code=code, reason=reason, closed_by=closer, error=error
-        )
+        try:
+            await self.writer.close_connection(
+                cid, code=code, reason=reason, closed_by=closer, error=error
+            )
+        except WriterError:
+            pass  # the writer is gone; the service says what was lost
         log.info(
             "proxy client disconnected",
             connection_id=cid,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC
@@ -140,6 +141,9 @@ class Cleanup:
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
         from apscheduler.triggers.interval import IntervalTrigger
 
+        # A poll that finds the previous one still waiting for the writer is skipped
+        # by design (coalesce, one at a time): no warning line for it.
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
         scheduler = AsyncIOScheduler(timezone=UTC)
         options = {"coalesce": True, "max_instances": 1, "misfire_grace_time": MISFIRE_GRACE}
         for policy in self.policies.values():

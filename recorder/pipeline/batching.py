@@ -32,6 +32,8 @@ class FrameQueue:
         self._not_full = asyncio.Event()
         self._not_full.set()
         self.waits = 0
+        # The writer is gone: frames handed over from now on are counted, not kept.
+        self.closed = False
 
     def __len__(self) -> int:
         return len(self._items)
@@ -60,11 +62,20 @@ class FrameQueue:
 
     async def put(self, frame: FrameTuple) -> None:
         """Append, waiting for room first: the wait is the back-pressure on the socket."""
-        while self.full:
+        while self.full and not self.closed:
             self.waits += 1
             self._not_full.clear()
             await self._not_full.wait()
+        if self.closed:
+            self.enqueued += 1  # lost, and counted as such (enqueued - committed)
+            return
         self._append(frame)
+
+    def close(self) -> None:
+        """No writer will take frames any more: release producers waiting for room."""
+        self.closed = True
+        self._not_full.set()
+        self.not_empty.set()
 
     def _append(self, frame: FrameTuple) -> None:
         if not self._items:

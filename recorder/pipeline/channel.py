@@ -10,6 +10,7 @@ first message is its :class:`Settings`; its first answer is :class:`Ready` or
 from __future__ import annotations
 
 import asyncio
+import os
 import pickle
 import signal
 import socket
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 _HEADER = struct.Struct("!Q")
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,8 @@ class Settings:
     log_level: str
     log_format: str
     instance: str = "default"
+    # The last run did not stop cleanly: check the database before using it.
+    unclean: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +95,23 @@ async def spawn(entry: str) -> tuple[Any, asyncio.StreamReader, asyncio.StreamWr
 ChildMain = Callable[[asyncio.StreamReader, asyncio.StreamWriter, Settings], Awaitable[None]]
 
 
+def die_with_parent() -> None:
+    """SIGKILL when the parent goes, whatever this process is doing (Linux): a child
+    must not outlive a killed service and go on writing into its database."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the closed socket ends it instead
+        return
+    if os.getppid() == 1:  # the parent was already gone before the call
+        os._exit(1)
+
+
 def run_child(main: ChildMain) -> None:
     """A child's life: ignore stop signals, read its settings, configure logging, run."""
+    die_with_parent()
     # The service decides when to stop (after draining); systemd's SIGTERM to the
     # whole control group, or Ctrl-C in a terminal, must not kill these first.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -109,4 +128,9 @@ def run_child(main: ChildMain) -> None:
         logs.configure(settings.log_level, settings.log_format)
         await main(reader, stream, settings)
 
-    asyncio.run(child())
+    try:
+        asyncio.run(child())
+    except (ConnectionError, BrokenPipeError):
+        # The other end went away (an unclean stop): the parent says what was lost,
+        # in one line; a traceback from every child would only bury it.
+        pass

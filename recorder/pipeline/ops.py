@@ -11,6 +11,8 @@ processes: they hold plain data only.
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
@@ -28,9 +30,12 @@ if TYPE_CHECKING:
 log = structlog.get_logger("recorder.pipeline")
 T = TypeVar("T")
 
-# A failed batch write is retried after this, doubling up to the cap.
+# A failed batch write is retried after this, doubling up to the cap: a disk that
+# was full and is no longer is written to within seconds.
 RETRY_FIRST = 0.5
-RETRY_CAP = 30.0
+RETRY_CAP = 2.0
+# While a fault lasts, it is logged again this often.
+STILL_FAILING_EVERY = 60.0
 
 
 class Operation(Generic[T]):
@@ -137,20 +142,37 @@ class WriteRows(Operation[dict[tuple[int, str], tuple[int, int]]]):
 
     async def run(self, db: WriterDatabase, store: Store) -> dict[tuple[int, str], tuple[int, int]]:
         delay = RETRY_FIRST
+        failing_since: float | None = None
+        logged = 0.0
         while True:
             try:
                 await db.run(store.write_batch, self.rows, self.index)
             except Exception as exc:
+                from recorder.db.integrity import broken
+
+                if broken(exc):
+                    # Retrying cannot help. Stop this process: the service notices at
+                    # once, reports what was lost and exits; its restart finds the file
+                    # unclean, checks it, and sets it aside (recorder.db.integrity).
+                    log.error("database is corrupt; stopping the writer", error=short_error(exc))
+                    os._exit(3)
                 # Keep the batch and retry: the service's queue fills meanwhile and
                 # pushes back on the sockets, so nothing is dropped while the
-                # database is away.
-                # One short line: never the statement's parameters (frame data).
-                log.error(
-                    "database write failed; retrying",
-                    error=short_error(exc),
-                    frames=len(self.rows),
-                    retry_in=delay,
-                )
+                # database is away. Logged when the fault begins, now and then while
+                # it lasts, and when it ends; one short line, never frame data.
+                now = time.monotonic()
+                if failing_since is None or now - logged >= STILL_FAILING_EVERY:
+                    log.error(
+                        "database write failed; retrying"
+                        if failing_since is None
+                        else "database writes still failing; retrying",
+                        error=short_error(exc),
+                        frames=len(self.rows),
+                        retry_in=delay,
+                    )
+                    logged = now
+                if failing_since is None:
+                    failing_since = now
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_CAP)
                 try:
@@ -158,6 +180,11 @@ class WriteRows(Operation[dict[tuple[int, str], tuple[int, int]]]):
                 except Exception:
                     pass  # the next attempt fails and waits again
             else:
+                if failing_since is not None:
+                    log.warning(
+                        "database writes resumed",
+                        failed_for=round(time.monotonic() - failing_since, 1),
+                    )
                 db.wrote(self.rows)
                 tally: dict[tuple[int, str], tuple[int, int]] = {}
                 for (cid, _, direction, _), (n, size) in self.index.tallies.items():

@@ -89,16 +89,32 @@ async def _migration(
     # runs for months, would otherwise keep for a few milliseconds of use.
     from recorder.db.connection import WriterDatabase
     from recorder.db.engine import prepare_sqlite_file
+    from recorder.db.integrity import broken, quick_check, set_aside
     from recorder.db.migrations import upgrade_sync
+    from recorder.db.reader import sqlite_file
 
-    hello: Ready | Failed
-    try:
+    async def migrate() -> Ready:
         prepare_sqlite_file(settings.url)
         db = await WriterDatabase.open(settings.url)
         try:
-            hello = Ready(*await db.run(upgrade_sync))
+            return Ready(*await db.run(upgrade_sync))
         finally:
             await db.shutdown()
+
+    hello: Ready | Failed
+    path = sqlite_file(settings.url) if settings.url.startswith("sqlite") else None
+    try:
+        if path is not None and settings.unclean:
+            problem = quick_check(path)
+            if problem is not None:
+                set_aside(path, problem)
+        try:
+            hello = await migrate()
+        except Exception as exc:
+            if path is None or not broken(exc):
+                raise
+            set_aside(path, str(exc))
+            hello = await migrate()
     except Exception as exc:
         hello = Failed(one_line(exc))
     await send(stream, hello)

@@ -90,6 +90,7 @@ class Writer:
         log_level: str = "info",
         log_format: str = "json",
         instance: str = "default",
+        unclean: bool = False,
     ) -> None:
         self.url = url
         self.batch_size = batch_size
@@ -101,7 +102,7 @@ class Writer:
         self.committed = 0
         self.commits = 0
         self.metrics = WriterMetrics()
-        self._settings = Settings(url, log_level, log_format, instance)
+        self._settings = Settings(url, log_level, log_format, instance, unclean)
         self._stopping = False
         self._progress = asyncio.Condition()
         self._flush_targets = 0
@@ -177,6 +178,10 @@ class Writer:
                 else:
                     future.set_exception(WriterError(result))
         self._died = self._died or "the writer process exited"
+        # Wake the shipping task now, not at the next frame: the service must notice
+        # at once and stop reading what it can no longer record.
+        self.queue.close()
+        self._batcher.hurry.set()
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(WriterError(self._died))
@@ -270,6 +275,8 @@ class Writer:
         pending: set[asyncio.Task[None]] = set()
         try:
             while True:
+                if self._died is not None:
+                    raise WriterError(self._died)
                 if not queue:
                     if self._stopping:
                         break

@@ -33,6 +33,7 @@ class InstanceLock:
         self.path = lock_path(database)
         self.shown = shown
         self._fd: int | None = None
+        self.unclean = False
 
     def acquire(self) -> None:
         """Take the lock, or raise AlreadyRunning naming the holder."""
@@ -47,13 +48,20 @@ class InstanceLock:
                 f"another recorder is running on {self.shown} ({holder}); "
                 "stop it first, or point this one at another database"
             ) from None
+        previous = os.pread(fd, 4096, 0)
+        # Who held it last left "stopped" in it only if it stopped cleanly.
+        self.unclean = bool(previous) and b'"stopped": true' not in previous
         os.ftruncate(fd, 0)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": format_us(now_us())}
-        os.write(fd, json.dumps(info).encode())
+        os.pwrite(fd, json.dumps(info).encode(), 0)
         self._fd = fd
 
-    def release(self) -> None:
+    def release(self, clean: bool = True) -> None:
         if self._fd is not None:
+            if clean:
+                info = {"pid": os.getpid(), "stopped": True, "at": format_us(now_us())}
+                os.ftruncate(self._fd, 0)
+                os.pwrite(self._fd, json.dumps(info).encode(), 0)
             os.close(self._fd)
             self._fd = None
 

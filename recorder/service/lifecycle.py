@@ -53,6 +53,10 @@ class Service:
         self.cleanup: Cleanup | None = None
         # Refreshed by the watch loop, for /metrics.
         self.database_bytes: int | None = None
+        # The newest frame id before this run: what this run stored is after it.
+        self.first_frame_id = 0
+        # The last run on this database did not stop cleanly.
+        self.unclean = False
 
     def force_exit(self) -> None:
         """A second stop signal: leave now, and say what is lost."""
@@ -112,6 +116,7 @@ class Service:
         except Exception as exc:  # the server refused us (asyncpg's errors)
             log.error(f"cannot use database {shown}: {type(exc).__name__}: {exc}".splitlines()[0])
             return 1
+        self.unclean = lock is not None and lock.unclean
         try:
             return await self._with_writer(stop)
         finally:
@@ -132,9 +137,12 @@ class Service:
             log_level=config.log.level,
             log_format=config.log.format,
             instance=s.instance,
+            unclean=self.unclean,
         )
         try:
             before, after = await writer.start()
+            newest = await asyncio.to_thread(frames_since, s.url, None)
+            self.first_frame_id = newest or 0
         except WriterError as exc:
             log.error(str(exc), database=redact_url(s.url))
             return 1
@@ -236,6 +244,9 @@ class Service:
             log.exception("link failed")
             exit_code = 1
         pending = writer.queued
+        if writer_task.done():
+            # The writer processes died: stop reading what can no longer be recorded.
+            self.notifier.send(STATUS="stopping: the writer processes died")
         writer.stop()
         try:
             async with asyncio.timeout(s.shutdown_timeout):
@@ -243,13 +254,21 @@ class Service:
         except TimeoutError:
             log.error(
                 "writer did not drain in time; frames were lost",
-                lost=writer.queued,
+                lost=writer.queue.enqueued - writer.committed,
                 timeout=s.shutdown_timeout,
             )
             exit_code = 1
         except WriterError as exc:
+            # Batches in flight may have been committed without their answer coming
+            # back: the database itself says how many frames of this run it holds.
+            stored = await asyncio.to_thread(frames_since, s.url, self.first_frame_id)
+            committed = writer.committed if stored is None else stored
             log.error(
-                "database writer failed; frames were lost", error=str(exc), lost=writer.queued
+                "database writer failed; frames were lost",
+                error=str(exc),
+                lost=writer.queue.enqueued - committed,
+                received=writer.queue.enqueued,
+                stored=committed,
             )
             exit_code = 1
         try:
@@ -263,6 +282,29 @@ class Service:
             seconds=round(time.monotonic() - t0, 3),
         )
         return exit_code
+
+
+def frames_since(url: str, after_id: int | None) -> int | None:
+    """With ``after_id`` None: the newest frame id; else how many frames have a larger
+    one. Read-only, through its own connection; None if the database cannot say."""
+    from recorder.db.reader import ReadError, first_row, open_reader
+
+    try:
+        reader = open_reader(url)
+    except ReadError:
+        return None
+    try:
+        if after_id is None:
+            row = first_row(reader, "SELECT coalesce(max(id), 0) AS n FROM frames")
+        else:
+            row = first_row(
+                reader, "SELECT count(*) AS n FROM frames WHERE id > :after", {"after": after_id}
+            )
+        return int(row["n"]) if row is not None else None
+    except ReadError:
+        return None
+    finally:
+        reader.close()
 
 
 async def main(config: Config) -> int:

@@ -71,6 +71,8 @@ class DaemonServer:
         self.frames_sent = 0
         self._sent_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._connection_event = asyncio.Event()
+        # Notified whenever a connection opens or closes (see settle()).
+        self._changed = asyncio.Condition()
         self._forced_disconnects = 0
         self._background: set[asyncio.Task[None]] = set()
         self._journal_file: IO[str] | None = None
@@ -168,6 +170,11 @@ class DaemonServer:
             while self._total_connections < n:
                 await self._connection_event.wait()
 
+    async def settle(self, check: Callable[[], bool], timeout: float = 30.0) -> None:  # noqa: ASYNC109
+        """Wait until ``check()`` holds, looking again as connections open and close."""
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(check)
+
     async def wait_frames_sent(self, n: int, timeout: float | None = 5.0) -> None:  # noqa: ASYNC109
         """Wait until ``n`` frames in total have been sent to clients."""
         if self.frames_sent >= n:
@@ -227,6 +234,8 @@ class DaemonServer:
         self._total_connections += 1
         conn = _Conn(self._total_connections, ws, self._admitted.pop(ws, False))
         self._conns[ws] = conn
+        async with self._changed:
+            self._changed.notify_all()
         self._connection_event.set()
         self._connection_event = asyncio.Event()
         try:
@@ -245,6 +254,8 @@ class DaemonServer:
         finally:
             del self._conns[ws]
             await _cancel_all(conn.tasks)
+            async with self._changed:
+                self._changed.notify_all()
 
     async def _send(self, conn: _Conn, data: str | bytes, *, text: bool | None = None) -> bool:
         """Send one frame, journal it, and apply the forced-disconnect policy."""
