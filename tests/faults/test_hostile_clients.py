@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import socket
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -95,3 +97,49 @@ def test_a_blank_proxy_token_is_no_token(tmp_path: Path) -> None:
     blank = write_config(tmp_path / "d.toml", {"proxy": {"listen": "0.0.0.0:8788", "token": "  "}})
     with pytest.raises(ConfigError, match="reachable from other machines"):
         load_config(blank, env={})
+
+
+def vm_hwm_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+async def test_a_frame_over_the_limit_is_refused_from_its_header(tmp_path: Path) -> None:
+    """A client announcing a 100 MiB frame is closed (1009) before the service buffers it."""
+    from tests.test_service import Recorder
+
+    async with Simulator(SimulatorOptions(port=0)) as sim:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        config = write_config(
+            tmp_path / "c.toml",
+            {
+                "daemon": {"url": sim.url},
+                "storage": {"url": f"sqlite:///{tmp_path / 'rec.db'}"},
+                "proxy": {"listen": f"127.0.0.1:{port}"},
+                "log": {"format": "json"},
+            },
+        )
+        rec = Recorder(tmp_path, config)
+        try:
+            await asyncio.to_thread(rec.ready)
+            before = vm_hwm_kb(rec.proc.pid)
+            ws = await connect(f"ws://127.0.0.1:{port}", max_size=None)
+            await ws.recv()
+            size = 100 * 1024 * 1024
+            # A masked text frame's header declaring 100 MiB, then its first 20 MiB.
+            ws.transport.write(bytes([0x81, 0xFF]) + struct.pack("!Q", size) + b"\0\0\0\0")
+            for _ in range(20):
+                if ws.transport.is_closing():
+                    break
+                ws.transport.write(b"a" * (1 << 20))
+                await ws.drain()
+            await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
+            assert ws.close_code == 1009
+            assert vm_hwm_kb(rec.proc.pid) - before < 16 * 1024  # nothing near 20 MiB kept
+        finally:
+            rec.proc.kill()
+            rec.proc.wait()
