@@ -19,6 +19,7 @@ from recorder.db.migrations import head_revision
 from recorder.pipeline.writer import Writer
 from recorder.protocol.frames import IN, OUT, Frame
 from recorder.service import Service
+from recorder.times import now_us
 from tests.conftest import running
 from tests.helpers import cli_json_lines, frame_bytes
 
@@ -218,3 +219,236 @@ async def test_named_instances_share_a_database_and_one_name_runs_once(
     errors = [e["event"] for e in logs if e["log_level"] == "error"]
     assert len(errors) == 1 and errors[0].startswith("another recorder named 'a' is running on ")
     assert a.exit_code == 0 and b.exit_code == 0
+
+
+def test_frames_are_partitioned_by_month_and_written_with_copy(pg_url: str) -> None:
+    import asyncpg
+
+    from recorder.db.connection import WriterDatabase
+    from recorder.db.migrations import upgrade_sync
+    from recorder.db.partitions import months
+    from recorder.db.write import Store
+    from recorder.pipeline.classifier import Classifier
+
+    async def scenario() -> tuple[int, list[str], list[tuple[str, int]]]:
+        url = pg_url.replace("postgresql://", "postgresql+asyncpg://")
+        db = await WriterDatabase.open(url)
+        await db.run(upgrade_sync)
+        store = Store(db.dialect)
+        cid = await db.run(store.open_connection, "link", "ws://x", 1)
+        now = now_us()
+        classifier = Classifier()
+        for batch in range(3):
+            frames = [
+                (cid, batch * 100 + i, IN, now + i, i, True, b'{"type":"x"}') for i in range(1, 101)
+            ]
+            rows, index = classifier.rows_and_index(frames)
+            await db.run(store.write_batch, rows, index)
+        await db.shutdown()
+        conn = await asyncpg.connect(pg_url)
+        try:
+            parts = [
+                r["relname"]
+                for r in await conn.fetch(
+                    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                    "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'frames' ORDER BY 1"
+                )
+            ]
+            placed = [
+                (r["tableoid"], r["n"])
+                for r in await conn.fetch(
+                    "SELECT tableoid::regclass::text AS tableoid, count(*) AS n FROM frames GROUP BY 1"
+                )
+            ]
+        finally:
+            await conn.close()
+        return store.copies, parts, placed
+
+    copies, parts, placed = asyncio.run(scenario())
+    assert copies == 3  # one COPY per batch
+    ahead = [name for name, _, _ in months(now_us(), 3)]
+    assert set(ahead) <= set(parts) and "frames_default" in parts
+    assert placed == [(ahead[0], 300)]  # this month's partition, not the default one
+
+
+def test_retention_drops_a_whole_month_on_postgres(pg_url: str, tmp_path: Path) -> None:
+    import asyncpg
+
+    from recorder.db.partitions import months
+
+    old = 1_736_000_000_000_000  # 2025-01-04: far past any 30-day retention
+    (name, low, high) = months(old, 1)[0]
+
+    async def record() -> None:
+        writer = Writer(pg_url.replace("postgresql://", "postgresql+asyncpg://"))
+        await writer.start()  # migrated: frames is partitioned
+        conn = await asyncpg.connect(pg_url)
+        await conn.execute(
+            f'CREATE TABLE "{name}" PARTITION OF frames FOR VALUES FROM ({low}) TO ({high})'
+        )
+        await conn.close()
+        task = asyncio.create_task(writer.run())
+        cid = await writer.open_connection("link", "ws://x")
+        script = [
+            json.dumps(
+                {"type": "session_status_update", "session": {"id": "old", "status": "running"}}
+            ),
+            json.dumps({"type": "stream_chunk", "data": {"sessionId": "old", "chunk": "x"}}),
+            json.dumps(
+                {"type": "session_status_update", "session": {"id": "old", "status": "completed"}}
+            ),
+        ]
+        for i, text in enumerate(script, 1):
+            await writer.put(Frame(cid, i, IN, old + i, i, True, text.encode()))
+        await writer.close_connection(cid, code=1000, closed_by="remote")
+        writer.stop()
+        await task
+        await writer.close()
+
+    asyncio.run(record())
+    config = tmp_path / "c.toml"
+    config.write_text(f'[storage]\nurl = "{pg_url}"\nretention = "30d"\n')
+    result = CliRunner().invoke(cli, ["cleanup", "run", "--config", str(config), "--json"])
+    assert result.exit_code == 0, result.output
+    (run,) = json.loads(result.stdout)
+    assert run["policy"] == "storage.retention"
+    assert run["actions"][0] == {"partition": name, "result": "dropped 3 frames", "done": True}
+
+    async def left() -> tuple[Any, Any, Any]:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            return (
+                await conn.fetchval("SELECT count(*) FROM pg_class WHERE relname = $1", name),
+                await conn.fetchval("SELECT count(*) FROM sessions"),
+                await conn.fetchval("SELECT count(*) FROM connections"),
+            )
+        finally:
+            await conn.close()
+
+    assert asyncio.run(left()) == (0, 0, 0)
+
+
+def test_both_databases_hold_the_same_rows_for_the_same_conversation(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The same frames through the writer's own code into SQLite and PostgreSQL: every
+    column of every table the writer fills is equal."""
+    import sqlite3
+
+    import asyncpg
+
+    from recorder.db.connection import WriterDatabase
+    from recorder.db.migrations import upgrade_sync
+    from recorder.db.write import Store
+    from recorder.pipeline.classifier import Classifier
+
+    sid = "session_1795692537464_eeayv91i6"
+    conversation: list[tuple[str, bytes, bool]] = [
+        *FRAMES,
+        (
+            OUT,
+            json.dumps(
+                {
+                    "type": "spawn_session",
+                    "payload": {"orchestratorId": "vp_1", "task": {"description": "D"}},
+                }
+            ).encode(),
+            True,
+        ),
+        (
+            IN,
+            json.dumps(
+                {
+                    "type": "session_status_update",
+                    "session": {
+                        "id": sid,
+                        "orchestratorId": "vp_1",
+                        "status": "running",
+                        "startedAt": "2026-11-26T11:28:57.464Z",
+                        "task": {"id": "task_1", "description": "D"},
+                    },
+                }
+            ).encode(),
+            True,
+        ),
+        (
+            IN,
+            json.dumps(
+                {"type": "stream_chunk", "data": {"sessionId": sid, "chunk": "é 🎉"}}
+            ).encode(),
+            True,
+        ),
+        (
+            IN,
+            json.dumps(
+                {
+                    "type": "session_spawned",
+                    "session": {
+                        "id": sid,
+                        "orchestratorId": "vp_1",
+                        "status": "completed",
+                        "endedAt": "2026-11-26T11:28:58.000Z",
+                        "task": {"id": "task_1", "description": "D"},
+                    },
+                }
+            ).encode(),
+            True,
+        ),
+        (
+            OUT,
+            json.dumps(
+                {"type": "session_status", "payload": {"sessionId": "session_nope"}}
+            ).encode(),
+            True,
+        ),
+        (IN, b'{"type":"error","error":"Session not found: session_nope"}', True),
+    ]
+    tables = {
+        "frames": "id",
+        "sessions": "id",
+        "tasks": "session_id, task_id",
+        "connections": "id",
+        "frame_days": "day_us, type, direction",
+    }
+
+    async def write(url: str) -> None:
+        db = await WriterDatabase.open(url)
+        await db.run(upgrade_sync)
+        store = Store(db.dialect)
+        cid = await db.run(
+            store.open_connection, "proxy", "ws://x/", 1_795_692_537_000_000, "127.0.0.1:1"
+        )
+        classifier = Classifier()
+        frames = [
+            (cid, i, d, 1_795_692_537_000_000 + i, i, t, data)
+            for i, (d, data, t) in enumerate(conversation, 1)
+        ]
+        for start in range(0, len(frames), 5):  # several batches: attribution across them
+            rows, index = classifier.rows_and_index(frames[start : start + 5])
+            await db.run(store.write_batch, rows, index)
+        await db.shutdown()
+
+    sqlite_path = tmp_path / "same.db"
+    asyncio.run(write(f"sqlite+aiosqlite:///{sqlite_path}"))
+    asyncio.run(write(pg_url.replace("postgresql://", "postgresql+asyncpg://")))
+
+    def normal(value: Any) -> Any:
+        return bytes(value) if isinstance(value, memoryview) else value
+
+    async def from_postgres(table: str, order: str) -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            rows = await conn.fetch(f"SELECT * FROM {table} ORDER BY {order}")
+            return [tuple(normal(v) for v in row.values()) for row in rows]
+        finally:
+            await conn.close()
+
+    with sqlite3.connect(sqlite_path) as lite:
+        for table, order in tables.items():
+            ours = [
+                tuple(normal(v) for v in row)
+                for row in lite.execute(f"SELECT * FROM {table} ORDER BY {order}")
+            ]
+            theirs = asyncio.run(from_postgres(table, order))
+            assert ours == theirs, table
+            assert ours, table

@@ -27,6 +27,7 @@ from recorder.pipeline.cleanup_ops import (
     AnswerRequest,
     Compact,
     DatabaseBytes,
+    DropDuePartitions,
     GiveBackSpace,
     MatchPolicy,
     OldestFinished,
@@ -193,11 +194,18 @@ class Cleanup:
             run = Run(policy, trigger, dry, now_us())
             started = time.monotonic()
             try:
+                run.actions = []
+                if policy.name == RETENTION and not dry and policy.when.ended_before is not None:
+                    # PostgreSQL: months entirely past the retention go whole first.
+                    cutoff = run.started_us - int(policy.when.ended_before * 1e6)
+                    for name, count in await self.writer.perform(DropDuePartitions(cutoff)):
+                        run.actions.append(
+                            {"partition": name, "result": f"dropped {count} frames", "done": True}
+                        )
                 decisions = await self.writer.perform(
                     MatchPolicy(policy, run.started_us, self.config.cleanup.grace, not dry)
                 )
                 run.matched = len(decisions)
-                run.actions = []
                 for decision in decisions:
                     if decision.verdict != "act":
                         run.actions.append(

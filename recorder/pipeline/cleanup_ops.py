@@ -128,3 +128,15 @@ class AnswerRequest(Operation[None]):
         from recorder.db.cleanup import answer_request
 
         await db.run(answer_request, self.request_id, self.now_us, self.result)
+
+
+@dataclass(frozen=True, slots=True)
+class DropDuePartitions(Operation[list[tuple[str, int]]]):
+    """PostgreSQL retention: whole monthly partitions of frames, where they are due."""
+
+    before_us: int
+
+    async def run(self, db: WriterDatabase, store: Store) -> list[tuple[str, int]]:
+        from recorder.db.cleanup import drop_due_partitions
+
+        return await db.run(drop_due_partitions, self.before_us)
