@@ -44,7 +44,9 @@ def months(from_us: int, count: int) -> list[tuple[str, int, int]]:
 def is_partitioned(conn: Connection) -> bool:
     if conn.dialect.name != "postgresql":
         return False
-    kind = conn.execute(text("SELECT relkind::text FROM pg_class WHERE relname = 'frames'")).scalar()
+    kind = conn.execute(
+        text("SELECT relkind::text FROM pg_class WHERE relname = 'frames'")
+    ).scalar()
     return bool(kind == "p")
 
 
