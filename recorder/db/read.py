@@ -297,29 +297,47 @@ def story(reader: Reader, session: Row) -> Story:
         )
         for r in rows
     ]
+    start, end = span(session)
+    carried = "OR id IN (SELECT DISTINCT connection_id FROM frames WHERE session_id = :sid)"
+    recordings = recordings_around(reader, start, end or now_us(), carried, {"sid": sid})
+    return tell(dict(session), frames_, recordings, now_us())
+
+
+def span(session: Row) -> tuple[int, int | None]:
+    """When a session was active: from its start to its end (None: not ended)."""
     start = min(session["first_seen_us"], session["started_at_us"] or session["first_seen_us"])
-    end = session["ended_at_us"] or now_us()
-    recordings = [
-        Recording(
-            r["id"],
-            r["role"],
-            r["url"],
-            r["client_addr"],
-            r["opened_at_us"],
-            r["closed_at_us"],
-            r["close_code"],
-            r["closed_by"],
-            r["error"],
-        )
+    end = session["ended_at_us"]
+    if end is None and session["status"] in TERMINAL_STATUSES:
+        end = session["last_seen_us"]
+    return start, end
+
+
+def recording(row: Row) -> Recording:
+    return Recording(
+        row["id"],
+        row["role"],
+        row["url"],
+        row["client_addr"],
+        row["opened_at_us"],
+        row["closed_at_us"],
+        row["close_code"],
+        row["closed_by"],
+        row["error"],
+    )
+
+
+def recordings_around(
+    reader: Reader, start: int, end: int, more: str = "", params: dict[str, Any] | None = None
+) -> list[Recording]:
+    """The connections that were up at some point of [start, end] (``more``: an OR)."""
+    return [
+        recording(r)
         for r in reader.rows(
             "SELECT * FROM connections WHERE opened_at_us <= :end "
-            "AND (closed_at_us IS NULL OR closed_at_us >= :start) "
-            "OR id IN (SELECT DISTINCT connection_id FROM frames WHERE session_id = :sid) "
-            "ORDER BY id",
-            {"start": start, "end": end, "sid": sid},
+            f"AND (closed_at_us IS NULL OR closed_at_us >= :start) {more} ORDER BY id",
+            {"start": start, "end": end, **(params or {})},
         )
     ]
-    return tell(dict(session), frames_, recordings, now_us())
 
 
 def _json(text: str) -> dict[str, Any]:

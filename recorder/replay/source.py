@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from recorder.db.read import resolve_session
+from recorder.db.read import recording, recordings_around, resolve_session, span
 from recorder.db.reader import Reader, Row
 from recorder.protocol.frames import IN, OPCODE_TEXT
 from recorder.protocol.index import TERMINAL_STATUSES
@@ -62,30 +62,10 @@ def open_session(reader: Reader, text: str, connection: int | None = None) -> Se
     """The session ``text`` names (an id or its start), and the replay's plan for it."""
     row = resolve_session(reader, text)
     sid = row["id"]
-    start = min(row["first_seen_us"], row["started_at_us"] or row["first_seen_us"])
-    ended = row["ended_at_us"]
-    if ended is None and row["status"] in TERMINAL_STATUSES:
-        ended = row["last_seen_us"]
+    start, ended = span(row)
     now = now_us()
     end = ended if ended is not None else now
-    recordings = [
-        Recording(
-            r["id"],
-            r["role"],
-            r["url"],
-            r["client_addr"],
-            r["opened_at_us"],
-            r["closed_at_us"],
-            r["close_code"],
-            r["closed_by"],
-            r["error"],
-        )
-        for r in reader.rows(
-            "SELECT * FROM connections WHERE opened_at_us <= :end "
-            "AND (closed_at_us IS NULL OR closed_at_us >= :start) ORDER BY id",
-            {"start": start, "end": end},
-        )
-    ]
+    recordings = recordings_around(reader, start, end)
     # Through the (type, id) index: one row per spawn ever, where the session's own
     # index would walk every frame of a long session. SQLite's unary + keeps it off
     # the session index; PostgreSQL's planner picks by statistics.
@@ -98,17 +78,7 @@ def open_session(reader: Reader, text: str, connection: int | None = None) -> Se
     creator_id = creator[0]["connection_id"] if creator else None
     if connection is not None and connection not in {r.id for r in recordings}:
         recordings += [
-            Recording(
-                r["id"],
-                r["role"],
-                r["url"],
-                r["client_addr"],
-                r["opened_at_us"],
-                r["closed_at_us"],
-                r["close_code"],
-                r["closed_by"],
-                r["error"],
-            )
+            recording(r)
             for r in reader.rows("SELECT * FROM connections WHERE id = :id", {"id": connection})
         ]
     choice = choose(recordings, creator_id, start, end, now, only=connection)
