@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import sqlite3
@@ -492,3 +493,24 @@ dry_run = true
         assert "asked the running recorder (PID " in err.decode()
         (run,) = json.loads(out)
         assert (run["policy"], run["trigger"], run["dry_run"]) == ("often", "request", False)
+
+
+async def test_max_db_size_purges_the_oldest_finished_sessions(db: Path, tmp_path: Path) -> None:
+    from recorder.cleanup.jobs import MAX_SIZE, Cleanup, Direct
+    from recorder.db.connection import WriterDatabase
+
+    config = load_config(configured(tmp_path, db, extra=""), env={})
+    config = dataclasses.replace(
+        config, storage=dataclasses.replace(config.storage, max_db_size="1KB")
+    )
+    handle = await WriterDatabase.open(f"sqlite+aiosqlite:///{db}")
+    try:
+        cleanup = Cleanup(config, Direct(handle, Store(handle.dialect)), None)
+        await cleanup.keep_under_size()
+    finally:
+        await handle.shutdown()
+    # Everything finished went, oldest first; the running session stays.
+    assert table(db, "select id from sessions") == [("s_live",)]
+    (run,) = table(db, "select policy, matched, acted, error from cleanup_runs")
+    assert run[:3] == (MAX_SIZE, 2, 2)
+    assert "nothing finished left to purge" in run[3]

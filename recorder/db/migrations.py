@@ -53,6 +53,10 @@ def _current_sync(connection: Connection) -> str | None:
 def upgrade_sync(connection: Connection, revision: str = "head") -> tuple[str | None, str | None]:
     """Run migrations up to ``revision`` in one transaction; returns (before, after)."""
     with connection.begin():
+        if connection.dialect.name == "postgresql":
+            # Recorders starting at once on a new database: one migrates, the others
+            # wait for it and find the schema done.
+            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(5151780155011)")
         before = _current_sync(connection)
         _upgrade_sync(connection, revision)
         after = _current_sync(connection)

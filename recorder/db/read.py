@@ -193,7 +193,10 @@ class Status:
 def status(reader: Reader, instance: str = "default") -> Status:
     """What the recorder has done, read in constant time whatever the database's size."""
     last_conn = first_row(
-        reader, "SELECT * FROM connections WHERE role = 'link' ORDER BY id DESC LIMIT 1"
+        reader,
+        "SELECT * FROM connections WHERE role = 'link' AND instance = :instance "
+        "ORDER BY id DESC LIMIT 1",
+        {"instance": instance},
     )
     last_frame = first_row(
         reader, "SELECT received_at_us FROM frames WHERE id = (SELECT max(id) FROM frames)"
