@@ -13,9 +13,14 @@ Method (every process is separate, everything is on loopback):
    its own process) receives until ``stream_end`` and does nothing with the frames.
    Rate = N / (arrival of ``stream_end`` - arrival of the first ``stream_chunk``).
 3. Recorder: ``python -m recorder run --config <tmp>/config.toml`` writing to a fresh
-   SQLite file. The benchmark polls the file read-only (stdlib ``sqlite3``) every
-   ``--poll`` seconds until the ``stream_end`` row is committed; the writer commits
-   frames in order, so that row means every chunk before it is committed too.
+   database: a SQLite file (the default), or with ``--database postgresql://...`` a new
+   database on that server (``CREATE DATABASE bench_ingest_<pid>_<n>``, dropped
+   afterwards unless ``--keep``). The benchmark polls it every ``--poll`` seconds
+   (SQLite: read-only, stdlib ``sqlite3``; PostgreSQL: one asyncpg connection) until the
+   ``stream_end`` row of the recorder's link connection is committed; the writer commits
+   frames in order, so that row means every chunk before it is committed too. Progress
+   is the connection's ``frame_count``, which the writer updates in each batch's
+   transaction.
    Rate = N / (wall clock when the poll first sees ``stream_end`` - ``received_at_us``
    of the first ``stream_chunk`` row). The poll adds at most one interval (50 ms) to
    the measured time, and the time includes the writer's final flush: the queue drains,
@@ -25,7 +30,7 @@ Method (every process is separate, everything is on loopback):
    after the last frame, and the steady commit rate between 10 % and 90 % of the frames
    (from the poll samples; no start-up, no final flush).
 4. Zero loss: after the recorder stopped, the connection's rows are read back: exactly
-   one link connection, ``seq`` 1..M with no gap or duplicate, every index 0..N-1
+   one connection of the recorder's ``storage.instance``, ``seq`` 1..M with no gap or duplicate, every index 0..N-1
    exactly once (``payload`` parsed as JSON), each payload byte-identical to what the
    simulator sends (regenerated with :func:`recorder.simulator.firehose_template`, which
    is itself checked against frames the bare client captured off the wire), opcode text,
@@ -33,6 +38,12 @@ Method (every process is separate, everything is on loopback):
 5. Peak RSS: ``VmHWM`` of the recorder's processes (the service, the classifier and the
    database process; the short-lived migration process has exited by then), summed,
    read right before SIGTERM; the recorder must then exit 0 and log ``recorder stopped``.
+6. ``--recorders 2`` (PostgreSQL only): two recorders, ``storage.instance`` "bench-a" and
+   "bench-b", each with its own fresh simulator, started together and writing into the
+   same new database at once. Each one's rate and zero loss are measured as above on its
+   own connection's rows; the combined rate is all their frames / (the last
+   ``stream_end`` seen - the first chunk received), and "while both committed" is the
+   sum of their commit rates over the time both were committing.
 
 Measurements alternate (ceiling, recorder, ceiling, recorder, ...) ``--repeat`` times and
 the medians are reported, because small shared machines are noisy. CPU seconds of each
@@ -43,6 +54,8 @@ Usage::
 
     python bench/ingest.py                      # 200 000 frames, 2 repeats
     python bench/ingest.py --frames 1000000 --json
+    python bench/ingest.py --database postgresql://postgres@127.0.0.1:5432/postgres
+    python bench/ingest.py --database postgresql://postgres@127.0.0.1:5432/postgres --recorders 2
 
 Exits 1 if any frame was lost, duplicated or altered, 2 on a benchmark failure.
 """
@@ -51,6 +64,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -62,6 +76,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +103,8 @@ DEFAULT_SIZE = 180  # the simulator's firehose_size default; the CLI has no opti
 CHUNK_PREFIX = b'{"type":"stream_chunk"'
 END_PREFIX = b'{"type":"stream_end"'
 LISTENING = re.compile(r"listening on ws://127\.0\.0\.1:(\d+)")
+# storage.instance of each recorder with --recorders N (one recorder keeps the default).
+INSTANCES = ("bench-a", "bench-b", "bench-c", "bench-d")
 
 
 # --- processes ---------------------------------------------------------------------
@@ -222,10 +240,193 @@ def check_template_samples(samples: dict[str, str], frames: int) -> None:
             )
 
 
+# --- where the recorder writes: SQLite or PostgreSQL -------------------------------------
+
+
+def pg_sql(sql: str) -> str:
+    """The benchmark's SQL is written once with ``?`` parameters; asyncpg wants $1, $2..."""
+    numbers = itertools.count(1)
+    return re.sub(r"\?", lambda _: f"${next(numbers)}", sql)
+
+
+class Database:
+    """One fresh database for one recorder measurement, and the benchmark's reads of it.
+
+    The recorder writes it (``url`` is its ``storage.url``); the benchmark only reads:
+    :meth:`scalar` while the recorder runs (None while the database or its tables do not
+    exist yet), :meth:`rows` afterwards. SQL is written once, with ``?`` parameters.
+    """
+
+    kind = ""
+    url = ""
+
+    def scalar(self, sql: str, *params: Any) -> Any:
+        raise NotImplementedError
+
+    def rows(self, sql: str, *params: Any) -> Iterator[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def row(self, sql: str, *params: Any) -> tuple[Any, ...] | None:
+        rows = self.rows(sql, *params)
+        try:
+            return next(rows, None)
+        finally:
+            rows.close()  # type: ignore[attr-defined]
+
+    def server_cpu(self) -> dict[int, float]:
+        """CPU-seconds of the database server's processes by pid (none for SQLite)."""
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+class SqliteDatabase(Database):
+    kind = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.url = f"sqlite:///{path}"
+
+    def scalar(self, sql: str, *params: Any) -> Any:
+        """One short read transaction; None while the file or the tables do not exist yet."""
+        if not self.path.exists():
+            return None
+        try:
+            con = ro_connect(self.path)
+        except sqlite3.OperationalError:
+            return None
+        try:
+            row = con.execute(sql, params).fetchone()
+            return None if row is None else row[0]
+        except sqlite3.OperationalError:
+            return None
+        finally:
+            con.close()
+
+    def rows(self, sql: str, *params: Any) -> Iterator[tuple[Any, ...]]:
+        con = ro_connect(self.path)
+        try:
+            yield from con.execute(sql, params)
+        finally:
+            con.close()
+
+
+class PostgresDatabase(Database):
+    """A new database on the server of ``server`` (a PostgreSQL URL naming any database
+    the benchmark may connect to, to create and drop its own); dropped by :meth:`close`
+    unless ``keep``. The benchmark reads it over one asyncpg connection of its own."""
+
+    kind = "postgresql"
+
+    def __init__(self, server: str, name: str, keep: bool) -> None:
+        self.server = pg_url(server)
+        self.name = name
+        self.keep = keep
+        self.url = pg_url(server, name)
+        self._loop = asyncio.new_event_loop()
+        self._conn: Any = None
+        self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self._admin(f'CREATE DATABASE "{name}"')
+
+    def _run(self, coro: Any) -> Any:
+        return self._loop.run_until_complete(coro)
+
+    def _admin(self, sql: str) -> None:
+        import asyncpg
+
+        async def run() -> None:
+            conn = await asyncpg.connect(self.server, timeout=10)
+            try:
+                await conn.execute(sql)
+            finally:
+                await conn.close()
+
+        try:
+            self._run(run())
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise BenchError(f"PostgreSQL at {self.server}: {sql}: {exc}") from None
+
+    def _connection(self) -> Any:
+        import asyncpg
+
+        if self._conn is None:
+            # No statement cache: the migrations change the tables under the polls.
+            self._conn = self._run(asyncpg.connect(self.url, timeout=10, statement_cache_size=0))
+        return self._conn
+
+    def scalar(self, sql: str, *params: Any) -> Any:
+        """One statement in its own transaction; None while the tables do not exist yet."""
+        import asyncpg
+
+        try:
+            return self._run(self._connection().fetchval(pg_sql(sql), *params))
+        except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
+            return None
+
+    def rows(self, sql: str, *params: Any) -> Iterator[tuple[Any, ...]]:
+        """Through a cursor in one read-only transaction, 10 000 rows at a time."""
+        conn = self._connection()
+        transaction = conn.transaction(readonly=True)
+        self._run(transaction.start())
+        try:
+            cursor = self._run(conn.cursor(pg_sql(sql), *params))
+            while chunk := self._run(cursor.fetch(10_000)):
+                yield from (tuple(row) for row in chunk)
+        finally:
+            self._run(transaction.rollback())
+
+    def server_cpu(self) -> dict[int, float]:
+        """The backends of this database (the recorders' connections, autovacuum) and the
+        server's background processes (WAL writer, checkpointer...), not our own backend."""
+        pids = self._run(
+            self._connection().fetch(
+                "SELECT pid FROM pg_stat_activity WHERE (datname = current_database()"
+                " OR datname IS NULL) AND pid <> pg_backend_pid()"
+            )
+        )
+        found = {row["pid"]: cpu_seconds(row["pid"], children=False) for row in pids}
+        return {pid: cpu for pid, cpu in found.items() if cpu == cpu}  # NaN: gone
+
+    def close(self) -> None:
+        try:
+            if self._conn is not None:
+                self._run(self._conn.close())
+                self._conn = None
+            if self.keep:
+                print(f"kept database {self.url}", file=sys.stderr)
+            else:
+                self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        finally:
+            self._loop.close()
+
+
+def pg_url(url: str, database: str | None = None) -> str:
+    """``postgresql://...`` (for asyncpg, and for storage.url), with another database."""
+    parts = urllib.parse.urlsplit(url)
+    parts = parts._replace(scheme="postgresql")
+    if database is not None:
+        parts = parts._replace(path=f"/{database}")
+    return urllib.parse.urlunsplit(parts)
+
+
+def database_factory(url: str | None, keep: bool) -> Callable[[Path], Database]:
+    """A fresh database per measurement: a file in its directory, or a new PostgreSQL one."""
+    if url is None:
+        return lambda workdir: SqliteDatabase(workdir / "bench.db")
+    numbers = itertools.count(1)
+    return lambda _: PostgresDatabase(url, f"bench_ingest_{os.getpid()}_{next(numbers)}", keep)
+
+
+def server_cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """Server CPU over a window; a process that started inside it counts from zero."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
 # --- the recorder ------------------------------------------------------------------------
 
 
-CONFIG = """\
+RECORDER_CONFIG = """\
 [daemon]
 url = "ws://127.0.0.1:{port}"
 
@@ -234,13 +435,35 @@ interval = 3600.0
 timeout = 600.0
 
 [storage]
-url = "sqlite:///{db}"
-shutdown_timeout = 60.0
+url = "{url}"
+{instance}shutdown_timeout = 60.0
 
 [log]
 level = "info"
 format = "json"
 """
+# bench/purge.py's base: a SQLite file, the default instance, no [proxy] table.
+CONFIG = RECORDER_CONFIG.replace('"{url}"', '"sqlite:///{db}"').replace("{instance}", "")
+# No proxy: nothing here uses it, and two recorders cannot both have its default port.
+NO_PROXY = """
+[proxy]
+enabled = false
+"""
+
+
+def recorder_config(port: int, url: str, instance: str) -> str:
+    line = "" if instance == "default" else f'instance = "{instance}"\n'
+    return RECORDER_CONFIG.format(port=port, url=url, instance=line) + NO_PROXY
+
+
+# The benchmark's reads, the same SQL on both databases.
+LINK_SQL = "select min(id) from connections where instance = ?"
+END_SQL = "select count(*) from frames where type = 'stream_end' and connection_id = ?"
+PROGRESS_SQL = "select frame_count from connections where id = ?"
+SPAN_SQL = (
+    "select min(received_at_us), max(received_at_us) from frames"
+    " where connection_id = ? and type in ('stream_chunk', 'stream_end')"
+)
 
 
 @dataclass
@@ -269,106 +492,212 @@ class RecorderRun:
     logged_stopped: bool
     warnings: list[str]
     loss: LossReport
+    instance: str = "default"
+    first_us: int = 0
+    done: float = 0.0
 
 
-def poll_scalar(db: Path, sql: str) -> Any:
-    """One short read transaction; None while the file or the tables do not exist yet."""
-    if not db.exists():
-        return None
-    try:
-        con = ro_connect(db)
-    except sqlite3.OperationalError:
-        return None
-    try:
-        return con.execute(sql).fetchone()[0]
-    except sqlite3.OperationalError:
-        return None
-    finally:
-        con.close()
+@dataclass
+class Measurement:
+    """One measurement: one or more recorders into one fresh database, at once."""
+
+    database: str
+    runs: list[RecorderRun]
+    # All the recorders' frames / (the last stream_end seen - the first chunk received).
+    combined_fps: float
+    # The sum of the recorders' commit rates while all of them were committing (NaN: one).
+    overlap_fps: float
+    # Between the first chunks the recorders received.
+    start_spread_s: float
+    # The database server's processes over the window (NaN for SQLite: in the recorder).
+    database_cpu_s: float
 
 
-def run_recorder(
-    frames: int, root: Path, deadline: Deadline, poll: float, stall: float
-) -> RecorderRun:
-    workdir = Path(tempfile.mkdtemp(prefix="recorder-", dir=root))
-    db = workdir / "bench.db"
-    sim, port = start_simulator(frames, workdir, deadline)
+@dataclass
+class Recording:
+    """A recorder of a measurement while it runs, with its own simulator."""
+
+    instance: str
+    workdir: Path
+    sim: Child
+    port: int
     rec: Child | None = None
+    cid: int | None = None
+    done: float = 0.0
+    progress: list[tuple[float, int]] = field(default_factory=list)
+
+
+def run_recorders(
+    frames: int,
+    root: Path,
+    deadline: Deadline,
+    poll: float,
+    stall: float,
+    make_database: Callable[[Path], Database],
+    count: int = 1,
+) -> Measurement:
+    workdir = Path(tempfile.mkdtemp(prefix="recorder-", dir=root))
+    names = ["default"] if count == 1 else list(INSTANCES[:count])
+    recs: list[Recording] = []
+    db = make_database(workdir)
     try:
-        config = workdir / "config.toml"
-        config.write_text(CONFIG.format(port=port, db=db))
-        args = [sys.executable, "-m", "recorder", "run", "--config", str(config)]
-        rec = Child("recorder", args, workdir)
+        try:
+            for name in names:
+                wd = workdir if count == 1 else workdir / name
+                wd.mkdir(exist_ok=True)
+                sim, port = start_simulator(frames, wd, deadline)
+                recs.append(Recording(name, wd, sim, port))
+            if count > 1:
+                # Recorders started together on a new database would each migrate it, and
+                # two migrations at once collide (the second one's writer does not start):
+                # migrate it first, so that they start together on a migrated database.
+                migrate(db.url, workdir, deadline)
+            # Started together: with several, the firehoses overlap.
+            for r in recs:
+                config = r.workdir / "config.toml"
+                config.write_text(recorder_config(r.port, db.url, r.instance))
+                args = [sys.executable, "-m", "recorder", "run", "--config", str(config)]
+                r.rec = Child("recorder", args, r.workdir)
 
-        # Connected (migrations done, firehose starting): start the CPU clocks.
-        while not poll_scalar(db, "select count(*) from connections"):
-            deadline.check("waiting for the recorder to connect")
-            if not rec.alive():
-                raise BenchError(f"recorder exited early:\n{rec.log()[-2000:]}")
-            time.sleep(poll)
-        # The recorder's whole process tree, as at the end of the window.
-        rec_cpu0 = sum(cpu_seconds(p, children=False) for p in process_tree(rec.pid))
-        sim_cpu0 = cpu_seconds(sim.pid, children=False)
+            # Connected (migrations done, firehose starting): start the CPU clocks.
+            for r in recs:
+                while (cid := db.scalar(LINK_SQL, r.instance)) is None:
+                    deadline.check("waiting for the recorder to connect")
+                    check_alive(r)
+                    time.sleep(poll)
+                r.cid = cid
+            # The recorder's whole process tree, as at the end of the window.
+            rec_cpu0 = [tree_cpu(r) for r in recs]
+            sim_cpu0 = [cpu_seconds(r.sim.pid, children=False) for r in recs]
+            db_cpu0 = db.server_cpu()
 
-        # Committed: the stream_end row is visible.
-        last_id, last_progress = -1, time.monotonic()
-        progress: list[tuple[float, int]] = []
-        while True:
-            if poll_scalar(db, "select count(*) from frames where type = 'stream_end'"):
-                done = time.time()
-                break
-            deadline.check("waiting for the recorder to commit")
-            if not rec.alive():
-                raise BenchError(f"recorder exited early:\n{rec.log()[-2000:]}")
-            top = poll_scalar(db, "select max(id) from frames") or 0
-            progress.append((time.time(), top))
-            if top != last_id:
-                last_id, last_progress = top, time.monotonic()
-            elif time.monotonic() - last_progress > stall:
-                raise BenchError(f"no frame committed for {stall:.0f} s (stuck at row {top})")
-            time.sleep(poll)
-        # The recorder is a process tree: service -> classifier -> database.
-        pids = process_tree(rec.pid)
-        rec_cpu = sum(cpu_seconds(p, children=False) for p in pids) - rec_cpu0
-        sim_cpu = cpu_seconds(sim.pid, children=False) - sim_cpu0
-        # Summed peaks: an upper bound on the tree's peak (they need not coincide).
-        peak_kib = sum(vm_hwm_kib(p) for p in pids)
-        exit_code = rec.terminate(min(90.0, max(deadline.left(), 1.0)))
-        log = rec.log()
+            # Committed: the stream_end row of each recorder's connection is visible.
+            pending = list(recs)
+            last_top = {r.instance: -1 for r in recs}
+            last_progress = {r.instance: time.monotonic() for r in recs}
+            while pending:
+                for r in list(pending):
+                    if db.scalar(END_SQL, r.cid):
+                        r.done = time.time()
+                        pending.remove(r)
+                        continue
+                    deadline.check("waiting for the recorder to commit")
+                    check_alive(r)
+                    top = db.scalar(PROGRESS_SQL, r.cid) or 0
+                    r.progress.append((time.time(), top))
+                    if top != last_top[r.instance]:
+                        last_top[r.instance], last_progress[r.instance] = top, time.monotonic()
+                    elif time.monotonic() - last_progress[r.instance] > stall:
+                        raise BenchError(
+                            f"{r.instance}: no frame committed for {stall:.0f} s"
+                            f" (stuck at {top} rows)"
+                        )
+                if pending:
+                    time.sleep(poll)
+            # The recorder is a process tree: service -> classifier -> database.
+            trees = [process_tree(r.rec.pid) for r in recs if r.rec is not None]
+            rec_cpu = [tree_cpu(r) - c0 for r, c0 in zip(recs, rec_cpu0, strict=True)]
+            sim_cpu = [
+                cpu_seconds(r.sim.pid, children=False) - c0
+                for r, c0 in zip(recs, sim_cpu0, strict=True)
+            ]
+            db_cpu = server_cpu_delta(db_cpu0, db.server_cpu()) if db_cpu0 else float("nan")
+            # Summed peaks: an upper bound on the tree's peak (they need not coincide).
+            peaks = [sum(vm_hwm_kib(p) for p in pids) for pids in trees]
+            # One at a time: a second SIGTERM during the drain would stop it at once.
+            exits, logs = [], []
+            for r in recs:
+                assert r.rec is not None
+                exits.append(r.rec.terminate(min(90.0, max(deadline.left(), 1.0))))
+                logs.append(r.rec.log())
+        finally:
+            for r in recs:
+                if r.rec is not None:
+                    r.rec.kill()
+                r.sim.terminate(5)
+                r.sim.kill()
+
+        runs = []
+        for i, r in enumerate(recs):
+            stopped, warnings = log_outcome(logs[i])
+            first_us, last_us = db.row(SPAN_SQL, r.cid) or (None, None)
+            if first_us is None:
+                raise BenchError(f"{r.instance}: no stream_chunk rows")
+            loss = verify(db, r.instance, frames)
+            first = first_us / 1e6
+            seconds = r.done - first
+            runs.append(
+                RecorderRun(
+                    frames=frames,
+                    seconds=seconds,
+                    fps=frames / seconds,
+                    receive_fps=frames / max((last_us - first_us) / 1e6, 1e-9),
+                    steady_fps=steady_rate(r.progress, frames),
+                    commit_lag_s=r.done - last_us / 1e6,
+                    poll_interval_s=poll,
+                    peak_rss_mb=peaks[i] / 1024,
+                    recorder_cpu_s=rec_cpu[i],
+                    simulator_cpu_s=sim_cpu[i],
+                    exit_code=exits[i],
+                    logged_stopped=stopped,
+                    warnings=warnings,
+                    loss=loss,
+                    instance=r.instance,
+                    first_us=first_us,
+                    done=r.done,
+                )
+            )
     finally:
-        if rec is not None:
-            rec.kill()
-        sim.terminate(5)
-        sim.kill()
-
-    stopped, warnings = log_outcome(log)
-    con = ro_connect(db)
-    try:
-        first_us, last_us = con.execute(
-            "select min(received_at_us), max(received_at_us) from frames"
-            " where type in ('stream_chunk', 'stream_end')"
-        ).fetchone()
-        loss = verify(con, frames)
-    finally:
-        con.close()
-    first = first_us / 1e6
-    seconds = done - first
-    return RecorderRun(
-        frames=frames,
-        seconds=seconds,
-        fps=frames / seconds,
-        receive_fps=frames / max((last_us - first_us) / 1e6, 1e-9),
-        steady_fps=steady_rate(progress, frames),
-        commit_lag_s=done - last_us / 1e6,
-        poll_interval_s=poll,
-        peak_rss_mb=peak_kib / 1024,
-        recorder_cpu_s=rec_cpu,
-        simulator_cpu_s=sim_cpu,
-        exit_code=exit_code,
-        logged_stopped=stopped,
-        warnings=warnings,
-        loss=loss,
+        db.close()
+    first = min(r.first_us for r in runs) / 1e6
+    return Measurement(
+        database=db.kind,
+        runs=runs,
+        combined_fps=frames * len(runs) / (max(r.done for r in runs) - first),
+        overlap_fps=overlap_rate(recs, runs),
+        start_spread_s=(max(r.first_us for r in runs) - min(r.first_us for r in runs)) / 1e6,
+        database_cpu_s=db_cpu,
     )
+
+
+def migrate(url: str, workdir: Path, deadline: Deadline) -> None:
+    args = [sys.executable, "-m", "recorder", "db", "upgrade", "--database", url]
+    child = Child("migrate", args, workdir)
+    try:
+        code = child.proc.wait(timeout=max(min(deadline.left(), 120.0), 1.0))
+    except subprocess.TimeoutExpired:
+        raise BenchError("`recorder db upgrade` did not finish") from None
+    finally:
+        child.kill()
+    if code != 0:
+        raise BenchError(f"`recorder db upgrade` failed:\n{child.log()[-2000:]}")
+
+
+def check_alive(r: Recording) -> None:
+    assert r.rec is not None
+    if not r.rec.alive():
+        raise BenchError(f"recorder {r.instance} exited early:\n{r.rec.log()[-2000:]}")
+
+
+def tree_cpu(r: Recording) -> float:
+    assert r.rec is not None
+    return sum(cpu_seconds(p, children=False) for p in process_tree(r.rec.pid))
+
+
+def overlap_rate(recs: list[Recording], runs: list[RecorderRun]) -> float:
+    """Rows/s all recorders committed together while every one of them was committing
+    (from the later first chunk to the earlier stream_end); NaN for one recorder."""
+    if len(recs) < 2:
+        return float("nan")
+    start = max(r.first_us for r in runs) / 1e6
+    end = min(r.done for r in runs)
+    total = 0.0
+    for r in recs:
+        inside = [p for p in r.progress if start <= p[0] <= end]
+        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+            return float("nan")
+        total += (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+    return total
 
 
 def steady_rate(progress: list[tuple[float, int]], frames: int) -> float:
@@ -380,13 +709,15 @@ def steady_rate(progress: list[tuple[float, int]], frames: int) -> float:
     return (hi[1] - lo[1]) / (hi[0] - lo[0])
 
 
-def verify(con: sqlite3.Connection, frames: int) -> LossReport:
+def verify(db: Database, instance: str, frames: int) -> LossReport:
     """Every firehose frame exactly once, in a gap-free seq, byte-identical to the wire."""
     from recorder.simulator import firehose_template
 
     report = LossReport(ok=True)
     problems = report.problems
-    links = con.execute("select id, frame_count from connections order by id").fetchall()
+    links = list(
+        db.rows("select id, frame_count from connections where instance = ? order by id", instance)
+    )
     if len(links) != 1:
         problems.append(f"{len(links)} connections, expected 1 (the link reconnected?)")
     if not links:
@@ -398,10 +729,10 @@ def verify(con: sqlite3.Connection, frames: int) -> LossReport:
     prefix = suffix = ""
     prev_index = -1
     ends = total_bytes = 0
-    rows = con.execute(
+    rows = db.rows(
         "select seq, type, opcode, size, payload, payload_bytes from frames"
         " where connection_id = ? order by seq",
-        (cid,),
+        cid,
     )
     for seq, type_, opcode, size, payload, payload_bytes in rows:
         report.total_rows += 1
@@ -456,24 +787,26 @@ def median(values: list[float]) -> float:
 
 
 def summarize(
-    frames: int, ceilings: list[CeilingRun], recorders: list[RecorderRun]
+    frames: int, ceilings: list[CeilingRun], measurements: list[Measurement]
 ) -> dict[str, Any]:
+    recorders = [r for m in measurements for r in m.runs]
+    count = len(measurements[0].runs)
     ceiling = median([c.fps for c in ceilings])
     recorder = median([r.fps for r in recorders])
     peak = max(r.peak_rss_mb for r in recorders)
     zero_loss = all(r.loss.ok for r in recorders)
     clean_stop = all(r.exit_code == 0 and r.logged_stopped for r in recorders)
     ratio = recorder / ceiling
-    targets: dict[str, Any] = {
-        "ratio_ge_0.5": ratio >= TARGET_RATIO,
-        "zero_loss": zero_loss,
-        "clean_stop": clean_stop,
-    }
+    targets: dict[str, Any] = {}
+    if count == 1:
+        targets["ratio_ge_0.5"] = ratio >= TARGET_RATIO
+    targets["zero_loss"] = zero_loss
+    targets["clean_stop"] = clean_stop
     if frames >= TARGET_RSS_FRAMES:
         targets["peak_rss_lt_150mb"] = peak < TARGET_RSS_MB
-    return {
+    summary: dict[str, Any] = {
         "frames": frames,
-        "repeat": len(recorders),
+        "repeat": len(measurements),
         "ceiling_fps": ceiling,
         "recorder_fps": recorder,
         "ratio": ratio,
@@ -485,12 +818,38 @@ def summarize(
         "recorder_commit_lag_s": median([r.commit_lag_s for r in recorders]),
         "targets": targets,
         "machine": {"nproc": os.cpu_count(), "python": sys.version.split()[0]},
-        "ceiling_runs": [asdict(c) for c in ceilings],
-        "recorder_runs": [asdict(r) for r in recorders],
+        "database": measurements[0].database,
+        "recorders": count,
     }
+    if count > 1:
+        combined = median([m.combined_fps for m in measurements])
+        summary["per_recorder"] = {
+            name: {
+                "fps": median([r.fps for r in runs]),
+                "ratio": median([r.fps for r in runs]) / ceiling,
+                "steady_fps": median([r.steady_fps for r in runs]),
+                "receive_fps": median([r.receive_fps for r in runs]),
+                "zero_loss": all(r.loss.ok for r in runs),
+            }
+            for name in [r.instance for r in measurements[0].runs]
+            for runs in [[r for r in recorders if r.instance == name]]
+        }
+        summary["combined_fps"] = combined
+        summary["combined_ratio"] = combined / ceiling
+        summary["overlap_fps"] = median([m.overlap_fps for m in measurements])
+        summary["start_spread_s"] = median([m.start_spread_s for m in measurements])
+    summary["ceiling_runs"] = [asdict(c) for c in ceilings]
+    summary["recorder_runs"] = [asdict(r) for r in recorders]
+    summary["measurements"] = [
+        {k: v for k, v in asdict(m).items() if k != "runs"} for m in measurements
+    ]
+    return summary
 
 
 def print_table(s: dict[str, Any]) -> None:
+    if s["recorders"] > 1:
+        print_multi_table(s)
+        return
     rows = [
         ("frames", f"{s['frames']:,}"),
         ("avg frame bytes", f"{s['avg_frame_bytes']:.1f}"),
@@ -504,27 +863,78 @@ def print_table(s: dict[str, Any]) -> None:
         ("commit lag after last frame s", f"{s['recorder_commit_lag_s']:.2f}"),
     ]
     width = max(len(k) for k, _ in rows)
-    print(f"ingest benchmark ({s['repeat']} run(s) each, medians)")
+    into = " into PostgreSQL" if s["database"] == "postgresql" else ""
+    print(f"ingest benchmark{into} ({s['repeat']} run(s) each, medians)")
     for key, value in rows:
         print(f"  {key:<{width}}  {value}")
     print("  runs:")
+    print_ceiling_runs(s)
+    for r, m in zip(s["recorder_runs"], s["measurements"], strict=True):
+        print_recorder_run("recorder ", r, m["database_cpu_s"])
+    print(targets_line(s["targets"]))
+
+
+def print_multi_table(s: dict[str, Any]) -> None:
+    per = s["per_recorder"]
+    rows = [
+        ("frames per recorder", f"{s['frames']:,}"),
+        ("avg frame bytes", f"{s['avg_frame_bytes']:.1f}"),
+        ("ceiling frames/s (bare client)", f"{s['ceiling_fps']:,.0f}"),
+    ]
+    for name, p in per.items():
+        rows.append((f"{name} frames/s (committed)", f"{p['fps']:,.0f}  (ratio {p['ratio']:.2f})"))
+    rows += [
+        (
+            "combined frames/s (committed)",
+            f"{s['combined_fps']:,.0f}  (ratio {s['combined_ratio']:.2f})",
+        ),
+        ("combined while all committed", f"{s['overlap_fps']:,.0f}"),
+        ("first chunks apart s", f"{s['start_spread_s']:.2f}"),
+        ("zero loss (every recorder)", yes(s["zero_loss"])),
+        ("recorder peak RSS MB (highest)", f"{s['recorder_peak_rss_mb']:.1f}"),
+    ]
+    for name, p in per.items():
+        rows.append((f"{name} frames/s (10-90% steady)", f"{p['steady_fps']:,.0f}"))
+    width = max(len(k) for k, _ in rows)
+    print(
+        f"ingest benchmark, {s['recorders']} recorders into one PostgreSQL database"
+        f" ({s['repeat']} run(s) each, medians)"
+    )
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+    print("  runs:")
+    print_ceiling_runs(s)
+    n = s["recorders"]
+    for i, m in enumerate(s["measurements"]):
+        for r in s["recorder_runs"][i * n : (i + 1) * n]:
+            print_recorder_run(f"{r['instance']:<9}", r, float("nan"))
+        print(
+            f"    combined  {m['combined_fps']:>9,.0f} f/s  while all committed"
+            f" {m['overlap_fps']:,.0f} f/s  postgres cpu {m['database_cpu_s']:.1f} s"
+        )
+    print(targets_line(s["targets"]))
+
+
+def print_ceiling_runs(s: dict[str, Any]) -> None:
     for c in s["ceiling_runs"]:
         print(
             f"    ceiling   {c['fps']:>9,.0f} f/s  {c['seconds']:6.2f} s"
             f"  cpu client {c['client_cpu_s']:.1f} s, simulator {c['simulator_cpu_s']:.1f} s"
         )
-    for r in s["recorder_runs"]:
-        print(
-            f"    recorder  {r['fps']:>9,.0f} f/s  {r['seconds']:6.2f} s"
-            f"  cpu recorder {r['recorder_cpu_s']:.1f} s, simulator {r['simulator_cpu_s']:.1f} s"
-            f"  rss {r['peak_rss_mb']:.0f} MB  exit {r['exit_code']}"
-            f"  loss-check {'ok' if r['loss']['ok'] else 'FAILED'}"
-        )
-        for problem in r["loss"]["problems"][:10]:
-            print(f"      loss: {problem}")
-        for warning in r["warnings"][:5]:
-            print(f"      log: {warning}")
-    print(targets_line(s["targets"]))
+
+
+def print_recorder_run(label: str, r: dict[str, Any], database_cpu_s: float) -> None:
+    server = "" if database_cpu_s != database_cpu_s else f", postgres {database_cpu_s:.1f} s"
+    print(
+        f"    {label} {r['fps']:>9,.0f} f/s  {r['seconds']:6.2f} s"
+        f"  cpu recorder {r['recorder_cpu_s']:.1f} s, simulator {r['simulator_cpu_s']:.1f} s"
+        f"{server}  rss {r['peak_rss_mb']:.0f} MB  exit {r['exit_code']}"
+        f"  loss-check {'ok' if r['loss']['ok'] else 'FAILED'}"
+    )
+    for problem in r["loss"]["problems"][:10]:
+        print(f"      loss: {problem}")
+    for warning in r["warnings"][:5]:
+        print(f"      log: {warning}")
 
 
 # --- main --------------------------------------------------------------------------------
@@ -546,13 +956,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--stall", type=float, default=60.0, help="fail after this long without a commit"
     )
     p.add_argument("--timeout", type=float, default=0.0, help="overall limit, s (0: from --frames)")
-    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    p.add_argument(
+        "--keep", action="store_true", help="keep the temporary directory (and the databases)"
+    )
+    p.add_argument(
+        "--database",
+        metavar="URL",
+        help="a PostgreSQL server (postgresql://user@host:port/db, any database to connect to):"
+        " each measurement records into a new database there; default: a SQLite file",
+    )
+    p.add_argument(
+        "--recorders",
+        type=int,
+        default=1,
+        help="recorders writing into the one database at once, each with its own firehose"
+        " (more than 1: PostgreSQL only)",
+    )
     p.add_argument("--bare-client", metavar="URL", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.frames < 1 or args.repeat < 1 or args.poll <= 0:
         p.error("--frames and --repeat must be at least 1, --poll positive")
     if args.size != DEFAULT_SIZE:
         p.error(f"`recorder simulate` has no frame-size option; only --size {DEFAULT_SIZE} works")
+    if args.database is not None:
+        scheme = args.database.partition("://")[0].partition("+")[0]
+        if scheme not in ("postgresql", "postgres"):
+            p.error("--database takes a PostgreSQL URL (postgresql://...); SQLite is the default")
+    if not 1 <= args.recorders <= len(INSTANCES):
+        p.error(f"--recorders takes 1 to {len(INSTANCES)}")
+    if args.recorders > 1 and args.database is None:
+        p.error("--recorders above 1 needs --database postgresql://... (one SQLite file has one)")
     return args
 
 
@@ -562,12 +995,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(asyncio.run(bare_client(args.bare_client, args.frames))))
         return 0
     # Generous: 20 s of start-up per measurement, and at least 2 000 frames/s.
-    seconds = args.timeout or 2 * args.repeat * (20 + args.frames / 2000)
+    seconds = args.timeout or 2 * args.repeat * (20 + args.frames * args.recorders / 2000)
     deadline = Deadline(seconds)
     # SIGTERM to the benchmark must still reach the finally blocks that stop the children.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    make_database = database_factory(args.database, args.keep)
     ceilings: list[CeilingRun] = []
-    recorders: list[RecorderRun] = []
+    measurements: list[Measurement] = []
     with scratch_dir("bench-ingest-", args.keep) as root:
         try:
             for i in range(args.repeat):
@@ -577,8 +1011,16 @@ def main(argv: list[str] | None = None) -> int:
                     if kind == "ceiling":
                         ceilings.append(run_ceiling(args.frames, root, deadline))
                     else:
-                        recorders.append(
-                            run_recorder(args.frames, root, deadline, args.poll, args.stall)
+                        measurements.append(
+                            run_recorders(
+                                args.frames,
+                                root,
+                                deadline,
+                                args.poll,
+                                args.stall,
+                                make_database,
+                                args.recorders,
+                            )
                         )
         except BenchError as exc:
             print(f"benchmark failed: {exc}", file=sys.stderr)
@@ -586,7 +1028,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for child in list(Child.live):
                 child.kill()
-    summary = summarize(args.frames, ceilings, recorders)
+    summary = summarize(args.frames, ceilings, measurements)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
