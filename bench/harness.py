@@ -6,7 +6,7 @@ recorder's SQLite file read-only afterwards. This module holds those pieces once
 
 * :class:`BenchError` (the benchmark itself failed), :class:`Deadline` (the overall
   time limit) and :func:`scratch_dir` (the temporary directory of a run);
-* :class:`Child`, a child process with its stderr in a log file, started with
+* :class:`Child`, a child process with its output in a log file, started with
   :func:`child_env`, and :func:`wait_for_log` to wait for a line in that log;
 * :func:`cpu_seconds` from ``/proc``;
 * :func:`ro_connect` (read-only SQLite) and :func:`log_outcome` (what the recorder's
@@ -121,7 +121,7 @@ def cpu_seconds(pid: int, children: bool = True) -> float:
 
 
 class Child:
-    """A child process whose stderr goes to a file; always reaped by :meth:`kill`.
+    """A child process whose output goes to a file; always reaped by :meth:`kill`.
 
     stdin and stdout are pipes only where asked for (``pipe_stdin``, ``pipe_stdout``);
     ``die_with_parent`` has the kernel SIGTERM the child if the benchmark dies.
@@ -146,7 +146,7 @@ class Child:
         self.proc = subprocess.Popen(
             args,
             stdin=subprocess.PIPE if pipe_stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE if pipe_stdout else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if pipe_stdout else self._log,
             stderr=self._log,
             cwd=workdir,
             env=child_env(),

@@ -1,9 +1,14 @@
-"""structlog set-up: readable console output on a terminal, JSON lines otherwise."""
+"""structlog set-up: readable console output on a terminal, JSON lines otherwise.
+
+The service logs to stdout (journald takes it from there); commands whose stdout
+is their result pass ``sys.stderr``.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 
@@ -15,12 +20,13 @@ LEVELS = {
 }
 
 
-def configure(level: str = "info", fmt: str = "auto") -> None:
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    out = sys.stdout if stream is None else stream
     if fmt == "auto":
-        fmt = "console" if sys.stderr.isatty() else "json"
+        fmt = "console" if out.isatty() else "json"
     renderer: structlog.typing.Processor
     if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
     else:
         renderer = structlog.processors.JSONRenderer()
     structlog.configure(
@@ -32,13 +38,13 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
     # Libraries log through the standard library: their lines are rendered like ours
     # (JSON lines for journald), with the logger's name. websockets logs handshake
     # headers (Authorization, x-api-key) at DEBUG, so nothing goes below WARNING.
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(out)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processor=renderer,

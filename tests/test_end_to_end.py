@@ -186,13 +186,14 @@ def test_sigterm_loses_nothing(tmp_path: Path) -> None:
                 "run",
                 "--config",
                 str(cfg),
-                stderr=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
             )
             await sim.wait_connections(1, timeout=30)
             # Let a good part of the firehose be in flight, then stop the recorder.
             await sim.wait_frames_sent(50_000, timeout=30)
             proc.send_signal(signal.SIGTERM)
-            _, err = await asyncio.wait_for(proc.communicate(), 60)
+            err, _ = await asyncio.wait_for(proc.communicate(), 60)
             assert proc.returncode is not None
             return proc.returncode, list(sim.journal), err.decode()
 

@@ -33,13 +33,18 @@ class Recorder:
 
     def __init__(self, tmp_path: Path, config: Path, name: str = "rec") -> None:
         self.log_path = tmp_path / f"{name}.log"
+        self.err_path = tmp_path / f"{name}.err"
         self.listener = Listener(tmp_path / f"{name}.notify")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "recorder", "run", "--config", str(config)],
             env={**os.environ, "NOTIFY_SOCKET": str(self.listener.path)},
-            stdout=subprocess.DEVNULL,
-            stderr=self.log_path.open("wb"),
+            # The log is on stdout (journald's stream); stderr would carry a traceback.
+            stdout=self.log_path.open("wb"),
+            stderr=self.err_path.open("wb"),
         )
+
+    def errors(self) -> str:
+        return self.err_path.read_text()
 
     def ready(self) -> dict[str, str]:
         return self.listener.until("READY")[-1]
@@ -242,3 +247,30 @@ async def test_metrics_parse_and_match_the_database(
             histogram = families["recorder_commit_seconds"]
             count = next(s for s in histogram.samples if s.name.endswith("_count")).value
             assert count == families["recorder_batches"].samples[0].value >= 1
+
+
+async def test_a_reload_keeps_the_daemon_connection_and_the_log_is_json_on_stdout(
+    tmp_path: Path, config_for: Callable[..., Path], recorders: list[Recorder]
+) -> None:
+    """SIGHUP with a valid file: the new log level applies, no reconnect; every log
+    line on stdout is a JSON object with its event, level, time and context."""
+    async with Simulator(SimulatorOptions(port=0)) as sim:
+        url = f"ws://127.0.0.1:{sim.port}"
+        config = config_for(daemon={"url": url}, log={"level": "info"})
+        rec = Recorder(tmp_path, config)
+        recorders.append(rec)
+        await asyncio.to_thread(rec.ready)
+        await sim.wait_connections(1, TIMEOUT)
+        config_for(daemon={"url": url}, log={"level": "debug"})  # the same path, rewritten
+        rec.proc.send_signal(signal.SIGHUP)
+        await asyncio.to_thread(rec.listener.until, "RELOADING")
+        await asyncio.to_thread(rec.listener.until, "READY")
+        assert await asyncio.to_thread(rec.stop) == 0
+        assert sim.total_connections == 1, "the reload must not drop the daemon connection"
+    assert rec.errors() == ""
+    log = rec.log()
+    assert all({"event", "level", "timestamp"} <= line.keys() for line in log)
+    (connected,) = [e for e in log if e["event"] == "connected to daemon"]
+    assert connected["url"] == url and connected["connection_id"] == 1
+    (reloaded,) = [e for e in log if e["event"] == "configuration reloaded"]
+    assert reloaded["log_level"] == "debug" and reloaded["config"] == str(config)

@@ -92,8 +92,8 @@ def start(tmp_path: Path, config: Path, notify: Path, **env: str) -> subprocess.
     return subprocess.Popen(
         [sys.executable, "-m", "recorder", "run", "--config", str(config)],
         env={**os.environ, "NOTIFY_SOCKET": str(notify), **env},
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "recorder.log", "wb"),
+        stdout=open(tmp_path / "recorder.log", "wb"),
+        stderr=subprocess.STDOUT,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -178,7 +179,7 @@ async def _directly(target: Target, chosen: list[Any]) -> list[int]:
     from recorder.db.write import Store
 
     # The runs' results are printed; only problems go to the log (stderr).
-    logs.configure("warning", "console")
+    logs.configure("warning", "console", sys.stderr)
 
     db = await WriterDatabase.open(target.url)
     try:

@@ -96,12 +96,13 @@ def test_sigkill_takes_the_children_and_leaves_a_prefix(tmp_path: Path) -> None:
                 "run",
                 "--config",
                 str(cfg),
-                stderr=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
             )
             await sim.wait_frames_sent(100_000, timeout=TIMEOUT)
             kids = children(proc.pid) + [g for c in children(proc.pid) for g in children(c)]
             proc.kill()
-            _, err = await proc.communicate()
+            err, _ = await proc.communicate()
             sent = sim.frames_sent
             return sent, kids, err.decode()
 
