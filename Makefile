@@ -35,7 +35,7 @@ demo: $(STAMP)
 	@printf '[daemon]\nurl = "ws://127.0.0.1:$(DEMO_PORT)"\n[proxy]\nlisten = "127.0.0.1:$(DEMO_PROXY_PORT)"\n[storage]\nurl = "sqlite:///demo.db"\ncommit_interval = 0.2\n' > demo.toml
 	@set -e; \
 	$(BIN)/recorder simulate --port $(DEMO_PORT) --sessions 3 --session-interval 2 --seed 7 --status-interval 5 2>demo-daemon.log & sim=$$!; \
-	$(BIN)/recorder run --config demo.toml 2>demo.log & rec=$$!; \
+	$(BIN)/recorder run --config demo.toml >demo.log 2>&1 & rec=$$!; \
 	trap 'kill $$rec $$sim 2>/dev/null; wait $$rec $$sim 2>/dev/null' EXIT INT TERM; \
 	echo "A UI spawns two sessions through the recorder's proxy (ws://127.0.0.1:$(DEMO_PROXY_PORT))..."; \
 	$(BIN)/python -m recorder.simulator.ui ws://127.0.0.1:$(DEMO_PROXY_PORT) --sessions 2 > demo.sessions; \

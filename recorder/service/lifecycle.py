@@ -27,7 +27,6 @@ from recorder.config import (
     ConfigError,
     display_database,
     load_config,
-    redact_url,
     split_listen,
 )
 from recorder.db.reader import sqlite_file
@@ -144,13 +143,13 @@ class Service:
             newest = await asyncio.to_thread(frames_since, s.url, None)
             self.first_frame_id = newest or 0
         except WriterError as exc:
-            log.error(str(exc), database=redact_url(s.url))
+            log.error(str(exc), database=display_database(s.url))
             return 1
         try:
             if before != after:
                 log.info(
                     "database migrated",
-                    database=redact_url(s.url),
+                    database=display_database(s.url),
                     revision_from=before,
                     revision_to=after,
                 )
@@ -200,7 +199,7 @@ class Service:
         log.info(
             "recorder started",
             daemon=link.safe_url,
-            database=redact_url(s.url),
+            database=display_database(s.url),
             proxy=config.proxy.listen if self.proxy else None,
             config=config.source,
         )
