@@ -8,7 +8,7 @@ import pytest
 
 from recorder.protocol.classify import classify
 from recorder.protocol.frames import IN, OUT, Frame
-from recorder.protocol.index import IndexBatch
+from recorder.protocol.index import IndexBatch, SessionDelta, TaskDelta, merged
 from recorder.times import parse_daemon_time
 
 REAL_STATUS = (
@@ -200,3 +200,33 @@ def test_garbage_counts_for_its_connection_only() -> None:
     batch = IndexBatch()
     add(batch, frame(b"\xff", is_text=False))
     assert batch.connection_frames == {1: 1} and not batch.sessions and not batch.tasks
+
+
+def test_a_stored_row_keeps_its_first_task_and_start() -> None:
+    """Merging a later delta: times widen, counts add, news replace, kept fields stay."""
+    stored = {
+        "first_seen_us": 10,
+        "last_seen_us": 20,
+        "frame_count": 3,
+        "orchestrator_id": "vp",
+        "session_type": None,
+        "status": "running",
+        "task_id": "first",
+        "task_description": "first task",
+        "started_at_us": 10,
+        "ended_at_us": None,
+        "last_error": None,
+    }
+    later = SessionDelta(5, 30, frame_count=2, status="completed", task_id="second")
+    later.task_description = "second task"
+    row = merged(stored, later)
+    assert (row["first_seen_us"], row["last_seen_us"], row["frame_count"]) == (5, 30, 5)
+    assert row["status"] == "completed" and row["orchestrator_id"] == "vp"
+    assert (row["task_id"], row["task_description"]) == ("first", "first task")
+
+    task = {"first_seen_us": 10, "last_seen_us": 10, "frame_count": 1, "description": "a"}
+    task |= {"status": "running", "started_at_us": 10, "ended_at_us": None, "error": None}
+    again = TaskDelta(40, 40, frame_count=1, description="b", status="running", started_at_us=40)
+    row = merged(task, again)
+    assert (row["description"], row["started_at_us"], row["status"]) == ("a", 10, "running")
+    assert merged(None, again)["started_at_us"] == 40

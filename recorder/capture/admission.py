@@ -8,8 +8,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from websockets.datastructures import Headers
 from websockets.frames import Close
 
+from recorder.addresses import SECRET_QUERY_KEYS
 from recorder.capture.handshake import bearer
-from recorder.config import SECRET_QUERY_KEYS
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,11 @@ import structlog
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from recorder.addresses import redact_url
 from recorder.capture.backoff import Backoff
 from recorder.capture.dial import Dialer, describe_close
 from recorder.capture.handshake import USER_AGENT
-from recorder.config import Config, redact_url
+from recorder.config import Config
 from recorder.pipeline.writer import Writer, WriterError
 from recorder.protocol import requests
 from recorder.protocol.frames import IN, OUT

@@ -28,11 +28,12 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from recorder.addresses import redact_url
 from recorder.capture.admission import admit, relay_close, upstream_url
 from recorder.capture.dial import Dialer
 from recorder.capture.handshake import USER_AGENT, http_get_health, json_response, text_response
 from recorder.capture.wire import RecordingServerConnection
-from recorder.config import Config, redact_url
+from recorder.config import Config
 from recorder.pipeline.writer import Writer, WriterError
 from recorder.protocol.frames import IN, OUT
 from recorder.times import now_us

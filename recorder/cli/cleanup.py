@@ -151,7 +151,7 @@ def _dry_run(target: Target, chosen: list[Any], fmt: str) -> None:
 
 
 def _through_service(target: Target, name: str | None, holder: str) -> list[int]:
-    from recorder.db.cleanup import ask
+    from recorder.db.cleanup_records import ask
 
     request_id = _write(target, lambda conn: ask(conn, name, False, now_us()))
     click.echo(f"asked the running recorder ({holder}) to run it", err=True)
@@ -270,7 +270,7 @@ def history(
 
 def _pin(config_path: str | None, database: str | None, session: str, on: bool) -> None:
     from recorder.db import read
-    from recorder.db.cleanup import pin as set_pin
+    from recorder.db.cleanup_records import pin as set_pin
 
     target = load(config_path, database)
     with reading(target) as reader:

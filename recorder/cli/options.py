@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
-from recorder.config import Config, ConfigError, display_database, load_config
+from recorder.addresses import display_database
+from recorder.config import Config, ConfigError, load_config
 from recorder.times import parse_when
 
 if TYPE_CHECKING:

@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
+from recorder.addresses import is_loopback, split_listen
 from recorder.cli.options import Target, reading
-from recorder.config import is_loopback, split_listen
 
 
 def serve_or_replay_live(

@@ -1,10 +1,11 @@
-"""The cleanup's database work: matching, purging, compacting, the audit trail.
+"""The cleanup's database work on recordings: matching, purging, compacting, space.
 
 Synchronous functions of a SQLAlchemy Connection, one short transaction each, run
 by the database process (through :mod:`recorder.pipeline.ops`) while the service
 runs, or directly by the CLI when it does not. A purge is many calls of
 :func:`purge_some`, each deleting a bounded number of frames, so that batches of
-new frames are written in between: recording goes on during a large purge.
+new frames are written in between: recording goes on during a large purge. The
+cleanup's own records (runs, requests, pins) are in :mod:`recorder.db.cleanup_records`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from sqlalchemy.engine import Connection
 from recorder.cleanup.policy import Decision, Policy, SessionFacts, decide
 from recorder.db.schema import (
     cleanup_matches,
-    cleanup_requests,
-    cleanup_runs,
     connections,
     frame_days,
     frames,
@@ -107,6 +106,15 @@ def _uncount(conn: Connection, rows: Sequence[Any]) -> None:
         )
 
 
+def _forget(conn: Connection, session_ids: Sequence[str]) -> None:
+    """The index rows of sessions whose frames are gone."""
+    for start in range(0, len(session_ids), 500):
+        chunk = session_ids[start : start + 500]
+        conn.execute(delete(tasks).where(tasks.c.session_id.in_(chunk)))
+        conn.execute(delete(cleanup_matches).where(cleanup_matches.c.session_id.in_(chunk)))
+        conn.execute(delete(sessions).where(sessions.c.id.in_(chunk)))
+
+
 _CHUNK_COLUMNS = (
     frames.c.id,
     frames.c.connection_id,
@@ -145,9 +153,7 @@ def purge_finish(conn: Connection, session_id: str, connection_ids: Iterable[int
     emptied. Returns how many connection rows went."""
     with conn.begin():
         _finished(conn, session_id)
-        conn.execute(delete(tasks).where(tasks.c.session_id == session_id))
-        conn.execute(delete(cleanup_matches).where(cleanup_matches.c.session_id == session_id))
-        conn.execute(delete(sessions).where(sessions.c.id == session_id))
+        _forget(conn, [session_id])
         ids = sorted(set(connection_ids))
         if not ids:
             return 0
@@ -250,68 +256,6 @@ def _count(conn: Connection, first: Any, size: int) -> None:
     )
     if not found.rowcount:
         conn.execute(insert(frame_days).values(**key, frames=1, bytes=size))
-
-
-def record_run(conn: Connection, run: dict[str, Any]) -> int:
-    with conn.begin():
-        result = conn.execute(insert(cleanup_runs).values(**run))
-    pk = result.inserted_primary_key
-    assert pk is not None
-    return int(pk[0])
-
-
-def take_requests(conn: Connection, now_us: int) -> list[tuple[int, str | None, bool]]:
-    """Requests from `recorder cleanup run`, marked taken."""
-    with conn.begin():
-        rows = conn.execute(
-            select(cleanup_requests.c.id, cleanup_requests.c.policy, cleanup_requests.c.dry_run)
-            .where(cleanup_requests.c.taken_us.is_(None))
-            .order_by(cleanup_requests.c.id)
-        ).all()
-        if rows:
-            conn.execute(
-                update(cleanup_requests)
-                .where(cleanup_requests.c.id.in_([r.id for r in rows]))
-                .values(taken_us=now_us)
-            )
-    return [(r.id, r.policy, bool(r.dry_run)) for r in rows]
-
-
-def answer_request(conn: Connection, request_id: int, now_us: int, result: str) -> None:
-    with conn.begin():
-        conn.execute(
-            update(cleanup_requests)
-            .where(cleanup_requests.c.id == request_id)
-            .values(done_us=now_us, result=result)
-        )
-
-
-def ask(conn: Connection, policy: str | None, dry_run: bool, now_us: int) -> int:
-    """For the CLI: a request a running service will take."""
-    with conn.begin():
-        result = conn.execute(
-            insert(cleanup_requests).values(
-                policy=policy, dry_run=int(dry_run), requested_us=now_us
-            )
-        )
-    pk = result.inserted_primary_key
-    assert pk is not None
-    return int(pk[0])
-
-
-def pin(conn: Connection, session_id: str, now_us: int, on: bool) -> bool:
-    """Pin (or unpin) a session; False when it already was (or was not) pinned."""
-    with conn.begin():
-        exists = conn.execute(
-            select(pins.c.session_id).where(pins.c.session_id == session_id)
-        ).first()
-        if on and exists is None:
-            conn.execute(insert(pins).values(session_id=session_id, pinned_at_us=now_us))
-            return True
-        if not on and exists is not None:
-            conn.execute(delete(pins).where(pins.c.session_id == session_id))
-            return True
-        return False
 
 
 def database_bytes(conn: Connection) -> int:
@@ -417,11 +361,7 @@ def drop_due_partitions(conn: Connection, before_us: int) -> list[tuple[str, int
                     )
                 )
             ]
-            for start_at in range(0, len(emptied), 500):
-                chunk = emptied[start_at : start_at + 500]
-                conn.execute(delete(tasks).where(tasks.c.session_id.in_(chunk)))
-                conn.execute(delete(cleanup_matches).where(cleanup_matches.c.session_id.in_(chunk)))
-                conn.execute(delete(sessions).where(sessions.c.id.in_(chunk)))
+            _forget(conn, emptied)
             conn.execute(
                 delete(connections).where(
                     connections.c.closed_at_us.is_not(None), connections.c.frame_count <= 0

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from recorder.config import display_database
+from recorder.addresses import display_database
 
 # Rows come back as sqlite3.Row or asyncpg.Record: both are read by column name.
 Row = Any

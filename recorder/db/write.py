@@ -11,7 +11,7 @@ both databases.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from itertools import chain
 from typing import Any, Final
 
@@ -25,6 +25,7 @@ from recorder.protocol.index import (
     IndexBatch,
     SessionDelta,
     TaskDelta,
+    merged,
 )
 
 FRAME_COLUMNS = (
@@ -289,7 +290,7 @@ class Store:
             old = existing.get(sid)
             if old is None and not d.creates:
                 continue  # only asked about, never shown to exist (see SessionDelta)
-            row = {"id": sid, **_merged(old, d, SESSION_NEWS, SESSION_KEPT)}
+            row = {"id": sid, **merged(old, d)}
             (inserts if old is None else updates).append(row)
         if inserts:
             conn.execute(sessions.insert(), inserts)
@@ -331,9 +332,7 @@ class Store:
         updates: list[dict[str, Any]] = []
         for (sid, tid), d in deltas.items():
             old = existing.get((sid, tid))
-            row = {"session_id": sid, "task_id": tid, **_merged(old, d, TASK_NEWS, TASK_KEPT)}
-            if old is not None and old["started_at_us"] is not None:
-                row["started_at_us"] = old["started_at_us"]
+            row = {"session_id": sid, "task_id": tid, **merged(old, d)}
             if old is None:
                 inserts.append(row)
             else:
@@ -364,49 +363,6 @@ class Store:
                 .where(sessions.c.id.in_(chunk))
                 .values(status=LOST_STATUS, last_error="no longer in the daemon's sessions_list")
             )
-
-
-# Fields of a delta that replace the stored value when the delta has one.
-SESSION_NEWS = (
-    "orchestrator_id",
-    "session_type",
-    "status",
-    "task_id",
-    "task_description",
-    "started_at_us",
-    "ended_at_us",
-    "last_error",
-)
-TASK_NEWS = ("description", "status", "started_at_us", "ended_at_us", "error")
-# Of those, the ones a stored value keeps: a session's first task (the daemon
-# overwrites the task's description in later session objects).
-SESSION_KEPT = frozenset({"task_id", "task_description"})
-TASK_KEPT = frozenset({"description"})
-
-
-def _merged(
-    old: Mapping[str, Any] | None,
-    delta: SessionDelta | TaskDelta,
-    news: Sequence[str],
-    kept: frozenset[str],
-) -> dict[str, Any]:
-    """A stored row's columns after a batch's delta: seen-times widen, counts add up,
-    and each of ``news`` takes the delta's value where it has one, unless it is one
-    of ``kept`` and already stored."""
-    row: dict[str, Any] = {
-        "first_seen_us": delta.first_seen_us,
-        "last_seen_us": delta.last_seen_us,
-        "frame_count": delta.frame_count,
-    }
-    if old is not None:
-        row["first_seen_us"] = min(old["first_seen_us"], delta.first_seen_us)
-        row["last_seen_us"] = max(old["last_seen_us"], delta.last_seen_us)
-        row["frame_count"] += old["frame_count"]
-    for key in news:
-        new = getattr(delta, key)
-        stored = None if old is None else old[key]
-        row[key] = stored if stored is not None and (new is None or key in kept) else new
-    return row
 
 
 def dialect_insert(dialect: str, table: Any) -> Any:

@@ -103,7 +103,7 @@ class RecordRun(Operation[int]):
     run_row: dict[str, Any]
 
     async def run(self, db: WriterDatabase, store: Store) -> int:
-        from recorder.db.cleanup import record_run
+        from recorder.db.cleanup_records import record_run
 
         return await db.run(record_run, self.run_row)
 
@@ -113,7 +113,7 @@ class TakeRequests(Operation[list[tuple[int, str | None, bool]]]):
     now_us: int
 
     async def run(self, db: WriterDatabase, store: Store) -> list[tuple[int, str | None, bool]]:
-        from recorder.db.cleanup import take_requests
+        from recorder.db.cleanup_records import take_requests
 
         return await db.run(take_requests, self.now_us)
 
@@ -125,7 +125,7 @@ class AnswerRequest(Operation[None]):
     result: str
 
     async def run(self, db: WriterDatabase, store: Store) -> None:
-        from recorder.db.cleanup import answer_request
+        from recorder.db.cleanup_records import answer_request
 
         await db.run(answer_request, self.request_id, self.now_us, self.result)
 

@@ -6,9 +6,9 @@ is pure, so every rule about statuses, tasks and listings is tested here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from recorder.protocol.classify import Classified, id_or_none
 from recorder.protocol.frames import F_CONNECTION, F_DIRECTION, F_RECEIVED, IN, OUT
@@ -37,6 +37,20 @@ class SessionDelta:
     daemon overwrites ``session.task.description`` with each later task's text.
     """
 
+    # Fields that replace the stored value when the delta has one; of those, the ones
+    # a stored value keeps (the session's first task).
+    NEWS: ClassVar[tuple[str, ...]] = (
+        "orchestrator_id",
+        "session_type",
+        "status",
+        "task_id",
+        "task_description",
+        "started_at_us",
+        "ended_at_us",
+        "last_error",
+    )
+    KEPT: ClassVar[frozenset[str]] = frozenset({"task_id", "task_description"})
+
     first_seen_us: int
     last_seen_us: int
     frame_count: int = 0
@@ -53,6 +67,18 @@ class SessionDelta:
 
 @dataclass(slots=True)
 class TaskDelta:
+    """What a batch of frames says about one task; None means "no news"."""
+
+    NEWS: ClassVar[tuple[str, ...]] = (
+        "description",
+        "status",
+        "started_at_us",
+        "ended_at_us",
+        "error",
+    )
+    # Each task keeps its own text, and the time it first started.
+    KEPT: ClassVar[frozenset[str]] = frozenset({"description", "started_at_us"})
+
     first_seen_us: int
     last_seen_us: int
     frame_count: int = 0
@@ -61,6 +87,26 @@ class TaskDelta:
     started_at_us: int | None = None
     ended_at_us: int | None = None
     error: str | None = None
+
+
+def merged(old: Mapping[str, Any] | None, delta: SessionDelta | TaskDelta) -> dict[str, Any]:
+    """A stored row's columns after a batch's delta: seen-times widen, counts add up,
+    and each of the delta's ``NEWS`` takes its value where it has one, unless it is
+    one of ``KEPT`` and already stored."""
+    row: dict[str, Any] = {
+        "first_seen_us": delta.first_seen_us,
+        "last_seen_us": delta.last_seen_us,
+        "frame_count": delta.frame_count,
+    }
+    if old is not None:
+        row["first_seen_us"] = min(old["first_seen_us"], delta.first_seen_us)
+        row["last_seen_us"] = max(old["last_seen_us"], delta.last_seen_us)
+        row["frame_count"] += old["frame_count"]
+    for key in delta.NEWS:
+        new = getattr(delta, key)
+        stored = None if old is None else old[key]
+        row[key] = stored if stored is not None and (new is None or key in delta.KEPT) else new
+    return row
 
 
 @dataclass(slots=True)

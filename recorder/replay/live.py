@@ -50,9 +50,10 @@ from typing import Any, NamedTuple
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from recorder.addresses import redact_url
 from recorder.capture.dial import Dialer, describe_close
 from recorder.capture.handshake import USER_AGENT
-from recorder.config import Config, redact_url
+from recorder.config import Config
 from recorder.pipeline.writer import Writer, WriterError
 from recorder.protocol.classify import classify
 from recorder.protocol.frames import IN, OUT

@@ -17,18 +17,13 @@ import time
 import structlog
 
 from recorder import logs
+from recorder.addresses import display_database, split_listen
 from recorder.capture.link import Link, LinkGaveUp
 from recorder.capture.proxy import Proxy
 from recorder.cleanup.jobs import Cleanup
 from recorder.cleanup.policy import PolicyError
 from recorder.cleanup.settings import check_schedules
-from recorder.config import (
-    Config,
-    ConfigError,
-    display_database,
-    load_config,
-    split_listen,
-)
+from recorder.config import Config, ConfigError, load_config
 from recorder.db.reader import sqlite_file
 from recorder.pipeline.writer import Writer, WriterError
 from recorder.service.instance import AlreadyRunning, InstanceLock, PostgresInstanceLock
