@@ -514,3 +514,26 @@ async def test_max_db_size_purges_the_oldest_finished_sessions(db: Path, tmp_pat
     (run,) = table(db, "select policy, matched, acted, error from cleanup_runs")
     assert run[:3] == (MAX_SIZE, 2, 2)
     assert "nothing finished left to purge" in run[3]
+
+
+def test_db_vacuum_switches_an_older_file_and_refuses_beside_a_running_recorder(
+    db: Path,
+) -> None:
+    from recorder.service.instance import InstanceLock
+
+    with sqlite3.connect(db) as conn:  # an older database: made before incremental vacuum
+        conn.execute("pragma auto_vacuum = none")
+        conn.execute("vacuum")
+    assert table(db, "pragma auto_vacuum") == [(0,)]
+    lock = InstanceLock(db, str(db))
+    lock.acquire()
+    try:
+        refused = CliRunner().invoke(cli, ["db", "vacuum", "--database", str(db)])
+    finally:
+        lock.release()
+    assert refused.exit_code == 1 and "stop the recorder first" in refused.output
+    assert table(db, "pragma auto_vacuum") == [(0,)]
+    result = CliRunner().invoke(cli, ["db", "vacuum", "--database", str(db)])
+    assert result.exit_code == 0, result.output
+    assert re.fullmatch(r"\d+\.\d MiB -> \d+\.\d MiB\n", result.output)
+    assert table(db, "pragma auto_vacuum") == [(2,)]

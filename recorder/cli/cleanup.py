@@ -104,12 +104,10 @@ def run_now(
         run_ids = _through_service(target, name, holder)
     else:
         run_ids = asyncio.run(_directly(target, chosen))
+    from recorder.db import cleanup_records
+
     with reading(target) as reader:
-        rows = reader.rows(
-            "SELECT * FROM cleanup_runs WHERE id IN ({}) ORDER BY id".format(
-                ", ".join(str(int(i)) for i in run_ids) or "0"
-            )
-        )
+        rows = cleanup_records.runs(reader, ids=run_ids)
     _emit_runs(rows, fmt)
 
 
@@ -123,25 +121,19 @@ def _service(target: Target) -> str | None:
 
 
 def _dry_run(target: Target, chosen: list[Any], fmt: str) -> None:
-    from recorder.cleanup.policy import SessionFacts, decide
+    from recorder.cleanup.policy import decide
+    from recorder.db.cleanup_records import decision_inputs
 
     now = now_us()
+    grace = target.config.cleanup.grace
     with reading(target) as reader:
-        facts = [SessionFacts.of(row) for row in reader.rows("SELECT * FROM sessions")]
-        pinned = frozenset(r["session_id"] for r in reader.rows("SELECT session_id FROM pins"))
-        rows = []
-        for policy in chosen:
-            first = {
-                r["session_id"]: r["first_matched_us"]
-                for r in reader.rows(
-                    "SELECT session_id, first_matched_us FROM cleanup_matches WHERE policy = :p",
-                    {"p": policy.name},
-                )
-            }
-            grace = target.config.cleanup.grace
-            for d in decide(policy, facts, now, pinned=pinned, first_matched=first, grace=grace):
-                result = f"would {policy.action}" if d.verdict == "act" else d.verdict
-                rows.append({"policy": policy.name, "session": d.session_id, "result": result})
+        facts, pinned, first = decision_inputs(reader, [p.name for p in chosen])
+    rows = []
+    for policy in chosen:
+        found = first[policy.name]
+        for d in decide(policy, facts, now, pinned=pinned, first_matched=found, grace=grace):
+            result = f"would {policy.action}" if d.verdict == "act" else d.verdict
+            rows.append({"policy": policy.name, "session": d.session_id, "result": result})
     columns = (
         Column("POLICY", lambda r: r["policy"]),
         Column("SESSION", lambda r: r["session"]),
@@ -151,7 +143,7 @@ def _dry_run(target: Target, chosen: list[Any], fmt: str) -> None:
 
 
 def _through_service(target: Target, name: str | None, holder: str) -> list[int]:
-    from recorder.db.cleanup_records import ask
+    from recorder.db.cleanup_records import answer, ask
 
     request_id = _write(target, lambda conn: ask(conn, name, False, now_us()))
     click.echo(f"asked the running recorder ({holder}) to run it", err=True)
@@ -159,15 +151,12 @@ def _through_service(target: Target, name: str | None, holder: str) -> list[int]
     poll = min(0.5, target.config.cleanup.poll / 2)
     while time.monotonic() < deadline:
         with reading(target) as reader:
-            row = reader.rows(
-                "SELECT result FROM cleanup_requests WHERE id = :id AND done_us IS NOT NULL",
-                {"id": request_id},
-            )
-        if row:
-            answer = json.loads(row[0]["result"])
-            if "error" in answer:
-                raise click.ClickException(answer["error"])
-            return [int(i) for i in answer["runs"]]
+            result = answer(reader, request_id)
+        if result is not None:
+            said = json.loads(result)
+            if "error" in said:
+                raise click.ClickException(said["error"])
+            return [int(i) for i in said["runs"]]
         time.sleep(poll)
     raise click.ClickException("the running recorder did not answer within an hour")
 
@@ -258,13 +247,11 @@ def history(
 
     Example: recorder cleanup history --policy retention --json
     """
+    from recorder.db import cleanup_records
+
     target = load(config_path, database)
-    where = " WHERE policy = :p" if name else ""
-    limit_sql = f" LIMIT {int(limit)}" if limit else ""
     with reading(target) as reader:
-        rows = reader.rows(
-            f"SELECT * FROM cleanup_runs{where} ORDER BY id DESC{limit_sql}", {"p": name}
-        )
+        rows = cleanup_records.runs(reader, policy=name, limit=limit)
     _emit_runs(rows, fmt)
 
 
@@ -303,39 +290,14 @@ def unpin(config_path: str | None, database: str | None, session: str) -> None:
 
 
 def vacuum(target: Target) -> tuple[int, int]:
-    """A full VACUUM (SQLite: also switching an older file to incremental vacuum)."""
-    from recorder.db.reader import sqlite_file
+    """A full VACUUM, when no recorder is running on the database: sizes before, after."""
+    from recorder.db.cleanup import full_vacuum
 
     if _service(target) is not None:
         raise click.ClickException(
             "a full vacuum needs the database to itself: stop the recorder first "
             "(purges give space back on their own in databases it created)"
         )
-    if target.url.startswith("sqlite"):
-        import sqlite3
-
-        path = sqlite_file(target.url)
-        with reading(target):
-            pass
-        before = path.stat().st_size
-        conn = sqlite3.connect(path, isolation_level=None)
-        try:
-            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
-            conn.execute("VACUUM")
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
-            conn.close()
-        return before, path.stat().st_size
-    import asyncpg
-
-    async def pg() -> tuple[int, int]:
-        conn = await asyncpg.connect("postgresql://" + target.url.partition("://")[2])
-        try:
-            size = "SELECT pg_database_size(current_database())"
-            before = int(await conn.fetchval(size))
-            await conn.execute("VACUUM")
-            return before, int(await conn.fetchval(size))
-        finally:
-            await conn.close()
-
-    return asyncio.run(pg())
+    with reading(target):  # the database exists and is the recorder's: else one line
+        pass
+    return full_vacuum(target.url)

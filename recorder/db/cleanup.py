@@ -300,6 +300,41 @@ def give_back_space(conn: Connection, pages: int = 2000) -> int:
     return int(driver.execute("PRAGMA freelist_count").fetchone()[0])
 
 
+def full_vacuum(url: str) -> tuple[int, int]:
+    """VACUUM the whole database (SQLite: also switching an older file to incremental
+    vacuum); its size before and after. Needs the database to itself."""
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        from recorder.db.reader import sqlite_file
+
+        path = sqlite_file(url)
+        before = path.stat().st_size
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+        return before, path.stat().st_size
+    import asyncio
+
+    import asyncpg
+
+    async def pg() -> tuple[int, int]:
+        conn = await asyncpg.connect("postgresql://" + url.partition("://")[2])
+        try:
+            size = "SELECT pg_database_size(current_database())"
+            before = int(await conn.fetchval(size))
+            await conn.execute("VACUUM")
+            return before, int(await conn.fetchval(size))
+        finally:
+            await conn.close()
+
+    return asyncio.run(pg())
+
+
 def drop_due_partitions(conn: Connection, before_us: int) -> list[tuple[str, int]]:
     """PostgreSQL retention: each monthly partition of frames that ends before
     ``before_us`` goes whole (DROP TABLE, no row-by-row delete), unless an active or

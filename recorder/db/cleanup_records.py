@@ -1,17 +1,21 @@
 """What the cleanup keeps besides the recordings: the audit trail of its runs, the
 requests `recorder cleanup run` leaves for a running service, and pins.
 
-Like :mod:`recorder.db.cleanup`: one short transaction per function, run by the
-database process or, with no service running, by the CLI.
+The writes are like :mod:`recorder.db.cleanup`'s: one short transaction per
+function, run by the database process or, with no service running, by the CLI.
+The reads at the end are the CLI's, on a read-only :class:`Reader`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
+from recorder.cleanup.policy import SessionFacts
+from recorder.db.reader import Reader, Row, first_row
 from recorder.db.schema import cleanup_requests, cleanup_runs, pins
 
 
@@ -75,3 +79,47 @@ def pin(conn: Connection, session_id: str, now_us: int, on: bool) -> bool:
             conn.execute(delete(pins).where(pins.c.session_id == session_id))
             return True
         return False
+
+
+def runs(
+    reader: Reader, *, ids: Iterable[int] | None = None, policy: str | None = None, limit: int = 0
+) -> list[Row]:
+    """Cleanup runs: those of ``ids`` in order, or the newest first (of ``policy``)."""
+    if ids is not None:
+        listed = ", ".join(str(int(i)) for i in ids) or "0"
+        return reader.rows(f"SELECT * FROM cleanup_runs WHERE id IN ({listed}) ORDER BY id")
+    where = " WHERE policy = :p" if policy else ""
+    limit_sql = f" LIMIT {int(limit)}" if limit else ""
+    return reader.rows(
+        f"SELECT * FROM cleanup_runs{where} ORDER BY id DESC{limit_sql}", {"p": policy}
+    )
+
+
+def answer(reader: Reader, request_id: int) -> str | None:
+    """The service's answer to a request (JSON), once it has given one."""
+    row = first_row(
+        reader,
+        "SELECT result FROM cleanup_requests WHERE id = :id AND done_us IS NOT NULL",
+        {"id": request_id},
+    )
+    return None if row is None else str(row["result"])
+
+
+def decision_inputs(
+    reader: Reader, policy_names: Iterable[str]
+) -> tuple[list[SessionFacts], frozenset[str], dict[str, dict[str, int]]]:
+    """What :func:`recorder.cleanup.policy.decide` needs, read without writing: the
+    sessions' facts, the pinned ids, and per policy when each match began."""
+    facts = [SessionFacts.of(row) for row in reader.rows("SELECT * FROM sessions")]
+    pinned = frozenset(r["session_id"] for r in reader.rows("SELECT session_id FROM pins"))
+    first = {
+        name: {
+            r["session_id"]: r["first_matched_us"]
+            for r in reader.rows(
+                "SELECT session_id, first_matched_us FROM cleanup_matches WHERE policy = :p",
+                {"p": name},
+            )
+        }
+        for name in policy_names
+    }
+    return facts, pinned, first
