@@ -46,6 +46,26 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def config_file(tmp_path: Path) -> Callable[..., Path]:
+    """A config file for `recorder run` as a process: a dead daemon, fast retries,
+    JSON logs; sections override any key, ``name`` makes a second file."""
+
+    def make(name: str = "config", **sections: dict[str, Any]) -> Path:
+        base: dict[str, dict[str, Any]] = {
+            "daemon": {"url": "ws://127.0.0.1:9", "open_timeout": 2.0},
+            "reconnect": {"base": 0.05, "cap": 0.2},
+            "storage": {"url": f"sqlite:///{tmp_path / 'recorder.db'}", "commit_interval": 0.05},
+            "proxy": {"listen": "127.0.0.1:0"},
+            "log": {"format": "json"},
+        }
+        for section, values in sections.items():
+            base.setdefault(section, {}).update(values)
+        return write_config(tmp_path / f"{name}.toml", base)
+
+    return make
+
+
+@pytest.fixture
 def make_config(tmp_path: Path, db_path: Path) -> Callable[..., Config]:
     """A Config for a daemon URL, fast timings for tests; sections override any key."""
 

@@ -22,7 +22,7 @@ from websockets.asyncio.client import connect
 from recorder.cli import cli
 from recorder.config import Config
 from recorder.simulator import Simulator, SimulatorOptions
-from tests.conftest import running, write_config
+from tests.conftest import running
 from tests.test_systemd import Listener
 
 TIMEOUT = 30
@@ -58,23 +58,6 @@ class Recorder:
 
 
 @pytest.fixture
-def config_for(tmp_path: Path) -> Callable[..., Path]:
-    def make(name: str = "config", **sections: dict[str, Any]) -> Path:
-        base: dict[str, dict[str, Any]] = {
-            "daemon": {"url": "ws://127.0.0.1:9", "open_timeout": 2.0},
-            "reconnect": {"base": 0.05, "cap": 0.2},
-            "storage": {"url": f"sqlite:///{tmp_path / 'recorder.db'}", "commit_interval": 0.05},
-            "proxy": {"listen": "127.0.0.1:0"},
-            "log": {"format": "json"},
-        }
-        for section, values in sections.items():
-            base.setdefault(section, {}).update(values)
-        return write_config(tmp_path / f"{name}.toml", base)
-
-    return make
-
-
-@pytest.fixture
 def recorders() -> Iterator[list[Recorder]]:
     started: list[Recorder] = []
     yield started
@@ -91,9 +74,9 @@ def status(config: Path) -> dict[str, Any]:
 
 
 def test_a_second_recorder_on_the_same_database_refuses(
-    tmp_path: Path, config_for: Callable[..., Path], recorders: list[Recorder]
+    tmp_path: Path, config_file: Callable[..., Path], recorders: list[Recorder]
 ) -> None:
-    config = config_for()
+    config = config_file()
     first = Recorder(tmp_path, config, "first")
     recorders.append(first)
     first.ready()
@@ -112,9 +95,9 @@ def test_a_second_recorder_on_the_same_database_refuses(
 
 
 def test_status_knows_a_killed_recorder_is_not_running(
-    tmp_path: Path, config_for: Callable[..., Path], recorders: list[Recorder]
+    tmp_path: Path, config_file: Callable[..., Path], recorders: list[Recorder]
 ) -> None:
-    config = config_for()
+    config = config_file()
     rec = Recorder(tmp_path, config)
     recorders.append(rec)
     rec.ready()
@@ -152,9 +135,9 @@ async def test_status_shows_a_rejected_handshake_and_the_daemons_reason(
 
 
 def test_a_second_signal_exits_at_once(
-    tmp_path: Path, config_for: Callable[..., Path], recorders: list[Recorder]
+    tmp_path: Path, config_file: Callable[..., Path], recorders: list[Recorder]
 ) -> None:
-    config = config_for(storage={"shutdown_timeout": 60})
+    config = config_file(storage={"shutdown_timeout": 60})
     rec = Recorder(tmp_path, config)
     recorders.append(rec)
     rec.ready()
@@ -250,18 +233,18 @@ async def test_metrics_parse_and_match_the_database(
 
 
 async def test_a_reload_keeps_the_daemon_connection_and_the_log_is_json_on_stdout(
-    tmp_path: Path, config_for: Callable[..., Path], recorders: list[Recorder]
+    tmp_path: Path, config_file: Callable[..., Path], recorders: list[Recorder]
 ) -> None:
     """SIGHUP with a valid file: the new log level applies, no reconnect; every log
     line on stdout is a JSON object with its event, level, time and context."""
     async with Simulator(SimulatorOptions(port=0)) as sim:
         url = f"ws://127.0.0.1:{sim.port}"
-        config = config_for(daemon={"url": url}, log={"level": "info"})
+        config = config_file(daemon={"url": url}, log={"level": "info"})
         rec = Recorder(tmp_path, config)
         recorders.append(rec)
         await asyncio.to_thread(rec.ready)
         await sim.wait_connections(1, TIMEOUT)
-        config_for(daemon={"url": url}, log={"level": "debug"})  # the same path, rewritten
+        config_file(daemon={"url": url}, log={"level": "debug"})  # the same path, rewritten
         rec.proc.send_signal(signal.SIGHUP)
         await asyncio.to_thread(rec.listener.until, "RELOADING")
         await asyncio.to_thread(rec.listener.until, "READY")

@@ -19,7 +19,6 @@ import pytest
 
 from recorder.service.notify import Notifier
 from recorder.service.watch import watch
-from tests.conftest import write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "orchestrator-recorder.service"
@@ -95,23 +94,6 @@ def start(tmp_path: Path, config: Path, notify: Path, **env: str) -> subprocess.
         stdout=open(tmp_path / "recorder.log", "wb"),
         stderr=subprocess.STDOUT,
     )
-
-
-@pytest.fixture
-def config_file(tmp_path: Path) -> Callable[..., Path]:
-    def make(**sections: dict[str, object]) -> Path:
-        base: dict[str, dict[str, object]] = {
-            "daemon": {"url": "ws://127.0.0.1:9", "open_timeout": 2.0},
-            "reconnect": {"base": 0.05, "cap": 0.2},
-            "storage": {"url": f"sqlite:///{tmp_path / 'recorder.db'}", "commit_interval": 0.05},
-            "proxy": {"listen": "127.0.0.1:0"},
-            "log": {"format": "json"},
-        }
-        for name, values in sections.items():
-            base.setdefault(name, {}).update(values)
-        return write_config(tmp_path / "config.toml", base)
-
-    return make
 
 
 def test_the_notify_sequence_and_a_reload(tmp_path: Path, config_file: Callable[..., Path]) -> None:
