@@ -10,7 +10,7 @@ import pytest
 import structlog
 
 from recorder.config import Config, load_config
-from recorder.service import Service
+from recorder.service.lifecycle import Service
 
 TIMEOUT = 20
 

@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from recorder.cli import cli
 from recorder.db.engine import create_engine
-from recorder.service import Service
+from recorder.service.lifecycle import Service
 
 
 async def query(service: Service, sql: str, **params: Any) -> list[Any]:

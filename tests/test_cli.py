@@ -257,3 +257,28 @@ def test_python_dash_m_and_console_script(tmp_path: Path) -> None:
         [sys.executable, "-m", "recorder", "--version"], capture_output=True, text=True, timeout=30
     )
     assert proc.returncode == 0 and "recorder, version" in proc.stdout
+
+
+@pytest.mark.parametrize("command", [["status"], ["sessions"], ["show", S1], ["stats"]])
+def test_query_commands_load_nothing_of_the_service(filled_db: Path, command: list[str]) -> None:
+    """A query answers at once: it must not import websockets, SQLAlchemy or the
+    service (the recorder.service package once pulled them all in for `status`)."""
+    probe = (
+        "import sys\n"
+        "from recorder.cli import cli\n"
+        "try:\n"
+        "    cli.main(sys.argv[1:], standalone_mode=False)\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = ('websockets', 'sqlalchemy', 'apscheduler', 'asyncpg', 'recorder.capture',\n"
+        "         'recorder.pipeline', 'recorder.service.lifecycle')\n"
+        "print(' '.join(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, *command, "--database", str(filled_db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == ""

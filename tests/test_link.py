@@ -230,7 +230,7 @@ async def test_max_attempts_gives_up_with_exit_code_1(make_config: Callable[...,
     config = make_config(
         f"ws://127.0.0.1:{port}", reconnect={"max_attempts": 2, "base": 0.01, "cap": 0.02}
     )
-    from recorder.service import Service
+    from recorder.service.lifecycle import Service
 
     service = Service(config)
     code = await asyncio.wait_for(service.run(asyncio.Event()), 10)
@@ -323,7 +323,7 @@ async def test_backoff_resets_only_after_a_stable_connection(
 async def test_unusable_database_stops_the_service_with_one_clear_line(
     make_config: Callable[..., Config],
 ) -> None:
-    from recorder.service import Service
+    from recorder.service.lifecycle import Service
 
     config = make_config(
         "ws://127.0.0.1:9", storage={"url": "sqlite:////proc/no-such-dir/recorder.db"}

@@ -18,7 +18,7 @@ from recorder.config import Config
 from recorder.db.migrations import head_revision
 from recorder.pipeline.writer import Writer
 from recorder.protocol.frames import IN, OUT, Frame
-from recorder.service import Service
+from recorder.service.lifecycle import Service
 from recorder.times import now_us
 from tests.conftest import running
 from tests.helpers import cli_json_lines, frame_bytes

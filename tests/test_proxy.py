@@ -21,7 +21,7 @@ from recorder.capture.admission import admit, relay_close, upstream_url
 from recorder.capture.wire import RecordingClientConnection
 from recorder.cli import cli
 from recorder.config import Config, ConfigError, load_config
-from recorder.service import Service
+from recorder.service.lifecycle import Service
 from recorder.simulator import Simulator, SimulatorOptions
 from tests.conftest import running, write_config
 from tests.helpers import query, wait_until

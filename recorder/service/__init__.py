@@ -1,5 +1,5 @@
-"""The long-running service: its lifecycle, and (as they land) its operations."""
+"""The long-running service: its lifecycle (:mod:`.lifecycle`) and its operations.
 
-from recorder.service.lifecycle import Service, main
-
-__all__ = ["Service", "main"]
+Nothing is imported here: `recorder status` reads the instance lock from
+:mod:`.instance` and must not pay for the whole service (websockets, the pipeline).
+"""
