@@ -8,9 +8,11 @@ recorder's SQLite file read-only afterwards. This module holds those pieces once
   time limit) and :func:`scratch_dir` (the temporary directory of a run);
 * :class:`Child`, a child process with its output in a log file, started with
   :func:`child_env`, and :func:`wait_for_log` to wait for a line in that log;
+* :func:`free_port` for a listener on loopback, and :func:`recorder_config`, the
+  recorder's configuration file;
 * :func:`cpu_seconds` from ``/proc``;
-* :func:`ro_connect` (read-only SQLite) and :func:`log_outcome` (what the recorder's
-  JSON log says about its stop);
+* :func:`ro_connect` (read-only SQLite), :func:`poll_row` (a read while the recorder
+  writes) and :func:`log_outcome` (what the recorder's JSON log says about its stop);
 * :func:`drop_page_cache` and :func:`resident_fraction`, for cold-cache measurements.
 
 The scripts run as ``python bench/<name>.py``, which puts this folder on ``sys.path``;
@@ -28,6 +30,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -171,6 +174,18 @@ class Child:
         except subprocess.TimeoutExpired:
             return None
 
+    def stop(self, timeout: float = 5.0) -> None:
+        """:meth:`terminate`, then :meth:`kill` (which also reaps it and closes its log):
+        for a child whose exit code does not matter (a simulator, a peer)."""
+        self.terminate(timeout)
+        self.kill()
+
+    @classmethod
+    def kill_all(cls) -> None:
+        """Kill every child not yet killed: what main() does last, however the run ended."""
+        for child in list(cls.live):
+            child.kill()
+
     def kill(self) -> None:
         Child.live.discard(self)
         for pipe in (self.proc.stdin, self.proc.stdout):
@@ -197,11 +212,63 @@ def wait_for_log(child: Child, pattern: re.Pattern[str], seconds: float) -> re.M
     raise BenchError(f"{child.name} did not start:\n{child.log()[-2000:]}")
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now, for a child to listen on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- the recorder's configuration --------------------------------------------------------
+
+# No heartbeat within a run: each one is a ping the recorder sends and records, frames
+# the benchmarks did not ask for. Callers append the sections they need ([proxy], ...).
+RECORDER_CONFIG = """\
+[daemon]
+url = "ws://127.0.0.1:{port}"
+
+[heartbeat]
+interval = 3600.0
+timeout = 600.0
+
+[storage]
+url = "{url}"
+{instance}shutdown_timeout = 60.0
+
+[log]
+level = "info"
+format = "json"
+"""
+
+
+def recorder_config(port: int, url: str, instance: str = "default") -> str:
+    """The configuration file of a recorder whose daemon listens on ``port`` and whose
+    ``storage.url`` is ``url``; ``storage.instance`` is left out for ``default``."""
+    line = "" if instance == "default" else f'instance = "{instance}"\n'
+    return RECORDER_CONFIG.format(port=port, url=url, instance=line)
+
+
 # --- the recorder's output ---------------------------------------------------------------
 
 
 def ro_connect(db: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10, isolation_level=None)
+
+
+def poll_row(db: Path, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+    """One row of a database a recorder is writing, in one short read transaction; None
+    while the file or its tables do not exist yet (or no row)."""
+    try:
+        con = ro_connect(db)
+    except sqlite3.Error:
+        return None
+    try:
+        row = con.execute(sql, params).fetchone()
+        return tuple(row) if row is not None else None
+    except sqlite3.Error:
+        return None
+    finally:
+        con.close()
 
 
 def parse_log(text: str) -> list[dict[str, Any]]:

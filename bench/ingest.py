@@ -70,7 +70,6 @@ import os
 import re
 import resource
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -88,6 +87,8 @@ from harness import (
     Deadline,
     cpu_seconds,
     log_outcome,
+    poll_row,
+    recorder_config,
     ro_connect,
     scratch_dir,
     targets_line,
@@ -208,8 +209,7 @@ def run_ceiling(frames: int, root: Path, deadline: Deadline) -> CeilingRun:
     finally:
         if client is not None:
             client.kill()
-        sim.terminate(5)
-        sim.kill()
+        sim.stop()
     if result["chunks"] != frames:
         raise BenchError(f"bare client saw {result['chunks']} chunks, expected {frames}")
     check_template_samples(result["samples"], frames)
@@ -289,20 +289,8 @@ class SqliteDatabase(Database):
         self.url = f"sqlite:///{path}"
 
     def scalar(self, sql: str, *params: Any) -> Any:
-        """One short read transaction; None while the file or the tables do not exist yet."""
-        if not self.path.exists():
-            return None
-        try:
-            con = ro_connect(self.path)
-        except sqlite3.OperationalError:
-            return None
-        try:
-            row = con.execute(sql, params).fetchone()
-            return None if row is None else row[0]
-        except sqlite3.OperationalError:
-            return None
-        finally:
-            con.close()
+        row = poll_row(self.path, sql, params)
+        return None if row is None else row[0]
 
     def rows(self, sql: str, *params: Any) -> Iterator[tuple[Any, ...]]:
         con = ro_connect(self.path)
@@ -426,34 +414,11 @@ def server_cpu_delta(before: dict[int, float], after: dict[int, float]) -> float
 # --- the recorder ------------------------------------------------------------------------
 
 
-RECORDER_CONFIG = """\
-[daemon]
-url = "ws://127.0.0.1:{port}"
-
-[heartbeat]
-interval = 3600.0
-timeout = 600.0
-
-[storage]
-url = "{url}"
-{instance}shutdown_timeout = 60.0
-
-[log]
-level = "info"
-format = "json"
-"""
-# bench/purge.py's base: a SQLite file, the default instance, no [proxy] table.
-CONFIG = RECORDER_CONFIG.replace('"{url}"', '"sqlite:///{db}"').replace("{instance}", "")
 # No proxy: nothing here uses it, and two recorders cannot both have its default port.
 NO_PROXY = """
 [proxy]
 enabled = false
 """
-
-
-def recorder_config(port: int, url: str, instance: str) -> str:
-    line = "" if instance == "default" else f'instance = "{instance}"\n'
-    return RECORDER_CONFIG.format(port=port, url=url, instance=line) + NO_PROXY
 
 
 # The benchmark's reads, the same SQL on both databases.
@@ -474,6 +439,27 @@ class LossReport:
     total_rows: int = 0
     avg_frame_bytes: float = 0.0
     in_order: bool = True
+
+    def finish(
+        self, frames: int, seen: bytearray, ends: int, frame_count: int, total_bytes: int
+    ) -> LossReport:
+        """The checks over the whole firehose connection once its rows are read (by
+        :func:`verify` here, ``verify_firehose`` in bench/purge.py): ``seen`` counts the
+        rows of each index, ``frame_count`` is the connection row's."""
+        problems = self.problems
+        if self.chunk_rows != frames:
+            problems.append(f"{self.chunk_rows} stream_chunk rows, expected {frames}")
+        missing = seen.count(0)
+        duplicated = sum(1 for n in seen if n > 1)
+        if missing or duplicated:
+            problems.append(f"{missing} indexes missing, {duplicated} duplicated")
+        if ends != 1:
+            problems.append(f"{ends} stream_end rows, expected 1")
+        if frame_count != self.total_rows:
+            problems.append(f"connections.frame_count {frame_count} != {self.total_rows} rows")
+        self.avg_frame_bytes = total_bytes / max(self.chunk_rows, 1)
+        self.ok = not problems
+        return self
 
 
 @dataclass
@@ -555,7 +541,7 @@ def run_recorders(
             # Started together: with several, the firehoses overlap.
             for r in recs:
                 config = r.workdir / "config.toml"
-                config.write_text(recorder_config(r.port, db.url, r.instance))
+                config.write_text(recorder_config(r.port, db.url, r.instance) + NO_PROXY)
                 args = [sys.executable, "-m", "recorder", "run", "--config", str(config)]
                 r.rec = Child("recorder", args, r.workdir)
 
@@ -614,8 +600,7 @@ def run_recorders(
             for r in recs:
                 if r.rec is not None:
                     r.rec.kill()
-                r.sim.terminate(5)
-                r.sim.kill()
+                r.sim.stop()
 
         runs = []
         for i, r in enumerate(recs):
@@ -764,19 +749,7 @@ def verify(db: Database, instance: str, frames: int) -> LossReport:
         if index != prev_index + 1:
             report.in_order = False
         prev_index = index
-    if report.chunk_rows != frames:
-        problems.append(f"{report.chunk_rows} stream_chunk rows, expected {frames}")
-    missing = seen.count(0)
-    duplicated = sum(1 for n in seen if n > 1)
-    if missing or duplicated:
-        problems.append(f"{missing} indexes missing, {duplicated} duplicated")
-    if ends != 1:
-        problems.append(f"{ends} stream_end rows, expected 1")
-    if frame_count != report.total_rows:
-        problems.append(f"connections.frame_count {frame_count} != {report.total_rows} rows")
-    report.avg_frame_bytes = total_bytes / max(report.chunk_rows, 1)
-    report.ok = not problems
-    return report
+    return report.finish(frames, seen, ends, frame_count, total_bytes)
 
 
 # --- the report --------------------------------------------------------------------------
@@ -931,6 +904,11 @@ def print_recorder_run(label: str, r: dict[str, Any], database_cpu_s: float) -> 
         f"{server}  rss {r['peak_rss_mb']:.0f} MB  exit {r['exit_code']}"
         f"  loss-check {'ok' if r['loss']['ok'] else 'FAILED'}"
     )
+    print_run_problems(r)
+
+
+def print_run_problems(r: dict[str, Any]) -> None:
+    """Under a run's line: what its loss check found and what the recorder logged."""
     for problem in r["loss"]["problems"][:10]:
         print(f"      loss: {problem}")
     for warning in r["warnings"][:5]:
@@ -1026,8 +1004,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"benchmark failed: {exc}", file=sys.stderr)
             return 2
         finally:
-            for child in list(Child.live):
-                child.kill()
+            Child.kill_all()
     summary = summarize(args.frames, ceilings, measurements)
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -88,7 +88,6 @@ import math
 import os
 import re
 import signal
-import socket
 import sqlite3
 import statistics
 import sys
@@ -105,7 +104,9 @@ from harness import (
     Child,
     Deadline,
     cpu_seconds,
+    free_port,
     log_outcome,
+    recorder_config,
     ro_connect,
     scratch_dir,
     targets_line,
@@ -405,30 +406,9 @@ def source_digest() -> str:
     return h.hexdigest()[:12]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-CONFIG = """\
-[daemon]
-url = "ws://127.0.0.1:{peer}"
-
-[heartbeat]
-interval = 3600.0
-timeout = 600.0
-
-[storage]
-url = "sqlite:///{db}"
-shutdown_timeout = 60.0
-
+PROXY_CONFIG = """
 [proxy]
 listen = "127.0.0.1:{proxy}"
-
-[log]
-level = "info"
-format = "json"
 """
 
 
@@ -470,7 +450,10 @@ class Bench:
         self.peer_port = int(wait_for_log(self.peer, LISTENING, budget).group(1))
         self.proxy_port = free_port()
         config = self.root / "config.toml"
-        config.write_text(CONFIG.format(peer=self.peer_port, proxy=self.proxy_port, db=self.db))
+        config.write_text(
+            recorder_config(self.peer_port, f"sqlite:///{self.db}")
+            + PROXY_CONFIG.format(proxy=self.proxy_port)
+        )
         self.recorder = Child(
             "recorder",
             [py, "-m", "recorder", "run", "--config", str(config)],
@@ -502,9 +485,7 @@ class Bench:
     def close(self) -> None:
         for child in (self.client, self.recorder, self.peer):
             if child is not None:
-                if child.alive():
-                    child.terminate(5)
-                child.kill()
+                child.stop()
 
     async def measure(self, point: Point, via: str, label: str) -> dict[str, Any]:
         assert self.client is not None and self.client.proc.stdin is not None

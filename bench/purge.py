@@ -92,23 +92,29 @@ from harness import (
     Deadline,
     cpu_seconds,
     log_outcome,
+    poll_row,
+    recorder_config,
     ro_connect,
     scratch_dir,
     targets_line,
     yes,
 )
-from ingest import CONFIG, DEFAULT_SIZE, LossReport, process_tree, start_simulator, steady_rate
+from ingest import (
+    DEFAULT_SIZE,
+    NO_PROXY,
+    LossReport,
+    print_run_problems,
+    process_tree,
+    start_simulator,
+    steady_rate,
+)
 
 TARGET_RATIO = 0.5
 DEFAULT_PURGE_FRAMES = 1_000_000
 DEFAULT_FRAMES = 2_000_000
 POLICY = "bench-purge"
-# What bench/ingest.py's configuration leaves out: no proxy (nothing here uses it, and
-# its default port may be taken), the request poll, and the policy.
-EXTRA_CONFIG = f"""
-[proxy]
-enabled = false
-
+# What the benchmarks' recorder configuration leaves out: the request poll, and the policy.
+CLEANUP_CONFIG = f"""
 [cleanup]
 poll = "0.2s"
 
@@ -122,23 +128,8 @@ when = {{ status = ["completed"] }}
 
 def write_config(workdir: Path, port: int, db: Path) -> Path:
     config = workdir / "config.toml"
-    config.write_text(CONFIG.format(port=port, db=db) + EXTRA_CONFIG)
+    config.write_text(recorder_config(port, f"sqlite:///{db}") + NO_PROXY + CLEANUP_CONFIG)
     return config
-
-
-def poll_row(db: Path, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
-    """One row in one short read transaction; None while the file or tables are missing."""
-    try:
-        con = ro_connect(db)
-    except sqlite3.OperationalError:
-        return None
-    try:
-        row = con.execute(sql, params).fetchone()
-        return tuple(row) if row is not None else None
-    except sqlite3.OperationalError:
-        return None
-    finally:
-        con.close()
 
 
 def file_sizes(db: Path) -> dict[str, int]:
@@ -183,8 +174,7 @@ def build(purge_frames: int, root: Path, deadline: Deadline, poll: float, stall:
     finally:
         if rec is not None:
             rec.kill()
-        sim.terminate(5)
-        sim.kill()
+        sim.stop()
     stopped, warnings = log_outcome(log)
     if code != 0 or not stopped:
         raise BenchError(f"the building recorder exited {code}: {warnings}\n{log[-2000:]}")
@@ -406,8 +396,7 @@ def _measure(
         for child in (cleanup, rec):
             if child is not None:
                 child.kill()
-        sim.terminate(5)
-        sim.kill()
+        sim.stop()
 
     stopped, warnings = log_outcome(log)
     con = ro_connect(db)
@@ -589,19 +578,7 @@ def verify_firehose(
         total_bytes += encoded
         if size != encoded and len(problems) < 20:
             problems.append(f"seq {seq}: size {size} != {encoded} payload bytes")
-    if report.chunk_rows != frames:
-        problems.append(f"{report.chunk_rows} stream_chunk rows, expected {frames}")
-    missing = seen.count(0)
-    duplicated = sum(1 for n in seen if n > 1)
-    if missing or duplicated:
-        problems.append(f"{missing} indexes missing, {duplicated} duplicated")
-    if ends != 1:
-        problems.append(f"{ends} stream_end rows, expected 1")
-    if frame_count != report.total_rows:
-        problems.append(f"connections.frame_count {frame_count} != {report.total_rows} rows")
-    report.avg_frame_bytes = total_bytes / max(report.chunk_rows, 1)
-    report.ok = not problems
-    return report
+    return report.finish(frames, seen, ends, frame_count, total_bytes)
 
 
 def check_purge(con: sqlite3.Connection, built: Built, base_id: int, base_cid: int) -> PurgeCheck:
@@ -759,10 +736,7 @@ def print_table(s: dict[str, Any]) -> None:
                 f"      file: before {sizes(r['bytes_before'])},"
                 f" after stop {sizes(r['bytes_after_stop'])}"
             )
-        for problem in r["loss"]["problems"][:10]:
-            print(f"      loss: {problem}")
-        for warning in r["warnings"][:5]:
-            print(f"      log: {warning}")
+        print_run_problems(r)
         if r["other_log_lines"]:
             print(
                 f"      log: {r['other_log_lines']} lines not JSON, first: {r['first_other_line']}"
@@ -837,8 +811,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"benchmark failed: {exc}", file=sys.stderr)
             return 2
         finally:
-            for child in list(Child.live):
-                child.kill()
+            Child.kill_all()
     summary = summarize(built, runs)
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -99,7 +99,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -117,7 +116,9 @@ from harness import (
     Child,
     Deadline,
     drop_page_cache,
+    free_port,
     log_outcome,
+    poll_row,
     resident_fraction,
     ro_connect,
     targets_line,
@@ -244,12 +245,6 @@ def recorder_cli(args: list[str], cwd: Path) -> str:
 # --- 1. the template: one session recorded by the real writer ----------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def js(obj: Any) -> str:
     """JSON as a browser's JSON.stringify writes it."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
@@ -300,20 +295,6 @@ async def drive_ui(port: int, tasks: int, seconds: float) -> dict[str, Any]:
     return {"session": sid, "sent": sent, "received": received, "refused": refused}
 
 
-def poll(db: Path, sql: str) -> Any:
-    try:
-        con = ro_connect(db)
-    except sqlite3.Error:
-        return None
-    try:
-        row = con.execute(sql).fetchone()
-        return row[0] if row else None
-    except sqlite3.Error:
-        return None
-    finally:
-        con.close()
-
-
 def make_template(path: Path, tasks: int, deadline: Deadline) -> dict[str, Any]:
     """Record one session with the real recorder into ``path`` (see the module doc)."""
     work = Path(tempfile.mkdtemp(prefix="template-", dir=path.parent))
@@ -335,14 +316,11 @@ def make_template(path: Path, tasks: int, deadline: Deadline) -> dict[str, Any]:
         # The proxy connection's close, and every frame of it, committed.
         total = ui["sent"] + ui["received"]
         until = time.monotonic() + 30
-        while (
-            poll(
-                db,
-                "SELECT count(*) FROM connections WHERE role = 'proxy'"
-                f" AND closed_at_us IS NOT NULL AND frame_count = {total}",
-            )
-            != 1
-        ):
+        while poll_row(
+            db,
+            "SELECT count(*) FROM connections WHERE role = 'proxy'"
+            f" AND closed_at_us IS NOT NULL AND frame_count = {total}",
+        ) != (1,):
             if time.monotonic() > until or not rec.alive():
                 raise BenchError(f"the template's {total} proxy frames were not all recorded")
             time.sleep(0.1)
@@ -353,8 +331,7 @@ def make_template(path: Path, tasks: int, deadline: Deadline) -> dict[str, Any]:
     finally:
         if rec is not None:
             rec.kill()
-        sim.terminate(5)
-        sim.kill()
+        sim.stop()
     if ui["refused"]:
         raise BenchError(
             f"{ui['refused']} template tasks were refused (the session had ended): "
@@ -626,6 +603,7 @@ def build_database(tmpl: Template, spec: Spec, path: Path, cwd: Path) -> dict[st
                 src["closed_by"],
                 src["error"],
                 0,
+                src["instance"],
             )
         )
 
@@ -708,7 +686,13 @@ def build_database(tmpl: Template, spec: Spec, path: Path, cwd: Path) -> dict[st
             {"sid": sid, "task": task},
         )
         step("frames")
-        con.executemany(f"INSERT INTO main.connections VALUES ({','.join('?' * 11)})", conn_rows)
+        # Named columns: a later migration that adds one must not shift these.
+        con.executemany(
+            "INSERT INTO main.connections (id, role, url, client_addr, opened_at_us,"
+            " closed_at_us, close_code, close_reason, closed_by, error, frame_count, instance)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            conn_rows,
+        )
         s = tmpl.session
         con.executemany(
             "INSERT INTO main.sessions (id, orchestrator_id, session_type, status, task_id,"
@@ -1482,8 +1466,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 2
     finally:
-        for child in list(Child.live):
-            child.kill()
+        Child.kill_all()
     summary = summarize(sizes, args.repeat)
     if args.json:
         print(json.dumps(summary, indent=2))

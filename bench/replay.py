@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import REPO, scratch_dir
+from harness import REPO, scratch_dir, targets_line
 
 SID = "session_1795692537464_replaybench"
 T0_US = 1_795_692_537_000_000
@@ -174,29 +174,10 @@ def main() -> None:
         subprocess.run([py, __file__, "--build", str(db), str(args.frames)], check=True)
         built = time.monotonic() - t
         env_db = str(db)
+        replay = [py, "-m", "recorder", "replay", "--database", env_db, SID, "--instant"]
         commands = {
-            "replay --instant (text)": [
-                py,
-                "-m",
-                "recorder",
-                "replay",
-                "--database",
-                env_db,
-                SID,
-                "--instant",
-            ],
-            "replay --instant --format jsonl": [
-                py,
-                "-m",
-                "recorder",
-                "replay",
-                "--database",
-                env_db,
-                SID,
-                "--instant",
-                "--format",
-                "jsonl",
-            ],
+            "replay --instant (text)": replay,
+            "replay --instant --format jsonl": [*replay, "--format", "jsonl"],
             "baseline: python -c sqlite3, first frame": [
                 py,
                 "-c",
@@ -234,7 +215,7 @@ def main() -> None:
     for name, r in results.items():
         print(f"  {name:<44} {r['first_s']:>10.3f} s {r['end_s']:>9.3f} s {r['rss_mb']:>6.1f} MB")
     print(f"  machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
-    print("  targets: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in targets.items()))
+    print(targets_line(targets))
 
 
 if __name__ == "__main__":
