@@ -537,3 +537,24 @@ def test_db_vacuum_switches_an_older_file_and_refuses_beside_a_running_recorder(
     assert result.exit_code == 0, result.output
     assert re.fullmatch(r"\d+\.\d MiB -> \d+\.\d MiB\n", result.output)
     assert table(db, "pragma auto_vacuum") == [(2,)]
+
+
+def test_a_purge_on_an_older_file_ends(db: Path, tmp_path: Path) -> None:
+    """A file made before incremental vacuum keeps its free pages: giving space back
+    must stop rather than ask for them forever (`recorder db vacuum` frees them)."""
+    with sqlite3.connect(db) as conn:
+        conn.execute("pragma auto_vacuum = none")
+        conn.execute("vacuum")
+    config = configured(
+        tmp_path, db, {"name": "bye", "action": "purge", "when": {"status": ["failed"]}}
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "recorder", "cleanup", "run", "--config", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    (run,) = json.loads(result.stdout)
+    assert run["acted"] == 1 and run["actions"][0]["result"].startswith("purged ")
+    assert table(db, "pragma freelist_count")[0][0] > 0  # still there, for db vacuum

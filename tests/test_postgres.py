@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -452,3 +453,98 @@ def test_both_databases_hold_the_same_rows_for_the_same_conversation(
             theirs = asyncio.run(from_postgres(table, order))
             assert ours == theirs, table
             assert ours, table
+
+
+async def test_max_db_size_on_postgres_purges_only_what_it_must(pg_url: str) -> None:
+    """PostgreSQL's size does not shrink as rows go: the purge counts what it deleted
+    instead of purging every finished session while waiting for the size to drop."""
+    from recorder.cleanup.jobs import MAX_SIZE, Cleanup, Direct
+    from recorder.config import load_config
+    from recorder.db.cleanup import database_bytes
+    from recorder.db.connection import WriterDatabase
+    from recorder.db.write import Store
+
+    url = pg_url.replace("postgresql://", "postgresql+asyncpg://")
+    writer = Writer(url)
+    await writer.start()
+    task = asyncio.create_task(writer.run())
+    cid = await writer.open_connection("link", "ws://127.0.0.1:8787/", None)
+    seq = 0
+    for n, sid in enumerate(["old", "middle", "new"]):
+        for state, text in (("running", "x" * 100_000), ("completed", "")):
+            seq += 1
+            body = {"type": "session_status_update", "session": {"id": sid, "status": state}}
+            if text:
+                body["note"] = text
+            at = 1_795_692_537_000_000 + n * 60_000_000 + seq
+            await writer.put(Frame(cid, seq, IN, at, seq, True, json.dumps(body).encode()))
+    await writer.close_connection(cid, code=1000, reason="", closed_by="client")
+    writer.stop()
+    await task
+    await writer.close()
+
+    handle = await WriterDatabase.open(url)
+    try:
+        store = Store(handle.dialect)
+        size = await handle.run(database_bytes)
+        config = load_config(None, env={"RECORDER_DATABASE_URL": pg_url})
+        config = dataclasses.replace(
+            config, storage=dataclasses.replace(config.storage, max_db_size=f"{size - 50_000}B")
+        )
+        await Cleanup(config, Direct(handle, store), None).keep_under_size()
+    finally:
+        await handle.shutdown()
+    sessions = await asyncio.to_thread(
+        cli_json_lines, ["sessions", "--database", pg_url, "--format", "jsonl"]
+    )
+    assert sorted(s["id"] for s in sessions) == ["middle", "new"]
+    runs = await asyncio.to_thread(
+        cli_json_lines, ["cleanup", "history", "--database", pg_url, "--format", "jsonl"]
+    )
+    assert [(r["policy"], r["matched"], r["acted"], r["error"]) for r in runs] == [
+        (MAX_SIZE, 1, 1, None)
+    ]
+
+
+async def test_the_partitioning_migration_goes_down_and_up_again_with_the_frames(
+    pg_url: str,
+) -> None:
+    from alembic import command
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from recorder.db.migrations import alembic_config, upgrade
+
+    url = pg_url.replace("postgresql://", "postgresql+asyncpg://")
+    writer = Writer(url)
+    await writer.start()
+    task = asyncio.create_task(writer.run())
+    cid = await writer.open_connection("link", "ws://127.0.0.1:8787/", None)
+    for seq, (direction, data, is_text) in enumerate(FRAMES, 1):
+        await writer.put(
+            Frame(cid, seq, direction, 1_795_692_537_000_000 + seq, seq, is_text, data)
+        )
+    await writer.close_connection(cid, code=1000, reason="", closed_by="client")
+    writer.stop()
+    await task
+    await writer.close()
+
+    def down(connection: Any) -> None:
+        cfg = alembic_config()
+        cfg.attributes["connection"] = connection
+        command.downgrade(cfg, "0004")
+
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(down)
+        async with engine.connect() as conn:
+            kind = await conn.scalar(text("SELECT relkind::text FROM pg_class WHERE relname = 'frames'"))
+            assert kind == "r"  # a plain table again
+        assert await upgrade(engine) == ("0004", head_revision())
+        async with engine.connect() as conn:
+            assert await conn.scalar(text("SELECT count(*) FROM frames")) == len(FRAMES)
+            kind = await conn.scalar(text("SELECT relkind::text FROM pg_class WHERE relname = 'frames'"))
+            assert kind == "p"
+    finally:
+        await engine.dispose()

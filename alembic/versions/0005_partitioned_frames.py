@@ -91,8 +91,9 @@ def downgrade() -> None:
     op.execute("ALTER TABLE frames RENAME TO frames_partitioned")
     op.execute("CREATE TABLE frames (LIKE frames_partitioned INCLUDING DEFAULTS)")
     op.execute("INSERT INTO frames SELECT * FROM frames_partitioned")
-    op.execute("DROP TABLE frames_partitioned CASCADE")
+    # The sequence belongs to the old table: hand it over first, or the DROP takes it.
     op.execute("ALTER SEQUENCE frames_id_seq OWNED BY frames.id")
+    op.execute("DROP TABLE frames_partitioned")
     op.execute("ALTER TABLE frames ADD CONSTRAINT pk_frames PRIMARY KEY (id)")
     op.execute(
         "ALTER TABLE frames ADD CONSTRAINT fk_frames_connection_id_connections "

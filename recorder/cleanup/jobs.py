@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
 
-from recorder.cleanup.policy import Conditions, Policy, oldest_to_purge
+from recorder.cleanup.policy import Conditions, Policy
 from recorder.cleanup.settings import trigger
 from recorder.pipeline.cleanup_ops import (
     AnswerRequest,
@@ -161,11 +161,6 @@ class Cleanup:
         scheduler.start()
         self._scheduler = scheduler
 
-    def next_runs(self) -> dict[str, Any]:
-        if self._scheduler is None:
-            return {}
-        return {job.id: job.next_run_time for job in self._scheduler.get_jobs()}
-
     async def stop(self) -> None:
         """No new runs; a run in progress stops between two of its steps."""
         if self._scheduler is not None:
@@ -250,7 +245,8 @@ class Cleanup:
                 )
                 entry.update(result="requested" if sent else f"skipped: {self.no_link}", done=sent)
             elif action == "purge":
-                entry.update(result=f"purged {await self.purge(session_id)} frames", done=True)
+                frames, size = await self.purge(session_id)
+                entry.update(result=f"purged {frames} frames", done=True, bytes=size)
             else:
                 replaced, written = await self.writer.perform(Compact(session_id))
                 entry.update(result=f"compacted {replaced} chunks into {written} frames", done=True)
@@ -258,22 +254,29 @@ class Cleanup:
             entry.update(result=f"failed: {type(exc).__name__}: {exc}".splitlines()[0], done=False)
         return entry
 
-    async def purge(self, session_id: str) -> int:
-        """A session's frames in short transactions, then its index rows."""
+    async def purge(self, session_id: str) -> tuple[int, int]:
+        """A session's frames in short transactions, then its index rows: how many
+        frames went, and their payload bytes."""
         touched: set[int] = set()
-        total = 0
+        total = size = 0
         while True:
-            deleted, connections = await self.writer.perform(PurgeSome(session_id, PURGE_CHUNK))
+            deleted, freed, connections = await self.writer.perform(
+                PurgeSome(session_id, PURGE_CHUNK)
+            )
             if not deleted:
                 break
             total += deleted
+            size += freed
             touched.update(connections)
         await self.writer.perform(PurgeFinish(session_id, tuple(sorted(touched))))
-        return total
+        return total, size
 
     async def _give_back_space(self) -> None:
-        while await self.writer.perform(GiveBackSpace(VACUUM_PAGES)) > 0:
-            pass
+        left = await self.writer.perform(GiveBackSpace(VACUUM_PAGES))
+        while left > 0:
+            before, left = left, await self.writer.perform(GiveBackSpace(VACUUM_PAGES))
+            if left >= before:
+                break  # nothing freed this round: another round would free nothing either
 
     async def keep_under_size(self) -> None:
         """``storage.max_db_size``: the oldest finished sessions go until it fits."""
@@ -284,17 +287,26 @@ class Cleanup:
         async with self._lock:
             run = Run(policy, "schedule", False, now_us(), actions=[])
             assert run.actions is not None
-            pinned: frozenset[str] = frozenset()
-            while await self.writer.perform(DatabaseBytes()) > limit:
-                found = await self.writer.perform(OldestFinished(20))
-                oldest = oldest_to_purge(found, pinned)
+            # PostgreSQL's size does not shrink when rows go (VACUUM reuses the space
+            # later), so what must go is worked out once and counted as it goes.
+            excess = await self.writer.perform(DatabaseBytes()) - limit
+            freed = 0
+            tried: set[str] = set()  # a purge that failed is not tried again in this run
+            fits = False
+            while not fits:
+                found = await self.writer.perform(OldestFinished(len(tried) + 20))
+                oldest = [s for s in found if s.id not in tried]
                 if not oldest:
                     run.error = "over storage.max_db_size, with nothing finished left to purge"
                     break
                 for session in oldest:
-                    run.actions.append(await self._act("purge", session.id))
+                    tried.add(session.id)
+                    entry = await self._act("purge", session.id)
+                    run.actions.append(entry)
                     run.matched += 1
-                    if await self.writer.perform(DatabaseBytes()) <= limit:
+                    freed += entry.get("bytes", 0)
+                    fits = freed >= excess or await self.writer.perform(DatabaseBytes()) <= limit
+                    if fits:
                         break
             await self._give_back_space()
             await self.writer.perform(RecordRun(run.row()))

@@ -10,7 +10,7 @@ session has matched for ``cleanup.grace``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,11 +182,3 @@ def decide(
             verdict = "act"
         decisions.append(Decision(session.id, verdict))
     return decisions
-
-
-def oldest_to_purge(sessions: Sequence[SessionFacts], pinned: frozenset[str]) -> list[SessionFacts]:
-    """For ``storage.max_db_size``: finished, unpinned sessions, oldest first."""
-    return sorted(
-        (s for s in sessions if s.finished and s.id not in pinned),
-        key=lambda s: (s.ended_us or s.last_seen_us, s.id),
-    )

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 
 from recorder.cleanup.policy import Decision, Policy, SessionFacts, decide
 from recorder.db.schema import (
+    ACTIVE_SQL,
     cleanup_matches,
     connections,
     frame_days,
@@ -125,9 +126,9 @@ _CHUNK_COLUMNS = (
 )
 
 
-def purge_some(conn: Connection, session_id: str, limit: int) -> tuple[int, list[int]]:
+def purge_some(conn: Connection, session_id: str, limit: int) -> tuple[int, int, list[int]]:
     """Delete up to ``limit`` of a finished session's frames: how many were deleted,
-    and the connections they were on."""
+    their payload bytes, and the connections they were on."""
     with conn.begin():
         _finished(conn, session_id)
         rows = conn.execute(
@@ -137,7 +138,7 @@ def purge_some(conn: Connection, session_id: str, limit: int) -> tuple[int, list
             .limit(limit)
         ).all()
         if not rows:
-            return 0, []
+            return 0, 0, []
         conn.execute(delete(frames).where(frames.c.id.in_([r.id for r in rows])))
         _uncount(conn, rows)
         conn.execute(
@@ -145,7 +146,7 @@ def purge_some(conn: Connection, session_id: str, limit: int) -> tuple[int, list
             .where(sessions.c.id == session_id)
             .values(frame_count=sessions.c.frame_count - len(rows))
         )
-        return len(rows), sorted({r.connection_id for r in rows})
+        return len(rows), sum(r.size for r in rows), sorted({r.connection_id for r in rows})
 
 
 def purge_finish(conn: Connection, session_id: str, connection_ids: Iterable[int]) -> int:
@@ -274,12 +275,13 @@ def database_bytes(conn: Connection) -> int:
 
 
 def oldest_finished(conn: Connection, limit: int) -> list[SessionFacts]:
+    """For ``storage.max_db_size``: finished, unpinned sessions, oldest first."""
     with conn.begin():
         rows = conn.execute(
             select(*_FACTS)
             .where(sessions.c.status.in_(sorted(TERMINAL_STATUSES)))
             .where(sessions.c.id.not_in(select(pins.c.session_id)))
-            .order_by(sessions.c.last_seen_us)
+            .order_by(func.coalesce(sessions.c.ended_at_us, sessions.c.last_seen_us), sessions.c.id)
             .limit(limit)
         ).all()
     return [SessionFacts.of(row._mapping) for row in rows]
@@ -288,13 +290,15 @@ def oldest_finished(conn: Connection, limit: int) -> list[SessionFacts]:
 def give_back_space(conn: Connection, pages: int = 2000) -> int:
     """SQLite: return up to ``pages`` free pages to the file system (incremental
     vacuum; a database made before it was on needs `recorder db vacuum` once).
-    Returns how many free pages are left."""
+    Returns how many free pages are left to give back (0: nothing more to do)."""
     if conn.dialect.name != "sqlite":
         return 0
     # On the driver's connection: SQLAlchemy's would wrap it in a transaction, and
     # incremental_vacuum does its work outside one.
     driver = conn.connection.driver_connection
     assert driver is not None
+    if driver.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+        return 0  # an older file: incremental_vacuum would free nothing, ever
     # executescript steps the pragma to the end; execute() would free one page.
     driver.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
     return int(driver.execute("PRAGMA freelist_count").fetchone()[0])
@@ -352,9 +356,8 @@ def drop_due_partitions(conn: Connection, before_us: int) -> list[tuple[str, int
             keep = conn.execute(
                 text(
                     f'SELECT 1 FROM "{name}" WHERE session_id IN ('
-                    "SELECT id FROM sessions WHERE status IS NULL OR status NOT IN ("
-                    + ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
-                    + ") UNION SELECT session_id FROM pins) LIMIT 1"
+                    f"SELECT id FROM sessions WHERE {ACTIVE_SQL}"
+                    " UNION SELECT session_id FROM pins) LIMIT 1"
                 )
             ).first()
             if keep is not None:
@@ -397,9 +400,13 @@ def drop_due_partitions(conn: Connection, before_us: int) -> list[tuple[str, int
                 )
             ]
             _forget(conn, emptied)
+            # Only the closed connections this month emptied: not other instances'
+            # rows, nor connections that never carried a frame.
             conn.execute(
                 delete(connections).where(
-                    connections.c.closed_at_us.is_not(None), connections.c.frame_count <= 0
+                    connections.c.id.in_([cid for cid, _ in per_connection]),
+                    connections.c.closed_at_us.is_not(None),
+                    connections.c.frame_count <= 0,
                 )
             )
             dropped.append((name, sum(n for _, n in per_connection)))

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from recorder.db.reader import Reader, ReadError, Row, first_row
+from recorder.db.schema import ACTIVE_SQL
 from recorder.protocol.index import TERMINAL_STATUSES
 from recorder.protocol.story import READ_TYPES, Recording, Story, StoryFrame, tell
 from recorder.times import now_us
 
-_TERMINAL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
-_ACTIVE = f"status IS NOT NULL AND status NOT IN ({_TERMINAL})"
 FRAME_COLUMNS = (
     "id, connection_id, seq, direction, received_at_us, monotonic_ns, opcode, size, type, "
     "session_id, task_id, parse_error, payload, payload_bytes"
@@ -205,7 +204,7 @@ def status(reader: Reader, instance: str = "default") -> Status:
         reader,
         "SELECT (SELECT coalesce(sum(frame_count), 0) FROM connections) AS frames, "
         "(SELECT count(*) FROM sessions) AS sessions, "
-        f"(SELECT count(*) FROM sessions WHERE {_ACTIVE}) AS active, "
+        f"(SELECT count(*) FROM sessions WHERE {ACTIVE_SQL}) AS active, "
         "(SELECT coalesce(sum(frame_count), 0) FROM connections WHERE role = 'proxy') AS proxied",
     )
     found = first_row(reader, "SELECT * FROM instances WHERE name = :name", {"name": instance})

@@ -24,9 +24,14 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
 )
 
+from recorder.protocol.index import TERMINAL_STATUSES
+
 __all__ = [
+    "ACTIVE_SQL",
+    "active_session",
     "cleanup_matches",
     "cleanup_requests",
     "cleanup_runs",
@@ -139,6 +144,15 @@ sessions = Table(
     Index(None, "last_seen_us"),
     Index(None, "first_seen_us"),
     Index(None, "status"),
+)
+
+# A session is active while it has a status that is not terminal; one never seen
+# with a status (known only from its stream) is not. One rule for every query.
+ACTIVE_SQL = "status IS NOT NULL AND status NOT IN ({})".format(
+    ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
+)
+active_session = and_(
+    sessions.c.status.is_not(None), sessions.c.status.not_in(sorted(TERMINAL_STATUSES))
 )
 
 tasks = Table(

@@ -18,10 +18,9 @@ from typing import Any, Final
 from sqlalchemy import bindparam, func, select, tuple_, update
 from sqlalchemy.engine import Connection, Dialect
 
-from recorder.db.schema import connections, frame_days, frames, sessions, tasks
+from recorder.db.schema import active_session, connections, frame_days, frames, sessions, tasks
 from recorder.protocol.index import (
     LOST_STATUS,
-    TERMINAL_STATUSES,
     IndexBatch,
     SessionDelta,
     TaskDelta,
@@ -158,9 +157,7 @@ class Store:
     def active_session_ids(self, conn: Connection) -> list[str]:
         with conn.begin():
             result = conn.execute(
-                select(sessions.c.id)
-                .where(sessions.c.status.is_not(None), sessions.c.status.not_in(TERMINAL_STATUSES))
-                .order_by(sessions.c.last_seen_us.desc())
+                select(sessions.c.id).where(active_session).order_by(sessions.c.last_seen_us.desc())
             )
             return [row[0] for row in result]
 
@@ -350,11 +347,7 @@ class Store:
     def _reconcile(self, conn: Connection, at_us: int, listed: frozenset[str]) -> None:
         """Sessions we believe active that the daemon's list no longer names are lost."""
         result = conn.execute(
-            select(sessions.c.id).where(
-                sessions.c.status.is_not(None),
-                sessions.c.status.not_in(TERMINAL_STATUSES),
-                sessions.c.last_seen_us < at_us,
-            )
+            select(sessions.c.id).where(active_session, sessions.c.last_seen_us < at_us)
         )
         gone = [sid for (sid,) in result if sid not in listed]
         for chunk in _chunks(gone, 500):

@@ -28,14 +28,14 @@ class MatchPolicy(Operation[list[Decision]]):
 
 
 @dataclass(frozen=True, slots=True)
-class PurgeSome(Operation[tuple[int, list[int]]]):
+class PurgeSome(Operation[tuple[int, int, list[int]]]):
     """Up to ``limit`` frames of a finished session: one short transaction. Answers how
-    many went, and the connections they were on."""
+    many went, their payload bytes, and the connections they were on."""
 
     session_id: str
     limit: int
 
-    async def run(self, db: WriterDatabase, store: Store) -> tuple[int, list[int]]:
+    async def run(self, db: WriterDatabase, store: Store) -> tuple[int, int, list[int]]:
         from recorder.db.cleanup import purge_some
 
         result = await db.run(purge_some, self.session_id, self.limit)
