@@ -230,15 +230,14 @@ class Store:
             conn.exec_driver_sql(sql, tuple(chain.from_iterable(part)))
 
     def _apply_index(self, conn: Connection, index: IndexBatch) -> None:
-        if index.connection_frames:
+        per_connection = index.connection_frames  # a property: summed on each access
+        if per_connection:
             stmt = (
                 update(connections)
                 .where(connections.c.id == _bind("cid"))
                 .values(frame_count=connections.c.frame_count + _bind("n"))
             )
-            conn.execute(
-                stmt, _bound([{"cid": cid, "n": n} for cid, n in index.connection_frames.items()])
-            )
+            conn.execute(stmt, _bound([{"cid": cid, "n": n} for cid, n in per_connection.items()]))
         if index.attributions:
             self._attribute(conn, index.attributions)
         known: set[str] = set()
@@ -248,8 +247,9 @@ class Store:
             self._merge_tasks(conn, {k: d for k, d in index.tasks.items() if k[0] in known})
         for at_us, listed in index.listings:
             self._reconcile(conn, at_us, listed)
-        if index.days:
-            self._count_days(conn, index.days)
+        days = index.days
+        if days:
+            self._count_days(conn, days)
 
     def _attribute(self, conn: Connection, attributions: list[tuple[int, int, str]]) -> None:
         known = [(self._spawn_ids.pop((c, q), None), c, q, sid) for c, q, sid in attributions]
