@@ -3,25 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import itertools
 import json
 import subprocess
 import sys
 import time
+from collections import defaultdict
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from websockets.asyncio.client import connect
 
 from recorder.cli import cli
 from recorder.db.migrations import upgrade_sync
 from recorder.db.sqlite import SqliteWriterDatabase
 from recorder.db.write import Store
 from recorder.pipeline.classifier import Classifier
-from recorder.protocol.frames import IN
+from recorder.protocol.frames import IN, OUT
 from recorder.protocol.story import Gap
 from recorder.replay.plan import Cue, ReplayFrame, timeline
-from recorder.replay.timing import Pace, paced
+from recorder.replay.terminal import Player
+from recorder.replay.timing import Pace, on_time, paced
+from recorder.times import now_us
 
 SID = "session_1795692537464_pauses"
 T0_US = 1_795_692_537_000_000
@@ -196,3 +204,303 @@ def test_pace_speed_idle_cap_and_window() -> None:
 def test_an_unknown_session_is_one_line(paused: Path) -> None:
     result = CliRunner().invoke(cli, ["replay", "--database", str(paused), "nope", "--instant"])
     assert result.exit_code == 1 and "no recorded session matches 'nope'" in result.output
+
+
+def test_a_frame_received_earlier_on_another_connection_is_no_step_back() -> None:
+    # 100 s (connection 1), 99 s (2), 101 s (3): the second plays at once, and the
+    # third one second after the first, not two (the step back counted again).
+    frames = [frame(1, 100.0, 1.0), frame(2, 99.0, 50.0), frame(3, 101.0, 9.0)]
+    assert [c.t for c in timeline(frames, [])] == pytest.approx([0.0, 0.0, 1.0])
+
+
+class FakeClock:
+    """A clock that only moves when told: by a wait, or by the time writing takes."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.waits: list[float] = []
+        self.held: dict[int, float] = {}  # wait number -> seconds a pause key held it
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wait(self, seconds: float) -> bool:
+        held = self.held.get(len(self.waits), 0.0)
+        self.waits.append(seconds)
+        self.now += seconds + held
+        return held > 0
+
+
+def test_each_cue_is_due_a_pause_after_the_one_before_was_due() -> None:
+    clock = FakeClock()
+    timed = [(0.0, Cue(0.0)), (1.0, Cue(1.0)), (1.0, Cue(2.0)), (0.5, Cue(2.5))]
+    played = []
+    for _ in on_time(timed, clock, clock.wait):
+        played.append(clock.now)
+        clock.now += 0.25  # writing the cue (and, following, polling for the next)
+    # Not 0, 1.25, 2.5, 3.25: the time spent writing is not added to every pause.
+    assert played == [0.0, 1.0, 2.0, 2.5]
+    assert clock.waits == [0.0, 0.75, 0.75, 0.25]
+
+    # Late (a slow poll): the next cue plays at once, and the ones after it are
+    # back on the recording's schedule.
+    clock = FakeClock()
+    played = []
+    for cue in on_time(timed, clock, clock.wait):
+        played.append(clock.now)
+        clock.now += 1.6 if cue.t == 0.0 else 0.0
+    assert played == [0.0, 1.6, 2.0, 2.5]
+
+    # Held by the pause key for 10 s: the cues after it keep their pauses from then.
+    clock = FakeClock()
+    clock.held = {1: 10.0}
+    played = []
+    for _ in on_time(timed, clock, clock.wait):
+        played.append(clock.now)
+    assert played == [0.0, 11.0, 12.0, 12.5]
+
+
+class SlowOutput(io.StringIO):
+    """A terminal that takes a tenth of a second per write."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def write(self, text: str) -> int:
+        self.clock.now += 0.1
+        return super().write(text)
+
+
+def chunk(t: float, text: str) -> Cue:
+    obj = {"type": "stream_chunk", "data": {"chunk": text}}
+    data = json.dumps(obj).encode()
+    return Cue(t, ReplayFrame(1, 1, 1, IN, 0, 0, "stream_chunk", True, data))
+
+
+def test_the_terminal_player_keeps_to_the_recorded_schedule() -> None:
+    clock = FakeClock()
+    out = SlowOutput(clock)
+    keys = clock  # Keys' part: wait(seconds) -> held or let go early
+    timed = [(0.0, chunk(0.0, "a")), (1.0, chunk(1.0, "b")), (1.0, chunk(2.0, "c"))]
+    Player(out, colour=False, clock=clock).play(timed, keys)  # type: ignore[arg-type]
+    assert out.getvalue() == "abc\n"
+    assert clock.waits == pytest.approx([0.0, 0.9, 0.9])
+
+
+def test_an_interrupted_replay_still_ends_its_line() -> None:
+    def stopped() -> Iterator[tuple[float, Cue]]:
+        yield 0.0, chunk(0.0, "half a line")
+        raise KeyboardInterrupt
+
+    out = io.StringIO()
+    with pytest.raises(KeyboardInterrupt):
+        Player(out, colour=False, clock=FakeClock()).play(stopped(), FakeClock())  # type: ignore[arg-type]
+    assert out.getvalue() == "half a line\n"
+
+
+# --- --follow --------------------------------------------------------------------
+
+FOLLOWED = "session_1795692537464_follow"
+TASK = {"orchestratorId": "vp_1", "task": {"description": "D"}}
+
+
+def status(state: str, kind: str = "session_status_update") -> dict[str, Any]:
+    return {"type": kind, "session": {"id": FOLLOWED, "status": state, **TASK}}
+
+
+def stream(text: str) -> dict[str, Any]:
+    return {"type": "stream_chunk", "data": {"sessionId": FOLLOWED, "chunk": text}}
+
+
+class LiveRecording:
+    """Frames written as the database process writes them (classified, spawn requests
+    attributed), batch by batch, while a replay reads the database."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = SqliteWriterDatabase(f"sqlite+aiosqlite:///{path}")
+        self.store = Store(self.db.dialect)
+        self.classifier = Classifier()
+        self.seqs: dict[int, Iterator[int]] = defaultdict(lambda: itertools.count(1))
+        # Ten minutes ago: every time below is in the past, as a recording's are.
+        self.base = now_us() - 600_000_000
+
+    def us(self, at: float) -> int:
+        return self.base + int(at * 1e6)
+
+    async def start(self) -> None:
+        await self.db.connect()
+        await self.db.run(upgrade_sync)
+
+    async def open(self, role: str, at: float, client: str | None = None) -> int:
+        url = "ws://127.0.0.1:8787"
+        return int(await self.db.run(self.store.open_connection, role, url, self.us(at), client))
+
+    async def write(self, *frames: tuple[int, str, float, dict[str, Any]]) -> None:
+        batch = [
+            (
+                cid,
+                next(self.seqs[cid]),
+                way,
+                self.us(at),
+                int(at * 1e9),
+                True,
+                json.dumps(obj).encode(),
+            )
+            for cid, way, at, obj in frames
+        ]
+        rows, index = self.classifier.rows_and_index(batch)
+        await self.db.run(self.store.write_batch, rows, index)
+
+    async def close(self, cid: int, at: float) -> None:
+        close = partial(
+            self.store.close_connection, code=1000, reason="", closed_by="local", error=None
+        )
+        await self.db.run(close, cid, self.us(at))
+
+
+@pytest.mark.parametrize("only_the_creator", [False, True])
+async def test_follow_plays_only_what_the_replay_chooses(
+    tmp_path: Path, only_the_creator: bool
+) -> None:
+    path = tmp_path / "recorder.db"
+    rec = LiveRecording(path)
+    await rec.start()
+    try:
+        link = await rec.open("link", 0)
+        ui = await rec.open("proxy", 1, "10.0.0.1:1111")  # the UI that spawns the session
+        spawn = {"type": "spawn_session", "payload": TASK}
+        await rec.write(
+            (ui, OUT, 2, spawn),
+            (ui, IN, 3, status("running")),
+            (link, IN, 3, status("running")),  # the broadcast: a duplicate
+            (ui, IN, 3.5, status("running", "session_spawned")),  # the spawn's answer
+            (ui, IN, 4, stream("one")),
+        )
+        args = ["--database", str(path), FOLLOWED, "--follow", "--instant", "--format", "jsonl"]
+        if only_the_creator:
+            args += ["--connection", str(ui)]
+        replay = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "recorder", "replay", *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert replay.stdout is not None and replay.stderr is not None
+        played: list[tuple[int, dict[str, Any]]] = []
+
+        async def read_line() -> None:
+            line = await asyncio.wait_for(replay.stdout.readline(), 30)  # type: ignore[union-attr]
+            assert line, await replay.stderr.read()  # type: ignore[union-attr]
+            row = json.loads(line)
+            played.append((row["connection_id"], json.loads(row["payload"])))
+
+        # What was recorded before it started, then, while it follows:
+        for _ in range(3):
+            await read_line()
+        other = await rec.open("proxy", 5, "10.0.0.2:2222")  # another UI, elsewhere
+        task = {"type": "execute_task", "payload": {"sessionId": FOLLOWED, "task": "T"}}
+        await rec.write(
+            (other, OUT, 6, task),
+            (other, IN, 7, stream("to the other UI")),
+            (ui, OUT, 8, task),
+            (ui, IN, 9, stream("two")),
+            (link, IN, 9.5, status("running")),  # the UI is still open: a duplicate
+        )
+        await rec.close(ui, 10)
+        again = await rec.open("proxy", 11, "10.0.0.1:3333")  # the same UI, reconnected
+        await rec.write((again, IN, 12, stream("three")), (again, OUT, 12.5, task))
+        await rec.close(again, 13)
+        # No UI open any more: the link's frames are the replay's.
+        await rec.write((link, IN, 14, status("completed")))
+        async with asyncio.timeout(30):
+            rest, errors = await replay.communicate()
+        assert replay.returncode == 0, errors.decode()
+        for line in rest.decode().splitlines():
+            row = json.loads(line)
+            played.append((row["connection_id"], json.loads(row["payload"])))
+    finally:
+        await rec.db.shutdown()
+
+    spawned = (ui, status("running", "session_spawned"))
+    expected = [(ui, status("running")), spawned, (ui, stream("one")), (ui, stream("two"))]
+    if not only_the_creator:
+        expected += [(again, stream("three")), (link, status("completed"))]
+    assert played == expected
+    # What a replay of the finished session plays, too.
+    after = CliRunner().invoke(cli, ["replay", *(a for a in args if a != "--follow")])
+    assert after.exit_code == 0, after.output
+    rows = [json.loads(line) for line in after.stdout.splitlines()]
+    assert [(r["connection_id"], json.loads(r["payload"])) for r in rows] == expected
+
+
+# --- bad input: one line, before anything is read ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--to", "http://x"], "Invalid value for '--to': 'http://x' is neither an offset "
+         "(90, 1m30s), a time (2026-11-26T10:00:00Z) nor a ws:// or wss:// URL"),
+        (["--to", "ws://127.0.0.1:99999"], "Invalid value for '--to': not a daemon URL "
+         "(ws://HOST:PORT): Port out of range 0-65535"),
+        (["--to", "wss://[::1"], "Invalid value for '--to': not a daemon URL "
+         "(ws://HOST:PORT): Invalid IPv6 URL"),
+        (["--to", "ws://u:secret@127.0.0.1:x"], "Port could not be cast"),
+        (["--speed", "nan"], "Invalid value for '--speed': 'nan' is not a finite number."),
+        (["--max-idle", "inf"], "Invalid value for '--max-idle': 'inf' is not a finite number."),
+        (["--serve", "127.0.0.1"], "--serve: expected HOST:PORT, got '127.0.0.1'"),
+        (["--serve", "127.0.0.1:0", "--to", "ws://127.0.0.1:1"], "--serve and --to URL"),
+    ],
+)  # fmt: skip
+def test_bad_replay_options_are_one_line_before_the_database_is_read(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    # No such database: reading it (or starting a writer, which would create and
+    # migrate it) would be a different error, or a new file.
+    database = tmp_path / "none.db"
+    result = CliRunner().invoke(cli, ["replay", "--database", str(database), "nope", *args])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("Error: ") and says in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and "secret" not in result.stderr
+    assert not database.exists()
+
+
+def test_export_bad_input_is_one_line(paused: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "dir" / "x.cast"
+    result = CliRunner().invoke(cli, ["export", "--database", str(paused), SID, "-o", str(missing)])
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: cannot write {missing}: No such file or directory\n"
+    for value in ("nan", "inf"):
+        result = CliRunner().invoke(
+            cli, ["export", "--database", str(paused), SID, "--max-idle", value]
+        )
+        assert result.exit_code == 2 and result.stdout == ""
+        assert (
+            result.stderr
+            == f"Error: Invalid value for '--max-idle': {value!r} is not a finite number.\n"
+        )
+
+
+async def test_a_served_replay_stops_at_to(paused: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "recorder", "replay", "--database", str(paused), SID,
+        "--serve", "127.0.0.1:0", "--instant", "--to", "0.7",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        async with asyncio.timeout(30):
+            line = (await proc.stderr.readline()).decode()
+            assert "as a daemon on ws://127.0.0.1:" in line, (
+                line + (await proc.stderr.read()).decode()
+            )
+            async with connect(line.split()[-1]) as ws:
+                await ws.recv()  # the hello
+                got = [json.loads(await ws.recv()) for _ in range(4)]
+                assert got == [obj for at, obj in SCRIPT if at <= 0.7]
+                # Instant: the frames after 0.7 s would have come at once.
+                with pytest.raises(TimeoutError):
+                    async with asyncio.timeout(0.3):
+                        await ws.recv()
+    finally:
+        proc.terminate()
+        await proc.wait()

@@ -11,6 +11,7 @@ import asyncio
 import json
 import sqlite3
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -119,9 +120,11 @@ async def test_a_replay_against_the_same_daemon_reproduces_the_conversation(
 ) -> None:
     conv = conversation_of(recorded)
     assert [f.type for f in conv.requests] == ["spawn_session", "execute_task"]
+    # A recorder sharing its database with others: the replay's rows are its own.
+    config = replace(recorded.config, storage=replace(recorded.config.storage, instance="lab-2"))
     async with Simulator(options(0.0)) as sim:
         async with asyncio.timeout(TIMEOUT):
-            result = await replay_live(recorded.config, sim.url, conv, pace=Pace(instant=True))
+            result = await replay_live(config, sim.url, conv, pace=Pace(instant=True))
     report = result.to_json()
     assert result.same, result.lines()
     assert result.lines()[-1].startswith("same:")
@@ -133,6 +136,7 @@ async def test_a_replay_against_the_same_daemon_reproduces_the_conversation(
     cid = report["connection_id"]
     (conn,) = rows(recorded.path, "select * from connections where id = ?", cid)
     assert conn["role"] == "replay" and conn["close_code"] == 1000
+    assert conn["instance"] == "lab-2"
     sent = rows(
         recorded.path,
         "select type, payload, session_id from frames where connection_id = ? "
@@ -227,6 +231,22 @@ async def test_an_unreachable_daemon_is_one_error(recorded: Recorded) -> None:
         result.stderr.startswith(f"Error: cannot replay to {url}")
         and result.stderr.count("\n") == 1
     )
+
+
+async def test_a_bad_url_is_refused_before_the_writer_starts(
+    recorded: Recorded, tmp_path: Path
+) -> None:
+    fresh = tmp_path / "fresh.db"
+    storage = replace(recorded.config.storage, url=f"sqlite:///{fresh}")
+    config = replace(recorded.config, storage=storage)
+    for url, reason in [
+        ("ws://127.0.0.1:99999", "Port out of range"),
+        ("wss://[::1", "Invalid IPv6 URL"),
+        ("http://127.0.0.1:1", "isn't a valid URI"),
+    ]:
+        with pytest.raises(LiveReplayError, match=reason):
+            await replay_live(config, url, conversation_of(recorded))
+    assert not fresh.exists()  # no writer: nothing created, nothing migrated
 
 
 def test_the_plan_waits_for_the_spawned_session(recorded: Recorded) -> None:

@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from typing import Any
 
 import click
 
-from recorder.cli.options import load, reading, target_options
+from recorder.cli.options import UsageFailure, load, reading, target_options
 from recorder.times import parse_when
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+(?:\.\d+)?)s?)?$")
+LIVE_SCHEMES = ("ws://", "wss://")
 
 
-def parse_point(text: str) -> tuple[float | None, int | None]:
+class FiniteRange(click.FloatRange):
+    """A FloatRange without nan and inf, which the range lets through (nan compares
+    false with its bounds) and which would stall a replay or put NaN in a .cast file."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+def parse_point(text: str, *, option: str = "--from") -> tuple[float | None, int | None]:
     """``--from``/``--to``: an offset into the session (``90``, ``1m30s``, ``2h``) as
     seconds, or a moment (ISO-8601) as epoch µs."""
     match = _DURATION.match(text.strip())
@@ -24,22 +37,21 @@ def parse_point(text: str) -> tuple[float | None, int | None]:
     try:
         return None, parse_when(text)
     except ValueError:
-        raise click.BadParameter(
-            f"{text!r} is neither an offset (90, 1m30s) nor a time (2026-11-26T10:00:00Z)"
-        ) from None
+        kinds = "an offset (90, 1m30s) nor a time (2026-11-26T10:00:00Z)"
+        if option == "--to":
+            kinds = "an offset (90, 1m30s), a time (2026-11-26T10:00:00Z) nor a ws:// or wss:// URL"
+        raise click.BadParameter(f"{text!r} is neither {kinds}", param_hint=f"'{option}'") from None
 
 
 def pace_options(fn: Any) -> Any:
     fn = click.option("--instant", is_flag=True, help="No pauses at all.")(fn)
     fn = click.option(
         "--max-idle",
-        type=click.FloatRange(min=0),
+        type=FiniteRange(min=0),
         metavar="SECONDS",
         help="Cap every pause at this (recorded time).",
     )(fn)
-    fn = click.option("--speed", type=click.FloatRange(min=0.01), default=1.0, show_default=True)(
-        fn
-    )
+    fn = click.option("--speed", type=FiniteRange(min=0.01), default=1.0, show_default=True)(fn)
     fn = click.option(
         "--connection", type=int, help="Play this connection only (see `recorder show`)."
     )(fn)
@@ -54,7 +66,7 @@ def make_pace(
     from recorder.replay.timing import Pace
 
     begin = parse_point(start) if start else (None, None)
-    end = parse_point(stop) if stop else (None, None)
+    end = parse_point(stop, option="--to") if stop else (None, None)
     return Pace(speed, max_idle, instant, begin[0], end[0], begin[1], end[1])
 
 
@@ -110,7 +122,11 @@ def replay(
     from recorder.replay.timing import paced
 
     target = load(config_path, database)
-    live = to is not None and to.startswith(("ws://", "wss://"))
+    live = to is not None and to.startswith(LIVE_SCHEMES)
+    if serve and live:
+        raise UsageFailure("--serve and --to URL: choose one (be the daemon, or replay to one)")
+    # A live replay's --to is its URL; otherwise it ends the replay (served too).
+    pace = make_pace(start, None if live else to, speed, max_idle, instant)
     if serve or live:
         from recorder.cli.replay_modes import serve_or_replay_live
 
@@ -120,13 +136,12 @@ def replay(
             serve=serve,
             daemon=to if live else None,
             connection=connection,
-            pace=make_pace(start, None, speed, max_idle, instant),
+            pace=pace,
             wait_for_client=wait_for_client,
             loop=loop,
             as_json=as_json,
         )
         return
-    pace = make_pace(start, to, speed, max_idle, instant)
     with reading(target) as reader:
         plan = source.open_session(reader, session, connection)
         timed = paced(source.cues(reader, plan, follow=follow), pace)
@@ -144,22 +159,22 @@ def _text(timed: Any) -> None:
 
     interactive = on_a_terminal()
     player = Player(sys.stdout, colour=interactive)
-    try:
-        with keys_from(sys.stdin, interactive) as keys:
-            player.play(timed, keys)
-    finally:
-        player.finish()
+    with keys_from(sys.stdin, interactive) as keys:
+        player.play(timed, keys)
 
 
 def _jsonl(timed: Any) -> None:
     import time
 
     from recorder.cli.render import FrameWriter
+    from recorder.replay.timing import on_time
+
+    def sleep(seconds: float) -> bool:
+        time.sleep(seconds)
+        return False  # no keys: never held or let go early
 
     out = FrameWriter("jsonl", flush_each=True)
-    for pause, cue in timed:
-        if pause > 0:
-            time.sleep(pause)
+    for cue in on_time(timed, time.monotonic, sleep):
         if cue.frame is not None and cue.frame.row is not None:
             out.write(cue.frame.row)
     out.finish()
@@ -180,7 +195,7 @@ def _jsonl(timed: Any) -> None:
 )
 @click.option(
     "--max-idle",
-    type=click.FloatRange(min=0),
+    type=FiniteRange(min=0),
     metavar="SECONDS",
     help="idle_time_limit of the cast.",
 )
@@ -206,7 +221,10 @@ def export(
     target = load(config_path, database)
     with reading(target) as reader:
         plan = source.open_session(reader, session, connection)
-        stream = click.open_file(output or "-", "w", encoding="utf-8")
+        try:
+            stream = click.open_file(output or "-", "w", encoding="utf-8")
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
         with stream:
             timed = output_times(paced(source.cues(reader, plan), Pace()))
             if fmt == "asciicast":

@@ -29,31 +29,57 @@ def serve_or_replay_live(
 ) -> None:
     from recorder.replay import source
 
+    # The address first: a typo must not cost reading a long session (nor, live,
+    # starting the writer, which migrates the database).
+    address = _listen_address(target, serve) if serve is not None else None
+    if daemon is not None:
+        _check_daemon_url(daemon)
     with reading(target) as reader:
         plan = source.open_session(reader, session, connection)
         recorded = source.conversation(reader, plan)
-    if serve is not None:
-        _serve(target, serve, plan, recorded, pace, wait_for_client, loop)
+    if serve is not None and address is not None:
+        _serve(target, serve, address, plan, recorded, pace, wait_for_client, loop)
     else:
         assert daemon is not None
         _live(target, daemon, plan, recorded, pace, as_json)
 
 
-def _serve(
-    target: Target, listen: str, plan: Any, recorded: Any, pace: Any, wait: bool, loop: bool
-) -> None:
-    from recorder.replay.serve import ReplayServer
-
+def _listen_address(target: Target, listen: str) -> tuple[str, int]:
     try:
         host, port = split_listen(listen)
     except ValueError:
         raise click.UsageError(f"--serve: expected HOST:PORT, got {listen!r}") from None
-    token = target.config.proxy.token
-    if not is_loopback(host) and not token:
+    if not is_loopback(host) and not target.config.proxy.token:
         raise click.UsageError(
             f"--serve: {listen} is reachable from other machines; set proxy.token "
             "(or RECORDER_PROXY_TOKEN) first"
         )
+    return host, port
+
+
+def _check_daemon_url(url: str) -> None:
+    from recorder.replay.live import LiveReplayError, check_url
+
+    try:
+        check_url(url)
+    except LiveReplayError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--to'") from None
+
+
+def _serve(
+    target: Target,
+    listen: str,
+    address: tuple[str, int],
+    plan: Any,
+    recorded: Any,
+    pace: Any,
+    wait: bool,
+    loop: bool,
+) -> None:
+    from recorder.replay.serve import ReplayServer
+
+    host, port = address
+    token = target.config.proxy.token
     server = ReplayServer(recorded, pace=pace, wait_for_client=wait, loop=loop, token=token)
 
     def ready(port: int) -> None:

@@ -15,8 +15,7 @@ from typing import Any
 
 from recorder.db.reader import Reader, ReadError, Row, first_row
 from recorder.db.schema import ACTIVE_SQL
-from recorder.protocol.index import TERMINAL_STATUSES
-from recorder.protocol.story import READ_TYPES, Recording, Story, StoryFrame, tell
+from recorder.protocol.story import READ_TYPES, Recording, Story, StoryFrame, span, tell
 from recorder.times import now_us
 
 FRAME_COLUMNS = (
@@ -303,15 +302,6 @@ def story(reader: Reader, session: Row) -> Story:
     carried = "OR id IN (SELECT DISTINCT connection_id FROM frames WHERE session_id = :sid)"
     recordings = recordings_around(reader, start, end or now_us(), carried, {"sid": sid})
     return tell(dict(session), frames_, recordings, now_us())
-
-
-def span(session: Row) -> tuple[int, int | None]:
-    """When a session was active: from its start to its end (None: not ended)."""
-    start = min(session["first_seen_us"], session["started_at_us"] or session["first_seen_us"])
-    end = session["ended_at_us"]
-    if end is None and session["status"] in TERMINAL_STATUSES:
-        end = session["last_seen_us"]
-    return start, end
 
 
 def recording(row: Row) -> Recording:

@@ -9,6 +9,7 @@ the daemon's metrics, frame counts, and the spans when nothing was recording.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
@@ -126,6 +127,16 @@ READ_TYPES = (
 )
 
 
+def span(session: Mapping[str, Any]) -> tuple[int, int | None]:
+    """When a session was active: from its start to its end (None: not ended); a
+    finished session with no end time ended when it was last seen."""
+    start = min(session["first_seen_us"], session["started_at_us"] or session["first_seen_us"])
+    end: int | None = session["ended_at_us"]
+    if end is None and session["status"] in TERMINAL_STATUSES:
+        end = session["last_seen_us"]
+    return start, end
+
+
 def tell(
     session: dict[str, Any],
     frames: list[StoryFrame],
@@ -133,12 +144,7 @@ def tell(
     now_us: int,
 ) -> Story:
     """The story of one session (``session`` is its row from the sessions table)."""
-    start = session.get("started_at_us") or session["first_seen_us"]
-    start = min(start, session["first_seen_us"])
-    status = session.get("status")
-    end: int | None = session.get("ended_at_us")
-    if end is None and status in TERMINAL_STATUSES:
-        end = session["last_seen_us"]
+    start, end = span(session)
     story = Story(session["id"], start, end)
     story.by_type = dict(Counter(f.type or "(not JSON)" for f in frames).most_common())
     story.timeline = _timeline(frames)

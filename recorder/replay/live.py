@@ -49,6 +49,7 @@ from typing import Any, NamedTuple
 
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.uri import parse_uri
 
 from recorder.addresses import redact_url
 from recorder.capture.dial import Dialer, describe_close
@@ -320,10 +321,13 @@ async def replay_live(
     config: Config, url: str, recorded: Conversation, *, pace: Pace | None = None
 ) -> Comparison:
     """Play ``recorded``'s requests against the daemon at ``url``; record and compare."""
+    check_url(url)  # before the writer, which migrates the database
     s, log = config.storage, config.log
+    # storage.instance, as the service passes it: in a database that several
+    # recorders share, the replay's connection is filed under this recorder.
     writer = Writer(s.url, batch_size=s.batch_size, commit_interval=s.commit_interval,
                     queue_max_frames=s.queue_max_frames, queue_max_bytes=s.queue_max_bytes,
-                    log_level=log.level, log_format=log.format)  # fmt: skip
+                    log_level=log.level, log_format=log.format, instance=s.instance)  # fmt: skip
     try:
         await writer.start()
     except WriterError as exc:
@@ -349,6 +353,16 @@ async def replay_live(
         await writer.close()
 
 
+def check_url(url: str) -> None:
+    """LiveReplayError unless ``url`` is a ws:// or wss:// URL websockets can dial."""
+    try:
+        parse_uri(url)
+    except (ValueError, InvalidURI) as exc:
+        # websockets names the URL in some of its messages: never with its secrets.
+        reason = str(exc).replace(url, redact_url(url))
+        raise LiveReplayError(f"not a daemon URL (ws://HOST:PORT): {reason}") from None
+
+
 async def _dial(config: Config, url: str) -> Any:
     dialer = Dialer(config.daemon, url)
     try:
@@ -362,6 +376,6 @@ async def _dial(config: Config, url: str) -> Any:
     except InvalidStatus as exc:
         body = (exc.response.body or b"").decode(errors="replace")[:200]
         error = f"refused: HTTP {exc.response.status_code} {body}"
-    except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+    except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ValueError) as exc:
         error = str(exc) or type(exc).__name__
     raise LiveReplayError(f"cannot replay to {redact_url(url)}: {error}")

@@ -145,7 +145,11 @@ def timeline(frames: Iterable[ReplayFrame], gaps: Sequence[Gap]) -> Iterator[Cue
             t += max(0.0, (frame.monotonic_ns - last.monotonic_ns) / 1e9)
         else:
             advance(frame.received_us)
-        last, last_us = frame, frame.received_us
+        # The latest time reached, not this frame's: a frame received before the one
+        # played last (on another connection) plays at once, and the next pause must
+        # not count that step back a second time.
+        last = frame
+        last_us = frame.received_us if last_us is None else max(last_us, frame.received_us)
         yield Cue(t, frame=frame)
     for gap in pending[g:]:
         advance(gap.start_us)

@@ -52,7 +52,7 @@ from recorder.capture.handshake import USER_AGENT, json_response
 from recorder.protocol.frames import IN
 from recorder.replay.plan import Cue, ReplayFrame, timeline
 from recorder.replay.source import Conversation
-from recorder.replay.timing import Pace, paced
+from recorder.replay.timing import Due, Pace, paced
 from recorder.simulator.frames import (
     HEALTH_CHECK_FRAME,
     INVALID_FORMAT,
@@ -267,23 +267,20 @@ class ReplayServer:
         clock = asyncio.get_running_loop()
         replies = self.recorded.replies
         seen = 0  # replies[:seen] are in the playback's state (skipped ones too)
-        # Each frame is due a pause after the one before; counting from when it was
-        # due, not from when sending it ended, keeps a long replay from drifting.
-        due = clock.time()
+        due = Due(clock.time())
         try:
             for pause, cue in paced(self._cues(), self.pace):
                 frame = cue.frame
                 if frame is None:  # a gap: its silence is part of the next pause
-                    due += pause
+                    due.wait(pause, clock.time())
                     continue
                 if frame.direction != IN:  # a recorded request: wait for the client's
                     await playback.claimed(self._gates[frame.id])
-                    due = max(due, clock.time())
+                    due.restart(clock.time())
                     continue
-                due += pause
                 # Sleeps at least a tick, so a client's requests are answered promptly
                 # even during an --instant replay.
-                await asyncio.sleep(max(0.0, due - clock.time()))
+                await asyncio.sleep(due.wait(pause, clock.time()))
                 while seen < len(replies) and replies[seen].id <= frame.id:
                     playback.saw(replies[seen])
                     seen += 1

@@ -7,11 +7,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from recorder.db.read import recording, recordings_around, resolve_session, span
+from recorder.db.read import recording, recordings_around, resolve_session
 from recorder.db.reader import Reader, Row
 from recorder.protocol.frames import IN, OPCODE_TEXT
 from recorder.protocol.index import TERMINAL_STATUSES
-from recorder.protocol.story import Gap, Recording, gaps
+from recorder.protocol.story import Gap, Recording, gaps, span
 from recorder.replay.plan import Choice, Cue, ReplayFrame, choose, timeline
 from recorder.times import now_us
 
@@ -48,6 +48,8 @@ class Session:
     recordings: list[Recording]
     choice: Choice
     gaps: list[Gap]
+    # The connection that sent the session's spawn_session: --follow chooses again.
+    creator: int | None = None
 
     @property
     def id(self) -> str:
@@ -83,7 +85,41 @@ def open_session(reader: Reader, text: str, connection: int | None = None) -> Se
         ]
     choice = choose(recordings, creator_id, start, end, now, only=connection)
     found = gaps(start, end, recordings, now) if connection is None else []
-    return Session(row, recordings, choice, found)
+    return Session(row, recordings, choice, found, creator_id)
+
+
+def _known(reader: Reader, roles: dict[int, str], frame: ReplayFrame) -> None:
+    """Add the role of a connection outside the session's span (only when clocks
+    disagree) to ``roles``."""
+    if frame.connection_id not in roles:
+        found = reader.rows(
+            "SELECT role FROM connections WHERE id = :id", {"id": frame.connection_id}
+        )
+        roles[frame.connection_id] = found[0]["role"] if found else "?"
+
+
+def _stale(session: Session, roles: dict[int, str], batch: list[ReplayFrame]) -> bool:
+    """Whether ``batch`` may be played differently from how the session was planned:
+    a connection opened since, or a link frame while a chosen conversation was still
+    open (it may have closed since, and the link's frames are then the replay's)."""
+    if session.choice.only is not None:
+        return False  # one connection, whatever else opens or closes
+    if any(f.connection_id not in roles for f in batch):
+        return True
+    open_chosen = any(
+        r.closed_us is None for r in session.recordings if r.id in session.choice.conversations
+    )
+    return open_chosen and any(roles[f.connection_id] == "link" for f in batch)
+
+
+def _replan(reader: Reader, session: Session) -> None:
+    """Choose again, with the connections as they are now, as a replay started now
+    would: a UI's reconnect joins the replay, another UI does not, and a conversation
+    that closed no longer hides the link's frames."""
+    start, _ = span(session.row)
+    now = now_us()
+    session.recordings = recordings_around(reader, start, now)
+    session.choice = choose(session.recordings, session.creator, start, now, now)
 
 
 def frames(reader: Reader, session: Session, *, follow: bool = False) -> Iterator[ReplayFrame]:
@@ -96,12 +132,7 @@ def frames(reader: Reader, session: Session, *, follow: bool = False) -> Iterato
     ):
         last_id = row["id"]
         frame = replay_frame(row)
-        if frame.connection_id not in roles:
-            # A connection outside the session's span: only when clocks disagree.
-            found = reader.rows(
-                "SELECT role FROM connections WHERE id = :id", {"id": frame.connection_id}
-            )
-            roles[frame.connection_id] = found[0]["role"] if found else "?"
+        _known(reader, roles, frame)
         if session.choice.plays(frame, roles):
             yield frame
     while follow:
@@ -110,10 +141,14 @@ def frames(reader: Reader, session: Session, *, follow: bool = False) -> Iterato
             f"SELECT {COLUMNS} FROM frames WHERE session_id = :sid AND id > :after ORDER BY id",
             {"sid": session.id, "after": last_id},
         )
-        for row in rows:
-            last_id = row["id"]
-            frame = replay_frame(row)
-            if session.choice.plays(frame, roles) or roles.get(frame.connection_id) is None:
+        batch = [replay_frame(row) for row in rows]
+        if _stale(session, roles, batch):
+            _replan(reader, session)
+            roles = session.roles
+        for frame in batch:
+            last_id = frame.id
+            _known(reader, roles, frame)
+            if session.choice.plays(frame, roles):
                 yield frame
         status = reader.rows("SELECT status FROM sessions WHERE id = :sid", {"sid": session.id})
         if not rows and status and status[0]["status"] in TERMINAL_STATUSES:

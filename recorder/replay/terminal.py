@@ -14,11 +14,12 @@ import sys
 import termios
 import time
 import tty
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TextIO
 
 from recorder.replay.plan import Cue
 from recorder.replay.text import Shown, show
+from recorder.replay.timing import on_time
 
 COLOURS = {"error": "31", "gap": "33", "status": "36", "task": "35", "tool": "34"}
 
@@ -30,27 +31,33 @@ class Keys:
         self.fd = fd
         self.paused = False
 
-    def wait(self, seconds: float) -> None:
-        """Let ``seconds`` pass (longer while paused); return early for ``.`` when paused."""
+    def wait(self, seconds: float) -> bool:
+        """Let ``seconds`` pass (longer while paused); return early for ``.`` when
+        paused. True when a key held it longer or let it go early."""
         deadline = time.monotonic() + seconds
+        left_when_paused = seconds
+        held = self.paused
         while True:
             left = None if self.paused else deadline - time.monotonic()
             if left is not None and left <= 0:
-                return
+                return held
             if self.fd is None:
                 time.sleep(max(0.0, left or 0.0))
-                return
+                return held
             ready, _, _ = select.select([self.fd], [], [], left)
             if not ready:
                 continue
             key = os.read(self.fd, 1)
             if key == b" ":
                 self.paused = not self.paused
-                if not self.paused:
-                    # Resume where the wait stood, not after the pause.
-                    deadline = time.monotonic() + max(0.0, deadline - time.monotonic())
+                if self.paused:
+                    held = True
+                    left_when_paused = max(0.0, deadline - time.monotonic())
+                else:
+                    # Resume where the wait stood when paused, not after the pause.
+                    deadline = time.monotonic() + left_when_paused
             elif key == b"." and self.paused:
-                return
+                return True
 
 
 @contextlib.contextmanager
@@ -70,22 +77,23 @@ def keys_from(stdin: TextIO, enabled: bool) -> Iterator[Keys]:
 class Player:
     """Writes shown cues to ``out``, keeping markers on lines of their own."""
 
-    def __init__(self, out: TextIO, *, colour: bool) -> None:
+    def __init__(
+        self, out: TextIO, *, colour: bool, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.out = out
         self.colour = colour
+        self.clock = clock
         self.at_line_start = True
-        self.shown = 0
 
     def play(self, paced: Iterable[tuple[float, Cue]], keys: Keys) -> None:
-        for pause, cue in paced:
-            if pause > 0:
-                keys.wait(pause)
-            elif keys.paused:
-                keys.wait(0)
-            shown = show(cue)
-            if shown is not None:
-                self.write(shown)
-        self.finish()
+        """Each cue when it is due; the last line ended however the replay stops."""
+        try:
+            for cue in on_time(paced, self.clock, keys.wait):
+                shown = show(cue)
+                if shown is not None:
+                    self.write(shown)
+        finally:
+            self.finish()
 
     def write(self, shown: Shown) -> None:
         out = self.out
@@ -101,7 +109,6 @@ class Player:
             if shown.output:
                 self.at_line_start = shown.output.endswith("\n")
         out.flush()
-        self.shown += 1
 
     def finish(self) -> None:
         if not self.at_line_start:

@@ -1,8 +1,9 @@
-"""How long a replay waits before each cue: speed, idle cap, a window. Pure."""
+"""How long a replay waits before each cue: speed, idle cap, a window; and when
+each cue is due on a player's clock. Pure: the players pass their clock in."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from recorder.replay.plan import Cue
@@ -53,3 +54,43 @@ def output_times(cues: Iterable[tuple[float, Cue]]) -> Iterator[tuple[float, Cue
     for pause, cue in cues:
         at += pause
         yield at, cue
+
+
+@dataclass
+class Due:
+    """When the next cue is due, in seconds of a player's clock.
+
+    Each pause counts from when the cue before was due, not from when playing it
+    ended: otherwise the time spent writing each cue (and, with ``--follow``,
+    polling the database) adds up, and a long replay falls ever further behind.
+    """
+
+    at: float
+
+    def wait(self, pause: float, now: float) -> float:
+        """The seconds to wait at ``now`` for a cue ``pause`` after the one before
+        (0 when it is already late: a late player catches up)."""
+        self.at += pause
+        return max(0.0, self.at - now)
+
+    def restart(self, now: float) -> None:
+        """Count on from ``now`` after a wait the recording does not account for (a
+        client's request, a pause key): the cues after it must not rush to catch up."""
+        self.at = now
+
+
+def on_time(
+    timed: Iterable[tuple[float, Cue]],
+    clock: Callable[[], float],
+    wait: Callable[[float], bool],
+) -> Iterator[Cue]:
+    """Each cue when it is due: ``wait(seconds)`` lets them pass and returns True when
+    it was held longer (paused) or let go early (stepped), to count on from then."""
+    due: Due | None = None
+    for pause, cue in timed:
+        now = clock()
+        if due is None:
+            due = Due(now)
+        if wait(due.wait(pause, now)):
+            due.restart(clock())
+        yield cue
