@@ -282,3 +282,119 @@ def test_query_commands_load_nothing_of_the_service(filled_db: Path, command: li
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == ""
+
+
+PG_URL = "postgresql://u:PGPASS44@127.0.0.1:9/x?password=QPASS55"  # port 9 refuses
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["sessions"], ["frames"], ["status"], ["show", S1], ["db", "current"], ["db", "upgrade"]],
+)
+def test_a_database_url_is_named_without_its_password(command: list[str]) -> None:
+    code, out = invoke(*command, "--database", PG_URL)
+    assert code == 1 and out.count("\n") == 1, out
+    assert "PGPASS44" not in out and "QPASS55" not in out
+    assert "postgresql://u:***@127.0.0.1:9/x?password=***" in out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["frames", "--since", "99999999999d"],
+        ["frames", "--until", "99999999999d"],
+        ["frames", "--since", "9" * 400 + "d"],
+        ["sessions", "--since", "99999999999d"],
+        ["tail", "--since", "99999999999d"],
+        ["frames", "--connection", "99999999999999999999999"],
+        ["frames", "--connection", "-99999999999999999999999"],
+        ["frames", "--limit", "99999999999999999999999"],
+        ["frames", "--last", "99999999999999999999999"],
+        ["tail", "--last", "99999999999999999999999"],
+        ["sessions", "--limit", "99999999999999999999999"],
+        ["tasks", "--limit", "99999999999999999999999"],
+        ["connections", "--limit", "99999999999999999999999"],
+        ["cleanup", "history", "--limit", "99999999999999999999999"],
+    ],
+)
+def test_numbers_beyond_64_bits_are_usage_errors(filled_db: Path, args: list[str]) -> None:
+    code, out = invoke(*args, "--database", str(filled_db))
+    option = next(a for a in args if a.startswith("--"))
+    assert code == 2 and out.count("\n") == 1, out
+    assert out.startswith(f"Error: Invalid value for '{option}': ")
+    assert str(filled_db) not in out  # the option is wrong, not the database
+
+
+def test_the_largest_64_bit_numbers_are_taken(filled_db: Path) -> None:
+    top = str(2**63 - 1)
+    assert len(jsonl(filled_db, "--limit", top)) == len(FRAMES)
+    assert len(jsonl(filled_db, "--last", top)) == len(FRAMES)
+    assert jsonl(filled_db, "--connection", top) == []
+    assert len(jsonl(filled_db, "--since", "100000w")) == len(FRAMES)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("mysql://root@127.0.0.1/x", "unsupported database 'mysql' (use sqlite or postgresql)"),
+        ("sqlite://", "SQLite needs a file path (sqlite:///path/recorder.db)"),
+    ],
+)
+def test_a_bad_database_url_names_the_option(url: str, expected: str) -> None:
+    code, out = invoke("sessions", "--database", url)
+    assert (code, out) == (2, f"Error: --database: {expected}\n")
+
+
+def test_a_database_url_the_driver_rejects_is_one_line() -> None:
+    code, out = invoke("sessions", "--database", "postgresql://u:PGPASS44@127.0.0.1:99999/x")
+    assert code == 2 and out.count("\n") == 1 and "PGPASS44" not in out
+    assert out.startswith("Error: bad database URL postgresql://u:***@127.0.0.1:99999/x: ")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["frames", "--since", "garbage"], "Error: Invalid value for '--since': not a time:"),
+        (["connections", "--role", "nope"], "Error: Invalid value for '--role': 'nope' is not"),
+        (["frames", "--config", "."], "Error: Invalid value for '--config' / '-c': "),
+        (["frames", "--bogus"], "Error: No such option '--bogus'"),
+        (["show"], "Error: Missing argument 'SESSION'."),
+        (["nosuch"], "Error: No such command 'nosuch'."),
+        (["db", "nosuch"], "Error: No such command 'nosuch'."),
+        (["--bogus"], "Error: No such option '--bogus'"),
+    ],
+)
+def test_usage_errors_are_one_line(args: list[str], expected: str) -> None:
+    code, out = invoke(*args)
+    assert code == 2 and out.startswith(expected) and out.count("\n") == 1, out
+
+
+def test_a_group_alone_still_prints_its_help() -> None:
+    code, out = invoke("db")
+    assert code == 2 and out.startswith("Usage: ") and "upgrade" in out
+
+
+def test_listing_the_commands_does_not_import_asyncio() -> None:
+    probe = (
+        "import sys\n"
+        "from recorder.cli import cli\n"
+        "try:\n"
+        "    cli.main(['--help'], standalone_mode=False)\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('asyncio' in sys.modules, file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60
+    )
+    assert "cleanup" in result.stdout and result.stderr.strip() == "False"
+
+
+def test_an_argument_that_is_not_utf8_is_one_line(filled_db: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "recorder", "show", b"\xff", "--database", str(filled_db)],
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr == b"Error: an argument is not valid UTF-8: b'\\xff'\n"

@@ -443,3 +443,78 @@ def test_tail_prints_frames_committed_after_it_started(tmp_path: Path) -> None:
         await writer.close()
 
     asyncio.run(scenario())
+
+
+def test_db_current_leaves_a_copied_database_alone(recording: Recording, tmp_path: Path) -> None:
+    live = tmp_path / "live"
+    live.mkdir()
+    shutil.copyfile(recording.path, live / "recorder.db")
+    writer = sqlite3.connect(live / "recorder.db")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    with writer:
+        writer.execute(
+            "INSERT INTO sessions (id, first_seen_us, last_seen_us, frame_count) "
+            "VALUES ('session_only_in_the_wal', 1, 1, 0)"
+        )
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copyfile(live / "recorder.db", copy / "copy.db")
+    shutil.copyfile(live / "recorder.db-wal", copy / "copy.db-wal")
+    writer.close()
+    before = digest(copy)
+    result = invoke("db", "current", "--database", str(copy / "copy.db"))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.endswith("up to date)\n")
+    after = digest(copy)
+    after.pop("copy.db-shm", None)  # what SQLite needs to read a -wal, as every query does
+    assert after == before  # not checkpointed, nothing deleted, no lock file
+
+
+def test_db_current_on_a_file_without_a_schema_says_none(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    result = invoke("db", "current", "--database", str(empty))
+    assert result.exit_code == 0 and result.stdout.startswith("none (head: ")
+    assert sorted(tmp_path.iterdir()) == [empty] and empty.stat().st_size == 0
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["frames", "--limit", "0", "--format", "jsonl"],
+        ["sessions", "--format", "jsonl"],
+        ["--help"],
+    ],
+)
+def test_a_full_disk_is_one_line(many_frames: Path, command: list[str]) -> None:
+    if command[0] != "--help":
+        command = [*command, "--database", str(many_frames)]
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "recorder", *command],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            timeout=TIMEOUT,
+        )
+    assert proc.returncode == 1
+    assert proc.stderr == b"Error: cannot write output: No space left on device\n"
+
+
+@pytest.mark.parametrize("command", [["frames", "--limit", "0"], ["sessions"], ["--version"]])
+def test_a_closed_stdout_is_one_line_and_the_database_is_untouched(
+    many_frames: Path, command: list[str]
+) -> None:
+    before = hashlib.sha256(many_frames.read_bytes()).hexdigest()
+    if command[0] != "--version":
+        command = [*command, "--database", str(many_frames)]
+    argv = [sys.executable, "-m", "recorder", *command]
+    proc = subprocess.run(
+        ["sh", "-c", 'exec "$@" >&-', "sh", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        timeout=TIMEOUT,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr == b"Error: cannot write output: stdout is closed\n"
+    assert hashlib.sha256(many_frames.read_bytes()).hexdigest() == before

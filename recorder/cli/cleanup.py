@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import time
@@ -11,7 +10,15 @@ from typing import Any
 
 import click
 
-from recorder.cli.options import Target, UsageFailure, load, output_option, reading, target_options
+from recorder.cli.options import (
+    Target,
+    UsageFailure,
+    limit_option,
+    load,
+    output_option,
+    reading,
+    target_options,
+)
 from recorder.cli.render import Column, emit, when
 from recorder.times import format_us, now_us
 
@@ -103,6 +110,8 @@ def run_now(
     if holder is not None:
         run_ids = _through_service(target, name, holder)
     else:
+        import asyncio  # here: `recorder --help` imports this module to list it
+
         run_ids = asyncio.run(_directly(target, chosen))
     from recorder.db import cleanup_records
 
@@ -191,6 +200,8 @@ def _write(target: Target, fn: Any) -> Any:
         finally:
             await db.shutdown()
 
+    import asyncio
+
     with reading(target):  # the database exists and is the recorder's: else one line
         pass
     return asyncio.run(go())
@@ -236,9 +247,7 @@ def _results(actions: str) -> str:
 @cleanup.command("history")
 @target_options
 @click.option("--policy", "name", help="Only this policy's runs.")
-@click.option(
-    "--limit", type=click.IntRange(min=0), default=20, show_default=True, help="0 for all."
-)
+@limit_option(20)
 @output_option()
 def history(
     config_path: str | None, database: str | None, name: str | None, limit: int, fmt: str

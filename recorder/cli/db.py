@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from recorder.cli.options import load, run_db, target_options
+from recorder.cli.options import load, reading, run_db, target_options
+
+# Where alembic keeps a database's revision: read with the query commands' read-only
+# reader, since `db current` runs on copies too and must not change a byte of them.
+HAS_REVISION = {
+    "sqlite": "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'",
+    "postgresql": "SELECT 1 FROM information_schema.tables"
+    " WHERE table_schema = current_schema() AND table_name = 'alembic_version'",
+}
 
 
 @click.group()
@@ -36,10 +44,15 @@ def db_current(config_path: str | None, database: str | None) -> None:
 
     Example: recorder db current
     """
-    from recorder.db.migrations import current, head_revision
+    from recorder.db.migrations import head_revision
+    from recorder.db.reader import first_row
 
     target = load(config_path, database)
-    rev = run_db(target, current)
+    with reading(target) as reader:
+        rev = None
+        if first_row(reader, HAS_REVISION[reader.dialect]) is not None:
+            row = first_row(reader, "SELECT version_num FROM alembic_version")
+            rev = row["version_num"] if row is not None else None
     head = head_revision()
     state = "up to date" if rev == head else "needs `recorder db upgrade`"
     click.echo(f"{rev or 'none'} (head: {head}; {state})")

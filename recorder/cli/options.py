@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
-from recorder.addresses import display_database
-from recorder.config import Config, ConfigError, load_config
+from recorder.addresses import display_database, redact_url
+from recorder.config import Config, ConfigError, load_config, normalize_database_url
 from recorder.times import parse_when
 
 if TYPE_CHECKING:
@@ -27,6 +27,29 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
+
+# SQLite and PostgreSQL integers (ids, limits, microsecond times) are signed 64-bit:
+# a larger number is the user's mistake, not the database's, so the option says so.
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+
+class Count(click.types.IntParamType):
+    """A row count or id: at least ``least``, and never more than databases hold.
+
+    Not click.IntRange: its help would print the 19-digit bound on every option.
+    """
+
+    def __init__(self, least: int = INT64_MIN) -> None:
+        self.least = least
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        number = super().convert(value, param, ctx)
+        if number < self.least:
+            self.fail(f"must be at least {self.least}, got {number}", param, ctx)
+        if number > INT64_MAX:
+            self.fail(f"must be at most {INT64_MAX}, got {number}", param, ctx)
+        return number
 
 
 class UsageFailure(click.ClickException):
@@ -75,12 +98,27 @@ def target_options(fn: F) -> F:
 def load(config_path: str | None, database: str | None = None) -> Target:
     env = dict(os.environ)
     if database:
-        env["RECORDER_DATABASE_URL"] = database if "://" in database else f"sqlite:///{database}"
+        url = database if "://" in database else f"sqlite:///{database}"
+        try:
+            # Checked on its own first: a bad URL here is the option's fault, not
+            # the configuration's, and the message must say --database.
+            normalize_database_url("--database", url.strip(), env)
+        except ConfigError as exc:
+            raise UsageFailure(
+                str(exc).replace("--database: storage.url: ", "--database: ", 1)
+            ) from None
+        env["RECORDER_DATABASE_URL"] = url
     try:
         config = load_config(config_path, env)
     except ConfigError as exc:
         raise UsageFailure(str(exc)) from None
-    return Target(config, database or display_database(config.storage.url))
+    if not database:
+        shown = display_database(config.storage.url)
+    elif "://" in database:
+        shown = redact_url(database)  # as the user typed it, but never with its password
+    else:
+        shown = database
+    return Target(config, shown)
 
 
 @contextmanager
@@ -92,6 +130,11 @@ def reading(target: Target) -> Iterator[Reader]:
         reader = open_reader(target.url, target.shown)
     except ReadError as exc:
         raise click.ClickException(str(exc)) from None
+    except (ValueError, OverflowError) as exc:
+        # The driver's verdict on a URL it cannot parse (a port of "abc" or 99999,
+        # an sslmode it does not know): the URL is wrong, not the database.
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageFailure(f"bad database URL {target.shown}: {text}") from None
     try:
         yield reader
     except ReadError as exc:
@@ -138,9 +181,18 @@ def parse_moment(_ctx: click.Context, param: click.Parameter, value: str | None)
     if value is None:
         return None
     try:
-        return parse_when(value)
+        moment: int | None = parse_when(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param=param) from None
+    except OverflowError:  # a relative time so large that it is no longer a number
+        moment = None
+    # Only a relative time can leave the range: ISO-8601 stops at years 1 and 9999.
+    if moment is None or not INT64_MIN <= moment <= INT64_MAX:
+        raise click.BadParameter(
+            f"too far back: {value!r} (databases hold times within 292,000 years of 1970)",
+            param=param,
+        )
+    return moment
 
 
 def time_options(fn: F) -> F:
@@ -149,6 +201,18 @@ def time_options(fn: F) -> F:
     return click.option(
         "--since", callback=parse_moment, help="From this time: ISO-8601, or 30s, 15m, 2h, 7d ago."
     )(fn)
+
+
+def limit_option(default: int) -> Callable[[F], F]:
+    """``--limit N``: at most N rows, 0 for all."""
+    return click.option(
+        "--limit", type=Count(0), default=default, show_default=True, help="0 for all."
+    )
+
+
+def connection_option(help: str) -> Callable[[F], F]:
+    """``--connection ID`` as the command's ``connection_id`` argument."""
+    return click.option("--connection", "connection_id", type=Count(), help=help)
 
 
 def check_span(since: int | None, until: int | None) -> None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from recorder.cli.options import load, output_option, reading, target_options
+from recorder.cli.options import limit_option, load, output_option, reading, target_options
 from recorder.cli.render import (
     CONNECTION_COLUMNS,
     TASK_COLUMNS,
@@ -132,9 +132,7 @@ def story_lines(session: dict[str, Any], task_rows: list[Any], story: Story) -> 
 @click.command()
 @target_options
 @click.option("--role", type=click.Choice(["link", "proxy"]), help="Only this kind.")
-@click.option(
-    "--limit", type=click.IntRange(min=0), default=50, show_default=True, help="0 for all."
-)
+@limit_option(50)
 @output_option()
 def connections(
     config_path: str | None, database: str | None, role: str | None, limit: int, fmt: str
@@ -154,9 +152,7 @@ def connections(
 @click.command()
 @target_options
 @click.option("--session", "session_id", help="Tasks of this session (its id or the start of it).")
-@click.option(
-    "--limit", type=click.IntRange(min=0), default=50, show_default=True, help="0 for all."
-)
+@limit_option(50)
 @output_option()
 def tasks(
     config_path: str | None, database: str | None, session_id: str | None, limit: int, fmt: str

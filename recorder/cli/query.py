@@ -9,7 +9,10 @@ from typing import Any
 import click
 
 from recorder.cli.options import (
+    Count,
     check_span,
+    connection_option,
+    limit_option,
     load,
     output_option,
     parse_moment,
@@ -28,9 +31,7 @@ TAIL_POLL = 0.2
 @target_options
 @click.option("--status", help="Only sessions with this status (running, completed, failed, ...).")
 @click.option("--since", callback=parse_moment, help="Only sessions seen since then.")
-@click.option(
-    "--limit", type=click.IntRange(min=0), default=50, show_default=True, help="0 for all."
-)
+@limit_option(50)
 @output_option(json_means="jsonl")
 def sessions(
     config_path: str | None,
@@ -60,9 +61,7 @@ def frame_filters(fn: Any) -> Any:
         metavar="TEXT",
         help="Frames whose payload contains TEXT (a scan: narrow it with the other filters).",
     )(fn)
-    fn = click.option("--connection", "connection_id", type=int, help="Frames of this connection.")(
-        fn
-    )
+    fn = connection_option("Frames of this connection.")(fn)
     fn = click.option(
         "--direction", type=click.Choice([IN, OUT]), help="in: from the daemon; out: to it."
     )(fn)
@@ -93,12 +92,8 @@ def _filter(filters: dict[str, Any], **more: Any) -> Any:
 @click.command()
 @target_options
 @frame_filters
-@click.option(
-    "--limit", type=click.IntRange(min=0), default=100, show_default=True, help="0 for all."
-)
-@click.option(
-    "--last", type=click.IntRange(min=1), help="The newest N frames (still oldest first)."
-)
+@limit_option(100)
+@click.option("--last", type=Count(1), help="The newest N frames (still oldest first).")
 @output_option(json_means="jsonl")
 def frames(
     config_path: str | None,
@@ -132,7 +127,7 @@ def frames(
 @frame_filters
 @click.option(
     "--last",
-    type=click.IntRange(min=0),
+    type=Count(0),
     default=10,
     show_default=True,
     help="Start with the newest N frames already recorded.",

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from recorder.cli.options import UsageFailure, load, reading, target_options
+from recorder.cli.options import Count, UsageFailure, load, reading, target_options
 from recorder.times import parse_when
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+(?:\.\d+)?)s?)?$")
@@ -53,7 +53,7 @@ def pace_options(fn: Any) -> Any:
     )(fn)
     fn = click.option("--speed", type=FiniteRange(min=0.01), default=1.0, show_default=True)(fn)
     fn = click.option(
-        "--connection", type=int, help="Play this connection only (see `recorder show`)."
+        "--connection", type=Count(), help="Play this connection only (see `recorder show`)."
     )(fn)
     return click.option(
         "--from", "start", metavar="OFFSET|TIME", help="Start here: 90, 1m30s, or an ISO time."
@@ -199,7 +199,7 @@ def _jsonl(timed: Any) -> None:
     metavar="SECONDS",
     help="idle_time_limit of the cast.",
 )
-@click.option("--connection", type=int, help="This connection only.")
+@click.option("--connection", type=Count(), help="This connection only.")
 def export(
     config_path: str | None,
     database: str | None,

@@ -18,8 +18,8 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from recorder.cleanup.policy import Decision, Policy, SessionFacts, decide
+from recorder.db.reader import ACTIVE_SQL
 from recorder.db.schema import (
-    ACTIVE_SQL,
     cleanup_matches,
     connections,
     frame_days,

@@ -13,8 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from recorder.db.reader import Reader, ReadError, Row, first_row
-from recorder.db.schema import ACTIVE_SQL
+from recorder.db.reader import ACTIVE_SQL, Reader, ReadError, Row, first_row
 from recorder.protocol.story import READ_TYPES, Recording, Story, StoryFrame, span, tell
 from recorder.times import now_us
 

@@ -30,7 +30,6 @@ from sqlalchemy import (
 from recorder.protocol.index import TERMINAL_STATUSES
 
 __all__ = [
-    "ACTIVE_SQL",
     "active_session",
     "cleanup_matches",
     "cleanup_requests",
@@ -147,10 +146,8 @@ sessions = Table(
 )
 
 # A session is active while it has a status that is not terminal; one never seen
-# with a status (known only from its stream) is not. One rule for every query.
-ACTIVE_SQL = "status IS NOT NULL AND status NOT IN ({})".format(
-    ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
-)
+# with a status (known only from its stream) is not. The readers' SQL spelling of
+# the same rule is recorder.db.reader.ACTIVE_SQL.
 active_session = and_(
     sessions.c.status.is_not(None), sessions.c.status.not_in(sorted(TERMINAL_STATUSES))
 )
