@@ -539,12 +539,16 @@ async def test_the_partitioning_migration_goes_down_and_up_again_with_the_frames
         async with engine.begin() as conn:
             await conn.run_sync(down)
         async with engine.connect() as conn:
-            kind = await conn.scalar(text("SELECT relkind::text FROM pg_class WHERE relname = 'frames'"))
+            kind = await conn.scalar(
+                text("SELECT relkind::text FROM pg_class WHERE relname = 'frames'")
+            )
             assert kind == "r"  # a plain table again
         assert await upgrade(engine) == ("0004", head_revision())
         async with engine.connect() as conn:
             assert await conn.scalar(text("SELECT count(*) FROM frames")) == len(FRAMES)
-            kind = await conn.scalar(text("SELECT relkind::text FROM pg_class WHERE relname = 'frames'"))
+            kind = await conn.scalar(
+                text("SELECT relkind::text FROM pg_class WHERE relname = 'frames'")
+            )
             assert kind == "p"
     finally:
         await engine.dispose()
