@@ -7,6 +7,7 @@ a bad configuration stops the service before anything starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -166,6 +167,17 @@ POSITIVE = {
     "proxy.max_clients",
 }
 NON_NEGATIVE = {"reconnect.max_attempts", "reconnect.stable_after"}
+# Durations of the link's schedule: at most a day, so that no delay overflows a clock.
+MAX_SECONDS = 86_400.0
+AT_MOST_A_DAY = {
+    "reconnect.base",
+    "reconnect.cap",
+    "reconnect.stable_after",
+    "heartbeat.interval",
+    "heartbeat.timeout",
+}
+# The growth of the reconnect delay per attempt (the cap bounds the delay itself).
+MAX_FACTOR = 1000.0
 CHOICES = {
     "log.level": ("debug", "info", "warning", "error"),
     "log.format": ("auto", "console", "json"),
@@ -286,12 +298,18 @@ def _finish(config: Config, env: Mapping[str, str]) -> Config:
                 raise ConfigError(f"{src}: {dotted}: must be greater than 0, got {value!r}")
             if dotted in NON_NEGATIVE and value < 0:
                 raise ConfigError(f"{src}: {dotted}: must not be negative, got {value!r}")
+            if dotted in AT_MOST_A_DAY and not (math.isfinite(value) and value <= MAX_SECONDS):
+                raise ConfigError(
+                    f"{src}: {dotted}: must be at most {MAX_SECONDS:g} seconds (a day), "
+                    f"got {value!r}"
+                )
             if dotted in CHOICES and value not in CHOICES[dotted]:
                 allowed = ", ".join(CHOICES[dotted])
                 raise ConfigError(f"{src}: {dotted}: must be one of {allowed}, got {value!r}")
-    if config.reconnect.factor < 1:
+    if not 1 <= config.reconnect.factor <= MAX_FACTOR:
         raise ConfigError(
-            f"{src}: reconnect.factor: must be at least 1, got {config.reconnect.factor!r}"
+            f"{src}: reconnect.factor: must be between 1 and {MAX_FACTOR:g}, "
+            f"got {config.reconnect.factor!r}"
         )
     for key, parse in (("retention", "retention_s"), ("max_db_size", "max_db_bytes")):
         try:

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
+import random
+import sqlite3
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import pytest
 import structlog
 from websockets.asyncio.client import connect
 
-from recorder.config import Config
+from recorder.capture.backoff import Backoff
+from recorder.config import Config, ConfigError, load_config
 from recorder.protocol.requests import PING
 from recorder.simulator import Simulator, SimulatorOptions
-from tests.conftest import running
+from tests.conftest import running, write_config
 from tests.helpers import query, wait_for_frame, wait_until
 
 GARBAGE: list[tuple[str | bytes, bool | None, str]] = [
@@ -336,3 +342,101 @@ async def test_unusable_database_stops_the_service_with_one_clear_line(
     assert errors[0]["event"] == (
         "cannot use database /proc/no-such-dir/recorder.db: No such file or directory"
     )
+
+
+def refuse_connections(db: Path, role: str) -> Callable[[], None]:
+    """From now on the database refuses new connection rows of ``role`` (an insert
+    that fails, as a full disk or a broken constraint would make it); the returned
+    function lifts the refusal."""
+    name = f"refuse_{role}_connections"
+    with closing(sqlite3.connect(db, timeout=30)) as conn:
+        conn.execute(
+            f"CREATE TRIGGER {name} BEFORE INSERT ON connections WHEN NEW.role = '{role}' "
+            "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        )
+        conn.commit()
+
+    def lift() -> None:
+        with closing(sqlite3.connect(db, timeout=30)) as conn:
+            conn.execute(f"DROP TRIGGER {name}")
+            conn.commit()
+
+    return lift
+
+
+async def test_a_connection_the_writer_cannot_record_is_retried(
+    make_config: Callable[..., Config], db_path: Path
+) -> None:
+    """A connection row that cannot be written is a failed attempt: the link hangs up,
+    waits its backoff and dials again; the service goes on."""
+    async with Simulator(SimulatorOptions(port=0)) as sim:
+        config = make_config(sim.url, proxy={"enabled": False})
+        with structlog.testing.capture_logs() as logs:
+            async with running(config) as svc:
+                await asyncio.wait_for(svc.link.connected.wait(), 10)
+                lift = refuse_connections(db_path, "link")
+                await sim.disconnect_all()
+                # Dialled twice more after the first refusal: the link lives on.
+                await sim.wait_connections(3, timeout=10)
+                assert svc.link.reconnects.get("writer", 0) >= 1
+                assert "cannot record the connection" in (svc.link.last_error or "")
+                lift()
+                await asyncio.wait_for(svc.link.connected.wait(), 10)
+                assert svc.link.connections == 2
+            assert svc.exit_code == 0
+    refused = [e for e in logs if e["event"] == "cannot record the daemon connection; hanging up"]
+    assert refused and all("refused by the test" in e["error"] for e in refused)
+    assert not [e for e in logs if e["event"] == "link failed"]
+
+
+def test_reconnect_durations_are_bounded(tmp_path: Path) -> None:
+    """A day at most for every reconnect and heartbeat duration; a factor that cannot
+    overflow; each refusal names its key."""
+    cases = [
+        ({"reconnect": {"base": 1e308, "cap": 1e308}}, "reconnect.base"),
+        ({"reconnect": {"cap": 86_401.0}}, "reconnect.cap"),
+        ({"reconnect": {"stable_after": float("inf")}}, "reconnect.stable_after"),
+        ({"reconnect": {"factor": 1e308}}, "reconnect.factor"),
+        ({"reconnect": {"factor": float("nan")}}, "reconnect.factor"),
+        ({"heartbeat": {"interval": 1e308}}, "heartbeat.interval"),
+        ({"heartbeat": {"timeout": 1e9}}, "heartbeat.timeout"),
+    ]
+    for sections, key in cases:
+        path = write_config(tmp_path / "c.toml", sections)
+        with pytest.raises(ConfigError, match=rf": {key}: must be"):
+            load_config(path, env={})
+    day = write_config(tmp_path / "c.toml", {"reconnect": {"base": 60.0, "cap": 86_400.0}})
+    assert load_config(day, env={}).reconnect.cap == 86_400.0
+
+
+def test_the_backoff_cannot_overflow() -> None:
+    """Whatever it is given, every delay is finite and converts to microseconds."""
+    for base, factor, cap in (
+        (1e308, 2.0, 1e308),
+        (3.0, 1e308, 30.0),
+        (1.0, 1e10, 1e300),
+        (float("inf"), float("inf"), float("inf")),
+    ):
+        backoff = Backoff(base, factor, cap, rng=random.Random(1))
+        for _ in range(200):
+            delay = backoff.next_delay()
+            assert 0 <= delay <= 86_400 and int(delay * 1e6) >= 0
+        assert 0 <= backoff.capped_delay() <= 86_400
+    assert Backoff(3.0, 2.0, 30.0).ceiling() == 3.0
+    grown = Backoff(3.0, 2.0, 30.0, attempt=3)
+    assert grown.ceiling() == 24.0 and Backoff(3.0, 2.0, 30.0, attempt=4).ceiling() == 30.0
+
+
+async def test_a_huge_reconnect_delay_does_not_kill_the_link(
+    make_config: Callable[..., Config],
+) -> None:
+    """Past config.py (an embedding caller), a delay of 1e308 s must not raise."""
+    config = make_config("ws://127.0.0.1:9", proxy={"enabled": False})
+    huge = dataclasses.replace(
+        config.reconnect, base=1e308, factor=1e308, cap=float("inf"), stable_after=0.0
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with running(dataclasses.replace(config, reconnect=huge)) as svc:
+            assert svc.link.state == "waiting" and svc.link.retry_at_us is not None
+        assert svc.exit_code == 0
+    assert not [e for e in logs if e["event"] == "link failed"]

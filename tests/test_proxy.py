@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from recorder.service.lifecycle import Service
 from recorder.simulator import Simulator, SimulatorOptions
 from tests.conftest import running, write_config
 from tests.helpers import query, wait_until
+from tests.test_link import refuse_connections
 
 T = 10
 
@@ -514,3 +516,49 @@ async def test_oversized_frame_from_the_ui_is_refused_and_noted(
             row = (await query(svc, "select * from connections where role = 'proxy'"))[0]
     assert (row.closed_by, row.close_code) == ("recorder", 1009)
     assert "max_frame_bytes" in row.error
+
+
+async def test_a_conversation_the_writer_cannot_record_frees_its_slot_and_upstream(
+    make_config: Callable[..., Config], db_path: Path
+) -> None:
+    """An insert that fails for a UI's connection row: the UI and its upstream are
+    closed, its slot is freed (more failures than max_clients, then a conversation)."""
+    async with Simulator(SimulatorOptions(port=0)) as sim:
+        async with running(make_config(sim.url, proxy={"max_clients": 2})) as svc:
+            await asyncio.wait_for(svc.link.connected.wait(), T)
+            lift = refuse_connections(db_path, "proxy")
+            for _ in range(3):
+                async with connect(proxy_url(svc)) as ui:
+                    await closed_by_proxy(ui)
+                assert (ui.close_code, ui.close_reason) == (1011, "recorder cannot record")
+            assert svc.proxy is not None and svc.proxy.clients == 0
+            # Only the passive link is still connected to the daemon.
+            await sim.settle(lambda: sim.connection_count == 1, timeout=T)
+            lift()
+            async with connect(proxy_url(svc)) as ui:
+                assert json.loads(await ui.recv())["type"] == "health_check_response"
+            assert svc.proxy.conversations == 1
+        assert svc.exit_code == 0
+
+
+def test_the_proxy_token_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    assert admit("p-tok", Headers({"Authorization": "Bearer p-tok"}), []).trusted
+    assert compared == [(b"p-tok", b"p-tok")]
+    compared.clear()
+    ok = admit("p-tok", Headers(), [("a", "1"), ("token", "p-tok")])
+    assert ok.reject is None and ok.query == [("a", "1")] and (b"p-tok", b"p-tok") in compared
+    compared.clear()
+    bad = admit("p-tok", Headers({"Authorization": "Bearer p-tol"}), [("token", "p-tom")])
+    assert bad.reject == (401, "proxy_token_invalid")
+    assert compared == [(b"p-tol", b"p-tok"), (b"p-tom", b"p-tok")]
+    # Not only ASCII: compared as bytes, never a TypeError.
+    assert admit("clé", Headers({"Authorization": "Bearer clé"}), []).trusted
+    assert admit("clé", Headers({"Authorization": "Bearer cle"}), []).reject is not None

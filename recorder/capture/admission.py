@@ -9,7 +9,7 @@ from websockets.datastructures import Headers
 from websockets.frames import Close
 
 from recorder.addresses import SECRET_QUERY_KEYS
-from recorder.capture.handshake import bearer
+from recorder.capture.handshake import bearer, same_secret
 
 
 @dataclass(frozen=True)
@@ -28,10 +28,13 @@ def admit(token: str | None, headers: Headers, query: list[tuple[str, str]]) -> 
     """Check the proxy's own token (Bearer or ``?token=``); it is never forwarded."""
     if not token:
         return Admission(None, query, False)
-    if bearer(headers) == token:
+    if same_secret(bearer(headers), token):
         return Admission(None, query, True, trusted=True)
-    if ("token", token) in query:
-        return Admission(None, [kv for kv in query if kv != ("token", token)], False, True)
+    # Every value is compared (no early stop), in constant time each.
+    presented = [k == "token" and same_secret(v, token) for k, v in query]
+    if any(presented):
+        kept = [kv for kv, match in zip(query, presented, strict=True) if not match]
+        return Admission(None, kept, False, True)
     offered = bearer(headers) is not None or any(k == "token" for k, _ in query)
     return Admission(
         (401, "proxy_token_invalid" if offered else "credentials_missing"), query, False

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
+
+# No delay is longer than a day (config.py refuses longer ones).
+MAX_DELAY = 86_400.0
 
 
 @dataclass
@@ -18,8 +22,22 @@ class Backoff:
     attempt: int = 0
 
     def ceiling(self) -> float:
-        # Bound the exponent so factor**attempt cannot overflow after days of failures.
-        return min(self.cap, self.base * self.factor ** min(self.attempt, 64))
+        """min(cap, base * factor**attempt), computed so that it cannot overflow
+        (configuration bounds the values, but this object must not depend on it):
+        the product grows one factor at a time and stops as soon as it reaches the cap."""
+        cap = self.limit
+        ceiling = min(self.base, cap)
+        for _ in range(min(self.attempt, 64)):
+            if ceiling >= cap:
+                break
+            ceiling = min(ceiling * self.factor, cap)  # at most cap * factor: finite
+        return ceiling if math.isfinite(ceiling) else cap
+
+    @property
+    def limit(self) -> float:
+        """The cap, and never more than a day: a delay always converts to a time."""
+        cap = self.cap if math.isfinite(self.cap) else MAX_DELAY
+        return max(0.0, min(cap, MAX_DELAY))
 
     def next_delay(self) -> float:
         delay = self.rng.uniform(0, self.ceiling())
@@ -29,7 +47,7 @@ class Backoff:
     def capped_delay(self) -> float:
         """For rejections that won't fix themselves soon (401/403): wait the full cap."""
         self.attempt += 1
-        return self.cap
+        return self.limit
 
     def reset(self) -> None:
         self.attempt = 0

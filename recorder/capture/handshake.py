@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hmac
 import http
 import json
 import ssl
@@ -43,6 +44,14 @@ def text_response(status: int, text: str) -> Response:
         ]
     )
     return Response(status, http.HTTPStatus(status).phrase, headers, body)
+
+
+def same_secret(offered: str | None, secret: str) -> bool:
+    """Whether a client's token is the secret, in time that does not depend on where
+    they differ (``==`` stops at the first different character)."""
+    if offered is None:
+        return False
+    return hmac.compare_digest(offered.encode(), secret.encode())
 
 
 def bearer(headers: Headers) -> str | None:

@@ -102,16 +102,32 @@ class Link:
                 )
             else:
                 self._last_rejection = None
-                self.attempted.set()
-                started = time.monotonic()
-                await self._record(ws)
-                if time.monotonic() - started >= self.config.reconnect.stable_after:
-                    self.backoff.reset()
-                if self._stop.is_set():
-                    break
-                delay = self.backoff.next_delay()
-                self.reconnects["disconnected"] = self.reconnects.get("disconnected", 0) + 1
-                log.info("reconnecting", retry_in=round(delay, 2), attempt=self.backoff.attempt)
+                try:
+                    cid = await self.writer.open_connection("link", self.safe_url)
+                except WriterError as exc:
+                    # Nothing can be recorded on it: hang up, and try again later, as
+                    # after any failed attempt (the service stops if the writer died).
+                    await self._hang_up(ws)
+                    delay = self.backoff.next_delay()
+                    self._failed("writer", f"cannot record the connection: {exc}")
+                    log.warning(
+                        "cannot record the daemon connection; hanging up",
+                        url=self.safe_url,
+                        error=str(exc),
+                        attempt=self.backoff.attempt,
+                        retry_in=round(delay, 2),
+                    )
+                else:
+                    self.attempted.set()
+                    started = time.monotonic()
+                    await self._record(ws, cid)
+                    if time.monotonic() - started >= self.config.reconnect.stable_after:
+                        self.backoff.reset()
+                    if self._stop.is_set():
+                        break
+                    delay = self.backoff.next_delay()
+                    self.reconnects["disconnected"] = self.reconnects.get("disconnected", 0) + 1
+                    log.info("reconnecting", retry_in=round(delay, 2), attempt=self.backoff.attempt)
             if self.backoff.exhausted:
                 raise LinkGaveUp(
                     f"gave up on {self.safe_url} after {self.backoff.attempt} attempts "
@@ -175,8 +191,15 @@ class Link:
 
     # --- one connection -----------------------------------------------------------
 
-    async def _record(self, ws: Any) -> None:
-        cid = await self.writer.open_connection("link", self.safe_url)
+    async def _hang_up(self, ws: Any) -> None:
+        """Close a connection that will not be recorded, without waiting long for it."""
+        try:
+            async with asyncio.timeout(5):
+                await ws.close(1011, "recorder cannot record")
+        except Exception:
+            ws.transport.abort()
+
+    async def _record(self, ws: Any, cid: int) -> None:
         self.connection_id = cid
         self.connections += 1
         self._ws = ws

@@ -243,12 +243,30 @@ class Proxy:
     async def _handle(self, client: ServerConnection) -> None:
         upstream = self._pending.pop(client)
         self._admitted.discard(client)
+        # The client holds its slot from here: while its row is written, too.
         self.clients += 1
-        self.conversations += 1
         peer = _peer(client)
-        cid = await self.writer.open_connection(
-            "proxy", redact_url(upstream_request_url(upstream)), peer
-        )
+        try:
+            cid = await self.writer.open_connection(
+                "proxy", redact_url(upstream_request_url(upstream)), peer
+            )
+        except WriterError as exc:
+            # Not recorded, so not relayed: both sides are told, and nothing is held.
+            self.clients -= 1
+            log.warning(
+                "cannot record a proxied conversation; closing it", client=peer, error=str(exc)
+            )
+            await asyncio.gather(
+                upstream.close(1011, "recorder cannot record"),
+                client.close(1011, "recorder cannot record"),
+                return_exceptions=True,
+            )
+            return
+        except BaseException:
+            self.clients -= 1
+            upstream.transport.abort()
+            raise
+        self.conversations += 1
         log.info("proxy client connected", connection_id=cid, client=peer)
         seq = itertools.count(1)
         first: list[str] = []
