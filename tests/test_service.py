@@ -134,38 +134,104 @@ async def test_status_shows_a_rejected_handshake_and_the_daemons_reason(
     assert "jwt_invalid" in daemon and "never connected" not in daemon
 
 
-def test_a_second_signal_exits_at_once(
-    tmp_path: Path, config_file: Callable[..., Path], recorders: list[Recorder]
-) -> None:
-    config = config_file(storage={"shutdown_timeout": 60})
-    rec = Recorder(tmp_path, config)
-    recorders.append(rec)
-    rec.ready()
-    # Freeze the database process mid-run: the drain after SIGTERM cannot finish.
-    children = [
-        int(p)
-        for p in Path(f"/proc/{rec.proc.pid}/task/{rec.proc.pid}/children").read_text().split()
-    ]
-    grandchildren = [
+def grandchildren(pid: int) -> list[int]:
+    """The writer's database process (and any other grandchild) of ``pid``."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [
         int(p) for c in children for p in Path(f"/proc/{c}/task/{c}/children").read_text().split()
     ]
-    for pid in grandchildren:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        rec.proc.send_signal(signal.SIGTERM)
-        rec.listener.until("STOPPING")
-        started = time.monotonic()
-        rec.proc.send_signal(signal.SIGINT)
-        assert rec.proc.wait(TIMEOUT) == 1
-        assert time.monotonic() - started < 5
-    finally:
-        for pid in grandchildren:
+
+
+async def test_a_second_signal_exits_at_once(
+    tmp_path: Path, config_file: Callable[..., Path], recorders: list[Recorder]
+) -> None:
+    """With frames that cannot be committed (the database process frozen), a second
+    signal during the drain exits 1 at once and says how many frames were lost."""
+    async with Simulator(SimulatorOptions(port=0)) as sim:
+        config = config_file(daemon={"url": sim.url}, storage={"shutdown_timeout": 60})
+        rec = Recorder(tmp_path, config)
+        recorders.append(rec)
+        await asyncio.to_thread(rec.ready)
+        listen = (await asyncio.to_thread(status, config))["proxy"]["listen"]
+        async with connect(f"ws://{listen}") as ui:
+            await ui.recv()  # the conversation is recorded from here
+            frozen = grandchildren(rec.proc.pid)
+            for pid in frozen:
+                os.kill(pid, signal.SIGSTOP)
             try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
+                # Forwarded, then queued for a database process that cannot take it.
+                await ui.send('{"type":"ping"}')
+                await ui.recv()
+                rec.proc.send_signal(signal.SIGTERM)
+                await asyncio.to_thread(rec.listener.until, "STOPPING")
+                started = time.monotonic()
+                rec.proc.send_signal(signal.SIGINT)
+                assert await asyncio.to_thread(rec.proc.wait, TIMEOUT) == 1
+                assert time.monotonic() - started < 5
+            finally:
+                for pid in frozen:
+                    try:
+                        os.kill(pid, signal.SIGCONT)
+                    except ProcessLookupError:
+                        pass
     forced = [e for e in rec.log() if e["event"].startswith("stopping at once on a second signal")]
-    assert len(forced) == 1 and isinstance(forced[0]["lost"], int)
+    assert len(forced) == 1 and forced[0]["lost"] >= 1
+    assert forced[0]["event"].endswith("frames were not committed")
+
+
+def test_a_second_signal_with_nothing_to_lose_is_still_a_clean_stop(
+    tmp_path: Path, config_file: Callable[..., Path], recorders: list[Recorder]
+) -> None:
+    """Two stop signals at once on an idle recorder: nothing was queued, so nothing is
+    lost, and systemd must not see a failure (exit 0)."""
+    rec = Recorder(tmp_path, config_file())
+    recorders.append(rec)
+    rec.ready()
+    rec.proc.send_signal(signal.SIGTERM)
+    rec.proc.send_signal(signal.SIGINT)
+    assert rec.proc.wait(TIMEOUT) == 0
+    assert rec.errors() == ""
+    events = [e["event"] for e in rec.log()]
+    assert not [e for e in events if "frames were not committed" in e]
+    assert not [e for e in rec.log() if e["level"] == "error"]
+
+
+async def test_reloads_run_one_at_a_time_and_only_while_running(
+    make_config: Callable[..., Config],
+) -> None:
+    """SIGHUPs in quick succession: one reload at a time, the ones asked for meanwhile
+    folded into one more; none before the start or after the stop began; every
+    RELOADING=1 followed by its READY=1; one cleanup schedule running at the end."""
+    from recorder.service.lifecycle import Service
+    from tests.test_systemd import Recording
+
+    notifier = Recording({})
+    service = Service(make_config("ws://127.0.0.1:9", storage={"retention": "30d"}), notifier)
+    service.request_reload()  # not started: nothing to reload
+    assert service.reload_task is None
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    try:
+        await asyncio.wait_for(service.started.wait(), TIMEOUT)
+        first = service.cleanup
+        assert first is not None and first.scheduled
+        notifier.sent.clear()
+        for _ in range(3):
+            service.request_reload()
+        reloads = service.reload_task
+        assert reloads is not None
+        await asyncio.wait_for(reloads, TIMEOUT)
+        kinds = [k for m in notifier.sent for k in ("RELOADING", "READY") if k in m]
+        assert kinds in (["RELOADING", "READY"], ["RELOADING", "READY"] * 2)
+        # Replaced, and the one it replaced stopped: one schedule runs.
+        assert service.cleanup is not first and service.cleanup is not None
+        assert service.cleanup.scheduled and not first.scheduled
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, TIMEOUT) == 0
+    service.request_reload()  # stopped: nothing to reload
+    assert service.reload_task is reloads
+    assert service.cleanup is None or not service.cleanup.scheduled
 
 
 async def test_the_link_dials_at_once_when_the_proxy_reaches_the_daemon(

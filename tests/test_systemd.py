@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from recorder.config import Config
+from recorder.pipeline.ops import WriteFrames
+from recorder.protocol.frames import IN
+from recorder.service.lifecycle import Service
 from recorder.service.notify import Notifier
 from recorder.service.watch import watch
+from recorder.times import now_us
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "orchestrator-recorder.service"
@@ -151,3 +159,142 @@ def test_the_watchdog_stops_while_the_loop_is_blocked() -> None:
         task.cancel()
 
     asyncio.run(scenario())
+
+
+class Recording(Notifier):
+    """What the service tells systemd, kept in order; ``watchdogs`` counts WATCHDOG=1."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        super().__init__(env)
+        self.sent: list[dict[str, str | int]] = []
+        self.watchdogs = 0
+        self.changed = asyncio.Event()
+
+    def send(self, **fields: str | int) -> bool:
+        self.sent.append(fields)
+        self.watchdogs += "WATCHDOG" in fields
+        self.changed.set()
+        return True
+
+    async def wait_watchdogs(self, n: int) -> None:
+        while self.watchdogs < n:
+            self.changed.clear()
+            await self.changed.wait()
+
+
+async def test_the_watchdog_goes_on_while_a_write_waits_on_a_locked_database(
+    make_config: Callable[..., Config], db_path: Path
+) -> None:
+    """A batch waiting for a locked database (or a full disk) is not a wedged service:
+    the writer processes still answer, so WATCHDOG=1 goes on; the heartbeat row, which
+    waits in line behind the batch, does not hold it up."""
+    notifier = Recording({"WATCHDOG_USEC": "200000"})  # a ping every 0.1 s
+    service = Service(make_config("ws://127.0.0.1:9", proxy={"enabled": False}), notifier)
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    try:
+        async with asyncio.timeout(30):
+            await service.started.wait()
+            await notifier.wait_watchdogs(1)
+        writer = service.writer
+        cid = await writer.open_connection("link", "ws://daemon")
+        frames = [(cid, 1, IN, now_us(), time.monotonic_ns(), True, b'{"type":"x"}')]
+        with closing(sqlite3.connect(db_path, isolation_level=None)) as holder:
+            holder.execute("BEGIN EXCLUSIVE")
+            write = asyncio.create_task(writer.perform(WriteFrames(frames)))
+            seen = notifier.watchdogs
+            # Well within SQLite's busy timeout (10 s): the batch is still waiting.
+            await asyncio.wait_for(notifier.wait_watchdogs(seen + 3), 8)
+            assert not write.done()
+            holder.execute("ROLLBACK")
+        assert (await asyncio.wait_for(write, 30))[(cid, IN)] == (1, len(frames[0][-1]))
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, 30) == 0
+
+
+def test_a_reload_that_fails_in_an_unexpected_way_still_says_ready(
+    tmp_path: Path, config_file: Callable[..., Path]
+) -> None:
+    """RELOADING=1 is always followed by READY=1, or systemd shows the unit reloading
+    for good: here the file cannot even be opened (a symbolic link loop)."""
+    config = config_file()
+    listener = Listener(tmp_path / "notify")
+    proc = start(tmp_path, config, listener.path)
+    try:
+        listener.until("READY")
+        config.unlink()
+        config.symlink_to(config)
+        proc.send_signal(signal.SIGHUP)
+        listener.until("RELOADING")
+        assert "READY" in listener.until("READY")[-1]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+    text = (tmp_path / "recorder.log").read_text()
+    assert "Traceback" not in text and "never retrieved" not in text
+    log = [json.loads(line) for line in text.splitlines()]
+    (refused,) = [
+        e for e in log if e["event"] == "configuration not reloaded; keeping the running one"
+    ]
+    assert "Too many levels of symbolic links" in refused["error"]
+
+
+async def test_a_reload_during_the_stop_is_ignored(
+    tmp_path: Path, config_file: Callable[..., Path]
+) -> None:
+    """SIGHUP once the stop has begun starts nothing (no new cleanup, no READY=1 after
+    STOPPING=1)."""
+    config = config_file(storage={"shutdown_timeout": 60})
+    listener = Listener(tmp_path / "notify")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "recorder",
+        "run",
+        "--config",
+        str(config),
+        env={**os.environ, "NOTIFY_SOCKET": str(listener.path)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    frozen: list[int] = []
+    try:
+        await asyncio.to_thread(listener.until, "READY")
+        # Freeze the database process: the stop cannot end before the SIGHUP is seen.
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        for child in children:
+            frozen += [
+                int(p) for p in Path(f"/proc/{child}/task/{child}/children").read_text().split()
+            ]
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        proc.send_signal(signal.SIGTERM)
+        before = await asyncio.to_thread(listener.until, "STOPPING")
+        proc.send_signal(signal.SIGHUP)
+        outcomes = ("reload ignored: the recorder is stopping", "configuration reloaded")
+        async with asyncio.timeout(30):
+            while (event := json.loads(await proc.stdout.readline())["event"]) not in outcomes:
+                pass
+        assert event == outcomes[0]
+        proc.send_signal(signal.SIGINT)  # nothing was lost: still a clean stop
+        async with asyncio.timeout(30):
+            await proc.stdout.read()
+            assert await proc.wait() == 0
+    finally:
+        for pid in frozen:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    listener.sock.setblocking(False)
+    after = []
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            after.append(listener.next())
+    assert not [m for m in before + after if "RELOADING" in m]

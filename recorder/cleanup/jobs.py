@@ -137,6 +137,11 @@ class Cleanup:
     def wanted(self) -> bool:
         return bool(self.policies) or self.config.storage.max_db_bytes is not None
 
+    @property
+    def scheduled(self) -> bool:
+        """Whether its schedule is running (started, not stopped)."""
+        return self._scheduler is not None
+
     def start(self) -> None:
         """Schedule every enabled policy (the caller checked :attr:`wanted`)."""
         from apscheduler.schedulers.asyncio import AsyncIOScheduler

@@ -5,7 +5,9 @@ file that fails it, or that SQLite calls "malformed" or "not a database" when it
 opened, is moved aside with its -wal and -shm as ``recorder.db.corrupt-<time>`` and
 a fresh database is started: recording goes on, the old file is kept for a
 postmortem, and systemd does not restart a recorder that can only fail again.
-(Home Assistant's recorder does the same.)
+(Home Assistant's recorder does the same.) Only a file that was a database is
+moved: one with SQLite's header, or one a recorder has used before. Any other file
+(``storage.url`` pointing at the wrong path) is refused, untouched.
 """
 
 from __future__ import annotations
@@ -23,6 +25,27 @@ log = structlog.get_logger("recorder.db")
 # quick_check stops after this long: a start must not wait for a large file.
 CHECK_SECONDS = 10.0
 BROKEN = ("malformed", "not a database", "disk image")
+
+
+HEADER = b"SQLite format 3\x00"
+
+
+class NotADatabase(Exception):
+    """``storage.url`` names a file that is not, and never was, a recorder database."""
+
+
+def check_replaceable(path: Path, used_before: bool) -> None:
+    """Raise NotADatabase unless ``path`` may be set aside: it is a SQLite file (its
+    header says so) or a recorder has used it (``used_before``: its lock file said)."""
+    if used_before:
+        return
+    with path.open("rb") as f:
+        if f.read(len(HEADER)) == HEADER:
+            return
+    raise NotADatabase(
+        f"{path} is not a SQLite database and no recorder has used it; "
+        "leaving it as it is (check storage.url)"
+    )
 
 
 def broken(exc: BaseException) -> bool:

@@ -34,6 +34,9 @@ class Settings:
     instance: str = "default"
     # The last run did not stop cleanly: check the database before using it.
     unclean: bool = False
+    # A recorder has used this database before (its lock file says so): a file
+    # SQLite cannot open may then be set aside even without SQLite's header.
+    used_before: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,9 @@ class Failed:
     """A child could not start, and why, in one line."""
 
     reason: str
+    # The configuration is wrong (storage.url names a file that is no database):
+    # starting again cannot help, so the service exits 2.
+    config_error: bool = False
 
 
 # A request down the line: (request id, operation); an answer: (request id, ok, result).

@@ -26,7 +26,7 @@ from recorder.pipeline.channel import (
     spawn,
 )
 from recorder.pipeline.classifier import Classifier
-from recorder.pipeline.ops import Operation
+from recorder.pipeline.ops import Operation, Ping, short_error
 
 log = structlog.get_logger("recorder.pipeline")
 
@@ -89,7 +89,13 @@ async def _migration(
     # runs for months, would otherwise keep for a few milliseconds of use.
     from recorder.db.connection import WriterDatabase
     from recorder.db.engine import prepare_sqlite_file
-    from recorder.db.integrity import broken, quick_check, set_aside
+    from recorder.db.integrity import (
+        NotADatabase,
+        broken,
+        check_replaceable,
+        quick_check,
+        set_aside,
+    )
     from recorder.db.migrations import upgrade_sync
     from recorder.db.reader import sqlite_file
 
@@ -113,8 +119,11 @@ async def _migration(
         except Exception as exc:
             if path is None or not broken(exc):
                 raise
+            check_replaceable(path, settings.used_before)
             set_aside(path, str(exc))
             hello = await migrate()
+    except NotADatabase as exc:
+        hello = Failed(str(exc), config_error=True)
     except Exception as exc:
         hello = Failed(one_line(exc))
     await send(stream, hello)
@@ -157,24 +166,42 @@ async def _database(
         try:
             result = await operation.run(db, store)
         except Exception as exc:
-            log.exception("writer operation failed", operation=type(operation).__name__)
+            # One short line: a traceback would carry SQLAlchemy's [SQL] and
+            # [parameters] lines, which are frame data.
+            log.error(
+                "writer operation failed",
+                operation=type(operation).__name__,
+                error=short_error(exc),
+            )
             await send(stream, (rid, False, one_line(exc)))
         else:
             await send(stream, (rid, True, result))
 
-    # While one operation runs (a batch mostly on SQLite's thread, without the
-    # GIL), the next one is read off the socket and unpickled.
-    running: asyncio.Task[None] | None = None
+    # Operations run one at a time, in order, off this queue; the socket is read all
+    # the while (the next batch is unpickled while one is written), so a Ping is
+    # answered as soon as it arrives, even behind a write that waits for a full disk
+    # or a locked database: this process is alive and reading, which is what the
+    # watchdog asks. The service bounds what is in flight (writer.IN_FLIGHT batches;
+    # every other operation is awaited by its caller), so the queue stays small.
+    todo: asyncio.Queue[tuple[int, Operation[object]] | None] = asyncio.Queue()
+
+    async def run_in_order() -> None:
+        while (item := await todo.get()) is not None:
+            await answer(*item)
+
+    worker = asyncio.create_task(run_in_order())
     try:
-        while (message := await receive(reader)) is not None:
+        while not worker.done() and (message := await receive(reader)) is not None:
             rid, operation = message
-            if running is not None:
-                await running  # one transaction at a time, in order
-            running = asyncio.create_task(answer(rid, operation))
+            if isinstance(operation, Ping):
+                await send(stream, (rid, True, None))
+                continue
+            todo.put_nowait((rid, operation))
             if operation.last:
                 break
-        if running is not None:
-            await running
+        todo.put_nowait(None)
+        await worker  # what was read is still run (and its error, if any, raised)
     finally:
+        worker.cancel()
         await db.shutdown()
         stream.close()

@@ -72,8 +72,18 @@ class WriterMetrics:
         self.last_frame_us = last_us
 
 
+def _seen(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class WriterError(Exception):
     """The writer processes failed to start, or died."""
+
+    def __init__(self, message: str, config_error: bool = False) -> None:
+        super().__init__(message)
+        # Not a fault of the moment: the configuration names something unusable.
+        self.config_error = config_error
 
 
 class Writer:
@@ -91,6 +101,7 @@ class Writer:
         log_format: str = "json",
         instance: str = "default",
         unclean: bool = False,
+        used_before: bool = False,
     ) -> None:
         self.url = url
         self.batch_size = batch_size
@@ -102,7 +113,7 @@ class Writer:
         self.committed = 0
         self.commits = 0
         self.metrics = WriterMetrics()
-        self._settings = Settings(url, log_level, log_format, instance, unclean)
+        self._settings = Settings(url, log_level, log_format, instance, unclean, used_before)
         self._stopping = False
         self._progress = asyncio.Condition()
         self._flush_targets = 0
@@ -114,6 +125,11 @@ class Writer:
         self._reader_task: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
         self._died: str | None = None
+
+    @property
+    def died(self) -> str | None:
+        """Why the writer processes are gone (also after a clean :meth:`close`)."""
+        return self._died
 
     @property
     def queued(self) -> int:
@@ -131,7 +147,10 @@ class Writer:
             self._stream.close()
             await self._reap()
             detail = getattr(hello, "reason", "it exited")
-            raise WriterError(f"database writer did not start: {detail}")
+            raise WriterError(
+                f"database writer did not start: {detail}",
+                config_error=getattr(hello, "config_error", False),
+            )
         self._reader_task = asyncio.create_task(self._read_answers(reader), name="writer-answers")
         return hello.before, hello.after
 
@@ -194,6 +213,9 @@ class Writer:
             raise WriterError(self._died or "the writer is not running")
         rid = next(self._ids)
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        # A caller cancelled meanwhile (a watchdog Ping that timed out) never reads
+        # the error its answer may carry: marked as seen, so asyncio does not log it.
+        future.add_done_callback(_seen)
         self._waiting[rid] = future
         async with self._send_lock:
             await send(self._stream, (rid, operation))
@@ -252,8 +274,13 @@ class Writer:
         error: str | None = None,
     ) -> None:
         closed = now_us()
-        await self.flush()
-        await self._call(CloseConnection(connection_id, closed, code, reason, closed_by, error))
+        try:
+            await self.flush()
+            await self._call(CloseConnection(connection_id, closed, code, reason, closed_by, error))
+        finally:
+            # Its frames are counted (flushed) by now: the role is needed no more, and a
+            # service that proxies for months must not keep one entry per conversation.
+            self.metrics.roles.pop(connection_id, None)
 
     async def active_session_ids(self) -> list[str]:
         await self.flush()

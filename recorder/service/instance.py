@@ -34,6 +34,8 @@ class InstanceLock:
         self.shown = shown
         self._fd: int | None = None
         self.unclean = False
+        # A recorder has held this lock before: the database beside it is ours.
+        self.used_before = False
 
     def acquire(self) -> None:
         """Take the lock, or raise AlreadyRunning naming the holder."""
@@ -51,6 +53,7 @@ class InstanceLock:
         previous = os.pread(fd, 4096, 0)
         # Who held it last left "stopped" in it only if it stopped cleanly.
         self.unclean = bool(previous) and b'"stopped": true' not in previous
+        self.used_before = bool(previous)
         os.ftruncate(fd, 0)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": format_us(now_us())}
         os.pwrite(fd, json.dumps(info).encode(), 0)

@@ -51,25 +51,79 @@ class Service:
         self.first_frame_id = 0
         # The last run on this database did not stop cleanly.
         self.unclean = False
+        # A recorder has used this database before (SQLite: its lock file says so).
+        self.used_before = False
+        # Set once the stop has begun: no reload starts after it.
+        self.stopping = False
+        # The exit code once the writer has drained (None before): a second signal
+        # after it has nothing left to lose.
+        self.drained: int | None = None
+        self.reload_task: asyncio.Task[None] | None = None
+        self._reload_again = False
 
     def force_exit(self) -> None:
-        """A second stop signal: leave now, and say what is lost."""
+        """A second stop signal: leave now, and say what is lost. With nothing lost
+        (the queue drained, or nothing was ever queued) the stop stays a clean one:
+        exit 0, as the first signal would have."""
         writer = getattr(self, "writer", None)
         lost = writer.queue.enqueued - writer.committed if writer is not None else 0
-        log.error("stopping at once on a second signal; frames were not committed", lost=lost)
+        if self.drained is not None:
+            # The queue is drained and what it cost is said: only the last steps
+            # (the heartbeat, the writer's stop) are cut short.
+            code = self.drained
+            log.warning("stopping at once on a second signal; the queue was already drained")
+        elif lost == 0 and (writer is None or writer.died is None):
+            code = 0
+            log.warning("stopping at once on a second signal; nothing was lost", lost=0)
+        else:
+            code = 1
+            log.error("stopping at once on a second signal; frames were not committed", lost=lost)
         if writer is not None:
             writer.kill()
-        os._exit(1)
+        os._exit(code)
+
+    def request_reload(self) -> None:
+        """SIGHUP: one reload at a time. One asked for while another runs follows it
+        (once, however many were asked for: it reads the newest file). Before the
+        service has started, and once its stop has begun, there is nothing to reload."""
+        if not self.started.is_set() or self.stopping:
+            log.info("reload ignored: the recorder is starting or stopping")
+            return
+        if self.reload_task is not None and not self.reload_task.done():
+            self._reload_again = True
+            return
+        self.reload_task = asyncio.get_running_loop().create_task(self._reloads(), name="reload")
+
+    async def _reloads(self) -> None:
+        while True:
+            self._reload_again = False
+            await self.reload()
+            if not self._reload_again or self.stopping:
+                return
 
     async def reload(self) -> None:
         """SIGHUP: the log level and the cleanup policies, from the same file; a
-        broken file is logged and the running configuration kept."""
+        broken file is logged and the running configuration kept. READY=1 follows
+        RELOADING=1 whatever happens, or systemd would show the unit reloading."""
         self.notifier.send(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000)
+        try:
+            await self._reload()
+        except Exception as exc:
+            log.error("reload failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+        finally:
+            try:
+                status = describe(self)
+            except Exception:
+                status = "running"
+            self.notifier.send(READY=1, STATUS=status)
+
+    async def _reload(self) -> None:
         try:
             new = load_config(None if self.config.source == "<defaults>" else self.config.source)
             check_schedules(new.cleanup.policies)
-        except (ConfigError, PolicyError) as exc:
-            log.error("configuration not reloaded; keeping the running one", error=str(exc))
+        except (ConfigError, PolicyError, OSError) as exc:
+            error = str(exc) if not isinstance(exc, OSError) else f"{self.config.source}: {exc}"
+            log.error("configuration not reloaded; keeping the running one", error=error)
         else:
             logs.configure(new.log.level, new.log.format)
             if self.cleanup is not None:
@@ -86,7 +140,6 @@ class Service:
                 log_level=new.log.level,
                 policies=len(cleanup.policies),
             )
-        self.notifier.send(READY=1, STATUS=describe(self))
 
     async def run(self, stop: asyncio.Event) -> int:
         """Run until ``stop`` is set; returns the process exit code."""
@@ -111,11 +164,16 @@ class Service:
             log.error(f"cannot use database {shown}: {type(exc).__name__}: {exc}".splitlines()[0])
             return 1
         self.unclean = lock is not None and lock.unclean
+        self.used_before = lock is not None and lock.used_before
+        code = 1
         try:
-            return await self._with_writer(stop)
+            code = await self._with_writer(stop)
+            return code
         finally:
             if lock is not None:
-                lock.release()
+                # "Stopped cleanly" only when it did: a writer that failed (a corrupt
+                # file, a killed process) leaves the next start its quick_check.
+                lock.release(clean=code == 0)
             if pg_lock is not None:
                 await pg_lock.release()
 
@@ -132,6 +190,7 @@ class Service:
             log_format=config.log.format,
             instance=s.instance,
             unclean=self.unclean,
+            used_before=self.used_before,
         )
         try:
             before, after = await writer.start()
@@ -139,7 +198,7 @@ class Service:
             self.first_frame_id = newest or 0
         except WriterError as exc:
             log.error(str(exc), database=display_database(s.url))
-            return 1
+            return 2 if exc.config_error else 1
         try:
             if before != after:
                 log.info(
@@ -215,7 +274,11 @@ class Service:
         await asyncio.wait((stopper, link_task, writer_task), return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
         watcher.cancel()
+        self.stopping = True
         self.notifier.send(STOPPING=1, STATUS="stopping: committing what is queued")
+        if self.reload_task is not None:
+            # A reload under way finishes first (it may be replacing the cleanup).
+            await asyncio.gather(self.reload_task, return_exceptions=True)
         if metrics_server is not None:
             metrics_server.close()
         exit_code = 0
@@ -265,6 +328,7 @@ class Service:
                 stored=committed,
             )
             exit_code = 1
+        self.drained = exit_code
         try:
             await beat(self, stopped=True)
         except Exception:
@@ -317,9 +381,15 @@ async def main(config: Config) -> int:
             service.force_exit()
         stop.set()
 
+    def on_reload() -> None:
+        if stop.is_set():
+            log.info("reload ignored: the recorder is stopping")
+            return
+        service.request_reload()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop)
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(service.reload()))
+    loop.add_signal_handler(signal.SIGHUP, on_reload)
     running = asyncio.create_task(service.run(stop))
     started = asyncio.create_task(service.started.wait())
     await asyncio.wait((running, started), return_when=asyncio.FIRST_COMPLETED)

@@ -88,27 +88,44 @@ def describe(service: Service) -> str:
     return "; ".join(parts)
 
 
+async def refresh(service: Service) -> None:
+    """The heartbeat row and the database's size, for `recorder status` and /metrics."""
+    try:
+        await beat(service)
+        service.database_bytes = await service.writer.perform(DatabaseBytes())
+    except Exception as exc:
+        log.warning("could not write the heartbeat", error=str(exc))
+
+
 async def watch(service: Service, notifier: Notifier) -> None:
-    """STATUS= every few seconds, and WATCHDOG=1 at half of systemd's interval."""
+    """STATUS= every few seconds, and WATCHDOG=1 at half of systemd's interval.
+
+    The heartbeat row is written beside, never in the way: it waits in line behind
+    the batches, and a batch may wait minutes for a full disk or a locked database,
+    while the writer processes still answer a Ping at once. One heartbeat at a time;
+    one still waiting is not joined by another.
+    """
     interval = notifier.watchdog or STATUS_EVERY
-    while True:
-        expected = time.monotonic() + interval
-        await asyncio.sleep(interval)
-        # Woken late by more than an interval: the loop was blocked.
-        late = time.monotonic() - expected
-        healthy = late < interval
-        if healthy and notifier.watchdog is not None:
-            try:
-                await asyncio.wait_for(service.writer.perform(Ping()), interval)
-            except Exception as exc:  # a writer that does not answer is not healthy
-                healthy = False
-                log.warning("writer processes did not answer the watchdog", error=str(exc))
-        try:
-            await beat(service)
-            service.database_bytes = await service.writer.perform(DatabaseBytes())
-        except Exception as exc:
-            log.warning("could not write the heartbeat", error=str(exc))
-        fields: dict[str, str | int] = {"STATUS": describe(service)}
-        if healthy and notifier.watchdog is not None:
-            fields["WATCHDOG"] = 1
-        notifier.send(**fields)
+    refreshing: asyncio.Task[None] | None = None
+    try:
+        while True:
+            expected = time.monotonic() + interval
+            await asyncio.sleep(interval)
+            # Woken late by more than an interval: the loop was blocked.
+            late = time.monotonic() - expected
+            healthy = late < interval
+            if healthy and notifier.watchdog is not None:
+                try:
+                    await asyncio.wait_for(service.writer.perform(Ping()), interval)
+                except Exception as exc:  # a writer that does not answer is not healthy
+                    healthy = False
+                    log.warning("writer processes did not answer the watchdog", error=str(exc))
+            fields: dict[str, str | int] = {"STATUS": describe(service)}
+            if healthy and notifier.watchdog is not None:
+                fields["WATCHDOG"] = 1
+            notifier.send(**fields)
+            if refreshing is None or refreshing.done():
+                refreshing = asyncio.create_task(refresh(service), name="heartbeat")
+    finally:
+        if refreshing is not None:
+            refreshing.cancel()

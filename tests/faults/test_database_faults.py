@@ -8,9 +8,13 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from recorder.config import Config
+from recorder.db.integrity import HEADER
 from recorder.pipeline.writer import Writer
 from recorder.protocol.frames import IN, Frame
+from recorder.service.lifecycle import Service
 from tests.conftest import running
 
 
@@ -18,10 +22,25 @@ def corrupt_copies(db_path: Path) -> list[Path]:
     return sorted(p for p in db_path.parent.iterdir() if ".corrupt-" in p.name)
 
 
-async def test_a_file_that_is_not_a_database_is_set_aside(
+async def run_once(config: Config) -> int:
+    """The service from start to stop; its exit code (it may end before starting)."""
+    service = Service(config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    started = asyncio.create_task(service.started.wait())
+    async with asyncio.timeout(30):
+        await asyncio.wait((started, task), return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        code = await task
+    started.cancel()
+    return code
+
+
+async def test_a_sqlite_file_that_cannot_be_opened_is_set_aside(
     make_config: Callable[..., Config], db_path: Path
 ) -> None:
-    garbage = bytes(range(256)) * 64
+    # SQLite's header, then garbage: a database whose first pages a disk destroyed.
+    garbage = HEADER + bytes(range(256)) * 64
     db_path.write_bytes(garbage)
     async with running(make_config("ws://127.0.0.1:9")) as svc:
         assert svc.writer.committed == 0
@@ -30,6 +49,33 @@ async def test_a_file_that_is_not_a_database_is_set_aside(
     with sqlite3.connect(db_path) as conn:
         tables = {name for (name,) in conn.execute("select name from sqlite_master")}
     assert {"frames", "sessions", "connections"} <= tables
+
+
+async def test_a_file_a_recorder_used_is_set_aside_even_without_a_header(
+    make_config: Callable[..., Config], db_path: Path
+) -> None:
+    garbage = bytes(range(256)) * 64
+    db_path.write_bytes(garbage)
+    # A recorder stopped cleanly on it before: it was ours, whatever became of it.
+    Path(f"{db_path}.lock").write_text('{"pid": 1, "stopped": true, "at": "x"}')
+    assert await run_once(make_config("ws://127.0.0.1:9")) == 0
+    (moved,) = corrupt_copies(db_path)
+    assert moved.read_bytes() == garbage
+
+
+async def test_a_file_that_never_was_a_database_is_refused_untouched(
+    make_config: Callable[..., Config], db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # storage.url pointing at the wrong file (a config, a log): never renamed.
+    text = b"[daemon]\nurl = 'ws://localhost:8787'\n" * 100
+    db_path.write_bytes(text)
+    assert await run_once(make_config("ws://127.0.0.1:9")) == 2  # a config error
+    assert db_path.read_bytes() == text
+    assert corrupt_copies(db_path) == []
+    assert not Path(f"{db_path}-wal").exists()
+    out = capsys.readouterr()
+    assert "is not a SQLite database and no recorder has used it" in out.out + out.err
+    assert "Traceback" not in out.out + out.err
 
 
 async def test_after_an_unclean_stop_a_corrupt_table_is_found_and_set_aside(

@@ -10,19 +10,25 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 import structlog
 from sqlalchemy.exc import OperationalError
 
 from recorder.config import Config
 from recorder.pipeline import ops
 from recorder.pipeline.classifier import Classifier
-from recorder.protocol.frames import IN
+from recorder.pipeline.ops import Ping, WriteFrames
+from recorder.pipeline.writer import Writer, WriterError
+from recorder.protocol.frames import IN, FrameTuple
 from recorder.simulator import Simulator, SimulatorOptions
+from recorder.times import now_us
 from tests.conftest import running, write_config
+from tests.test_link import refuse_connections
 
 TIMEOUT = 30
 
@@ -164,3 +170,103 @@ async def test_a_failing_disk_is_retried_within_seconds_and_logged_short() -> No
     events = [e["event"] for e in logs]
     assert events == ["database write failed; retrying", "database writes resumed"]
     assert "SECRET" not in json.dumps(logs) and all(len(json.dumps(e)) < 600 for e in logs)
+
+
+def frames_for(cid: int, n: int) -> list[FrameTuple]:
+    return [
+        (cid, seq, IN, now_us(), time.monotonic_ns(), True, b'{"type":"x"}')
+        for seq in range(1, n + 1)
+    ]
+
+
+async def test_a_ping_is_answered_while_a_write_waits_on_a_locked_database(
+    db_path: Path,
+) -> None:
+    """The watchdog's Ping goes down the line behind a batch that waits (for a lock,
+    or a full disk, retried for as long as it lasts): the database process answers it
+    as soon as it reads it, and the batch is still committed once the lock goes."""
+    writer = Writer(f"sqlite+aiosqlite:///{db_path}", log_format="json")
+    await writer.start()
+    try:
+        cid = await writer.open_connection("link", "ws://daemon")
+        with closing(sqlite3.connect(db_path, isolation_level=None)) as holder:
+            holder.execute("BEGIN EXCLUSIVE")
+            writes = [
+                asyncio.create_task(writer.perform(WriteFrames(frames_for(cid, 5))))
+                for _ in range(3)
+            ]
+            # The batches go down the line while the first Ping is answered: the
+            # later ones are behind them.
+            for _ in range(3):
+                # Well within SQLite's busy timeout (10 s): the writes are still waiting.
+                await asyncio.wait_for(writer.perform(Ping()), 5)
+            assert not any(w.done() for w in writes)
+            holder.execute("ROLLBACK")
+        tallies = await asyncio.wait_for(asyncio.gather(*writes), TIMEOUT)
+        assert [t[(cid, IN)][0] for t in tallies] == [5, 5, 5]
+    finally:
+        await writer.close()
+    with closing(sqlite3.connect(db_path)) as conn:
+        assert conn.execute("select count(*) from frames").fetchone() == (15,)
+
+
+async def test_a_writer_that_failed_leaves_the_next_start_its_quick_check(
+    make_config: Callable[..., Config], db_path: Path
+) -> None:
+    """The instance lock says "stopped cleanly" only after a clean stop: a run whose
+    database process died (as on a corrupt file) exits 1, and the next start checks."""
+    config = make_config("ws://127.0.0.1:9", proxy={"enabled": False})
+    async with running(config) as svc:
+        assert not svc.unclean
+        (database,) = children(svc.writer._process.pid)
+        os.kill(database, signal.SIGKILL)
+        await asyncio.wait_for(svc.writer.queue.not_empty.wait(), TIMEOUT)
+    assert svc.exit_code == 1
+    async with running(config) as again:
+        assert again.unclean
+    assert again.exit_code == 0
+    async with running(config) as third:
+        assert not third.unclean
+
+
+async def test_a_failed_operation_is_logged_in_one_line_without_its_data(
+    db_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The database process logs a failed operation as one short line: no traceback,
+    no SQLAlchemy [SQL] or [parameters] lines (they carry frame data)."""
+    writer = Writer(f"sqlite+aiosqlite:///{db_path}", log_format="json")
+    await writer.start()
+    try:
+        lift = refuse_connections(db_path, "proxy")
+        with pytest.raises(WriterError, match="refused by the test"):
+            await writer.open_connection("proxy", "ws://daemon/?note=SECRET-PARAMETER")
+        lift()
+        assert await writer.open_connection("proxy", "ws://daemon") > 0
+    finally:
+        await writer.close()
+    captured = capfd.readouterr()
+    output = captured.out + captured.err
+    (line,) = [line for line in output.splitlines() if "writer operation failed" in line]
+    event = json.loads(line)
+    assert event["operation"] == "OpenConnection" and "refused by the test" in event["error"]
+    assert "SECRET" not in output and "Traceback" not in output and "[SQL" not in output
+
+
+async def test_a_closed_connection_leaves_no_role_behind(db_path: Path) -> None:
+    """/metrics needs a connection's role until its frames are counted, not after:
+    a proxy that serves UIs for months must not keep one entry per conversation."""
+    writer = Writer(f"sqlite+aiosqlite:///{db_path}", commit_interval=0.05)
+    await writer.start()
+    shipping = asyncio.create_task(writer.run())
+    try:
+        for _ in range(3):
+            cid = await writer.open_connection("proxy", "ws://daemon", "127.0.0.1:1")
+            for frame in frames_for(cid, 2):
+                await writer.put(frame)
+            await writer.close_connection(cid, code=1000, closed_by="client")
+        assert writer.metrics.roles == {}
+        assert writer.metrics.frames == {(IN, "proxy"): [6, 6 * len(b'{"type":"x"}')]}
+    finally:
+        writer.stop()
+        await shipping
+        await writer.close()
