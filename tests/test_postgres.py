@@ -552,3 +552,53 @@ async def test_the_partitioning_migration_goes_down_and_up_again_with_the_frames
             assert kind == "p"
     finally:
         await engine.dispose()
+
+
+def test_each_named_recorder_acts_only_on_the_sessions_it_recorded(pg_url: str) -> None:
+    """Two recorders of two daemons share one database: a sessions_list from daemon A
+    marks lost only A's sessions, the active sessions A asks after on reconnect are
+    its own, and A's cleanup policies never match B's sessions."""
+    import asyncpg
+
+    from recorder.cleanup.policy import Conditions, Policy
+    from recorder.db.cleanup import match_policy
+    from recorder.db.connection import WriterDatabase
+    from recorder.db.migrations import upgrade_sync
+    from recorder.db.write import Store
+    from recorder.pipeline.classifier import Classifier
+
+    def status(sid: str) -> bytes:
+        return json.dumps(
+            {"type": "session_status_update", "session": {"id": sid, "status": "running"}}
+        ).encode()
+
+    async def scenario() -> tuple[list[str], list[str], dict[str, str], list[str]]:
+        url = pg_url.replace("postgresql://", "postgresql+asyncpg://")
+        db = await WriterDatabase.open(url)
+        await db.run(upgrade_sync)
+        a, b = Store(db.dialect, "a"), Store(db.dialect, "b")
+        now = now_us()
+        for store, sids in ((a, ["a1", "a2"]), (b, ["b1"])):
+            cid = await db.run(store.open_connection, "link", "ws://x", 1)
+            frames = [(cid, i, IN, now + i, i, True, status(s)) for i, s in enumerate(sids, 1)]
+            rows, index = Classifier().rows_and_index(frames)
+            await db.run(store.write_batch, rows, index)
+        active = (await db.run(a.active_session_ids), await db.run(b.active_session_ids))
+        # Daemon A now lists only a2: a1 is lost; b1, not A's, stays running.
+        listing = b'{"type":"sessions_list","sessions":[{"id":"a2","status":"running"}]}'
+        rows, index = Classifier().rows_and_index([(1, 9, IN, now + 10**6, 9, True, listing)])
+        await db.run(a.write_batch, rows, index)
+        stop = Policy("stale", "every 1h", "stop", Conditions(status=("running", "unknown")))
+        decided = await db.run(match_policy, stop, now + 10**7, 0.0, False, "a")
+        await db.shutdown()
+        conn = await asyncpg.connect(pg_url)
+        try:
+            statuses = dict(await conn.fetch("SELECT id, status FROM sessions"))
+        finally:
+            await conn.close()
+        return sorted(active[0]), active[1], statuses, sorted(d.session_id for d in decided)
+
+    active_a, active_b, statuses, decided = asyncio.run(scenario())
+    assert (active_a, active_b) == (["a1", "a2"], ["b1"])
+    assert statuses == {"a1": "unknown", "a2": "running", "b1": "running"}
+    assert decided == ["a1", "a2"]

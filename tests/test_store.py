@@ -73,3 +73,31 @@ async def test_checkpoints_run_beside_the_writer_and_the_wal_stays_bounded(
     assert max(wal_sizes) < 3 * 1024 * kib
     await db.shutdown()
     assert [s for s, _ in stored(db_path)] == list(range(1, seq))
+
+
+async def test_migration_0007_gives_old_sessions_the_instance_that_recorded_them(
+    db_path: Path,
+) -> None:
+    """A database shared by named recorders before sessions knew their instance: each
+    session takes the instance of the connection that carried its first frame."""
+    db = SqliteWriterDatabase(f"sqlite+aiosqlite:///{db_path}")
+    await db.connect()
+    await db.run(upgrade_sync, "0006")
+    with sqlite3.connect(db_path) as conn:
+        conn.executescript(
+            """
+            INSERT INTO connections (id, role, url, opened_at_us, instance)
+                VALUES (1, 'link', 'ws://a', 1, 'a'), (2, 'link', 'ws://b', 1, 'b');
+            INSERT INTO frames (connection_id, seq, direction, received_at_us, monotonic_ns,
+                                opcode, size, session_id)
+                VALUES (2, 1, 'in', 1, 1, 1, 2, 's-b'), (1, 1, 'in', 2, 2, 1, 2, 's-a'),
+                       (2, 2, 'in', 3, 3, 1, 2, 's-a');
+            INSERT INTO sessions (id, first_seen_us, last_seen_us)
+                VALUES ('s-a', 1, 3), ('s-b', 1, 1), ('s-none', 1, 1);
+            """
+        )
+    await db.run(upgrade_sync)
+    await db.shutdown()
+    with sqlite3.connect(db_path) as conn:
+        found = dict(conn.execute("select id, instance from sessions"))
+    assert found == {"s-a": "a", "s-b": "b", "s-none": "default"}

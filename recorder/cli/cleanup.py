@@ -136,7 +136,8 @@ def _dry_run(target: Target, chosen: list[Any], fmt: str) -> None:
     now = now_us()
     grace = target.config.cleanup.grace
     with reading(target) as reader:
-        facts, pinned, first = decision_inputs(reader, [p.name for p in chosen])
+        names = [p.name for p in chosen]
+        facts, pinned, first = decision_inputs(reader, names, target.config.storage.instance)
     rows = []
     for policy in chosen:
         found = first[policy.name]
@@ -182,7 +183,10 @@ async def _directly(target: Target, chosen: list[Any]) -> list[int]:
     db = await WriterDatabase.open(target.url)
     try:
         runner = Cleanup(
-            target.config, Direct(db, Store(db.dialect)), None, no_link="the service is not running"
+            target.config,
+            Direct(db, Store(db.dialect, target.config.storage.instance)),
+            None,
+            no_link="the service is not running",
         )
         return [await runner.run(p, dry_run=False, trigger="cli") for p in chosen]
     finally:

@@ -40,11 +40,14 @@ class StillActive(Exception):
 
 
 def match_policy(
-    conn: Connection, policy: Policy, now_us: int, grace: float, remember: bool
+    conn: Connection, policy: Policy, now_us: int, grace: float, remember: bool, instance: str
 ) -> list[Decision]:
-    """The policy's decisions now; with ``remember``, note when each match began."""
+    """The policy's decisions now, over the sessions ``instance`` recorded (a recorder
+    sharing a database stops, compacts and purges only its own); with ``remember``,
+    note when each match began."""
     with conn.begin():
-        facts = [SessionFacts.of(row._mapping) for row in conn.execute(select(*_FACTS))]
+        mine = select(*_FACTS).where(sessions.c.instance == instance)
+        facts = [SessionFacts.of(row._mapping) for row in conn.execute(mine)]
         pinned = frozenset(row[0] for row in conn.execute(select(pins.c.session_id)))
         first = dict(
             conn.execute(

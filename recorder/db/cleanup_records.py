@@ -106,11 +106,18 @@ def answer(reader: Reader, request_id: int) -> str | None:
 
 
 def decision_inputs(
-    reader: Reader, policy_names: Iterable[str]
+    reader: Reader, policy_names: Iterable[str], instance: str
 ) -> tuple[list[SessionFacts], frozenset[str], dict[str, dict[str, int]]]:
     """What :func:`recorder.cleanup.policy.decide` needs, read without writing: the
-    sessions' facts, the pinned ids, and per policy when each match began."""
-    facts = [SessionFacts.of(row) for row in reader.rows("SELECT * FROM sessions")]
+    facts of the sessions ``instance`` recorded, the pinned ids, and per policy when
+    each match began."""
+    # Filtered here, not in SQL: a copy made before migration 0007 has no instance
+    # column, and all its sessions are then anyone's, as they were.
+    facts = [
+        SessionFacts.of(row)
+        for row in reader.rows("SELECT * FROM sessions")
+        if ("instance" not in row.keys() or row["instance"] == instance)
+    ]
     pinned = frozenset(r["session_id"] for r in reader.rows("SELECT session_id FROM pins"))
     first = {
         name: {

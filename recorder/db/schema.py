@@ -140,6 +140,9 @@ sessions = Table(
     Column("ended_at_us", BigInteger, nullable=True),
     Column("frame_count", BigInteger, nullable=False, server_default="0"),
     Column("last_error", Text, nullable=True),
+    # The recorder that recorded it (storage.instance): what a recorder does about
+    # sessions (lost, asked after, cleaned up) touches only its own.
+    Column("instance", Text, nullable=False, server_default="default"),
     Index(None, "last_seen_us"),
     Index(None, "first_seen_us"),
     Index(None, "status"),

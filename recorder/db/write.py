@@ -157,7 +157,9 @@ class Store:
     def active_session_ids(self, conn: Connection) -> list[str]:
         with conn.begin():
             result = conn.execute(
-                select(sessions.c.id).where(active_session).order_by(sessions.c.last_seen_us.desc())
+                select(sessions.c.id)
+                .where(active_session, sessions.c.instance == self.instance)
+                .order_by(sessions.c.last_seen_us.desc())
             )
             return [row[0] for row in result]
 
@@ -288,7 +290,10 @@ class Store:
             if old is None and not d.creates:
                 continue  # only asked about, never shown to exist (see SessionDelta)
             row = {"id": sid, **merged(old, d)}
-            (inserts if old is None else updates).append(row)
+            if old is None:
+                inserts.append({**row, "instance": self.instance})
+            else:
+                updates.append(row)
         if inserts:
             conn.execute(sessions.insert(), inserts)
         if updates:
@@ -347,7 +352,11 @@ class Store:
     def _reconcile(self, conn: Connection, at_us: int, listed: frozenset[str]) -> None:
         """Sessions we believe active that the daemon's list no longer names are lost."""
         result = conn.execute(
-            select(sessions.c.id).where(active_session, sessions.c.last_seen_us < at_us)
+            select(sessions.c.id).where(
+                active_session,
+                sessions.c.last_seen_us < at_us,
+                sessions.c.instance == self.instance,  # our daemon's list, our sessions
+            )
         )
         gone = [sid for (sid,) in result if sid not in listed]
         for chunk in _chunks(gone, 500):

@@ -24,7 +24,9 @@ class MatchPolicy(Operation[list[Decision]]):
     async def run(self, db: WriterDatabase, store: Store) -> list[Decision]:
         from recorder.db.cleanup import match_policy
 
-        return await db.run(match_policy, self.policy, self.now_us, self.grace, self.remember)
+        return await db.run(
+            match_policy, self.policy, self.now_us, self.grace, self.remember, store.instance
+        )
 
 
 @dataclass(frozen=True, slots=True)
