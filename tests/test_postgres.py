@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import structlog
 from click.testing import CliRunner
 
 from recorder.cli import cli
-from recorder.config import Config
+from recorder.config import Config, load_config
 from recorder.db.migrations import head_revision
 from recorder.pipeline.writer import Writer
 from recorder.protocol.frames import IN, OUT, Frame
@@ -602,3 +603,46 @@ def test_each_named_recorder_acts_only_on_the_sessions_it_recorded(pg_url: str) 
     assert (active_a, active_b) == (["a1", "a2"], ["b1"])
     assert statuses == {"a1": "unknown", "a2": "running", "b1": "running"}
     assert decided == ["a1", "a2"]
+
+
+async def test_cleanup_run_asks_the_running_recorder_its_configuration_names(
+    pg_url: str, tmp_path: Path, make_config: Callable[..., Config]
+) -> None:
+    """On PostgreSQL too, `recorder cleanup run` finds the running recorder (its
+    advisory lock) and has the run done there, by that recorder and no other."""
+    import asyncpg
+
+    policy = '[[cleanup.policies]]\nname = "p"\nschedule = "every 1h"\naction = "purge"\n'
+
+    def config(name: str) -> Config:
+        make_config("ws://127.0.0.1:9", storage={"url": pg_url, "instance": name})
+        path = tmp_path / "config.toml"
+        path.write_text(path.read_text() + '[cleanup]\npoll = "0.2s"\n' + policy)
+        return load_config(path, env={})
+
+    cli_config = tmp_path / "b.toml"
+    cli_config.write_text(f'[storage]\nurl = "{pg_url}"\ninstance = "b"\n' + policy)
+    async with running(config("a")), running(config("b")):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "recorder",
+            "cleanup",
+            "run",
+            "--config",
+            str(cli_config),
+            "--json",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert "asked the running recorder (PID " in err.decode()
+    (run,) = json.loads(out)
+    assert (run["trigger"], run["instance"]) == ("request", "b")
+    conn = await asyncpg.connect(pg_url)
+    try:
+        asked = await conn.fetch("SELECT instance, done_us FROM cleanup_requests")
+    finally:
+        await conn.close()
+    assert [(r["instance"], r["done_us"] is not None) for r in asked] == [("b", True)]

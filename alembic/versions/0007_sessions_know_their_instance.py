@@ -1,4 +1,4 @@
-"""sessions know the recorder that recorded them (storage.instance)
+"""sessions and cleanup requests know their recorder (storage.instance)
 
 Revision ID: 0007
 Revises: 0006
@@ -9,6 +9,8 @@ recorder does about sessions (marking those its daemon's sessions_list no longer
 names as lost, asking after the active ones when it reconnects, the cleanup
 policies' stop, compact and purge) must only touch the sessions it recorded.
 Existing rows take the instance of the connection that carried their first frame.
+`recorder cleanup run` asks the recorder its configuration names (requests carry
+it), and each cleanup run says which recorder ran it.
 """
 
 from __future__ import annotations
@@ -40,8 +42,18 @@ def upgrade() -> None:
         WHERE EXISTS (SELECT 1 FROM connections WHERE instance <> 'default')
         """
     )
+    # `recorder cleanup run` asks the recorder its configuration names, not any; the
+    # audit trail says which recorder ran each run.
+    for table in ("cleanup_requests", "cleanup_runs"):
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.add_column(
+                sa.Column("instance", sa.Text(), server_default="default", nullable=False)
+            )
 
 
 def downgrade() -> None:
+    for table in ("cleanup_runs", "cleanup_requests"):
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.drop_column("instance")
     with op.batch_alter_table("sessions", schema=None) as batch_op:
         batch_op.drop_column("instance")

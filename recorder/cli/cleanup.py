@@ -121,8 +121,13 @@ def run_now(
 
 
 def _service(target: Target) -> str | None:
+    """Who runs the recorder this configuration names, if one runs: it then does the
+    cleanup, between its batches, rather than a second writer beside it."""
     if not target.url.startswith("sqlite"):
-        return None
+        from recorder.service.instance import postgres_running
+
+        with reading(target) as reader:
+            return postgres_running(reader, target.config.storage.instance)
     from recorder.db.reader import sqlite_file
     from recorder.service.instance import running
 
@@ -155,7 +160,8 @@ def _dry_run(target: Target, chosen: list[Any], fmt: str) -> None:
 def _through_service(target: Target, name: str | None, holder: str) -> list[int]:
     from recorder.db.cleanup_records import answer, ask
 
-    request_id = _write(target, lambda conn: ask(conn, name, False, now_us()))
+    instance = target.config.storage.instance
+    request_id = _write(target, lambda conn: ask(conn, name, False, now_us(), instance))
     click.echo(f"asked the running recorder ({holder}) to run it", err=True)
     deadline = time.monotonic() + WAIT_FOR_SERVICE
     poll = min(0.5, target.config.cleanup.poll / 2)
@@ -225,6 +231,8 @@ def _emit_runs(rows: list[Any], fmt: str) -> None:
             "acted": r["acted"],
             "actions": json.loads(r["actions"]),
             "error": r["error"],
+            # A copy made before migration 0007 does not say.
+            "instance": r["instance"] if "instance" in r.keys() else None,
         }
 
     columns = (

@@ -27,12 +27,14 @@ def record_run(conn: Connection, run: dict[str, Any]) -> int:
     return int(pk[0])
 
 
-def take_requests(conn: Connection, now_us: int) -> list[tuple[int, str | None, bool]]:
-    """Requests from `recorder cleanup run`, marked taken."""
+def take_requests(
+    conn: Connection, now_us: int, instance: str
+) -> list[tuple[int, str | None, bool]]:
+    """Requests from `recorder cleanup run` to ``instance``, marked taken."""
     with conn.begin():
         rows = conn.execute(
             select(cleanup_requests.c.id, cleanup_requests.c.policy, cleanup_requests.c.dry_run)
-            .where(cleanup_requests.c.taken_us.is_(None))
+            .where(cleanup_requests.c.taken_us.is_(None), cleanup_requests.c.instance == instance)
             .order_by(cleanup_requests.c.id)
         ).all()
         if rows:
@@ -53,12 +55,12 @@ def answer_request(conn: Connection, request_id: int, now_us: int, result: str) 
         )
 
 
-def ask(conn: Connection, policy: str | None, dry_run: bool, now_us: int) -> int:
-    """For the CLI: a request a running service will take."""
+def ask(conn: Connection, policy: str | None, dry_run: bool, now_us: int, instance: str) -> int:
+    """For the CLI: a request the running service named ``instance`` will take."""
     with conn.begin():
         result = conn.execute(
             insert(cleanup_requests).values(
-                policy=policy, dry_run=int(dry_run), requested_us=now_us
+                policy=policy, dry_run=int(dry_run), requested_us=now_us, instance=instance
             )
         )
     pk = result.inserted_primary_key

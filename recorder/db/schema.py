@@ -226,6 +226,8 @@ cleanup_runs = Table(
     # JSON: [{"session": id, "result": "..."}], what was done (or would be) to each.
     Column("actions", Text, nullable=False),
     Column("error", Text, nullable=True),
+    # The recorder that ran it (storage.instance).
+    Column("instance", Text, nullable=False, server_default="default"),
     Index(None, "started_us"),
 )
 
@@ -242,6 +244,8 @@ cleanup_requests = Table(
     Column("done_us", BigInteger, nullable=True),
     # JSON list of cleanup_runs ids, or the reason it could not run.
     Column("result", Text, nullable=True),
+    # The recorder asked (storage.instance of the CLI's configuration): only it takes it.
+    Column("instance", Text, nullable=False, server_default="default"),
 )
 
 

@@ -107,7 +107,7 @@ class RecordRun(Operation[int]):
     async def run(self, db: WriterDatabase, store: Store) -> int:
         from recorder.db.cleanup_records import record_run
 
-        return await db.run(record_run, self.run_row)
+        return await db.run(record_run, {**self.run_row, "instance": store.instance})
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +117,7 @@ class TakeRequests(Operation[list[tuple[int, str | None, bool]]]):
     async def run(self, db: WriterDatabase, store: Store) -> list[tuple[int, str | None, bool]]:
         from recorder.db.cleanup_records import take_requests
 
-        return await db.run(take_requests, self.now_us)
+        return await db.run(take_requests, self.now_us, store.instance)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,12 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recorder.times import format_us, now_us
+
+if TYPE_CHECKING:
+    from recorder.db.reader import Reader
 
 
 class AlreadyRunning(Exception):
@@ -115,17 +118,7 @@ class PostgresInstanceLock:
 
         conn = await asyncpg.connect(self.dsn, timeout=10)
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", advisory_key(self.instance)):
-            holder = "its PID is unknown"
-            try:
-                row = await conn.fetchrow(
-                    "SELECT pid, host, started_us FROM instances WHERE name = $1", self.instance
-                )
-                if row is not None:
-                    holder = (
-                        f"PID {row['pid']} on {row['host']}, since {format_us(row['started_us'])}"
-                    )
-            except asyncpg.PostgresError:
-                pass
+            holder = await _postgres_holder(conn, self.instance)
             await conn.close()
             raise AlreadyRunning(
                 f"another recorder named {self.instance!r} is running on {self.shown} ({holder}); "
@@ -137,3 +130,34 @@ class PostgresInstanceLock:
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
+
+
+async def _postgres_holder(conn: Any, instance: str) -> str:
+    import asyncpg
+
+    try:
+        row = await conn.fetchrow(
+            "SELECT pid, host, started_us FROM instances WHERE name = $1", instance
+        )
+    except asyncpg.PostgresError:
+        return "its PID is unknown"
+    if row is None:
+        return "its PID is unknown"
+    return f"PID {row['pid']} on {row['host']}, since {format_us(row['started_us'])}"
+
+
+def postgres_running(reader: Reader, instance: str) -> str | None:
+    """Who holds the lock of the recorder named ``instance`` on PostgreSQL (PID, host,
+    since), or None if no recorder of that name is running. On the CLI's reader: a
+    database that cannot be reached is its one-line error."""
+    key = advisory_key(instance)
+    if reader.rows("SELECT pg_try_advisory_lock(:key) AS got", {"key": key})[0]["got"]:
+        reader.rows("SELECT pg_advisory_unlock(:key)", {"key": key})
+        return None
+    rows = reader.rows(
+        "SELECT pid, host, started_us FROM instances WHERE name = :name", {"name": instance}
+    )
+    if not rows:
+        return "its PID is unknown"
+    row = rows[0]
+    return f"PID {row['pid']} on {row['host']}, since {format_us(row['started_us'])}"
