@@ -646,3 +646,40 @@ async def test_cleanup_run_asks_the_running_recorder_its_configuration_names(
     finally:
         await conn.close()
     assert [(r["instance"], r["done_us"] is not None) for r in asked] == [("b", True)]
+
+
+def test_the_index_by_type_leaves_out_stream_chunks_and_still_finds_the_rare_types(
+    pg_url: str,
+) -> None:
+    """Migration 0008: stream_chunk frames (most of a firehose) get no entry in the
+    index by type on PostgreSQL; a lookup of a rare type still uses it."""
+    import asyncpg
+
+    from recorder.db.engine import create_engine
+    from recorder.db.migrations import upgrade
+
+    async def scenario() -> tuple[str, str]:
+        engine = create_engine(pg_url.replace("postgresql://", "postgresql+asyncpg://"))
+        await upgrade(engine)
+        await engine.dispose()
+        conn = await asyncpg.connect(pg_url)
+        try:
+            definition = await conn.fetchval(
+                "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_frames_type_id'"
+            )
+            await conn.execute("SET enable_seqscan = off")  # an empty table: any plan is cheap
+            plan = "\n".join(
+                r[0]
+                for r in await conn.fetch(
+                    "EXPLAIN SELECT id FROM frames WHERE type = $1 AND id > $2",
+                    "spawn_session",
+                    0,
+                )
+            )
+        finally:
+            await conn.close()
+        return definition, plan
+
+    definition, plan = asyncio.run(scenario())
+    assert definition.endswith("WHERE (type <> 'stream_chunk'::text)")
+    assert "type_id_idx" in plan

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from itertools import chain
 from typing import Any, Final
 
-from sqlalchemy import bindparam, func, select, tuple_, update
+from sqlalchemy import bindparam, func, literal_column, select, tuple_, update
 from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.sql.elements import ColumnElement
 
 from recorder.db.schema import active_session, connections, frame_days, frames, sessions, tasks
 from recorder.protocol.index import (
@@ -59,6 +60,9 @@ FrameRow = tuple[
 ]
 # spawn_session rows whose ids the writer keeps until their session is announced;
 # beyond this the oldest are forgotten (their attribution then searches for them).
+# Written into the SQL, not bound: PostgreSQL's index by type is partial (it leaves
+# out stream_chunk), and a cached plan for a bound type could not use it.
+SPAWN_TYPE: ColumnElement[str] = literal_column("'spawn_session'")
 SPAWNS_REMEMBERED = 10_000
 # The position of the frame's size in a FrameRow.
 ROW_SIZE: Final = 6
@@ -180,7 +184,7 @@ class Store:
         """The ids of the spawn requests just stored, found through the (type, id) index."""
         found = conn.execute(
             select(frames.c.id, frames.c.connection_id, frames.c.seq).where(
-                frames.c.type == "spawn_session", frames.c.id > before
+                frames.c.type == SPAWN_TYPE, frames.c.id > before
             )
         )
         for fid, cid, seq in found:
@@ -268,7 +272,7 @@ class Store:
             conn.execute(
                 update(frames)
                 .where(
-                    frames.c.type == "spawn_session",
+                    frames.c.type == SPAWN_TYPE,
                     frames.c.connection_id == _bind("cid"),
                     frames.c.seq == _bind("seq"),
                 )
