@@ -289,6 +289,12 @@ def _apply_env(config: Config, env: Mapping[str, str]) -> Config:
 
 def _finish(config: Config, env: Mapping[str, str]) -> Config:
     src = config.source
+    name = config.storage.instance
+    if not name.strip() or len(name) > 64 or not name.isprintable():
+        # It names the recorder in rows, locks and `recorder status`: it must be seen.
+        raise ConfigError(
+            f"{src}: storage.instance: must be 1 to 64 printable characters, got {name!r}"
+        )
     for name in SECTIONS:
         section = getattr(config, name)
         for f in dataclasses.fields(section):

@@ -114,6 +114,12 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
         ("[log]\nlevel = 'loud'\n", "log.level: must be one of"),
         ("[daemon\n", "not valid TOML"),
         ("[daemon]\nca_file = '/nonexistent/ca.pem'\n", "daemon.ca_file: no such file"),
+        ("[storage]\ninstance = ''\n", "storage.instance: must be 1 to 64 printable"),
+        ('[storage]\ninstance = "a\\u0007b"\n', "storage.instance: must be 1 to 64 printable"),
+        (
+            "[[cleanup.policies]]\nname = 'p'\nschedule = 'every 0s'\naction = 'purge'\n",
+            "cleanup.policies[p].schedule: the interval must be greater than 0",
+        ),
     ],
 )
 def test_bad_config_names_the_file_and_the_key(tmp_path: Path, toml: str, message: str) -> None:

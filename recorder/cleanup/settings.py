@@ -85,7 +85,9 @@ def parse_policy(index: int, item: Any) -> Policy:
     if not isinstance(schedule, str) or not schedule.strip():
         raise PolicyError(f"{where}.schedule: expected a cron expression or 'every 5m'")
     if schedule.strip().startswith("every"):
-        _duration(f"{where}.schedule", schedule.strip()[5:])
+        if not _duration(f"{where}.schedule", schedule.strip()[5:].strip()) > 0:
+            # APScheduler would fire it without a pause, for ever.
+            raise PolicyError(f"{where}.schedule: the interval must be greater than 0")
     elif len(schedule.split()) != 5:
         raise PolicyError(
             f"{where}.schedule: expected five cron fields (like '12 4 * * *') or 'every 5m', "
