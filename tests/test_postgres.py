@@ -334,7 +334,9 @@ def test_both_databases_hold_the_same_rows_for_the_same_conversation(
     pg_url: str, tmp_path: Path
 ) -> None:
     """The same frames through the writer's own code into SQLite and PostgreSQL: every
-    column of every table the writer fills is equal."""
+    column of every table the writer fills is equal. PostgreSQL takes the batches
+    together, as the database process does with batches that queued up: the rows are
+    those of batches written one at a time."""
     import sqlite3
 
     import asyncpg
@@ -413,7 +415,7 @@ def test_both_databases_hold_the_same_rows_for_the_same_conversation(
         "frame_days": "day_us, type, direction",
     }
 
-    async def write(url: str) -> None:
+    async def write(url: str, together: bool) -> None:
         db = await WriterDatabase.open(url)
         await db.run(upgrade_sync)
         store = Store(db.dialect)
@@ -425,14 +427,22 @@ def test_both_databases_hold_the_same_rows_for_the_same_conversation(
             (cid, i, d, 1_795_692_537_000_000 + i, i, t, data)
             for i, (d, data, t) in enumerate(conversation, 1)
         ]
-        for start in range(0, len(frames), 5):  # several batches: attribution across them
-            rows, index = classifier.rows_and_index(frames[start : start + 5])
-            await db.run(store.write_batch, rows, index)
+        # Several batches: attribution across them.
+        batches = [
+            classifier.rows_and_index(frames[start : start + 5])
+            for start in range(0, len(frames), 5)
+        ]
+        if together:
+            await db.run(store.write_batches, batches[:2])
+            await db.run(store.write_batches, batches[2:])
+        else:
+            for rows, index in batches:
+                await db.run(store.write_batch, rows, index)
         await db.shutdown()
 
     sqlite_path = tmp_path / "same.db"
-    asyncio.run(write(f"sqlite+aiosqlite:///{sqlite_path}"))
-    asyncio.run(write(pg_url.replace("postgresql://", "postgresql+asyncpg://")))
+    asyncio.run(write(f"sqlite+aiosqlite:///{sqlite_path}", together=False))
+    asyncio.run(write(pg_url.replace("postgresql://", "postgresql+asyncpg://"), together=True))
 
     def normal(value: Any) -> Any:
         return bytes(value) if isinstance(value, memoryview) else value

@@ -141,56 +141,70 @@ class WriteRows(Operation[dict[tuple[int, str], tuple[int, int]]]):
     index: IndexBatch
 
     async def run(self, db: WriterDatabase, store: Store) -> dict[tuple[int, str], tuple[int, int]]:
-        delay = RETRY_FIRST
-        failing_since: float | None = None
-        logged = 0.0
-        while True:
-            try:
-                await db.run(store.write_batch, self.rows, self.index)
-            except Exception as exc:
-                from recorder.db.integrity import broken
+        return (await write_together(db, store, [self]))[0]
 
-                if broken(exc):
-                    # Retrying cannot help. Stop this process: the service notices at
-                    # once, reports what was lost and exits; its restart finds the file
-                    # unclean, checks it, and sets it aside (recorder.db.integrity).
-                    log.error("database is corrupt; stopping the writer", error=short_error(exc))
-                    os._exit(3)
-                # Keep the batch and retry: the service's queue fills meanwhile and
-                # pushes back on the sockets, so nothing is dropped while the
-                # database is away. Logged when the fault begins, now and then while
-                # it lasts, and when it ends; one short line, never frame data.
-                now = time.monotonic()
-                if failing_since is None or now - logged >= STILL_FAILING_EVERY:
-                    log.error(
-                        "database write failed; retrying"
-                        if failing_since is None
-                        else "database writes still failing; retrying",
-                        error=short_error(exc),
-                        frames=len(self.rows),
-                        retry_in=delay,
-                    )
-                    logged = now
-                if failing_since is None:
-                    failing_since = now
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_CAP)
-                try:
-                    await db.reopen()
-                except Exception:
-                    pass  # the next attempt fails and waits again
-            else:
-                if failing_since is not None:
-                    log.warning(
-                        "database writes resumed",
-                        failed_for=round(time.monotonic() - failing_since, 1),
-                    )
-                db.wrote(self.rows)
+
+async def write_together(
+    db: WriterDatabase, store: Store, batches: list[WriteRows]
+) -> list[dict[tuple[int, str], tuple[int, int]]]:
+    """Consecutive batches committed in one transaction (:meth:`Store.write_batches`),
+    kept and retried while the database fails; answers each batch's frames and bytes
+    per (connection, direction): the service's metrics."""
+    rows = sum(len(b.rows) for b in batches)
+    parts = [(b.rows, b.index) for b in batches]
+    delay = RETRY_FIRST
+    failing_since: float | None = None
+    logged = 0.0
+    while True:
+        try:
+            await db.run(store.write_batches, parts)
+        except Exception as exc:
+            from recorder.db.integrity import broken
+
+            if broken(exc):
+                # Retrying cannot help. Stop this process: the service notices at
+                # once, reports what was lost and exits; its restart finds the file
+                # unclean, checks it, and sets it aside (recorder.db.integrity).
+                log.error("database is corrupt; stopping the writer", error=short_error(exc))
+                os._exit(3)
+            # Keep the batch and retry: the service's queue fills meanwhile and
+            # pushes back on the sockets, so nothing is dropped while the
+            # database is away. Logged when the fault begins, now and then while
+            # it lasts, and when it ends; one short line, never frame data.
+            now = time.monotonic()
+            if failing_since is None or now - logged >= STILL_FAILING_EVERY:
+                log.error(
+                    "database write failed; retrying"
+                    if failing_since is None
+                    else "database writes still failing; retrying",
+                    error=short_error(exc),
+                    frames=rows,
+                    retry_in=delay,
+                )
+                logged = now
+            if failing_since is None:
+                failing_since = now
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_CAP)
+            try:
+                await db.reopen()
+            except Exception:
+                pass  # the next attempt fails and waits again
+        else:
+            if failing_since is not None:
+                log.warning(
+                    "database writes resumed",
+                    failed_for=round(time.monotonic() - failing_since, 1),
+                )
+            tallies = []
+            for batch in batches:
+                db.wrote(batch.rows)
                 tally: dict[tuple[int, str], tuple[int, int]] = {}
-                for (cid, _, direction, _), (n, size) in self.index.tallies.items():
+                for (cid, _, direction, _), (n, size) in batch.index.tallies.items():
                     old = tally.get((cid, direction), (0, 0))
                     tally[(cid, direction)] = (old[0] + n, old[1] + size)
-                return tally
+                tallies.append(tally)
+            return tallies
 
 
 def short_error(exc: BaseException, limit: int = 300) -> str:

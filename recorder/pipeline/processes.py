@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from typing import Literal
 
 import structlog
 
@@ -26,9 +27,14 @@ from recorder.pipeline.channel import (
     spawn,
 )
 from recorder.pipeline.classifier import Classifier
-from recorder.pipeline.ops import Operation, Ping, short_error
+from recorder.pipeline.ops import Operation, Ping, WriteRows, short_error, write_together
 
 log = structlog.get_logger("recorder.pipeline")
+
+# At most this many queued batches in one transaction: what a busy database gains by
+# writing them together (one COPY, one commit), without one transaction holding
+# everything in flight (writer.IN_FLIGHT).
+WRITE_TOGETHER = 4
 
 
 def classifier_entry() -> None:
@@ -185,9 +191,37 @@ async def _database(
     # every other operation is awaited by its caller), so the queue stays small.
     todo: asyncio.Queue[tuple[int, Operation[object]] | None] = asyncio.Queue()
 
+    async def answer_together(group: list[tuple[int, WriteRows]]) -> None:
+        try:
+            results = await write_together(db, store, [op for _, op in group])
+        except Exception as exc:
+            log.error("writer operation failed", operation="WriteRows", error=short_error(exc))
+            for rid, _ in group:
+                await send(stream, (rid, False, one_line(exc)))
+        else:
+            for (rid, _), result in zip(group, results, strict=True):
+                await send(stream, (rid, True, result))
+
     async def run_in_order() -> None:
-        while (item := await todo.get()) is not None:
-            await answer(*item)
+        held: tuple[int, Operation[object]] | Literal[False] | None = False
+        while True:
+            item = await todo.get() if held is False else held
+            held = False
+            if item is None:
+                return
+            rid, operation = item
+            if not isinstance(operation, WriteRows):
+                await answer(rid, operation)
+                continue
+            # Batches that queued up while the last one was written go in together.
+            group = [(rid, operation)]
+            while not todo.empty() and len(group) < WRITE_TOGETHER:
+                following = todo.get_nowait()
+                if following is None or not isinstance(following[1], WriteRows):
+                    held = following  # in order: after this group
+                    break
+                group.append((following[0], following[1]))
+            await answer_together(group)
 
     worker = asyncio.create_task(run_in_order())
     try:

@@ -164,7 +164,7 @@ async def test_a_failing_disk_is_retried_within_seconds_and_logged_short() -> No
     assert ops.RETRY_CAP <= 2.0
     with structlog.testing.capture_logs() as logs:
         started = time.monotonic()
-        store = SimpleNamespace(write_batch=None)  # what FailingDatabase.run is handed
+        store = SimpleNamespace(write_batches=None)  # what FailingDatabase.run is handed
         await ops.WriteRows(rows, index).run(FailingDatabase(3), store)  # type: ignore[arg-type]
     assert time.monotonic() - started < 0.5 + 1 + 2 + 1  # 0.5, 1, 2 s waits
     events = [e["event"] for e in logs]
