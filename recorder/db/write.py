@@ -58,11 +58,11 @@ FrameRow = tuple[
     str | None,
     bytes | None,
 ]
-# spawn_session rows whose ids the writer keeps until their session is announced;
-# beyond this the oldest are forgotten (their attribution then searches for them).
 # Written into the SQL, not bound: PostgreSQL's index by type is partial (it leaves
 # out stream_chunk), and a cached plan for a bound type could not use it.
 SPAWN_TYPE: ColumnElement[str] = literal_column("'spawn_session'")
+# spawn_session rows whose ids the writer keeps until their session is announced;
+# beyond this the oldest are forgotten (their attribution then searches for them).
 SPAWNS_REMEMBERED = 10_000
 # The position of the frame's size in a FrameRow.
 ROW_SIZE: Final = 6
