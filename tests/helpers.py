@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
@@ -65,3 +70,46 @@ def frame_bytes(record: dict[str, Any]) -> bytes:
     if "payload" in record:
         return str(record["payload"]).encode()
     return base64.b64decode(record["payload_b64"])
+
+
+async def recorder_process(
+    *args: str, env: Mapping[str, str] | None = None, merge_stderr: bool = False
+) -> asyncio.subprocess.Process:
+    """``python -m recorder ARGS`` as a real subprocess, its stdout (and stderr) piped."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "recorder",
+        *args,
+        env=None if env is None else {**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
+    )
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (of every thread of it)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+def grandchildren(pid: int) -> list[int]:
+    """The writer's database process (and any other grandchild) of ``pid``."""
+    return [g for c in children(pid) for g in children(c)]
+
+
+@contextmanager
+def frozen(pids: list[int]) -> Iterator[None]:
+    """The processes stopped (SIGSTOP) for the block, and let go after it."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass

@@ -33,7 +33,7 @@ from recorder.pipeline.classifier import Classifier
 from recorder.protocol.frames import IN, OUT
 from recorder.simulator import Simulator, SimulatorOptions
 from tests.conftest import running
-from tests.helpers import query, wait_until
+from tests.helpers import query, recorder_process, wait_until
 
 NOW = 1_795_700_000_000_000
 MIN = 60_000_000
@@ -476,18 +476,8 @@ dry_run = true
 
         await wait_until(svc, lambda: runs(2), timeout=20)
         # `recorder cleanup run` finds the service (its lock) and has the run done there.
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "recorder",
-            "cleanup",
-            "run",
-            "--config",
-            str(tmp_path / "config.toml"),
-            "--json",
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        config_path = str(tmp_path / "config.toml")
+        proc = await recorder_process("cleanup", "run", "--config", config_path, "--json")
         out, err = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 0, err.decode()
         assert "asked the running recorder (PID " in err.decode()

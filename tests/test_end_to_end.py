@@ -23,7 +23,14 @@ from recorder.db.migrations import head_revision
 from recorder.protocol.index import TERMINAL_STATUSES
 from recorder.simulator import JournalEntry, Simulator, SimulatorOptions
 from tests.conftest import running, write_config
-from tests.helpers import cli_json_lines, frame_bytes, query, wait_for_frame, wait_until
+from tests.helpers import (
+    cli_json_lines,
+    frame_bytes,
+    query,
+    recorder_process,
+    wait_for_frame,
+    wait_until,
+)
 
 
 def as_bytes(data: str | bytes) -> bytes:
@@ -179,16 +186,7 @@ def test_sigterm_loses_nothing(tmp_path: Path) -> None:
                     "log": {"format": "json"},
                 },
             )
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "recorder",
-                "run",
-                "--config",
-                str(cfg),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )
+            proc = await recorder_process("run", "--config", str(cfg), merge_stderr=True)
             await sim.wait_connections(1, timeout=30)
             # Let a good part of the firehose be in flight, then stop the recorder.
             await sim.wait_frames_sent(50_000, timeout=30)

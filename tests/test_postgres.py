@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import json
 import os
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from recorder.protocol.frames import IN, OUT, Frame
 from recorder.service.lifecycle import Service
 from recorder.times import now_us
 from tests.conftest import running
-from tests.helpers import cli_json_lines, frame_bytes
+from tests.helpers import cli_json_lines, frame_bytes, recorder_process
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -633,18 +632,7 @@ async def test_cleanup_run_asks_the_running_recorder_its_configuration_names(
     cli_config = tmp_path / "b.toml"
     cli_config.write_text(f'[storage]\nurl = "{pg_url}"\ninstance = "b"\n' + policy)
     async with running(config("a")), running(config("b")):
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "recorder",
-            "cleanup",
-            "run",
-            "--config",
-            str(cli_config),
-            "--json",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        proc = await recorder_process("cleanup", "run", "--config", str(cli_config), "--json")
         out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     assert "asked the running recorder (PID " in err.decode()

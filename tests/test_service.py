@@ -23,6 +23,7 @@ from recorder.cli import cli
 from recorder.config import Config
 from recorder.simulator import Simulator, SimulatorOptions
 from tests.conftest import running
+from tests.helpers import frozen, grandchildren
 from tests.test_systemd import Listener
 
 TIMEOUT = 30
@@ -134,14 +135,6 @@ async def test_status_shows_a_rejected_handshake_and_the_daemons_reason(
     assert "jwt_invalid" in daemon and "never connected" not in daemon
 
 
-def grandchildren(pid: int) -> list[int]:
-    """The writer's database process (and any other grandchild) of ``pid``."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [
-        int(p) for c in children for p in Path(f"/proc/{c}/task/{c}/children").read_text().split()
-    ]
-
-
 async def test_a_second_signal_exits_at_once(
     tmp_path: Path, config_file: Callable[..., Path], recorders: list[Recorder]
 ) -> None:
@@ -155,10 +148,7 @@ async def test_a_second_signal_exits_at_once(
         listen = (await asyncio.to_thread(status, config))["proxy"]["listen"]
         async with connect(f"ws://{listen}") as ui:
             await ui.recv()  # the conversation is recorded from here
-            frozen = grandchildren(rec.proc.pid)
-            for pid in frozen:
-                os.kill(pid, signal.SIGSTOP)
-            try:
+            with frozen(grandchildren(rec.proc.pid)):
                 # Forwarded, then queued for a database process that cannot take it.
                 await ui.send('{"type":"ping"}')
                 await ui.recv()
@@ -168,12 +158,6 @@ async def test_a_second_signal_exits_at_once(
                 rec.proc.send_signal(signal.SIGINT)
                 assert await asyncio.to_thread(rec.proc.wait, TIMEOUT) == 1
                 assert time.monotonic() - started < 5
-            finally:
-                for pid in frozen:
-                    try:
-                        os.kill(pid, signal.SIGCONT)
-                    except ProcessLookupError:
-                        pass
     forced = [e for e in rec.log() if e["event"].startswith("stopping at once on a second signal")]
     assert len(forced) == 1 and forced[0]["lost"] >= 1
     assert forced[0]["event"].endswith("frames were not committed")

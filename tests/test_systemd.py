@@ -27,6 +27,7 @@ from recorder.service.lifecycle import Service
 from recorder.service.notify import Notifier
 from recorder.service.watch import watch
 from recorder.times import now_us
+from tests.helpers import frozen, grandchildren, recorder_process
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "orchestrator-recorder.service"
@@ -248,47 +249,31 @@ async def test_a_reload_during_the_stop_is_ignored(
     STOPPING=1)."""
     config = config_file(storage={"shutdown_timeout": 60})
     listener = Listener(tmp_path / "notify")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "recorder",
+    proc = await recorder_process(
         "run",
         "--config",
         str(config),
-        env={**os.environ, "NOTIFY_SOCKET": str(listener.path)},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+        env={"NOTIFY_SOCKET": str(listener.path)},
+        merge_stderr=True,
     )
     assert proc.stdout is not None
-    frozen: list[int] = []
     try:
         await asyncio.to_thread(listener.until, "READY")
         # Freeze the database process: the stop cannot end before the SIGHUP is seen.
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        for child in children:
-            frozen += [
-                int(p) for p in Path(f"/proc/{child}/task/{child}/children").read_text().split()
-            ]
-        for pid in frozen:
-            os.kill(pid, signal.SIGSTOP)
-        proc.send_signal(signal.SIGTERM)
-        before = await asyncio.to_thread(listener.until, "STOPPING")
-        proc.send_signal(signal.SIGHUP)
-        outcomes = ("reload ignored: the recorder is stopping", "configuration reloaded")
-        async with asyncio.timeout(30):
-            while (event := json.loads(await proc.stdout.readline())["event"]) not in outcomes:
-                pass
-        assert event == outcomes[0]
-        proc.send_signal(signal.SIGINT)  # nothing was lost: still a clean stop
-        async with asyncio.timeout(30):
-            await proc.stdout.read()
-            assert await proc.wait() == 0
+        with frozen(grandchildren(proc.pid)):
+            proc.send_signal(signal.SIGTERM)
+            before = await asyncio.to_thread(listener.until, "STOPPING")
+            proc.send_signal(signal.SIGHUP)
+            outcomes = ("reload ignored: the recorder is stopping", "configuration reloaded")
+            async with asyncio.timeout(30):
+                while (event := json.loads(await proc.stdout.readline())["event"]) not in outcomes:
+                    pass
+            assert event == outcomes[0]
+            proc.send_signal(signal.SIGINT)  # nothing was lost: still a clean stop
+            async with asyncio.timeout(30):
+                await proc.stdout.read()
+                assert await proc.wait() == 0
     finally:
-        for pid in frozen:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
         if proc.returncode is None:
             proc.kill()
             await proc.wait()

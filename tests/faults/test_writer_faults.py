@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import sqlite3
-import sys
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -28,16 +27,10 @@ from recorder.protocol.frames import IN, FrameTuple
 from recorder.simulator import Simulator, SimulatorOptions
 from recorder.times import now_us
 from tests.conftest import running, write_config
+from tests.helpers import children, grandchildren, recorder_process
 from tests.test_link import refuse_connections
 
 TIMEOUT = 30
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(p) for p in (task / "children").read_text().split()]
-    return found
 
 
 def alive(pid: int) -> bool:
@@ -95,18 +88,9 @@ def test_sigkill_takes_the_children_and_leaves_a_prefix(tmp_path: Path) -> None:
                     "log": {"format": "json"},
                 },
             )
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "recorder",
-                "run",
-                "--config",
-                str(cfg),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )
+            proc = await recorder_process("run", "--config", str(cfg), merge_stderr=True)
             await sim.wait_frames_sent(100_000, timeout=TIMEOUT)
-            kids = children(proc.pid) + [g for c in children(proc.pid) for g in children(c)]
+            kids = children(proc.pid) + grandchildren(proc.pid)
             proc.kill()
             err, _ = await proc.communicate()
             sent = sim.frames_sent
