@@ -470,8 +470,8 @@ async def test_max_db_size_on_postgres_purges_only_what_it_must(pg_url: str) -> 
     instead of purging every finished session while waiting for the size to drop."""
     from recorder.cleanup.jobs import MAX_SIZE, Cleanup, Direct
     from recorder.config import load_config
-    from recorder.db.cleanup import database_bytes
     from recorder.db.connection import WriterDatabase
+    from recorder.db.space import database_bytes
     from recorder.db.write import Store
 
     url = pg_url.replace("postgresql://", "postgresql+asyncpg://")

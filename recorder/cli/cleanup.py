@@ -312,7 +312,7 @@ def unpin(config_path: str | None, database: str | None, session: str) -> None:
 
 def vacuum(target: Target) -> tuple[int, int]:
     """A full VACUUM, when no recorder is running on the database: sizes before, after."""
-    from recorder.db.cleanup import full_vacuum
+    from recorder.db.space import full_vacuum
 
     if _service(target) is not None:
         raise click.ClickException(

@@ -1,11 +1,12 @@
-"""The cleanup's database work on recordings: matching, purging, compacting, space.
+"""The cleanup's database work on recordings: matching, purging, compacting.
 
 Synchronous functions of a SQLAlchemy Connection, one short transaction each, run
 by the database process (through :mod:`recorder.pipeline.ops`) while the service
 runs, or directly by the CLI when it does not. A purge is many calls of
 :func:`purge_some`, each deleting a bounded number of frames, so that batches of
 new frames are written in between: recording goes on during a large purge. The
-cleanup's own records (runs, requests, pins) are in :mod:`recorder.db.cleanup_records`.
+cleanup's own records (runs, requests, pins) are in :mod:`recorder.db.cleanup_records`;
+the database's size and giving space back, in :mod:`recorder.db.space`.
 """
 
 from __future__ import annotations
@@ -262,21 +263,6 @@ def _count(conn: Connection, first: Any, size: int) -> None:
         conn.execute(insert(frame_days).values(**key, frames=1, bytes=size))
 
 
-def database_bytes(conn: Connection) -> int:
-    """What the database occupies, less the free pages SQLite would give back."""
-    if conn.dialect.name == "sqlite":
-        driver = conn.connection.driver_connection
-        assert driver is not None
-        pages = driver.execute("PRAGMA page_count").fetchone()[0]
-        free = driver.execute("PRAGMA freelist_count").fetchone()[0]
-        size = driver.execute("PRAGMA page_size").fetchone()[0]
-        return int((pages - free) * size)
-    with conn.begin():
-        return int(
-            conn.execute(select(func.pg_database_size(func.current_database()))).scalar() or 0
-        )
-
-
 def oldest_finished(conn: Connection, limit: int) -> list[SessionFacts]:
     """For ``storage.max_db_size``: finished, unpinned sessions, oldest first."""
     with conn.begin():
@@ -288,58 +274,6 @@ def oldest_finished(conn: Connection, limit: int) -> list[SessionFacts]:
             .limit(limit)
         ).all()
     return [SessionFacts.of(row._mapping) for row in rows]
-
-
-def give_back_space(conn: Connection, pages: int = 2000) -> int:
-    """SQLite: return up to ``pages`` free pages to the file system (incremental
-    vacuum; a database made before it was on needs `recorder db vacuum` once).
-    Returns how many free pages are left to give back (0: nothing more to do)."""
-    if conn.dialect.name != "sqlite":
-        return 0
-    # On the driver's connection: SQLAlchemy's would wrap it in a transaction, and
-    # incremental_vacuum does its work outside one.
-    driver = conn.connection.driver_connection
-    assert driver is not None
-    if driver.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
-        return 0  # an older file: incremental_vacuum would free nothing, ever
-    # executescript steps the pragma to the end; execute() would free one page.
-    driver.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
-    return int(driver.execute("PRAGMA freelist_count").fetchone()[0])
-
-
-def full_vacuum(url: str) -> tuple[int, int]:
-    """VACUUM the whole database (SQLite: also switching an older file to incremental
-    vacuum); its size before and after. Needs the database to itself."""
-    if url.startswith("sqlite"):
-        import sqlite3
-
-        from recorder.db.reader import sqlite_file
-
-        path = sqlite_file(url)
-        before = path.stat().st_size
-        conn = sqlite3.connect(path, isolation_level=None)
-        try:
-            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
-            conn.execute("VACUUM")
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
-            conn.close()
-        return before, path.stat().st_size
-    import asyncio
-
-    import asyncpg
-
-    async def pg() -> tuple[int, int]:
-        conn = await asyncpg.connect("postgresql://" + url.partition("://")[2])
-        try:
-            size = "SELECT pg_database_size(current_database())"
-            before = int(await conn.fetchval(size))
-            await conn.execute("VACUUM")
-            return before, int(await conn.fetchval(size))
-        finally:
-            await conn.close()
-
-    return asyncio.run(pg())
 
 
 def drop_due_partitions(conn: Connection, before_us: int) -> list[tuple[str, int]]:

@@ -253,3 +253,24 @@ class PostgresReader:
             self._loop.run_until_complete(self.conn.close())
         finally:
             self._loop.close()
+
+
+def frames_since(url: str, after_id: int | None) -> int | None:
+    """With ``after_id`` None: the newest frame id; else how many frames have a larger
+    one. Read-only, through its own connection; None if the database cannot say."""
+    try:
+        reader = open_reader(url)
+    except ReadError:
+        return None
+    try:
+        if after_id is None:
+            row = first_row(reader, "SELECT coalesce(max(id), 0) AS n FROM frames")
+        else:
+            row = first_row(
+                reader, "SELECT count(*) AS n FROM frames WHERE id > :after", {"after": after_id}
+            )
+        return int(row["n"]) if row is not None else None
+    except ReadError:
+        return None
+    finally:
+        reader.close()

@@ -405,25 +405,3 @@ def _bound(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def heartbeat(
-    conn: Connection, name: str, pid: int, host: str, started_us: int, at_us: int, state: str
-) -> None:
-    from recorder.db.schema import instances
-
-    row = {
-        "name": name,
-        "pid": pid,
-        "host": host,
-        "started_us": started_us,
-        "heartbeat_us": at_us,
-        "state": state,
-    }
-    insert = dialect_insert(conn.dialect.name, instances)
-    with conn.begin():
-        conn.execute(
-            insert.values(**row).on_conflict_do_update(
-                index_elements=["name"], set_={k: v for k, v in row.items() if k != "name"}
-            )
-        )

@@ -75,7 +75,7 @@ class GiveBackSpace(Operation[int]):
     pages: int
 
     async def run(self, db: WriterDatabase, store: Store) -> int:
-        from recorder.db.cleanup import give_back_space
+        from recorder.db.space import give_back_space
 
         result = await db.run(give_back_space, self.pages)
         db.changed()  # deletes and page moves grow the WAL too
@@ -85,7 +85,7 @@ class GiveBackSpace(Operation[int]):
 @dataclass(frozen=True, slots=True)
 class DatabaseBytes(Operation[int]):
     async def run(self, db: WriterDatabase, store: Store) -> int:
-        from recorder.db.cleanup import database_bytes
+        from recorder.db.space import database_bytes
 
         return await db.run(database_bytes)
 

@@ -234,7 +234,7 @@ class Heartbeat(Operation[None]):
     state: str
 
     async def run(self, db: WriterDatabase, store: Store) -> None:
-        from recorder.db.write import heartbeat
+        from recorder.db.instances import heartbeat
 
         await db.run(
             heartbeat, self.name, self.pid, self.host, self.started_us, self.at_us, self.state

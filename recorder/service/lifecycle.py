@@ -24,7 +24,7 @@ from recorder.cleanup.jobs import Cleanup
 from recorder.cleanup.policy import PolicyError
 from recorder.cleanup.settings import check_schedules
 from recorder.config import Config, ConfigError, load_config
-from recorder.db.reader import sqlite_file
+from recorder.db.reader import frames_since, sqlite_file
 from recorder.pipeline.writer import Writer, WriterError
 from recorder.service.instance import AlreadyRunning, InstanceLock, PostgresInstanceLock
 from recorder.service.metrics import render, serve_metrics
@@ -340,29 +340,6 @@ class Service:
             seconds=round(time.monotonic() - t0, 3),
         )
         return exit_code
-
-
-def frames_since(url: str, after_id: int | None) -> int | None:
-    """With ``after_id`` None: the newest frame id; else how many frames have a larger
-    one. Read-only, through its own connection; None if the database cannot say."""
-    from recorder.db.reader import ReadError, first_row, open_reader
-
-    try:
-        reader = open_reader(url)
-    except ReadError:
-        return None
-    try:
-        if after_id is None:
-            row = first_row(reader, "SELECT coalesce(max(id), 0) AS n FROM frames")
-        else:
-            row = first_row(
-                reader, "SELECT count(*) AS n FROM frames WHERE id > :after", {"after": after_id}
-            )
-        return int(row["n"]) if row is not None else None
-    except ReadError:
-        return None
-    finally:
-        reader.close()
 
 
 async def main(config: Config) -> int:
