@@ -444,8 +444,8 @@ class LossReport:
         self, frames: int, seen: bytearray, ends: int, frame_count: int, total_bytes: int
     ) -> LossReport:
         """The checks over the whole firehose connection once its rows are read (by
-        :func:`verify` here, ``verify_firehose`` in bench/purge.py): ``seen`` counts the
-        rows of each index, ``frame_count`` is the connection row's."""
+        :class:`FirehoseRows`): ``seen`` counts the rows of each index, ``frame_count``
+        is the connection row's."""
         problems = self.problems
         if self.chunk_rows != frames:
             problems.append(f"{self.chunk_rows} stream_chunk rows, expected {frames}")
@@ -460,6 +460,68 @@ class LossReport:
         self.avg_frame_bytes = total_bytes / max(self.chunk_rows, 1)
         self.ok = not problems
         return self
+
+
+class FirehoseRows:
+    """The firehose connection's rows, checked one at a time as they are read (here
+    and in bench/purge.py): a gap-free seq, each index once, byte-identical to the
+    wire. :meth:`finish` gives the :class:`LossReport`."""
+
+    def __init__(self, frames: int) -> None:
+        self.report = LossReport(ok=True)
+        self.frames = frames
+        self.seen = bytearray(frames)
+        self.expected_seq = 1
+        self.prefix = self.suffix = ""
+        self.prev_index = -1
+        self.ends = self.total_bytes = 0
+
+    def row(
+        self,
+        seq: int,
+        type_: str | None,
+        opcode: int,
+        size: int,
+        payload: str | None,
+        payload_bytes: bytes | None,
+    ) -> None:
+        report, problems = self.report, self.report.problems
+        report.total_rows += 1
+        if seq != self.expected_seq and len(problems) < 20:
+            problems.append(f"seq {seq} where {self.expected_seq} was expected")
+        self.expected_seq = seq + 1
+        if type_ == "stream_end":
+            self.ends += 1
+        if type_ != "stream_chunk":
+            return
+        report.chunk_rows += 1
+        if payload is None or payload_bytes is not None or opcode != 1:
+            problems.append(f"seq {seq}: not stored as a text payload")
+            return
+        data = json.loads(payload)["data"]
+        index = data["metadata"]["index"]
+        if not self.prefix:
+            from recorder.simulator import firehose_template
+
+            self.prefix, self.suffix = firehose_template(
+                data["sessionId"], DEFAULT_SIZE, self.frames
+            )
+        encoded = payload.encode()
+        self.total_bytes += len(encoded)
+        if not 0 <= index < self.frames:
+            problems.append(f"seq {seq}: index {index} out of range")
+            return
+        self.seen[index] += 1
+        if encoded != f"{self.prefix}{index}{self.suffix}".encode() and len(problems) < 20:
+            problems.append(f"seq {seq}: payload of index {index} differs from the wire")
+        if size != len(encoded) and len(problems) < 20:
+            problems.append(f"seq {seq}: size {size} != {len(encoded)} payload bytes")
+        if index != self.prev_index + 1:
+            report.in_order = False
+        self.prev_index = index
+
+    def finish(self, frame_count: int) -> LossReport:
+        return self.report.finish(self.frames, self.seen, self.ends, frame_count, self.total_bytes)
 
 
 @dataclass
@@ -696,60 +758,26 @@ def steady_rate(progress: list[tuple[float, int]], frames: int) -> float:
 
 def verify(db: Database, instance: str, frames: int) -> LossReport:
     """Every firehose frame exactly once, in a gap-free seq, byte-identical to the wire."""
-    from recorder.simulator import firehose_template
-
-    report = LossReport(ok=True)
-    problems = report.problems
+    check = FirehoseRows(frames)
     links = list(
         db.rows("select id, frame_count from connections where instance = ? order by id", instance)
     )
     if len(links) != 1:
-        problems.append(f"{len(links)} connections, expected 1 (the link reconnected?)")
+        check.report.problems.append(
+            f"{len(links)} connections, expected 1 (the link reconnected?)"
+        )
     if not links:
-        report.ok = False
-        return report
+        check.report.ok = False
+        return check.report
     cid, frame_count = links[0]
-    seen = bytearray(frames)
-    expected_seq = 1
-    prefix = suffix = ""
-    prev_index = -1
-    ends = total_bytes = 0
     rows = db.rows(
         "select seq, type, opcode, size, payload, payload_bytes from frames"
         " where connection_id = ? order by seq",
         cid,
     )
-    for seq, type_, opcode, size, payload, payload_bytes in rows:
-        report.total_rows += 1
-        if seq != expected_seq and len(problems) < 20:
-            problems.append(f"seq {seq} where {expected_seq} was expected")
-        expected_seq = seq + 1
-        if type_ == "stream_end":
-            ends += 1
-        if type_ != "stream_chunk":
-            continue
-        report.chunk_rows += 1
-        if payload is None or payload_bytes is not None or opcode != 1:
-            problems.append(f"seq {seq}: not stored as a text payload")
-            continue
-        data = json.loads(payload)["data"]
-        index = data["metadata"]["index"]
-        if not prefix:
-            prefix, suffix = firehose_template(data["sessionId"], DEFAULT_SIZE, frames)
-        encoded = payload.encode()
-        total_bytes += len(encoded)
-        if not 0 <= index < frames:
-            problems.append(f"seq {seq}: index {index} out of range")
-            continue
-        seen[index] += 1
-        if encoded != f"{prefix}{index}{suffix}".encode() and len(problems) < 20:
-            problems.append(f"seq {seq}: payload of index {index} differs from the wire")
-        if size != len(encoded) and len(problems) < 20:
-            problems.append(f"seq {seq}: size {size} != {len(encoded)} payload bytes")
-        if index != prev_index + 1:
-            report.in_order = False
-        prev_index = index
-    return report.finish(frames, seen, ends, frame_count, total_bytes)
+    for row in rows:
+        check.row(*row)
+    return check.finish(frame_count)
 
 
 # --- the report --------------------------------------------------------------------------

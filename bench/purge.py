@@ -100,8 +100,8 @@ from harness import (
     yes,
 )
 from ingest import (
-    DEFAULT_SIZE,
     NO_PROXY,
+    FirehoseRows,
     LossReport,
     print_run_problems,
     process_tree,
@@ -523,62 +523,28 @@ def verify_firehose(
     con: sqlite3.Connection, base_id: int, base_cid: int, frames: int
 ) -> LossReport:
     """Every firehose frame exactly once, in a gap-free seq, byte-identical to the wire."""
-    from recorder.simulator import firehose_template
-
-    report = LossReport(ok=True)
-    problems = report.problems
+    check = FirehoseRows(frames)
+    problems = check.report.problems
     links = con.execute(
         "select id, frame_count from connections where id > ? order by id", (base_cid,)
     ).fetchall()
     if len(links) != 1:
         problems.append(f"{len(links)} new connections, expected 1 (the link reconnected?)")
     if not links:
-        report.ok = False
-        return report
+        check.report.ok = False
+        return check.report
     cid, frame_count = links[0]
-    seen = bytearray(frames)
-    expected_seq = 1
-    prefix = suffix = ""
-    ends = total_bytes = 0
     rows = con.execute(
         "select connection_id, seq, type, opcode, size, payload, payload_bytes from frames"
         " where id > ? order by id",
         (base_id,),
     )
-    for connection_id, seq, type_, opcode, size, payload, payload_bytes in rows:
+    for connection_id, *row in rows:
         if connection_id != cid:
             problems.append(f"a row of connection {connection_id} above the copy's last row")
             continue
-        report.total_rows += 1
-        if seq != expected_seq and len(problems) < 20:
-            problems.append(f"seq {seq} where {expected_seq} was expected")
-        expected_seq = seq + 1
-        if type_ == "stream_end":
-            ends += 1
-        if type_ != "stream_chunk":
-            continue
-        report.chunk_rows += 1
-        if payload is None or payload_bytes is not None or opcode != 1:
-            problems.append(f"seq {seq}: not stored as a text payload")
-            continue
-        if not prefix:
-            session = json.loads(payload)["data"]["sessionId"]
-            prefix, suffix = firehose_template(session, DEFAULT_SIZE, frames)
-        middle = payload[len(prefix) : len(payload) - len(suffix)]
-        if not (payload.startswith(prefix) and payload.endswith(suffix) and middle.isdigit()):
-            if len(problems) < 20:
-                problems.append(f"seq {seq}: payload differs from the wire")
-            continue
-        index = int(middle)
-        if not 0 <= index < frames or f"{prefix}{index}{suffix}" != payload:
-            problems.append(f"seq {seq}: index {middle} out of range or not canonical")
-            continue
-        seen[index] += 1
-        encoded = len(payload.encode())
-        total_bytes += encoded
-        if size != encoded and len(problems) < 20:
-            problems.append(f"seq {seq}: size {size} != {encoded} payload bytes")
-    return report.finish(frames, seen, ends, frame_count, total_bytes)
+        check.row(*row)
+    return check.finish(frame_count)
 
 
 def check_purge(con: sqlite3.Connection, built: Built, base_id: int, base_cid: int) -> PurgeCheck:

@@ -86,8 +86,9 @@ class Service:
         """SIGHUP: one reload at a time. One asked for while another runs follows it
         (once, however many were asked for: it reads the newest file). Before the
         service has started, and once its stop has begun, there is nothing to reload."""
-        if not self.started.is_set() or self.stopping:
-            log.info("reload ignored: the recorder is starting or stopping")
+        if self.stopping or not self.started.is_set():
+            state = "stopping" if self.stopping else "starting"
+            log.info(f"reload ignored: the recorder is {state}")
             return
         if self.reload_task is not None and not self.reload_task.done():
             self._reload_again = True
@@ -356,17 +357,12 @@ async def main(config: Config) -> int:
     def on_stop() -> None:
         if stop.is_set():
             service.force_exit()
+        service.stopping = True  # from the signal on: no reload starts
         stop.set()
-
-    def on_reload() -> None:
-        if stop.is_set():
-            log.info("reload ignored: the recorder is stopping")
-            return
-        service.request_reload()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop)
-    loop.add_signal_handler(signal.SIGHUP, on_reload)
+    loop.add_signal_handler(signal.SIGHUP, service.request_reload)
     running = asyncio.create_task(service.run(stop))
     started = asyncio.create_task(service.started.wait())
     await asyncio.wait((running, started), return_when=asyncio.FIRST_COMPLETED)
