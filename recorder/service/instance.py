@@ -39,10 +39,13 @@ class InstanceLock:
         self.unclean = False
         # A recorder has held this lock before: the database beside it is ours.
         self.used_before = False
+        # This acquire made the lock file (no recorder had been here).
+        self.created = False
 
     def acquire(self) -> None:
         """Take the lock, or raise AlreadyRunning naming the holder."""
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.created = not self.path.exists()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -62,7 +65,12 @@ class InstanceLock:
         os.pwrite(fd, json.dumps(info).encode(), 0)
         self._fd = fd
 
-    def release(self, clean: bool = True) -> None:
+    def release(self, clean: bool = True, refused: bool = False) -> None:
+        """``clean``: the run stopped cleanly (the next start skips its check).
+        ``refused``: the run refused the database before using it; a lock file this
+        run made goes, or the next start would take the file for a recorder's."""
+        if refused and self.created:
+            self.path.unlink(missing_ok=True)
         if self._fd is not None:
             if clean:
                 info = {"pid": os.getpid(), "stopped": True, "at": format_us(now_us())}

@@ -174,7 +174,7 @@ class Service:
             if lock is not None:
                 # "Stopped cleanly" only when it did: a writer that failed (a corrupt
                 # file, a killed process) leaves the next start its quick_check.
-                lock.release(clean=code == 0)
+                lock.release(clean=code == 0, refused=code == 2)
             if pg_lock is not None:
                 await pg_lock.release()
 

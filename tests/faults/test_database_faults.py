@@ -69,7 +69,9 @@ async def test_a_file_that_never_was_a_database_is_refused_untouched(
     # storage.url pointing at the wrong file (a config, a log): never renamed.
     text = b"[daemon]\nurl = 'ws://localhost:8787'\n" * 100
     db_path.write_bytes(text)
-    assert await run_once(make_config("ws://127.0.0.1:9")) == 2  # a config error
+    for _ in range(2):  # the refusal leaves no lock file that a second start would trust
+        assert await run_once(make_config("ws://127.0.0.1:9")) == 2  # a config error
+    assert not Path(f"{db_path}.lock").exists()
     assert db_path.read_bytes() == text
     assert corrupt_copies(db_path) == []
     assert not Path(f"{db_path}-wal").exists()
