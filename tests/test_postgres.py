@@ -681,3 +681,45 @@ def test_the_index_by_type_leaves_out_stream_chunks_and_still_finds_the_rare_typ
     definition, plan = asyncio.run(scenario())
     assert definition.endswith("WHERE (type <> 'stream_chunk'::text)")
     assert "type_id_idx" in plan
+
+
+def test_frames_by_receive_time_use_a_block_range_index(pg_url: str) -> None:
+    """Migration 0009: on PostgreSQL the index by receive time is BRIN (one entry per
+    run of pages, not one per frame), and `frames --since` still finds its pages by it."""
+    import asyncpg
+
+    from recorder.db.engine import create_engine
+    from recorder.db.migrations import upgrade
+
+    async def scenario() -> tuple[str, str]:
+        engine = create_engine(pg_url.replace("postgresql://", "postgresql+asyncpg://"))
+        await upgrade(engine)
+        await engine.dispose()
+        conn = await asyncpg.connect(pg_url)
+        try:
+            definition = await conn.fetchval(
+                "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_frames_received_at_us'"
+            )
+            # A month of frames, a minute apart: the last hour is a few pages.
+            start = now_us() - 30 * 86_400_000_000
+            await conn.execute(
+                "INSERT INTO frames (connection_id, seq, direction, received_at_us,"
+                " monotonic_ns, opcode, size, type, payload) SELECT 1, g, 'in',"
+                " $1::bigint + g * 60000000::bigint, g, 1, 2, 'x', '{}' FROM generate_series(0, 43199) g",
+                start,
+            )
+            await conn.execute("ANALYZE frames")
+            plan = "\n".join(
+                r[0]
+                for r in await conn.fetch(
+                    "EXPLAIN SELECT id FROM frames WHERE received_at_us >= $1",
+                    start + 43_140 * 60_000_000,
+                )
+            )
+        finally:
+            await conn.close()
+        return definition, plan
+
+    definition, plan = asyncio.run(scenario())
+    assert "USING brin (received_at_us)" in definition
+    assert "Bitmap Index Scan on frames_" in plan and "received_at_us_idx" in plan, plan
