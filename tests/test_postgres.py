@@ -223,28 +223,40 @@ async def test_named_instances_share_a_database_and_one_name_runs_once(
 
 
 def test_frames_are_partitioned_by_month_and_written_with_copy(pg_url: str) -> None:
+    """Each batch: its frames in one COPY, and its index changes (connection counts,
+    sessions, daily tallies) in one statement: each statement is a round trip."""
     import asyncpg
+    from sqlalchemy import event
 
-    from recorder.db.connection import WriterDatabase
+    from recorder.db.connection import AsyncWriterDatabase, WriterDatabase
     from recorder.db.migrations import upgrade_sync
     from recorder.db.partitions import months
     from recorder.db.write import Store
     from recorder.pipeline.classifier import Classifier
 
-    async def scenario() -> tuple[int, list[str], list[tuple[str, int]]]:
+    async def scenario() -> tuple[int, list[int], list[str], list[tuple[str, int]], Any]:
         url = pg_url.replace("postgresql://", "postgresql+asyncpg://")
         db = await WriterDatabase.open(url)
+        assert isinstance(db, AsyncWriterDatabase)
         await db.run(upgrade_sync)
         store = Store(db.dialect)
         cid = await db.run(store.open_connection, "link", "ws://x", 1)
+        statements: list[str] = []
+        event.listen(
+            db.engine.sync_engine,
+            "before_cursor_execute",
+            lambda _c, _k, sql, *_: statements.append(sql),
+        )
         now = now_us()
         classifier = Classifier()
+        per_batch = []
+        chunk = b'{"type":"stream_chunk","data":{"sessionId":"s1","chunk":"x"}}'
         for batch in range(3):
-            frames = [
-                (cid, batch * 100 + i, IN, now + i, i, True, b'{"type":"x"}') for i in range(1, 101)
-            ]
+            frames = [(cid, batch * 100 + i, IN, now + i, i, True, chunk) for i in range(1, 101)]
             rows, index = classifier.rows_and_index(frames)
+            statements.clear()
             await db.run(store.write_batch, rows, index)
+            per_batch.append(len(statements))
         await db.shutdown()
         conn = await asyncpg.connect(pg_url)
         try:
@@ -261,12 +273,20 @@ def test_frames_are_partitioned_by_month_and_written_with_copy(pg_url: str) -> N
                     "SELECT tableoid::regclass::text AS tableoid, count(*) AS n FROM frames GROUP BY 1"
                 )
             ]
+            counted = await conn.fetchrow(
+                "SELECT (SELECT frame_count FROM connections) AS connection,"
+                " (SELECT frame_count FROM sessions WHERE id = 's1') AS session,"
+                " (SELECT sum(frames) FROM frame_days) AS days"
+            )
         finally:
             await conn.close()
-        return store.copies, parts, placed
+        return store.copies, per_batch, parts, placed, counted
 
-    copies, parts, placed = asyncio.run(scenario())
+    copies, per_batch, parts, placed, counted = asyncio.run(scenario())
     assert copies == 3  # one COPY per batch
+    # The first batch also makes the partitions ahead; then one statement a batch.
+    assert per_batch[1:] == [1, 1]
+    assert tuple(counted) == (300, 300, 300)
     ahead = [name for name, _, _ in months(now_us(), 3)]
     assert set(ahead) <= set(parts) and "frames_default" in parts
     assert placed == [(ahead[0], 300)]  # this month's partition, not the default one
@@ -405,6 +425,37 @@ def test_both_databases_hold_the_same_rows_for_the_same_conversation(
             True,
         ),
         (IN, b'{"type":"error","error":"Session not found: session_nope"}', True),
+        # A known session changed by a frame that does not create one (an update),
+        # then news that must replace what is stored (status, error) beside news that
+        # must not (the first task's description).
+        (
+            OUT,
+            json.dumps(
+                {"type": "execute_task", "payload": {"sessionId": "s1", "task": "Second"}}
+            ).encode(),
+            True,
+        ),
+        (
+            IN,
+            json.dumps(
+                {
+                    "type": "session_status_update",
+                    "session": {
+                        "id": "s1",
+                        "status": "failed",
+                        "task": {"id": "t1", "description": "Second"},
+                    },
+                }
+            ).encode(),
+            True,
+        ),
+        (
+            IN,
+            json.dumps(
+                {"type": "task_failed", "sessionId": "s1", "taskId": "Second", "error": "boom"}
+            ).encode(),
+            True,
+        ),
     ]
     tables = {
         "frames": "id",

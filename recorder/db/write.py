@@ -1,11 +1,11 @@
 """The write side: the statements the database process runs, one transaction each.
 
 Only the database process uses :class:`Store`, through a :class:`WriterDatabase`
-(see :mod:`recorder.db.connection`). The INSERT is compiled once per dialect by
-SQLAlchemy Core and run at the driver level: several hundred rows per statement
-on SQLite, one ``executemany`` per batch on PostgreSQL (asyncpg pipelines it).
-Both are several times faster than Core's own executemany, with the same SQL on
-both databases.
+(see :mod:`recorder.db.connection`). Frames go in by the hundreds per statement on
+SQLite (multi-row INSERTs compiled once by SQLAlchemy Core) and by one binary COPY
+per transaction on PostgreSQL. A batch's index changes are a statement per change
+on SQLite, which pays no round trip for them, and one statement on PostgreSQL
+(:mod:`recorder.db.pg_index`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from sqlalchemy import bindparam, func, literal_column, select, tuple_, update
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.elements import ColumnElement
 
+from recorder.db import pg_index
 from recorder.db.schema import active_session, connections, frame_days, frames, sessions, tasks
 from recorder.protocol.index import (
     LOST_STATUS,
@@ -93,7 +94,7 @@ class Store:
         if list(order) != list(FRAME_COLUMNS):
             raise RuntimeError(f"unexpected parameter order {order}")
         self._insert_sql = str(compiled)
-        self._multirow = dialect.name == "sqlite"
+        self._postgres = dialect.name == "postgresql"
         self._multirow_sql: dict[int, str] = {}
         # Batches written with COPY (PostgreSQL), for tests and metrics.
         self.copies = 0
@@ -173,24 +174,31 @@ class Store:
     def write_batches(
         self, conn: Connection, batches: Sequence[tuple[Sequence[FrameRow], IndexBatch]]
     ) -> None:
-        """Consecutive batches in one transaction: their frames in one COPY (or
-        multi-row inserts), then each batch's index changes in order, as if each had
-        been written alone. A COPY and a commit cost about as much for 2000 rows as for
-        several times that: batches that queue up while one is written go in together."""
+        """Consecutive batches in one transaction: each batch's index changes in order,
+        as if each had been written alone, then their frames in one COPY (or multi-row
+        inserts). A COPY and a commit cost about as much for 2000 rows as for several
+        times that: batches that queue up while one is written go in together.
+
+        The index changes come first: on PostgreSQL their statement opens the
+        transaction that the COPY then joins. Only attributions read or change frame
+        rows, so they come after the frames."""
         rows = batches[0][0] if len(batches) == 1 else [r for part, _ in batches for r in part]
         spawns = any(index.spawns for _, index in batches)
         with conn.begin():
+            for _, index in batches:
+                self._apply_index(conn, index)
             before = conn.execute(select(func.max(frames.c.id))).scalar() if spawns else None
             if not rows:
                 pass
-            elif self._multirow:
-                self._insert_multirow(conn, rows)
-            else:
+            elif self._postgres:
                 self._copy(conn, rows)
+            else:
+                self._insert_multirow(conn, rows)
             if spawns:
                 self._note_spawns(conn, before or 0)
             for _, index in batches:
-                self._apply_index(conn, index)
+                if index.attributions:
+                    self._attribute(conn, index.attributions)
 
     def _note_spawns(self, conn: Connection, before: int) -> None:
         """The ids of the spawn requests just stored, found through the (type, id) index."""
@@ -214,9 +222,8 @@ class Store:
         """
         from sqlalchemy.util.concurrency import await_
 
-        # The adapter begins its transaction with its first statement: begin it, so
-        # that the COPY is inside it, with the index updates.
-        conn.exec_driver_sql("SELECT 1")
+        # The index statement that ran first began the adapter's transaction (it
+        # begins with its first statement): the COPY is inside it.
         newest = rows[-1][3]  # received_at_us
         if newest >= self._partitions_until:
             # Partitions ahead of the frames, made in the batch's transaction.
@@ -248,6 +255,20 @@ class Store:
             conn.exec_driver_sql(sql, tuple(chain.from_iterable(part)))
 
     def _apply_index(self, conn: Connection, index: IndexBatch) -> None:
+        """A batch's index changes but its attributions (see :meth:`write_batches`)."""
+        if self._postgres:
+            known = pg_index.apply(conn, index, self.instance)
+        else:
+            known = self._count_and_merge(conn, index)
+        if index.tasks:
+            self._merge_tasks(conn, {k: d for k, d in index.tasks.items() if k[0] in known})
+        for at_us, listed in index.listings:
+            self._reconcile(conn, at_us, listed)
+
+    def _count_and_merge(self, conn: Connection, index: IndexBatch) -> set[str]:
+        """SQLite: what :func:`recorder.db.pg_index.apply` does, a statement per change
+        (in-process, each costs no round trip); returns the ids of the batch's sessions
+        that exist afterwards."""
         per_connection = index.connection_frames  # a property: summed on each access
         if per_connection:
             stmt = (
@@ -256,18 +277,11 @@ class Store:
                 .values(frame_count=connections.c.frame_count + _bind("n"))
             )
             conn.execute(stmt, _bound([{"cid": cid, "n": n} for cid, n in per_connection.items()]))
-        if index.attributions:
-            self._attribute(conn, index.attributions)
-        known: set[str] = set()
-        if index.sessions:
-            known = self._merge_sessions(conn, index.sessions)
-        if index.tasks:
-            self._merge_tasks(conn, {k: d for k, d in index.tasks.items() if k[0] in known})
-        for at_us, listed in index.listings:
-            self._reconcile(conn, at_us, listed)
+        known = self._merge_sessions(conn, index.sessions) if index.sessions else set()
         days = index.days
         if days:
             self._count_days(conn, days)
+        return known
 
     def _attribute(self, conn: Connection, attributions: list[tuple[int, int, str]]) -> None:
         known = [(self._spawn_ids.pop((c, q), None), c, q, sid) for c, q, sid in attributions]
