@@ -456,6 +456,10 @@ def test_both_databases_hold_the_same_rows_for_the_same_conversation(
             ).encode(),
             True,
         ),
+        # Strings no text column holds (NUL, lone surrogates): left out of the index,
+        # the frames kept.
+        (IN, b'{"type":"x\\u0000","sessionId":"s\\u0000","error":"\\ud800"}', True),
+        (IN, b'{"type":"error","sessionId":"s1","error":"a\\u0000b"}', True),
     ]
     tables = {
         "frames": "id",

@@ -118,6 +118,40 @@ def test_ids_come_from_wherever_the_protocol_puts_them(
     assert info.parse_error is None
 
 
+# Strings JSON can spell that no text column holds: NUL (not in PostgreSQL's text)
+# and lone surrogates (no driver encodes them). Surrogate pairs are fine.
+UNSTORABLE = ["a\\u0000b", "\\ud800", "x\\udc00y"]
+
+
+@pytest.mark.parametrize("bad", UNSTORABLE)
+def test_ids_no_column_can_hold_are_left_out(bad: str) -> None:
+    data = f'{{"type":"{bad}","sessionId":"{bad}","taskId":"t","data":{{"sessionId":"s"}}}}'
+    info = classify(data.encode(), True)
+    assert (info.type, info.session_id, info.task_id) == (None, "s", "t")
+    assert info.text == data  # the frame itself is kept exactly
+    assert classify(b'{"type":"\\ud83d\\ude00"}', True).type == "\U0001f600"
+
+
+@pytest.mark.parametrize("bad", UNSTORABLE)
+def test_descriptions_and_errors_no_column_can_hold_are_left_out(bad: str) -> None:
+    batch = IndexBatch()
+    for text, direction in [
+        (
+            f'{{"type":"session_status_update","session":{{"id":"s1","status":"{bad}",'
+            f'"task":{{"id":"t1","description":"{bad}"}}}}}}',
+            IN,
+        ),
+        (f'{{"type":"task_failed","sessionId":"s1","taskId":"t1","error":"{bad}"}}', IN),
+        (f'{{"type":"execute_task","payload":{{"sessionId":"s1","task":"{bad}"}}}}', OUT),
+    ]:
+        f = frame(text, direction)
+        batch.add(f, classify(f.data, True), "s1", len(f.data))
+    session = batch.sessions["s1"]
+    assert (session.status, session.task_description, session.last_error) == (None, None, None)
+    task = batch.tasks[("s1", "t1")]
+    assert (task.description, task.error, task.status) == (None, None, "failed")
+
+
 def test_non_string_type_is_null_but_frame_is_an_object() -> None:
     info = classify(b'{"type":{"nested":1}}', True)
     assert info.type is None and info.parse_error is None

@@ -92,9 +92,37 @@ def _classified(obj: dict[str, Any], text: str | None) -> Classified:
 
 
 def id_or_none(value: Any) -> str | None:
-    if type(value) is str and 0 < len(value) <= MAX_ID_LENGTH:
+    """``value`` if it is an id the index can keep: a short string a column can hold."""
+    # storable(), inlined for the common case: this runs for several fields a frame.
+    if (
+        type(value) is str
+        and 0 < len(value) <= MAX_ID_LENGTH
+        and "\x00" not in value
+        and (value.isascii() or storable(value))
+    ):
         return value
     return None
+
+
+def text_or_none(value: Any) -> str | None:
+    """``value`` if it is a string a column can hold (a description, an error)."""
+    return value if type(value) is str and storable(value) else None
+
+
+def storable(text: str) -> bool:
+    """Whether a text column can hold ``text``. JSON can spell what neither database
+    takes: ``\\u0000`` (PostgreSQL's text has no NUL) and a lone ``\\ud800`` (no
+    driver encodes a surrogate). One such string in a batch would fail its every
+    retry and stop the recording; the frame itself is kept byte-exact either way."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def extract_ids(obj: dict[str, Any], type_: str | None) -> tuple[str | None, str | None]:

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from recorder.protocol.classify import Classified, id_or_none
+from recorder.protocol.classify import Classified, id_or_none, text_or_none
 from recorder.protocol.frames import F_CONNECTION, F_DIRECTION, F_RECEIVED, IN, OUT
 from recorder.times import parse_daemon_time
 
@@ -209,8 +209,8 @@ class IndexBatch:
                             ids.add(sid)
                 self.listings.append((at, frozenset(ids)))
         if type_ == "error" and session_id is not None and info.session_id is None:
-            error = obj.get("error")
-            if isinstance(error, str):
+            error = text_or_none(obj.get("error"))
+            if error is not None:
                 delta = self.session(session_id, at)
                 delta.last_error = error
                 if error.startswith("Session not found"):
@@ -223,8 +223,8 @@ class IndexBatch:
         if type_ == "execute_task" and frame[F_DIRECTION] == OUT:
             task = self.task(sid, tid, at)
             payload = obj.get("payload")
-            text = payload.get("task") if isinstance(payload, dict) else None
-            if isinstance(text, str):
+            text = text_or_none(payload.get("task")) if isinstance(payload, dict) else None
+            if text is not None:
                 task.description = text
             task.status = task.status or "requested"
         elif type_ == "task_executing":
@@ -239,8 +239,8 @@ class IndexBatch:
             task = self.task(sid, tid, at)
             task.status = "failed"
             task.ended_at_us = at
-            error = obj.get("error")
-            if isinstance(error, str):
+            error = text_or_none(obj.get("error"))
+            if error is not None:
                 task.error = error
                 self.session(sid, at).last_error = error
 
@@ -264,15 +264,15 @@ class IndexBatch:
         task = session.get("task")
         if isinstance(task, dict):
             tid = id_or_none(task.get("id"))
-            description = task.get("description")
+            description = text_or_none(task.get("description"))
             # First wins, here and when stored (see SessionDelta).
-            if isinstance(description, str) and delta.task_description is None:
+            if description is not None and delta.task_description is None:
                 delta.task_description = description
             if tid is not None:
                 if delta.task_id is None:
                     delta.task_id = tid
                 task_delta = self.task(sid, tid, at)
-                if isinstance(description, str) and task_delta.description is None:
+                if description is not None and task_delta.description is None:
                     task_delta.description = description
                 # The daemon leaves task.status at "pending"; the session's status
                 # is the truth about its first task.

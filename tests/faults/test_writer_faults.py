@@ -254,3 +254,43 @@ async def test_a_closed_connection_leaves_no_role_behind(db_path: Path) -> None:
         writer.stop()
         await shipping
         await writer.close()
+
+
+async def test_a_frame_whose_ids_no_column_can_hold_does_not_stop_the_recording(
+    db_path: Path,
+) -> None:
+    """JSON can spell strings a text column cannot hold: a lone surrogate (no driver
+    encodes one) or NUL (PostgreSQL's text has none). As a type, an id or an error
+    they failed their batch on every retry, and the recording stopped behind it.
+    They are left out of the index; the frames are kept byte-exact."""
+    hostile = [
+        b'{"type":"\\ud800","sessionId":"s1"}',
+        b'{"type":"stream_chunk","data":{"sessionId":"\\udc00","chunk":"x"}}',
+        b'{"type":"x\\u0000","sessionId":"a\\u0000b"}',
+        b'{"type":"error","sessionId":"s1","error":"\\ud800"}',
+        b'{"type":"stream_chunk","data":{"sessionId":"s1","chunk":"fine"}}',
+    ]
+    writer = Writer(f"sqlite+aiosqlite:///{db_path}", commit_interval=0.05)
+    await writer.start()
+    shipping = asyncio.create_task(writer.run())
+    try:
+        cid = await writer.open_connection("link", "ws://daemon")
+        for seq, data in enumerate(hostile, 1):
+            await writer.put((cid, seq, IN, now_us(), time.monotonic_ns(), True, data))
+    finally:
+        writer.stop()
+        await asyncio.wait_for(shipping, TIMEOUT)
+        await asyncio.wait_for(writer.close(), TIMEOUT)
+    assert writer.metrics.frames == {(IN, "link"): [5, sum(map(len, hostile))]}
+    with closing(sqlite3.connect(db_path)) as db:
+        stored = db.execute("SELECT payload, type, session_id FROM frames ORDER BY seq").fetchall()
+        session = db.execute("SELECT id, frame_count FROM sessions").fetchall()
+    assert [row[0].encode() for row in stored] == hostile
+    assert [row[1:] for row in stored] == [
+        (None, "s1"),
+        ("stream_chunk", None),
+        (None, None),
+        ("error", "s1"),
+        ("stream_chunk", "s1"),
+    ]
+    assert session == [("s1", 3)]
