@@ -70,6 +70,14 @@ ROW_SIZE: Final = 6
 assert FRAME_COLUMNS[ROW_SIZE] == "size"
 
 
+def unindexed(rows: Sequence[FrameRow]) -> list[FrameRow]:
+    """The rows without what classification read from them (type, session, task)."""
+    return [(*row[:7], None, None, None, *row[10:]) for row in rows]
+
+
+assert FRAME_COLUMNS[7:10] == ("type", "session_id", "task_id")
+
+
 # 13 parameters a row: 6500 a statement, under SQLite's limit of 32766 bound
 # parameters (999 before SQLite 3.32, 2020).
 SQLITE_ROWS_PER_INSERT = (

@@ -151,16 +151,33 @@ async def write_together(
     kept and retried while the database fails; answers each batch's frames and bytes
     per (connection, direction): the service's metrics."""
     rows = sum(len(b.rows) for b in batches)
-    parts = [(b.rows, b.index) for b in batches]
+    parts: list[tuple[list[FrameRow], IndexBatch]] = [(b.rows, b.index) for b in batches]
     delay = RETRY_FIRST
     failing_since: float | None = None
     logged = 0.0
+    stripped = False
     while True:
         try:
             await db.run(store.write_batches, parts)
         except Exception as exc:
             from recorder.db.integrity import broken
 
+            if refused_value(exc) and not stripped:
+                # The same batch would be refused on every retry, and everything queued
+                # behind it would wait: the classifier let through a value the database
+                # will not take (see recorder.protocol.classify.storable). The frames are
+                # kept, without what was read from them.
+                from recorder.db.write import unindexed
+
+                log.error(
+                    "database refused a value read from the frames; "
+                    "writing them without their index",
+                    error=short_error(exc),
+                    frames=rows,
+                )
+                parts = [(unindexed(r), index.counts_only()) for r, index in parts]
+                stripped = True
+                continue
             if broken(exc):
                 # Retrying cannot help. Stop this process: the service notices at
                 # once, reports what was lost and exits; its restart finds the file
@@ -205,6 +222,24 @@ async def write_together(
                     tally[(cid, direction)] = (old[0] + n, old[1] + size)
                 tallies.append(tally)
             return tallies
+
+
+def refused_value(exc: BaseException) -> bool:
+    """Whether the database or its driver refused a value (it cannot encode it, or
+    SQLSTATE class 22, data exception), rather than being unable to write at all."""
+    seen: set[int] = set()
+    found: BaseException | None = exc
+    while found is not None and id(found) not in seen:
+        seen.add(id(found))
+        if isinstance(found, UnicodeError | OverflowError):
+            return True
+        state = getattr(found, "sqlstate", None)
+        if isinstance(state, str) and state.startswith("22"):
+            return True
+        if type(found).__name__ == "DataError" and type(found).__module__.startswith("asyncpg"):
+            return True  # asyncpg's own: a value it cannot encode for the column
+        found = getattr(found, "orig", None) or found.__cause__ or found.__context__
+    return False
 
 
 def short_error(exc: BaseException, limit: int = 300) -> str:

@@ -143,6 +143,17 @@ class IndexBatch:
             tally[1] += size
         return days
 
+    def counts_only(self) -> IndexBatch:
+        """The batch's frame and byte counts, without types: all that is indexed of
+        frames whose index values the database refused (see
+        :func:`recorder.pipeline.ops.write_together`)."""
+        plain = IndexBatch()
+        for (cid, _, direction, day), (n, size) in self.tallies.items():
+            tally = plain.tallies.setdefault((cid, None, direction, day), [0, 0])
+            tally[0] += n
+            tally[1] += size
+        return plain
+
     def session(self, session_id: str, at_us: int) -> SessionDelta:
         delta = self.sessions.get(session_id)
         if delta is None:

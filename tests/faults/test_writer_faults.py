@@ -294,3 +294,71 @@ async def test_a_frame_whose_ids_no_column_can_hold_does_not_stop_the_recording(
         ("stream_chunk", "s1"),
     ]
     assert session == [("s1", 3)]
+
+
+def refused_batch(cid: int, bad: str) -> ops.WriteRows:
+    """A batch holding a value the database will not take, as a classifier that let
+    it through would send it: the frame's type, and its session."""
+    data = b'{"type":"stream_chunk","data":{"sessionId":"s1","chunk":"x"}}'
+    rows, index = Classifier().rows_and_index([(cid, 1, IN, now_us(), 1, True, data)])
+    row = rows[0]
+    rows = [(*row[:7], bad, bad, *row[9:])]
+    index.tallies = {(c, bad, d, day): v for (c, _, d, day), v in index.tallies.items()}
+    index.sessions = {bad: index.sessions["s1"]}
+    return ops.WriteRows(rows, index)
+
+
+async def check_refused_values_leave_the_index_out(url: str, bad: str) -> list[tuple[Any, ...]]:
+    """Write a refused batch and a good one; returns the frames as stored."""
+    from sqlalchemy import text
+
+    from recorder.db.connection import WriterDatabase
+    from recorder.db.migrations import upgrade_sync
+    from recorder.db.write import Store
+
+    db = await WriterDatabase.open(url)
+    try:
+        await db.run(upgrade_sync)
+        store = Store(db.dialect)
+        cid = await db.run(store.open_connection, "link", "ws://daemon", 1)
+        good = Classifier().rows_and_index(
+            [(cid, 2, IN, now_us(), 2, True, b'{"type":"x","sessionId":"s2"}')]
+        )
+        with structlog.testing.capture_logs() as logs:
+            await asyncio.wait_for(
+                ops.write_together(db, store, [refused_batch(cid, bad), ops.WriteRows(*good)]),
+                TIMEOUT,
+            )
+
+        def read(conn: Any) -> list[tuple[Any, ...]]:
+            found = conn.execute(
+                text(
+                    "SELECT seq, type, session_id, payload,"
+                    " (SELECT frame_count FROM connections) FROM frames ORDER BY seq"
+                )
+            )
+            return [tuple(row) for row in found]
+
+        stored = await db.run(read)
+    finally:
+        await db.shutdown()
+    (event,) = [e for e in logs if e["log_level"] == "error"]
+    assert event["event"].startswith("database refused a value") and event["frames"] == 2
+    assert "chunk" not in str(event)  # no frame data in the line
+    return stored
+
+
+async def test_a_value_the_database_refuses_costs_the_index_not_the_frames(
+    db_path: Path,
+) -> None:
+    """Defence behind recorder.protocol.classify.storable: should a value the database
+    refuses get through, retrying could never succeed, and the recording would stall
+    behind the batch. The batch is written once more without what was read from its
+    frames (type, session, task); the frames and their counts are kept."""
+    stored = await check_refused_values_leave_the_index_out(
+        f"sqlite+aiosqlite:///{db_path}", "\ud800"
+    )
+    assert stored == [
+        (1, None, None, '{"type":"stream_chunk","data":{"sessionId":"s1","chunk":"x"}}', 2),
+        (2, None, None, '{"type":"x","sessionId":"s2"}', 2),
+    ]
