@@ -27,10 +27,10 @@ from tests.helpers import cli_json_lines, frame_bytes, recorder_process
 ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
-async def _admin(sql: str) -> None:
+async def _admin(sql: str, url: str = ADMIN) -> None:
     import asyncpg
 
-    conn = await asyncpg.connect(ADMIN.replace("postgresql://", "postgres://"), timeout=5)
+    conn = await asyncpg.connect(url.replace("postgresql://", "postgres://"), timeout=5)
     try:
         await conn.execute(sql)
     finally:
@@ -792,3 +792,48 @@ def test_a_value_postgres_refuses_costs_the_index_not_the_frames(pg_url: str, ba
         (1, None, None, 2),
         (2, None, None, 2),
     ]
+
+
+@pytest.mark.parametrize("btree", [False, True])
+def test_a_task_described_at_any_length_is_recorded_and_found(pg_url: str, btree: bool) -> None:
+    """A task's description is the prompt the client sent. A B-tree entry must fit in
+    a third of a page: a longer description failed its batch on every retry and the
+    recording stopped (found by fuzzing). Migration 0010 indexes it by hash. With the
+    B-tree put back, the limit refuses the batch (SQLSTATE 54000) and the writer's
+    defence keeps its frames, without their index."""
+    import random
+    import string
+
+    # 30 000 characters that do not compress (an index entry is compressed first).
+    prompt = "".join(random.Random(13).choices(string.ascii_letters + " .", k=30_000))
+    status = {
+        "type": "session_status_update",
+        "session": {"id": "s1", "status": "running", "task": {"id": "t1", "description": prompt}},
+    }
+    chunk = {"type": "stream_chunk", "data": {"sessionId": "s1", "taskId": "t1", "chunk": "ok"}}
+    sent = [json.dumps(status).encode(), json.dumps(chunk).encode()]
+
+    async def record() -> None:
+        writer = Writer(pg_url.replace("postgresql://", "postgresql+asyncpg://"))
+        await writer.start()
+        if btree:
+            await _admin("DROP INDEX ix_tasks_description", pg_url)
+            await _admin("CREATE INDEX ix_tasks_description ON tasks (description)", pg_url)
+        task = asyncio.create_task(writer.run())
+        cid = await writer.open_connection("link", "ws://127.0.0.1:8787")
+        for seq, data in enumerate(sent, 1):
+            await writer.put(Frame(cid, seq, IN, now_us(), seq, True, data))
+        writer.stop()
+        await asyncio.wait_for(task, 30)
+        await writer.close()
+
+    asyncio.run(record())
+    every = cli_json_lines(["frames", "--database", pg_url, "--format", "jsonl"])
+    assert [frame_bytes(r) for r in every] == sent
+    found = cli_json_lines(["frames", "--database", pg_url, "--task", prompt, "--format", "jsonl"])
+    if btree:
+        assert found == []  # kept without their index
+        return
+    assert [frame_bytes(r) for r in found] == sent
+    tasks = cli_json_lines(["tasks", "--database", pg_url, "--session", "s1", "--format", "jsonl"])
+    assert [(t["task_id"], t["description"]) for t in tasks] == [("t1", prompt)]

@@ -108,7 +108,9 @@ frames = Table(
     # without NUL characters (PostgreSQL text cannot hold NUL), else the raw bytes.
     Column("payload", Text, nullable=True),
     Column("payload_bytes", LargeBinary, nullable=True),
-    Index(None, "received_at_us"),
+    # PostgreSQL: block ranges (BRIN), since frames are written in time order
+    # (migration 0009).
+    Index(None, "received_at_us", postgresql_using="brin"),
 )
 
 # By type, for the rare types looked up (spawn_session, daemon_status_update,
@@ -184,8 +186,10 @@ tasks = Table(
     Column("frame_count", BigInteger, nullable=False, server_default="0"),
     Column("error", Text, nullable=True),
     UniqueConstraint("session_id", "task_id"),
-    # `frames --task` takes the description a person remembers.
-    Index(None, "description"),
+    # `frames --task` takes the description a person remembers. PostgreSQL: by hash,
+    # since a B-tree refuses a row over a third of a page, and task texts are
+    # prompts of any length; the lookup is by equality (migration 0010).
+    Index(None, "description", postgresql_using="hash"),
 )
 
 # Frames and bytes per UTC day, type and direction, kept by the writer in the same

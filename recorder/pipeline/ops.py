@@ -225,8 +225,9 @@ async def write_together(
 
 
 def refused_value(exc: BaseException) -> bool:
-    """Whether the database or its driver refused a value (it cannot encode it, or
-    SQLSTATE class 22, data exception), rather than being unable to write at all."""
+    """Whether the database or its driver refused a value (it cannot encode it;
+    SQLSTATE class 22, data exception, or 54, a limit such as an index entry's size),
+    rather than being unable to write at all."""
     seen: set[int] = set()
     found: BaseException | None = exc
     while found is not None and id(found) not in seen:
@@ -234,7 +235,7 @@ def refused_value(exc: BaseException) -> bool:
         if isinstance(found, UnicodeError | OverflowError):
             return True
         state = getattr(found, "sqlstate", None)
-        if isinstance(state, str) and state.startswith("22"):
+        if isinstance(state, str) and state.startswith(("22", "54")):
             return True
         if type(found).__name__ == "DataError" and type(found).__module__.startswith("asyncpg"):
             return True  # asyncpg's own: a value it cannot encode for the column
