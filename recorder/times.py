@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)\s*(?:ago)?\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def now_us() -> int:
@@ -53,7 +55,9 @@ def parse_daemon_time(value: Any) -> int | None:
         return None
     if moment.tzinfo is None:
         return None
-    return int(moment.timestamp()) * 1_000_000 + moment.microsecond
+    # Exact integer microseconds: timestamp() goes through a float, a second off at
+    # year 9999 and for fractions before 1970.
+    return (moment - _EPOCH) // _MICROSECOND
 
 
 def parse_when(text: str, now_us: int | None = None) -> int:

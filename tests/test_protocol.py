@@ -163,6 +163,9 @@ def test_daemon_times() -> None:
     assert parse_daemon_time("yesterday") is None
     assert parse_daemon_time("2026-11-26T11:28:57") is None  # no zone: ambiguous
     assert parse_daemon_time(17) is None
+    # Exact at the ends of the calendar and before 1970 (a float was a second off).
+    assert parse_daemon_time("9999-12-31T23:59:59.999999Z") == 253402300799999999
+    assert parse_daemon_time("1969-12-31T23:59:59.5Z") == -500000
 
 
 def add(batch: IndexBatch, f: Frame) -> None:
@@ -264,3 +267,31 @@ def test_a_stored_row_keeps_its_first_task_and_start() -> None:
     row = merged(task, again)
     assert (row["description"], row["started_at_us"], row["status"]) == ("a", 10, "running")
     assert merged(None, again)["started_at_us"] == 40
+
+
+@pytest.mark.parametrize("field", ["orchestratorId", "description"])
+def test_a_spawn_answered_with_values_nested_a_thousand_deep_is_still_attributed(
+    field: str,
+) -> None:
+    """Attribution matches a spawn_session to its session_spawned by orchestrator and
+    task description. Comparing two JSON values nested 1 000 deep overflowed the
+    stack, killed the classifier process and stopped the recording (found by
+    fuzzing). Only strings are compared now."""
+    from recorder.pipeline.classifier import Classifier
+
+    deep = "[" * 1000 + "]" * 1000
+    if field == "orchestratorId":
+        request = f'{{"type":"spawn_session","payload":{{"orchestratorId":{deep}}}}}'
+        reply = f'{{"type":"session_spawned","session":{{"id":"s9","orchestratorId":{deep},"task":{{}}}}}}'
+    else:
+        request = f'{{"type":"spawn_session","payload":{{"task":{{"description":{deep}}}}}}}'
+        reply = (
+            f'{{"type":"session_spawned","session":{{"id":"s9","task":{{"description":{deep}}}}}}}'
+        )
+    batch = [
+        (1, 1, OUT, 1_000, 1, True, request.encode()),
+        (1, 2, IN, 2_000, 2, True, reply.encode()),
+    ]
+    rows, index = Classifier().rows_and_index(batch)
+    assert [row[7] for row in rows] == ["spawn_session", "session_spawned"]
+    assert index.attributions == [(1, 1, "s9")]

@@ -21,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from recorder.protocol.classify import text_or_none
 from recorder.protocol.frames import IN, OUT
 
 # Requests remembered per connection; replies come within moments, so only a
@@ -31,8 +32,10 @@ PENDING_MAX = 64
 @dataclass(slots=True)
 class _Spawn:
     seq: int
-    orchestrator_id: Any
-    description: Any
+    # Strings only: any other JSON value could be nested a thousand deep, and
+    # comparing two such values overflows the stack.
+    orchestrator_id: str | None
+    description: str | None
 
 
 @dataclass(slots=True)
@@ -76,8 +79,10 @@ class Attribution:
                 task = payload.get("task") if isinstance(payload, dict) else None
                 spawn = _Spawn(
                     seq,
-                    payload.get("orchestratorId") if isinstance(payload, dict) else None,
-                    task.get("description") if isinstance(task, dict) else None,
+                    text_or_none(payload.get("orchestratorId"))
+                    if isinstance(payload, dict)
+                    else None,
+                    text_or_none(task.get("description")) if isinstance(task, dict) else None,
                 )
                 self._state(connection_id, state).spawns.append(spawn)
                 self.waiting.add(connection_id)
@@ -122,7 +127,10 @@ def _matching_spawn(spawns: deque[_Spawn], obj: dict[str, Any] | None) -> _Spawn
     session = obj.get("session") if obj is not None else None
     task = session.get("task") if isinstance(session, dict) else None
     if isinstance(session, dict) and isinstance(task, dict):
-        wanted = (session.get("orchestratorId"), task.get("description"))
+        wanted = (
+            text_or_none(session.get("orchestratorId")),
+            text_or_none(task.get("description")),
+        )
         for spawn in spawns:
             if (spawn.orchestrator_id, spawn.description) == wanted:
                 spawns.remove(spawn)
