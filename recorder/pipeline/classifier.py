@@ -66,3 +66,39 @@ class Classifier:
             if spawn is not None and info.session_id is not None:
                 index.attribute(spawn[0], spawn[1], info.session_id, received)
         return rows, index
+
+    @staticmethod
+    def unclassified(batch: Sequence[FrameTuple]) -> tuple[list[FrameRow], IndexBatch]:
+        """A batch whose classification failed: its rows with nothing read from them
+        (``parse_error`` "unclassified"), and only their counts."""
+        rows: list[FrameRow] = []
+        index = IndexBatch()
+        for cid, seq, direction, received, mono, is_text, data in batch:
+            text = None
+            if is_text and b"\x00" not in data:
+                try:
+                    text = data.decode()
+                except UnicodeDecodeError:
+                    pass
+            opcode = OPCODE_TEXT if is_text else OPCODE_BINARY
+            payload = None if text is not None else data
+            size = len(data)
+            rows.append(
+                (
+                    cid,
+                    seq,
+                    direction,
+                    received,
+                    mono,
+                    opcode,
+                    size,
+                    None,
+                    None,
+                    None,
+                    "unclassified",
+                    text,
+                    payload,
+                )
+            )
+            index.count(cid, None, direction, received, 1, size)
+        return rows, index

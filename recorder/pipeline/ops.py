@@ -127,7 +127,18 @@ class WriteFrames(Operation[dict[tuple[int, str], tuple[int, int]]]):
     frames: list[FrameTuple]
 
     def prepared(self, classifier: Classifier) -> WriteRows:
-        return WriteRows(*classifier.rows_and_index(self.frames))
+        try:
+            return WriteRows(*classifier.rows_and_index(self.frames))
+        except Exception as exc:
+            # Classification is meant never to raise, whatever the frames; should
+            # some input still make it, the frames are recorded unclassified rather
+            # than the classifier process dying with the batch and the ones behind it.
+            log.error(
+                "cannot classify a batch; recording its frames unclassified",
+                error=short_error(exc),
+                frames=len(self.frames),
+            )
+            return WriteRows(*classifier.unclassified(self.frames))
 
 
 @dataclass(frozen=True, slots=True)

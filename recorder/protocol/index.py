@@ -149,10 +149,16 @@ class IndexBatch:
         :func:`recorder.pipeline.ops.write_together`)."""
         plain = IndexBatch()
         for (cid, _, direction, day), (n, size) in self.tallies.items():
-            tally = plain.tallies.setdefault((cid, None, direction, day), [0, 0])
-            tally[0] += n
-            tally[1] += size
+            plain.count(cid, None, direction, day, n, size)
         return plain
+
+    def count(
+        self, cid: int, type_: str | None, direction: str, at_us: int, frames: int, size: int
+    ) -> None:
+        """Add frames and bytes to a tally (what :meth:`add` does for every frame)."""
+        tally = self.tallies.setdefault((cid, type_, direction, at_us - at_us % DAY_US), [0, 0])
+        tally[0] += frames
+        tally[1] += size
 
     def session(self, session_id: str, at_us: int) -> SessionDelta:
         delta = self.sessions.get(session_id)

@@ -362,3 +362,55 @@ async def test_a_value_the_database_refuses_costs_the_index_not_the_frames(
         (1, None, None, '{"type":"stream_chunk","data":{"sessionId":"s1","chunk":"x"}}', 2),
         (2, None, None, '{"type":"x","sessionId":"s2"}', 2),
     ]
+
+
+class FailingClassifier(Classifier):
+    """Stands in for input that classification cannot take: it is meant never to
+    raise, and this is the defence should some input still make it."""
+
+    def rows_and_index(self, batch: Any) -> Any:
+        raise RecursionError("maximum recursion depth exceeded in comparison")
+
+
+async def test_a_batch_that_cannot_be_classified_is_recorded_unclassified(
+    db_path: Path,
+) -> None:
+    """Before, the classifier process died with the batch (a RecursionError from
+    values nested 1 000 deep) and the recording stopped. The frames are recorded
+    byte-exact with parse_error "unclassified", counted, and one line is logged."""
+    from sqlalchemy import text
+
+    from recorder.db.connection import WriterDatabase
+    from recorder.db.migrations import upgrade_sync
+    from recorder.db.write import Store
+
+    sent = [(b'{"type":"x","sessionId":"s1"}', True), (b"\xff\x00", True), (b"\x01", False)]
+    db = await WriterDatabase.open(f"sqlite+aiosqlite:///{db_path}")
+    try:
+        await db.run(upgrade_sync)
+        store = Store(db.dialect)
+        cid = await db.run(store.open_connection, "link", "ws://daemon", 1)
+        batch = WriteFrames(
+            [(cid, seq, IN, now_us(), seq, t, data) for seq, (data, t) in enumerate(sent, 1)]
+        )
+        with structlog.testing.capture_logs() as logs:
+            rows = batch.prepared(FailingClassifier())
+        await ops.write_together(db, store, [rows])
+
+        def read(conn: Any) -> list[tuple[Any, ...]]:
+            found = conn.execute(
+                text(
+                    "SELECT coalesce(CAST(payload AS BLOB), payload_bytes), opcode, type,"
+                    " session_id, parse_error, (SELECT frame_count FROM connections)"
+                    " FROM frames ORDER BY seq"
+                )
+            )
+            return [tuple(row) for row in found]
+
+        stored = await db.run(read)
+    finally:
+        await db.shutdown()
+    assert stored == [(data, 1 if t else 2, None, None, "unclassified", 3) for data, t in sent]
+    (event,) = logs
+    assert event["event"] == "cannot classify a batch; recording its frames unclassified"
+    assert event["frames"] == 3 and "RecursionError" in event["error"]
