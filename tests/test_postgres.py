@@ -780,14 +780,23 @@ def test_frames_by_receive_time_use_a_block_range_index(pg_url: str) -> None:
     assert "Bitmap Index Scan on frames_" in plan and "received_at_us_idx" in plan, plan
 
 
-@pytest.mark.parametrize("bad", ["a\x00b", "\ud800"])
-def test_a_value_postgres_refuses_costs_the_index_not_the_frames(pg_url: str, bad: str) -> None:
+@pytest.mark.parametrize(
+    ("bad", "refusal"),
+    [
+        ("a\x00b", "CharacterNotInRepertoireError (SQLSTATE 22021)"),
+        ("\ud800", "UnicodeEncodeError"),
+    ],
+)
+def test_a_value_postgres_refuses_costs_the_index_not_the_frames(
+    pg_url: str, bad: str, refusal: str
+) -> None:
     """PostgreSQL refuses NUL in text on the server, and asyncpg a lone surrogate on
     the client: either way the frames are written without their index, once."""
     from tests.faults.test_writer_faults import check_refused_values_leave_the_index_out
 
     url = pg_url.replace("postgresql://", "postgresql+asyncpg://")
-    stored = asyncio.run(check_refused_values_leave_the_index_out(url, bad))
+    stored, logged = asyncio.run(check_refused_values_leave_the_index_out(url, bad))
+    assert logged == refusal
     assert [(seq, type_, sid, count) for seq, type_, sid, _, count in stored] == [
         (1, None, None, 2),
         (2, None, None, 2),

@@ -135,7 +135,7 @@ class WriteFrames(Operation[dict[tuple[int, str], tuple[int, int]]]):
             # than the classifier process dying with the batch and the ones behind it.
             log.error(
                 "cannot classify a batch; recording its frames unclassified",
-                error=short_error(exc),
+                error=raised_at(exc),
                 frames=len(self.frames),
             )
             return WriteRows(*classifier.unclassified(self.frames))
@@ -173,7 +173,8 @@ async def write_together(
         except Exception as exc:
             from recorder.db.integrity import broken
 
-            if refused_value(exc) and not stripped:
+            refused = refusal(exc)
+            if refused is not None and not stripped:
                 # The same batch would be refused on every retry, and everything queued
                 # behind it would wait: the classifier let through a value the database
                 # will not take (see recorder.protocol.classify.storable). The frames are
@@ -183,7 +184,7 @@ async def write_together(
                 log.error(
                     "database refused a value read from the frames; "
                     "writing them without their index",
-                    error=short_error(exc),
+                    error=refused,
                     frames=rows,
                 )
                 parts = [(unindexed(r), index.counts_only()) for r, index in parts]
@@ -235,23 +236,39 @@ async def write_together(
             return tallies
 
 
-def refused_value(exc: BaseException) -> bool:
-    """Whether the database or its driver refused a value (it cannot encode it;
-    SQLSTATE class 22, data exception, or 54, a limit such as an index entry's size),
-    rather than being unable to write at all."""
+def refusal(exc: BaseException) -> str | None:
+    """If the database or its driver refused a value (it cannot encode it; SQLSTATE
+    class 22, data exception, or 54, a limit such as an index entry's size), rather
+    than being unable to write at all: which refusal, without the value (the
+    drivers' messages quote it, and it is frame data). Else None."""
     seen: set[int] = set()
     found: BaseException | None = exc
+    refused = None  # the innermost says most (SQLAlchemy and its adapter wrap it)
     while found is not None and id(found) not in seen:
         seen.add(id(found))
-        if isinstance(found, UnicodeError | OverflowError):
-            return True
+        name = type(found).__name__
         state = getattr(found, "sqlstate", None)
-        if isinstance(state, str) and state.startswith(("22", "54")):
-            return True
-        if type(found).__name__ == "DataError" and type(found).__module__.startswith("asyncpg"):
-            return True  # asyncpg's own: a value it cannot encode for the column
+        if isinstance(found, UnicodeError | OverflowError):
+            refused = name
+        elif isinstance(state, str) and state.startswith(("22", "54")):
+            refused = f"{name} (SQLSTATE {state})"
+        elif name == "DataError" and type(found).__module__.startswith("asyncpg"):
+            refused = name  # asyncpg's own: a value it cannot encode for the column
         found = getattr(found, "orig", None) or found.__cause__ or found.__context__
-    return False
+    return refused
+
+
+def raised_at(exc: BaseException) -> str:
+    """An exception as its type and the line that raised it: no message, which could
+    quote frame data."""
+    import traceback
+    from pathlib import Path
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return type(exc).__name__
+    last = frames[-1]
+    return f"{type(exc).__name__} at {Path(last.filename).name}:{last.lineno} in {last.name}"
 
 
 def short_error(exc: BaseException, limit: int = 300) -> str:
