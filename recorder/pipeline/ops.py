@@ -206,7 +206,7 @@ async def write_together(
                     "database write failed; retrying"
                     if failing_since is None
                     else "database writes still failing; retrying",
-                    error=short_error(exc),
+                    error=refused or short_error(exc),
                     frames=rows,
                     retry_in=delay,
                 )
