@@ -846,3 +846,57 @@ def test_a_task_described_at_any_length_is_recorded_and_found(pg_url: str, btree
     assert [frame_bytes(r) for r in found] == sent
     tasks = cli_json_lines(["tasks", "--database", pg_url, "--session", "s1", "--format", "jsonl"])
     assert [(t["task_id"], t["description"]) for t in tasks] == [("t1", prompt)]
+
+
+def test_a_dropped_server_connection_is_reopened_and_nothing_is_lost(pg_url: str) -> None:
+    """The server ends the writer's connection (a restart, a failover, a pooler's idle
+    timeout: here pg_terminate_backend, between batches and again while batches are in
+    flight). The batch is retried on a new connection: every frame once, in order."""
+    import asyncpg
+
+    async def kill_writer_backends() -> int:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            killed = await conn.fetch(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await conn.close()
+        return len(killed)
+
+    async def record() -> int:
+        writer = Writer(pg_url.replace("postgresql://", "postgresql+asyncpg://"))
+        await writer.start()
+        task = asyncio.create_task(writer.run())
+        cid = await writer.open_connection("link", "ws://127.0.0.1:8787")
+        sent = 0
+
+        async def send(n: int) -> None:
+            nonlocal sent
+            for seq in range(sent + 1, sent + n + 1):
+                data = b'{"type":"stream_chunk","data":{"sessionId":"s1","n":%d}}' % seq
+                await writer.put(Frame(cid, seq, IN, now_us(), seq, True, data))
+            sent += n
+
+        killed = 0
+        for _ in range(3):
+            await send(500)
+            # Committed, so the writer is connected: the kill finds its backend.
+            await asyncio.wait_for(writer.flush(), 30)
+            killed += await kill_writer_backends()
+        await send(500)
+        killed += await kill_writer_backends()  # while batches are in flight
+        await send(500)
+        await asyncio.wait_for(writer.flush(), 30)
+        writer.stop()
+        await asyncio.wait_for(task, 30)
+        await writer.close()
+        return killed
+
+    killed = asyncio.run(record())
+    assert killed >= 3
+    records = cli_json_lines(["frames", "--database", pg_url, "--format", "jsonl", "--limit", "0"])
+    assert [r["seq"] for r in records] == list(range(1, 2501))
+    sessions = cli_json_lines(["sessions", "--database", pg_url, "--json"])
+    assert [(s["id"], s["frame_count"]) for s in sessions] == [("s1", 2500)]

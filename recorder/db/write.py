@@ -208,6 +208,27 @@ class Store:
                 if index.attributions:
                     self._attribute(conn, index.attributions)
 
+    def holds(
+        self, conn: Connection, batches: Sequence[tuple[Sequence[FrameRow], IndexBatch]]
+    ) -> bool:
+        """Whether these batches are stored already. A connection that drops during a
+        commit leaves it unknown whether the commit went through; the batches were one
+        transaction, so their first frame tells (found by receive time, indexed)."""
+        first = next((rows[0] for rows, _ in batches if rows), None)
+        if first is None:
+            return False
+        with conn.begin():
+            found = conn.execute(
+                select(frames.c.id)
+                .where(
+                    frames.c.received_at_us == first[3],
+                    frames.c.connection_id == first[0],
+                    frames.c.seq == first[1],
+                )
+                .limit(1)
+            ).first()
+        return found is not None
+
     def _note_spawns(self, conn: Connection, before: int) -> None:
         """The ids of the spawn requests just stored, found through the (type, id) index."""
         found = conn.execute(

@@ -169,7 +169,10 @@ async def write_together(
     stripped = False
     while True:
         try:
-            await db.run(store.write_batches, parts)
+            if failing_since is not None and await db.run(store.holds, parts):
+                pass  # committed before the connection dropped: only the answer was lost
+            else:
+                await db.run(store.write_batches, parts)
         except Exception as exc:
             from recorder.db.integrity import broken
 

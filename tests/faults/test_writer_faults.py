@@ -148,7 +148,8 @@ async def test_a_failing_disk_is_retried_within_seconds_and_logged_short() -> No
     assert ops.RETRY_CAP <= 2.0
     with structlog.testing.capture_logs() as logs:
         started = time.monotonic()
-        store = SimpleNamespace(write_batches=None)  # what FailingDatabase.run is handed
+        # What FailingDatabase.run is handed.
+        store = SimpleNamespace(write_batches=None, holds=None)
         await ops.WriteRows(rows, index).run(FailingDatabase(3), store)  # type: ignore[arg-type]
     assert time.monotonic() - started < 0.5 + 1 + 2 + 1  # 0.5, 1, 2 s waits
     events = [e["event"] for e in logs]
@@ -421,3 +422,62 @@ async def test_a_batch_that_cannot_be_classified_is_recorded_unclassified(
     assert event["event"] == "cannot classify a batch; recording its frames unclassified"
     assert event["frames"] == 3
     assert event["error"].startswith("RecursionError at test_writer_faults.py:")
+
+
+class AnswerLost:
+    """A real database whose first commit of frames goes through and whose answer is
+    lost on the way back, as when the server's connection drops during a commit."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+        self.lost = 0
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        result = await self.db.run(fn, *args)
+        if getattr(fn, "__name__", "") == "write_batches" and not self.lost:
+            self.lost += 1
+            raise OperationalError("COMMIT", None, Exception("connection was closed"))
+        return result
+
+    async def reopen(self) -> None:
+        await self.db.reopen()
+
+    def wrote(self, rows: Any) -> None:
+        self.db.wrote(rows)
+
+
+async def test_a_commit_whose_answer_was_lost_is_not_written_twice(db_path: Path) -> None:
+    """After a failed write the batch is retried; if the commit had gone through and
+    only its answer was lost, writing it again would store every frame twice. The
+    retry first looks for the batch's first frame."""
+    from sqlalchemy import text
+
+    from recorder.db.connection import WriterDatabase
+    from recorder.db.migrations import upgrade_sync
+    from recorder.db.write import Store
+
+    db = await WriterDatabase.open(f"sqlite+aiosqlite:///{db_path}")
+    try:
+        await db.run(upgrade_sync)
+        store = Store(db.dialect)
+        cid = await db.run(store.open_connection, "link", "ws://daemon", 1)
+        batch = ops.WriteRows(*Classifier().rows_and_index(frames_for(cid, 3)))
+        flaky = AnswerLost(db)
+        with structlog.testing.capture_logs() as logs:
+            await asyncio.wait_for(ops.write_together(flaky, store, [batch]), TIMEOUT)  # type: ignore[arg-type]
+
+        def read(conn: Any) -> list[tuple[Any, ...]]:
+            found = conn.execute(
+                text("SELECT seq, (SELECT frame_count FROM connections) FROM frames ORDER BY id")
+            )
+            return [tuple(row) for row in found]
+
+        stored = await db.run(read)
+    finally:
+        await db.shutdown()
+    assert flaky.lost == 1
+    assert [e["event"] for e in logs] == [
+        "database write failed; retrying",
+        "database writes resumed",
+    ]
+    assert stored == [(1, 3), (2, 3), (3, 3)]
