@@ -49,17 +49,17 @@ from websockets.http11 import Request, Response
 
 from recorder.capture.admission import admit
 from recorder.capture.handshake import USER_AGENT, json_response
-from recorder.protocol.frames import IN
-from recorder.replay.plan import Cue, ReplayFrame, timeline
-from recorder.replay.source import Conversation
-from recorder.replay.timing import Due, Pace, paced
-from recorder.simulator.frames import (
+from recorder.protocol.daemon import (
     HEALTH_CHECK_FRAME,
     INVALID_FORMAT,
     PONG_FRAME,
     dumps,
     error_frame,
 )
+from recorder.protocol.frames import IN
+from recorder.replay.plan import Cue, ReplayFrame, timeline
+from recorder.replay.source import Conversation
+from recorder.replay.timing import Due, Pace, paced
 
 log = logging.getLogger("recorder.replay.serve")
 

@@ -19,9 +19,10 @@ Modules: ``options`` (what shapes it), ``frames`` (what it sends), ``auth``,
 firehose) and ``daemon`` (the behaviour).
 """
 
+from recorder.protocol.daemon import HEALTH_CHECK_FRAME, dumps
 from recorder.simulator.auth import authenticate
 from recorder.simulator.daemon import Simulator, serve
-from recorder.simulator.frames import HEALTH_CHECK_FRAME, dumps, firehose_template
+from recorder.simulator.frames import firehose_template
 from recorder.simulator.options import JournalEntry, SimulatorOptions
 from recorder.simulator.plans import TaskPlan, plan_task
 from recorder.simulator.sessions import SimSession

@@ -11,13 +11,10 @@ from collections.abc import Awaitable, Callable
 
 from websockets.exceptions import ConnectionClosed
 
+from recorder.protocol.daemon import INVALID_FORMAT, PONG_FRAME, dumps, error_frame
 from recorder.simulator.frames import (
-    INVALID_FORMAT,
-    PONG_FRAME,
     SUBSYSTEMS,
     JSONObject,
-    dumps,
-    error_frame,
     js_number,
     parse_message,
     session_frame,

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Final
 
+from recorder.protocol.daemon import dumps
+
 if TYPE_CHECKING:
     from recorder.simulator.plans import ToolStep
     from recorder.simulator.sessions import SimSession
 
 JSONObject = dict[str, Any]
-HEALTH_CHECK_FRAME: Final = '{"type":"health_check_response","healthy":true}'
-PONG_FRAME: Final = '{"type":"pong"}'
-INVALID_FORMAT: Final = "Invalid message format"
 SHUTDOWN_CODE: Final = 1000
 SHUTDOWN_REASON: Final = "Server shutting down"
 RESTART_CODE: Final = 1012
@@ -43,19 +42,6 @@ SUBSYSTEMS: Final = (
 )
 
 
-def dumps(obj: Any) -> str:
-    """Compact JSON like JSON.stringify: raw UTF-8, no spaces, keys in insertion order."""
-    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            # A client can smuggle lone surrogates in through \ud800 escapes; they
-            # cannot go on the wire as UTF-8, so fall back to escaping everything.
-            text = json.dumps(obj, separators=(",", ":"))
-    return text
-
-
 def js_number(value: float) -> int | float:
     """Integral floats serialise as ``1`` in JavaScript, not ``1.0``."""
     return int(value) if float(value).is_integer() else value
@@ -75,10 +61,6 @@ def parse_message(data: str | bytes) -> tuple[str, JSONObject] | None:
     if not isinstance(kind, str):
         return None
     return kind, message
-
-
-def error_frame(error: str) -> str:
-    return dumps({"type": "error", "error": error})
 
 
 def session_frame(kind: str, session: SimSession) -> str:

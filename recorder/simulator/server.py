@@ -26,10 +26,10 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from recorder.capture.handshake import json_response
+from recorder.protocol.daemon import HEALTH_CHECK_FRAME
 from recorder.simulator.auth import authenticate
 from recorder.simulator.frames import (
     FIREHOSE_BATCH,
-    HEALTH_CHECK_FRAME,
     RESTART_CODE,
     RESTART_REASON,
     SHUTDOWN_CODE,
