@@ -16,6 +16,9 @@ _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)\s*(?:ago)?\s*
 _UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+# The moments format_us can write: years 1 to 9999.
+_FIRST_US = (datetime.min.replace(tzinfo=UTC) - _EPOCH) // _MICROSECOND
+_LAST_US = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // _MICROSECOND
 
 
 def now_us() -> int:
@@ -35,8 +38,13 @@ def format_us(us: int | None) -> str:
     """``2026-11-26T11:28:57.464123Z``; empty for None."""
     if us is None:
         return ""
-    seconds, micros = divmod(us, 1_000_000)
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{micros:06d}Z"
+    if not _FIRST_US <= us <= _LAST_US:
+        return f"{us} µs from 1970"  # a clock far off: no calendar date to write
+    m = _EPOCH + us * _MICROSECOND
+    return (
+        f"{m.year:04d}-{m.month:02d}-{m.day:02d}T"
+        f"{m.hour:02d}:{m.minute:02d}:{m.second:02d}.{m.microsecond:06d}Z"
+    )
 
 
 def iso_from_ms(ms: int) -> str:
@@ -57,7 +65,9 @@ def parse_daemon_time(value: Any) -> int | None:
         return None
     # Exact integer microseconds: timestamp() goes through a float, a second off at
     # year 9999 and for fractions before 1970.
-    return (moment - _EPOCH) // _MICROSECOND
+    us = (moment - _EPOCH) // _MICROSECOND
+    # An offset can carry the moment out of the years a date can be written in.
+    return us if _FIRST_US <= us <= _LAST_US else None
 
 
 def parse_when(text: str, now_us: int | None = None) -> int:

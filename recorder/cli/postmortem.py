@@ -49,7 +49,7 @@ def show(config_path: str | None, database: str | None, session: str, fmt: str) 
         click.echo(json.dumps(out | story.to_json(), ensure_ascii=False, indent=2))
         return
     for line in story_lines(dict(row), task_rows, story):
-        click.echo(line)
+        click.echo(printable(line))  # a frame's strings must not steer the terminal
 
 
 def _session_dict(row: Any) -> dict[str, Any]:
@@ -212,14 +212,15 @@ def stats(config_path: str | None, database: str | None, fmt: str) -> None:
     ):
         click.echo(f"\n{title}")
         for key, value in mapping.items():
-            click.echo(f"  {value:>12,}  {key}")
+            click.echo(f"  {value:>12,}  {printable(str(key))}")
     if st.busiest:
         click.echo("\nBusiest sessions")
         for r in info["busiest_sessions"]:
-            click.echo(f"  {r['frames']:>12,}  {r['id']}  {r['status'] or '?'}")
+            click.echo(printable(f"  {r['frames']:>12,}  {r['id']}  {r['status'] or '?'}"))
     if st.daemon:
         click.echo(f"\nDaemon, as reported at {info['daemon_reported_at']}")
         metrics = st.daemon.get("metrics")
-        click.echo(f"  status {st.daemon.get('status')}, uptime {st.daemon.get('uptime')} ms")
+        status, uptime = st.daemon.get("status"), st.daemon.get("uptime")
+        click.echo(printable(f"  status {status}, uptime {uptime} ms"))
         if isinstance(metrics, dict):
-            click.echo("  " + ", ".join(f"{k} {v}" for k, v in metrics.items()))
+            click.echo(printable("  " + ", ".join(f"{k} {v}" for k, v in metrics.items())))

@@ -267,6 +267,7 @@ class FrameWriter:
         arrow = "<-" if row["direction"] == IN else "->"
         return (
             f"{row['id']:>8} {format_us(row['received_at_us']):<27} {row['connection_id']:>4} "
-            f"{arrow:<3} {(row['type'] or '-')[:24]:<24} {(row['session_id'] or '-')[:34]:<34} "
+            f"{arrow:<3} {printable(row['type'] or '-')[:24]:<24} "
+            f"{printable(row['session_id'] or '-')[:34]:<34} "
             f"{row['size']:>7} {preview}\n"
         )

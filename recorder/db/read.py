@@ -8,13 +8,13 @@ database. Counts that would scan every frame come from the writer's rollups
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from recorder.db.reader import ACTIVE_SQL, Reader, ReadError, Row, first_row
 from recorder.protocol.story import READ_TYPES, Recording, Story, StoryFrame, span, tell
+from recorder.protocol.tame import read_object
 from recorder.times import now_us
 
 FRAME_COLUMNS = (
@@ -332,8 +332,4 @@ def recordings_around(
 
 
 def _json(text: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(text)
-    except ValueError:
-        return {}
-    return obj if isinstance(obj, dict) else {}
+    return read_object(text) or {}

@@ -192,16 +192,18 @@ def _timeline(frames: list[StoryFrame]) -> list[StatusChange]:
 def _tools(frames: list[StoryFrame]) -> list[ToolCall]:
     """Starts paired with results in order, per connection and tool name."""
     calls: list[ToolCall] = []
-    open_calls: dict[tuple[int, Any], list[tuple[int, StoryFrame]]] = {}
+    open_calls: dict[tuple[int, str | None], list[tuple[int, StoryFrame]]] = {}
     for frame in frames:
         data = (frame.obj or {}).get("data")
         if not isinstance(data, dict):
             continue
-        key = (frame.connection_id, data.get("toolName"))
+        # A name is a string; anything else (a list cannot even be a key) is no name.
+        name = data.get("toolName") if isinstance(data.get("toolName"), str) else None
+        key = (frame.connection_id, name)
         if frame.type == "tool_call_start":
             calls.append(
                 ToolCall(
-                    str(data.get("toolName")),
+                    str(name),
                     frame.received_us,
                     data.get("toolInput"),
                     connection_id=frame.connection_id,
@@ -230,7 +232,7 @@ def _tools(frames: list[StoryFrame]) -> list[ToolCall]:
             else:  # a result whose start was not recorded
                 calls.append(
                     ToolCall(
-                        str(data.get("toolName")),
+                        str(name),
                         frame.received_us,
                         None,
                         frame.received_us,

@@ -27,6 +27,8 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from recorder.protocol.tame import read_object
+
 # (frame type, status, error text): the parts of a reply a comparison looks at.
 Reply = tuple[str | None, str | None, str | None]
 
@@ -55,11 +57,8 @@ def summarise(is_text: bool, data: bytes) -> Reply:
     is not a JSON object."""
     if not is_text:
         return None, None, None
-    try:
-        obj = json.loads(data)
-    except ValueError:
-        return None, None, None
-    if not isinstance(obj, dict):
+    obj = read_object(data)
+    if obj is None:
         return None, None, None
     type_ = obj.get("type") if isinstance(obj.get("type"), str) else None
     inner = obj.get("session") or obj.get("data") or obj.get("status")

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from recorder.protocol.tame import for_terminal, read_object
 from recorder.replay.plan import Cue
 
 
@@ -37,15 +38,25 @@ def _object(cue: Cue) -> dict[str, Any] | None:
     frame = cue.frame
     if frame is None or not frame.is_text:
         return None
-    try:
-        obj = json.loads(frame.data)
-    except ValueError:
-        return None
-    return obj if isinstance(obj, dict) else None
+    return read_object(frame.data)
 
 
 def show(cue: Cue) -> Shown | None:
-    """How a cue is shown, or None for frames that have nothing to show."""
+    """How a cue is shown, or None for frames that have nothing to show.
+
+    What the frame says is written out where a terminal would obey it (escape
+    sequences can clear the screen or set the clipboard); markers stay one line."""
+    shown = _shown(cue)
+    if shown is None:
+        return None
+    return Shown(
+        output=for_terminal(shown.output),
+        kind=for_terminal(shown.kind).replace("\n", "\\n"),
+        label=for_terminal(shown.label).replace("\n", "\\n"),
+    )
+
+
+def _shown(cue: Cue) -> Shown | None:
     if cue.gap is not None:
         return Shown(kind="gap", label=f"{cue.gap.seconds:.1f} s with no recording connection")
     frame = cue.frame

@@ -1,0 +1,98 @@
+"""Recorded frames made safe to show: for the read side, which prints what a hostile
+peer may have sent.
+
+A recording holds frames exactly as they came, and JSON can carry what a reader
+chokes on: nesting a thousand deep (Python's parser and encoder recurse), NaN and
+1e400 (no JSON encoder may write them), lone surrogates (no UTF-8 writer takes
+them), and control characters (a terminal obeys them: ESC sequences clear the
+screen or write the clipboard). :func:`read_object` gives an object without the
+first three; :func:`for_terminal` a string without the last.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+import orjson
+
+# Deeper containers are shown as a placeholder: no protocol field nests this far.
+MAX_DEPTH = 64
+DEEPER = "…"
+
+
+def read_object(data: str | bytes) -> dict[str, Any] | None:
+    """A frame's JSON object, tamed (see the module); None if it is not one."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        # What orjson refuses (NaN, 1e400, lone surrogates, nesting past 1024), the
+        # json module may read; its non-finite numbers become null.
+        try:
+            obj = json.loads(data, parse_constant=_null, parse_float=_finite)
+        except (ValueError, RecursionError):
+            return None
+        return tamed(obj) if type(obj) is dict else None
+    if type(obj) is not dict:
+        return None
+    # orjson's strings and numbers are safe already; only nesting is left, and it
+    # cannot be deeper than the number of brackets (most frames have a handful).
+    if isinstance(data, bytes):
+        brackets = data.count(b"[") + data.count(b"{")
+    else:
+        brackets = data.count("[") + data.count("{")
+    return tamed(obj) if brackets > MAX_DEPTH else obj
+
+
+def tamed(value: Any, depth: int = MAX_DEPTH) -> Any:
+    """``value`` with containers past ``depth`` replaced, non-finite numbers null, and
+    strings encodable."""
+    if type(value) is dict:
+        if depth <= 0:
+            return DEEPER
+        return {_text(k): tamed(v, depth - 1) for k, v in value.items()}
+    if type(value) is list:
+        if depth <= 0:
+            return DEEPER
+        return [tamed(v, depth - 1) for v in value]
+    if type(value) is str:
+        return _text(value)
+    if type(value) is float and not math.isfinite(value):
+        return None
+    return value
+
+
+def for_terminal(text: str) -> str:
+    """``text`` with the characters a terminal would obey written out (``\\x1b``):
+    control characters but newline and tab, and the bidirectional overrides that
+    make text read other than it is."""
+    return _OBEYED.sub(_escaped, text)
+
+
+_OBEYED = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def _text(text: str) -> str:
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
+def _null(_: str) -> None:
+    return None
+
+
+def _finite(text: str) -> float | None:
+    value = float(text)
+    return value if math.isfinite(value) else None
