@@ -13,6 +13,7 @@ import click
 
 from recorder.addresses import is_loopback, split_listen
 from recorder.cli.options import Target, reading
+from recorder.cli.render import printable
 
 
 def serve_or_replay_live(
@@ -113,6 +114,6 @@ def _live(target: Target, url: str, plan: Any, recorded: Any, pace: Any, as_json
         click.echo(json.dumps(result.to_json(), ensure_ascii=False, indent=2))
     else:
         for line in result.lines():
-            click.echo(line)
+            click.echo(printable(line))  # what the live daemon said must not steer the terminal
     if not result.same:
         sys.exit(1)
