@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from sqlalchemy.engine import Connection
 
+from recorder.db.index_statements import dialect_insert
 from recorder.db.schema import instances
-from recorder.db.write import dialect_insert
 
 
 def heartbeat(

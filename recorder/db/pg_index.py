@@ -7,7 +7,7 @@ statement each (count, read the sessions, update them, tally the day) took a
 quarter of the database process's time. Here they travel as arrays and are
 applied by one statement of data-modifying CTEs (``unnest``, ``INSERT ... ON
 CONFLICT ... DO UPDATE``). SQLite, in the same process, pays no round trip and
-keeps the statement-per-change path in :class:`recorder.db.write.Store`.
+keeps the statement-per-change path (:mod:`recorder.db.index_statements`).
 
 The merge rule is :func:`recorder.protocol.index.merged`, spelled in SQL from
 the same ``NEWS``/``KEPT`` declarations: seen-times widen, counts add up, news

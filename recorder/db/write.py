@@ -4,8 +4,8 @@ Only the database process uses :class:`Store`, through a :class:`WriterDatabase`
 (see :mod:`recorder.db.connection`). Frames go in by the hundreds per statement on
 SQLite (multi-row INSERTs compiled once by SQLAlchemy Core) and by one binary COPY
 per transaction on PostgreSQL. A batch's index changes are a statement per change
-on SQLite, which pays no round trip for them, and one statement on PostgreSQL
-(:mod:`recorder.db.pg_index`).
+on SQLite, which pays no round trip for them (:mod:`recorder.db.index_statements`),
+and one statement on PostgreSQL (:mod:`recorder.db.pg_index`).
 """
 
 from __future__ import annotations
@@ -13,20 +13,17 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from itertools import chain
-from typing import Any, Final
+from typing import Final
 
-from sqlalchemy import bindparam, func, literal_column, select, tuple_, update
+from sqlalchemy import func, literal_column, select, update
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.elements import ColumnElement
 
-from recorder.db import pg_index
-from recorder.db.schema import active_session, connections, frame_days, frames, sessions, tasks
+from recorder.db import index_statements, pg_index
+from recorder.db.index_statements import bind, bound
+from recorder.db.schema import active_session, connections, frames, sessions
 from recorder.protocol.index import (
-    LOST_STATUS,
     IndexBatch,
-    SessionDelta,
-    TaskDelta,
-    merged,
 )
 
 FRAME_COLUMNS = (
@@ -288,37 +285,21 @@ class Store:
         if self._postgres:
             known = pg_index.apply(conn, index, self.instance)
         else:
-            known = self._count_and_merge(conn, index)
+            known = index_statements.count_and_merge(conn, index, self.instance)
         if index.tasks:
-            self._merge_tasks(conn, {k: d for k, d in index.tasks.items() if k[0] in known})
-        for at_us, listed in index.listings:
-            self._reconcile(conn, at_us, listed)
-
-    def _count_and_merge(self, conn: Connection, index: IndexBatch) -> set[str]:
-        """SQLite: what :func:`recorder.db.pg_index.apply` does, a statement per change
-        (in-process, each costs no round trip); returns the ids of the batch's sessions
-        that exist afterwards."""
-        per_connection = index.connection_frames  # a property: summed on each access
-        if per_connection:
-            stmt = (
-                update(connections)
-                .where(connections.c.id == _bind("cid"))
-                .values(frame_count=connections.c.frame_count + _bind("n"))
+            index_statements.merge_tasks(
+                conn, {k: d for k, d in index.tasks.items() if k[0] in known}
             )
-            conn.execute(stmt, _bound([{"cid": cid, "n": n} for cid, n in per_connection.items()]))
-        known = self._merge_sessions(conn, index.sessions) if index.sessions else set()
-        days = index.days
-        if days:
-            self._count_days(conn, days)
-        return known
+        for at_us, listed in index.listings:
+            index_statements.reconcile(conn, at_us, listed, self.instance)
 
     def _attribute(self, conn: Connection, attributions: list[tuple[int, int, str]]) -> None:
         known = [(self._spawn_ids.pop((c, q), None), c, q, sid) for c, q, sid in attributions]
         by_id = [{"fid": fid, "sid": sid} for fid, _, _, sid in known if fid is not None]
         if by_id:
             conn.execute(
-                update(frames).where(frames.c.id == _bind("fid")).values(session_id=_bind("sid")),
-                _bound(by_id),
+                update(frames).where(frames.c.id == bind("fid")).values(session_id=bind("sid")),
+                bound(by_id),
             )
         # Stored before this process started: every spawn_session row is looked at,
         # still through the (type, id) index rather than one that every frame pays for.
@@ -328,123 +309,9 @@ class Store:
                 update(frames)
                 .where(
                     frames.c.type == SPAWN_TYPE,
-                    frames.c.connection_id == _bind("cid"),
-                    frames.c.seq == _bind("seq"),
+                    frames.c.connection_id == bind("cid"),
+                    frames.c.seq == bind("seq"),
                 )
-                .values(session_id=_bind("sid")),
-                _bound(others),
+                .values(session_id=bind("sid")),
+                bound(others),
             )
-
-    def _merge_sessions(self, conn: Connection, deltas: dict[str, SessionDelta]) -> set[str]:
-        """Insert or update session rows; returns the ids that exist afterwards."""
-        existing: dict[str, Any] = {}
-        ids = list(deltas)
-        for chunk in _chunks(ids, 500):
-            result = conn.execute(select(sessions).where(sessions.c.id.in_(chunk)))
-            existing.update({row.id: row._mapping for row in result})
-        inserts: list[dict[str, Any]] = []
-        updates: list[dict[str, Any]] = []
-        for sid, d in deltas.items():
-            old = existing.get(sid)
-            if old is None and not d.creates:
-                continue  # only asked about, never shown to exist (see SessionDelta)
-            row = {"id": sid, **merged(old, d)}
-            if old is None:
-                inserts.append({**row, "instance": self.instance})
-            else:
-                updates.append(row)
-        if inserts:
-            conn.execute(sessions.insert(), inserts)
-        if updates:
-            conn.execute(
-                update(sessions)
-                .where(sessions.c.id == _bind("id"))
-                .values({k: _bind(k) for k in updates[0] if k != "id"}),
-                _bound(updates),
-            )
-        return set(existing) | {row["id"] for row in inserts}
-
-    def _count_days(self, conn: Connection, days: dict[tuple[int, str, str], list[int]]) -> None:
-        insert = dialect_insert(conn.dialect.name, frame_days)
-        upsert = insert.on_conflict_do_update(
-            index_elements=["day_us", "type", "direction"],
-            set_={
-                "frames": frame_days.c.frames + insert.excluded.frames,
-                "bytes": frame_days.c.bytes + insert.excluded.bytes,
-            },
-        )
-        conn.execute(
-            upsert,
-            [
-                {"day_us": day, "type": type_, "direction": direction, "frames": n, "bytes": b}
-                for (day, type_, direction), (n, b) in days.items()
-            ],
-        )
-
-    def _merge_tasks(self, conn: Connection, deltas: dict[tuple[str, str], TaskDelta]) -> None:
-        existing: dict[tuple[str, str], Any] = {}
-        keys = list(deltas)
-        for chunk in _chunks(keys, 300):
-            result = conn.execute(
-                select(tasks).where(tuple_(tasks.c.session_id, tasks.c.task_id).in_(chunk))
-            )
-            existing.update({(row.session_id, row.task_id): row._mapping for row in result})
-        inserts: list[dict[str, Any]] = []
-        updates: list[dict[str, Any]] = []
-        for (sid, tid), d in deltas.items():
-            old = existing.get((sid, tid))
-            row = {"session_id": sid, "task_id": tid, **merged(old, d)}
-            if old is None:
-                inserts.append(row)
-            else:
-                row["pk"] = old["id"]
-                updates.append(row)
-        if inserts:
-            conn.execute(tasks.insert(), inserts)
-        if updates:
-            cols = [k for k in updates[0] if k not in ("pk", "session_id", "task_id")]
-            conn.execute(
-                update(tasks).where(tasks.c.id == _bind("pk")).values({k: _bind(k) for k in cols}),
-                _bound(updates),
-            )
-
-    def _reconcile(self, conn: Connection, at_us: int, listed: frozenset[str]) -> None:
-        """Sessions we believe active that the daemon's list no longer names are lost."""
-        result = conn.execute(
-            select(sessions.c.id).where(
-                active_session,
-                sessions.c.last_seen_us < at_us,
-                sessions.c.instance == self.instance,  # our daemon's list, our sessions
-            )
-        )
-        gone = [sid for (sid,) in result if sid not in listed]
-        for chunk in _chunks(gone, 500):
-            conn.execute(
-                update(sessions)
-                .where(sessions.c.id.in_(chunk))
-                .values(status=LOST_STATUS, last_error="no longer in the daemon's sessions_list")
-            )
-
-
-def dialect_insert(dialect: str, table: Any) -> Any:
-    """INSERT with ``on_conflict_do_update``, which both databases have with one spelling."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table)
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(table)
-
-
-def _bind(name: str) -> Any:
-    # Bound names must differ from column names in UPDATE ... SET.
-    return bindparam(f"b_{name}")
-
-
-def _bound(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{f"b_{k}": v for k, v in row.items()} for row in rows]
-
-
-def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
