@@ -69,17 +69,23 @@ StoredFrame = tuple[int, str, str | None, bytes | None, str | None]
 
 async def rows(url: str) -> list[StoredFrame]:
     engine = create_engine(url)
-    async with engine.connect() as conn:
-        result = await conn.execute(
-            select(
-                frames.c.seq,
-                frames.c.direction,
-                frames.c.payload,
-                frames.c.payload_bytes,
-                frames.c.parse_error,
-            ).order_by(frames.c.id)
-        )
-        return [(r.seq, r.direction, r.payload, r.payload_bytes, r.parse_error) for r in result]
+    try:
+        async with engine.connect() as conn:
+            result = await conn.execute(
+                select(
+                    frames.c.seq,
+                    frames.c.direction,
+                    frames.c.payload,
+                    frames.c.payload_bytes,
+                    frames.c.parse_error,
+                ).order_by(frames.c.id)
+            )
+            return [(r.seq, r.direction, r.payload, r.payload_bytes, r.parse_error) for r in result]
+    finally:
+        # Undisposed, its pooled aiosqlite connection was closed by the garbage
+        # collector after the test's loop had closed: a worker thread's "Event loop is
+        # closed" warning in whichever test was running then.
+        await engine.dispose()
 
 
 async def test_migrations_match_the_models(url: str) -> None:
