@@ -38,15 +38,12 @@ HOSTILE = [
 ]
 
 
-@pytest.fixture(scope="module")
-def hostile(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A recording of HOSTILE, written by the writer's own code."""
+def record(path: Path, texts: list[str]) -> Path:
+    """A recording of ``texts`` (frames from the daemon), by the writer's own code."""
     from recorder.db.connection import WriterDatabase
     from recorder.db.migrations import upgrade_sync
     from recorder.db.write import Store
     from recorder.pipeline.classifier import Classifier
-
-    path = tmp_path_factory.mktemp("hostile") / "recorder.db"
 
     async def write() -> None:
         db = await WriterDatabase.open(f"sqlite+aiosqlite:///{path}")
@@ -55,13 +52,18 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cid = await db.run(store.open_connection, "proxy", "ws://daemon/", 1_795_692_537_000_000)
         frames = [
             (cid, seq, IN, 1_795_692_537_000_000 + seq * 1000, seq * 1_000_000, True, t.encode())
-            for seq, t in enumerate(HOSTILE, 1)
+            for seq, t in enumerate(texts, 1)
         ]
         await db.run(store.write_batch, *Classifier().rows_and_index(frames))
         await db.shutdown()
 
     asyncio.run(write())
     return path
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return record(tmp_path_factory.mktemp("hostile") / "recorder.db", HOSTILE)
 
 
 def _no_constant(name: str) -> Any:
@@ -129,3 +131,31 @@ def test_what_was_tamed_is_still_shown(hostile: Path) -> None:
         .stdout
     )
     assert shown["session"]["started_at"] is None  # 9999-12-31T23:59:59-23:59 is year 10000
+
+
+# A session id that is an escape sequence (OSC set-title, a C1 CSI, a bidi override).
+CONTROLLING = "e\\u001b]0;PWN\\u0007\\u009b2J\\u202e"
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["show", "e"], 1),  # two sessions match "e": the error names them
+        (["pin", "e\x1b"], 0),
+        (["export", "e\x1b"], 0),
+    ],
+)
+def test_a_session_id_that_is_an_escape_sequence_is_written_out(
+    tmp_path: Path, args: list[str], code: int
+) -> None:
+    path = record(
+        tmp_path / "recorder.db",
+        [
+            f'{{"type":"session_status_update","session":{{"id":"{CONTROLLING}","status":"running"}}}}',
+            '{"type":"session_status_update","session":{"id":"e1","status":"running"}}',
+        ],
+    )
+    result = CliRunner().invoke(cli, [*args, "--database", str(path)], color=True)
+    assert result.exit_code == code, result.output
+    assert not re.search("[\x1b\x07\x9b\u202e\r]", result.output)
+    assert "x1b]0;PWN" in result.output  # written out, not dropped

@@ -84,7 +84,7 @@ def _serve(
     server = ReplayServer(recorded, pace=pace, wait_for_client=wait, loop=loop, token=token)
 
     def ready(port: int) -> None:
-        click.echo(f"replaying {plan.id} as a daemon on ws://{host}:{port}", err=True)
+        click.echo(f"replaying {printable(plan.id)} as a daemon on ws://{host}:{port}", err=True)
 
     async def until_stopped() -> None:
         # SIGTERM (systemd, kill) ends it like Ctrl-C: clients get their close frames.

@@ -14,7 +14,7 @@ from typing import Any
 
 from recorder.db.reader import ACTIVE_SQL, Reader, ReadError, Row, first_row
 from recorder.protocol.story import READ_TYPES, Recording, Story, StoryFrame, span, tell
-from recorder.protocol.tame import read_object
+from recorder.protocol.tame import on_one_line, read_object
 from recorder.times import now_us
 
 FRAME_COLUMNS = (
@@ -150,7 +150,7 @@ def resolve_session(reader: Reader, text: str) -> Row:
     if not found:
         raise NoSuchSession(f"no recorded session matches {text!r} (see `recorder sessions`)")
     if len(found) > 1:
-        names = ", ".join(row["id"] for row in found[:5])
+        names = ", ".join(on_one_line(row["id"]) for row in found[:5])
         raise NoSuchSession(f"{text!r} matches more than one session: {names}, ...")
     return found[0]
 

@@ -71,6 +71,11 @@ def for_terminal(text: str) -> str:
     return _OBEYED.sub(_escaped, text)
 
 
+def on_one_line(text: str) -> str:
+    """:func:`for_terminal`, with newlines written out too: for a label or a name."""
+    return for_terminal(text).replace("\n", "\\n")
+
+
 _OBEYED = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 

@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterable
 from typing import IO, Any
 
+from recorder.protocol.tame import on_one_line
 from recorder.replay.plan import Cue
 from recorder.replay.text import show
 
@@ -29,7 +30,7 @@ def asciicast(
         "width": width,
         "height": height,
         "timestamp": started_us // 1_000_000,
-        "title": title,
+        "title": on_one_line(title),  # a player may print it
         "env": {"TERM": "xterm-256color", "SHELL": "/bin/sh"},
     }
     if idle_time_limit is not None:

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from recorder.protocol.tame import for_terminal, read_object
+from recorder.protocol.tame import for_terminal, on_one_line, read_object
 from recorder.replay.plan import Cue
 
 
@@ -51,8 +51,8 @@ def show(cue: Cue) -> Shown | None:
         return None
     return Shown(
         output=for_terminal(shown.output),
-        kind=for_terminal(shown.kind).replace("\n", "\\n"),
-        label=for_terminal(shown.label).replace("\n", "\\n"),
+        kind=on_one_line(shown.kind),
+        label=on_one_line(shown.label),
     )
 
 
