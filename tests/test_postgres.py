@@ -799,7 +799,7 @@ def test_a_value_postgres_refuses_costs_the_index_not_the_frames(
     assert logged == refusal
     assert [(seq, type_, sid, count) for seq, type_, sid, _, count in stored] == [
         (1, None, None, 2),
-        (2, None, None, 2),
+        (2, "x", "s2", 2),
     ]
 
 

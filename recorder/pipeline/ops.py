@@ -177,6 +177,12 @@ async def write_together(
             from recorder.db.integrity import broken
 
             refused = refusal(exc)
+            if refused is not None and len(batches) > 1 and failing_since is None:
+                # Batches written together: find the refused one by writing each alone
+                # (the group's transaction was rolled back whole), so that the others
+                # keep their index. (After other failures, whose end is still to be
+                # logged here, the group is stripped whole instead.)
+                return [t for b in batches for t in await write_together(db, store, [b])]
             if refused is not None and not stripped:
                 # The same batch would be refused on every retry, and everything queued
                 # behind it would wait: the classifier let through a value the database

@@ -347,7 +347,7 @@ async def check_refused_values_leave_the_index_out(
     finally:
         await db.shutdown()
     (event,) = [e for e in logs if e["log_level"] == "error"]
-    assert event["event"].startswith("database refused a value") and event["frames"] == 2
+    assert event["event"].startswith("database refused a value") and event["frames"] == 1
     # Which refusal, not the value: the drivers' messages quote it, and it is frame data.
     assert bad not in str(event) and repr(bad)[1:-1] not in str(event)
     assert "chunk" not in str(event)
@@ -360,14 +360,15 @@ async def test_a_value_the_database_refuses_costs_the_index_not_the_frames(
     """Defence behind recorder.protocol.classify.storable: should a value the database
     refuses get through, retrying could never succeed, and the recording would stall
     behind the batch. The batch is written once more without what was read from its
-    frames (type, session, task); the frames and their counts are kept."""
+    frames (type, session, task); the frames and their counts are kept. A batch written
+    together with it keeps its index."""
     stored, refusal = await check_refused_values_leave_the_index_out(
         f"sqlite+aiosqlite:///{db_path}", "\ud800"
     )
     assert refusal == "UnicodeEncodeError"
     assert stored == [
         (1, None, None, '{"type":"stream_chunk","data":{"sessionId":"s1","chunk":"x"}}', 2),
-        (2, None, None, '{"type":"x","sessionId":"s2"}', 2),
+        (2, "x", "s2", '{"type":"x","sessionId":"s2"}', 2),  # written together, kept whole
     ]
 
 
