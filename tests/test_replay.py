@@ -509,3 +509,40 @@ async def test_a_served_replay_stops_at_to(paused: Path) -> None:
     finally:
         proc.terminate()
         await proc.wait()
+
+
+@pytest.fixture
+def terminal() -> Iterator[tuple[int, int]]:
+    """A pseudo-terminal: (the side a person types into, the side the player reads)."""
+    import os
+
+    typed, read = os.openpty()
+    try:
+        yield typed, read
+    finally:
+        os.close(typed)
+        os.close(read)
+
+
+def test_space_pauses_and_dot_steps_on_a_real_terminal(terminal: tuple[int, int]) -> None:
+    """The replay's keys, read from a pseudo-terminal in cbreak mode: space pauses
+    (the wait holds however long it was), `.` lets one cue go while paused, space
+    again resumes, and the terminal's mode is given back afterwards."""
+    import os
+    import termios
+
+    from recorder.replay.terminal import keys_from
+
+    typed, read = terminal
+    before = termios.tcgetattr(read)
+    with open(read, closefd=False) as stdin, keys_from(stdin, enabled=True) as keys:
+        assert not termios.tcgetattr(read)[3] & termios.ICANON  # keys one by one
+        started = time.monotonic()
+        assert keys.wait(0.01) is False  # nothing typed: the wait passes as it is
+        os.write(typed, b" .")  # pause, then step: a 60 s wait lets go at once
+        assert keys.wait(60) is True and keys.paused
+        os.write(typed, b" ")  # resume: the next wait runs, held by the pause
+        assert keys.wait(0.01) is True and not keys.paused
+        assert keys.wait(0.01) is False  # and the one after passes as it is
+        assert time.monotonic() - started < 30
+    assert termios.tcgetattr(read) == before
