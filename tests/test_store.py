@@ -101,3 +101,26 @@ async def test_migration_0007_gives_old_sessions_the_instance_that_recorded_them
     with sqlite3.connect(db_path) as conn:
         found = dict(conn.execute("select id, instance from sessions"))
     assert found == {"s-a": "a", "s-b": "b", "s-none": "default"}
+
+
+async def test_the_wal_growth_of_batches_is_not_counted_twice(db_path: Path) -> None:
+    """changed() measures the WAL after work whose size is not known in advance (a
+    purge, a vacuum step); batches written since the last look grew it too, and
+    wrote() had counted them already. Counted twice, checkpoints came more often than
+    one per ``checkpoint_bytes`` of WAL."""
+    mib = 1024 * 1024
+    db, store = await open_db(db_path, checkpoint_bytes=mib, restart_bytes=64 * mib)
+    wal = Path(f"{db_path}-wal")
+    seq = 1
+    for _ in range(6):  # 6 × 50 frames of 2 KiB, with a look at the WAL after each
+        frames = batch(seq, 50, 2048)
+        seq += len(frames)
+        rows, index = Classifier().rows_and_index(frames)
+        await db.run(store.write_batch, rows, index)
+        db.wrote(rows)
+        db.changed()  # as after a purge step that wrote nothing
+    await db.settle()
+    written = wal.stat().st_size  # checkpoints are passive: the WAL never started over
+    checkpoints = db.checkpoints
+    await db.shutdown()
+    assert written > mib and checkpoints == written // mib

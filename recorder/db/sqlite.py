@@ -66,8 +66,10 @@ class SqliteWriterDatabase(WriterDatabase):
         self._checkpoint: Future[None] | None = None
         self._unchecked = 0
         self._since_restart = 0
-        # The WAL's size when changed() last looked.
+        # The WAL's size when changed() last looked, and what wrote() has counted
+        # since (that part of its growth is counted already).
         self._wal_seen = 0
+        self._counted_since_seen = 0
         self._conn: Connection | None = None
         path = sqlite_path(url)
         self._path = str(path) if path is not None else None
@@ -116,7 +118,9 @@ class SqliteWriterDatabase(WriterDatabase):
         self._checkpointer.shutdown()
 
     def wrote(self, rows: Sequence[FrameRow]) -> None:
-        self.wrote_bytes(sum(row[ROW_SIZE] for row in rows) + ROW_OVERHEAD_BYTES * len(rows))
+        written = sum(row[ROW_SIZE] for row in rows) + ROW_OVERHEAD_BYTES * len(rows)
+        self._counted_since_seen += written
+        self.wrote_bytes(written)
 
     def changed(self) -> None:
         """After work that is not a batch (a purge, a vacuum step): its share of the WAL
@@ -128,6 +132,8 @@ class SqliteWriterDatabase(WriterDatabase):
         except OSError:
             return
         grown, self._wal_seen = max(0, size - self._wal_seen), size
+        # Batches since the last look grew it too, and wrote() counted them.
+        grown, self._counted_since_seen = max(0, grown - self._counted_since_seen), 0
         self.wrote_bytes(grown)
 
     def wrote_bytes(self, written: int) -> None:
