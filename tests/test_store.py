@@ -112,7 +112,7 @@ async def test_the_wal_growth_of_batches_is_not_counted_twice(db_path: Path) -> 
     db, store = await open_db(db_path, checkpoint_bytes=mib, restart_bytes=64 * mib)
     wal = Path(f"{db_path}-wal")
     seq = 1
-    for _ in range(6):  # 6 × 50 frames of 2 KiB, with a look at the WAL after each
+    for _ in range(6):  # 6 batches of 50 frames of 2 KiB, a look at the WAL after each
         frames = batch(seq, 50, 2048)
         seq += len(frames)
         rows, index = Classifier().rows_and_index(frames)
