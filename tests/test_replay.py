@@ -485,6 +485,35 @@ def test_export_bad_input_is_one_line(paused: Path, tmp_path: Path) -> None:
         )
 
 
+def test_export_never_writes_over_the_database_nor_leaves_half_a_file(
+    paused: Path, tmp_path: Path
+) -> None:
+    """`-o` naming the database opened it for writing, which emptied it, before a
+    frame was read (found probing bad input). A full disk left half a file and a
+    traceback; now what was there stays, and one line says why."""
+    import shutil
+
+    db = tmp_path / "copy.db"
+    shutil.copy(paused, db)
+    size = db.stat().st_size
+    for output in (db, Path(f"{db}-wal")):
+        result = CliRunner().invoke(cli, ["export", "--database", str(db), SID, "-o", str(output)])
+        assert result.exit_code == 2, result.output
+        assert result.stderr == f"Error: --output: {output} is the database being read\n"
+    assert db.stat().st_size == size
+    assert CliRunner().invoke(cli, ["export", "--database", str(db), SID]).exit_code == 0
+
+    result = CliRunner().invoke(cli, ["export", "--database", str(db), SID, "-o", "/dev/full"])
+    assert result.exit_code == 1
+    assert result.stderr == "Error: cannot write /dev/full: No space left on device\n"
+
+    kept = tmp_path / "kept.cast"
+    kept.write_text("an earlier export\n")
+    result = CliRunner().invoke(cli, ["export", "--database", str(db), SID, "-o", str(kept)])
+    assert result.exit_code == 0 and kept.read_text().startswith('{"version": 2')
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]  # renamed
+
+
 async def test_a_served_replay_stops_at_to(paused: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "recorder", "replay", "--database", str(paused), SID,

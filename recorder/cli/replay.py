@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import re
+import stat
 import sys
-from typing import Any
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
 
 import click
 
@@ -224,11 +229,7 @@ def export(
     target = load(config_path, database)
     with reading(target) as reader:
         plan = source.open_session(reader, session, connection)
-        try:
-            stream = click.open_file(output or "-", "w", encoding="utf-8")
-        except OSError as exc:
-            raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
-        with stream:
+        with output_file(output, target.url) as stream:
             timed = output_times(paced(source.cues(reader, plan), Pace()))
             if fmt == "asciicast":
                 asciicast(
@@ -246,3 +247,38 @@ def export(
                         stream.write(
                             json.dumps(frame_json(cue.frame.row), ensure_ascii=False) + "\n"
                         )
+
+
+@contextlib.contextmanager
+def output_file(output: str | None, database_url: str) -> Iterator[IO[str]]:
+    """Where ``export`` writes: stdout, or a file written whole or not at all.
+
+    A file is written beside itself and renamed into place at the end, so that a
+    failed export leaves what was there; the database (or its WAL) is refused, which
+    the open for writing would have emptied."""
+    from recorder.db.engine import sqlite_path
+
+    if output is None or output == "-":
+        with click.open_file("-", "w", encoding="utf-8") as stream:
+            yield stream
+        return
+    path = Path(output)
+    database = sqlite_path(database_url)
+    if database is not None:
+        for part in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
+            if path.resolve() == part.resolve():
+                raise UsageFailure(f"--output: {output} is the database being read")
+    try:
+        special = path.exists() and not stat.S_ISREG(path.stat().st_mode)
+        # A device or a pipe is written as it is: renaming over it would replace it.
+        target = path if special else path.with_name(f".{path.name}.{os.getpid()}.part")
+        try:
+            with open(target, "w", encoding="utf-8") as stream:
+                yield stream
+            if not special:
+                os.replace(target, path)
+        finally:
+            if not special:
+                target.unlink(missing_ok=True)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
