@@ -325,8 +325,8 @@ def _finish(config: Config, env: Mapping[str, str]) -> Config:
     if config.reconnect.cap < config.reconnect.base:
         raise ConfigError(f"{src}: reconnect.cap: must be at least reconnect.base")
     _check_ws_url(src, "daemon.url", config.daemon.url)
-    if config.daemon.ca_file is not None and not Path(config.daemon.ca_file).is_file():
-        raise ConfigError(f"{src}: daemon.ca_file: no such file {config.daemon.ca_file!r}")
+    if config.daemon.ca_file is not None:
+        _check_ca_file(src, config.daemon.ca_file)
     _check_proxy(src, config)
     storage = dataclasses.replace(
         config.storage, url=normalize_database_url(src, config.storage.url, env)
@@ -430,3 +430,18 @@ def normalize_database_url(src: str, url: str, env: Mapping[str, str]) -> str:
     raise ConfigError(
         f"{src}: storage.url: unsupported database {backend!r} (use sqlite or postgresql)"
     )
+
+
+def _check_ca_file(src: str, path: str) -> None:
+    """The file the link trusts for wss://: read now, so that a wrong one is a config
+    error, not a TLS traceback at the first connection."""
+    if not Path(path).is_file():
+        raise ConfigError(f"{src}: daemon.ca_file: no such file {path!r}")
+    import ssl
+
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, ValueError, OSError):
+        raise ConfigError(
+            f"{src}: daemon.ca_file: {path!r} holds no certificate (PEM) to trust"
+        ) from None

@@ -128,10 +128,20 @@ def test_a_bad_policy_names_itself_and_the_key(
     assert result.exit_code == 2 and message in result.output
 
 
-def test_a_cron_that_apscheduler_rejects_stops_recorder_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [["run"], ["cleanup", "policies"], ["cleanup", "run", "--dry-run"], ["cleanup", "run"]],
+)
+def test_a_cron_that_apscheduler_rejects_stops_recorder_run(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """`cleanup run` used to purge under a configuration the service refuses."""
     path = tmp_path / "c.toml"
-    path.write_text(POLICY.format(name="p", schedule="61 * * * *", action="purge", when=""))
-    result = CliRunner().invoke(cli, ["run", "--config", str(path)])
+    path.write_text(
+        POLICY.format(name="p", schedule="61 * * * *", action="purge", when="")
+        + f'[storage]\nurl = "sqlite:///{tmp_path / "r.db"}"\n'
+    )
+    result = CliRunner().invoke(cli, [*command, "--config", str(path)])
     assert result.exit_code == 2
     assert result.output.startswith(f"Error: {path}: cleanup.policies[p].schedule: ")
 

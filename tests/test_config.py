@@ -120,6 +120,18 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
             "[[cleanup.policies]]\nname = 'p'\nschedule = 'every 0s'\naction = 'purge'\n",
             "cleanup.policies[p].schedule: the interval must be greater than 0",
         ),
+        # An OverflowError from APScheduler before (found probing bad input).
+        (
+            "[[cleanup.policies]]\nname = 'p'\nschedule = 'every 1000000000d'\naction = 'purge'\n",
+            "cleanup.policies[p].schedule: '1000000000d' is longer than a century",
+        ),
+        (
+            "[[cleanup.policies]]\nname = 'p'\nschedule = 'every 1h'\naction = 'purge'\n"
+            f"[cleanup.policies.when]\nidle_for = '{'9' * 400}s'\n",
+            "cleanup.policies[p].when.idle_for: '" + "9" * 400 + "s' is longer than a century",
+        ),
+        # An ssl.SSLError traceback at the first connection before.
+        ("[daemon]\nca_file = '/etc/hostname'\n", "daemon.ca_file: '/etc/hostname' holds no"),
     ],
 )
 def test_bad_config_names_the_file_and_the_key(tmp_path: Path, toml: str, message: str) -> None:

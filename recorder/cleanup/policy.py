@@ -34,6 +34,11 @@ _SIZE_UNITS = {
 }
 
 
+# Longer than any recording is kept; past it the schedulers' and clocks' arithmetic
+# overflows (an interval of 10^9 days raised from APScheduler).
+MAX_DURATION = 100 * 365.25 * 86_400
+
+
 class PolicyError(ValueError):
     """A policy that cannot run: the message names the key (the loader adds the file)."""
 
@@ -43,7 +48,10 @@ def parse_duration(text: str) -> float:
     match = _DURATION.match(text) if isinstance(text, str) else None
     if not match:
         raise PolicyError(f"expected a duration like 30s, 15m, 12h, 7d or 2w, got {text!r}")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not seconds <= MAX_DURATION:  # also inf, which 400 digits make
+        raise PolicyError(f"{text.strip()!r} is longer than a century")
+    return seconds
 
 
 def parse_size(text: str) -> int:

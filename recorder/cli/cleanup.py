@@ -94,8 +94,15 @@ def run_now(
 
     Example: recorder cleanup run --policy stop-completed --dry-run
     """
+    from recorder.cleanup.policy import PolicyError
+    from recorder.cleanup.settings import check_schedules
+
     target = load(config_path, database)
     policies = _policies(target)
+    try:
+        check_schedules(policies.values())  # what the service would refuse to start with
+    except PolicyError as exc:
+        raise UsageFailure(f"{target.config.source}: {exc}") from None
     if name is not None and name not in policies:
         known = ", ".join(policies) or "none configured"
         raise UsageFailure(f"no policy named {name!r} (policies: {known})")
