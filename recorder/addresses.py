@@ -5,6 +5,7 @@ rows and errors) or, for databases, named the way people name them."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from urllib.parse import urlsplit
 
 
@@ -38,6 +39,7 @@ def display_database(url: str) -> str:
     return redact_url(f"{backend}://{rest}")
 
 
+_USERINFO = re.compile(r":[^:@/\s]+@")
 SECRET_QUERY_KEYS = {"token", "apikey", "api_key", "access_token", "key", "password"}
 
 
@@ -47,6 +49,10 @@ def redact_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable url>"
+    if parts.password is None and _USERINFO.search(url):
+        # Not parsed as a URL with a password (postgresql:/u:pw@h, u:pw@h), yet
+        # it reads like one: mask what stands between ':' and '@' all the same.
+        return _USERINFO.sub(":***@", url)
     netloc = parts.netloc
     if parts.password is not None:
         netloc = netloc.replace(f":{parts.password}@", ":***@", 1)

@@ -398,3 +398,32 @@ def test_an_argument_that_is_not_utf8_is_one_line(filled_db: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr == b"Error: an argument is not valid UTF-8: b'\\xff'\n"
+
+
+@pytest.mark.parametrize(
+    ("database", "message"),
+    [
+        # A slash short: a mistyped URL, not a file to create (db upgrade made the
+        # directory tree postgresql:/u:PW@h/ and the file x, and showed the password).
+        (
+            "postgresql:/u:PW77@h/x",
+            "Error: --database: not a database URL: 'postgresql:/u:***@h/x'",
+        ),
+        (
+            "postgres ql://u:PW77@h/x",
+            "Error: --database: not a database URL: 'postgres ql://u:***@h/x'",
+        ),
+        ("u:PW77@h/x", "Error: no database at u:***@h/x"),
+    ],
+)
+def test_a_mistyped_database_url_is_refused_without_its_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database: str, message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    # (A path with a colon and an @ is still a path: db upgrade may create it.)
+    url_like = not database.startswith("u:")
+    for command in (["sessions"], ["db", "upgrade"]) if url_like else (["sessions"],):
+        result = CliRunner().invoke(cli, [*command, "--database", database])
+        assert result.exit_code == (2 if url_like else 1), result.output
+        assert result.stderr.startswith(message) and "PW77" not in result.output
+    assert list(tmp_path.iterdir()) == []

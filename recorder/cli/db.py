@@ -44,7 +44,7 @@ def db_current(config_path: str | None, database: str | None) -> None:
 
     Example: recorder db current
     """
-    from recorder.db.migrations import head_revision
+    from recorder.db.migrations import head_revision, known_revision
     from recorder.db.reader import first_row
 
     target = load(config_path, database)
@@ -54,7 +54,12 @@ def db_current(config_path: str | None, database: str | None) -> None:
             row = first_row(reader, "SELECT version_num FROM alembic_version")
             rev = row["version_num"] if row is not None else None
     head = head_revision()
-    state = "up to date" if rev == head else "needs `recorder db upgrade`"
+    if rev == head:
+        state = "up to date"
+    elif rev is not None and not known_revision(rev):
+        state = "unknown to this recorder: a newer one wrote it"
+    else:
+        state = "needs `recorder db upgrade`"
     click.echo(f"{rev or 'none'} (head: {head}; {state})")
 
 

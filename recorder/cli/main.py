@@ -162,8 +162,10 @@ def main() -> None:
         except UnicodeEncodeError:
             # Session ids, task texts and URLs go to the database and the daemon as
             # UTF-8: a byte that is not would fail far from here, with a traceback.
-            raw = arg.encode(errors="surrogateescape")
-            click.echo(f"Error: an argument is not valid UTF-8: {raw!r}", err=True)
+            from recorder.addresses import redact_url
+
+            raw = repr(arg.encode(errors="surrogateescape"))
+            click.echo(f"Error: an argument is not valid UTF-8: {redact_url(raw)}", err=True)
             sys.exit(2)
     guard_stdout()
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -95,8 +96,18 @@ def target_options(fn: F) -> F:
     return config_option(database_option(fn))
 
 
+_LOOKS_LIKE_A_URL = re.compile(r"^(postgres|postgresql|sqlite)(\+\w+)?:", re.IGNORECASE)
+
+
 def load(config_path: str | None, database: str | None = None) -> Target:
     env = dict(os.environ)
+    if database and "://" not in database and _LOOKS_LIKE_A_URL.match(database):
+        # postgresql:/u:pw@h/x is a mistyped URL, not a file to create (db upgrade made
+        # that directory tree, and errors showed the password).
+        raise UsageFailure(
+            f"--database: not a database URL: {redact_url(database)!r}"
+            " (like postgresql://user@host/db, sqlite:///path/recorder.db, or a file path)"
+        )
     if database:
         url = database if "://" in database else f"sqlite:///{database}"
         try:
@@ -117,7 +128,7 @@ def load(config_path: str | None, database: str | None = None) -> Target:
     elif "://" in database:
         shown = redact_url(database)  # as the user typed it, but never with its password
     else:
-        shown = database
+        shown = redact_url(database)  # a path; but u:pw@h/x was meant as a URL
     return Target(config, shown)
 
 

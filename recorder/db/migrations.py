@@ -7,11 +7,17 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Connection
 
+from recorder.db.engine import StoreError
+
 if TYPE_CHECKING:
     # Imported where used: alembic is about 10 MB that the long-running database
     # process never needs (a short-lived process migrates).
     from alembic.config import Config as AlembicConfig
     from sqlalchemy.ext.asyncio import AsyncEngine
+
+
+class NewerSchema(StoreError):
+    """The database was migrated by a newer recorder: starting again cannot help."""
 
 
 def migrations_dir() -> Path:
@@ -36,6 +42,16 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
+def known_revision(revision: str) -> bool:
+    """Whether this recorder's migrations include ``revision``."""
+    from alembic.script import ScriptDirectory
+
+    return any(
+        script.revision == revision
+        for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()
+    )
+
+
 def _upgrade_sync(connection: Connection, revision: str) -> None:
     cfg = alembic_config()
     cfg.attributes["connection"] = connection
@@ -58,6 +74,12 @@ def upgrade_sync(connection: Connection, revision: str = "head") -> tuple[str | 
             # wait for it and find the schema done.
             connection.exec_driver_sql("SELECT pg_advisory_xact_lock(5151780155011)")
         before = _current_sync(connection)
+        if before is not None and not known_revision(before):
+            # Alembic's traceback says "Can't locate revision"; what it means is this.
+            raise NewerSchema(
+                f"the database's schema is revision {before!r}, which this recorder does"
+                f" not know (its newest is {head_revision()}): a newer recorder wrote it"
+            )
         _upgrade_sync(connection, revision)
         after = _current_sync(connection)
     return before, after

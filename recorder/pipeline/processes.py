@@ -102,7 +102,7 @@ async def _migration(
         quick_check,
         set_aside,
     )
-    from recorder.db.migrations import upgrade_sync
+    from recorder.db.migrations import NewerSchema, upgrade_sync
     from recorder.db.reader import sqlite_file
 
     async def migrate() -> Ready:
@@ -128,7 +128,7 @@ async def _migration(
             check_replaceable(path, settings.used_before)
             set_aside(path, str(exc))
             hello = await migrate()
-    except NotADatabase as exc:
+    except (NotADatabase, NewerSchema) as exc:
         hello = Failed(str(exc), config_error=True)
     except Exception as exc:
         hello = Failed(one_line(exc))

@@ -7,6 +7,7 @@ import json
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,3 +114,32 @@ async def test_after_an_unclean_stop_a_corrupt_table_is_found_and_set_aside(
         assert conn.execute("pragma quick_check").fetchone() == ("ok",)
         assert conn.execute("select count(*) from frames").fetchone() == (0,)
     assert moved.stat().st_size == size
+
+
+async def test_a_database_a_newer_recorder_migrated_is_refused_in_one_line(
+    make_config: Callable[..., Config], db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A schema revision this recorder does not know: alembic's "Can't locate
+    revision" traceback from `db upgrade` before (found probing bad input), and
+    `db current` advised that very upgrade. Starting again cannot help: exit 2."""
+    from click.testing import CliRunner
+
+    from recorder.cli import cli
+
+    def invoke(*args: str) -> Any:  # the CLI runs its own event loop: off this one
+        return asyncio.to_thread(CliRunner().invoke, cli, [*args, "--database", str(db_path)])
+
+    assert (await invoke("db", "upgrade")).exit_code == 0
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+    upgrade = await invoke("db", "upgrade")
+    assert upgrade.exit_code == 1
+    assert upgrade.stderr == (
+        "Error: the database's schema is revision '9999', which this recorder does not"
+        " know (its newest is 0010): a newer recorder wrote it\n"
+    )
+    current = await invoke("db", "current")
+    assert current.stdout == "9999 (head: 0010; unknown to this recorder: a newer one wrote it)\n"
+    assert await run_once(make_config("ws://127.0.0.1:9")) == 2
+    out = capsys.readouterr()
+    assert "a newer recorder wrote it" in out.out + out.err and "Traceback" not in out.out + out.err
