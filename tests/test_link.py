@@ -257,13 +257,20 @@ async def test_writer_commits_promptly_while_idle_link_waits(
         await wait_until(svc, has_status)
 
 
-async def test_wss_with_a_private_ca(make_config: Callable[..., Config], tmp_path: Path) -> None:
-    """wss:// to a daemon whose certificate only the configured CA file vouches for."""
+@pytest.mark.parametrize("trusted_by", ["ca_file", "the system"])
+async def test_wss_with_a_private_ca(
+    make_config: Callable[..., Config],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    trusted_by: str,
+) -> None:
+    """wss:// to a daemon whose certificate the configured CA file vouches for, or the
+    system's trust store (here OpenSSL's SSL_CERT_FILE). Without ca_file every wss://
+    URL was refused before a connection was tried (found probing bad input)."""
     import shutil
     import ssl
     import subprocess
 
-    import pytest
     from websockets.asyncio.server import ServerConnection, serve
 
     if shutil.which("openssl") is None:
@@ -301,7 +308,11 @@ async def test_wss_with_a_private_ca(make_config: Callable[..., Config], tmp_pat
 
     async with serve(handler, "127.0.0.1", 0, ssl=server_ctx) as server:
         port = server.sockets[0].getsockname()[1]
-        config = make_config(f"wss://127.0.0.1:{port}", daemon={"ca_file": str(cert)})
+        if trusted_by == "ca_file":
+            config = make_config(f"wss://127.0.0.1:{port}", daemon={"ca_file": str(cert)})
+        else:
+            monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+            config = make_config(f"wss://127.0.0.1:{port}")
         async with running(config) as svc:
             row = await wait_for_frame(svc, "type = 'health_check_response'")
             conn = (

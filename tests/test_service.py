@@ -180,6 +180,22 @@ def test_a_second_signal_with_nothing_to_lose_is_still_a_clean_stop(
     assert not [e for e in rec.log() if e["level"] == "error"]
 
 
+def test_a_drain_timeout_with_nothing_queued_says_nothing_was_lost(
+    tmp_path: Path, config_file: Callable[..., Path], recorders: list[Recorder]
+) -> None:
+    """A shutdown_timeout shorter than the writer takes to stop, on an idle recorder:
+    the line said "frames were lost" beside lost 0, and the exit was 1 (found probing
+    bad input). Nothing was queued: the stop is clean."""
+    rec = Recorder(tmp_path, config_file(storage={"shutdown_timeout": 1e-9}))
+    recorders.append(rec)
+    rec.ready()
+    rec.proc.send_signal(signal.SIGTERM)
+    assert rec.proc.wait(TIMEOUT) == 0
+    (late,) = [e for e in rec.log() if e["event"].startswith("writer did not")]
+    assert late["event"] == "writer did not stop in time; every frame was committed"
+    assert late["lost"] == 0 and late["level"] == "warning"
+
+
 async def test_reloads_run_one_at_a_time_and_only_while_running(
     make_config: Callable[..., Config],
 ) -> None:

@@ -23,8 +23,10 @@ class Dialer:
         self.daemon = daemon
         self.url = url or daemon.url
         self.ssl: ssl.SSLContext | None = None
-        if self.url.startswith("wss://") and daemon.ca_file:
-            self.ssl = ssl.create_default_context(cafile=daemon.ca_file)
+        if self.url.startswith("wss://"):
+            # The system's trust store, plus ca_file when given. Without a context
+            # websockets refused every wss:// URL ("ssl=None is incompatible").
+            self.ssl = ssl.create_default_context(cafile=daemon.ca_file or None)
 
     @property
     def too_big(self) -> str:

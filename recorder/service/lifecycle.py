@@ -310,12 +310,15 @@ class Service:
             async with asyncio.timeout(s.shutdown_timeout):
                 await writer_task
         except TimeoutError:
-            log.error(
-                "writer did not drain in time; frames were lost",
-                lost=writer.queue.enqueued - writer.committed,
+            lost = writer.queue.enqueued - writer.committed
+            (log.error if lost else log.warning)(
+                "writer did not drain in time; frames were lost"
+                if lost
+                else "writer did not stop in time; every frame was committed",
+                lost=lost,
                 timeout=s.shutdown_timeout,
             )
-            exit_code = 1
+            exit_code = 1 if lost else exit_code
         except WriterError as exc:
             # Batches in flight may have been committed without their answer coming
             # back: the database itself says how many frames of this run it holds.
