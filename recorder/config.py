@@ -426,6 +426,13 @@ def normalize_database_url(src: str, url: str, env: Mapping[str, str]) -> str:
             raise ConfigError(
                 f"{src}: storage.url: PostgreSQL needs the asyncpg driver, got {scheme!r}"
             )
+        try:
+            urlsplit(url).port  # noqa: B018 (read for its check)
+        except ValueError:
+            # Else the writer's start failed on it: Python's words, and exit 1, not 2.
+            raise ConfigError(
+                f"{src}: storage.url: the port is not a number 0-65535: {redact_url(url)!r}"
+            ) from None
         return f"postgresql+asyncpg://{rest}"
     raise ConfigError(
         f"{src}: storage.url: unsupported database {backend!r} (use sqlite or postgresql)"

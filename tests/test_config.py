@@ -130,6 +130,11 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
             f"[cleanup.policies.when]\nidle_for = '{'9' * 400}s'\n",
             "cleanup.policies[p].when.idle_for: '" + "9" * 400 + "s' is longer than a century",
         ),
+        # The writer's start failed on it before: Python's words, exit 1.
+        (
+            "[storage]\nurl = 'postgresql://u:PW@127.0.0.1:notaport/x'\n",
+            "storage.url: the port is not a number 0-65535: 'postgresql://u:***@127.0.0.1:notaport/x'",
+        ),
         # An ssl.SSLError traceback at the first connection before.
         ("[daemon]\nca_file = '/etc/hostname'\n", "daemon.ca_file: '/etc/hostname' holds no"),
     ],
