@@ -427,3 +427,25 @@ def test_a_mistyped_database_url_is_refused_without_its_password(
         assert result.exit_code == (2 if url_like else 1), result.output
         assert result.stderr.startswith(message) and "PW77" not in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # Empty values were taken as the option left out (found probing bad input).
+        (["sessions", "--database", ""], "--database: expected a database URL or a file path"),
+        (["replay", "s1", "--database", "x.db", "--from", ""], "--from"),
+        (["replay", "s1", "--database", "x.db", "--to", ""], "--to"),
+        (["replay", "s1", "--database", "x.db", "--serve", ""], "--serve: expected HOST:PORT"),
+        # NaN made every simulated session fail, or finish at once.
+        (["simulate", "--fail-rate", "nan"], "'nan' is not a finite number"),
+        (["simulate", "--chunk-delay", "inf"], "'inf' is not a finite number"),
+    ],
+)
+def test_empty_and_not_finite_values_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr

@@ -8,6 +8,7 @@ imports on a small machine): they read through :mod:`recorder.db.reader`. Only
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 from collections.abc import Callable, Coroutine, Iterator
@@ -50,6 +51,17 @@ class Count(click.types.IntParamType):
             self.fail(f"must be at least {self.least}, got {number}", param, ctx)
         if number > INT64_MAX:
             self.fail(f"must be at most {INT64_MAX}, got {number}", param, ctx)
+        return number
+
+
+class FiniteRange(click.FloatRange):
+    """A FloatRange without nan and inf, which the range lets through (nan compares
+    false with its bounds) and which would stall a replay or put NaN in a .cast file."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
         return number
 
 
@@ -101,6 +113,9 @@ _LOOKS_LIKE_A_URL = re.compile(r"^(postgres|postgresql|sqlite)(\+\w+)?:", re.IGN
 
 def load(config_path: str | None, database: str | None = None) -> Target:
     env = dict(os.environ)
+    if database is not None and not database.strip():
+        # Empty fell back to the configured database: not what was asked for.
+        raise UsageFailure("--database: expected a database URL or a file path, got ''")
     if database and "://" not in database and _LOOKS_LIKE_A_URL.match(database):
         # postgresql:/u:pw@h/x is a mistyped URL, not a file to create (db upgrade made
         # that directory tree, and errors showed the password).

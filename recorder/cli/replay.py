@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import re
 import stat
@@ -14,22 +13,18 @@ from typing import IO, Any
 
 import click
 
-from recorder.cli.options import Count, UsageFailure, load, reading, target_options
+from recorder.cli.options import (
+    Count,
+    FiniteRange,
+    UsageFailure,
+    load,
+    reading,
+    target_options,
+)
 from recorder.times import parse_when
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+(?:\.\d+)?)s?)?$")
 LIVE_SCHEMES = ("ws://", "wss://")
-
-
-class FiniteRange(click.FloatRange):
-    """A FloatRange without nan and inf, which the range lets through (nan compares
-    false with its bounds) and which would stall a replay or put NaN in a .cast file."""
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number.", param, ctx)
-        return number
 
 
 def parse_point(text: str, *, option: str = "--from") -> tuple[float | None, int | None]:
@@ -70,8 +65,9 @@ def make_pace(
 ) -> Any:
     from recorder.replay.timing import Pace
 
-    begin = parse_point(start) if start else (None, None)
-    end = parse_point(stop, option="--to") if stop else (None, None)
+    # "" is a value given, and wrong: not the option left out (it was ignored).
+    begin = parse_point(start) if start is not None else (None, None)
+    end = parse_point(stop, option="--to") if stop is not None else (None, None)
     return Pace(speed, max_idle, instant, begin[0], end[0], begin[1], end[1])
 
 
@@ -127,6 +123,8 @@ def replay(
     from recorder.replay.timing import paced
 
     target = load(config_path, database)
+    if serve == "":
+        raise UsageFailure("--serve: expected HOST:PORT, got ''")
     live = to is not None and to.startswith(LIVE_SCHEMES)
     if serve and live:
         raise UsageFailure("--serve and --to URL: choose one (be the daemon, or replay to one)")

@@ -6,6 +6,8 @@ from typing import Any
 
 import click
 
+from recorder.cli.options import FiniteRange
+
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -23,19 +25,19 @@ import click
     default=0,
     help="Sessions to spawn on its own.",
 )
-@click.option("--session-interval", type=click.FloatRange(min=0), default=0.5, show_default=True)
+@click.option("--session-interval", type=FiniteRange(min=0), default=0.5, show_default=True)
 @click.option(
     "--chunk-delay",
-    type=click.FloatRange(min=0),
+    type=FiniteRange(min=0),
     default=0.05,
     show_default=True,
     help="Mean seconds between stream frames (the rate).",
 )
-@click.option("--fail-rate", type=click.FloatRange(0, 1), default=0.2, show_default=True)
+@click.option("--fail-rate", type=FiniteRange(0, 1), default=0.2, show_default=True)
 @click.option("--seed", type=int, help="Random seed: the same seed gives the same sessions.")
 @click.option(
     "--status-interval",
-    type=click.FloatRange(min=0),
+    type=FiniteRange(min=0),
     default=0.0,
     help="Broadcast daemon_status_update every N s.",
 )
