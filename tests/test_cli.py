@@ -440,12 +440,19 @@ def test_a_mistyped_database_url_is_refused_without_its_password(
         (["replay", "s1", "--database", "x.db", "--from", ""], "--from"),
         (["replay", "s1", "--database", "x.db", "--to", ""], "--to"),
         (["replay", "s1", "--database", "x.db", "--serve", ""], "--serve: expected HOST:PORT"),
+        # Options of a mode not chosen were ignored.
+        (["replay", "s1", "--database", "x.db", "--loop"], "--loop needs --serve HOST:PORT"),
+        (["replay", "s1", "--database", "x.db", "--json"], "--json needs --to ws://..."),
+        (
+            ["replay", "s1", "--database", "x.db", "--wait-for-client"],
+            "--wait-for-client needs --serve HOST:PORT",
+        ),
         # NaN made every simulated session fail, or finish at once.
         (["simulate", "--fail-rate", "nan"], "'nan' is not a finite number"),
         (["simulate", "--chunk-delay", "inf"], "'inf' is not a finite number"),
     ],
 )
-def test_empty_and_not_finite_values_are_refused(
+def test_empty_values_stray_flags_and_not_finite_numbers_are_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
 ) -> None:
     monkeypatch.chdir(tmp_path)

@@ -128,6 +128,15 @@ def replay(
     live = to is not None and to.startswith(LIVE_SCHEMES)
     if serve and live:
         raise UsageFailure("--serve and --to URL: choose one (be the daemon, or replay to one)")
+    # Options of one mode, given without it, were silently ignored.
+    for given, flag, needs in (
+        (wait_for_client, "--wait-for-client", serve),
+        (loop, "--loop", serve),
+        (as_json, "--json", live),
+    ):
+        if given and not needs:
+            mode = "--to ws://..." if flag == "--json" else "--serve HOST:PORT"
+            raise UsageFailure(f"{flag} needs {mode}")
     # A live replay's --to is its URL; otherwise it ends the replay (served too).
     pace = make_pace(start, None if live else to, speed, max_idle, instant)
     if serve or live:
