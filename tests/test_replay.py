@@ -514,6 +514,22 @@ def test_export_never_writes_over_the_database_nor_leaves_half_a_file(
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]  # renamed
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["replay", "--instant", "--connection", "999999"],
+        ["replay", "--instant", "--from", "10", "--to", "5"],
+        ["export", "--connection", "999999"],
+        ["export", "--connection", "999999", "--format", "jsonl"],
+    ],
+)
+def test_a_replay_that_matches_nothing_says_so(paused: Path, args: list[str]) -> None:
+    """A filter that leaves no frame printed nothing at all (found probing bad input)."""
+    result = CliRunner().invoke(cli, [*args, "--database", str(paused), SID])
+    assert result.exit_code == 0
+    assert result.stderr == "nothing to play: no frame of the session matches\n"
+
+
 async def test_a_served_replay_stops_at_to(paused: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "recorder", "replay", "--database", str(paused), SID,

@@ -7,7 +7,7 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -156,7 +156,7 @@ def replay(
         return
     with reading(target) as reader:
         plan = source.open_session(reader, session, connection)
-        timed = paced(source.cues(reader, plan, follow=follow), pace)
+        timed = Counted(paced(source.cues(reader, plan, follow=follow), pace))
         try:
             if fmt == "jsonl":
                 _jsonl(timed)
@@ -164,6 +164,8 @@ def replay(
                 _text(timed)
         except KeyboardInterrupt:
             click.echo("", err=True)
+    if fmt != "jsonl":  # the JSONL writer says "no frames match" itself
+        timed.say_if_empty()
 
 
 def _text(timed: Any) -> None:
@@ -237,7 +239,7 @@ def export(
     with reading(target) as reader:
         plan = source.open_session(reader, session, connection)
         with output_file(output, target.url) as stream:
-            timed = output_times(paced(source.cues(reader, plan), Pace()))
+            timed = Counted(output_times(paced(source.cues(reader, plan), Pace())))
             if fmt == "asciicast":
                 asciicast(
                     timed,
@@ -254,6 +256,25 @@ def export(
                         stream.write(
                             json.dumps(frame_json(cue.frame.row), ensure_ascii=False) + "\n"
                         )
+    timed.say_if_empty()
+
+
+class Counted:
+    """A replay's cues, counted as they go: a filter that leaves none (--connection,
+    --from/--to) is said on stderr, as `frames` says "no frames match"."""
+
+    def __init__(self, items: Iterable[Any]) -> None:
+        self.items = items
+        self.count = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in self.items:
+            self.count += 1
+            yield item
+
+    def say_if_empty(self) -> None:
+        if not self.count:
+            click.echo("nothing to play: no frame of the session matches", err=True)
 
 
 @contextlib.contextmanager
