@@ -447,6 +447,10 @@ def test_a_mistyped_database_url_is_refused_without_its_password(
             ["replay", "s1", "--database", "x.db", "--wait-for-client"],
             "--wait-for-client needs --serve HOST:PORT",
         ),
+        (
+            ["simulate", "--journal", "/nonexistent/dir/j.jsonl"],
+            "--journal: cannot write /nonexistent/dir/j.jsonl: No such file or directory",
+        ),
         # NaN made every simulated session fail, or finish at once.
         (["simulate", "--fail-rate", "nan"], "'nan' is not a finite number"),
         (["simulate", "--chunk-delay", "inf"], "'inf' is not a finite number"),

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from recorder.cli.options import FiniteRange
+from recorder.cli.options import FiniteRange, UsageFailure
 
 
 @click.command()
@@ -66,7 +66,7 @@ from recorder.cli.options import FiniteRange
 )
 @click.option(
     "--journal",
-    type=click.Path(dir_okay=False),
+    type=click.Path(dir_okay=False, writable=True),
     help="Append every frame sent and received to this JSONL file.",
 )
 def simulate(**opts: Any) -> None:
@@ -78,6 +78,14 @@ def simulate(**opts: Any) -> None:
 
     from recorder.simulator import SimulatorOptions, serve
 
+    if opts["journal"]:
+        # Opened here: a file that cannot be written failed at start-up as "cannot listen".
+        try:
+            open(opts["journal"], "a").close()
+        except OSError as exc:
+            raise UsageFailure(
+                f"--journal: cannot write {opts['journal']}: {exc.strerror}"
+            ) from None
     options = SimulatorOptions(
         host=opts["host"],
         port=opts["port"],
