@@ -135,6 +135,14 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
             "[storage]\nurl = 'postgresql://u:PW@127.0.0.1:notaport/x'\n",
             "storage.url: the port is not a number 0-65535: 'postgresql://u:***@127.0.0.1:notaport/x'",
         ),
+        (
+            '[[cleanup.policies]]\nname = "a\\u001b[2J"\nschedule = "every 1h"\naction = "purge"\n',
+            "cleanup.policies[0].name: must be printable, not blank: 'a\\x1b[2J'",
+        ),
+        (
+            "[[cleanup.policies]]\nname = '   '\nschedule = 'every 1h'\naction = 'purge'\n",
+            "cleanup.policies[0].name: must be printable, not blank: '   '",
+        ),
         # An ssl.SSLError traceback at the first connection before.
         ("[daemon]\nca_file = '/etc/hostname'\n", "daemon.ca_file: '/etc/hostname' holds no"),
     ],

@@ -74,6 +74,9 @@ def parse_policy(index: int, item: Any) -> Policy:
     name = item.get("name")
     if not isinstance(name, str) or not name:
         raise PolicyError(f"cleanup.policies[{index}].name: every policy needs a name")
+    if not name.strip() or not name.isprintable():
+        # It names the policy in logs, audit rows and --policy: it must read as itself.
+        raise PolicyError(f"cleanup.policies[{index}].name: must be printable, not blank: {name!r}")
     where = f"cleanup.policies[{name}]"
     for key in item:
         if key not in _POLICY_KEYS:
