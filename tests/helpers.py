@@ -10,7 +10,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from click.testing import CliRunner
 from sqlalchemy import text
@@ -18,6 +18,10 @@ from sqlalchemy import text
 from recorder.cli import cli
 from recorder.db.engine import create_engine
 from recorder.service.lifecycle import Service
+
+if TYPE_CHECKING:
+    from recorder.db.connection import WriterDatabase
+    from recorder.db.write import Store
 
 
 async def query(service: Service, sql: str, **params: Any) -> list[Any]:
@@ -113,3 +117,25 @@ def frozen(pids: list[int]) -> Iterator[None]:
                 os.kill(pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
+
+
+async def writer_database(url: str) -> tuple[WriterDatabase, Store, int]:
+    """A migrated database opened by the writer's own code, its Store, and the id of
+    one link connection to record on. The caller shuts the database down."""
+    from recorder.db.connection import WriterDatabase
+    from recorder.db.migrations import upgrade_sync
+    from recorder.db.write import Store
+
+    db = await WriterDatabase.open(url)
+    await db.run(upgrade_sync)
+    store = Store(db.dialect)
+    return db, store, await db.run(store.open_connection, "link", "ws://daemon", 1)
+
+
+async def selected(db: WriterDatabase, sql: str) -> list[tuple[Any, ...]]:
+    """The rows of ``sql``, read on the writer's own connection."""
+
+    def read(conn: Any) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in conn.execute(text(sql))]
+
+    return await db.run(read)

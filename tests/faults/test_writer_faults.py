@@ -27,7 +27,7 @@ from recorder.protocol.frames import IN, FrameTuple
 from recorder.simulator import Simulator, SimulatorOptions
 from recorder.times import now_us
 from tests.conftest import running, write_config
-from tests.helpers import children, grandchildren, recorder_process
+from tests.helpers import children, grandchildren, recorder_process, selected, writer_database
 from tests.test_link import refuse_connections
 
 TIMEOUT = 30
@@ -314,17 +314,8 @@ async def check_refused_values_leave_the_index_out(
 ) -> tuple[list[tuple[Any, ...]], str]:
     """Write a refused batch and a good one; returns the frames as stored, and the
     refusal as logged."""
-    from sqlalchemy import text
-
-    from recorder.db.connection import WriterDatabase
-    from recorder.db.migrations import upgrade_sync
-    from recorder.db.write import Store
-
-    db = await WriterDatabase.open(url)
+    db, store, cid = await writer_database(url)
     try:
-        await db.run(upgrade_sync)
-        store = Store(db.dialect)
-        cid = await db.run(store.open_connection, "link", "ws://daemon", 1)
         good = Classifier().rows_and_index(
             [(cid, 2, IN, now_us(), 2, True, b'{"type":"x","sessionId":"s2"}')]
         )
@@ -333,17 +324,11 @@ async def check_refused_values_leave_the_index_out(
                 ops.write_together(db, store, [refused_batch(cid, bad), ops.WriteRows(*good)]),
                 TIMEOUT,
             )
-
-        def read(conn: Any) -> list[tuple[Any, ...]]:
-            found = conn.execute(
-                text(
-                    "SELECT seq, type, session_id, payload,"
-                    " (SELECT frame_count FROM connections) FROM frames ORDER BY seq"
-                )
-            )
-            return [tuple(row) for row in found]
-
-        stored = await db.run(read)
+        stored = await selected(
+            db,
+            "SELECT seq, type, session_id, payload,"
+            " (SELECT frame_count FROM connections) FROM frames ORDER BY seq",
+        )
     finally:
         await db.shutdown()
     (event,) = [e for e in logs if e["log_level"] == "error"]
@@ -386,36 +371,21 @@ async def test_a_batch_that_cannot_be_classified_is_recorded_unclassified(
     """Before, the classifier process died with the batch (a RecursionError from
     values nested 1 000 deep) and the recording stopped. The frames are recorded
     byte-exact with parse_error "unclassified", counted, and one line is logged."""
-    from sqlalchemy import text
-
-    from recorder.db.connection import WriterDatabase
-    from recorder.db.migrations import upgrade_sync
-    from recorder.db.write import Store
-
     sent = [(b'{"type":"x","sessionId":"s1"}', True), (b"\xff\x00", True), (b"\x01", False)]
-    db = await WriterDatabase.open(f"sqlite+aiosqlite:///{db_path}")
+    db, store, cid = await writer_database(f"sqlite+aiosqlite:///{db_path}")
     try:
-        await db.run(upgrade_sync)
-        store = Store(db.dialect)
-        cid = await db.run(store.open_connection, "link", "ws://daemon", 1)
         batch = WriteFrames(
             [(cid, seq, IN, now_us(), seq, t, data) for seq, (data, t) in enumerate(sent, 1)]
         )
         with structlog.testing.capture_logs() as logs:
             rows = batch.prepared(FailingClassifier())
         await ops.write_together(db, store, [rows])
-
-        def read(conn: Any) -> list[tuple[Any, ...]]:
-            found = conn.execute(
-                text(
-                    "SELECT coalesce(CAST(payload AS BLOB), payload_bytes), opcode, type,"
-                    " session_id, parse_error, (SELECT frame_count FROM connections)"
-                    " FROM frames ORDER BY seq"
-                )
-            )
-            return [tuple(row) for row in found]
-
-        stored = await db.run(read)
+        stored = await selected(
+            db,
+            "SELECT coalesce(CAST(payload AS BLOB), payload_bytes), opcode, type,"
+            " session_id, parse_error, (SELECT frame_count FROM connections)"
+            " FROM frames ORDER BY seq",
+        )
     finally:
         await db.shutdown()
     assert stored == [(data, 1 if t else 2, None, None, "unclassified", 3) for data, t in sent]
@@ -451,29 +421,15 @@ async def test_a_commit_whose_answer_was_lost_is_not_written_twice(db_path: Path
     """After a failed write the batch is retried; if the commit had gone through and
     only its answer was lost, writing it again would store every frame twice. The
     retry first looks for the batch's first frame."""
-    from sqlalchemy import text
-
-    from recorder.db.connection import WriterDatabase
-    from recorder.db.migrations import upgrade_sync
-    from recorder.db.write import Store
-
-    db = await WriterDatabase.open(f"sqlite+aiosqlite:///{db_path}")
+    db, store, cid = await writer_database(f"sqlite+aiosqlite:///{db_path}")
     try:
-        await db.run(upgrade_sync)
-        store = Store(db.dialect)
-        cid = await db.run(store.open_connection, "link", "ws://daemon", 1)
         batch = ops.WriteRows(*Classifier().rows_and_index(frames_for(cid, 3)))
         flaky = AnswerLost(db)
         with structlog.testing.capture_logs() as logs:
             await asyncio.wait_for(ops.write_together(flaky, store, [batch]), TIMEOUT)  # type: ignore[arg-type]
-
-        def read(conn: Any) -> list[tuple[Any, ...]]:
-            found = conn.execute(
-                text("SELECT seq, (SELECT frame_count FROM connections) FROM frames ORDER BY id")
-            )
-            return [tuple(row) for row in found]
-
-        stored = await db.run(read)
+        stored = await selected(
+            db, "SELECT seq, (SELECT frame_count FROM connections) FROM frames ORDER BY id"
+        )
     finally:
         await db.shutdown()
     assert flaky.lost == 1
