@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 import tomllib
 import types
 import typing
@@ -19,7 +18,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from recorder.addresses import is_loopback, redact_url, split_listen
+from recorder.addresses import (
+    database_url,
+    default_state_dir,
+    is_loopback,
+    redact_url,
+    split_listen,
+)
 from recorder.cleanup.policy import PolicyError
 from recorder.cleanup.settings import CleanupConfig, parse_cleanup
 
@@ -383,60 +388,12 @@ def _check_ws_url(src: str, dotted: str, url: str) -> None:
         raise ConfigError(f"{src}: {dotted}: no host in {redact_url(url)!r}")
 
 
-def default_state_dir(env: Mapping[str, str]) -> Path:
-    """Where the default SQLite file lives: systemd's StateDirectory, else XDG state home."""
-    state = env.get("STATE_DIRECTORY")
-    if state:
-        # systemd joins several directories with ':'; the first one is ours.
-        return Path(state.split(":")[0])
-    xdg = env.get("XDG_STATE_HOME") or str(
-        Path(env.get("HOME") or Path.home()) / ".local" / "state"
-    )
-    return Path(xdg) / "orchestrator-recorder"
-
-
-_SCHEME = re.compile(r"^([a-z][a-z0-9]*)(?:\+([a-z0-9_]+))?$")
-
-
 def normalize_database_url(src: str, url: str, env: Mapping[str, str]) -> str:
-    """Turn what a user writes (``sqlite:///x.db``, ``postgresql://...``) into an async URL.
-
-    Parsed here rather than with SQLAlchemy's make_url so that the service's own
-    process never loads SQLAlchemy (only its writer process does).
-    """
-    if not url:
-        return f"sqlite+aiosqlite:///{default_state_dir(env) / 'recorder.db'}"
-    scheme, sep, rest = url.partition("://")
-    match = _SCHEME.match(scheme.lower())
-    if not sep or match is None:
-        raise ConfigError(f"{src}: storage.url: not a database URL: {redact_url(url)!r}")
-    backend, driver = match.group(1), match.group(2)
-    if backend == "sqlite":
-        if driver not in (None, "aiosqlite"):
-            raise ConfigError(
-                f"{src}: storage.url: SQLite needs the aiosqlite driver, got {scheme!r}"
-            )
-        if not rest.startswith("/") or rest in ("/", "/:memory:"):
-            raise ConfigError(
-                f"{src}: storage.url: SQLite needs a file path (sqlite:///path/recorder.db)"
-            )
-        return f"sqlite+aiosqlite://{rest}"
-    if backend in ("postgresql", "postgres"):
-        if driver not in (None, "asyncpg"):
-            raise ConfigError(
-                f"{src}: storage.url: PostgreSQL needs the asyncpg driver, got {scheme!r}"
-            )
-        try:
-            urlsplit(url).port  # noqa: B018 (read for its check)
-        except ValueError:
-            # Else the writer's start failed on it: Python's words, and exit 1, not 2.
-            raise ConfigError(
-                f"{src}: storage.url: the port is not a number 0-65535: {redact_url(url)!r}"
-            ) from None
-        return f"postgresql+asyncpg://{rest}"
-    raise ConfigError(
-        f"{src}: storage.url: unsupported database {backend!r} (use sqlite or postgresql)"
-    )
+    """:func:`recorder.addresses.database_url`, its refusal a ConfigError naming ``src``."""
+    try:
+        return database_url(url, default_state_dir(env))
+    except ValueError as exc:
+        raise ConfigError(f"{src}: storage.url: {exc}") from None
 
 
 def _check_ca_file(src: str, path: str) -> None:

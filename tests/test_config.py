@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from recorder.addresses import redact_url
+from recorder.addresses import default_state_dir, redact_url
 from recorder.cli import cli
-from recorder.config import ConfigError, default_state_dir, load_config
+from recorder.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
