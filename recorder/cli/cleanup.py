@@ -19,7 +19,8 @@ from recorder.cli.options import (
     reading,
     target_options,
 )
-from recorder.cli.render import Column, emit, printable, when
+from recorder.cli.render import Column, emit, when
+from recorder.protocol.tame import on_one_line
 from recorder.times import format_us, now_us
 
 # How long `cleanup run` waits for a running service to finish the runs it asked for.
@@ -292,7 +293,7 @@ def _pin(config_path: str | None, database: str | None, session: str, on: bool) 
         sid = read.resolve_session(reader, session)["id"]
     changed = _write(target, lambda conn: set_pin(conn, sid, now_us(), on))
     state = "pinned" if on else "unpinned"
-    shown = printable(sid)  # recorded from a frame: it must not steer the terminal
+    shown = on_one_line(sid)  # recorded from a frame: it must not steer the terminal
     click.echo(f"{shown} {state}" if changed else f"{shown} was already {state}")
 
 

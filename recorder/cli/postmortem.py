@@ -14,11 +14,11 @@ from recorder.cli.render import (
     Column,
     connection_json,
     emit,
-    printable,
     table_lines,
     task_json,
     when,
 )
+from recorder.protocol.tame import on_one_line
 
 if TYPE_CHECKING:
     from recorder.protocol.story import Story
@@ -49,7 +49,7 @@ def show(config_path: str | None, database: str | None, session: str, fmt: str) 
         click.echo(json.dumps(out | story.to_json(), ensure_ascii=False, indent=2))
         return
     for line in story_lines(dict(row), task_rows, story):
-        click.echo(printable(line))  # a frame's strings must not steer the terminal
+        click.echo(on_one_line(line))  # a frame's strings must not steer the terminal
 
 
 def _session_dict(row: Any) -> dict[str, Any]:
@@ -76,7 +76,7 @@ def story_lines(session: dict[str, Any], task_rows: list[Any], story: Story) -> 
         f"{when(story.end_us) or 'now'}{duration}"
     )
     if session.get("last_error"):
-        lines.append(f"error     {printable(session['last_error'])}")
+        lines.append(f"error     {on_one_line(session['last_error'])}")
     if story.timeline:
         lines += ["", "Status"]
         lines += [f"  {when(c.at_us)}  {c.status}" for c in story.timeline]
@@ -101,7 +101,7 @@ def story_lines(session: dict[str, Any], task_rows: list[Any], story: Story) -> 
         lines += ["  " + line for line in table_lines(tool_columns, story.tools)]
     if story.errors:
         lines += ["", "Errors"]
-        lines += [f"  {when(e.at_us)}  {e.source}: {printable(e.text)}" for e in story.errors]
+        lines += [f"  {when(e.at_us)}  {e.source}: {on_one_line(e.text)}" for e in story.errors]
     if story.metrics:
         lines += ["", "Metrics (as the daemon last reported them)"]
         lines.append("  " + ", ".join(f"{k} {v}" for k, v in story.metrics.items()))
@@ -212,15 +212,15 @@ def stats(config_path: str | None, database: str | None, fmt: str) -> None:
     ):
         click.echo(f"\n{title}")
         for key, value in mapping.items():
-            click.echo(f"  {value:>12,}  {printable(str(key))}")
+            click.echo(f"  {value:>12,}  {on_one_line(str(key))}")
     if st.busiest:
         click.echo("\nBusiest sessions")
         for r in info["busiest_sessions"]:
-            click.echo(printable(f"  {r['frames']:>12,}  {r['id']}  {r['status'] or '?'}"))
+            click.echo(on_one_line(f"  {r['frames']:>12,}  {r['id']}  {r['status'] or '?'}"))
     if st.daemon:
         click.echo(f"\nDaemon, as reported at {info['daemon_reported_at']}")
         metrics = st.daemon.get("metrics")
         status, uptime = st.daemon.get("status"), st.daemon.get("uptime")
-        click.echo(printable(f"  status {status}, uptime {uptime} ms"))
+        click.echo(on_one_line(f"  status {status}, uptime {uptime} ms"))
         if isinstance(metrics, dict):
-            click.echo(printable("  " + ", ".join(f"{k} {v}" for k, v in metrics.items())))
+            click.echo(on_one_line("  " + ", ".join(f"{k} {v}" for k, v in metrics.items())))

@@ -19,18 +19,10 @@ from typing import Any, BinaryIO
 import click
 
 from recorder.protocol.frames import IN, OPCODE_TEXT
+from recorder.protocol.tame import on_one_line
 from recorder.times import format_us
 
 Row = Any
-
-
-def printable(text: str) -> str:
-    """One line, with newlines and control characters escaped."""
-    if text.isprintable():
-        return text
-    return "".join(
-        c if c.isprintable() else ("\\n" if c == "\n" else f"\\x{ord(c):02x}") for c in text
-    )
 
 
 def terminal_width() -> int | None:
@@ -48,7 +40,7 @@ class Column:
 
 
 def table_lines(columns: Sequence[Column], rows: Iterable[Row]) -> list[str]:
-    cells = [[printable(_cell(c.value(row))) for c in columns] for row in rows]
+    cells = [[on_one_line(_cell(c.value(row))) for c in columns] for row in rows]
     widths = [max([len(c.header)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     room = terminal_width()
     lines = []
@@ -263,11 +255,11 @@ class FrameWriter:
         if text is None:
             kind = "binary" if row["opcode"] != OPCODE_TEXT else "invalid UTF-8"
             text = f"<{row['size']} bytes {kind}>"
-        preview = printable(text[: self.preview])[: self.preview]
+        preview = on_one_line(text[: self.preview])[: self.preview]
         arrow = "<-" if row["direction"] == IN else "->"
         return (
             f"{row['id']:>8} {format_us(row['received_at_us']):<27} {row['connection_id']:>4} "
-            f"{arrow:<3} {printable(row['type'] or '-')[:24]:<24} "
-            f"{printable(row['session_id'] or '-')[:34]:<34} "
+            f"{arrow:<3} {on_one_line(row['type'] or '-')[:24]:<24} "
+            f"{on_one_line(row['session_id'] or '-')[:34]:<34} "
             f"{row['size']:>7} {preview}\n"
         )

@@ -13,7 +13,7 @@ import click
 
 from recorder.addresses import is_loopback, split_listen
 from recorder.cli.options import Target, reading
-from recorder.cli.render import printable
+from recorder.protocol.tame import on_one_line
 
 
 def serve_or_replay_live(
@@ -84,7 +84,7 @@ def _serve(
     server = ReplayServer(recorded, pace=pace, wait_for_client=wait, loop=loop, token=token)
 
     def ready(port: int) -> None:
-        click.echo(f"replaying {printable(plan.id)} as a daemon on ws://{host}:{port}", err=True)
+        click.echo(f"replaying {on_one_line(plan.id)} as a daemon on ws://{host}:{port}", err=True)
 
     async def until_stopped() -> None:
         # SIGTERM (systemd, kill) ends it like Ctrl-C: clients get their close frames.
@@ -114,6 +114,6 @@ def _live(target: Target, url: str, plan: Any, recorded: Any, pace: Any, as_json
         click.echo(json.dumps(result.to_json(), ensure_ascii=False, indent=2))
     else:
         for line in result.lines():
-            click.echo(printable(line))  # what the live daemon said must not steer the terminal
+            click.echo(on_one_line(line))  # what the live daemon said must not steer the terminal
     if not result.same:
         sys.exit(1)

@@ -6,7 +6,8 @@ chokes on: nesting a thousand deep (Python's parser and encoder recurse), NaN an
 1e400 (no JSON encoder may write them), lone surrogates (no UTF-8 writer takes
 them), and control characters (a terminal obeys them: ESC sequences clear the
 screen or write the clipboard). :func:`read_object` gives an object without the
-first three; :func:`for_terminal` a string without the last.
+first three; :func:`for_terminal` a text without the last, :func:`on_one_line` a
+name or a label as one line of printable characters.
 """
 
 from __future__ import annotations
@@ -72,16 +73,27 @@ def for_terminal(text: str) -> str:
 
 
 def on_one_line(text: str) -> str:
-    """:func:`for_terminal`, with newlines written out too: for a label or a name."""
-    return for_terminal(text).replace("\n", "\\n")
+    """``text`` as one line of a table, a label or a message: every character that is
+    not printable written out, newlines (``\\n``) and terminal controls included."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
 
 
 _OBEYED = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def _escaped(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+    return _escape(match.group())
+
+
+def _escape(c: str) -> str:
+    if c == "\n":
+        return "\\n"
+    code = ord(c)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def _text(text: str) -> str:
