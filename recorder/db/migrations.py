@@ -74,13 +74,17 @@ def upgrade_sync(connection: Connection, revision: str = "head") -> tuple[str | 
             # wait for it and find the schema done.
             connection.exec_driver_sql("SELECT pg_advisory_xact_lock(5151780155011)")
         before = _current_sync(connection)
-        if before is not None and not known_revision(before):
-            # Alembic's traceback says "Can't locate revision"; what it means is this.
-            raise NewerSchema(
-                f"the database's schema is revision {before!r}, which this recorder does"
-                f" not know (its newest is {head_revision()}): a newer recorder wrote it"
-            )
-        _upgrade_sync(connection, revision)
+        try:
+            _upgrade_sync(connection, revision)
+        except Exception:
+            if before is not None and not known_revision(before):
+                # Alembic's traceback says "Can't locate revision"; what it means is this.
+                raise NewerSchema(
+                    f"the database's schema is revision {before!r}, which this recorder"
+                    f" does not know (its newest is {head_revision()}): a newer recorder"
+                    " wrote it"
+                ) from None
+            raise
         after = _current_sync(connection)
     return before, after
 
