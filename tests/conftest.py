@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,6 +14,30 @@ from recorder.config import Config, load_config
 from recorder.service.lifecycle import Service
 
 TIMEOUT = 20
+
+ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+async def pg_admin(sql: str, url: str = ADMIN) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url.replace("postgresql://", "postgres://"), timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    name = f"recorder_test_{os.getpid()}"
+    try:
+        asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}"'))
+        asyncio.run(pg_admin(f'CREATE DATABASE "{name}"'))
+    except (TimeoutError, OSError) as exc:
+        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432: {exc}")
+    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(autouse=True)

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from recorder.cleanup.policy import (
     Conditions,
+    MatchState,
     Policy,
     SessionFacts,
     decide,
@@ -31,6 +32,7 @@ from recorder.db.sqlite import SqliteWriterDatabase
 from recorder.db.write import Store
 from recorder.pipeline.classifier import Classifier
 from recorder.protocol.frames import IN, OUT
+from recorder.protocol.index import TERMINAL_STATUSES
 from recorder.simulator import Simulator, SimulatorOptions
 from tests.conftest import running
 from tests.helpers import query, recorder_process, wait_until
@@ -42,8 +44,9 @@ MIN = 60_000_000
 def facts(
     sid: str, status: str | None, *, started: int, ended: int | None = None, frames: int = 10
 ) -> SessionFacts:
+    finished = ended if status in TERMINAL_STATUSES else None
     return SessionFacts(
-        sid, status, "vp_1", "claude-code", started, ended or started, started, ended, frames
+        sid, status, "vp_1", "claude-code", started, ended or started, finished, frames
     )
 
 
@@ -76,9 +79,9 @@ def test_conditions_keep_last_pins_active_and_grace() -> None:
     running_too = Policy("r", "every 1h", "compact", Conditions(started_before=5 * 60))
     assert {d.session_id: d.verdict for d in decide(running_too, sessions, NOW)}["e"] == "active"
     # The grace window: a destructive action waits until the match is old enough.
-    first = {"b": NOW - 5 * MIN, "c": NOW - 50 * MIN}
+    first = {"b": MatchState(NOW - 5 * MIN), "c": MatchState(NOW - 50 * MIN)}
     plain = Policy("s", "every 1h", "purge", Conditions(status=("completed",)))
-    graced = decide(plain, sessions, NOW, first_matched=first, grace=10 * 60)
+    graced = decide(plain, sessions, NOW, matched=first, grace=10 * 60)
     assert {d.session_id: d.verdict for d in graced} == {"c": "act", "b": "grace", "a": "grace"}
     stop = Policy("t", "every 1h", "stop_session", Conditions(status=("completed",)))
     assert all(d.verdict == "act" for d in decide(stop, sessions, NOW, grace=10 * 60))
@@ -492,7 +495,9 @@ dry_run = true
         assert proc.returncode == 0, err.decode()
         assert "asked the running recorder (PID " in err.decode()
         (run,) = json.loads(out)
-        assert (run["policy"], run["trigger"], run["dry_run"]) == ("often", "request", False)
+        # A policy that says dry_run = true stays dry however it is run: `cleanup run`
+        # used to run it for real.
+        assert (run["policy"], run["trigger"], run["dry_run"]) == ("often", "request", True)
 
 
 async def test_max_db_size_purges_the_oldest_finished_sessions(db: Path, tmp_path: Path) -> None:

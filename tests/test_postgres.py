@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,33 +20,8 @@ from recorder.pipeline.writer import Writer
 from recorder.protocol.frames import IN, OUT, Frame
 from recorder.service.lifecycle import Service
 from recorder.times import now_us
-from tests.conftest import running
+from tests.conftest import pg_admin, running
 from tests.helpers import cli_json_lines, frame_bytes, recorder_process
-
-ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-async def _admin(sql: str, url: str = ADMIN) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(url.replace("postgresql://", "postgres://"), timeout=5)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    name = f"recorder_test_{os.getpid()}"
-    try:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}"'))
-        asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    except (TimeoutError, OSError) as exc:
-        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432: {exc}")
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
 
 FRAMES: list[tuple[str, bytes, bool]] = [
     (IN, b'{"type":"health_check_response","healthy":true}', True),
@@ -460,6 +434,30 @@ def test_both_databases_hold_the_same_rows_for_the_same_conversation(
         # the frames kept.
         (IN, b'{"type":"x\\u0000","sessionId":"s\\u0000","error":"\\ud800"}', True),
         (IN, b'{"type":"error","sessionId":"s1","error":"a\\u0000b"}', True),
+        # Stopped after it completed: it ended when it completed, on the recorder's
+        # clock (finished_us), whatever the daemon's endedAt says.
+        (
+            IN,
+            json.dumps(
+                {
+                    "type": "session_status_update",
+                    "session": {"id": sid, "status": "stopped", "endedAt": "2126-01-01T00:00:00Z"},
+                }
+            ).encode(),
+            True,
+        ),
+        # Stopped after it completed: it ended when it completed, on the recorder's
+        # clock (finished_us), whatever the daemon's endedAt says.
+        (
+            IN,
+            json.dumps(
+                {
+                    "type": "session_status_update",
+                    "session": {"id": sid, "status": "stopped", "endedAt": "2126-01-01T00:00:00Z"},
+                }
+            ).encode(),
+            True,
+        ),
     ]
     tables = {
         "frames": "id",
@@ -518,6 +516,11 @@ def test_both_databases_hold_the_same_rows_for_the_same_conversation(
             theirs = asyncio.run(from_postgres(table, order))
             assert ours == theirs, table
             assert ours, table
+        # The recorder's clock: the frame that said "completed" was the 4th after FRAMES.
+        (finished,) = lite.execute(
+            "SELECT finished_us FROM sessions WHERE id = ?", (sid,)
+        ).fetchone()
+        assert finished == 1_795_692_537_000_000 + len(FRAMES) + 4
 
 
 async def test_max_db_size_on_postgres_purges_only_what_it_must(pg_url: str) -> None:
@@ -826,8 +829,8 @@ def test_a_task_described_at_any_length_is_recorded_and_found(pg_url: str, btree
         writer = Writer(pg_url.replace("postgresql://", "postgresql+asyncpg://"))
         await writer.start()
         if btree:
-            await _admin("DROP INDEX ix_tasks_description", pg_url)
-            await _admin("CREATE INDEX ix_tasks_description ON tasks (description)", pg_url)
+            await pg_admin("DROP INDEX ix_tasks_description", pg_url)
+            await pg_admin("CREATE INDEX ix_tasks_description ON tasks (description)", pg_url)
         task = asyncio.create_task(writer.run())
         cid = await writer.open_connection("link", "ws://127.0.0.1:8787")
         for seq, data in enumerate(sent, 1):

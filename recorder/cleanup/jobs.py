@@ -5,8 +5,10 @@ at a time, a misfire grace time: a laptop that slept or a slow purge never stack
 runs). A run asks the database process which sessions match (it also notes when each
 match began, for ``cleanup.grace``), then acts: ``stop_session`` over the daemon link
 (recorded like any frame), ``purge`` and ``compact`` through the one writer in short
-transactions between batches, so recording goes on. Every run writes an audit row
-(``recorder cleanup history``) and one log line.
+transactions between batches, so recording goes on. Each policy runs on its own: one
+stuck (a daemon that stops reading) never holds another back. Every run writes its
+audit row (``recorder cleanup history``) before it acts and completes it when it
+ends, and one log line.
 """
 
 from __future__ import annotations
@@ -15,64 +17,46 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Coroutine
 from datetime import UTC
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from recorder.cleanup.policy import Conditions, Policy
+from recorder.cleanup.acting import (
+    PURGE_CHUNK,
+    Actor,
+    Direct,
+    Performer,
+    Run,
+    error_line,
+)
+from recorder.cleanup.policy import Conditions, Policy, said
 from recorder.cleanup.settings import trigger
 from recorder.pipeline.cleanup_ops import (
     AnswerRequest,
-    Compact,
     DatabaseBytes,
     DropDuePartitions,
-    GiveBackSpace,
+    EndInterrupted,
+    FinishRun,
     MatchPolicy,
     OldestFinished,
-    PurgeFinish,
-    PurgeSome,
-    RecordRun,
+    StartRun,
     TakeRequests,
 )
-from recorder.protocol import requests
 from recorder.times import now_us
 
 if TYPE_CHECKING:
     from recorder.capture.link import Link
     from recorder.config import Config
-    from recorder.db.connection import WriterDatabase
-    from recorder.db.write import Store
-    from recorder.pipeline.ops import Operation
 
-T = TypeVar("T")
-
-
-class Performer(Protocol):
-    """Where operations run: the service's writer, or a database opened by the CLI."""
-
-    async def perform(self, operation: Operation[T]) -> T: ...
-
-
-class Direct:
-    """Operations run at once on a database the CLI opened (no service running)."""
-
-    def __init__(self, db: WriterDatabase, store: Store) -> None:
-        self.db = db
-        self.store = store
-
-    async def perform(self, operation: Operation[T]) -> T:
-        return await operation.run(self.db, self.store)
-
+# Re-exported: the CLI and the tests run cleanups directly, on a database they open.
+__all__ = ["MAX_SIZE", "PURGE_CHUNK", "RETENTION", "Cleanup", "Direct", "policies_of"]
 
 log = structlog.get_logger("recorder.cleanup")
 
 RETENTION = "storage.retention"
 MAX_SIZE = "storage.max_db_size"
-# Frames per purge transaction, and free pages given back per vacuum step.
-PURGE_CHUNK = 2000
-VACUUM_PAGES = 2000
 MISFIRE_GRACE = 3600
 
 
@@ -85,34 +69,6 @@ def policies_of(config: Config) -> list[Policy]:
     return found
 
 
-@dataclass
-class Run:
-    """One run's audit record, filled in as it goes."""
-
-    policy: Policy
-    trigger: str
-    dry_run: bool
-    started_us: int
-    matched: int = 0
-    actions: list[dict[str, Any]] | None = None
-    error: str | None = None
-
-    def row(self) -> dict[str, Any]:
-        actions = self.actions or []
-        return {
-            "policy": self.policy.name,
-            "action": self.policy.action,
-            "trigger": self.trigger,
-            "dry_run": int(self.dry_run),
-            "started_us": self.started_us,
-            "ended_us": now_us(),
-            "matched": self.matched,
-            "acted": sum(1 for a in actions if a.get("done")),
-            "actions": json.dumps(actions, ensure_ascii=False),
-            "error": self.error,
-        }
-
-
 class Cleanup:
     def __init__(
         self,
@@ -121,17 +77,26 @@ class Cleanup:
         link: Link | None,
         *,
         no_link: str = "the daemon link is down",
+        previous: Cleanup | None = None,
     ) -> None:
         self.config = config
         self.writer = writer
-        self.link = link
-        # What a stop_session run says when there is no link to send it on.
-        self.no_link = no_link
         self.policies = {p.name: p for p in policies_of(config)}
         self.runs = 0
         self._scheduler: Any = None
-        self._lock = asyncio.Lock()
+        # One run at a time per policy; different policies run side by side.
+        self._locks: dict[str, asyncio.Lock] = {}
         self._requested: set[asyncio.Task[None]] = set()
+        # Shared with the cleanup this one replaces (a reload): its runs may still be
+        # finishing. The audit rows of runs in progress here, and the sessions a purge
+        # or compaction is working on (another policy leaves them alone meanwhile).
+        self.alive: set[int] = previous.alive if previous is not None else set()
+        busy: set[str] = set() if previous is None else previous.busy
+        self.actor = Actor(writer, link, no_link, busy)
+
+    @property
+    def busy(self) -> set[str]:
+        return self.actor.busy
 
     @property
     def wanted(self) -> bool:
@@ -163,8 +128,19 @@ class Cleanup:
             )
         poll = IntervalTrigger(seconds=self.config.cleanup.poll)
         scheduler.add_job(self.take_requests, poll, id="requests", **options)
+        # Once, now: runs a kill cut short are history, not "running".
+        scheduler.add_job(self._end_interrupted, id="interrupted")
         scheduler.start()
         self._scheduler = scheduler
+
+    async def _end_interrupted(self) -> None:
+        try:
+            ended = await self.writer.perform(EndInterrupted(tuple(self.alive)))
+        except Exception as exc:
+            log.warning("cannot mark interrupted cleanup runs", error=error_line(exc))
+            return
+        if ended:
+            log.warning("cleanup runs were interrupted by the last stop", runs=ended)
 
     async def stop(self) -> None:
         """No new runs; a run in progress stops between two of its steps."""
@@ -179,54 +155,24 @@ class Cleanup:
         try:
             await self.run(policy)
         except asyncio.CancelledError:
-            # The service is stopping: what is done is done, the rest waits for the
-            # next run (a purge picks up where it stopped).
+            # The service is stopping: what is done is done (its audit row says so,
+            # as interrupted), the rest waits for the next run.
             log.info("cleanup run interrupted by the stop", policy=policy.name)
+        except Exception as exc:  # its audit row could not be written: the log says
+            log.error("cleanup run failed", policy=policy.name, error=error_line(exc))
 
     # --- runs -----------------------------------------------------------------------
 
     async def run(
         self, policy: Policy, *, dry_run: bool | None = None, trigger: str = "schedule"
     ) -> int:
-        """Run one policy now; returns its audit row's id."""
-        dry = policy.dry_run if dry_run is None else dry_run
-        async with self._lock:
+        """Run one policy now; returns its audit row's id. ``dry_run`` can only make a
+        run dry: a policy that says dry_run = true never acts, however it is run."""
+        dry = policy.dry_run or bool(dry_run)
+        async with self._locks.setdefault(policy.name, asyncio.Lock()):
             run = Run(policy, trigger, dry, now_us())
             started = time.monotonic()
-            try:
-                run.actions = []
-                if policy.name == RETENTION and not dry and policy.when.ended_before is not None:
-                    # PostgreSQL: months entirely past the retention go whole first.
-                    cutoff = run.started_us - int(policy.when.ended_before * 1e6)
-                    for name, count in await self.writer.perform(DropDuePartitions(cutoff)):
-                        run.actions.append(
-                            {"partition": name, "result": f"dropped {count} frames", "done": True}
-                        )
-                decisions = await self.writer.perform(
-                    MatchPolicy(policy, run.started_us, self.config.cleanup.grace, not dry)
-                )
-                run.matched = len(decisions)
-                for decision in decisions:
-                    if decision.verdict != "act":
-                        run.actions.append(
-                            {"session": decision.session_id, "result": decision.verdict}
-                        )
-                    elif dry:
-                        run.actions.append(
-                            {"session": decision.session_id, "result": f"would {policy.action}"}
-                        )
-                    else:
-                        run.actions.append(await self._act(policy.action, decision.session_id))
-                if (
-                    not dry
-                    and any(a.get("done") for a in run.actions)
-                    and policy.action != "stop_session"
-                ):
-                    await self._give_back_space()
-            except Exception as exc:  # recorded, logged, and the service goes on
-                run.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            row = run.row()
-            run_id = await self.writer.perform(RecordRun(row))
+            await self._recorded(run, self._steps(run))
             self.runs += 1
         log.info(
             "cleanup run",
@@ -235,53 +181,53 @@ class Cleanup:
             trigger=trigger,
             dry_run=dry,
             matched=run.matched,
-            acted=row["acted"],
-            error=run.error,
+            acted=run.acted,
+            error=run.outcome()["error"],
             seconds=round(time.monotonic() - started, 3),
         )
-        return run_id
+        assert run.id is not None
+        return run.id
 
-    async def _act(self, action: str, session_id: str) -> dict[str, Any]:
-        entry: dict[str, Any] = {"session": session_id}
+    async def _recorded(self, run: Run, steps: Coroutine[Any, Any, None]) -> None:
+        """Run ``steps`` between the audit row's start and its end. An error ends the
+        run and is its record; a cancellation (the stop) leaves the row running, which
+        the next run of this recorder marks interrupted."""
         try:
-            if action == "stop_session":
-                sent = self.link is not None and await self.link.request(
-                    requests.stop_session(session_id)
+            run.id = await self.writer.perform(StartRun(run.start_row(), tuple(self.alive)))
+        except BaseException:
+            steps.close()
+            raise
+        self.alive.add(run.id)
+        try:
+            try:
+                await steps
+            except Exception as exc:  # recorded, logged, and the service goes on
+                run.error = error_line(exc)
+            await self.writer.perform(FinishRun(run.id, run.outcome()))
+        finally:
+            self.alive.discard(run.id)
+
+    async def _steps(self, run: Run) -> None:
+        policy, dry = run.policy, run.dry_run
+        if policy.name == RETENTION and not dry and policy.when.ended_before is not None:
+            # PostgreSQL: months entirely past the retention go whole first.
+            cutoff = run.started_us - int(policy.when.ended_before * 1e6)
+            for name, count in await self.writer.perform(DropDuePartitions(cutoff)):
+                run.actions.append(
+                    {"partition": name, "result": f"dropped {count} frames", "done": True}
                 )
-                entry.update(result="requested" if sent else f"skipped: {self.no_link}", done=sent)
-            elif action == "purge":
-                frames, size = await self.purge(session_id)
-                entry.update(result=f"purged {frames} frames", done=True, bytes=size)
+        decisions = await self.writer.perform(
+            MatchPolicy(policy, run.started_us, self.config.cleanup.grace, not dry, run.id)
+        )
+        run.matched = len(decisions)
+        for decision in decisions:
+            sid = decision.session_id
+            if decision.verdict != "act" or dry:
+                run.actions.append({"session": sid, "result": said(policy, decision)})
             else:
-                replaced, written = await self.writer.perform(Compact(session_id))
-                entry.update(result=f"compacted {replaced} chunks into {written} frames", done=True)
-        except Exception as exc:
-            entry.update(result=f"failed: {type(exc).__name__}: {exc}".splitlines()[0], done=False)
-        return entry
-
-    async def purge(self, session_id: str) -> tuple[int, int]:
-        """A session's frames in short transactions, then its index rows: how many
-        frames went, and their payload bytes."""
-        touched: set[int] = set()
-        total = size = 0
-        while True:
-            deleted, freed, connections = await self.writer.perform(
-                PurgeSome(session_id, PURGE_CHUNK)
-            )
-            if not deleted:
-                break
-            total += deleted
-            size += freed
-            touched.update(connections)
-        await self.writer.perform(PurgeFinish(session_id, tuple(sorted(touched))))
-        return total, size
-
-    async def _give_back_space(self) -> None:
-        left = await self.writer.perform(GiveBackSpace(VACUUM_PAGES))
-        while left > 0:
-            before, left = left, await self.writer.perform(GiveBackSpace(VACUUM_PAGES))
-            if left >= before:
-                break  # nothing freed this round: another round would free nothing either
+                run.actions.append(await self.actor.act(run, sid))
+        if not dry and run.acted and policy.action != "stop_session":
+            await self.actor.give_back_space()
 
     async def keep_under_size(self) -> None:
         """``storage.max_db_size``: the oldest finished sessions go until it fits."""
@@ -289,35 +235,38 @@ class Cleanup:
         if limit is None or await self.writer.perform(DatabaseBytes()) <= limit:
             return
         policy = Policy(MAX_SIZE, "every 10m", "purge")
-        async with self._lock:
-            run = Run(policy, "schedule", False, now_us(), actions=[])
-            assert run.actions is not None
-            # PostgreSQL's size does not shrink when rows go (VACUUM reuses the space
-            # later), so what must go is worked out once and counted as it goes.
-            excess = await self.writer.perform(DatabaseBytes()) - limit
-            freed = 0
-            tried: set[str] = set()  # a purge that failed is not tried again in this run
-            fits = False
-            while not fits:
-                found = await self.writer.perform(OldestFinished(len(tried) + 20))
-                oldest = [s for s in found if s.id not in tried]
-                if not oldest:
-                    run.error = "over storage.max_db_size, with nothing finished left to purge"
-                    break
-                for session in oldest:
-                    tried.add(session.id)
-                    entry = await self._act("purge", session.id)
-                    run.actions.append(entry)
-                    run.matched += 1
-                    freed += entry.get("bytes", 0)
-                    fits = freed >= excess or await self.writer.perform(DatabaseBytes()) <= limit
-                    if fits:
-                        break
-            await self._give_back_space()
-            await self.writer.perform(RecordRun(run.row()))
+        async with self._locks.setdefault(MAX_SIZE, asyncio.Lock()):
+            run = Run(policy, "schedule", False, now_us())
+            await self._recorded(run, self._shrink(run, limit))
         log.info(
-            "cleanup run", policy=MAX_SIZE, action="purge", matched=run.matched, error=run.error
+            "cleanup run",
+            policy=MAX_SIZE,
+            action="purge",
+            matched=run.matched,
+            error=run.outcome()["error"],
         )
+
+    async def _shrink(self, run: Run, limit: int) -> None:
+        # PostgreSQL's size does not shrink when rows go (VACUUM reuses the space
+        # later), so what must go is worked out once and counted as it goes.
+        excess = await self.writer.perform(DatabaseBytes()) - limit
+        freed = 0
+        tried: set[str] = set()  # a purge that failed is not tried again in this run
+        while True:
+            found = await self.writer.perform(OldestFinished(len(tried) + 20))
+            oldest = [s for s in found if s.id not in tried]
+            if not oldest:
+                run.error = "over storage.max_db_size, with nothing finished left to purge"
+                break
+            for session in oldest:
+                tried.add(session.id)
+                entry = await self.actor.act(run, session.id)
+                run.actions.append(entry)
+                run.matched += 1
+                freed += entry.get("bytes", 0)
+                if freed >= excess or await self.writer.perform(DatabaseBytes()) <= limit:
+                    await self.actor.give_back_space()
+                    return
 
     async def take_requests(self) -> None:
         """What `recorder cleanup run` asked of this service: run in tasks of their own,
@@ -336,9 +285,9 @@ class Cleanup:
         else:
             try:
                 ids = [await self.run(p, dry_run=dry, trigger="request") for p in chosen]
+                result = json.dumps({"runs": ids})
             except asyncio.CancelledError:
-                ids = None
-            result = json.dumps(
-                {"runs": ids} if ids is not None else {"error": "the recorder stopped first"}
-            )
+                result = json.dumps({"error": "the recorder stopped first"})
+            except Exception as exc:  # its audit row could not be written
+                result = json.dumps({"error": f"the run could not start: {error_line(exc)}"})
         await self.writer.perform(AnswerRequest(request_id, now_us(), result))

@@ -93,7 +93,12 @@ class Policy:
 
 @dataclass(frozen=True)
 class SessionFacts:
-    """What matching reads of a session (a row of the sessions table)."""
+    """What matching reads of a session (a row of the sessions table).
+
+    Only the recorder's own times: when it first and last saw the session, and when
+    it recorded its final status. The daemon's startedAt/endedAt are data from a
+    clock that may be anywhere (a year behind, a century ahead), and are not here.
+    """
 
     id: str
     status: str | None
@@ -101,13 +106,17 @@ class SessionFacts:
     session_type: str | None
     first_seen_us: int
     last_seen_us: int
-    started_at_us: int | None
-    ended_at_us: int | None
+    finished_us: int | None
     frame_count: int
 
     @classmethod
     def of(cls, row: Mapping[Any, Any]) -> SessionFacts:
-        return cls(*(row[name] for name in cls.__dataclass_fields__))
+        # A copy made before migration 0011 has no finished_us: last seen stands in.
+        keys = row.keys()
+        values: dict[str, Any] = {
+            name: row[name] if name in keys else None for name in cls.__dataclass_fields__
+        }
+        return cls(**values)
 
     @property
     def finished(self) -> bool:
@@ -115,13 +124,14 @@ class SessionFacts:
 
     @property
     def ended_us(self) -> int | None:
-        if self.ended_at_us is not None:
-            return self.ended_at_us
-        return self.last_seen_us if self.finished else None
+        """When the recorder saw it end; never before the end it saw."""
+        if not self.finished:
+            return None
+        return self.finished_us if self.finished_us is not None else self.last_seen_us
 
     @property
     def started_us(self) -> int:
-        return self.started_at_us if self.started_at_us is not None else self.first_seen_us
+        return self.first_seen_us
 
 
 def matches(conditions: Conditions, session: SessionFacts, now_us: int) -> bool:
@@ -145,12 +155,35 @@ def matches(conditions: Conditions, session: SessionFacts, now_us: int) -> bool:
     return not (c.max_frames is not None and session.frame_count > c.max_frames)
 
 
+# A stop the daemon does not act on (the session goes on matching) is sent again
+# after 1, 4 and 16 minutes, then the policy gives up on that session: a daemon that
+# answers each stop with a 10 MB error must not be asked every run.
+STOP_ATTEMPTS = 4
+STOP_RETRY_S = 60.0
+
+
+def stop_retry_delay(attempts: int) -> float:
+    """Seconds before the next stop request, after ``attempts`` were sent."""
+    return STOP_RETRY_S * 4.0 ** max(0, attempts - 1)
+
+
+@dataclass(frozen=True)
+class MatchState:
+    """What the database remembers of a policy's match of a session."""
+
+    first_matched_us: int
+    # stop_session requests sent while it went on matching, and when the next may go.
+    attempts: int = 0
+    retry_us: int | None = None
+
+
 @dataclass(frozen=True)
 class Decision:
     session_id: str
     # "act", or why not: "pinned", "kept" (keep_last), "grace", "active" (purge and
     # compact leave a session that is still running), "unknown" (the daemon no longer
-    # knows it: nothing to stop).
+    # knows it: nothing to stop), "waiting" (a stop was sent; the next waits for its
+    # backoff), "given up" (stops sent STOP_ATTEMPTS times, and it still matches).
     verdict: str
 
 
@@ -160,33 +193,60 @@ def decide(
     now_us: int,
     *,
     pinned: frozenset[str] = frozenset(),
-    first_matched: Mapping[str, int] | None = None,
+    matched: Mapping[str, MatchState] | None = None,
     grace: float = 0.0,
 ) -> list[Decision]:
     """Every session the policy matches, newest first, and what to do with it."""
-    matched = sorted(
+    found = sorted(
         (s for s in sessions if matches(policy.when, s, now_us)),
         key=lambda s: (s.started_us, s.id),
         reverse=True,
     )
-    first_matched = first_matched or {}
-    decisions = []
-    for rank, session in enumerate(matched):
-        if session.id in pinned:
-            verdict = "pinned"
-        elif rank < policy.keep_last:
-            verdict = "kept"
-        elif policy.destructive and not session.finished:
-            verdict = "active"
-        elif policy.action == "stop_session" and session.status == LOST_STATUS:
-            verdict = "unknown"
-        elif (
-            policy.destructive
-            and grace > 0
-            and now_us - first_matched.get(session.id, now_us) < grace * 1e6
-        ):
-            verdict = "grace"
-        else:
-            verdict = "act"
-        decisions.append(Decision(session.id, verdict))
-    return decisions
+    known = matched or {}
+    return [
+        Decision(session.id, _verdict(policy, session, rank, now_us, pinned, known, grace))
+        for rank, session in enumerate(found)
+    ]
+
+
+def _verdict(
+    policy: Policy,
+    session: SessionFacts,
+    rank: int,
+    now_us: int,
+    pinned: frozenset[str],
+    known: Mapping[str, MatchState],
+    grace: float,
+) -> str:
+    state = known.get(session.id)
+    if session.id in pinned:
+        return "pinned"
+    if rank < policy.keep_last:
+        return "kept"
+    if policy.destructive and not session.finished:
+        return "active"
+    if policy.action == "stop_session":
+        if session.status == LOST_STATUS:
+            return "unknown"
+        if state is not None and state.attempts >= STOP_ATTEMPTS:
+            return "given up"
+        if state is not None and state.retry_us is not None and now_us < state.retry_us:
+            return "waiting"
+    first = state.first_matched_us if state is not None else now_us
+    if policy.destructive and grace > 0 and now_us - first < grace * 1e6:
+        return "grace"
+    return "act"
+
+
+_SAID = {
+    "given up": f"given up: still matching after {STOP_ATTEMPTS} stop requests",
+    "waiting": "waiting: a stop was sent; the next waits for its backoff",
+}
+
+
+def said(policy: Policy, decision: Decision) -> str:
+    """What a run's record says of a session: why it was left alone, or, for a dry
+    run, what would be done to it."""
+    if decision.verdict == "act":
+        return f"would {policy.action}"
+    return _SAID.get(decision.verdict, decision.verdict)

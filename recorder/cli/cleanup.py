@@ -76,6 +76,15 @@ def list_policies(config_path: str | None, database: str | None, fmt: str) -> No
         Column("NEXT RUN", lambda r: r["next_run"] or "disabled"),
         Column("WHEN", lambda r: ", ".join(f"{k}={v}" for k, v in r["when"].items())),
     )
+    if not rows and fmt == "table":
+        # Said as what it means: a recorder started or reloaded (SIGHUP) with this file
+        # cleans nothing up, which a missing or emptied section makes easy to miss.
+        click.echo(
+            f"no cleanup policies in {target.config.source}: a recorder running with it "
+            "(or reloaded with it) stops, compacts and purges nothing",
+            err=True,
+        )
+        return
     emit(rows, fmt, columns, lambda r: r, "policies")
 
 
@@ -143,7 +152,7 @@ def _service(target: Target) -> str | None:
 
 
 def _dry_run(target: Target, chosen: list[Any], fmt: str) -> None:
-    from recorder.cleanup.policy import decide
+    from recorder.cleanup.policy import decide, said
     from recorder.db.cleanup_records import decision_inputs
 
     now = now_us()
@@ -154,9 +163,8 @@ def _dry_run(target: Target, chosen: list[Any], fmt: str) -> None:
     rows = []
     for policy in chosen:
         found = first[policy.name]
-        for d in decide(policy, facts, now, pinned=pinned, first_matched=found, grace=grace):
-            result = f"would {policy.action}" if d.verdict == "act" else d.verdict
-            rows.append({"policy": policy.name, "session": d.session_id, "result": result})
+        for d in decide(policy, facts, now, pinned=pinned, matched=found, grace=grace):
+            rows.append({"policy": policy.name, "session": d.session_id, "result": said(policy, d)})
     columns = (
         Column("POLICY", lambda r: r["policy"]),
         Column("SESSION", lambda r: r["session"]),
@@ -233,10 +241,14 @@ def _emit_runs(rows: list[Any], fmt: str) -> None:
             "action": r["action"],
             "trigger": r["trigger"],
             "dry_run": bool(r["dry_run"]),
+            # running, done or interrupted; its end is its last step's time until done.
+            "state": _state(r),
             "started": format_us(r["started_us"]),
             "ended": format_us(r["ended_us"]),
             "matched": r["matched"],
             "acted": r["acted"],
+            # Frames purged or compacted, counted as each step committed.
+            "frames": r["frames"] if "frames" in r.keys() else None,
             "actions": json.loads(r["actions"]),
             "error": r["error"],
             # A copy made before migration 0007 does not say.
@@ -251,9 +263,23 @@ def _emit_runs(rows: list[Any], fmt: str) -> None:
         Column("BY", lambda r: r["trigger"]),
         Column("MATCHED", lambda r: r["matched"], right=True),
         Column("ACTED", lambda r: r["acted"], right=True),
-        Column("ERROR / RESULTS", lambda r: r["error"] or _results(r["actions"])),
+        Column("ERROR / RESULTS", _outcome),
     )
     emit(rows, fmt, columns, as_json, "cleanup runs")
+
+
+def _state(row: Any) -> str:
+    # A copy made before migration 0011 kept only finished runs.
+    return str(row["state"]) if "state" in row.keys() else "done"
+
+
+def _outcome(row: Any) -> str:
+    said = row["error"] or _results(row["actions"])
+    state = _state(row)
+    if state == "done":
+        return str(said)
+    frames = row["frames"] if "frames" in row.keys() else 0
+    return f"{state}, {frames} frames so far" + (f": {said}" if said else "")
 
 
 def _results(actions: str) -> str:
@@ -281,6 +307,10 @@ def history(
     target = load(config_path, database)
     with reading(target) as reader:
         rows = cleanup_records.runs(reader, policy=name, limit=limit)
+    if any(_state(r) == "running" for r in rows) and _service(target) is None:
+        # No recorder runs here: a run still marked running was cut short (a kill);
+        # the next start marks it so in the database too.
+        rows = [cleanup_records.cut_short(r) if _state(r) == "running" else r for r in rows]
     _emit_runs(rows, fmt)
 
 

@@ -1,27 +1,35 @@
-"""The cleanup's database work on recordings: matching, purging, compacting.
+"""The cleanup's database work on recordings: matching, purging, stop requests.
 
 Synchronous functions of a SQLAlchemy Connection, one short transaction each, run
 by the database process (through :mod:`recorder.pipeline.ops`) while the service
 runs, or directly by the CLI when it does not. A purge is many calls of
 :func:`purge_some`, each deleting a bounded number of frames, so that batches of
-new frames are written in between: recording goes on during a large purge. The
+new frames are written in between: recording goes on during a large purge.
+Compaction, in the same steps, is :mod:`recorder.db.compaction`. The
 cleanup's own records (runs, requests, pins) are in :mod:`recorder.db.cleanup_records`;
 the database's size and giving space back, in :mod:`recorder.db.space`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
-from recorder.cleanup.policy import Decision, Policy, SessionFacts, decide
+from recorder.cleanup.policy import (
+    Decision,
+    MatchState,
+    Policy,
+    SessionFacts,
+    decide,
+    stop_retry_delay,
+)
 from recorder.db.reader import ACTIVE_SQL
 from recorder.db.schema import (
     cleanup_matches,
+    cleanup_runs,
     connections,
     frame_days,
     frames,
@@ -30,9 +38,8 @@ from recorder.db.schema import (
     tasks,
 )
 from recorder.protocol.index import DAY_US, TERMINAL_STATUSES
-from recorder.times import format_us
 
-COMPACTED = "stream_compacted"
+PURGING = "purging"
 _FACTS = [sessions.c[name] for name in SessionFacts.__dataclass_fields__]
 
 
@@ -41,7 +48,13 @@ class StillActive(Exception):
 
 
 def match_policy(
-    conn: Connection, policy: Policy, now_us: int, grace: float, remember: bool, instance: str
+    conn: Connection,
+    policy: Policy,
+    now_us: int,
+    grace: float,
+    remember: bool,
+    instance: str,
+    run_id: int | None = None,
 ) -> list[Decision]:
     """The policy's decisions now, over the sessions ``instance`` recorded (a recorder
     sharing a database stops, compacts and purges only its own); with ``remember``,
@@ -50,14 +63,22 @@ def match_policy(
         mine = select(*_FACTS).where(sessions.c.instance == instance)
         facts = [SessionFacts.of(row._mapping) for row in conn.execute(mine)]
         pinned = frozenset(row[0] for row in conn.execute(select(pins.c.session_id)))
-        first = dict(
-            conn.execute(
-                select(cleanup_matches.c.session_id, cleanup_matches.c.first_matched_us).where(
-                    cleanup_matches.c.policy == policy.name
+        m = cleanup_matches.c
+        first = {
+            row.session_id: MatchState(row.first_matched_us, row.attempts, row.retry_us)
+            for row in conn.execute(
+                select(m.session_id, m.first_matched_us, m.attempts, m.retry_us).where(
+                    m.policy == policy.name
                 )
-            ).all()
-        )
-        decisions = decide(policy, facts, now_us, pinned=pinned, first_matched=first, grace=grace)
+            )
+        }
+        decisions = decide(policy, facts, now_us, pinned=pinned, matched=first, grace=grace)
+        if run_id is not None:
+            conn.execute(
+                update(cleanup_runs)
+                .where(cleanup_runs.c.id == run_id)
+                .values(matched=len(decisions))
+            )
         if remember:
             matched = {d.session_id for d in decisions}
             new = [
@@ -77,13 +98,38 @@ def match_policy(
     return decisions
 
 
-def _finished(conn: Connection, session_id: str) -> None:
+def note_stop(conn: Connection, policy: str, session_id: str, now_us: int) -> int:
+    """A stop_session request went to the daemon: count it, and say when the next may
+    go if the session goes on matching. Returns the requests sent so far."""
+    m = cleanup_matches.c
+    where = (m.policy == policy, m.session_id == session_id)
+    with conn.begin():
+        attempts = (conn.execute(select(m.attempts).where(*where)).scalar() or 0) + 1
+        retry = now_us + int(stop_retry_delay(attempts) * 1e6)
+        conn.execute(
+            update(cleanup_matches).where(*where).values(attempts=attempts, retry_us=retry)
+        )
+    return attempts
+
+
+def progress(conn: Connection, run_id: int | None, frames: int, now_us: int) -> None:
+    """A step's share of its run's audit row, in the step's own transaction: a run
+    killed after it still says what it had done."""
+    if run_id is not None:
+        conn.execute(
+            update(cleanup_runs)
+            .where(cleanup_runs.c.id == run_id)
+            .values(frames=cleanup_runs.c.frames + frames, ended_us=now_us)
+        )
+
+
+def require_finished(conn: Connection, session_id: str) -> None:
     status = conn.execute(select(sessions.c.status).where(sessions.c.id == session_id)).scalar()
     if status is not None and status not in TERMINAL_STATUSES:
         raise StillActive(f"session {session_id} is {status}")
 
 
-def _uncount(conn: Connection, rows: Sequence[Any]) -> None:
+def uncount(conn: Connection, rows: Sequence[Any]) -> None:
     """Take deleted frames out of the rollups: per connection, session and day."""
     per_connection: dict[int, int] = {}
     per_day: dict[tuple[int, str, str], list[int]] = {}
@@ -120,7 +166,7 @@ def _forget(conn: Connection, session_ids: Sequence[str]) -> None:
         conn.execute(delete(sessions).where(sessions.c.id.in_(chunk)))
 
 
-_CHUNK_COLUMNS = (
+CHUNK_COLUMNS = (
     frames.c.id,
     frames.c.connection_id,
     frames.c.received_at_us,
@@ -130,13 +176,16 @@ _CHUNK_COLUMNS = (
 )
 
 
-def purge_some(conn: Connection, session_id: str, limit: int) -> tuple[int, int, list[int]]:
+def purge_some(
+    conn: Connection, session_id: str, limit: int, run_id: int | None, now_us: int
+) -> tuple[int, int, list[int]]:
     """Delete up to ``limit`` of a finished session's frames: how many were deleted,
-    their payload bytes, and the connections they were on."""
+    their payload bytes, and the connections they were on. The session is marked as
+    being purged until :func:`purge_finish` removes it."""
     with conn.begin():
-        _finished(conn, session_id)
+        require_finished(conn, session_id)
         rows = conn.execute(
-            select(*_CHUNK_COLUMNS)
+            select(*CHUNK_COLUMNS)
             .where(frames.c.session_id == session_id)
             .order_by(frames.c.id)
             .limit(limit)
@@ -144,21 +193,30 @@ def purge_some(conn: Connection, session_id: str, limit: int) -> tuple[int, int,
         if not rows:
             return 0, 0, []
         conn.execute(delete(frames).where(frames.c.id.in_([r.id for r in rows])))
-        _uncount(conn, rows)
+        uncount(conn, rows)
         conn.execute(
             update(sessions)
             .where(sessions.c.id == session_id)
-            .values(frame_count=sessions.c.frame_count - len(rows))
+            .values(frame_count=sessions.c.frame_count - len(rows), cleanup_state=PURGING)
         )
+        progress(conn, run_id, len(rows), now_us)
         return len(rows), sum(r.size for r in rows), sorted({r.connection_id for r in rows})
 
 
-def purge_finish(conn: Connection, session_id: str, connection_ids: Iterable[int]) -> int:
+def purge_finish(
+    conn: Connection, session_id: str, connection_ids: Iterable[int], run_id: int | None
+) -> int:
     """After its frames: the session's index rows, and the closed connections it
     emptied. Returns how many connection rows went."""
     with conn.begin():
-        _finished(conn, session_id)
+        require_finished(conn, session_id)
         _forget(conn, [session_id])
+        if run_id is not None:
+            conn.execute(
+                update(cleanup_runs)
+                .where(cleanup_runs.c.id == run_id)
+                .values(acted=cleanup_runs.c.acted + 1)
+            )
         ids = sorted(set(connection_ids))
         if not ids:
             return 0
@@ -172,97 +230,6 @@ def purge_finish(conn: Connection, session_id: str, connection_ids: Iterable[int
         return int(result.rowcount)
 
 
-def compact(conn: Connection, session_id: str) -> tuple[int, int]:
-    """Replace a finished session's stream chunks, per connection, by one frame holding
-    their text (``stream_compacted``), where the first chunk was; every other frame
-    stays as it was. Returns (chunks replaced, frames written)."""
-    with conn.begin():
-        _finished(conn, session_id)
-        rows = conn.execute(
-            select(*_CHUNK_COLUMNS, frames.c.seq, frames.c.payload)
-            .where(frames.c.session_id == session_id, frames.c.type == "stream_chunk")
-            .order_by(frames.c.id)
-        ).all()
-        by_connection: dict[int, list[Any]] = {}
-        for row in rows:
-            by_connection.setdefault(row.connection_id, []).append(row)
-        replaced = written = 0
-        for chunks in by_connection.values():
-            if len(chunks) < 2:
-                continue
-            first, last = chunks[0], chunks[-1]
-            payload = json.dumps(
-                {
-                    "type": COMPACTED,
-                    "data": {
-                        "sessionId": session_id,
-                        "text": "".join(_chunk_text(c.payload) for c in chunks),
-                        "chunks": len(chunks),
-                        "firstReceivedAt": format_us(first.received_at_us),
-                        "lastReceivedAt": format_us(last.received_at_us),
-                        "seqs": [first.seq, last.seq],
-                    },
-                    "recorder": "compacted",
-                },
-                ensure_ascii=False,
-                separators=(",", ":"),
-            )
-            size = len(payload.encode())
-            conn.execute(
-                update(frames)
-                .where(frames.c.id == first.id)
-                .values(
-                    type=COMPACTED,
-                    payload=payload,
-                    payload_bytes=None,
-                    parse_error=None,
-                    opcode=1,
-                    size=size,
-                )
-            )
-            rest = [c.id for c in chunks[1:]]
-            for start in range(0, len(rest), 5000):
-                conn.execute(delete(frames).where(frames.c.id.in_(rest[start : start + 5000])))
-            _uncount(conn, chunks)
-            _count(conn, first, size)
-            conn.execute(
-                update(sessions)
-                .where(sessions.c.id == session_id)
-                .values(frame_count=sessions.c.frame_count - len(rest))
-            )
-            replaced += len(chunks)
-            written += 1
-        return replaced, written
-
-
-def _chunk_text(payload: str | None) -> str:
-    try:
-        obj = json.loads(payload or "")
-    except ValueError:
-        return ""
-    data = obj.get("data") if isinstance(obj, dict) else None
-    chunk = data.get("chunk") if isinstance(data, dict) else None
-    return chunk if isinstance(chunk, str) else ""
-
-
-def _count(conn: Connection, first: Any, size: int) -> None:
-    """The compacted frame, counted where the first chunk was."""
-    day = first.received_at_us - first.received_at_us % DAY_US
-    conn.execute(
-        update(connections)
-        .where(connections.c.id == first.connection_id)
-        .values(frame_count=connections.c.frame_count + 1)
-    )
-    key = {"day_us": day, "type": COMPACTED, "direction": first.direction}
-    found = conn.execute(
-        update(frame_days)
-        .where(*(frame_days.c[k] == v for k, v in key.items()))
-        .values(frames=frame_days.c.frames + 1, bytes=frame_days.c.bytes + size)
-    )
-    if not found.rowcount:
-        conn.execute(insert(frame_days).values(**key, frames=1, bytes=size))
-
-
 def oldest_finished(conn: Connection, limit: int) -> list[SessionFacts]:
     """For ``storage.max_db_size``: finished, unpinned sessions, oldest first."""
     with conn.begin():
@@ -270,7 +237,8 @@ def oldest_finished(conn: Connection, limit: int) -> list[SessionFacts]:
             select(*_FACTS)
             .where(sessions.c.status.in_(sorted(TERMINAL_STATUSES)))
             .where(sessions.c.id.not_in(select(pins.c.session_id)))
-            .order_by(func.coalesce(sessions.c.ended_at_us, sessions.c.last_seen_us), sessions.c.id)
+            # When the recorder saw them end: a daemon's endedAt does not decide.
+            .order_by(func.coalesce(sessions.c.finished_us, sessions.c.last_seen_us), sessions.c.id)
             .limit(limit)
         ).all()
     return [SessionFacts.of(row._mapping) for row in rows]
@@ -278,8 +246,9 @@ def oldest_finished(conn: Connection, limit: int) -> list[SessionFacts]:
 
 def drop_due_partitions(conn: Connection, before_us: int) -> list[tuple[str, int]]:
     """PostgreSQL retention: each monthly partition of frames that ends before
-    ``before_us`` goes whole (DROP TABLE, no row-by-row delete), unless an active or
-    pinned session has frames in it. The rollups lose what it held; sessions and
+    ``before_us`` goes whole (DROP TABLE, no row-by-row delete), unless it holds frames
+    of a session that is active, pinned, or ended after ``before_us`` (a session that
+    began in an old month and ended yesterday is not due). The rollups lose what it held; sessions and
     closed connections left with no frame go too. Returns (partition, frames)."""
     from sqlalchemy import text
 
@@ -293,9 +262,10 @@ def drop_due_partitions(conn: Connection, before_us: int) -> list[tuple[str, int
             keep = conn.execute(
                 text(
                     f'SELECT 1 FROM "{name}" WHERE session_id IN ('
-                    f"SELECT id FROM sessions WHERE {ACTIVE_SQL}"
+                    f"SELECT id FROM sessions WHERE {ACTIVE_SQL} OR finished_us >= :before"
                     " UNION SELECT session_id FROM pins) LIMIT 1"
-                )
+                ),
+                {"before": before_us},
             ).first()
             if keep is not None:
                 continue  # row by row, later, for what may go

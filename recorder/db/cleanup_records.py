@@ -14,17 +14,47 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
-from recorder.cleanup.policy import SessionFacts
+from recorder.cleanup.policy import MatchState, SessionFacts
 from recorder.db.reader import Reader, Row, first_row
 from recorder.db.schema import cleanup_requests, cleanup_runs, pins
 
+RUNNING, DONE, INTERRUPTED = "running", "done", "interrupted"
 
-def record_run(conn: Connection, run: dict[str, Any]) -> int:
+
+def end_interrupted(conn: Connection, instance: str, alive: Iterable[int]) -> int:
+    """Runs of ``instance`` still marked running but not ``alive`` (in this process)
+    were cut short by a stop or a kill: marked interrupted, with what they had done
+    (their frames, counted step by step). Returns how many."""
     with conn.begin():
-        result = conn.execute(insert(cleanup_runs).values(**run))
+        result = conn.execute(
+            update(cleanup_runs)
+            .where(
+                cleanup_runs.c.instance == instance,
+                cleanup_runs.c.state == RUNNING,
+                cleanup_runs.c.id.not_in(list(alive)),
+            )
+            .values(state=INTERRUPTED)
+        )
+    return int(result.rowcount)
+
+
+def start_run(conn: Connection, run: dict[str, Any], alive: Iterable[int]) -> int:
+    """A run's audit row, written before it acts (state "running"); runs that are not
+    ``alive`` are ended first (:func:`end_interrupted`)."""
+    end_interrupted(conn, run["instance"], alive)
+    with conn.begin():
+        result = conn.execute(insert(cleanup_runs).values(**run, state=RUNNING))
     pk = result.inserted_primary_key
     assert pk is not None
     return int(pk[0])
+
+
+def finish_run(conn: Connection, run_id: int, values: dict[str, Any]) -> None:
+    """The run's outcome; the frames its steps counted stay as they counted them."""
+    with conn.begin():
+        conn.execute(
+            update(cleanup_runs).where(cleanup_runs.c.id == run_id).values(**values, state=DONE)
+        )
 
 
 def take_requests(
@@ -97,6 +127,11 @@ def runs(
     )
 
 
+def cut_short(row: Row) -> dict[str, Any]:
+    """A run row marked running that no recorder is running, as what it is."""
+    return {**dict(row), "state": INTERRUPTED}
+
+
 def answer(reader: Reader, request_id: int) -> str | None:
     """The service's answer to a request (JSON), once it has given one."""
     row = first_row(
@@ -109,7 +144,7 @@ def answer(reader: Reader, request_id: int) -> str | None:
 
 def decision_inputs(
     reader: Reader, policy_names: Iterable[str], instance: str
-) -> tuple[list[SessionFacts], frozenset[str], dict[str, dict[str, int]]]:
+) -> tuple[list[SessionFacts], frozenset[str], dict[str, dict[str, MatchState]]]:
     """What :func:`recorder.cleanup.policy.decide` needs, read without writing: the
     facts of the sessions ``instance`` recorded, the pinned ids, and per policy when
     each match began."""
@@ -123,11 +158,13 @@ def decision_inputs(
     pinned = frozenset(r["session_id"] for r in reader.rows("SELECT session_id FROM pins"))
     first = {
         name: {
-            r["session_id"]: r["first_matched_us"]
-            for r in reader.rows(
-                "SELECT session_id, first_matched_us FROM cleanup_matches WHERE policy = :p",
-                {"p": name},
+            r["session_id"]: MatchState(
+                r["first_matched_us"],
+                # A copy made before migration 0011 counts no stop requests.
+                r["attempts"] if "attempts" in r.keys() else 0,
+                r["retry_us"] if "retry_us" in r.keys() else None,
             )
+            for r in reader.rows("SELECT * FROM cleanup_matches WHERE policy = :p", {"p": name})
         }
         for name in policy_names
     }

@@ -124,7 +124,11 @@ def reconcile(conn: Connection, at_us: int, listed: frozenset[str], instance: st
         conn.execute(
             update(sessions)
             .where(sessions.c.id.in_(chunk))
-            .values(status=LOST_STATUS, last_error="no longer in the daemon's sessions_list")
+            .values(
+                status=LOST_STATUS,
+                last_error="no longer in the daemon's sessions_list",
+                finished_us=at_us,
+            )
         )
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from recorder.protocol.index import IndexBatch, SessionDelta
+from recorder.protocol.index import TERMINAL_STATUSES, IndexBatch, SessionDelta
 
 # SessionDelta's columns, in the order the statement's arrays carry them.
 _NEWS = SessionDelta.NEWS
@@ -35,6 +35,7 @@ _TYPES = {
     "last_error": "text",
 }
 assert set(_TYPES) == set(_NEWS)
+_TERMINAL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
 
 
 def _merge(source: str) -> str:
@@ -47,6 +48,12 @@ def _merge(source: str) -> str:
     for key in _NEWS:
         first, then = ("s", source) if key in SessionDelta.KEPT else (source, "s")
         clauses.append(f"{key} = COALESCE({first}.{key}, {then}.{key})")
+    # recorder.protocol.index.finished_at: a finished session keeps its end time.
+    clauses.append(
+        f"finished_us = CASE WHEN COALESCE({source}.status, s.status) IN ({_TERMINAL}) "
+        f"THEN COALESCE(CASE WHEN s.status IN ({_TERMINAL}) THEN s.finished_us END, "
+        f"{source}.finished_us, GREATEST(s.last_seen_us, {source}.last_seen_us)) END"
+    )
     return ", ".join(clauses)
 
 
@@ -54,6 +61,7 @@ def _statement() -> str:
     news = ", ".join(_NEWS)
     arrays = ", ".join(f"${i}::{_TYPES[key]}[]" for i, key in enumerate(_NEWS, start=8))
     days = len(_NEWS) + 8
+    finished = days + 6
     return f"""
 WITH counted AS (
     UPDATE connections AS c SET frame_count = c.frame_count + u.n
@@ -62,11 +70,13 @@ WITH counted AS (
     RETURNING 1
 ), delta AS (
     SELECT * FROM unnest($3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
-                         $7::boolean[], {arrays})
-    AS d(id, first_seen_us, last_seen_us, frame_count, creates, {news})
+                         $7::boolean[], {arrays}, ${finished}::bigint[])
+    AS d(id, first_seen_us, last_seen_us, frame_count, creates, {news}, finished_us)
 ), created AS (
-    INSERT INTO sessions AS s (id, instance, first_seen_us, last_seen_us, frame_count, {news})
-    SELECT id, ${days + 5}, first_seen_us, last_seen_us, frame_count, {news}
+    INSERT INTO sessions AS s
+        (id, instance, first_seen_us, last_seen_us, frame_count, {news}, finished_us)
+    SELECT id, ${days + 5}, first_seen_us, last_seen_us, frame_count, {news},
+           CASE WHEN status IN ({_TERMINAL}) THEN COALESCE(finished_us, last_seen_us) END
     FROM delta WHERE creates
     ON CONFLICT (id) DO UPDATE SET {_merge("excluded")}
     RETURNING s.id
@@ -113,6 +123,7 @@ def parameters(index: IndexBatch, instance: str) -> tuple[Any, ...]:
         [v[0] for v in day_values],
         [v[1] for v in day_values],
         instance,
+        [d.finished_us for d in deltas],
     )
 
 

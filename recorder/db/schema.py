@@ -149,7 +149,8 @@ sessions = Table(
     Column("task_description", Text, nullable=True),
     Column("first_seen_us", BigInteger, nullable=False),
     Column("last_seen_us", BigInteger, nullable=False),
-    # From the daemon's startedAt/endedAt.
+    # From the daemon's startedAt/endedAt: shown, never what decides a deletion (a
+    # daemon's clock may be anywhere).
     Column("started_at_us", BigInteger, nullable=True),
     Column("ended_at_us", BigInteger, nullable=True),
     Column("frame_count", BigInteger, nullable=False, server_default="0"),
@@ -157,6 +158,12 @@ sessions = Table(
     # The recorder that recorded it (storage.instance): what a recorder does about
     # sessions (lost, asked after, cleaned up) touches only its own.
     Column("instance", Text, nullable=False, server_default="default"),
+    # When the recorder recorded the session's final status, on its own clock: the
+    # cleanup's ages come from this and first/last seen (migration 0011).
+    Column("finished_us", BigInteger, nullable=True),
+    # "purging" or "compacting" while a cleanup run is part-way through the session:
+    # a run killed there leaves it, and `recorder show` says the session is partial.
+    Column("cleanup_state", String(16), nullable=True),
     Index(None, "last_seen_us"),
     Index(None, "first_seen_us"),
     Index(None, "status"),
@@ -222,6 +229,10 @@ cleanup_matches = Table(
     Column("policy", Text, primary_key=True),
     Column("session_id", Text, primary_key=True),
     Column("first_matched_us", BigInteger, nullable=False),
+    # stop_session: requests sent while the session went on matching (the daemon did
+    # not act on them), and when the next may go; past a few, the policy gives up.
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("retry_us", BigInteger, nullable=True),
 )
 
 # The audit trail: one row per run of a policy.
@@ -236,9 +247,15 @@ cleanup_runs = Table(
     Column("trigger", String(16), nullable=False),
     Column("dry_run", SmallInteger, nullable=False),
     Column("started_us", BigInteger, nullable=False),
+    # While it runs: the time of its last step. Written when the run starts, so a run
+    # killed part-way leaves a trace (state "interrupted") of what it had done.
     Column("ended_us", BigInteger, nullable=False),
+    # "running", "done" or "interrupted" (the recorder stopped under it).
+    Column("state", String(16), nullable=False, server_default="done"),
     Column("matched", Integer, nullable=False),
     Column("acted", Integer, nullable=False),
+    # Frames deleted or compacted, counted in the same transaction as each step.
+    Column("frames", BigInteger, nullable=False, server_default="0"),
     # JSON: [{"session": id, "result": "..."}], what was done (or would be) to each.
     Column("actions", Text, nullable=False),
     Column("error", Text, nullable=True),

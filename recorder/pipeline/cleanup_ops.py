@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from recorder.cleanup.policy import Decision, Policy, SessionFacts
 from recorder.pipeline.ops import Operation
+from recorder.times import now_us
 
 if TYPE_CHECKING:
+    from recorder.db.compaction import CompactStep
     from recorder.db.connection import WriterDatabase
     from recorder.db.write import Store
 
@@ -20,27 +22,50 @@ class MatchPolicy(Operation[list[Decision]]):
     now_us: int
     grace: float
     remember: bool
+    # The run's audit row, which says how many matched as soon as they have.
+    run_id: int | None = None
 
     async def run(self, db: WriterDatabase, store: Store) -> list[Decision]:
         from recorder.db.cleanup import match_policy
 
         return await db.run(
-            match_policy, self.policy, self.now_us, self.grace, self.remember, store.instance
+            match_policy,
+            self.policy,
+            self.now_us,
+            self.grace,
+            self.remember,
+            store.instance,
+            self.run_id,
         )
 
 
 @dataclass(frozen=True, slots=True)
+class NoteStop(Operation[int]):
+    """A stop_session request went out: count it (its backoff). Answers the count."""
+
+    policy: str
+    session_id: str
+
+    async def run(self, db: WriterDatabase, store: Store) -> int:
+        from recorder.db.cleanup import note_stop
+
+        return await db.run(note_stop, self.policy, self.session_id, now_us())
+
+
+@dataclass(frozen=True, slots=True)
 class PurgeSome(Operation[tuple[int, int, list[int]]]):
-    """Up to ``limit`` frames of a finished session: one short transaction. Answers how
-    many went, their payload bytes, and the connections they were on."""
+    """Up to ``limit`` frames of a finished session: one short transaction, which also
+    counts them on the run's audit row. Answers how many went, their payload bytes,
+    and the connections they were on."""
 
     session_id: str
     limit: int
+    run_id: int | None = None
 
     async def run(self, db: WriterDatabase, store: Store) -> tuple[int, int, list[int]]:
         from recorder.db.cleanup import purge_some
 
-        result = await db.run(purge_some, self.session_id, self.limit)
+        result = await db.run(purge_some, self.session_id, self.limit, self.run_id, now_us())
         db.changed()  # deletes and page moves grow the WAL too
         return result
 
@@ -49,23 +74,38 @@ class PurgeSome(Operation[tuple[int, int, list[int]]]):
 class PurgeFinish(Operation[int]):
     session_id: str
     connection_ids: tuple[int, ...]
+    run_id: int | None = None
 
     async def run(self, db: WriterDatabase, store: Store) -> int:
         from recorder.db.cleanup import purge_finish
 
-        result = await db.run(purge_finish, self.session_id, self.connection_ids)
+        result = await db.run(purge_finish, self.session_id, self.connection_ids, self.run_id)
         db.changed()  # deletes and page moves grow the WAL too
         return result
 
 
 @dataclass(frozen=True, slots=True)
-class Compact(Operation[tuple[int, int]]):
+class CompactSome(Operation["CompactStep"]):
+    """One bounded step of a session's compaction (see :mod:`recorder.db.compaction`)."""
+
     session_id: str
+    after_id: int
+    limit: int
+    open_frames: dict[int, int]
+    run_id: int | None = None
 
-    async def run(self, db: WriterDatabase, store: Store) -> tuple[int, int]:
-        from recorder.db.cleanup import compact
+    async def run(self, db: WriterDatabase, store: Store) -> CompactStep:
+        from recorder.db.compaction import compact_some
 
-        result = await db.run(compact, self.session_id)
+        result = await db.run(
+            compact_some,
+            self.session_id,
+            self.after_id,
+            self.limit,
+            self.open_frames,
+            self.run_id,
+            now_us(),
+        )
         db.changed()  # deletes and page moves grow the WAL too
         return result
 
@@ -101,13 +141,40 @@ class OldestFinished(Operation[list[SessionFacts]]):
 
 
 @dataclass(frozen=True, slots=True)
-class RecordRun(Operation[int]):
+class StartRun(Operation[int]):
+    """A run's audit row before it acts; this recorder's runs still marked running that
+    are not ``alive`` become interrupted. Answers the row's id."""
+
     run_row: dict[str, Any]
+    alive: tuple[int, ...]
 
     async def run(self, db: WriterDatabase, store: Store) -> int:
-        from recorder.db.cleanup_records import record_run
+        from recorder.db.cleanup_records import start_run
 
-        return await db.run(record_run, {**self.run_row, "instance": store.instance})
+        return await db.run(start_run, {**self.run_row, "instance": store.instance}, self.alive)
+
+
+@dataclass(frozen=True, slots=True)
+class EndInterrupted(Operation[int]):
+    """This recorder's runs still marked running that are not ``alive``: interrupted."""
+
+    alive: tuple[int, ...]
+
+    async def run(self, db: WriterDatabase, store: Store) -> int:
+        from recorder.db.cleanup_records import end_interrupted
+
+        return await db.run(end_interrupted, store.instance, self.alive)
+
+
+@dataclass(frozen=True, slots=True)
+class FinishRun(Operation[None]):
+    run_id: int
+    values: dict[str, Any]
+
+    async def run(self, db: WriterDatabase, store: Store) -> None:
+        from recorder.db.cleanup_records import finish_run
+
+        await db.run(finish_run, self.run_id, self.values)
 
 
 @dataclass(frozen=True, slots=True)

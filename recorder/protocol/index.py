@@ -63,6 +63,18 @@ class SessionDelta:
     started_at_us: int | None = None
     ended_at_us: int | None = None
     last_error: str | None = None
+    # When, on the recorder's clock, the status this delta ends with became terminal
+    # (None while it is not). Merged by :func:`finished_at`, not as news.
+    finished_us: int | None = None
+
+    def set_status(self, status: str, at_us: int) -> None:
+        """A status seen at ``at_us``: the first terminal one of a run of them dates
+        the session's end."""
+        if status not in TERMINAL_STATUSES:
+            self.finished_us = None
+        elif self.status not in TERMINAL_STATUSES or self.finished_us is None:
+            self.finished_us = at_us
+        self.status = status
 
 
 @dataclass(slots=True)
@@ -106,7 +118,27 @@ def merged(old: Mapping[str, Any] | None, delta: SessionDelta | TaskDelta) -> di
         new = getattr(delta, key)
         stored = None if old is None else old[key]
         row[key] = stored if stored is not None and (new is None or key in delta.KEPT) else new
+    if isinstance(delta, SessionDelta):
+        row["finished_us"] = finished_at(old, delta, row["status"], row["last_seen_us"])
     return row
+
+
+def finished_at(
+    old: Mapping[str, Any] | None, delta: SessionDelta, status: str | None, last_seen_us: int
+) -> int | None:
+    """When the recorder saw a session end, on its own clock; None while it has not.
+
+    A session that was already finished keeps its time (a stop after it completed
+    does not make it younger); otherwise the time the batch saw it become terminal.
+    A terminal status with no such time (a row written before this was kept) is
+    dated by the last frame seen, which is never before the real end.
+    ``recorder.db.pg_index`` spells the same rule in SQL.
+    """
+    if status not in TERMINAL_STATUSES:
+        return None
+    if old is not None and old["status"] in TERMINAL_STATUSES and old["finished_us"] is not None:
+        return int(old["finished_us"])
+    return delta.finished_us if delta.finished_us is not None else last_seen_us
 
 
 @dataclass(slots=True)
@@ -232,7 +264,7 @@ class IndexBatch:
                 delta.last_error = error
                 if error.startswith("Session not found"):
                     # The daemon no longer knows it: nothing to stop, ask about, wait for.
-                    delta.status = LOST_STATUS
+                    delta.set_status(LOST_STATUS, at)
             return
         sid, tid = info.session_id, info.task_id
         if sid is None or tid is None or type_ is None:
@@ -273,7 +305,7 @@ class IndexBatch:
             delta.session_type = v
         status = id_or_none(session.get("status"))
         if status is not None:
-            delta.status = status
+            delta.set_status(status, at)
         if (t := parse_daemon_time(session.get("startedAt"))) is not None:
             delta.started_at_us = t
         if (t := parse_daemon_time(session.get("endedAt"))) is not None:

@@ -127,19 +127,24 @@ class Service:
             log.error("configuration not reloaded; keeping the running one", error=error)
         else:
             logs.configure(new.log.level, new.log.format)
-            if self.cleanup is not None:
-                await self.cleanup.stop()
-            cleanup = Cleanup(new, self.writer, self.link)
+            previous = self.cleanup
+            if previous is not None:
+                await previous.stop()
+            cleanup = Cleanup(new, self.writer, self.link, previous=previous)
             self.cleanup = None
             if cleanup.wanted:
                 cleanup.start()
                 self.cleanup = cleanup
             self.config = dataclasses.replace(self.config, log=new.log, cleanup=new.cleanup)
-            log.info(
-                "configuration reloaded",
+            removed = sorted(set(previous.policies if previous else ()) - set(cleanup.policies))
+            # An emptied file, or one whose [cleanup] went missing, is easy to reload
+            # by mistake: say what stops being done, louder than the routine line.
+            (log.warning if removed else log.info)(
+                "configuration reloaded" + ("; cleanup policies removed" if removed else ""),
                 config=new.source,
                 log_level=new.log.level,
                 policies=len(cleanup.policies),
+                removed=removed or None,
             )
 
     async def run(self, stop: asyncio.Event) -> int:
