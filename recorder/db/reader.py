@@ -176,6 +176,11 @@ def _needs_private_copy(exc: sqlite3.OperationalError) -> bool:
     return "unable to open database file" in text or "readonly" in text
 
 
+def os_reason(exc: OSError) -> str:
+    """An OSError as a few words ("permission denied"), without the path it repeats."""
+    return (exc.strerror or type(exc).__name__).lower()
+
+
 def describe_error(shown: str, exc: BaseException) -> str:
     """A database error as one line that names the database the way the user did."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
