@@ -1,4 +1,6 @@
-"""The commands as someone other than the recorder runs them.
+"""The commands as someone other than the recorder runs them: another user gets one
+line, never a traceback, and no command writes beside a running recorder, nor where it
+cannot tell whether one runs.
 
 "Another user" is a real process that owns none of the files: ``python -m recorder``
 with every capability dropped (``setpriv``), its files given to nobody (65534). Not
@@ -18,10 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from recorder.cli import cli
 from recorder.pipeline.writer import Writer
 from recorder.protocol.frames import Frame
-from tests.test_cli import FRAMES, S1, T0
+from tests.test_cli import FRAMES, S1, S2, T0
 from tests.test_service import Recorder
 
 SETPRIV = shutil.which("setpriv")
@@ -148,6 +152,61 @@ def rows(state: Path, sql: str) -> list[tuple[object, ...]]:
 
 
 @another_user
+@pytest.mark.parametrize("layout", ["private directory", "private WAL"])
+def test_every_command_tells_another_user_in_one_line_that_it_cannot_read(
+    state: Path, config: Path, layout: str
+) -> None:
+    live = None
+    if layout == "private directory":
+        # As systemd's StateDirectory= makes it: nobody else may even look inside.
+        give_to_nobody(state, directory=0o700, files=0o600)
+    else:
+        # The file opened to a group of readers, but a live recorder's WAL, holding its
+        # latest commits, is not: the file alone would be an older database.
+        live = sqlite3.connect(state / "recorder.db")
+        live.execute("PRAGMA journal_mode=WAL")
+        live.execute("PRAGMA wal_autocheckpoint=0")
+        live.execute("UPDATE connections SET id = id")
+        live.commit()
+        give_to_nobody(state, directory=0o755, files=0o600)
+        (state / "recorder.db").chmod(0o644)
+    try:
+        commands = READS + WRITES
+        lines = one_line_each(as_another_user(config, *commands), commands)
+    finally:
+        if live is not None:
+            live.close()
+    db = state / "recorder.db"
+    cannot_read = f"Error: cannot read {db}{'' if live is None else '-wal'} (permission denied)"
+    for line, command in zip(lines, commands, strict=True):
+        if command[0] in ("pin", "unpin") or command not in WRITES:
+            assert line == cannot_read, command
+        elif live is None:
+            # It cannot see whether a recorder runs: it says so rather than guess.
+            assert line.startswith(f"Error: cannot tell whether a recorder is running on {db}")
+        elif command[0] in ("cleanup", "db") and command[1] in ("run", "upgrade"):
+            # No recorder has run here (no lock): it tried to write, and could not.
+            assert line.startswith(f"Error: cannot write database {db}: "), line
+        else:
+            assert line == cannot_read, command
+
+
+@another_user
+def test_commands_that_write_tell_a_reader_in_one_line_that_they_cannot_write(
+    state: Path, config: Path
+) -> None:
+    give_to_nobody(state, directory=0o755, files=0o644)
+    # Reading works...
+    ((code, out),) = as_another_user(config, ["sessions", "--json"])
+    assert code == 0 and S2 in out
+    # ...writing does not, and says so in a line. (No recorder has run: no lock.)
+    commands = [c for c in WRITES if c[0] != "replay"]
+    for line in one_line_each(as_another_user(config, *commands), commands):
+        assert line.startswith(f"Error: cannot write database {state / 'recorder.db'}")
+    assert rows(state, f"SELECT id FROM sessions WHERE id = '{S2}'") == [(S2,)]
+
+
+@another_user
 def test_status_tells_a_running_recorder_from_one_that_is_not(
     state: Path, config: Path, recorder: Recorder
 ) -> None:
@@ -171,3 +230,46 @@ def test_status_tells_a_running_recorder_from_one_that_is_not(
     assert info["running"] is False and info["lock_error"].startswith("cannot read its lock")
     assert text.startswith("recorder    not running (last heard from ")
     assert "so this is from its heartbeat" in text.splitlines()[0]
+
+
+@another_user
+def test_nothing_is_written_beside_a_recorder_whose_lock_another_user_cannot_read(
+    state: Path, config: Path, recorder: Recorder
+) -> None:
+    # Everything writable by anyone, but the lock: as the attacker found it.
+    give_to_nobody(state, directory=0o777, files=0o666)
+    for line in one_line_each(as_another_user(config, *WRITES), WRITES):
+        assert line == (
+            f"Error: cannot tell whether a recorder is running on {state / 'recorder.db'}: "
+            f"cannot read its lock {state / 'recorder.db.lock'} (permission denied); "
+            "changed nothing (run this as the user the recorder runs as)"
+        )
+    assert recorder.stop() == 0
+    # The failed session is still there, whole; nothing was pinned, run or replayed.
+    assert rows(state, f"SELECT frame_count FROM sessions WHERE id = '{S2}'") == [(1,)]
+    assert rows(state, "SELECT count(*) FROM pins") == [(0,)]
+    assert rows(state, "SELECT count(*) FROM cleanup_runs") == [(0,)]
+    assert rows(state, "SELECT count(*) FROM connections WHERE role = 'replay'") == [(0,)]
+    assert sorted(p.name for p in state.iterdir() if "corrupt" in p.name) == []
+
+
+def test_its_own_user_migrates_and_replays_only_with_the_recorder_stopped(
+    state: Path, config: Path, recorder: Recorder
+) -> None:
+    """Not another user, but the same rule: a migration or a live replay's writer does
+    not run beside the recorder; a pin, a row the recorder reads, still goes in."""
+
+    def invoke(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(cli, [*args, "--config", str(config)])
+        return result.exit_code, result.output
+
+    running = f"Error: a recorder is running on {state / 'recorder.db'} (PID {recorder.proc.pid} "
+    code, out = invoke("db", "upgrade")
+    assert code == 1 and out.startswith(running) and out.count("\n") == 1
+    assert "stop it first to migrate" in out
+    code, out = invoke("replay", S1, "--to", "ws://127.0.0.1:9")
+    assert code == 1 and out.startswith(running) and "--database COPY" in out
+    assert invoke("pin", S1) == (0, f"{S1} pinned\n")
+    assert recorder.stop() == 0
+    assert invoke("db", "upgrade")[0] == 0
+    assert rows(state, "SELECT count(*) FROM connections WHERE role = 'replay'") == [(0,)]
