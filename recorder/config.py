@@ -33,6 +33,7 @@ ENV_TOKEN = "RECORDER_DAEMON_TOKEN"
 ENV_API_KEY = "RECORDER_DAEMON_API_KEY"
 ENV_DATABASE_URL = "RECORDER_DATABASE_URL"
 ENV_PROXY_TOKEN = "RECORDER_PROXY_TOKEN"
+ENV_METRICS_TOKEN = "RECORDER_METRICS_TOKEN"
 
 MiB = 1024 * 1024
 
@@ -120,6 +121,9 @@ class MetricsConfig:
     # host:port for GET /metrics when the proxy is off; with the proxy on, /metrics is
     # on the proxy's port. Empty: only there.
     listen: str = ""
+    # Scrapers send it as Authorization: Bearer; wanted wherever it is set, and on every
+    # address other machines reach (where the proxy's token is taken too).
+    token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -275,21 +279,24 @@ def _toml_kind(value: Any) -> str:
     return type(value).__name__
 
 
+# Environment variables over keys: (variable, section, key).
+ENV_OVERRIDES = (
+    (ENV_TOKEN, "daemon", "token"),
+    (ENV_API_KEY, "daemon", "api_key"),
+    (ENV_DATABASE_URL, "storage", "url"),
+    (ENV_PROXY_TOKEN, "proxy", "token"),
+    (ENV_METRICS_TOKEN, "metrics", "token"),
+)
+
+
 def _apply_env(config: Config, env: Mapping[str, str]) -> Config:
-    daemon = config.daemon
     # Blank values are no values: RECORDER_PROXY_TOKEN=" " must not count as a token.
     env = {k: v.strip() for k, v in env.items() if k.startswith("RECORDER_")}
-    if env.get(ENV_TOKEN):
-        daemon = dataclasses.replace(daemon, token=env[ENV_TOKEN])
-    if env.get(ENV_API_KEY):
-        daemon = dataclasses.replace(daemon, api_key=env[ENV_API_KEY])
-    storage = config.storage
-    if env.get(ENV_DATABASE_URL):
-        storage = dataclasses.replace(storage, url=env[ENV_DATABASE_URL])
-    proxy = config.proxy
-    if env.get(ENV_PROXY_TOKEN):
-        proxy = dataclasses.replace(proxy, token=env[ENV_PROXY_TOKEN])
-    return dataclasses.replace(config, daemon=daemon, storage=storage, proxy=proxy)
+    for variable, name, key in ENV_OVERRIDES:
+        if env.get(variable):
+            section = dataclasses.replace(getattr(config, name), **{key: env[variable]})
+            config = dataclasses.replace(config, **{name: section})
+    return config
 
 
 def _finish(config: Config, env: Mapping[str, str]) -> Config:
@@ -340,13 +347,8 @@ def _finish(config: Config, env: Mapping[str, str]) -> Config:
 
 
 def _check_proxy(src: str, config: Config) -> None:
-    proxy = config.proxy
-    try:
-        host, _ = split_listen(proxy.listen)
-    except ValueError:
-        raise ConfigError(
-            f"{src}: proxy.listen: expected host:port (like 127.0.0.1:8788), got {proxy.listen!r}"
-        ) from None
+    proxy, metrics = config.proxy, config.metrics
+    host = _listen_host(src, "proxy.listen", proxy.listen, "127.0.0.1:8788")
     if proxy.upstream:
         _check_ws_url(src, "proxy.upstream", proxy.upstream)
     if proxy.enabled and proxy.inject_auth and not proxy.token:
@@ -354,14 +356,13 @@ def _check_proxy(src: str, config: Config) -> None:
             f"{src}: proxy.inject_auth: lends the recorder's credentials to proxy clients, so "
             "it needs proxy.token (or RECORDER_PROXY_TOKEN): only clients presenting it get them"
         )
-    if config.metrics.listen:
-        try:
-            split_listen(config.metrics.listen)
-        except ValueError:
+    if metrics.listen:
+        metrics_host = _listen_host(src, "metrics.listen", metrics.listen, "127.0.0.1:9464")
+        if not is_loopback(metrics_host) and not metrics.token:
             raise ConfigError(
-                f"{src}: metrics.listen: expected host:port (like 127.0.0.1:9464), "
-                f"got {config.metrics.listen!r}"
-            ) from None
+                f"{src}: metrics.listen: {metrics.listen} is reachable from other machines; "
+                "set metrics.token (or RECORDER_METRICS_TOKEN)"
+            )
     if (
         proxy.enabled
         and not is_loopback(host)
@@ -372,6 +373,15 @@ def _check_proxy(src: str, config: Config) -> None:
             f"{src}: proxy.listen: {proxy.listen} is reachable from other machines; set proxy.token "
             "(or RECORDER_PROXY_TOKEN), or proxy.allow_remote_without_auth = true"
         )
+
+
+def _listen_host(src: str, dotted: str, listen: str, example: str) -> str:
+    try:
+        return split_listen(listen)[0]
+    except ValueError:
+        raise ConfigError(
+            f"{src}: {dotted}: expected host:port (like {example}), got {listen!r}"
+        ) from None
 
 
 def _check_ws_url(src: str, dotted: str, url: str) -> None:

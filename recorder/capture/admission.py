@@ -1,15 +1,17 @@
-"""The proxy's rules for a client's handshake and close, as pure functions."""
+"""The proxy's rules for a client's handshake and close, and who may read /metrics,
+as pure functions."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from websockets.datastructures import Headers
 from websockets.frames import Close
 
-from recorder.addresses import SECRET_QUERY_KEYS
-from recorder.capture.handshake import bearer, same_secret
+from recorder.addresses import SECRET_QUERY_KEYS, is_loopback
+from recorder.capture.handshake import bearer, bearer_token, same_secret
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,38 @@ def admit(token: str | None, headers: Headers, query: list[tuple[str, str]]) -> 
     return Admission(
         (401, "proxy_token_invalid" if offered else "credentials_missing"), query, False
     )
+
+
+# What a refused /metrics request is told (never which token was wrong, nor why).
+METRICS_REFUSED = {
+    401: "/metrics wants a token: send it as Authorization: Bearer <token>\n",
+    403: "/metrics on an address other machines reach wants metrics.token\n",
+}
+
+
+def metrics_token_wanted(listen_host: str, own_token: str | None) -> bool:
+    """Whether /metrics on this listen address wants a token: always on an address
+    other machines reach, and wherever ``metrics.token`` is set (it was set to be used)."""
+    return not is_loopback(listen_host) or bool(own_token)
+
+
+def metrics_refusal(
+    authorization: str | None, tokens: Sequence[str | None], *, wanted: bool
+) -> int | None:
+    """None when /metrics may be answered; else the HTTP status to refuse with: 401
+    without a matching ``Authorization: Bearer`` token, 403 when one is wanted but
+    none is configured (a proxy open to all, ``proxy.allow_remote_without_auth``).
+    ``tokens`` are those this port takes (``metrics.token``, and ``proxy.token`` on
+    the proxy's port); only a header counts, never the URL, which logs keep."""
+    if not wanted:
+        return None
+    configured = [t for t in tokens if t]
+    if not configured:
+        return 403
+    offered = bearer_token(authorization)
+    # Every token is compared (no early stop), each in constant time.
+    matches = [same_secret(offered, token) for token in configured]
+    return None if any(matches) else 401
 
 
 def upstream_url(base: str, path: str, query: list[tuple[str, str]], *, lend: bool = False) -> str:

@@ -57,9 +57,25 @@ def same_secret(offered: str | None, secret: str) -> bool:
 def bearer(headers: Headers) -> str | None:
     """The token of the first ``Authorization: Bearer`` header, if any."""
     values = headers.get_all("Authorization")
-    if values and values[0][:7].lower() == "bearer ":
-        return values[0][7:].strip()
+    return bearer_token(values[0] if values else None)
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization`` header's value, if it is ``Bearer <token>``."""
+    if authorization is not None and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip()
     return None
+
+
+def origin(ws_url: str) -> str:
+    """``scheme://host:port`` of a URL: what may be shown of a daemon's address to
+    anyone. Its user name, password, path and query (``?token=``) are left out."""
+    parts = urlsplit(ws_url)
+    host = parts.hostname or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
 
 
 async def http_get_health(ws_url: str, ssl_context: ssl.SSLContext | None) -> tuple[int, bytes]:
@@ -70,9 +86,11 @@ async def http_get_health(ws_url: str, ssl_context: ssl.SSLContext | None) -> tu
     port = parts.port or (443 if secure else 80)
     context = (ssl_context or ssl.create_default_context()) if secure else None
     reader, writer = await asyncio.open_connection(host, port, ssl=context)
+    # Not the URL's netloc: a user name and password in it are not the Host.
+    netloc = origin(ws_url).partition("://")[2]
     try:
         writer.write(
-            f"GET /health HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept: application/json\r\n"
+            f"GET /health HTTP/1.1\r\nHost: {netloc}\r\nAccept: application/json\r\n"
             f"Connection: close\r\nUser-Agent: {USER_AGENT}\r\n\r\n".encode()
         )
         await writer.drain()

@@ -29,9 +29,22 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from recorder.addresses import redact_url
-from recorder.capture.admission import admit, relay_close, upstream_url
+from recorder.capture.admission import (
+    METRICS_REFUSED,
+    admit,
+    metrics_refusal,
+    metrics_token_wanted,
+    relay_close,
+    upstream_url,
+)
 from recorder.capture.dial import Dialer
-from recorder.capture.handshake import USER_AGENT, http_get_health, json_response, text_response
+from recorder.capture.handshake import (
+    USER_AGENT,
+    http_get_health,
+    json_response,
+    origin,
+    text_response,
+)
 from recorder.capture.wire import RecordingServerConnection
 from recorder.config import Config
 from recorder.pipeline.writer import Writer, WriterError
@@ -116,7 +129,7 @@ class Proxy:
         if target.path == "/health" and not upgrade:
             return await self._health()
         if target.path == "/metrics" and not upgrade and self.metrics is not None:
-            return text_response(200, self.metrics())
+            return self._metrics(request.headers)
         if not upgrade:
             return None  # websockets answers 426
         p = self.config.proxy
@@ -218,9 +231,28 @@ class Proxy:
             if upstream is not None:
                 await upstream.close(1001, "client handshake failed")
 
+    def _metrics(self, headers: Headers) -> Response:
+        """/metrics on this port: the proxy's token or metrics.token, where one is wanted."""
+        p, own = self.config.proxy, self.config.metrics.token
+        authorization = headers.get_all("Authorization")
+        refused = metrics_refusal(
+            authorization[0] if authorization else None,
+            (own, p.token),
+            wanted=metrics_token_wanted(p.host, own),
+        )
+        if refused is None:
+            assert self.metrics is not None
+            return text_response(200, self.metrics())
+        response = text_response(refused, METRICS_REFUSED[refused])
+        if refused == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="recorder"'
+        return response
+
     async def _health(self) -> Response:
         p = self.config.proxy
-        info: dict[str, Any] = {"upstream": self.safe_upstream, "clients": self.clients}
+        # Answered to anyone, as the daemon's is: the daemon's address without its user
+        # name, password, path or query (the logs have the rest, redacted).
+        info: dict[str, Any] = {"upstream": origin(self.upstream), "clients": self.clients}
         try:
             status, body = await asyncio.wait_for(
                 http_get_health(self.upstream, self.dialer.ssl), HEALTH_TIMEOUT

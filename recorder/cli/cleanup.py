@@ -17,7 +17,9 @@ from recorder.cli.options import (
     load,
     output_option,
     reading,
+    running_recorder,
     target_options,
+    writing,
 )
 from recorder.cli.render import Column, emit, when
 from recorder.protocol.tame import on_one_line
@@ -123,32 +125,21 @@ def run_now(
     if dry_run:
         _dry_run(target, chosen, fmt)
         return
-    holder = _service(target)
+    # A running recorder does the cleanup, between its batches, rather than a second
+    # writer beside it; when that cannot be told, nothing is done.
+    holder = running_recorder(target)
     if holder is not None:
         run_ids = _through_service(target, name, holder)
     else:
         import asyncio  # here: `recorder --help` imports this module to list it
 
-        run_ids = asyncio.run(_directly(target, chosen))
+        with writing(target):
+            run_ids = asyncio.run(_directly(target, chosen))
     from recorder.db import cleanup_records
 
     with reading(target) as reader:
         rows = cleanup_records.runs(reader, ids=run_ids)
     _emit_runs(rows, fmt)
-
-
-def _service(target: Target) -> str | None:
-    """Who runs the recorder this configuration names, if one runs: it then does the
-    cleanup, between its batches, rather than a second writer beside it."""
-    if not target.url.startswith("sqlite"):
-        from recorder.service.instance import postgres_running
-
-        with reading(target) as reader:
-            return postgres_running(reader, target.config.storage.instance)
-    from recorder.db.reader import sqlite_file
-    from recorder.service.instance import running
-
-    return running(sqlite_file(target.url))
 
 
 def _dry_run(target: Target, chosen: list[Any], fmt: str) -> None:
@@ -230,7 +221,8 @@ def _write(target: Target, fn: Any) -> Any:
 
     with reading(target):  # the database exists and is the recorder's: else one line
         pass
-    return asyncio.run(go())
+    with writing(target):
+        return asyncio.run(go())
 
 
 def _emit_runs(rows: list[Any], fmt: str) -> None:
@@ -321,6 +313,9 @@ def _pin(config_path: str | None, database: str | None, session: str, on: bool) 
     target = load(config_path, database)
     with reading(target) as reader:
         sid = read.resolve_session(reader, session)["id"]
+    # A running recorder reads pins from the database: this small write is one it
+    # expects beside it. Where none can be told apart from another user's, none is made.
+    running_recorder(target)
     changed = _write(target, lambda conn: set_pin(conn, sid, now_us(), on))
     state = "pinned" if on else "unpinned"
     shown = on_one_line(sid)  # recorded from a frame: it must not steer the terminal
@@ -353,11 +348,12 @@ def vacuum(target: Target) -> tuple[int, int]:
     """A full VACUUM, when no recorder is running on the database: sizes before, after."""
     from recorder.db.space import full_vacuum
 
-    if _service(target) is not None:
+    if running_recorder(target) is not None:
         raise click.ClickException(
             "a full vacuum needs the database to itself: stop the recorder first "
             "(purges give space back on their own in databases it created)"
         )
     with reading(target):  # the database exists and is the recorder's: else one line
         pass
-    return full_vacuum(target.url)
+    with writing(target):
+        return full_vacuum(target.url)

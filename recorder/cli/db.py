@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from recorder.cli.options import load, reading, run_db, target_options
+from recorder.cli.options import load, reading, run_db, running_recorder, target_options
 
 # Where alembic keeps a database's revision: read with the query commands' read-only
 # reader, since `db current` runs on copies too and must not change a byte of them.
@@ -23,13 +23,20 @@ def db() -> None:
 @db.command("upgrade")
 @target_options
 def db_upgrade(config_path: str | None, database: str | None) -> None:
-    """Create or migrate the database to the newest schema.
+    """Create or migrate the database to the newest schema (the recorder stopped).
 
     Example: recorder db upgrade --database /var/lib/orchestrator-recorder/recorder.db
     """
     from recorder.db.migrations import upgrade
 
     target = load(config_path, database)
+    holder = running_recorder(target)
+    if holder is not None:
+        # Its writer would meet a schema it was not written for.
+        raise click.ClickException(
+            f"a recorder is running on {target.shown} ({holder}); it migrated the database "
+            "when it started: stop it first to migrate with this version"
+        )
     before, after = run_db(target, upgrade, create=True)
     if before == after:
         click.echo(f"already at {after} (head)")

@@ -169,16 +169,64 @@ def reading(target: Target) -> Iterator[Reader]:
         reader.close()
 
 
+def running_recorder(target: Target) -> str | None:
+    """Who runs the recorder ``target`` names (PID, host, since), or None if none runs.
+
+    Every command that writes asks first, and none may guess: when the lock cannot be
+    read (another user's recorder, its lock 0600), this is its one line, exit 1."""
+    if not target.url.startswith("sqlite"):
+        from recorder.service.instance import postgres_running
+
+        with reading(target) as reader:
+            return postgres_running(reader, target.config.storage.instance)
+    from recorder.db.reader import sqlite_file
+    from recorder.service.instance import CannotTell, running
+
+    try:
+        return running(sqlite_file(target.url))
+    except CannotTell as exc:
+        raise click.ClickException(
+            f"cannot tell whether a recorder is running on {target.shown}: {exc}; "
+            "changed nothing (run this as the user the recorder runs as)"
+        ) from None
+
+
+@contextmanager
+def writing(target: Target) -> Iterator[None]:
+    """A command's writes to the database, their failures in one line (exit 1): a user
+    who may read the database but not write it is told so, without a traceback."""
+    import sqlite3
+
+    from asyncpg import PostgresError
+    from sqlalchemy.exc import DBAPIError
+
+    from recorder.cli.main import OutputError
+    from recorder.db.engine import StoreError
+    from recorder.db.reader import describe_error, os_reason
+
+    try:
+        yield
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    except DBAPIError as exc:
+        raise click.ClickException(describe_error(target.shown, exc.orig or exc, "write")) from None
+    except (sqlite3.Error, PostgresError) as exc:
+        raise click.ClickException(describe_error(target.shown, exc, "write")) from None
+    except OutputError:
+        raise  # stdout's failure, told by main(): not the database's
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot write database {target.shown} ({os_reason(exc)})"
+        ) from None
+
+
 def run_db(
     target: Target, fn: Callable[[AsyncEngine], Coroutine[Any, Any, T]], *, create: bool = False
 ) -> T:
     """For ``recorder db``: run ``fn(engine)`` on the writer's engine, errors in one line."""
     import asyncio
 
-    from sqlalchemy.exc import DBAPIError
-
-    from recorder.db.engine import StoreError, create_engine, prepare_sqlite_file, require_database
-    from recorder.db.reader import describe_error
+    from recorder.db.engine import create_engine, prepare_sqlite_file, require_database
 
     async def go() -> T:
         url = target.url
@@ -192,14 +240,8 @@ def run_db(
         finally:
             await engine.dispose()
 
-    try:
+    with writing(target):
         return asyncio.run(go())
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from None
-    except DBAPIError as exc:
-        raise click.ClickException(describe_error(target.shown, exc.orig or exc)) from None
-    except OSError as exc:
-        raise click.ClickException(describe_error(target.shown, exc)) from None
 
 
 def parse_moment(_ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:

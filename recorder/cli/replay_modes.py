@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from recorder.addresses import is_loopback, split_listen
-from recorder.cli.options import Target, reading
+from recorder.cli.options import Target, reading, running_recorder
 from recorder.protocol.tame import on_one_line
 
 
@@ -35,6 +35,7 @@ def serve_or_replay_live(
     address = _listen_address(target, serve) if serve is not None else None
     if daemon is not None:
         _check_daemon_url(daemon)
+        _alone(target)
     with reading(target) as reader:
         plan = source.open_session(reader, session, connection)
         recorded = source.conversation(reader, plan)
@@ -56,6 +57,19 @@ def _listen_address(target: Target, listen: str) -> tuple[str, int]:
             "(or RECORDER_PROXY_TOKEN) first"
         )
     return host, port
+
+
+def _alone(target: Target) -> None:
+    """A live replay records through a writer of its own, which migrates the database
+    and sets a broken one aside: never beside a running recorder, nor where one cannot
+    be ruled out."""
+    holder = running_recorder(target)
+    if holder is not None:
+        raise click.ClickException(
+            f"a recorder is running on {target.shown} ({holder}); a live replay records with "
+            "a writer of its own, which must not write beside it: replay from a copy of the "
+            "database (--database COPY), or stop the recorder"
+        )
 
 
 def _check_daemon_url(url: str) -> None:

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import sqlite3
+import stat
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -86,12 +87,16 @@ class SqliteReader:
         self.path = path
         self.shown = shown
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        if path.is_dir():
-            raise ReadError(f"{shown} is a directory, not a database file")
-        if not path.exists():
+        try:
+            mode = path.stat().st_mode
+        except (FileNotFoundError, NotADirectoryError):
             raise ReadError(
                 f"no database at {shown} (start `recorder run` or run `recorder db upgrade`)"
-            )
+            ) from None
+        except OSError as exc:  # a directory on the way this user may not enter
+            raise ReadError(f"cannot read {shown} ({os_reason(exc)})") from None
+        if stat.S_ISDIR(mode):
+            raise ReadError(f"{shown} is a directory, not a database file")
         if not os.access(path, os.R_OK):
             raise ReadError(f"cannot read {shown} (permission denied)")
         self.conn = self._connect(path)
@@ -104,7 +109,7 @@ class SqliteReader:
             self.conn.close()
             wal = Path(f"{path}-wal")
             if wal.exists() and wal.stat().st_size > 0:
-                self.conn = self._private_copy()
+                self.conn = self._private_copy(shown)
             else:
                 # Nothing beyond the file itself to read, and no writer here: read it
                 # as an immutable file, without locks or a -shm.
@@ -130,13 +135,19 @@ class SqliteReader:
     def _probe(self) -> None:
         self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
 
-    def _private_copy(self) -> sqlite3.Connection:
+    def _private_copy(self, shown: str) -> sqlite3.Connection:
         self._tmp = tempfile.TemporaryDirectory(prefix="recorder-read-")
         copy = Path(self._tmp.name) / self.path.name
         for suffix in ("", "-wal"):
             source = Path(f"{self.path}{suffix}")
-            if source.exists():
-                shutil.copyfile(source, f"{copy}{suffix}")
+            try:
+                if source.exists():
+                    shutil.copyfile(source, f"{copy}{suffix}")
+            except OSError as exc:
+                # A live recorder's WAL (its latest commits) that this user may not read:
+                # the file alone would be an older database, shown as the current one.
+                self.close()
+                raise ReadError(f"cannot read {shown}{suffix} ({os_reason(exc)})") from None
         return self._connect(copy)
 
     def error(self, exc: BaseException) -> ReadError:
@@ -176,14 +187,20 @@ def _needs_private_copy(exc: sqlite3.OperationalError) -> bool:
     return "unable to open database file" in text or "readonly" in text
 
 
-def describe_error(shown: str, exc: BaseException) -> str:
-    """A database error as one line that names the database the way the user did."""
+def os_reason(exc: OSError) -> str:
+    """An OSError as a few words ("permission denied"), without the path it repeats."""
+    return (exc.strerror or type(exc).__name__).lower()
+
+
+def describe_error(shown: str, exc: BaseException, doing: str = "read") -> str:
+    """A database error as one line that names the database the way the user did;
+    ``doing`` is what failed ("read", "write")."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if "no such table" in text or ("relation" in text and "does not exist" in text):
         return f"database {shown} has no recorder tables; run `recorder db upgrade`"
     if "file is not a database" in text or "malformed" in text:
         return f"{shown} is not a usable SQLite database ({text})"
-    return f"cannot read database {shown}: {text}"
+    return f"cannot {doing} database {shown}: {text}"
 
 
 _PARAM = re.compile(r"(?<!:):([a-z_][a-z0-9_]*)")

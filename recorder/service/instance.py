@@ -3,8 +3,11 @@
 SQLite: an exclusive ``flock`` on ``<database>.lock`` beside the file, held for the
 service's life and released by the kernel however the process ends (SIGKILL
 included), so a stale lock cannot outlive its holder. The file says who holds it
-(PID, host, since) for the one-line refusal a second recorder prints. PostgreSQL: an
-advisory lock per instance name (:class:`PostgresInstanceLock`).
+(PID, host, since) for the one-line refusal a second recorder prints. It holds no
+secret, yet stays 0600: whoever can open it can hold a shared ``flock`` on it for as
+long as they like, and no recorder could start on the database meanwhile. Another user
+therefore cannot tell from it whether a recorder runs (:class:`CannotTell`).
+PostgreSQL: an advisory lock per instance name (:class:`PostgresInstanceLock`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from recorder.db.reader import os_reason
 from recorder.times import format_us, now_us
 
 if TYPE_CHECKING:
@@ -25,6 +29,11 @@ if TYPE_CHECKING:
 
 class AlreadyRunning(Exception):
     """Another recorder holds this database."""
+
+
+class CannotTell(Exception):
+    """The lock file is there but cannot be opened (another user's, 0600): whether a
+    recorder holds it is unknown. The message says which file and why."""
 
 
 def lock_path(database: Path) -> Path:
@@ -89,16 +98,21 @@ def _holder(fd: int) -> str:
 
 
 def running(database: Path) -> str | None:
-    """Who holds the lock of ``database`` (PID, host, since), or None if nobody does."""
+    """Who holds the lock of ``database`` (PID, host, since), or None if nobody does
+    (no lock file: no recorder has run here). CannotTell when the file cannot be opened."""
     path = lock_path(database)
     try:
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as exc:
+        raise CannotTell(f"cannot read its lock {path} ({os_reason(exc)})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return _holder(fd)
+    except OSError as exc:
+        raise CannotTell(f"cannot lock its lock {path} ({os_reason(exc)})") from None
     finally:
         os.close(fd)
     return None

@@ -4,7 +4,9 @@ Written directly (the format is a few lines of text per metric): the service kee
 no registry and imports nothing for it. Counters that live in the writer processes
 (frames and bytes committed, per direction and role; commit latency) come up with
 the writer's answers (:class:`~recorder.pipeline.writer.WriterMetrics`).
-Served on the proxy's port, or on ``[metrics] listen`` when the proxy is off.
+Served on the proxy's port, or on ``[metrics] listen`` when the proxy is off; on an
+address other machines reach, only to a request with a token
+(:func:`~recorder.capture.admission.metrics_refusal`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from recorder.capture.admission import METRICS_REFUSED, metrics_refusal, metrics_token_wanted
 from recorder.pipeline.writer import COMMIT_BUCKETS
 
 if TYPE_CHECKING:
@@ -136,19 +139,41 @@ def render(service: Service) -> str:
     return "\n".join(out) + "\n"
 
 
+def authorization(request: bytes) -> str | None:
+    """The first ``Authorization`` header's value in a raw HTTP request head, if any."""
+    for line in request.split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if sep and name.strip().lower() == b"authorization":
+            return value.strip().decode("latin-1")
+    return None
+
+
+def answer(service: Service, host: str, request: bytes) -> tuple[str, bytes, str]:
+    """The status line's text, the body and any extra header lines for one request."""
+    target = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
+    if not (request.startswith(b"GET ") and target.split(b"?")[0] == b"/metrics"):
+        return "404 Not Found", b"not found\n", ""
+    own = service.config.metrics.token
+    refused = metrics_refusal(
+        authorization(request), (own,), wanted=metrics_token_wanted(host, own)
+    )
+    if refused == 401:
+        body = METRICS_REFUSED[401].encode()
+        return "401 Unauthorized", body, 'WWW-Authenticate: Bearer realm="recorder"\r\n'
+    if refused == 403:
+        return "403 Forbidden", METRICS_REFUSED[403].encode(), ""
+    return "200 OK", render(service).encode(), ""
+
+
 async def serve_metrics(service: Service, host: str, port: int) -> asyncio.Server:
     """A small HTTP server answering ``GET /metrics`` (when the proxy is off)."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            target = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
-            if request.startswith(b"GET ") and target.split(b"?")[0] == b"/metrics":
-                body, status = render(service).encode(), "200 OK"
-            else:
-                body, status = b"not found\n", "404 Not Found"
+            status, body, extra = answer(service, host, request)
             writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: {CONTENT_TYPE}\r\n"
+                f"HTTP/1.1 {status}\r\nContent-Type: {CONTENT_TYPE}\r\n{extra}"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
                 + body
             )

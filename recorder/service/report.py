@@ -1,8 +1,9 @@
 """``recorder status``: what a recorder is doing, told truthfully from outside it.
 
 Whether a recorder runs comes from its instance lock (SQLite) or from how fresh its
-heartbeat is (PostgreSQL), never from a connection row a killed recorder left open.
-What it is doing comes from the heartbeat it writes every few seconds.
+heartbeat is (PostgreSQL, and SQLite for a user who cannot read the lock), never from
+a connection row a killed recorder left open. What it is doing comes from the
+heartbeat it writes every few seconds.
 """
 
 from __future__ import annotations
@@ -18,12 +19,19 @@ STALE_US = 20_000_000
 
 
 def report(
-    st: Status, *, holder: str | None, sqlite: bool, daemon_url: str, database: str
+    st: Status,
+    *,
+    holder: str | None,
+    sqlite: bool,
+    daemon_url: str,
+    database: str,
+    lock_error: str | None = None,
 ) -> dict[str, Any]:
-    """The status as a JSON-able dict; ``holder`` is who holds the SQLite lock."""
+    """The status as a JSON-able dict; ``holder`` is who holds the SQLite lock, and
+    ``lock_error`` why the lock could not be read (then the heartbeat tells)."""
     row = st.instance
     beat: dict[str, Any] = json.loads(row["state"]) if row is not None else {}
-    if sqlite:
+    if sqlite and lock_error is None:
         running = holder is not None
     else:
         running = (
@@ -35,6 +43,7 @@ def report(
     conn = st.last_connection
     info: dict[str, Any] = {
         "running": running,
+        "lock_error": lock_error,
         "recorder": None
         if row is None
         else {
@@ -83,6 +92,9 @@ def lines(info: dict[str, Any]) -> list[str]:
         who = f"not running (last heard from {rec['heartbeat']})"
     else:
         who = "not running, and has never run on this database"
+    if info.get("lock_error"):
+        # Said, so that "not running" never stands for "could not look".
+        who += f"; {info['lock_error']}, so this is from its heartbeat"
     if info["connected"]:
         state = f"connected since {info['connected_since']}"
     elif info["running"]:
