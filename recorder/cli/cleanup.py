@@ -299,11 +299,19 @@ def history(
     target = load(config_path, database)
     with reading(target) as reader:
         rows = cleanup_records.runs(reader, policy=name, limit=limit)
-    if any(_state(r) == "running" for r in rows) and _service(target) is None:
+    if any(_state(r) == "running" for r in rows) and not _may_run(target):
         # No recorder runs here: a run still marked running was cut short (a kill);
         # the next start marks it so in the database too.
         rows = [cleanup_records.cut_short(r) if _state(r) == "running" else r for r in rows]
     _emit_runs(rows, fmt)
+
+
+def _may_run(target: Target) -> bool:
+    """Whether a recorder may be running on ``target`` (True when it cannot tell)."""
+    try:
+        return running_recorder(target) is not None
+    except click.ClickException:
+        return True
 
 
 def _pin(config_path: str | None, database: str | None, session: str, on: bool) -> None:
