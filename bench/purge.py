@@ -113,22 +113,24 @@ TARGET_RATIO = 0.5
 DEFAULT_PURGE_FRAMES = 1_000_000
 DEFAULT_FRAMES = 2_000_000
 POLICY = "bench-purge"
-# What the benchmarks' recorder configuration leaves out: the request poll, and the policy.
-CLEANUP_CONFIG = f"""
+# What the benchmarks' recorder configuration leaves out: the request poll, and the
+# policy, named "bench-<action>" (bench/compact.py asks for action = "compact").
+CLEANUP_CONFIG = """
 [cleanup]
 poll = "0.2s"
 
 [[cleanup.policies]]
-name = "{POLICY}"
+name = "bench-{action}"
 schedule = "every 1h"
-action = "purge"
+action = "{action}"
 when = {{ status = ["completed"] }}
 """
 
 
-def write_config(workdir: Path, port: int, db: Path) -> Path:
+def write_config(workdir: Path, port: int, db: Path, action: str = "purge") -> Path:
     config = workdir / "config.toml"
-    config.write_text(recorder_config(port, f"sqlite:///{db}") + NO_PROXY + CLEANUP_CONFIG)
+    cleanup = CLEANUP_CONFIG.format(action=action)
+    config.write_text(recorder_config(port, f"sqlite:///{db}") + NO_PROXY + cleanup)
     return config
 
 
