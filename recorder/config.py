@@ -25,8 +25,8 @@ from recorder.addresses import (
     redact_url,
     split_listen,
 )
-from recorder.cleanup.policy import PolicyError
 from recorder.cleanup.settings import CleanupConfig, parse_cleanup
+from recorder.protocol.policy import PolicyError
 
 ENV_CONFIG = "RECORDER_CONFIG"
 ENV_TOKEN = "RECORDER_DAEMON_TOKEN"
@@ -85,13 +85,13 @@ class StorageConfig:
 
     @property
     def retention_s(self) -> float | None:
-        from recorder.cleanup.policy import parse_duration
+        from recorder.protocol.policy import parse_duration
 
         return parse_duration(self.retention) if self.retention else None
 
     @property
     def max_db_bytes(self) -> int | None:
-        from recorder.cleanup.policy import parse_size
+        from recorder.protocol.policy import parse_size
 
         return parse_size(self.max_db_size) if self.max_db_size else None
 

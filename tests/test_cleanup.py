@@ -16,15 +16,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from recorder.cleanup.policy import (
-    Conditions,
-    MatchState,
-    Policy,
-    SessionFacts,
-    decide,
-    parse_duration,
-    parse_size,
-)
+from recorder.cleanup.actions import decide
 from recorder.cli import cli
 from recorder.config import Config, ConfigError, load_config
 from recorder.db.migrations import upgrade_sync
@@ -33,6 +25,14 @@ from recorder.db.write import Store
 from recorder.pipeline.classifier import Classifier
 from recorder.protocol.frames import IN, OUT
 from recorder.protocol.index import TERMINAL_STATUSES
+from recorder.protocol.policy import (
+    Conditions,
+    MatchState,
+    Policy,
+    SessionFacts,
+    parse_duration,
+    parse_size,
+)
 from recorder.simulator import Simulator, SimulatorOptions
 from tests.conftest import running
 from tests.helpers import query, recorder_process, wait_until

@@ -16,8 +16,9 @@ import pytest
 import websockets
 from click.testing import CliRunner
 
-from recorder.cleanup.jobs import PURGE_CHUNK, Cleanup, Direct
-from recorder.cleanup.policy import STOP_ATTEMPTS
+from recorder.cleanup.actions import PURGE_CHUNK, Compact, StopSession
+from recorder.cleanup.actor import Run
+from recorder.cleanup.jobs import Cleanup, Direct
 from recorder.cli import cli
 from recorder.config import Config, load_config
 from recorder.pipeline.classifier import Classifier
@@ -288,12 +289,14 @@ async def test_compaction_goes_in_bounded_steps(tmp_path: Path) -> None:
     handle, store, _ = await writer_database(url)
     try:
         tracemalloc.start()
-        replaced, written = await Cleanup(config, Direct(handle, store), None).actor.compact("long")
+        actor = Cleanup(config, Direct(handle, store), None).actor
+        run = Run(config.cleanup.policies[0], "cli", False, now_us())
+        done = await Compact().act(actor, run, "long")
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
     finally:
         await handle.shutdown()
-    assert replaced == len(pieces)
+    assert done == {"result": f"compacted {len(pieces)} chunks into 6 frames", "done": True}
     # Flat: about 11 MiB for 6 000, 12 000 or 24 000 chunks (a step and one frame).
     assert peak < 16 * 2**20, f"{peak / 2**20:.1f} MiB"
     texts = [
@@ -303,10 +306,10 @@ async def test_compaction_goes_in_bounded_steps(tmp_path: Path) -> None:
         )
     ]
     # A frame takes appended text until it holds a MiB: steps of 2 MB give 2 to 3 MB.
-    assert len(texts) == written and all(len(t) < 4 * 2**20 for t in texts) and written == 6
+    assert len(texts) == 6 and all(len(t) < 4 * 2**20 for t in texts)
     assert "".join(texts) == "".join(pieces)
     assert rows(db, "select count(*) from frames where type = 'stream_chunk'") == [(0,)]
-    assert rows(db, "select cleanup_state, frame_count from sessions") == [(None, written + 2)]
+    assert rows(db, "select cleanup_state, frame_count from sessions") == [(None, 6 + 2)]
     (count,) = rows(db, "select count(*) from frames")[0]
     assert rows(db, "select sum(frame_count) from connections") == [(count,)]
     assert rows(db, "select sum(frames) from frame_days") == [(count,)]
@@ -377,7 +380,7 @@ async def test_a_stop_the_daemon_refuses_is_retried_with_backoff_then_given_up(
             assert svc.cleanup is not None
             stop = svc.cleanup.policies["stop"]
             results = []
-            for _ in range(STOP_ATTEMPTS + 2):
+            for _ in range(StopSession.ATTEMPTS + 2):
                 run_id = await svc.cleanup.run(stop)
                 rows_ = rows(db_path, f"select actions from cleanup_runs where id = {run_id}")
                 results.append(json.loads(rows_[0][0])[0]["result"])
@@ -385,14 +388,15 @@ async def test_a_stop_the_daemon_refuses_is_retried_with_backoff_then_given_up(
                 with sqlite3.connect(db_path) as conn:
                     conn.execute("update cleanup_matches set retry_us = 0")
     assert results[0] == "requested"
-    assert results[1:STOP_ATTEMPTS] == [
-        f"requested again ({n} of {STOP_ATTEMPTS})" for n in range(2, STOP_ATTEMPTS + 1)
+    assert results[1 : StopSession.ATTEMPTS] == [
+        f"requested again ({n} of {StopSession.ATTEMPTS})"
+        for n in range(2, StopSession.ATTEMPTS + 1)
     ]
     assert (
-        results[STOP_ATTEMPTS:]
-        == [f"given up: still matching after {STOP_ATTEMPTS} stop requests"] * 2
+        results[StopSession.ATTEMPTS :]
+        == [f"given up: still matching after {StopSession.ATTEMPTS} stop requests"] * 2
     )
-    assert len(stops) == STOP_ATTEMPTS
+    assert len(stops) == StopSession.ATTEMPTS
 
 
 def with_policies(config: Config, text: str) -> Config:

@@ -223,14 +223,17 @@ def test_each_named_recorder_acts_only_on_the_sessions_it_recorded(pg_url: str) 
     """Two recorders of two daemons share one database: a sessions_list from daemon A
     marks lost only A's sessions, the active sessions A asks after on reconnect are
     its own, and A's cleanup policies never match B's sessions."""
+    from functools import partial
+
     import asyncpg
 
-    from recorder.cleanup.policy import Conditions, Policy
+    from recorder.cleanup.actions import decide
     from recorder.db.cleanup import match_policy
     from recorder.db.connection import WriterDatabase
     from recorder.db.migrations import upgrade_sync
     from recorder.db.write import Store
     from recorder.pipeline.classifier import Classifier
+    from recorder.protocol.policy import Conditions, Policy
 
     def status(sid: str) -> bytes:
         return json.dumps(
@@ -253,8 +256,11 @@ def test_each_named_recorder_acts_only_on_the_sessions_it_recorded(pg_url: str) 
         listing = b'{"type":"sessions_list","sessions":[{"id":"a2","status":"running"}]}'
         rows, index = Classifier().rows_and_index([(1, 9, IN, now + 10**6, 9, True, listing)])
         await db.run(a.write_batch, rows, index)
-        stop = Policy("stale", "every 1h", "stop", Conditions(status=("running", "unknown")))
-        decided = await db.run(match_policy, stop, now + 10**7, 0.0, False, "a")
+        stop = Policy(
+            "stale", "every 1h", "stop_session", Conditions(status=("running", "unknown"))
+        )
+        decider = partial(decide, stop, now_us=now + 10**7)
+        decided = await db.run(match_policy, stop.name, now + 10**7, decider, False, "a")
         await db.shutdown()
         conn = await asyncpg.connect(pg_url)
         try:

@@ -17,33 +17,22 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Coroutine
 from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from recorder.cleanup.acting import (
-    PURGE_CHUNK,
-    Actor,
-    Direct,
-    Performer,
-    Run,
-    error_line,
-)
-from recorder.cleanup.policy import Conditions, Policy, said
+from recorder.cleanup.actions import PURGE_CHUNK, Action, SizeLimit, action_of
+from recorder.cleanup.actor import Actor, Direct, Performer, Run, error_line
 from recorder.cleanup.settings import trigger
 from recorder.pipeline.cleanup_ops import (
     AnswerRequest,
-    DatabaseBytes,
-    DropDuePartitions,
     EndInterrupted,
     FinishRun,
-    MatchPolicy,
-    OldestFinished,
     StartRun,
     TakeRequests,
 )
+from recorder.protocol.policy import Conditions, Policy
 from recorder.times import now_us
 
 if TYPE_CHECKING:
@@ -60,12 +49,17 @@ MAX_SIZE = "storage.max_db_size"
 MISFIRE_GRACE = 3600
 
 
+# storage.max_db_size, checked every 10 minutes: a run when the database is over it.
+SIZE_POLICY = Policy(MAX_SIZE, "every 10m", SizeLimit.name)
+
+
 def policies_of(config: Config) -> list[Policy]:
     """The configured policies, and the one ``storage.retention`` stands for."""
     found = list(config.cleanup.policies)
     retention = config.storage.retention_s
     if retention is not None:
-        found.append(Policy(RETENTION, "every 1h", "purge", Conditions(ended_before=retention)))
+        when = Conditions(ended_before=retention)
+        found.append(Policy(RETENTION, "every 1h", "retention", when))
     return found
 
 
@@ -91,12 +85,14 @@ class Cleanup:
         # finishing. The audit rows of runs in progress here, and the sessions a purge
         # or compaction is working on (another policy leaves them alone meanwhile).
         self.alive: set[int] = previous.alive if previous is not None else set()
-        busy: set[str] = set() if previous is None else previous.busy
-        self.actor = Actor(writer, link, no_link, busy)
-
-    @property
-    def busy(self) -> set[str]:
-        return self.actor.busy
+        self.actor: Actor = Actor(
+            writer,
+            link,
+            grace=config.cleanup.grace,
+            max_db_bytes=config.storage.max_db_bytes,
+            no_link=no_link,
+            busy=None if previous is None else previous.actor.busy,
+        )
 
     @property
     def wanted(self) -> bool:
@@ -123,9 +119,7 @@ class Cleanup:
                     self._scheduled, trigger(policy), args=(policy,), id=policy.name, **options
                 )
         if self.config.storage.max_db_bytes is not None:
-            scheduler.add_job(
-                self.keep_under_size, IntervalTrigger(minutes=10), id=MAX_SIZE, **options
-            )
+            scheduler.add_job(self.keep_under_size, trigger(SIZE_POLICY), id=MAX_SIZE, **options)
         poll = IntervalTrigger(seconds=self.config.cleanup.poll)
         scheduler.add_job(self.take_requests, poll, id="requests", **options)
         # Once, now: runs a kill cut short are history, not "running".
@@ -169,15 +163,16 @@ class Cleanup:
         """Run one policy now; returns its audit row's id. ``dry_run`` can only make a
         run dry: a policy that says dry_run = true never acts, however it is run."""
         dry = policy.dry_run or bool(dry_run)
+        action = action_of(policy)
         async with self._locks.setdefault(policy.name, asyncio.Lock()):
             run = Run(policy, trigger, dry, now_us())
             started = time.monotonic()
-            await self._recorded(run, self._steps(run))
+            await self._recorded(run, action)
             self.runs += 1
         log.info(
             "cleanup run",
             policy=policy.name,
-            action=policy.action,
+            action=action.verb,
             trigger=trigger,
             dry_run=dry,
             matched=run.matched,
@@ -188,85 +183,28 @@ class Cleanup:
         assert run.id is not None
         return run.id
 
-    async def _recorded(self, run: Run, steps: Coroutine[Any, Any, None]) -> None:
-        """Run ``steps`` between the audit row's start and its end. An error ends the
-        run and is its record; a cancellation (the stop) leaves the row running, which
-        the next run of this recorder marks interrupted."""
-        try:
-            run.id = await self.writer.perform(StartRun(run.start_row(), tuple(self.alive)))
-        except BaseException:
-            steps.close()
-            raise
+    async def _recorded(self, run: Run, action: Action) -> None:
+        """The action's steps between the audit row's start and its end. An error ends
+        the run and is its record; a cancellation (the stop) leaves the row running,
+        which the next run or start of this recorder marks interrupted."""
+        start = StartRun(run.start_row(action.verb), tuple(self.alive))
+        run.id = await self.writer.perform(start)
         self.alive.add(run.id)
         try:
             try:
-                await steps
+                await action.steps(self.actor, run)
             except Exception as exc:  # recorded, logged, and the service goes on
                 run.error = error_line(exc)
             await self.writer.perform(FinishRun(run.id, run.outcome()))
         finally:
             self.alive.discard(run.id)
 
-    async def _steps(self, run: Run) -> None:
-        policy, dry = run.policy, run.dry_run
-        if policy.name == RETENTION and not dry and policy.when.ended_before is not None:
-            # PostgreSQL: months entirely past the retention go whole first.
-            cutoff = run.started_us - int(policy.when.ended_before * 1e6)
-            for name, count in await self.writer.perform(DropDuePartitions(cutoff)):
-                run.actions.append(
-                    {"partition": name, "result": f"dropped {count} frames", "done": True}
-                )
-        decisions = await self.writer.perform(
-            MatchPolicy(policy, run.started_us, self.config.cleanup.grace, not dry, run.id)
-        )
-        run.matched = len(decisions)
-        for decision in decisions:
-            sid = decision.session_id
-            if decision.verdict != "act" or dry:
-                run.actions.append({"session": sid, "result": said(policy, decision)})
-            else:
-                run.actions.append(await self.actor.act(run, sid))
-        if not dry and run.acted and policy.action != "stop_session":
-            await self.actor.give_back_space()
-
     async def keep_under_size(self) -> None:
-        """``storage.max_db_size``: the oldest finished sessions go until it fits."""
-        limit = self.config.storage.max_db_bytes
-        if limit is None or await self.writer.perform(DatabaseBytes()) <= limit:
-            return
-        policy = Policy(MAX_SIZE, "every 10m", "purge")
-        async with self._locks.setdefault(MAX_SIZE, asyncio.Lock()):
-            run = Run(policy, "schedule", False, now_us())
-            await self._recorded(run, self._shrink(run, limit))
-        log.info(
-            "cleanup run",
-            policy=MAX_SIZE,
-            action="purge",
-            matched=run.matched,
-            error=run.outcome()["error"],
-        )
-
-    async def _shrink(self, run: Run, limit: int) -> None:
-        # PostgreSQL's size does not shrink when rows go (VACUUM reuses the space
-        # later), so what must go is worked out once and counted as it goes.
-        excess = await self.writer.perform(DatabaseBytes()) - limit
-        freed = 0
-        tried: set[str] = set()  # a purge that failed is not tried again in this run
-        while True:
-            found = await self.writer.perform(OldestFinished(len(tried) + 20))
-            oldest = [s for s in found if s.id not in tried]
-            if not oldest:
-                run.error = "over storage.max_db_size, with nothing finished left to purge"
-                break
-            for session in oldest:
-                tried.add(session.id)
-                entry = await self.actor.act(run, session.id)
-                run.actions.append(entry)
-                run.matched += 1
-                freed += entry.get("bytes", 0)
-                if freed >= excess or await self.writer.perform(DatabaseBytes()) <= limit:
-                    await self.actor.give_back_space()
-                    return
+        """``storage.max_db_size``: a run only when the database is over it."""
+        size = action_of(SIZE_POLICY)
+        assert isinstance(size, SizeLimit)
+        if await size.over(self.actor):
+            await self.run(SIZE_POLICY)
 
     async def take_requests(self) -> None:
         """What `recorder cleanup run` asked of this service: run in tasks of their own,

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from recorder.cleanup.policy import (
-    ACTIONS,
+from recorder.cleanup.actions import ACTIONS
+from recorder.protocol.policy import (
     Conditions,
     Policy,
     PolicyError,
@@ -82,7 +82,7 @@ def parse_policy(index: int, item: Any) -> Policy:
         if key not in _POLICY_KEYS:
             raise PolicyError(f"{where}: unknown key {key!r}")
     action = item.get("action")
-    if action not in ACTIONS:
+    if not isinstance(action, str) or action not in ACTIONS:
         raise PolicyError(f"{where}.action: expected one of {', '.join(ACTIONS)}, got {action!r}")
     schedule = item.get("schedule")
     if not isinstance(schedule, str) or not schedule.strip():

@@ -48,8 +48,8 @@ def list_policies(config_path: str | None, database: str | None, fmt: str) -> No
 
     Example: recorder cleanup policies --config /etc/orchestrator-recorder/config.toml
     """
-    from recorder.cleanup.policy import PolicyError
     from recorder.cleanup.settings import trigger
+    from recorder.protocol.policy import PolicyError
 
     target = load(config_path, database)
     rows = []
@@ -106,8 +106,8 @@ def run_now(
 
     Example: recorder cleanup run --policy stop-completed --dry-run
     """
-    from recorder.cleanup.policy import PolicyError
     from recorder.cleanup.settings import check_schedules
+    from recorder.protocol.policy import PolicyError
 
     target = load(config_path, database)
     policies = _policies(target)
@@ -143,7 +143,7 @@ def run_now(
 
 
 def _dry_run(target: Target, chosen: list[Any], fmt: str) -> None:
-    from recorder.cleanup.policy import decide, said
+    from recorder.cleanup.actions import action_of, decide
     from recorder.db.cleanup_records import decision_inputs
 
     now = now_us()
@@ -155,7 +155,8 @@ def _dry_run(target: Target, chosen: list[Any], fmt: str) -> None:
     for policy in chosen:
         found = first[policy.name]
         for d in decide(policy, facts, now, pinned=pinned, matched=found, grace=grace):
-            rows.append({"policy": policy.name, "session": d.session_id, "result": said(policy, d)})
+            result = action_of(policy).said(d.verdict)
+            rows.append({"policy": policy.name, "session": d.session_id, "result": result})
     columns = (
         Column("POLICY", lambda r: r["policy"]),
         Column("SESSION", lambda r: r["session"]),

@@ -6,9 +6,9 @@ import sys
 
 import click
 
-from recorder.cleanup.policy import PolicyError
 from recorder.cleanup.settings import check_schedules
 from recorder.cli.options import UsageFailure, config_option, load
+from recorder.protocol.policy import PolicyError
 
 
 @click.command()

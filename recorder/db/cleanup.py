@@ -12,20 +12,12 @@ the database's size and giving space back, in :mod:`recorder.db.space`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
-from recorder.cleanup.policy import (
-    Decision,
-    MatchState,
-    Policy,
-    SessionFacts,
-    decide,
-    stop_retry_delay,
-)
 from recorder.db.reader import ACTIVE_SQL
 from recorder.db.schema import (
     cleanup_matches,
@@ -38,6 +30,7 @@ from recorder.db.schema import (
     tasks,
 )
 from recorder.protocol.index import DAY_US, TERMINAL_STATUSES
+from recorder.protocol.policy import Decision, MatchState, SessionFacts
 
 PURGING = "purging"
 _FACTS = [sessions.c[name] for name in SessionFacts.__dataclass_fields__]
@@ -49,9 +42,9 @@ class StillActive(Exception):
 
 def match_policy(
     conn: Connection,
-    policy: Policy,
+    policy: str,
     now_us: int,
-    grace: float,
+    decide: Callable[..., list[Decision]],
     remember: bool,
     instance: str,
     run_id: int | None = None,
@@ -68,11 +61,11 @@ def match_policy(
             row.session_id: MatchState(row.first_matched_us, row.attempts, row.retry_us)
             for row in conn.execute(
                 select(m.session_id, m.first_matched_us, m.attempts, m.retry_us).where(
-                    m.policy == policy.name
+                    m.policy == policy
                 )
             )
         }
-        decisions = decide(policy, facts, now_us, pinned=pinned, matched=first, grace=grace)
+        decisions = decide(facts, pinned=pinned, matched=first)
         if run_id is not None:
             conn.execute(
                 update(cleanup_runs)
@@ -82,7 +75,7 @@ def match_policy(
         if remember:
             matched = {d.session_id for d in decisions}
             new = [
-                {"policy": policy.name, "session_id": sid, "first_matched_us": now_us}
+                {"policy": policy, "session_id": sid, "first_matched_us": now_us}
                 for sid in matched - set(first)
             ]
             if new:
@@ -91,21 +84,24 @@ def match_policy(
             for start in range(0, len(gone), 500):
                 conn.execute(
                     delete(cleanup_matches).where(
-                        cleanup_matches.c.policy == policy.name,
+                        cleanup_matches.c.policy == policy,
                         cleanup_matches.c.session_id.in_(gone[start : start + 500]),
                     )
                 )
     return decisions
 
 
-def note_stop(conn: Connection, policy: str, session_id: str, now_us: int) -> int:
+def note_stop(
+    conn: Connection, policy: str, session_id: str, now_us: int, delays: Sequence[float]
+) -> int:
     """A stop_session request went to the daemon: count it, and say when the next may
-    go if the session goes on matching. Returns the requests sent so far."""
+    go if the session goes on matching (``delays[n - 1]`` after the n-th). Returns the
+    requests sent so far."""
     m = cleanup_matches.c
     where = (m.policy == policy, m.session_id == session_id)
     with conn.begin():
         attempts = (conn.execute(select(m.attempts).where(*where)).scalar() or 0) + 1
-        retry = now_us + int(stop_retry_delay(attempts) * 1e6)
+        retry = now_us + int(delays[min(attempts, len(delays)) - 1] * 1e6)
         conn.execute(
             update(cleanup_matches).where(*where).values(attempts=attempts, retry_us=retry)
         )

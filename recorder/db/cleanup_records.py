@@ -14,9 +14,9 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
-from recorder.cleanup.policy import MatchState, SessionFacts
 from recorder.db.reader import Reader, Row, first_row
 from recorder.db.schema import cleanup_requests, cleanup_runs, pins
+from recorder.protocol.policy import MatchState, SessionFacts
 
 RUNNING, DONE, INTERRUPTED = "running", "done", "interrupted"
 

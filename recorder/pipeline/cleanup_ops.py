@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from recorder.cleanup.policy import Decision, Policy, SessionFacts
 from recorder.pipeline.ops import Operation
+from recorder.protocol.policy import Decision, SessionFacts
 from recorder.times import now_us
 
 if TYPE_CHECKING:
@@ -18,9 +19,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class MatchPolicy(Operation[list[Decision]]):
-    policy: Policy
+    """A policy's decisions over this recorder's sessions, made where they are:
+    ``decide(facts, pinned=..., matched=...)`` is the action's rule (a picklable
+    function of the cleanup's, handed down: this layer knows no action)."""
+
+    policy: str
     now_us: int
-    grace: float
+    decide: Callable[..., list[Decision]]
     remember: bool
     # The run's audit row, which says how many matched as soon as they have.
     run_id: int | None = None
@@ -32,7 +37,7 @@ class MatchPolicy(Operation[list[Decision]]):
             match_policy,
             self.policy,
             self.now_us,
-            self.grace,
+            self.decide,
             self.remember,
             store.instance,
             self.run_id,
@@ -41,15 +46,17 @@ class MatchPolicy(Operation[list[Decision]]):
 
 @dataclass(frozen=True, slots=True)
 class NoteStop(Operation[int]):
-    """A stop_session request went out: count it (its backoff). Answers the count."""
+    """A stop_session request went out: count it, and when the next may go (after
+    ``delays[n - 1]`` seconds, the n-th sent). Answers the count."""
 
     policy: str
     session_id: str
+    delays: tuple[float, ...]
 
     async def run(self, db: WriterDatabase, store: Store) -> int:
         from recorder.db.cleanup import note_stop
 
-        return await db.run(note_stop, self.policy, self.session_id, now_us())
+        return await db.run(note_stop, self.policy, self.session_id, now_us(), self.delays)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,11 +21,11 @@ from recorder.addresses import display_database, split_listen
 from recorder.capture.link import Link, LinkGaveUp
 from recorder.capture.proxy import Proxy
 from recorder.cleanup.jobs import Cleanup
-from recorder.cleanup.policy import PolicyError
 from recorder.cleanup.settings import check_schedules
 from recorder.config import Config, ConfigError, load_config
 from recorder.db.reader import frames_since, sqlite_file
 from recorder.pipeline.writer import Writer, WriterError
+from recorder.protocol.policy import PolicyError
 from recorder.service.instance import AlreadyRunning, InstanceLock, PostgresInstanceLock
 from recorder.service.metrics import render, serve_metrics
 from recorder.service.notify import Notifier

@@ -1,23 +1,21 @@
-"""Cleanup policies as data, and which sessions they match: pure, tested without I/O.
+"""Cleanup policies as data: what a policy says, what matching reads of a session,
+and whether a session meets a policy's conditions. Pure, tested without I/O, and
+below the database layer, which reads and stores these; what each action does and
+which matched sessions it leaves alone is :mod:`recorder.cleanup.actions`.
 
-A policy says when (a cron expression, or ``every 5m``), what (``stop_session``,
-``purge`` or ``compact``) and which sessions: every condition given in ``when``
-must hold. ``keep_last`` spares the newest matching sessions; pinned sessions are
-never touched; purge and compact, which destroy recorded data, wait until a
-session has matched for ``cleanup.grace``.
+Every age is the recorder's own: when it first and last saw a session and when it
+recorded its final status. A daemon's clock is data, never what decides a deletion.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from recorder.protocol.index import LOST_STATUS, TERMINAL_STATUSES
+from recorder.protocol.index import TERMINAL_STATUSES
 
-ACTIONS = ("stop_session", "purge", "compact")
-DESTRUCTIVE = frozenset({"purge", "compact"})
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$", re.IGNORECASE)
@@ -78,6 +76,10 @@ class Conditions:
 
 @dataclass(frozen=True)
 class Policy:
+    """When (a cron expression, or ``every 5m``), what (an action's name, see
+    :mod:`recorder.cleanup.actions`) and which sessions (``when``; ``keep_last`` spares
+    the newest that match)."""
+
     name: str
     schedule: str
     action: str
@@ -85,10 +87,6 @@ class Policy:
     enabled: bool = True
     dry_run: bool = False
     keep_last: int = 0
-
-    @property
-    def destructive(self) -> bool:
-        return self.action in DESTRUCTIVE
 
 
 @dataclass(frozen=True)
@@ -155,18 +153,6 @@ def matches(conditions: Conditions, session: SessionFacts, now_us: int) -> bool:
     return not (c.max_frames is not None and session.frame_count > c.max_frames)
 
 
-# A stop the daemon does not act on (the session goes on matching) is sent again
-# after 1, 4 and 16 minutes, then the policy gives up on that session: a daemon that
-# answers each stop with a 10 MB error must not be asked every run.
-STOP_ATTEMPTS = 4
-STOP_RETRY_S = 60.0
-
-
-def stop_retry_delay(attempts: int) -> float:
-    """Seconds before the next stop request, after ``attempts`` were sent."""
-    return STOP_RETRY_S * 4.0 ** max(0, attempts - 1)
-
-
 @dataclass(frozen=True)
 class MatchState:
     """What the database remembers of a policy's match of a session."""
@@ -180,73 +166,6 @@ class MatchState:
 @dataclass(frozen=True)
 class Decision:
     session_id: str
-    # "act", or why not: "pinned", "kept" (keep_last), "grace", "active" (purge and
-    # compact leave a session that is still running), "unknown" (the daemon no longer
-    # knows it: nothing to stop), "waiting" (a stop was sent; the next waits for its
-    # backoff), "given up" (stops sent STOP_ATTEMPTS times, and it still matches).
+    # "act", or why not: "pinned", "kept" (keep_last), or the action's own reason
+    # (recorder.cleanup.actions: "active", "grace", "unknown", "waiting", "given up").
     verdict: str
-
-
-def decide(
-    policy: Policy,
-    sessions: Iterable[SessionFacts],
-    now_us: int,
-    *,
-    pinned: frozenset[str] = frozenset(),
-    matched: Mapping[str, MatchState] | None = None,
-    grace: float = 0.0,
-) -> list[Decision]:
-    """Every session the policy matches, newest first, and what to do with it."""
-    found = sorted(
-        (s for s in sessions if matches(policy.when, s, now_us)),
-        key=lambda s: (s.started_us, s.id),
-        reverse=True,
-    )
-    known = matched or {}
-    return [
-        Decision(session.id, _verdict(policy, session, rank, now_us, pinned, known, grace))
-        for rank, session in enumerate(found)
-    ]
-
-
-def _verdict(
-    policy: Policy,
-    session: SessionFacts,
-    rank: int,
-    now_us: int,
-    pinned: frozenset[str],
-    known: Mapping[str, MatchState],
-    grace: float,
-) -> str:
-    state = known.get(session.id)
-    if session.id in pinned:
-        return "pinned"
-    if rank < policy.keep_last:
-        return "kept"
-    if policy.destructive and not session.finished:
-        return "active"
-    if policy.action == "stop_session":
-        if session.status == LOST_STATUS:
-            return "unknown"
-        if state is not None and state.attempts >= STOP_ATTEMPTS:
-            return "given up"
-        if state is not None and state.retry_us is not None and now_us < state.retry_us:
-            return "waiting"
-    first = state.first_matched_us if state is not None else now_us
-    if policy.destructive and grace > 0 and now_us - first < grace * 1e6:
-        return "grace"
-    return "act"
-
-
-_SAID = {
-    "given up": f"given up: still matching after {STOP_ATTEMPTS} stop requests",
-    "waiting": "waiting: a stop was sent; the next waits for its backoff",
-}
-
-
-def said(policy: Policy, decision: Decision) -> str:
-    """What a run's record says of a session: why it was left alone, or, for a dry
-    run, what would be done to it."""
-    if decision.verdict == "act":
-        return f"would {policy.action}"
-    return _SAID.get(decision.verdict, decision.verdict)

@@ -1,0 +1,161 @@
+"""Where a cleanup run's work goes, and the record it keeps: the writer's operations
+(in the service, or directly on a database the CLI opened), the daemon link, and the
+run's audit row, filled in as it goes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from recorder.cleanup.actions import Action, decide
+from recorder.pipeline.cleanup_ops import GiveBackSpace, MatchPolicy
+from recorder.protocol.policy import Decision, Policy
+from recorder.times import now_us
+
+if TYPE_CHECKING:
+    from recorder.capture.link import Link
+    from recorder.db.connection import WriterDatabase
+    from recorder.db.write import Store
+    from recorder.pipeline.ops import Operation
+
+T = TypeVar("T")
+
+
+class Performer(Protocol):
+    """Where operations run: the service's writer, or a database opened by the CLI."""
+
+    async def perform(self, operation: Operation[T]) -> T: ...
+
+
+class Direct:
+    """Operations run at once on a database the CLI opened (no service running)."""
+
+    def __init__(self, db: WriterDatabase, store: Store) -> None:
+        self.db = db
+        self.store = store
+
+    async def perform(self, operation: Operation[T]) -> T:
+        return await operation.run(self.db, self.store)
+
+
+# Free pages given back per step.
+VACUUM_PAGES = 2000
+
+
+@dataclass
+class Run:
+    """One run's audit record, filled in as it goes."""
+
+    policy: Policy
+    trigger: str
+    dry_run: bool
+    started_us: int
+    id: int | None = None
+    matched: int = 0
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+    def start_row(self, verb: str) -> dict[str, Any]:
+        return {
+            "policy": self.policy.name,
+            "action": verb,
+            "trigger": self.trigger,
+            "dry_run": int(self.dry_run),
+            "started_us": self.started_us,
+            "ended_us": self.started_us,
+            "matched": 0,
+            "acted": 0,
+            "actions": "[]",
+        }
+
+    @property
+    def acted(self) -> int:
+        return sum(1 for a in self.actions if a.get("done"))
+
+    def outcome(self) -> dict[str, Any]:
+        """What the audit row says once the run is over. A run whose every action
+        failed failed: it says why (a full disk, say), not just "0 acted"."""
+        error = self.error
+        failed = [str(a["result"]) for a in self.actions if str(a["result"]).startswith("failed")]
+        if error is None and failed and not self.acted:
+            error = f"every action failed ({len(failed)}); the first: {failed[0][8:]}"
+        return {
+            "ended_us": now_us(),
+            "matched": self.matched,
+            "acted": self.acted,
+            "actions": json.dumps(self.actions, ensure_ascii=False),
+            "error": error,
+        }
+
+
+class Actor:
+    """The cleanup's hands: the writer's operations, the daemon link, and which
+    sessions a run is working on. Shared by the runs of one
+    :class:`~recorder.cleanup.jobs.Cleanup` (and of the one it replaces on a reload)."""
+
+    def __init__(
+        self,
+        writer: Performer,
+        link: Link | None,
+        *,
+        grace: float = 0.0,
+        max_db_bytes: int | None = None,
+        no_link: str = "the daemon link is down",
+        busy: set[str] | None = None,
+    ) -> None:
+        self.writer = writer
+        self.link = link
+        # A destructive action waits until a session has matched this long.
+        self.grace = grace
+        self.max_db_bytes = max_db_bytes
+        # What a stop says when there is no link to send it on.
+        self.no_link = no_link
+        # Sessions a purge or compaction is working on: another run leaves them alone.
+        self.busy: set[str] = set() if busy is None else busy
+
+    async def perform(self, operation: Operation[T]) -> T:
+        return await self.writer.perform(operation)
+
+    async def send(self, text: str) -> bool:
+        """A request to the daemon, recorded like any frame; False when it could not go
+        (no link, or a daemon that stopped reading: the link's send is bounded)."""
+        return self.link is not None and await self.link.request(text)
+
+    async def match(self, run: Run, action: Action) -> list[Decision]:
+        """The run's decisions, made where the sessions are (the database process),
+        which remembers when each match began unless the run is dry."""
+        now = run.started_us
+        decider = partial(decide, run.policy, now_us=now, grace=self.grace)
+        match = MatchPolicy(run.policy.name, now, decider, not run.dry_run, run.id)
+        decisions = await self.perform(match)
+        run.matched = len(decisions)
+        return decisions
+
+    async def on_session(self, run: Run, session_id: str, action: Action) -> dict[str, Any]:
+        """``action`` on one session: its record, a failure included (the run goes on)."""
+        entry: dict[str, Any] = {"session": session_id}
+        if action.destructive and session_id in self.busy:
+            return {**entry, "result": "skipped: another run is working on it", "done": False}
+        if action.destructive:
+            self.busy.add(session_id)
+        try:
+            entry.update(await action.act(self, run, session_id))
+        except Exception as exc:
+            entry.update(result=f"failed: {error_line(exc)}", done=False)
+        finally:
+            if action.destructive:
+                self.busy.discard(session_id)
+        return entry
+
+    async def give_back_space(self) -> None:
+        left = await self.perform(GiveBackSpace(VACUUM_PAGES))
+        while left > 0:
+            before, left = left, await self.perform(GiveBackSpace(VACUUM_PAGES))
+            if left >= before:
+                break  # nothing freed this round: another round would free nothing either
+
+
+def error_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
