@@ -236,6 +236,14 @@ class Writer:
         """Hand a frame over, waiting while the queue is full."""
         await self.queue.put(frame)
 
+    async def room(self) -> None:
+        """Return once :meth:`offer` would take a frame (or the writer is gone)."""
+        await self.queue.room()
+
+    def push(self, frame: FrameTuple) -> None:
+        """Hand over a frame already sent, without waiting (see FrameQueue.push)."""
+        self.queue.push(frame)
+
     async def flush(self) -> None:
         """Return once every frame put before this call is committed."""
         target = self.queue.enqueued
