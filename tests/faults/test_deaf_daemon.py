@@ -12,10 +12,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
 from recorder.capture.dial import not_reading
 from recorder.config import Config
+from recorder.service.lifecycle import Service
 from tests.conftest import running
 from tests.helpers import query
 
@@ -135,3 +137,45 @@ async def test_the_heartbeat_drops_a_daemon_that_sends_but_does_not_read(
         "heartbeat timeout: frames arrive but no pong within 0.6s of a ping: not reading"
     )
     assert received[0].n > 5  # it was sending all along
+
+
+async def test_the_stop_takes_at_most_the_drain_timeout_whatever_the_daemon_does(
+    make_config: Callable[..., Config],
+) -> None:
+    """A daemon that reads nothing, from the link or from a UI's proxied conversation,
+    both with a send waiting on it: closing the link took 10 s ("link did not close
+    within 10 s"), and a proxied upstream held the stop for ever. Now the stop ends
+    within storage.shutdown_timeout, and the frames recorded are committed."""
+    async with DeafDaemon(lambda n: True).serving() as daemon:
+        config = make_config(
+            daemon.url,
+            heartbeat={"interval": 60.0, "timeout": 60.0},
+            storage={"shutdown_timeout": 3.0},
+        )
+        service = Service(config)
+        stop = asyncio.Event()
+        task = asyncio.create_task(service.run(stop))
+        async with asyncio.timeout(TIMEOUT):
+            await service.started.wait()
+            await service.link.connected.wait()
+        request = asyncio.create_task(service.link.request(BIG))
+        assert service.proxy is not None
+        ui_url = f"ws://127.0.0.1:{service.proxy.port}"
+        async with connect(ui_url, compression=None, max_size=None) as ui:
+            await ui.send(BIG)
+            await wait_backed_up(service.link._ws)
+            await daemon.wait_connections(2)
+            async with asyncio.timeout(TIMEOUT):
+                while not service.proxy._upstreams:  # noqa: ASYNC110 - polled
+                    await asyncio.sleep(0.01)
+            (upstream,) = service.proxy._upstreams
+            await wait_backed_up(upstream)
+            stop.set()
+            started = time.monotonic()
+            code = await asyncio.wait_for(task, TIMEOUT)
+            took = time.monotonic() - started
+    assert took < 3.0 + 0.5, took
+    assert code == 0
+    assert await asyncio.wait_for(request, 1) is False
+    # The UI's frame was recorded (it sent it), and committed within the stop.
+    assert service.writer.committed == service.writer.queue.enqueued
