@@ -3,7 +3,7 @@
 Signal handlers only set an event. :meth:`Service.shutdown` closes the link and the
 proxy (recording whatever the daemon sends before its close frame), then drains the
 writer's queue, all within ``storage.shutdown_timeout``, and says what it cost
-(``stopping.py``).
+(``stopping.py``). A start on a full disk waits for room (``space.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from recorder.pipeline.writer import KILL_WAIT, Writer, WriterError
 from recorder.service.instance import AlreadyRunning, InstanceLock, PostgresInstanceLock
 from recorder.service.metrics import render, serve_metrics
 from recorder.service.notify import Notifier
+from recorder.service.space import FULL_ERRNOS, FullDisk
 from recorder.service.stopping import (
     COUNT_WITHIN,
     Loss,
@@ -71,6 +72,7 @@ class Service:
         self.said: tuple[int, int] | None = None
         self.reload_task: asyncio.Task[None] | None = None
         self._reload_again = False
+        self._full_disk = FullDisk(config.storage.url, self.notifier)
         self._writer_task: asyncio.Task[None]
         self._link_task: asyncio.Task[None]
         self._metrics_server: Any = None
@@ -171,7 +173,9 @@ class Service:
         try:
             if url.startswith("sqlite"):
                 lock = InstanceLock(sqlite_file(url), shown)
-                lock.acquire()
+                while not await self._acquired(lock, stop):
+                    if stop.is_set():
+                        return 0
             else:
                 pg_lock = PostgresInstanceLock(url, self.config.storage.instance, shown)
                 await pg_lock.acquire()
@@ -194,9 +198,24 @@ class Service:
             if lock is not None:
                 # "Stopped cleanly" only when it did: a writer that failed (a corrupt
                 # file, a killed process) leaves the next start its quick_check.
-                lock.release(clean=code == 0, refused=code == 2)
+                try:
+                    lock.release(clean=code == 0, refused=code == 2)
+                except OSError:
+                    pass  # a full disk refused the "stopped" mark: the next start checks
             if pg_lock is not None:
                 await pg_lock.release()
+
+    async def _acquired(self, lock: InstanceLock, stop: asyncio.Event) -> bool:
+        """Take the lock; False after waiting for room when the disk had none for the
+        lock file (try again, unless ``stop`` is set)."""
+        try:
+            lock.acquire()
+        except OSError as exc:
+            if exc.errno not in FULL_ERRNOS:
+                raise
+            await self._full_disk.wait(stop, exc.strerror or str(exc))
+            return False
+        return True
 
     async def _with_writer(self, stop: asyncio.Event) -> int:
         started = await self._start_writer(stop)
@@ -222,7 +241,8 @@ class Service:
     async def _start_writer(
         self, stop: asyncio.Event
     ) -> tuple[Writer, str | None, str | None] | int:
-        """The writer processes started and the database migrated; or the exit code."""
+        """The writer processes started and the database migrated; or the exit code.
+        A SQLite database on a full disk is waited for, not given up on."""
         config = self.config
         s = config.storage
         while True:
@@ -244,8 +264,11 @@ class Service:
                 self.first_frame_id = newest or 0
                 return writer, before, after
             except WriterError as exc:
-                log.error(str(exc), database=display_database(s.url))
-                return 2 if exc.config_error else 1
+                if exc.config_error or not self._full_disk.full(str(exc)):
+                    log.error(str(exc), database=display_database(s.url))
+                    return 2 if exc.config_error else 1
+                if not await self._full_disk.wait(stop, str(exc)):
+                    return 0
 
     async def _run(self, writer: Writer, stop: asyncio.Event) -> int:
         config = self.config
