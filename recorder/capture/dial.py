@@ -6,6 +6,7 @@ context and credentials, and describe how a connection ended in the same words.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from typing import Any
 
@@ -69,3 +70,31 @@ def describe_close(ws: Any, local_reason: str | None) -> tuple[int | None, str |
     if sent is not None:
         return sent.code, sent.reason, "local"
     return 1006, None, "local" if local_reason else "remote"
+
+
+def not_reading(ws: Any) -> bool:
+    """The peer has stopped taking what is sent: more is waiting in our write buffer
+    than its high-water mark (websockets waits, unbounded, for it to go below)."""
+    transport = ws.transport
+    return bool(transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1])
+
+
+async def close_within(ws: Any, code: int, reason: str, seconds: float) -> bool:
+    """A closing handshake that ends within ``seconds``, however the peer behaves;
+    True if it was one, False if the transport had to be aborted.
+
+    websockets' ``close()`` first waits, without limit, for the write buffer to drain:
+    a peer that does not read held it for ever. Past ``seconds`` the transport is
+    aborted; with a peer that is not reading, at once (its close frame would wait
+    behind everything it has not read).
+    """
+    if not_reading(ws) or seconds <= 0:
+        ws.transport.abort()
+        return False
+    try:
+        async with asyncio.timeout(seconds):
+            await ws.close(code, reason)
+    except TimeoutError:
+        ws.transport.abort()
+        return False
+    return True

@@ -3,7 +3,9 @@
 The reconnect schedule is a pure object (:class:`~recorder.capture.backoff.Backoff`);
 everything else is the I/O edge. Every frame in either direction goes to the writer as it crosses the
 wire; the receive loop awaits the writer's queue, so a full queue stops reading
-from the socket instead of dropping frames.
+from the socket instead of dropping frames. Nothing sent to the daemon can hold
+the recorder: a send the daemon does not take within ``heartbeat.timeout`` means
+it stopped reading, and the connection is dropped and re-dialled.
 """
 
 from __future__ import annotations
@@ -12,27 +14,38 @@ import asyncio
 import itertools
 import random
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import structlog
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.protocol import State
 
 from recorder.addresses import redact_url
 from recorder.capture.backoff import Backoff
-from recorder.capture.dial import Dialer, describe_close
+from recorder.capture.dial import Dialer, close_within, describe_close
 from recorder.capture.handshake import USER_AGENT
 from recorder.config import Config
 from recorder.pipeline.writer import Writer, WriterError
 from recorder.protocol import requests
-from recorder.protocol.frames import IN, OUT
+from recorder.protocol.frames import IN, OUT, FrameTuple
 from recorder.times import now_us
 
 log = structlog.get_logger("recorder.link")
+T = TypeVar("T")
+
+# How long the link's closing handshake may take at the stop (websockets' close_timeout).
+CLOSE_TIMEOUT = 5.0
 
 
 class LinkGaveUp(Exception):
     """``reconnect.max_attempts`` consecutive attempts failed."""
+
+
+class Stalled(Exception):
+    """A send the daemon did not take in time: it stopped reading, and the connection
+    has been dropped."""
 
 
 class Link:
@@ -67,8 +80,19 @@ class Link:
         self._last_rejection: str | None = None
         self._waiting_for_writer = False
 
+    @property
+    def send_timeout(self) -> float:
+        """A send waits at most this long (the heartbeat's timeout, after which silence
+        is death anyway); longer, and the daemon has stopped reading."""
+        return self.config.heartbeat.timeout
+
     def stop(self) -> None:
         self._stop.set()
+
+    def abort(self) -> None:
+        """End the connection now, without a handshake (a stop that ran out of time)."""
+        if self._ws is not None:
+            self._ws.transport.abort()
 
     # --- dialing -----------------------------------------------------------------
 
@@ -78,7 +102,7 @@ class Link:
             "user_agent_header": USER_AGENT,
             # Heartbeats are ours (see _heartbeat), WebSocket pings included.
             "ping_interval": None,
-            "close_timeout": 5,
+            "close_timeout": CLOSE_TIMEOUT,
         }
 
     async def run(self) -> None:
@@ -107,7 +131,7 @@ class Link:
                 except WriterError as exc:
                     # Nothing can be recorded on it: hang up, and try again later, as
                     # after any failed attempt (the service stops if the writer died).
-                    await self._hang_up(ws)
+                    await close_within(ws, 1011, "recorder cannot record", CLOSE_TIMEOUT)
                     delay = self.backoff.next_delay()
                     self._failed("writer", f"cannot record the connection: {exc}")
                     log.warning(
@@ -191,14 +215,6 @@ class Link:
 
     # --- one connection -----------------------------------------------------------
 
-    async def _hang_up(self, ws: Any) -> None:
-        """Close a connection that will not be recorded, without waiting long for it."""
-        try:
-            async with asyncio.timeout(5):
-                await ws.close(1011, "recorder cannot record")
-        except Exception:
-            ws.transport.abort()
-
     async def _record(self, ws: Any, cid: int) -> None:
         self.connection_id = cid
         self.connections += 1
@@ -277,22 +293,66 @@ class Link:
             self._waiting_for_writer = False
 
     async def request(self, text: str) -> bool:
-        """Send a request to the daemon now, recorded like any frame; False while the
-        link is down (nothing is queued for later: the caller decides what then)."""
+        """Send a request to the daemon now, recorded like any frame; False when it
+        could not be sent: the link is down, the writer's queue stayed full for
+        :attr:`send_timeout`, or the daemon did not take it within that time (then the
+        connection is dropped and re-dialled). Nothing is queued for later: the caller
+        decides what then. Returns within twice :attr:`send_timeout`."""
         ws, cid = self._ws, self.connection_id
         if ws is None or cid is None or not self.connected.is_set():
             return False
+        writer = self.writer
         try:
-            await self.send(ws, cid, text)
-        except ConnectionClosed:
+            # Room first: once sent, a frame must be recorded without waiting.
+            async with asyncio.timeout(self.send_timeout):
+                await writer.room()
+        except TimeoutError:
+            log.warning("request not sent: the writer's queue stayed full", connection_id=cid)
+            return False
+        try:
+            await self.send(ws, cid, text, record=writer.push)
+        except (ConnectionClosed, Stalled):
             return False
         return True
 
-    async def send(self, ws: Any, cid: int, text: str) -> None:
-        """Send a text frame and record it once it is on its way."""
+    async def send(
+        self, ws: Any, cid: int, text: str, *, record: Callable[[FrameTuple], None] | None = None
+    ) -> None:
+        """Send a text frame and record it once it is on its way (``record``: how it
+        is handed to the writer; by default :meth:`Writer.put`, which waits for room).
+        Raises :class:`Stalled` when the daemon does not take it within
+        :attr:`send_timeout` (then it never reached the daemon whole: not recorded)."""
         received_us, mono = now_us(), time.monotonic_ns()
-        await ws.send(text)
-        await self.writer.put((cid, next(self._seq), OUT, received_us, mono, True, text.encode()))
+        await self._within(ws, ws.send(text))
+        if ws.state is State.CLOSED:
+            # The connection was lost while the frame waited in our buffer (websockets
+            # then ends the wait without an error): it never left.
+            raise ws.protocol.close_exc
+        frame = (cid, next(self._seq), OUT, received_us, mono, True, text.encode())
+        if record is not None:
+            record(frame)
+        elif not self.writer.offer(frame):
+            await self.writer.put(frame)
+
+    async def _within(self, ws: Any, sending: Awaitable[T]) -> T:
+        """``sending``, bounded: websockets waits without limit for a peer that does not
+        read. A send that cannot complete drops the connection (the receive loop
+        then records how it ended, and the link re-dials)."""
+        try:
+            async with asyncio.timeout(self.send_timeout):
+                return await sending
+        except TimeoutError:
+            if self._local_reason is None:
+                self._local_reason = (
+                    f"send timeout: the daemon read nothing for {self.send_timeout:g}s"
+                )
+                log.warning(
+                    "daemon is not reading; dropping the connection",
+                    connection_id=self.connection_id,
+                    timeout=self.send_timeout,
+                )
+            ws.transport.abort()
+            raise Stalled(self._local_reason) from None
 
     async def _resync(self, ws: Any, cid: int) -> None:
         """Ask for everything we may have missed while disconnected."""
@@ -301,16 +361,17 @@ class Link:
             await self.send(ws, cid, requests.LIST_SESSIONS)
             for session_id in await self.writer.active_session_ids():
                 await self.send(ws, cid, requests.session_status(session_id))
-        except ConnectionClosed:
+        except (ConnectionClosed, Stalled):
             pass
 
     async def _heartbeat(self, ws: Any, cid: int) -> None:
-        """Every interval: a WebSocket ping and a protocol ping; silence after both is death.
+        """Every interval: a WebSocket ping and a protocol ping, then :meth:`_alive`.
 
         websockets' own keepalive is off: on a timeout it starts a closing handshake
         that a frozen peer never answers (close_timeout more seconds). Here the
         transport is aborted at once, so a dead daemon is noticed within
-        interval + timeout.
+        interval + timeout. A ping that cannot even be sent (the daemon stopped
+        reading) drops the connection as well (:meth:`_within`).
         """
         hb = self.config.heartbeat
         # Pings go out every interval (not interval + timeout), so a freeze just after
@@ -321,32 +382,49 @@ class Link:
             sent = time.monotonic()
             next_ping = sent + hb.interval
             try:
-                pong = await ws.ping()
+                pong = await self._within(ws, ws.ping())
                 await self.send(ws, cid, requests.PING)
-            except ConnectionClosed:
+            except (ConnectionClosed, Stalled):
                 return
-            await asyncio.sleep(hb.timeout)
-            answered = pong.done() and not pong.cancelled() and pong.exception() is None
-            # While the receive loop waits for room in the writer's queue, silence is
-            # ours (we stopped reading), not the daemon's.
-            if answered or self.last_rx >= sent or self._waiting_for_writer:
+            reason = await self._alive(pong, sent)
+            if reason is None:
                 continue
-            self._local_reason = (
-                f"heartbeat timeout: nothing received within {hb.timeout:g}s of a ping"
-            )
+            self._local_reason = self._local_reason or f"heartbeat timeout: {reason}"
             log.warning(
                 "daemon is not answering; dropping the connection",
                 connection_id=cid,
                 timeout=hb.timeout,
+                reason=reason,
             )
             ws.transport.abort()
             return
 
+    async def _alive(self, pong: asyncio.Future[float], sent: float) -> str | None:
+        """None while the daemon answers the ping sent at ``sent``; else why it is dead.
+
+        Silence for a timeout is death (a frozen daemon). Frames arriving without the
+        pong get one more timeout (the pong may be queued behind them); after that the
+        daemon is sending without reading. While the receive loop waits for room in
+        the writer's queue, silence is ours (we stopped reading), not the daemon's.
+        """
+        timeout = self.config.heartbeat.timeout
+        await asyncio.wait([pong], timeout=timeout)
+        if pong.done() or self._waiting_for_writer:
+            return None  # answered, or the connection ended (the receive loop says how)
+        if self.last_rx < sent:
+            return f"nothing received within {timeout:g}s of a ping"
+        await asyncio.wait([pong], timeout=timeout)
+        if pong.done() or self._waiting_for_writer:
+            return None
+        return f"frames arrive but no pong within {2 * timeout:g}s of a ping: not reading"
+
     async def _close_on_stop(self, ws: Any) -> None:
         await self._stop.wait()
         # A clean close handshake: frames the daemon sent before its close frame are
-        # still received and recorded by the receive loop.
-        await ws.close(1001, "recorder shutting down")
+        # still received and recorded by the receive loop. Bounded: a daemon that
+        # does not read would otherwise hold the stop.
+        if not await close_within(ws, 1001, "recorder shutting down", CLOSE_TIMEOUT):
+            self._local_reason = self._local_reason or "stopped without a closing handshake"
 
 
 def _error_text(exc: BaseException) -> str:

@@ -37,7 +37,7 @@ from recorder.capture.admission import (
     relay_close,
     upstream_url,
 )
-from recorder.capture.dial import Dialer
+from recorder.capture.dial import Dialer, close_within, not_reading
 from recorder.capture.handshake import (
     USER_AGENT,
     http_get_health,
@@ -57,6 +57,12 @@ HEALTH_TIMEOUT = 3.0
 # At most this many already-received frames are relayed in one socket write.
 RELAY_BATCH = 64
 STOP_TIMEOUT = 10.0
+# A closing handshake with either side takes at most this long (websockets' own
+# wait is unbounded for a peer that does not read).
+CLOSE_TIMEOUT = 5.0
+# After aborting what would not close, this long for the conversations to write
+# down how they ended.
+ABORTED_GRACE = 1.0
 # Headers a browser or UI sends that the daemon may care about.
 FORWARDED_HEADERS = ("Authorization", "x-api-key", "Origin", "Cookie", "User-Agent")
 
@@ -82,7 +88,9 @@ class Proxy:
         self._pending: dict[ServerConnection, Any] = {}
         # Clients from their acceptance until their conversation starts (or they go).
         self._admitted: set[ServerConnection] = set()
-        self._closing: set[asyncio.Task[None]] = set()
+        self._closing: set[asyncio.Task[bool]] = set()
+        # The upstream connections of conversations under way, to abort at the stop.
+        self._upstreams: set[Any] = set()
 
     @property
     def port(self) -> int:
@@ -106,20 +114,37 @@ class Proxy:
         )
         log.info("proxy listening", listen=p.listen, port=self.port, upstream=self.safe_upstream)
 
-    async def stop(self) -> None:
+    async def stop(self, seconds: float = STOP_TIMEOUT) -> None:
+        """Close every client with 1001 (each conversation then closes its upstream);
+        what has not closed within ``seconds`` is aborted, both sides. Returns within
+        ``seconds`` + ABORTED_GRACE, whatever the peers do."""
         if self.server is None:
             return
-        # Closes every client with 1001; each conversation then closes its upstream.
+        for upstream in self._upstreams:
+            if not_reading(upstream):
+                # A daemon that reads nothing: what waits for it will never arrive
+                # in time, and the conversation would hold the stop until the abort.
+                upstream.transport.abort()
         self.server.close()
+        if await self._closed_within(seconds):
+            return
+        # A peer that never completes its close must not hold the shutdown.
+        stuck = [*self.server.connections, *self._upstreams, *self._pending.values()]
+        if stuck:
+            log.warning("proxy conversations did not close in time; aborting them")
+        for conn in stuck:
+            conn.transport.abort()
+        if not await self._closed_within(ABORTED_GRACE):
+            log.warning("proxy conversations did not end after an abort; leaving them")
+
+    async def _closed_within(self, seconds: float) -> bool:
+        assert self.server is not None
         try:
-            async with asyncio.timeout(STOP_TIMEOUT):
+            async with asyncio.timeout(max(seconds, 0.0)):
                 await self.server.wait_closed()
         except TimeoutError:
-            # A peer that never completes its close must not hold the shutdown.
-            log.warning("proxy conversations did not close in time; aborting them")
-            for conn in list(self.server.connections):
-                conn.transport.abort()
-            await self.server.wait_closed()
+            return False
+        return True
 
     # --- handshake ----------------------------------------------------------------
 
@@ -189,7 +214,7 @@ class Proxy:
             self.on_upstream_reached()
         if conn.connection_lost_waiter.done():  # the client left while we dialled
             self._forget(conn)
-            await upstream.close(1001, "client went away")
+            await close_within(upstream, 1001, "client went away", CLOSE_TIMEOUT)
             return json_response(400, {"error": "client_closed_request"})
         self._pending[conn] = upstream
         return None
@@ -199,7 +224,9 @@ class Proxy:
         self._admitted.discard(conn)
         upstream = self._pending.pop(conn, None)
         if upstream is not None:
-            task = asyncio.get_running_loop().create_task(upstream.close(1001, "client went away"))
+            task = asyncio.get_running_loop().create_task(
+                close_within(upstream, 1001, "client went away", CLOSE_TIMEOUT)
+            )
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
@@ -229,7 +256,7 @@ class Proxy:
             self._admitted.discard(conn)
             upstream = self._pending.pop(conn, None)
             if upstream is not None:
-                await upstream.close(1001, "client handshake failed")
+                await close_within(upstream, 1001, "client handshake failed", CLOSE_TIMEOUT)
 
     def _metrics(self, headers: Headers) -> Response:
         """/metrics on this port: the proxy's token or metrics.token, where one is wanted."""
@@ -289,8 +316,8 @@ class Proxy:
                 "cannot record a proxied conversation; closing it", client=peer, error=str(exc)
             )
             await asyncio.gather(
-                upstream.close(1011, "recorder cannot record"),
-                client.close(1011, "recorder cannot record"),
+                close_within(upstream, 1011, "recorder cannot record", CLOSE_TIMEOUT),
+                close_within(client, 1011, "recorder cannot record", CLOSE_TIMEOUT),
                 return_exceptions=True,
             )
             return
@@ -326,8 +353,9 @@ class Proxy:
             if not first:
                 first.append(side)
             code, reason = relay_close(src.protocol.close_rcvd, f"{side} connection lost")
-            await dst.close(code, reason)
+            await close_within(dst, code, reason, CLOSE_TIMEOUT)
 
+        self._upstreams.add(upstream)
         try:
             await asyncio.gather(
                 pump(client, upstream, OUT, "client"),
@@ -343,6 +371,7 @@ class Proxy:
             error = None
         finally:
             self.clients -= 1
+            self._upstreams.discard(upstream)
         closer = first[0] if first else "recorder"
         ws = client if closer == "client" else upstream
         close = ws.protocol.close_rcvd if closer in ("client", "upstream") else None

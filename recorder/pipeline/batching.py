@@ -66,6 +66,18 @@ class FrameQueue:
             self.waits += 1
             self._not_full.clear()
             await self._not_full.wait()
+        self.push(frame)
+
+    async def room(self) -> None:
+        """Return once a frame would be taken without waiting (or the writer is gone)."""
+        while self.full and not self.closed:
+            self._not_full.clear()
+            await self._not_full.wait()
+
+    def push(self, frame: FrameTuple) -> None:
+        """Append, full or not: for a frame already sent, which must be recorded
+        without waiting. Its sender waited for :meth:`room` before sending, so the
+        queue goes over its bound by at most the sends under way."""
         if self.closed:
             self.enqueued += 1  # lost, and counted as such (enqueued - committed)
             return

@@ -10,12 +10,15 @@ first message is its :class:`Settings`; its first answer is :class:`Ready` or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pickle
+import select
 import signal
 import socket
 import struct
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,10 +44,12 @@ class Settings:
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """The database is migrated and open: revisions before and after the migration."""
+    """The database is migrated and open: revisions before and after the migration,
+    and the database process's PID (the service kills it itself when it must)."""
 
     before: str | None
     after: str | None
+    pid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +101,47 @@ async def spawn(entry: str) -> tuple[Any, asyncio.StreamReader, asyncio.StreamWr
     theirs.close()
     reader, stream = await asyncio.open_connection(sock=ours)
     return process, reader, stream
+
+
+class Pidfds:
+    """Processes held by pidfd (Linux): killed through a handle no other process can
+    take over once theirs is gone, and known to have exited when it turns readable.
+    Grandchildren too, which asyncio cannot wait for."""
+
+    def __init__(self) -> None:
+        self._fds: list[int] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._fds)
+
+    def hold(self, pid: int) -> None:
+        try:
+            self._fds.append(os.pidfd_open(pid))
+        except (AttributeError, OSError):
+            pass  # not Linux, or already gone
+
+    def kill(self) -> None:
+        for fd in self._fds:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+
+    def wait_gone(self, within: float) -> bool:
+        """Whether every one has exited, waiting ``within`` seconds at most (blocking)."""
+        poller = select.poll()
+        for fd in self._fds:
+            poller.register(fd, select.POLLIN)
+        running = set(self._fds)
+        deadline = time.monotonic() + within
+        while running and (remaining := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(remaining * 1000):
+                running.discard(fd)
+                poller.unregister(fd)
+        return not running
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
 
 
 ChildMain = Callable[[asyncio.StreamReader, asyncio.StreamWriter, Settings], Awaitable[None]]

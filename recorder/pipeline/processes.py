@@ -11,7 +11,9 @@ beside a classifying one gained nothing). Two processes use two cores.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
+import os
 from typing import Literal
 
 import structlog
@@ -166,7 +168,7 @@ async def _database(
         stream.close()
         return
     _settle_gc()
-    await send(stream, migrated)
+    await send(stream, dataclasses.replace(migrated, pid=os.getpid()))
 
     async def answer(rid: int, operation: Operation[object]) -> None:
         try:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import structlog
 
 from recorder.pipeline.batching import Batcher, FrameQueue
-from recorder.pipeline.channel import Answer, Ready, Settings, receive, send, spawn
+from recorder.pipeline.channel import Answer, Pidfds, Ready, Settings, receive, send, spawn
 from recorder.pipeline.ops import (
     ActiveSessions,
     CloseConnection,
@@ -43,6 +43,12 @@ T = TypeVar("T")
 # (bench/ingest.py into PostgreSQL: 0.40 of the ceiling with 3 in flight, 0.46 with 6
 # and batches written together; SQLite unchanged at 0.51).
 IN_FLIGHT = 6
+
+# The writer processes' orderly stop (a Stop behind everything shipped, then their
+# exit) takes at most this long unless the caller says otherwise; then they are killed.
+CLOSE_TIMEOUT = 10.0
+# After SIGKILL, the processes are waited for this long at most.
+KILL_WAIT = 5.0
 
 
 # Upper bounds of the commit latency histogram, in seconds.
@@ -129,11 +135,20 @@ class Writer:
         self._reader_task: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
         self._died: str | None = None
+        # The classifier and the database process, to kill them and see them gone.
+        self._pids = Pidfds()
+        self._running = False
+        self._closed = False
 
     @property
     def died(self) -> str | None:
         """Why the writer processes are gone (also after a clean :meth:`close`)."""
         return self._died
+
+    @property
+    def running(self) -> bool:
+        """The writer processes started, and are not known to be gone."""
+        return self._running
 
     @property
     def queued(self) -> int:
@@ -145,37 +160,71 @@ class Writer:
     async def start(self) -> tuple[str | None, str | None]:
         """Start the writer processes; they migrate the database. Returns (before, after) revisions."""
         self._process, reader, self._stream = await spawn("classifier_entry")
+        self._pids.hold(self._process.pid)
         await send(self._stream, self._settings)
         hello = await receive(reader)
         if not isinstance(hello, Ready):
             self._stream.close()
             await self._reap()
+            self._pids.close()
             detail = getattr(hello, "reason", "it exited")
             raise WriterError(
                 f"database writer did not start: {detail}",
                 config_error=getattr(hello, "config_error", False),
             )
+        if hello.pid is not None:
+            self._pids.hold(hello.pid)
+        self._running = True
         self._reader_task = asyncio.create_task(self._read_answers(reader), name="writer-answers")
         return hello.before, hello.after
 
-    async def close(self) -> None:
-        """Stop the writer processes (after :meth:`run` has drained the queue)."""
-        if self._stream is not None and self._died is None:
-            try:
-                await self._call(Stop())
-            except WriterError:
-                pass
-        if self._stream is not None:
-            self._stream.close()
-        if self._reader_task is not None:
-            await self._reader_task
-        await self._reap()
+    async def close(self, within: float = CLOSE_TIMEOUT) -> bool:
+        """Stop the writer processes: a Stop behind everything shipped (after
+        :meth:`run` has drained the queue), and their exit; True then. Killed if that
+        takes longer than ``within`` (False). Nothing waits on the writer after this
+        returns; a second call does nothing."""
+        if self._closed:
+            return True
+        self._closed = True
+        try:
+            async with asyncio.timeout(within):
+                if self._stream is not None and self._died is None:
+                    try:
+                        await self._call(Stop())
+                    except WriterError:
+                        pass
+                if self._stream is not None:
+                    self._stream.close()
+                if self._reader_task is not None:
+                    await self._reader_task
+                if self._process is not None:
+                    await self._process.wait()
+            stopped = True
+        except TimeoutError:
+            self.kill_and_wait()
+            stopped = False
+        self._running = False
+        self._pids.close()
+        return stopped
 
     def kill(self) -> None:
-        """Now, whatever it is doing (a forced exit): the classifier goes, and the
-        database process follows when its socket closes."""
+        """SIGKILL both writer processes, now, whatever they are doing."""
+        self._pids.kill()
         if self._process is not None and self._process.returncode is None:
-            self._process.kill()
+            self._process.kill()  # without pidfds (not Linux): the classifier at least
+
+    def kill_and_wait(self, within: float = KILL_WAIT) -> bool:
+        """:meth:`kill`, and wait until both processes are gone: True then (nothing
+        more can be committed), False if that cannot be known within ``within``.
+        Blocking, and briefly (a killed process is gone in milliseconds): a second
+        stop signal calls it from a signal handler, where nothing else may run."""
+        if not self._running:
+            return True
+        self.kill()
+        if self._stream is not None:
+            self._stream.close()
+        self._running = not (self._pids and self._pids.wait_gone(within))
+        return not self._running
 
     async def _reap(self) -> None:
         process = self._process
@@ -222,7 +271,11 @@ class Writer:
         future.add_done_callback(_seen)
         self._waiting[rid] = future
         async with self._send_lock:
-            await send(self._stream, (rid, operation))
+            try:
+                await send(self._stream, (rid, operation))
+            except ConnectionError as exc:  # killed, or dying: the reader says so soon
+                self._waiting.pop(rid, None)
+                raise WriterError(self._died or f"the writer process is gone: {exc}") from None
         # Shielded: a cancelled caller must not lose the answer's bookkeeping.
         result = await asyncio.shield(future)
         self.commits += 1
@@ -235,6 +288,14 @@ class Writer:
     async def put(self, frame: FrameTuple) -> None:
         """Hand a frame over, waiting while the queue is full."""
         await self.queue.put(frame)
+
+    async def room(self) -> None:
+        """Return once :meth:`offer` would take a frame (or the writer is gone)."""
+        await self.queue.room()
+
+    def push(self, frame: FrameTuple) -> None:
+        """Hand over a frame already sent, without waiting (see FrameQueue.push)."""
+        self.queue.push(frame)
 
     async def flush(self) -> None:
         """Return once every frame put before this call is committed."""

@@ -69,9 +69,17 @@ class InstanceLock:
         # Who held it last left "stopped" in it only if it stopped cleanly.
         self.unclean = bool(previous) and b'"stopped": true' not in previous
         self.used_before = bool(previous)
-        os.ftruncate(fd, 0)
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": format_us(now_us())}
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        info = json.dumps(
+            {"pid": os.getpid(), "host": socket.gethostname(), "since": format_us(now_us())}
+        ).encode()
+        try:
+            # Written over the old text, then cut to length: on a full disk a write
+            # fails before anything is lost (the service waits for room, and retries).
+            os.pwrite(fd, info, 0)
+            os.ftruncate(fd, len(info))
+        except OSError:
+            os.close(fd)
+            raise
         self._fd = fd
 
     def release(self, clean: bool = True, refused: bool = False) -> None:

@@ -1,34 +1,46 @@
 """The long-running service: migrate, then run the writer and the link until told to stop.
 
-Signal handlers only set an event. Shutdown closes the link (recording whatever
-the daemon sends before its close frame), then drains the writer's queue within
-``storage.shutdown_timeout`` and says what it did.
+Signal handlers only set an event. :meth:`Service.shutdown` closes the link and the
+proxy (recording whatever the daemon sends before its close frame), then drains the
+writer's queue, all within ``storage.shutdown_timeout``, and says what it cost
+(``stopping.py``). A start on a full disk waits for room (``space.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import os
 import signal
 import time
+from typing import Any
 
 import structlog
 
 from recorder import logs
 from recorder.addresses import display_database, split_listen
-from recorder.capture.link import Link, LinkGaveUp
+from recorder.capture.link import Link
 from recorder.capture.proxy import Proxy
 from recorder.cleanup.jobs import Cleanup
 from recorder.cleanup.settings import check_schedules
 from recorder.config import Config, ConfigError, load_config
 from recorder.db.reader import frames_since, sqlite_file
-from recorder.pipeline.writer import Writer, WriterError
+from recorder.pipeline.writer import KILL_WAIT, Writer, WriterError
 from recorder.protocol.policy import PolicyError
 from recorder.service.instance import AlreadyRunning, InstanceLock, PostgresInstanceLock
 from recorder.service.metrics import render, serve_metrics
 from recorder.service.notify import Notifier
+from recorder.service.space import FULL_ERRNOS, FullDisk
+from recorder.service.stopping import (
+    COUNT_WITHIN,
+    Loss,
+    close_producers,
+    count,
+    finished,
+    say,
+)
 from recorder.service.watch import beat, describe, watch
 from recorder.times import now_us
 
@@ -55,32 +67,42 @@ class Service:
         self.used_before = False
         # Set once the stop has begun: no reload starts after it.
         self.stopping = False
-        # The exit code once the writer has drained (None before): a second signal
-        # after it has nothing left to lose.
-        self.drained: int | None = None
+        # (exit code, frames lost) once the stop has said what it cost: a second
+        # signal after it has nothing new to say.
+        self.said: tuple[int, int] | None = None
         self.reload_task: asyncio.Task[None] | None = None
         self._reload_again = False
+        self._full_disk = FullDisk(config.storage.url, self.notifier)
+        self._writer_task: asyncio.Task[None]
+        self._link_task: asyncio.Task[None]
+        self._metrics_server: Any = None
 
     def force_exit(self) -> None:
-        """A second stop signal: leave now, and say what is lost. With nothing lost
-        (the queue drained, or nothing was ever queued) the stop stays a clean one:
-        exit 0, as the first signal would have."""
+        """A second stop signal: leave now, and say what is true at this moment. Once
+        the stop has said what it cost, that stands; before, the writer processes are
+        killed (nothing more is committed) and the database counted, here, with
+        nothing else running. With nothing lost the stop stays a clean one: exit 0,
+        as the first signal would have."""
+        if self.said is not None:
+            code, lost = self.said
+            log.warning(
+                "stopping at once on a second signal; what the stop cost is said above",
+                lost=lost,
+            )
+            os._exit(code)
         writer = getattr(self, "writer", None)
-        lost = writer.queue.enqueued - writer.committed if writer is not None else 0
-        if self.drained is not None:
-            # The queue is drained and what it cost is said: only the last steps
-            # (the heartbeat, the writer's stop) are cut short.
-            code = self.drained
-            log.warning("stopping at once on a second signal; the queue was already drained")
-        elif lost == 0 and (writer is None or writer.died is None):
-            code = 0
+        loss = Loss(0, 0)
+        failed = False
+        if writer is not None and writer.running:
+            failed = writer.died is not None
+            if not writer.kill_and_wait():
+                log.error("writer processes did not exit after SIGKILL; counting anyway")
+            loss = count(writer, self.config.storage.url, self.first_frame_id, COUNT_WITHIN)
+        if loss.lost == 0 and not failed:
             log.warning("stopping at once on a second signal; nothing was lost", lost=0)
-        else:
-            code = 1
-            log.error("stopping at once on a second signal; frames were not committed", lost=lost)
-        if writer is not None:
-            writer.kill()
-        os._exit(code)
+            os._exit(0)
+        log.error("stopping at once on a second signal; frames were not committed", **loss.fields())
+        os._exit(1)
 
     def request_reload(self) -> None:
         """SIGHUP: one reload at a time. One asked for while another runs follows it
@@ -156,7 +178,9 @@ class Service:
         try:
             if url.startswith("sqlite"):
                 lock = InstanceLock(sqlite_file(url), shown)
-                lock.acquire()
+                while not await self._acquired(lock, stop):
+                    if stop.is_set():
+                        return 0
             else:
                 pg_lock = PostgresInstanceLock(url, self.config.storage.instance, shown)
                 await pg_lock.acquire()
@@ -179,32 +203,31 @@ class Service:
             if lock is not None:
                 # "Stopped cleanly" only when it did: a writer that failed (a corrupt
                 # file, a killed process) leaves the next start its quick_check.
-                lock.release(clean=code == 0, refused=code == 2)
+                try:
+                    lock.release(clean=code == 0, refused=code == 2)
+                except OSError:
+                    pass  # a full disk refused the "stopped" mark: the next start checks
             if pg_lock is not None:
                 await pg_lock.release()
 
-    async def _with_writer(self, stop: asyncio.Event) -> int:
-        config = self.config
-        s = config.storage
-        self.writer = writer = Writer(
-            s.url,
-            batch_size=s.batch_size,
-            commit_interval=s.commit_interval,
-            queue_max_frames=s.queue_max_frames,
-            queue_max_bytes=s.queue_max_bytes,
-            log_level=config.log.level,
-            log_format=config.log.format,
-            instance=s.instance,
-            unclean=self.unclean,
-            used_before=self.used_before,
-        )
+    async def _acquired(self, lock: InstanceLock, stop: asyncio.Event) -> bool:
+        """Take the lock; False after waiting for room when the disk had none for the
+        lock file (try again, unless ``stop`` is set)."""
         try:
-            before, after = await writer.start()
-            newest = await asyncio.to_thread(frames_since, s.url, None)
-            self.first_frame_id = newest or 0
-        except WriterError as exc:
-            log.error(str(exc), database=display_database(s.url))
-            return 2 if exc.config_error else 1
+            lock.acquire()
+        except OSError as exc:
+            if exc.errno not in FULL_ERRNOS:
+                raise
+            await self._full_disk.wait(stop, exc.strerror or str(exc))
+            return False
+        return True
+
+    async def _with_writer(self, stop: asyncio.Event) -> int:
+        started = await self._start_writer(stop)
+        if isinstance(started, int):
+            return started
+        writer, before, after = started
+        s = self.config.storage
         try:
             if before != after:
                 log.info(
@@ -220,11 +243,42 @@ class Service:
         finally:
             await writer.close()
 
-    async def _run(self, writer: Writer, stop: asyncio.Event) -> int:
+    async def _start_writer(
+        self, stop: asyncio.Event
+    ) -> tuple[Writer, str | None, str | None] | int:
+        """The writer processes started and the database migrated; or the exit code.
+        A SQLite database on a full disk is waited for, not given up on."""
         config = self.config
         s = config.storage
+        while True:
+            self.writer = writer = Writer(
+                s.url,
+                batch_size=s.batch_size,
+                commit_interval=s.commit_interval,
+                queue_max_frames=s.queue_max_frames,
+                queue_max_bytes=s.queue_max_bytes,
+                log_level=config.log.level,
+                log_format=config.log.format,
+                instance=s.instance,
+                unclean=self.unclean,
+                used_before=self.used_before,
+            )
+            try:
+                before, after = await writer.start()
+                newest = await asyncio.to_thread(frames_since, s.url, None)
+                self.first_frame_id = newest or 0
+                return writer, before, after
+            except WriterError as exc:
+                if exc.config_error or not self._full_disk.full(str(exc)):
+                    log.error(str(exc), database=display_database(s.url))
+                    return 2 if exc.config_error else 1
+                if not await self._full_disk.wait(stop, str(exc)):
+                    return 0
+
+    async def _run(self, writer: Writer, stop: asyncio.Event) -> int:
+        config = self.config
         self.link = link = Link(config, writer)
-        writer_task = asyncio.create_task(writer.run(), name="writer")
+        self._writer_task = writer_task = asyncio.create_task(writer.run(), name="writer")
         self.proxy = None
         if config.proxy.enabled:
             self.proxy = Proxy(config, writer)
@@ -241,17 +295,17 @@ class Service:
                 writer.stop()
                 await asyncio.gather(writer_task, return_exceptions=True)
                 return 1
-        metrics_server = None
+        self._metrics_server = None
         if self.proxy is None and config.metrics.listen:
             host, port = split_listen(config.metrics.listen)
             try:
-                metrics_server = await serve_metrics(self, host, port)
+                self._metrics_server = await serve_metrics(self, host, port)
             except OSError as exc:
                 log.error("metrics cannot listen", listen=config.metrics.listen, error=exc.strerror)
                 writer.stop()
                 await asyncio.gather(writer_task, return_exceptions=True)
                 return 1
-        link_task = asyncio.create_task(link.run(), name="link")
+        self._link_task = link_task = asyncio.create_task(link.run(), name="link")
         cleanup = Cleanup(config, writer, link)
         if cleanup.wanted:
             cleanup.start()
@@ -259,7 +313,7 @@ class Service:
         log.info(
             "recorder started",
             daemon=link.safe_url,
-            database=display_database(s.url),
+            database=display_database(config.storage.url),
             proxy=config.proxy.listen if self.proxy else None,
             config=config.source,
         )
@@ -280,74 +334,59 @@ class Service:
         await asyncio.wait((stopper, link_task, writer_task), return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
         watcher.cancel()
+        return await self.shutdown()
+
+    async def shutdown(self) -> int:
+        """The stop, within ``storage.shutdown_timeout`` whatever the daemon, the UIs
+        or the disk do: the producers close, the queue drains, and the exit says what
+        was lost. Past the timeout the writer processes are killed, so that nothing is
+        committed behind the message, and the database is counted."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.storage.shutdown_timeout
+
+        def left() -> float:
+            return max(0.0, deadline - loop.time())
+
+        writer, writer_task = self.writer, self._writer_task
+        t0 = time.monotonic()
         self.stopping = True
         self.notifier.send(STOPPING=1, STATUS="stopping: committing what is queued")
         if self.reload_task is not None:
             # A reload under way finishes first (it may be replacing the cleanup).
-            await asyncio.gather(self.reload_task, return_exceptions=True)
-        if metrics_server is not None:
-            metrics_server.close()
-        exit_code = 0
-        t0 = time.monotonic()
+            await finished(self.reload_task, left())
+        if self._metrics_server is not None:
+            self._metrics_server.close()
         if self.cleanup is not None:
-            await self.cleanup.stop()
-        link.stop()
-        if self.proxy is not None:
-            # Closes every UI with 1001, and each of their upstream connections.
-            await self.proxy.stop()
-        try:
-            async with asyncio.timeout(10):
-                await link_task
-        except LinkGaveUp as exc:
-            log.error(str(exc))
-            exit_code = 1
-        except TimeoutError:
-            log.error("link did not close within 10 s; abandoning it")
-        except Exception:
-            log.exception("link failed")
-            exit_code = 1
-        pending = writer.queued
+            await finished(asyncio.ensure_future(self.cleanup.stop()), left())
+        exit_code = await close_producers(self.link, self._link_task, self.proxy, left)
         if writer_task.done():
             # The writer processes died: stop reading what can no longer be recorded.
             self.notifier.send(STATUS="stopping: the writer processes died")
         writer.stop()
-        try:
-            async with asyncio.timeout(s.shutdown_timeout):
-                await writer_task
-        except TimeoutError:
-            lost = writer.queue.enqueued - writer.committed
-            (log.error if lost else log.warning)(
-                "writer did not drain in time; frames were lost"
-                if lost
-                else "writer did not stop in time; every frame was committed",
-                lost=lost,
-                timeout=s.shutdown_timeout,
+        drained = await finished(writer_task, left(), cancel=False)
+        failed = writer_task.exception() if drained else TimeoutError()
+        if failed is None and writer.committed < writer.queue.enqueued:
+            failed = TimeoutError()  # handed over after the drain (a producer too late)
+        if failed is None:
+            with contextlib.suppress(Exception):  # `recorder status` knows from the lock too
+                await asyncio.wait_for(beat(self, stopped=True), left())
+            loss = Loss(writer.queue.enqueued, writer.committed)
+            if not await writer.close(left()):
+                log.warning(
+                    "writer did not stop in time; every frame was committed",
+                    timeout=self.config.storage.shutdown_timeout,
+                    **loss.fields(),
+                )
+        else:
+            if not writer.kill_and_wait():
+                log.error("writer processes did not exit after SIGKILL; counting anyway")
+            await finished(writer_task, KILL_WAIT)  # it ends once it sees them gone
+            loss = await asyncio.to_thread(
+                count, writer, self.config.storage.url, self.first_frame_id, COUNT_WITHIN
             )
-            exit_code = 1 if lost else exit_code
-        except WriterError as exc:
-            # Batches in flight may have been committed without their answer coming
-            # back: the database itself says how many frames of this run it holds.
-            stored = await asyncio.to_thread(frames_since, s.url, self.first_frame_id)
-            committed = writer.committed if stored is None else stored
-            log.error(
-                "database writer failed; frames were lost",
-                error=str(exc),
-                lost=writer.queue.enqueued - committed,
-                received=writer.queue.enqueued,
-                stored=committed,
-            )
-            exit_code = 1
-        self.drained = exit_code
-        try:
-            await beat(self, stopped=True)
-        except Exception:
-            pass  # the writer has gone; `recorder status` knows from the lock anyway
-        log.info(
-            "recorder stopped",
-            drained=pending,
-            committed=writer.committed,
-            seconds=round(time.monotonic() - t0, 3),
-        )
+            exit_code = say(failed, loss, self.config.storage.shutdown_timeout) or exit_code
+        self.said = (exit_code, loss.lost)
+        log.info("recorder stopped", **loss.fields(), seconds=round(time.monotonic() - t0, 3))
         return exit_code
 
 
