@@ -46,7 +46,7 @@ TERMINAL = (
 def upgrade() -> None:
     with op.batch_alter_table("sessions", schema=None) as batch_op:
         batch_op.add_column(sa.Column("finished_us", sa.BigInteger(), nullable=True))
-        batch_op.add_column(sa.Column("cleanup_state", sa.String(16), nullable=True))
+        batch_op.add_column(sa.Column("cleanup_state", sa.Text(), nullable=True))
     listed = ", ".join(f"'{s}'" for s in TERMINAL)
     op.execute(f"UPDATE sessions SET finished_us = last_seen_us WHERE status IN ({listed})")
     with op.batch_alter_table("cleanup_runs", schema=None) as batch_op:

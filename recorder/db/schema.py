@@ -163,7 +163,7 @@ sessions = Table(
     Column("finished_us", BigInteger, nullable=True),
     # "purging" or "compacting" while a cleanup run is part-way through the session:
     # a run killed there leaves it, and `recorder show` says the session is partial.
-    Column("cleanup_state", String(16), nullable=True),
+    Column("cleanup_state", Text, nullable=True),
     Index(None, "last_seen_us"),
     Index(None, "first_seen_us"),
     Index(None, "status"),
