@@ -237,7 +237,7 @@ async def test_a_purge_cut_short_leaves_a_trace_and_the_next_run_finishes_it(
         ("running", 3 * PURGE_CHUNK, 1)
     ]
     assert rows(db, "select cleanup_state, frame_count from sessions") == [
-        ("purging", total - 3 * PURGE_CHUNK)
+        ("purging 1", total - 3 * PURGE_CHUNK)
     ]
     (seen,) = cli_json("cleanup", "history", "--database", str(db))
     assert (seen["state"], seen["frames"]) == ("interrupted", 3 * PURGE_CHUNK)
@@ -290,7 +290,7 @@ async def test_compaction_goes_in_bounded_steps(tmp_path: Path) -> None:
     try:
         tracemalloc.start()
         actor = Cleanup(config, Direct(handle, store), None).actor
-        run = Run(config.cleanup.policies[0], "cli", False, now_us())
+        run = Run(config.cleanup.policies[0], "cli", False, now_us(), through_id=2**62)
         done = await Compact().act(actor, run, "long")
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
@@ -454,7 +454,7 @@ async def test_a_reload_that_drops_every_policy_says_what_it_removes(
         Path(config.source).write_text("")
         capsys.readouterr()
         await svc.reload()
-        assert svc.cleanup is None
+        assert svc.cleanup is not None and svc.cleanup.policies == {}
         lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     (reloaded,) = [e for e in lines if e["event"].startswith("configuration reloaded")]
     assert reloaded["event"] == "configuration reloaded; cleanup policies removed"

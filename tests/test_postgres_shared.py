@@ -260,7 +260,7 @@ def test_each_named_recorder_acts_only_on_the_sessions_it_recorded(pg_url: str) 
             "stale", "every 1h", "stop_session", Conditions(status=("running", "unknown"))
         )
         decider = partial(decide, stop, now_us=now + 10**7)
-        decided = await db.run(match_policy, stop.name, now + 10**7, decider, False, "a")
+        decided = await db.run(match_policy, stop.name, stop.when, now + 10**7, decider, False, "a")
         await db.shutdown()
         conn = await asyncpg.connect(pg_url)
         try:

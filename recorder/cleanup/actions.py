@@ -59,7 +59,7 @@ class Action:
         for decision in await actor.match(run, self):
             sid = decision.session_id
             if decision.verdict != "act" or run.dry_run:
-                run.actions.append({"session": sid, "result": self.said(decision.verdict)})
+                run.leave(sid, self.said(decision.verdict))
             else:
                 run.actions.append(await actor.on_session(run, sid, self))
         if self.destructive and run.acted:
@@ -114,19 +114,20 @@ class Purge(Action):
     destructive = True
 
     async def act(self, actor: Actor, run: Run, session_id: str) -> dict[str, Any]:
+        from recorder.db.cleanup import Work
         from recorder.pipeline.cleanup_ops import PurgeFinish, PurgeSome
 
+        work = Work(session_id, run.id, run.through_id)
         touched: set[int] = set()
         total = size = 0
         while True:
-            step = PurgeSome(session_id, PURGE_CHUNK, run.id)
-            deleted, freed, connections = await actor.perform(step)
+            deleted, freed, connections = await actor.perform(PurgeSome(work, PURGE_CHUNK))
             if not deleted:
                 break
             total += deleted
             size += freed
             touched.update(connections)
-        await actor.perform(PurgeFinish(session_id, tuple(sorted(touched)), run.id))
+        await actor.perform(PurgeFinish(work, tuple(sorted(touched))))
         return {"result": f"purged {total} frames", "done": True, "bytes": size}
 
 
@@ -138,15 +139,15 @@ class Compact(Action):
     destructive = True
 
     async def act(self, actor: Actor, run: Run, session_id: str) -> dict[str, Any]:
+        from recorder.db.cleanup import Work
         from recorder.pipeline.cleanup_ops import CompactSome
 
-        step = await actor.perform(CompactSome(session_id, 0, PURGE_CHUNK, {}, run.id))
+        work = Work(session_id, run.id, run.through_id)
+        step = await actor.perform(CompactSome(work, 0, PURGE_CHUNK, {}))
         replaced, written = step.replaced, step.written
         while not step.done:
             opened = dict(step.open_frames)
-            step = await actor.perform(
-                CompactSome(session_id, step.after_id, PURGE_CHUNK, opened, run.id)
-            )
+            step = await actor.perform(CompactSome(work, step.after_id, PURGE_CHUNK, opened))
             replaced += step.replaced
             written += step.written
         return {"result": f"compacted {replaced} chunks into {written} frames", "done": True}
@@ -173,9 +174,9 @@ class Retention(Purge):
 
 
 class SizeLimit(Purge):
-    """``storage.max_db_size``: the oldest finished sessions go until the database fits.
-    PostgreSQL's size does not shrink as rows go (VACUUM reuses the space later), so
-    what must go is worked out once and counted as it goes."""
+    """``storage.max_db_size``: this recorder's oldest finished sessions go until the
+    database fits (on PostgreSQL, the size of its frames: see
+    :func:`recorder.db.space.database_bytes`)."""
 
     name = "max_db_size"
 
@@ -186,28 +187,20 @@ class SizeLimit(Purge):
         return limit is not None and await actor.perform(DatabaseBytes()) > limit
 
     async def steps(self, actor: Actor, run: Run) -> None:
-        from recorder.pipeline.cleanup_ops import DatabaseBytes, OldestFinished
+        from recorder.pipeline.cleanup_ops import OldestFinished
 
-        limit = actor.max_db_bytes
-        assert limit is not None
-        excess = await actor.perform(DatabaseBytes()) - limit
-        freed = 0
         tried: set[str] = set()  # a purge that failed is not tried again in this run
-        while True:
+        while await self.over(actor):
             found = await actor.perform(OldestFinished(len(tried) + 20))
-            oldest = [s for s in found if s.id not in tried]
-            if not oldest:
+            oldest = next((s for s in found if s.id not in tried), None)
+            if oldest is None:
                 run.error = "over storage.max_db_size, with nothing finished left to purge"
                 return
-            for session in oldest:
-                tried.add(session.id)
-                entry = await actor.on_session(run, session.id, self)
-                run.actions.append(entry)
-                run.matched += 1
-                freed += entry.get("bytes", 0)
-                if freed >= excess or await actor.perform(DatabaseBytes()) <= limit:
-                    await actor.give_back_space()
-                    return
+            tried.add(oldest.id)
+            run.actions.append(await actor.on_session(run, oldest.id, self))
+            run.matched += 1
+        if run.acted:
+            await actor.give_back_space()
 
 
 ACTIONS: dict[str, Action] = {a.name: a for a in (StopSession(), Purge(), Compact())}

@@ -47,6 +47,9 @@ log = structlog.get_logger("recorder.cleanup")
 RETENTION = "storage.retention"
 MAX_SIZE = "storage.max_db_size"
 MISFIRE_GRACE = 3600
+# Coalesced, one at a time, tolerant of a machine that slept: a slow run never stacks.
+OPTIONS = {"coalesce": True, "max_instances": 1, "misfire_grace_time": MISFIRE_GRACE}
+REQUESTS, INTERRUPTED = "requests", "interrupted"
 
 
 # storage.max_db_size, checked every 10 minutes: a run when the database is over it.
@@ -71,7 +74,6 @@ class Cleanup:
         link: Link | None,
         *,
         no_link: str = "the daemon link is down",
-        previous: Cleanup | None = None,
     ) -> None:
         self.config = config
         self.writer = writer
@@ -81,17 +83,15 @@ class Cleanup:
         # One run at a time per policy; different policies run side by side.
         self._locks: dict[str, asyncio.Lock] = {}
         self._requested: set[asyncio.Task[None]] = set()
-        # Shared with the cleanup this one replaces (a reload): its runs may still be
-        # finishing. The audit rows of runs in progress here, and the sessions a purge
-        # or compaction is working on (another policy leaves them alone meanwhile).
-        self.alive: set[int] = previous.alive if previous is not None else set()
+        # The audit rows of the runs in progress here (any other of this recorder's
+        # marked running was cut short).
+        self.alive: set[int] = set()
         self.actor: Actor = Actor(
             writer,
             link,
             grace=config.cleanup.grace,
             max_db_bytes=config.storage.max_db_bytes,
             no_link=no_link,
-            busy=None if previous is None else previous.actor.busy,
         )
 
     @property
@@ -103,6 +103,11 @@ class Cleanup:
         """Whether its schedule is running (started, not stopped)."""
         return self._scheduler is not None
 
+    @property
+    def job_ids(self) -> list[str]:
+        """What its schedule holds: a job per enabled policy, and the request poll."""
+        return sorted(job.id for job in self._scheduler.get_jobs()) if self._scheduler else []
+
     def start(self) -> None:
         """Schedule every enabled policy (the caller checked :attr:`wanted`)."""
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -112,20 +117,35 @@ class Cleanup:
         # by design (coalesce, one at a time): no warning line for it.
         logging.getLogger("apscheduler").setLevel(logging.ERROR)
         scheduler = AsyncIOScheduler(timezone=UTC)
-        options = {"coalesce": True, "max_instances": 1, "misfire_grace_time": MISFIRE_GRACE}
-        for policy in self.policies.values():
-            if policy.enabled:
-                scheduler.add_job(
-                    self._scheduled, trigger(policy), args=(policy,), id=policy.name, **options
-                )
-        if self.config.storage.max_db_bytes is not None:
-            scheduler.add_job(self.keep_under_size, trigger(SIZE_POLICY), id=MAX_SIZE, **options)
+        self._schedule(scheduler)
         poll = IntervalTrigger(seconds=self.config.cleanup.poll)
-        scheduler.add_job(self.take_requests, poll, id="requests", **options)
+        scheduler.add_job(self.take_requests, poll, id=REQUESTS, **OPTIONS)
         # Once, now: runs a kill cut short are history, not "running".
-        scheduler.add_job(self._end_interrupted, id="interrupted")
+        scheduler.add_job(self._end_interrupted, id=INTERRUPTED)
         scheduler.start()
         self._scheduler = scheduler
+
+    def _schedule(self, scheduler: Any) -> None:
+        for policy in self.policies.values():
+            if policy.enabled:
+                job = trigger(policy)
+                scheduler.add_job(self._scheduled, job, args=(policy,), id=policy.name, **OPTIONS)
+        if self.config.storage.max_db_bytes is not None:
+            scheduler.add_job(self.keep_under_size, trigger(SIZE_POLICY), id=MAX_SIZE, **OPTIONS)
+
+    def apply(self, config: Config) -> None:
+        """A reload: the new policies replace the old on the running schedule. Runs in
+        progress finish as they began (a run `recorder cleanup run` waits for, too)."""
+        self.config = config
+        self.policies = {p.name: p for p in policies_of(config)}
+        self.actor.grace = config.cleanup.grace
+        self.actor.max_db_bytes = config.storage.max_db_bytes
+        if self._scheduler is None:
+            return
+        for job in self._scheduler.get_jobs():
+            if job.id not in (REQUESTS, INTERRUPTED):
+                job.remove()
+        self._schedule(self._scheduler)
 
     async def _end_interrupted(self) -> None:
         try:
@@ -188,16 +208,17 @@ class Cleanup:
         the run and is its record; a cancellation (the stop) leaves the row running,
         which the next run or start of this recorder marks interrupted."""
         start = StartRun(run.start_row(action.verb), tuple(self.alive))
-        run.id = await self.writer.perform(start)
-        self.alive.add(run.id)
+        run_id, run.through_id = await self.writer.perform(start)
+        run.id = run_id
+        self.alive.add(run_id)
         try:
             try:
                 await action.steps(self.actor, run)
             except Exception as exc:  # recorded, logged, and the service goes on
                 run.error = error_line(exc)
-            await self.writer.perform(FinishRun(run.id, run.outcome()))
+            await self.writer.perform(FinishRun(run_id, run.outcome()))
         finally:
-            self.alive.discard(run.id)
+            self.alive.discard(run_id)
 
     async def keep_under_size(self) -> None:
         """``storage.max_db_size``: a run only when the database is over it."""

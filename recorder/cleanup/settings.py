@@ -77,6 +77,10 @@ def parse_policy(index: int, item: Any) -> Policy:
     if not name.strip() or not name.isprintable():
         # It names the policy in logs, audit rows and --policy: it must read as itself.
         raise PolicyError(f"cleanup.policies[{index}].name: must be printable, not blank: {name!r}")
+    if name.startswith("storage."):
+        # The built-in policies' names (storage.retention, storage.max_db_size): a
+        # policy of the same name would be taken for them, or replace them.
+        raise PolicyError(f"cleanup.policies[{index}].name: {name!r} is reserved")
     where = f"cleanup.policies[{name}]"
     for key in item:
         if key not in _POLICY_KEYS:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -194,17 +196,49 @@ async def _directly(target: Target, chosen: list[Any]) -> list[int]:
     # The runs' results are printed; only problems go to the log (stderr).
     logs.configure("warning", "console", sys.stderr)
 
-    db = await WriterDatabase.open(target.url)
+    async with _holding(target):
+        db = await WriterDatabase.open(target.url)
+        try:
+            runner = Cleanup(
+                target.config,
+                Direct(db, Store(db.dialect, target.config.storage.instance)),
+                None,
+                no_link="the service is not running",
+            )
+            return [await runner.run(p, dry_run=False, trigger="cli") for p in chosen]
+        finally:
+            await db.shutdown()
+
+
+@asynccontextmanager
+async def _holding(target: Target) -> AsyncIterator[None]:
+    """The recorder's instance lock, held while cleanup runs directly: one writer at a
+    time. A service starting meanwhile waits its turn (it refuses, and systemd retries),
+    and a second `cleanup run` refuses instead of working on the same sessions."""
+    from recorder.db.reader import sqlite_file
+    from recorder.service.instance import AlreadyRunning, InstanceLock, PostgresInstanceLock
+
+    sqlite = target.url.startswith("sqlite")
+    lock = InstanceLock(sqlite_file(target.url), target.shown) if sqlite else None
+    pg = (
+        None
+        if sqlite
+        else PostgresInstanceLock(target.url, target.config.storage.instance, target.shown)
+    )
     try:
-        runner = Cleanup(
-            target.config,
-            Direct(db, Store(db.dialect, target.config.storage.instance)),
-            None,
-            no_link="the service is not running",
-        )
-        return [await runner.run(p, dry_run=False, trigger="cli") for p in chosen]
+        if lock is not None:
+            lock.acquire()
+        elif pg is not None:
+            await pg.acquire()
+    except AlreadyRunning as exc:
+        raise click.ClickException(f"{exc}; changed nothing") from None
+    try:
+        yield
     finally:
-        await db.shutdown()
+        if lock is not None:
+            lock.give_back()
+        elif pg is not None:
+            await pg.release()
 
 
 def _write(target: Target, fn: Any) -> Any:
@@ -279,7 +313,8 @@ def _results(actions: str) -> str:
     counts: dict[str, int] = {}
     for action in json.loads(actions):
         result = str(action.get("result", "")).split(" ")[0]
-        counts[result] = counts.get(result, 0) + 1
+        # A record names the first sessions of each kind and counts the others.
+        counts[result] = counts.get(result, 0) + 1 + int(action.get("more", 0))
     return ", ".join(f"{n} {r}" for r, n in counts.items())
 
 
@@ -300,10 +335,17 @@ def history(
     target = load(config_path, database)
     with reading(target) as reader:
         rows = cleanup_records.runs(reader, policy=name, limit=limit)
-    if any(_state(r) == "running" for r in rows) and not _may_run(target):
+    instance = target.config.storage.instance
+
+    def ours_running(row: Any) -> bool:
+        # Another recorder sharing the database answers for its own runs.
+        mine = "instance" not in row.keys() or row["instance"] == instance
+        return mine and _state(row) == "running"
+
+    if any(ours_running(r) for r in rows) and not _may_run(target):
         # No recorder runs here: a run still marked running was cut short (a kill);
         # the next start marks it so in the database too.
-        rows = [cleanup_records.cut_short(r) if _state(r) == "running" else r for r in rows]
+        rows = [cleanup_records.cut_short(r) if ours_running(r) else r for r in rows]
     _emit_runs(rows, fmt)
 
 

@@ -13,12 +13,12 @@ the database's size and giving space back, in :mod:`recorder.db.space`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
-from recorder.db.reader import ACTIVE_SQL
 from recorder.db.schema import (
     cleanup_matches,
     cleanup_runs,
@@ -30,7 +30,7 @@ from recorder.db.schema import (
     tasks,
 )
 from recorder.protocol.index import DAY_US, TERMINAL_STATUSES
-from recorder.protocol.policy import Decision, MatchState, SessionFacts
+from recorder.protocol.policy import Conditions, Decision, MatchState, SessionFacts
 
 PURGING = "purging"
 _FACTS = [sessions.c[name] for name in SessionFacts.__dataclass_fields__]
@@ -40,9 +40,73 @@ class StillActive(Exception):
     """Purge and compact never touch a session that is still running."""
 
 
+class Busy(Exception):
+    """Another run, still running, holds the session (a purge or a compaction)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """One run's work on one session: the run that holds it (``sessions.cleanup_state``
+    names it), and the newest frame the run may touch: frames recorded after it began
+    are the next run's, so a session that goes on streaming cannot keep a run going."""
+
+    session_id: str
+    run_id: int | None
+    through_id: int
+
+
+def hold(conn: Connection, work: Work, verb: str) -> None:
+    """In a step's transaction: the session is finished and this run holds it (taken
+    over from a run that is no longer running, as after a kill); else StillActive or
+    Busy. Two runs (two CLIs, a CLI and a service starting) never interleave steps on
+    one session."""
+    found = conn.execute(
+        select(sessions.c.status, sessions.c.cleanup_state).where(sessions.c.id == work.session_id)
+    ).first()
+    if found is None:
+        return  # purged already: the step finds nothing
+    status, state = found
+    if status is not None and status not in TERMINAL_STATUSES:
+        raise StillActive(f"session {work.session_id} is {status}")
+    mine = f"{verb} {work.run_id or 0}"
+    if state == mine:
+        return
+    holder = _holder(state)
+    if holder is not None and holder != (work.run_id or 0):
+        running = conn.execute(
+            select(cleanup_runs.c.id).where(
+                cleanup_runs.c.id == holder, cleanup_runs.c.state == "running"
+            )
+        ).first()
+        if running is not None:
+            raise Busy(f"run {holder} is working on it")
+    conn.execute(
+        update(sessions).where(sessions.c.id == work.session_id).values(cleanup_state=mine)
+    )
+
+
+def _holder(state: str | None) -> int | None:
+    """The run a cleanup_state names ("purging 12"); None for none (or unreadable)."""
+    _, _, number = (state or "").partition(" ")
+    return int(number) if number.isdigit() else None
+
+
+def release(conn: Connection, work: Work, verb: str) -> None:
+    """The run is done with the session: its mark goes (unless another run's)."""
+    conn.execute(
+        update(sessions)
+        .where(
+            sessions.c.id == work.session_id,
+            sessions.c.cleanup_state == f"{verb} {work.run_id or 0}",
+        )
+        .values(cleanup_state=None)
+    )
+
+
 def match_policy(
     conn: Connection,
     policy: str,
+    conditions: Conditions,
     now_us: int,
     decide: Callable[..., list[Decision]],
     remember: bool,
@@ -51,9 +115,12 @@ def match_policy(
 ) -> list[Decision]:
     """The policy's decisions now, over the sessions ``instance`` recorded (a recorder
     sharing a database stops, compacts and purges only its own); with ``remember``,
-    note when each match began."""
+    note when each match began. Only the sessions the conditions can match are read
+    (:func:`candidates`): the writer is not held for every session of a large database."""
     with conn.begin():
-        mine = select(*_FACTS).where(sessions.c.instance == instance)
+        mine = select(*_FACTS).where(
+            sessions.c.instance == instance, *candidates(conditions, now_us)
+        )
         facts = [SessionFacts.of(row._mapping) for row in conn.execute(mine)]
         pinned = frozenset(row[0] for row in conn.execute(select(pins.c.session_id)))
         m = cleanup_matches.c
@@ -80,7 +147,9 @@ def match_policy(
             ]
             if new:
                 conn.execute(insert(cleanup_matches), new)
-            gone = sorted(set(first) - matched)
+            # A stop's attempts outlive a match that comes and goes (its own request made
+            # the session look busy for a moment): the backoff is not started over.
+            gone = sorted(sid for sid in set(first) - matched if not first[sid].attempts)
             for start in range(0, len(gone), 500):
                 conn.execute(
                     delete(cleanup_matches).where(
@@ -89,6 +158,30 @@ def match_policy(
                     )
                 )
     return decisions
+
+
+def candidates(c: Conditions, now_us: int) -> list[Any]:
+    """SQL conditions a session must meet to be matched by ``c``, the ones an index or a
+    plain comparison decides; :func:`recorder.protocol.policy.matches` has the last word."""
+    s = sessions.c
+    found: list[Any] = []
+    if c.status is not None:
+        found.append(s.status.in_(list(c.status)))
+    if c.ended_before is not None:
+        found.append(s.status.in_(sorted(TERMINAL_STATUSES)))
+        ended = func.coalesce(s.finished_us, s.last_seen_us)
+        found.append(ended <= now_us - int(c.ended_before * 1e6))
+    if c.started_before is not None:
+        found.append(s.first_seen_us <= now_us - int(c.started_before * 1e6))
+    if c.orchestrator_id is not None:
+        found.append(s.orchestrator_id == c.orchestrator_id)
+    if c.session_type is not None:
+        found.append(s.session_type == c.session_type)
+    if c.min_frames is not None:
+        found.append(s.frame_count >= c.min_frames)
+    if c.max_frames is not None:
+        found.append(s.frame_count <= c.max_frames)
+    return found
 
 
 def note_stop(
@@ -119,18 +212,16 @@ def progress(conn: Connection, run_id: int | None, frames: int, now_us: int) -> 
         )
 
 
-def require_finished(conn: Connection, session_id: str) -> None:
-    status = conn.execute(select(sessions.c.status).where(sessions.c.id == session_id)).scalar()
-    if status is not None and status not in TERMINAL_STATUSES:
-        raise StillActive(f"session {session_id} is {status}")
-
-
-def uncount(conn: Connection, rows: Sequence[Any]) -> None:
-    """Take deleted frames out of the rollups: per connection, session and day."""
+def uncount(conn: Connection, rows: Sequence[Any], session_id: str) -> None:
+    """Take a session's deleted frames out of the rollups: per connection, task and day
+    (the session's own count is its caller's)."""
     per_connection: dict[int, int] = {}
+    per_task: dict[str, int] = {}
     per_day: dict[tuple[int, str, str], list[int]] = {}
     for row in rows:
         per_connection[row.connection_id] = per_connection.get(row.connection_id, 0) + 1
+        if row.task_id is not None:
+            per_task[row.task_id] = per_task.get(row.task_id, 0) + 1
         key = (row.received_at_us - row.received_at_us % DAY_US, row.type or "", row.direction)
         tally = per_day.setdefault(key, [0, 0])
         tally[0] += 1
@@ -140,6 +231,12 @@ def uncount(conn: Connection, rows: Sequence[Any]) -> None:
             update(connections)
             .where(connections.c.id == cid)
             .values(frame_count=connections.c.frame_count - n)
+        )
+    for task_id, n in per_task.items():
+        conn.execute(
+            update(tasks)
+            .where(tasks.c.session_id == session_id, tasks.c.task_id == task_id)
+            .values(frame_count=tasks.c.frame_count - n)
         )
     for (day, type_, direction), (n, size) in per_day.items():
         conn.execute(
@@ -153,7 +250,7 @@ def uncount(conn: Connection, rows: Sequence[Any]) -> None:
         )
 
 
-def _forget(conn: Connection, session_ids: Sequence[str]) -> None:
+def forget(conn: Connection, session_ids: Sequence[str]) -> None:
     """The index rows of sessions whose frames are gone."""
     for start in range(0, len(session_ids), 500):
         chunk = session_ids[start : start + 500]
@@ -162,57 +259,63 @@ def _forget(conn: Connection, session_ids: Sequence[str]) -> None:
         conn.execute(delete(sessions).where(sessions.c.id.in_(chunk)))
 
 
+# What a purge or compaction step reads of a frame: enough to take it out of the
+# rollups (connection, task, day, type, direction), never its payload.
 CHUNK_COLUMNS = (
     frames.c.id,
     frames.c.connection_id,
+    frames.c.seq,
     frames.c.received_at_us,
     frames.c.type,
     frames.c.direction,
     frames.c.size,
+    frames.c.task_id,
 )
 
 
-def purge_some(
-    conn: Connection, session_id: str, limit: int, run_id: int | None, now_us: int
-) -> tuple[int, int, list[int]]:
-    """Delete up to ``limit`` of a finished session's frames: how many were deleted,
-    their payload bytes, and the connections they were on. The session is marked as
-    being purged until :func:`purge_finish` removes it."""
+def purge_some(conn: Connection, work: Work, limit: int, now_us: int) -> tuple[int, int, list[int]]:
+    """Delete up to ``limit`` of a finished session's frames (those recorded before the
+    run began): how many were deleted, their payload bytes, and the connections they
+    were on. The session is held for the run until :func:`purge_finish`."""
     with conn.begin():
-        require_finished(conn, session_id)
+        hold(conn, work, PURGING)
         rows = conn.execute(
             select(*CHUNK_COLUMNS)
-            .where(frames.c.session_id == session_id)
+            .where(frames.c.session_id == work.session_id, frames.c.id <= work.through_id)
             .order_by(frames.c.id)
             .limit(limit)
         ).all()
         if not rows:
             return 0, 0, []
         conn.execute(delete(frames).where(frames.c.id.in_([r.id for r in rows])))
-        uncount(conn, rows)
+        uncount(conn, rows, work.session_id)
         conn.execute(
             update(sessions)
-            .where(sessions.c.id == session_id)
-            .values(frame_count=sessions.c.frame_count - len(rows), cleanup_state=PURGING)
+            .where(sessions.c.id == work.session_id)
+            .values(frame_count=sessions.c.frame_count - len(rows))
         )
-        progress(conn, run_id, len(rows), now_us)
+        progress(conn, work.run_id, len(rows), now_us)
         return len(rows), sum(r.size for r in rows), sorted({r.connection_id for r in rows})
 
 
-def purge_finish(
-    conn: Connection, session_id: str, connection_ids: Iterable[int], run_id: int | None
-) -> int:
+def purge_finish(conn: Connection, work: Work, connection_ids: Iterable[int]) -> int:
     """After its frames: the session's index rows, and the closed connections it
-    emptied. Returns how many connection rows went."""
+    emptied. Returns how many connection rows went. A session that received frames
+    after the run began keeps its row (and its mark) for the next run: those frames
+    are not left without their session."""
     with conn.begin():
-        require_finished(conn, session_id)
-        _forget(conn, [session_id])
-        if run_id is not None:
+        hold(conn, work, PURGING)
+        if work.run_id is not None:
             conn.execute(
                 update(cleanup_runs)
-                .where(cleanup_runs.c.id == run_id)
+                .where(cleanup_runs.c.id == work.run_id)
                 .values(acted=cleanup_runs.c.acted + 1)
             )
+        later = conn.execute(
+            select(frames.c.id).where(frames.c.session_id == work.session_id).limit(1)
+        ).first()
+        if later is None:
+            forget(conn, [work.session_id])
         ids = sorted(set(connection_ids))
         if not ids:
             return 0
@@ -226,11 +329,13 @@ def purge_finish(
         return int(result.rowcount)
 
 
-def oldest_finished(conn: Connection, limit: int) -> list[SessionFacts]:
-    """For ``storage.max_db_size``: finished, unpinned sessions, oldest first."""
+def oldest_finished(conn: Connection, limit: int, instance: str) -> list[SessionFacts]:
+    """For ``storage.max_db_size``: finished, unpinned sessions ``instance`` recorded,
+    oldest first (a recorder sharing a database purges only its own)."""
     with conn.begin():
         rows = conn.execute(
             select(*_FACTS)
+            .where(sessions.c.instance == instance)
             .where(sessions.c.status.in_(sorted(TERMINAL_STATUSES)))
             .where(sessions.c.id.not_in(select(pins.c.session_id)))
             # When the recorder saw them end: a daemon's endedAt does not decide.
@@ -238,79 +343,3 @@ def oldest_finished(conn: Connection, limit: int) -> list[SessionFacts]:
             .limit(limit)
         ).all()
     return [SessionFacts.of(row._mapping) for row in rows]
-
-
-def drop_due_partitions(conn: Connection, before_us: int) -> list[tuple[str, int]]:
-    """PostgreSQL retention: each monthly partition of frames that ends before
-    ``before_us`` goes whole (DROP TABLE, no row-by-row delete), unless it holds frames
-    of a session that is active, pinned, or ended after ``before_us`` (a session that
-    began in an old month and ended yesterday is not due). The rollups lose what it held; sessions and
-    closed connections left with no frame go too. Returns (partition, frames)."""
-    from sqlalchemy import text
-
-    from recorder.db import partitions
-
-    dropped = []
-    with conn.begin():
-        due = partitions.due(conn, before_us)
-    for name in due:
-        with conn.begin():
-            keep = conn.execute(
-                text(
-                    f'SELECT 1 FROM "{name}" WHERE session_id IN ('
-                    f"SELECT id FROM sessions WHERE {ACTIVE_SQL} OR finished_us >= :before"
-                    " UNION SELECT session_id FROM pins) LIMIT 1"
-                ),
-                {"before": before_us},
-            ).first()
-            if keep is not None:
-                continue  # row by row, later, for what may go
-            per_connection = conn.execute(
-                text(f'SELECT connection_id, count(*) FROM "{name}" GROUP BY 1')
-            ).all()
-            per_session = conn.execute(
-                text(
-                    f'SELECT session_id, count(*) FROM "{name}" WHERE session_id IS NOT NULL GROUP BY 1'
-                )
-            ).all()
-            year, month = int(name[7:11]), int(name[12:14])
-            start = partitions.month_start(year, month)
-            end = partitions.month_start(year + (month == 12), 1 if month == 12 else month + 1)
-            conn.execute(text(f'DROP TABLE "{name}"'))
-            for cid, n in per_connection:
-                conn.execute(
-                    update(connections)
-                    .where(connections.c.id == cid)
-                    .values(frame_count=connections.c.frame_count - n)
-                )
-            for sid, n in per_session:
-                conn.execute(
-                    update(sessions)
-                    .where(sessions.c.id == sid)
-                    .values(frame_count=sessions.c.frame_count - n)
-                )
-            conn.execute(
-                delete(frame_days).where(frame_days.c.day_us >= start, frame_days.c.day_us < end)
-            )
-            emptied = [
-                sid
-                for (sid,) in conn.execute(
-                    select(sessions.c.id).where(
-                        sessions.c.frame_count <= 0,
-                        sessions.c.status.in_(sorted(TERMINAL_STATUSES)),
-                        sessions.c.id.not_in(select(pins.c.session_id)),
-                    )
-                )
-            ]
-            _forget(conn, emptied)
-            # Only the closed connections this month emptied: not other instances'
-            # rows, nor connections that never carried a frame.
-            conn.execute(
-                delete(connections).where(
-                    connections.c.id.in_([cid for cid, _ in per_connection]),
-                    connections.c.closed_at_us.is_not(None),
-                    connections.c.frame_count <= 0,
-                )
-            )
-            dropped.append((name, sum(n for _, n in per_connection)))
-    return dropped

@@ -38,15 +38,20 @@ def end_interrupted(conn: Connection, instance: str, alive: Iterable[int]) -> in
     return int(result.rowcount)
 
 
-def start_run(conn: Connection, run: dict[str, Any], alive: Iterable[int]) -> int:
-    """A run's audit row, written before it acts (state "running"); runs that are not
-    ``alive`` are ended first (:func:`end_interrupted`)."""
+def start_run(conn: Connection, run: dict[str, Any], alive: Iterable[int]) -> tuple[int, int]:
+    """A run's audit row, written before it acts (state "running"), and the newest
+    frame's id then; runs that are not ``alive`` are ended first (:func:`end_interrupted`)."""
+    from sqlalchemy import func
+
+    from recorder.db.schema import frames
+
     end_interrupted(conn, run["instance"], alive)
     with conn.begin():
         result = conn.execute(insert(cleanup_runs).values(**run, state=RUNNING))
+        newest = conn.execute(select(func.max(frames.c.id))).scalar()
     pk = result.inserted_primary_key
     assert pk is not None
-    return int(pk[0])
+    return int(pk[0]), int(newest or 0)
 
 
 def finish_run(conn: Connection, run_id: int, values: dict[str, Any]) -> None:

@@ -94,3 +94,99 @@ def due(conn: Connection, before_us: int) -> list[str]:
         if end <= before_us:
             found.append(name)
     return found
+
+
+def drop_due(conn: Connection, before_us: int, instance: str) -> list[tuple[str, int]]:
+    """Retention: each monthly partition of frames that ends before ``before_us`` goes
+    whole (DROP TABLE, no row-by-row delete), unless another recorder had a connection
+    open during that month (its frames are its own to keep), or it holds frames of a
+    session that is not due: active, known only from its stream, pinned, or ended after
+    ``before_us`` (a session that began in an old month and ended yesterday). The
+    rollups lose what it held; this recorder's sessions and closed connections left
+    with no frame go too. Returns (partition, frames)."""
+    dropped = []
+    with conn.begin():
+        due_now = due(conn, before_us)
+    for name in due_now:
+        year, month = int(name[7:11]), int(name[12:14])
+        start = month_start(year, month)
+        end = month_start(year + (month == 12), 1 if month == 12 else month + 1)
+        with conn.begin():
+            if _shared(conn, start, end, instance) or _holds_undue(conn, name, before_us):
+                continue  # row by row, later, for what may go
+            dropped.append((name, _drop(conn, name, start, end, instance)))
+    return dropped
+
+
+def _shared(conn: Connection, start: int, end: int, instance: str) -> bool:
+    found = conn.execute(
+        text(
+            "SELECT 1 FROM connections WHERE instance <> :me AND opened_at_us < :end"
+            " AND (closed_at_us IS NULL OR closed_at_us >= :start) LIMIT 1"
+        ),
+        {"me": instance, "start": start, "end": end},
+    ).first()
+    return found is not None
+
+
+def _holds_undue(conn: Connection, name: str, before_us: int) -> bool:
+    from recorder.protocol.index import TERMINAL_STATUSES
+
+    terminal = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
+    found = conn.execute(
+        text(
+            f'SELECT 1 FROM "{name}" WHERE session_id IN ('
+            "SELECT id FROM sessions WHERE status IS NULL OR NOT ("
+            f"status IN ({terminal}) AND coalesce(finished_us, last_seen_us) < :before)"
+            " UNION SELECT session_id FROM pins) LIMIT 1"
+        ),
+        {"before": before_us},
+    ).first()
+    return found is not None
+
+
+def _drop(conn: Connection, name: str, start: int, end: int, instance: str) -> int:
+    from sqlalchemy import delete, select, update
+
+    from recorder.db.cleanup import forget
+    from recorder.db.schema import connections, frame_days, pins, sessions
+    from recorder.protocol.index import TERMINAL_STATUSES
+
+    per_connection = conn.execute(
+        text(f'SELECT connection_id, count(*) FROM "{name}" GROUP BY 1')
+    ).all()
+    per_session = conn.execute(
+        text(f'SELECT session_id, count(*) FROM "{name}" WHERE session_id IS NOT NULL GROUP BY 1')
+    ).all()
+    conn.execute(text(f'DROP TABLE "{name}"'))
+    for cid, n in per_connection:
+        conn.execute(
+            update(connections)
+            .where(connections.c.id == cid)
+            .values(frame_count=connections.c.frame_count - n)
+        )
+    for sid, n in per_session:
+        conn.execute(
+            update(sessions)
+            .where(sessions.c.id == sid)
+            .values(frame_count=sessions.c.frame_count - n)
+        )
+    conn.execute(delete(frame_days).where(frame_days.c.day_us >= start, frame_days.c.day_us < end))
+    emptied = conn.execute(
+        select(sessions.c.id).where(
+            sessions.c.instance == instance,
+            sessions.c.frame_count <= 0,
+            sessions.c.status.in_(sorted(TERMINAL_STATUSES)),
+            sessions.c.id.not_in(select(pins.c.session_id)),
+        )
+    )
+    forget(conn, [sid for (sid,) in emptied])
+    # Only the closed connections this month emptied, never ones that carried nothing.
+    conn.execute(
+        delete(connections).where(
+            connections.c.id.in_([cid for cid, _ in per_connection]),
+            connections.c.closed_at_us.is_not(None),
+            connections.c.frame_count <= 0,
+        )
+    )
+    return sum(n for _, n in per_connection)

@@ -10,9 +10,17 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
+# PostgreSQL: what a frame row costs besides its payload (header, columns, index
+# entries): 194 bytes measured over 100 000 stream chunks.
+PG_ROW_BYTES = 200
+
 
 def database_bytes(conn: Connection) -> int:
-    """What the database occupies, less the free pages SQLite would give back."""
+    """What the recordings occupy. SQLite: the file, less the free pages it would give
+    back. PostgreSQL keeps what a purge frees for reuse and its files never shrink, so
+    their size could not tell a purge that it freed enough (each run would purge the
+    same excess again): the frames' own bytes instead, from the daily tallies, with a
+    row's fixed cost."""
     if conn.dialect.name == "sqlite":
         driver = conn.connection.driver_connection
         assert driver is not None
@@ -20,10 +28,16 @@ def database_bytes(conn: Connection) -> int:
         free = driver.execute("PRAGMA freelist_count").fetchone()[0]
         size = driver.execute("PRAGMA page_size").fetchone()[0]
         return int((pages - free) * size)
+    from recorder.db.schema import frame_days
+
     with conn.begin():
-        return int(
-            conn.execute(select(func.pg_database_size(func.current_database()))).scalar() or 0
-        )
+        found = conn.execute(
+            select(
+                func.coalesce(func.sum(frame_days.c.bytes), 0),
+                func.coalesce(func.sum(frame_days.c.frames), 0),
+            )
+        ).one()
+    return int(found[0]) + int(found[1]) * PG_ROW_BYTES
 
 
 def give_back_space(conn: Connection, pages: int = 2000) -> int:

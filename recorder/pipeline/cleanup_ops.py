@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from recorder.pipeline.ops import Operation
-from recorder.protocol.policy import Decision, SessionFacts
+from recorder.protocol.policy import Conditions, Decision, SessionFacts
 from recorder.times import now_us
 
 if TYPE_CHECKING:
+    from recorder.db.cleanup import Work
     from recorder.db.compaction import CompactStep
     from recorder.db.connection import WriterDatabase
     from recorder.db.write import Store
@@ -24,6 +25,7 @@ class MatchPolicy(Operation[list[Decision]]):
     function of the cleanup's, handed down: this layer knows no action)."""
 
     policy: str
+    conditions: Conditions
     now_us: int
     decide: Callable[..., list[Decision]]
     remember: bool
@@ -36,6 +38,7 @@ class MatchPolicy(Operation[list[Decision]]):
         return await db.run(
             match_policy,
             self.policy,
+            self.conditions,
             self.now_us,
             self.decide,
             self.remember,
@@ -65,28 +68,26 @@ class PurgeSome(Operation[tuple[int, int, list[int]]]):
     counts them on the run's audit row. Answers how many went, their payload bytes,
     and the connections they were on."""
 
-    session_id: str
+    work: Work
     limit: int
-    run_id: int | None = None
 
     async def run(self, db: WriterDatabase, store: Store) -> tuple[int, int, list[int]]:
         from recorder.db.cleanup import purge_some
 
-        result = await db.run(purge_some, self.session_id, self.limit, self.run_id, now_us())
+        result = await db.run(purge_some, self.work, self.limit, now_us())
         db.changed()  # deletes and page moves grow the WAL too
         return result
 
 
 @dataclass(frozen=True, slots=True)
 class PurgeFinish(Operation[int]):
-    session_id: str
+    work: Work
     connection_ids: tuple[int, ...]
-    run_id: int | None = None
 
     async def run(self, db: WriterDatabase, store: Store) -> int:
         from recorder.db.cleanup import purge_finish
 
-        result = await db.run(purge_finish, self.session_id, self.connection_ids, self.run_id)
+        result = await db.run(purge_finish, self.work, self.connection_ids)
         db.changed()  # deletes and page moves grow the WAL too
         return result
 
@@ -95,23 +96,16 @@ class PurgeFinish(Operation[int]):
 class CompactSome(Operation["CompactStep"]):
     """One bounded step of a session's compaction (see :mod:`recorder.db.compaction`)."""
 
-    session_id: str
+    work: Work
     after_id: int
     limit: int
-    open_frames: dict[int, int]
-    run_id: int | None = None
+    open_frames: dict[tuple[int, str | None, str], int]
 
     async def run(self, db: WriterDatabase, store: Store) -> CompactStep:
         from recorder.db.compaction import compact_some
 
         result = await db.run(
-            compact_some,
-            self.session_id,
-            self.after_id,
-            self.limit,
-            self.open_frames,
-            self.run_id,
-            now_us(),
+            compact_some, self.work, self.after_id, self.limit, self.open_frames, now_us()
         )
         db.changed()  # deletes and page moves grow the WAL too
         return result
@@ -144,18 +138,19 @@ class OldestFinished(Operation[list[SessionFacts]]):
     async def run(self, db: WriterDatabase, store: Store) -> list[SessionFacts]:
         from recorder.db.cleanup import oldest_finished
 
-        return await db.run(oldest_finished, self.limit)
+        return await db.run(oldest_finished, self.limit, store.instance)
 
 
 @dataclass(frozen=True, slots=True)
-class StartRun(Operation[int]):
+class StartRun(Operation[tuple[int, int]]):
     """A run's audit row before it acts; this recorder's runs still marked running that
-    are not ``alive`` become interrupted. Answers the row's id."""
+    are not ``alive`` become interrupted. Answers the row's id, and the newest frame's
+    (what the run may touch: frames after it are the next run's)."""
 
     run_row: dict[str, Any]
     alive: tuple[int, ...]
 
-    async def run(self, db: WriterDatabase, store: Store) -> int:
+    async def run(self, db: WriterDatabase, store: Store) -> tuple[int, int]:
         from recorder.db.cleanup_records import start_run
 
         return await db.run(start_run, {**self.run_row, "instance": store.instance}, self.alive)
@@ -213,6 +208,6 @@ class DropDuePartitions(Operation[list[tuple[str, int]]]):
     before_us: int
 
     async def run(self, db: WriterDatabase, store: Store) -> list[tuple[str, int]]:
-        from recorder.db.cleanup import drop_due_partitions
+        from recorder.db.partitions import drop_due
 
-        return await db.run(drop_due_partitions, self.before_us)
+        return await db.run(drop_due, self.before_us, store.instance)

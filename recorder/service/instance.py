@@ -45,6 +45,8 @@ class InstanceLock:
         self.path = lock_path(database)
         self.shown = shown
         self._fd: int | None = None
+        # What the lock file said before this acquire.
+        self.previous = b""
         self.unclean = False
         # A recorder has held this lock before: the database beside it is ours.
         self.used_before = False
@@ -69,6 +71,7 @@ class InstanceLock:
         # Who held it last left "stopped" in it only if it stopped cleanly.
         self.unclean = bool(previous) and b'"stopped": true' not in previous
         self.used_before = bool(previous)
+        self.previous = previous
         info = json.dumps(
             {"pid": os.getpid(), "host": socket.gethostname(), "since": format_us(now_us())}
         ).encode()
@@ -95,6 +98,17 @@ class InstanceLock:
                 os.pwrite(self._fd, json.dumps(info).encode(), 0)
             os.close(self._fd)
             self._fd = None
+
+    def give_back(self) -> None:
+        """Release a lock borrowed for a moment (a direct cleanup run): the file says
+        again what it said, so the next recorder's start judges the last one's stop."""
+        if self._fd is not None:
+            try:
+                os.ftruncate(self._fd, 0)
+                os.pwrite(self._fd, self.previous, 0)
+            finally:
+                os.close(self._fd)
+                self._fd = None
 
 
 def _holder(fd: int) -> str:

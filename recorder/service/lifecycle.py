@@ -149,23 +149,26 @@ class Service:
             log.error("configuration not reloaded; keeping the running one", error=error)
         else:
             logs.configure(new.log.level, new.log.format)
-            previous = self.cleanup
-            if previous is not None:
-                await previous.stop()
-            cleanup = Cleanup(new, self.writer, self.link, previous=previous)
-            self.cleanup = None
-            if cleanup.wanted:
-                cleanup.start()
-                self.cleanup = cleanup
+            before = set(self.cleanup.policies) if self.cleanup is not None else set()
+            if self.cleanup is not None:
+                # The running schedule takes the new policies: runs in progress (asked
+                # for by `recorder cleanup run`, or scheduled) finish as they began.
+                self.cleanup.apply(new)
+            else:
+                cleanup = Cleanup(new, self.writer, self.link)
+                if cleanup.wanted:
+                    cleanup.start()
+                    self.cleanup = cleanup
             self.config = dataclasses.replace(self.config, log=new.log, cleanup=new.cleanup)
-            removed = sorted(set(previous.policies if previous else ()) - set(cleanup.policies))
+            now = set(self.cleanup.policies) if self.cleanup is not None else set()
+            removed = sorted(before - now)
             # An emptied file, or one whose [cleanup] went missing, is easy to reload
             # by mistake: say what stops being done, louder than the routine line.
             (log.warning if removed else log.info)(
                 "configuration reloaded" + ("; cleanup policies removed" if removed else ""),
                 config=new.source,
                 log_level=new.log.level,
-                policies=len(cleanup.policies),
+                policies=len(now),
                 removed=removed or None,
             )
 
