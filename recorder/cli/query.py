@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import click
@@ -73,7 +72,7 @@ def frame_filters(fn: Any) -> Any:
 
 
 def _filter(filters: dict[str, Any], **more: Any) -> Any:
-    from recorder.db.read import FrameFilter
+    from recorder.db.pages import FrameFilter
 
     check_span(filters["since"], filters["until"])
     return FrameFilter(
@@ -111,13 +110,13 @@ def frames(
 
     Example: recorder frames --session session_1795692537464_eeayv91i6 --format jsonl --limit 0
     """
-    from recorder.db import read
+    from recorder.db import pages
 
     query = _filter(filters, limit=0 if last else limit, last=last or 0)
     target = load(config_path, database)
     out = FrameWriter(fmt)
     with reading(target) as reader:
-        for row in read.frames(reader, query):
+        for row in pages.frames(reader, query):
             out.write(row)
     out.finish()
 
@@ -144,26 +143,18 @@ def tail(
 ) -> None:
     """Print frames as they are committed, until Ctrl-C.
 
+    It reads in short pages and holds nothing open while it prints.
+
     Example: recorder tail --session session_1795692537464_eeayv91i6 --format jsonl
     """
-    from recorder.db import read
+    from recorder.db import pages
 
     target = load(config_path, database)
     out = FrameWriter(fmt, flush_each=True)
     with reading(target) as reader:
-        seen = read.newest_frame_id(reader)
-        if last:
-            for row in read.frames(reader, _filter(filters, last=last, through_id=seen)):
-                out.write(row)
         try:
-            while True:
-                time.sleep(TAIL_POLL)
-                newest = read.newest_frame_id(reader)
-                if newest > seen:
-                    span = _filter(filters, after_id=seen, through_id=newest)
-                    for row in read.frames(reader, span):
-                        out.write(row)
-                    seen = newest
+            for row in pages.follow(reader, _filter(filters), last=last, poll=TAIL_POLL):
+                out.write(row)
         except KeyboardInterrupt:
             pass
 

@@ -8,111 +8,21 @@ database. Counts that would scan every frame come from the writer's rollups
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+# Frames themselves are read in pages; these are the names the read side has had.
+from recorder.db.pages import FrameFilter as FrameFilter
+from recorder.db.pages import frames as frames
+from recorder.db.pages import newest_frame_id as newest_frame_id
 from recorder.db.reader import ACTIVE_SQL, Reader, ReadError, Row, first_row
 from recorder.protocol.story import READ_TYPES, Recording, Story, StoryFrame, span, tell
 from recorder.protocol.tame import on_one_line, read_object
 from recorder.times import now_us
 
-FRAME_COLUMNS = (
-    "id, connection_id, seq, direction, received_at_us, monotonic_ns, opcode, size, type, "
-    "session_id, task_id, parse_error, payload, payload_bytes"
-)
-
 
 class NoSuchSession(ReadError):
     """No session, or more than one, matches what the user typed."""
-
-
-@dataclass(frozen=True)
-class FrameFilter:
-    session_id: str | None = None
-    # A task id, or the description a person remembers.
-    task: str | None = None
-    type: str | None = None
-    direction: str | None = None
-    connection_id: int | None = None
-    since_us: int | None = None
-    until_us: int | None = None
-    # Frames whose payload contains this text: a scan, bounded by the other filters.
-    grep: str | None = None
-    # Only frames after this id, and up to that one (`recorder tail`).
-    after_id: int | None = None
-    through_id: int | None = None
-    limit: int = 0
-    # The newest N, still printed oldest first.
-    last: int = 0
-
-
-def _where(reader: Reader, f: FrameFilter) -> tuple[str, dict[str, Any]]:
-    conds: list[str] = []
-    params: dict[str, Any] = {}
-    if f.session_id is not None:
-        conds.append("session_id = :session_id")
-        params["session_id"] = f.session_id
-    if f.task is not None:
-        conds.append(
-            "task_id IN (SELECT :task UNION SELECT task_id FROM tasks WHERE description = :task)"
-        )
-        params["task"] = f.task
-    if f.type is not None:
-        conds.append("type = :type")
-        params["type"] = f.type
-    if f.direction is not None:
-        conds.append("direction = :direction")
-        params["direction"] = f.direction
-    if f.connection_id is not None:
-        conds.append("connection_id = :connection_id")
-        params["connection_id"] = f.connection_id
-    if f.since_us is not None:
-        conds.append("received_at_us >= :since_us")
-        # The same frames, found from where they start: ids follow recording order, so
-        # no frame received since then has a smaller id than the first one that was.
-        # Without it, a walk in id order reads every older frame first.
-        conds.append(
-            "id >= (SELECT coalesce(min(id), 0) FROM frames WHERE received_at_us >= :since_us)"
-        )
-        params["since_us"] = f.since_us
-    if f.until_us is not None:
-        conds.append("received_at_us < :until_us")
-        params["until_us"] = f.until_us
-    if f.after_id is not None:
-        conds.append("id > :after_id")
-        params["after_id"] = f.after_id
-    if f.through_id is not None:
-        conds.append("id <= :through_id")
-        params["through_id"] = f.through_id
-    if f.grep is not None:
-        find = (
-            "strpos(payload, :grep)" if reader.dialect == "postgresql" else "instr(payload, :grep)"
-        )
-        conds.append(f"{find} > 0")
-        params["grep"] = f.grep
-    return (" WHERE " + " AND ".join(conds) if conds else ""), params
-
-
-def frames(reader: Reader, f: FrameFilter) -> Iterator[Row]:
-    """Frames in recording order, streamed: memory stays flat for millions of rows."""
-    where, params = _where(reader, f)
-    if f.last:
-        newest = reader.rows(
-            f"SELECT {FRAME_COLUMNS} FROM frames{where} ORDER BY id DESC LIMIT {int(f.last)}",
-            params,
-        )
-        yield from reversed(newest)
-        return
-    limit = f" LIMIT {int(f.limit)}" if f.limit else ""
-    yield from reader.stream(
-        f"SELECT {FRAME_COLUMNS} FROM frames{where} ORDER BY id{limit}", params
-    )
-
-
-def newest_frame_id(reader: Reader) -> int:
-    row = first_row(reader, "SELECT max(id) AS id FROM frames")
-    return int(row["id"]) if row is not None and row["id"] is not None else 0
 
 
 def sessions(

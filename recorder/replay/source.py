@@ -1,5 +1,6 @@
-"""A session's replay read from the database, streamed: it starts at once and its
-memory stays flat whatever the session's length."""
+"""A session's replay read from the database in pages: it starts at once and its
+memory stays flat whatever the session's length, and it holds no read snapshot
+while it plays (:mod:`recorder.db.pages`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from recorder.db.pages import FrameFilter, frame_pages
 from recorder.db.read import recording, recordings_around, resolve_session
 from recorder.db.reader import Reader, Row
 from recorder.protocol.frames import IN, OPCODE_TEXT
@@ -122,36 +124,39 @@ def _replan(reader: Reader, session: Session) -> None:
     session.choice = choose(session.recordings, session.creator, start, now, now)
 
 
+def _pages(reader: Reader, session: Session, after: int = 0) -> Iterator[list[ReplayFrame]]:
+    """The session's frames after id ``after``, all of them, a page at a time."""
+    wanted = FrameFilter(session_id=session.id, after_id=after or None)
+    for rows in frame_pages(reader, wanted, COLUMNS):
+        yield [replay_frame(row) for row in rows]
+
+
 def frames(reader: Reader, session: Session, *, follow: bool = False) -> Iterator[ReplayFrame]:
     """The frames the replay plays, in recording order; with ``follow``, then those
     committed later, until the session ends (or the caller stops)."""
     roles = session.roles
     last_id = 0
-    for row in reader.stream(
-        f"SELECT {COLUMNS} FROM frames WHERE session_id = :sid ORDER BY id", {"sid": session.id}
-    ):
-        last_id = row["id"]
-        frame = replay_frame(row)
-        _known(reader, roles, frame)
-        if session.choice.plays(frame, roles):
-            yield frame
-    while follow:
-        time.sleep(FOLLOW_POLL)
-        rows = reader.rows(
-            f"SELECT {COLUMNS} FROM frames WHERE session_id = :sid AND id > :after ORDER BY id",
-            {"sid": session.id, "after": last_id},
-        )
-        batch = [replay_frame(row) for row in rows]
-        if _stale(session, roles, batch):
-            _replan(reader, session)
-            roles = session.roles
-        for frame in batch:
+    for page in _pages(reader, session):
+        for frame in page:
             last_id = frame.id
             _known(reader, roles, frame)
             if session.choice.plays(frame, roles):
                 yield frame
+    while follow:
+        time.sleep(FOLLOW_POLL)
+        new = False
+        for page in _pages(reader, session, last_id):
+            new = True
+            if _stale(session, roles, page):
+                _replan(reader, session)
+                roles = session.roles
+            for frame in page:
+                last_id = frame.id
+                _known(reader, roles, frame)
+                if session.choice.plays(frame, roles):
+                    yield frame
         status = reader.rows("SELECT status FROM sessions WHERE id = :sid", {"sid": session.id})
-        if not rows and status and status[0]["status"] in TERMINAL_STATUSES:
+        if not new and status and status[0]["status"] in TERMINAL_STATUSES:
             return
 
 
@@ -179,10 +184,7 @@ def conversation(reader: Reader, session: Session) -> Conversation:
     choice = session.choice
     replies: list[ReplayFrame] = []
     requests: list[ReplayFrame] = []
-    for row in reader.stream(
-        f"SELECT {COLUMNS} FROM frames WHERE session_id = :sid ORDER BY id", {"sid": session.id}
-    ):
-        frame = replay_frame(row)
+    for frame in (f for page in _pages(reader, session) for f in page):
         if choice.plays(frame, roles):
             replies.append(frame)
         elif frame.direction != IN and (
