@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from typing import Any
 
 import click
@@ -121,6 +123,19 @@ def frames(
     out.finish()
 
 
+def _in_the_background() -> None:
+    """Run on what the recorder leaves of the CPU: behind a firehose a follower prints
+    as fast as it can read, on the cores the recorder needs. A SCHED_IDLE task runs
+    when a core would be idle and gives way at once when the recorder wakes; so it
+    lags, and catches up once the firehose ends (bench/tail.py, 2 cores: ingest at
+    0.96 of its rate beside such a tail, 0.85 beside one at nice 10, 0.76 on main)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return
+    with contextlib.suppress(OSError):
+        os.nice(19)  # where there is no SCHED_IDLE
+
+
 @click.command()
 @target_options
 @frame_filters
@@ -143,7 +158,8 @@ def tail(
 ) -> None:
     """Print frames as they are committed, until Ctrl-C.
 
-    It reads in short pages and holds nothing open while it prints.
+    It reads in short pages and holds nothing open while it prints, and it runs as a
+    background task: behind a firehose it falls behind, not the recorder.
 
     Example: recorder tail --session session_1795692537464_eeayv91i6 --format jsonl
     """
@@ -151,6 +167,7 @@ def tail(
 
     target = load(config_path, database)
     out = FrameWriter(fmt, flush_each=True)
+    _in_the_background()
     with reading(target) as reader:
         try:
             for row in pages.follow(reader, _filter(filters), last=last, poll=TAIL_POLL):
