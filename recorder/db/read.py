@@ -16,7 +16,16 @@ from recorder.db.pages import FrameFilter as FrameFilter
 from recorder.db.pages import frames as frames
 from recorder.db.pages import newest_frame_id as newest_frame_id
 from recorder.db.reader import ACTIVE_SQL, Reader, ReadError, Row, first_row
-from recorder.protocol.story import READ_TYPES, Recording, Story, StoryFrame, span, tell
+from recorder.protocol.kept import Kept
+from recorder.protocol.story import (
+    KEEP,
+    READ_TYPES,
+    Recording,
+    Story,
+    StoryFrame,
+    Teller,
+    span,
+)
 from recorder.protocol.tame import on_one_line, read_object
 from recorder.times import now_us
 
@@ -182,35 +191,67 @@ def stats(reader: Reader, busiest: int = 10) -> Stats:
     )
 
 
-def story(reader: Reader, session: Row) -> Story:
-    """``recorder show``: a session's frames read once, through its index."""
+def story(reader: Reader, session: Row, *, longest: int | None = None) -> Story:
+    """``recorder show``: a session's frames read once, through its index, a page at a
+    time, and folded into its story (``longest``: see :class:`Teller`)."""
     sid = session["id"]
     wanted = ", ".join(f"'{t}'" for t in READ_TYPES)
-    rows = reader.rows(
-        "SELECT id, connection_id, seq, direction, received_at_us, monotonic_ns, type, "
-        f"task_id, size, CASE WHEN type IN ({wanted}) THEN payload END AS payload "
-        "FROM frames WHERE session_id = :sid ORDER BY id",
-        {"sid": sid},
+    columns = (
+        "id, connection_id, seq, direction, received_at_us, monotonic_ns, type, task_id, "
+        f"size, CASE WHEN type IN ({wanted}) THEN payload END AS payload"
     )
-    frames_ = [
-        StoryFrame(
-            r["id"],
-            r["connection_id"],
-            r["seq"],
-            r["direction"],
-            r["received_at_us"],
-            r["monotonic_ns"],
-            r["type"],
-            r["task_id"],
-            r["size"],
-            _json(r["payload"]) if r["payload"] else None,
+    teller = Teller(dict(session), longest=longest)
+    for r in frames(reader, FrameFilter(session_id=sid), columns):
+        payload = r["payload"]
+        teller.add(
+            StoryFrame(
+                r["id"],
+                r["connection_id"],
+                r["seq"],
+                r["direction"],
+                r["received_at_us"],
+                r["monotonic_ns"],
+                r["type"],
+                r["task_id"],
+                r["size"],
+                _json(payload) if payload else None,
+            )
         )
-        for r in rows
-    ]
     start, end = span(session)
-    carried = "OR id IN (SELECT DISTINCT connection_id FROM frames WHERE session_id = :sid)"
-    recordings = recordings_around(reader, start, end or now_us(), carried, {"sid": sid})
-    return tell(dict(session), frames_, recordings, now_us())
+    recordings = recordings_around(reader, start, end or now_us())
+    # The connections that carried the session's frames outside that span too (a
+    # clock that jumped): the fold counted them.
+    known = {r.id for r in recordings}
+    missing = sorted(set(teller.per_connection) - known)
+    for chunk in range(0, len(missing), 500):
+        ids = ", ".join(str(int(i)) for i in missing[chunk : chunk + 500])
+        recordings += [
+            recording(r) for r in reader.rows(f"SELECT * FROM connections WHERE id IN ({ids})")
+        ]
+    recordings.sort(key=lambda r: r.id)
+    return teller.told(recordings, now_us())
+
+
+def session_tasks(reader: Reader, session_id: str, keep: int = KEEP) -> Kept[Row]:
+    """A session's tasks, newest first, for ``show``: the newest and the oldest
+    ``keep`` of them, and how many there are."""
+    count = first_row(
+        reader, "SELECT count(*) AS n FROM tasks WHERE session_id = :sid", {"sid": session_id}
+    )
+    total = int(count["n"]) if count is not None else 0
+    kept: Kept[Row] = Kept(keep)
+    newest = tasks(reader, session_id, limit=keep)
+    oldest: list[Row] = []
+    if total > keep:
+        oldest = reader.rows(
+            "SELECT * FROM tasks WHERE session_id = :sid ORDER BY first_seen_us, id "
+            f"LIMIT {int(min(keep, total - keep))}",
+            {"sid": session_id},
+        )
+    for row in [*newest, *reversed(oldest)]:
+        kept.add(row)
+    kept.total = max(total, kept.total)
+    return kept
 
 
 def recording(row: Row) -> Recording:
