@@ -59,6 +59,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/replay.py
 	$(BIN)/python bench/purge.py
 	$(BIN)/python bench/compact.py
+	$(BIN)/python bench/tail.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info demo.db demo.db-wal demo.db-shm demo.log demo-daemon.log demo.toml demo.sessions demo.cast

@@ -61,8 +61,9 @@ Method:
    newest rows for the lists, the totals for ``status`` and ``stats``).
 4. **Baseline**: ``python -c`` with the same interpreter: stdlib ``sqlite3`` with
    ``mode=ro`` runs the same SQL as the command (the statements of
-   ``recorder/db/read.py``) and prints every row with ``repr``; it must print the
-   expected number of rows. Overhead = ours - baseline.
+   ``recorder/db/read.py``; where the command reads frames in pages,
+   ``recorder/db/pages.py``, one statement for them all) and prints every row with
+   ``repr``; it must print the expected number of rows. Overhead = ours - baseline.
 5. For each command: one warm-up run of ours and of the baseline (which also writes
    their bytecode), one cold run of each, then ``--repeat`` (5) warm runs alternating
    ours and the baseline; **warm** is their median. **Cold**: before each cold run the
@@ -1071,14 +1072,17 @@ def commands(e: Expect) -> list[Command]:
                     " FROM frames WHERE session_id = ? ORDER BY id",
                     (sid,),
                 ),
+                # The connections that carried frames outside this span, the story
+                # counted as it read the frames.
                 (
                     "SELECT * FROM connections WHERE opened_at_us <= ? AND (closed_at_us IS NULL"
-                    " OR closed_at_us >= ?) OR id IN (SELECT DISTINCT connection_id FROM frames"
-                    " WHERE session_id = ?) ORDER BY id",
-                    (end, start, sid),
+                    " OR closed_at_us >= ?) ORDER BY id",
+                    (end, start),
                 ),
+                ("SELECT count(*) FROM tasks WHERE session_id = ?", (sid,)),
                 (
-                    "SELECT * FROM tasks WHERE session_id = ? ORDER BY first_seen_us DESC, id DESC",
+                    "SELECT * FROM tasks WHERE session_id = ? ORDER BY first_seen_us DESC, id DESC"
+                    " LIMIT 10",
                     (sid,),
                 ),
             ],

@@ -1,4 +1,5 @@
-"""Replay benchmark: how soon does a long session start playing, and in how much memory?
+"""Replay benchmark: how soon does a long session start playing or showing, and in how
+much memory?
 
 Method:
 
@@ -10,16 +11,25 @@ Method:
 2. ``python -m recorder replay SESSION --instant`` (text, and ``--format jsonl``), as a
    subprocess with its output on a pipe: the time from starting the process to the
    first byte of output, to the end, and the process's peak RSS (``ru_maxrss``).
-3. Beside it, the baseline: a bare ``python -c`` script that opens the file with
+3. ``python -m recorder show SESSION``, the same way: its first byte comes once the
+   story is told, so that is its time to answer.
+4. ``python -m recorder replay SESSION --serve 127.0.0.1:0 --instant``: the time until it
+   says it listens (stderr), until a client (``websockets``' sync client, in this
+   process) has the first frame after the hello, and until it has every frame the
+   replay plays (counted in the database beforehand); then SIGTERM, and the process's
+   peak RSS.
+5. Beside them, the baseline: a bare ``python -c`` script that opens the file with
    stdlib ``sqlite3`` and prints the first frame of the session, same interpreter.
 
-Each is run ``--repeat`` times after a warm-up run; medians are reported. Targets:
-first output under 0.2 s, peak RSS under 100 MB.
+Each is run ``--repeat`` times after a warm-up run; medians are reported (peak RSS: the
+largest). Targets: first output (and the served first frame) under 0.2 s; peak RSS
+under 100 MB for each command, whatever the session's length.
 
 Usage::
 
     python bench/replay.py                   # 100 000 frames
     python bench/replay.py --frames 20000 --json
+    python bench/replay.py --frames 1000000 --repeat 1     # show and --serve on 1 M frames
 """
 
 from __future__ import annotations
@@ -28,6 +38,8 @@ import argparse
 import asyncio
 import json
 import os
+import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -155,6 +167,46 @@ def measure(argv: list[str]) -> dict[str, float]:
     return {"first_s": t_first, "end_s": t_end, "bytes": size, "rss_mb": usage.ru_maxrss / 1024}
 
 
+def measure_serve(argv: list[str], replies: int) -> dict[str, float]:
+    """Start ``argv`` (a ``--serve`` replay); seconds until it listens, until a client
+    has the first frame after the hello and every one of the ``replies``; peak RSS."""
+    from websockets.sync.client import connect
+
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+    assert proc.stderr is not None
+    line = proc.stderr.readline().decode()
+    t_listen = time.monotonic() - t0
+    if "as a daemon on ws://" not in line:
+        proc.kill()
+        raise SystemExit(f"{argv[:4]} did not listen: {line}{proc.stderr.read().decode()}")
+    with connect(line.split()[-1], max_size=None, close_timeout=1) as ws:
+        ws.recv()  # the hello
+        ws.recv()
+        t_first = time.monotonic() - t0
+        for _ in range(replies - 1):
+            ws.recv()
+        t_end = time.monotonic() - t0
+    proc.send_signal(signal.SIGTERM)
+    _, _, usage = os.wait4(proc.pid, 0)
+    return {
+        "listen_s": t_listen,
+        "first_s": t_first,
+        "end_s": t_end,
+        "rss_mb": usage.ru_maxrss / 1024,
+    }
+
+
+def played(db: Path) -> int:
+    """The frames a replay of the session plays: the daemon's, on its one conversation."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        query = "select count(*) from frames where session_id = ? and direction = 'in'"
+        return int(con.execute(query, (SID,)).fetchone()[0])
+    finally:
+        con.close()
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--build"]:
         build(Path(sys.argv[2]), int(sys.argv[3]))
@@ -164,14 +216,18 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--json", action="store_true")
     p.add_argument("--keep", action="store_true")
+    p.add_argument(
+        "--db", type=Path, help="build the database here, or reuse it if it exists (--frames)"
+    )
     args = p.parse_args()
     py = sys.executable
     with scratch_dir("replay-bench-", args.keep) as root:
-        db = root / "recorder.db"
+        db = args.db or root / "recorder.db"
         t = time.monotonic()
-        # In a process of its own: a child's peak RSS counts what it had before exec,
-        # so this process must stay small.
-        subprocess.run([py, __file__, "--build", str(db), str(args.frames)], check=True)
+        if not db.exists():
+            # In a process of its own: a child's peak RSS counts what it had before exec,
+            # so this process must stay small.
+            subprocess.run([py, __file__, "--build", str(db), str(args.frames)], check=True)
         built = time.monotonic() - t
         env_db = str(db)
         replay = [py, "-m", "recorder", "replay", "--database", env_db, SID, "--instant"]
@@ -188,6 +244,7 @@ def main() -> None:
                 SID,
             ],
         }
+        commands["show"] = [py, "-m", "recorder", "show", "--database", env_db, SID]
         results: dict[str, dict[str, float]] = {}
         for name, argv in commands.items():
             measure(argv)  # warm-up: the file is in the page cache from here on
@@ -197,8 +254,23 @@ def main() -> None:
                 for key in ("first_s", "end_s", "bytes")
             }
             results[name]["rss_mb"] = max(r["rss_mb"] for r in runs)
+        serve = [py, "-m", "recorder", "replay", "--database", env_db, SID, "--instant"]
+        serve += ["--serve", "127.0.0.1:0"]
+        replies = played(db)
+        measure_serve(serve, replies)
+        served = [measure_serve(serve, replies) for _ in range(args.repeat)]
+        results["replay --serve --instant"] = {
+            key: statistics.median(r[key] for r in served)
+            for key in ("listen_s", "first_s", "end_s")
+        }
+        results["replay --serve --instant"]["rss_mb"] = max(r["rss_mb"] for r in served)
     text = results["replay --instant (text)"]
-    targets = {"first_output_lt_0.2s": text["first_s"] < 0.2, "rss_lt_100mb": text["rss_mb"] < 100}
+    serving = results["replay --serve --instant"]
+    targets = {
+        "first_output_lt_0.2s": text["first_s"] < 0.2,
+        "served_first_frame_lt_0.2s": serving["first_s"] < 0.2,
+        "rss_lt_100mb": all(r["rss_mb"] < 100 for n, r in results.items() if "baseline" not in n),
+    }
     if args.json:
         print(
             json.dumps(
@@ -214,6 +286,7 @@ def main() -> None:
     print(f"  {'command':<44} {'first output':>12} {'to the end':>11} {'peak RSS':>9}")
     for name, r in results.items():
         print(f"  {name:<44} {r['first_s']:>10.3f} s {r['end_s']:>9.3f} s {r['rss_mb']:>6.1f} MB")
+    print(f"  (--serve listened after {serving['listen_s']:.3f} s; first output: the first frame)")
     print(f"  machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
     print(targets_line(targets))
 

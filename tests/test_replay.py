@@ -591,3 +591,19 @@ def test_space_pauses_and_dot_steps_on_a_real_terminal(terminal: tuple[int, int]
         assert keys.wait(0.01) is False  # and the one after passes as it is
         assert time.monotonic() - started < 30
     assert termios.tcgetattr(read) == before
+
+
+def test_markers_stay_short_whatever_a_daemon_names() -> None:
+    """A tool name or a status of 10 MB was a 10 MB marker line (today's main)."""
+    from recorder.replay.text import show
+
+    huge = "n" * 10_000_000
+    frames: list[dict[str, Any]] = [
+        {"type": "tool_call_start", "data": {"toolName": huge, "toolInput": {"x": huge}}},
+        {"type": "tool_call_result", "data": {"toolName": huge, "status": huge}},
+        {"type": "session_status_update", "session": {"status": huge}},
+    ]
+    for i, obj in enumerate(frames):
+        frame = ReplayFrame(i, 1, i, IN, i, i, obj["type"], True, json.dumps(obj).encode())
+        shown = show(Cue(0.0, frame=frame))
+        assert shown is not None and shown.is_marker and len(shown.label) < 300, i

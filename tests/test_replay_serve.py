@@ -6,9 +6,10 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +25,11 @@ from recorder.capture.wire import RecordingClientConnection
 from recorder.cli import cli
 from recorder.config import load_config
 from recorder.db.reader import open_reader
+from recorder.protocol.daemon import HEALTH_CHECK_FRAME
 from recorder.protocol.frames import IN
 from recorder.replay import source
 from recorder.replay.plan import Choice, ReplayFrame
+from recorder.replay.serve import Recorded as Recorded_
 from recorder.replay.serve import ReplayServer
 from recorder.replay.source import Conversation, Session
 from recorder.replay.timing import Pace
@@ -119,8 +122,23 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
     return Recorded(path, sid, conversation)
 
 
+@pytest.fixture(params=["database", "memory"])
+def played(request: pytest.FixtureRequest, recorded: Recorded) -> Iterator[Recorded_]:
+    """The recording, read from the database as it plays (as `--serve` does), or whole."""
+    if request.param == "memory":
+        yield recorded.conversation
+        return
+    reader = open_reader(f"sqlite:///{recorded.path}")
+    stream = source.Stream(reader, source.open_session(reader, recorded.session), requests=True)
+    try:
+        yield stream
+    finally:
+        stream.close()
+        reader.close()
+
+
 @asynccontextmanager
-async def serving(conversation: Conversation, **options: Any) -> AsyncIterator[ReplayServer]:
+async def serving(conversation: Recorded_, **options: Any) -> AsyncIterator[ReplayServer]:
     """A ReplayServer on a free loopback port, in this event loop; cancelled on exit."""
     options.setdefault("pace", INSTANT)
     server = ReplayServer(conversation, **options)
@@ -177,7 +195,7 @@ def wire(frame: ReplayFrame) -> Wire:
 
 
 async def test_a_client_gets_the_hello_then_the_recorded_frames_byte_exact(
-    recorded: Recorded,
+    recorded: Recorded, played: Recorded_
 ) -> None:
     conv = recorded.conversation
     # What the replay plays is what the recorder recorded on the UI's connection.
@@ -185,15 +203,15 @@ async def test_a_client_gets_the_hello_then_the_recorded_frames_byte_exact(
     result = CliRunner().invoke(cli, ["frames", *args, "--format", "jsonl", "--limit", "0"])
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]
-    played = conv.session.choice.conversations
+    chosen = conv.session.choice.conversations
     assert [
-        frame_bytes(r) for r in rows if r["direction"] == IN and r["connection_id"] in played
+        frame_bytes(r) for r in rows if r["direction"] == IN and r["connection_id"] in chosen
     ] == [f.data for f in conv.replies]
     types = [f.type for f in conv.replies]
     assert {"session_spawned", "task_executing", "task_failed", "stream_chunk"} <= set(types)
     assert conv.hello is not None and conv.hello.type == "health_check_response"
 
-    async with serving(conv) as server, client(url(server)) as ws:
+    async with serving(played) as server, client(url(server)) as ws:
         got = [await recv(ws) for _ in range(1 + len(conv.replies))]
         assert got[0] == wire(conv.hello)
         assert got[1:] == [wire(f) for f in conv.replies]
@@ -201,12 +219,14 @@ async def test_a_client_gets_the_hello_then_the_recorded_frames_byte_exact(
         assert await ask(ws, {"type": "ping"}) == {"type": "pong"}
 
 
-async def test_requests_are_answered_from_the_recording(recorded: Recorded) -> None:
+async def test_requests_are_answered_from_the_recording(
+    recorded: Recorded, played: Recorded_
+) -> None:
     conv, sid = recorded.conversation, recorded.session
     assert conv.daemon_status is not None
     last = [f for f in conv.replies if f.type == "session_status_update"][-1]
     assert last.id > max(f.id for f in conv.replies if f.type == "session_spawned")
-    async with serving(conv) as server, client(url(server)) as ws:
+    async with serving(played) as server, client(url(server)) as ws:
         for _ in range(1 + len(conv.replies)):
             await recv(ws)
         await ws.send('{"type":"ping"}')
@@ -232,7 +252,9 @@ async def test_requests_are_answered_from_the_recording(recorded: Recorded) -> N
         await nothing_yet(ws)
 
 
-async def test_wait_for_client_holds_each_reply_until_its_request(recorded: Recorded) -> None:
+async def test_wait_for_client_holds_each_reply_until_its_request(
+    recorded: Recorded, played: Recorded_
+) -> None:
     conv, sid = recorded.conversation, recorded.session
     assert [json.loads(r.data)["type"] for r in conv.requests] == [
         "spawn_session",
@@ -246,7 +268,7 @@ async def test_wait_for_client_holds_each_reply_until_its_request(recorded: Reco
     assert json.loads(after_execute[0][1])["type"] == "task_executing"
     assert any(f.id > status.id for f in conv.replies)  # the status request's own reply
 
-    async with serving(conv, wait_for_client=True) as server, client(url(server)) as ws:
+    async with serving(played, wait_for_client=True) as server, client(url(server)) as ws:
         assert conv.hello is not None and await recv(ws) == wire(conv.hello)
         await nothing_yet(ws)  # every reply followed the spawn
         assert await ask(ws, {"type": "list_sessions"}) == {"type": "sessions_list", "sessions": []}
@@ -270,13 +292,15 @@ async def test_wait_for_client_holds_each_reply_until_its_request(recorded: Reco
         assert await ask(ws, {"type": "ping"}) == {"type": "pong"}
 
 
-async def test_without_loop_the_replay_is_played_through_once(recorded: Recorded) -> None:
+async def test_without_loop_the_replay_is_played_through_once(
+    recorded: Recorded, played: Recorded_
+) -> None:
     conv, sid = recorded.conversation, recorded.session
     assert conv.hello is not None
     hello, replies = wire(conv.hello), [wire(f) for f in conv.replies]
     requests = [r.data.decode() for r in conv.requests]
     status = {"type": "session_status", "payload": {"sessionId": sid}}
-    async with serving(conv, wait_for_client=True) as server:
+    async with serving(played, wait_for_client=True) as server:
         async with client(url(server)) as first:
             assert await recv(first) == hello
             async with client(url(server)) as second:
@@ -299,11 +323,13 @@ async def test_without_loop_the_replay_is_played_through_once(recorded: Recorded
             assert await recv(fourth) == wire(final)
 
 
-async def test_with_loop_every_client_gets_the_whole_replay(recorded: Recorded) -> None:
+async def test_with_loop_every_client_gets_the_whole_replay(
+    recorded: Recorded, played: Recorded_
+) -> None:
     conv = recorded.conversation
     assert conv.hello is not None
     expected = [wire(conv.hello)] + [wire(f) for f in conv.replies]
-    async with serving(conv, loop=True) as server:
+    async with serving(played, loop=True) as server:
         async with client(url(server)) as a, client(url(server)) as b:
             for ws in (a, b):
                 assert [await recv(ws) for _ in expected] == expected
@@ -426,3 +452,43 @@ async def test_daemon_status_without_one_recorded_is_an_error() -> None:
             await recv(ws)
         answer = await ask(ws, {"type": "daemon_status"})
         assert answer["type"] == "error"
+
+
+SERVE = ("--serve", "127.0.0.1:0", "--instant")
+
+
+def test_a_long_session_is_served_as_it_is_read_in_bounded_memory(tmp_path: Path) -> None:
+    """Today's main read the whole session into memory before it listened (1.16 GB and
+    5.5 s for a million frames). Here 2 000 frames of 50 kB, 100 MB: played byte-exact,
+    by a process that never holds more than a few pages of them."""
+    from websockets.sync.client import connect as connect_sync
+
+    from tests.test_reading import SID as LONG
+    from tests.test_reading import chunk, fill, status
+
+    path = tmp_path / "long.db"
+    frames = [(IN, status("running")), *[(IN, chunk(i, pad=50_000)) for i in range(2000)]]
+    asyncio.run(fill(f"sqlite+aiosqlite:///{path}", frames))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECORDER_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recorder", "replay", "--database", str(path), LONG, *SERVE],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stderr is not None
+    try:
+        line = proc.stderr.readline().decode()
+        assert "as a daemon on ws://" in line, line + proc.stderr.read().decode()
+        with connect_sync(line.split()[-1], max_size=None) as ws:
+            assert ws.recv(timeout=TIMEOUT) == HEALTH_CHECK_FRAME  # a link's session
+            got = [ws.recv(timeout=TIMEOUT, decode=False) for _ in frames]
+        assert got == [data for _, data in frames]
+        # Its own peak (wait4's would count this process's, from before exec).
+        proc_status = Path(f"/proc/{proc.pid}/status").read_text()
+        peak_kib = int(proc_status.split("VmHWM:")[1].split()[0])
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(TIMEOUT)
+    assert code == 0
+    assert peak_kib < 90 * 1024, f"peak RSS {peak_kib} kB"

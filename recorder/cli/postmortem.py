@@ -11,16 +11,22 @@ from recorder.cli.options import limit_option, load, output_option, reading, tar
 from recorder.cli.render import (
     CONNECTION_COLUMNS,
     TASK_COLUMNS,
+    VALUE_CHARS,
     Column,
     connection_json,
     emit,
+    pairs,
+    session_json,
+    shown,
     table_lines,
     task_json,
     when,
 )
+from recorder.protocol.story import span
 from recorder.protocol.tame import on_one_line
 
 if TYPE_CHECKING:
+    from recorder.protocol.kept import Kept
     from recorder.protocol.story import Story
 
 
@@ -33,35 +39,45 @@ def show(config_path: str | None, database: str | None, session: str, fmt: str) 
 
     Status changes, tasks, tool calls paired with their results, errors, the
     daemon's metrics, frames by type and by connection, and the spans when no
-    connection was recording.
+    connection was recording. Long lists show their first and last entries, and
+    long values their start; --format json has every value whole.
 
     Example: recorder show session_1795692537464
     """
     from recorder.db import read
 
     target = load(config_path, database)
+    text = fmt != "json"
     with reading(target) as reader:
         row = read.resolve_session(reader, session)
-        story = read.story(reader, row)
-        task_rows = read.tasks(reader, row["id"])
-    if fmt == "json":
-        out = {"session": _session_dict(row), "tasks": [task_json(t) for t in task_rows]}
-        click.echo(json.dumps(out | story.to_json(), ensure_ascii=False, indent=2))
+        if text:  # at once: the rest reads every frame of the session
+            _echo(head_lines(dict(row)))
+        story = read.story(reader, row, longest=VALUE_CHARS if text else None)
+        tasks = read.session_tasks(reader, row["id"])
+    if text:
+        _echo(story_lines(tasks, story))
         return
-    for line in story_lines(dict(row), task_rows, story):
+    out: dict[str, Any] = {
+        "session": session_json(row),
+        "tasks": [task_json(t) for t in tasks.items],
+    }
+    out |= story.to_json()
+    out["task_count"] = tasks.total
+    out["left_out"]["tasks"] = tasks.left_out
+    click.echo(json.dumps(out, ensure_ascii=False, indent=2))
+
+
+def _echo(lines: list[str]) -> None:
+    for line in lines:
         click.echo(on_one_line(line))  # a frame's strings must not steer the terminal
 
 
-def _session_dict(row: Any) -> dict[str, Any]:
-    from recorder.cli.render import session_json
-
-    return session_json(row)
-
-
-def story_lines(session: dict[str, Any], task_rows: list[Any], story: Story) -> list[str]:
-    lines = [f"session   {session['id']}"]
+def head_lines(session: dict[str, Any]) -> list[str]:
+    """What the session's row says: its id, kind, status and span, its last error."""
+    start, end = span(session)
+    lines = [f"session   {shown(session['id'])}"]
     kind = ", ".join(
-        x
+        shown(x)
         for x in (
             session.get("session_type"),
             session.get("orchestrator_id") and f"orchestrator {session['orchestrator_id']}",
@@ -70,54 +86,50 @@ def story_lines(session: dict[str, Any], task_rows: list[Any], story: Story) -> 
     )
     if kind:
         lines.append(f"          {kind}")
-    duration = f" ({story.duration_s:.1f} s)" if story.duration_s is not None else " (still open)"
+    duration = f" ({(end - start) / 1e6:.1f} s)" if end is not None else " (still open)"
     lines.append(
-        f"status    {session.get('status') or '?'}: {when(story.start_us)} -> "
-        f"{when(story.end_us) or 'now'}{duration}"
+        f"status    {shown(session.get('status') or '?')}: {when(start)} -> "
+        f"{when(end) or 'now'}{duration}"
     )
     if session.get("last_error"):
-        lines.append(f"error     {on_one_line(session['last_error'])}")
+        lines.append(f"error     {shown(session['last_error'])}")
+    return lines
+
+
+def _with_left_out(lines: list[str], at: int, left_out: int, what: str) -> list[str]:
+    """``lines`` with a line saying how many ``what`` were left out, before ``at``."""
+    if not left_out:
+        return lines
+    return [*lines[:at], f"  … {left_out:,} more {what} …", *lines[at:]]
+
+
+def story_lines(tasks: Kept[Any], story: Story) -> list[str]:
+    lines: list[str] = []
+    keep = story.keep
     if story.timeline:
-        lines += ["", "Status"]
-        lines += [f"  {when(c.at_us)}  {c.status}" for c in story.timeline]
-    if task_rows:
-        lines += ["", "Tasks"]
+        status = [f"  {when(c.at_us)}  {shown(c.status)}" for c in story.timeline]
         lines += [
-            "  " + line
-            for line in table_lines([c for c in TASK_COLUMNS if c.header != "SESSION"], task_rows)
+            "",
+            "Status",
+            *_with_left_out(status, keep, story.left_out["timeline"], "status changes"),
         ]
+    if tasks.items:
+        columns = [c for c in TASK_COLUMNS if c.header != "SESSION"]
+        table = table_lines(columns, tasks.items, indent="  ")
+        lines += ["", "Tasks", *_with_left_out(table, 1 + tasks.keep, tasks.left_out, "tasks")]
     if story.tools:
-        failed = sum(1 for t in story.tools if t.status == "failed")
-        lines += ["", f"Tool calls: {len(story.tools)}, {failed} failed"]
-        tool_columns = (
-            Column("STARTED", lambda t: when(t.started_us)),
-            Column("TOOL", lambda t: t.name),
-            Column(
-                "SECONDS", lambda t: "" if t.duration_s is None else f"{t.duration_s:.3f}", True
-            ),
-            Column("OUTCOME", lambda t: t.status or "no result"),
-            Column("INPUT / ERROR", lambda t: t.error or json.dumps(t.input, ensure_ascii=False)),
-        )
-        lines += ["  " + line for line in table_lines(tool_columns, story.tools)]
+        lines += ["", f"Tool calls: {story.tool_calls}, {story.tools_failed} failed"]
+        table = table_lines(TOOL_COLUMNS, story.tools, indent="  ")
+        lines += _with_left_out(table, 1 + keep, story.left_out["tools"], "tool calls")
     if story.errors:
-        lines += ["", "Errors"]
-        lines += [f"  {when(e.at_us)}  {e.source}: {on_one_line(e.text)}" for e in story.errors]
+        errors = [f"  {when(e.at_us)}  {e.source}: {shown(e.text)}" for e in story.errors]
+        lines += ["", "Errors", *_with_left_out(errors, keep, story.left_out["errors"], "errors")]
     if story.metrics:
-        lines += ["", "Metrics (as the daemon last reported them)"]
-        lines.append("  " + ", ".join(f"{k} {v}" for k, v in story.metrics.items()))
-    lines += ["", f"Frames: {sum(story.by_type.values())}"]
-    lines.append("  " + ", ".join(f"{t} {n}" for t, n in story.by_type.items()))
+        lines += ["", "Metrics (as the daemon last reported them)", "  " + pairs(story.metrics)]
+    lines += ["", f"Frames: {sum(story.by_type.values())}", "  " + pairs(story.by_type)]
     if story.connections:
         lines += ["", "Recorded by"]
-        share_columns = (
-            Column("CONN", lambda c: c.id, True),
-            Column("ROLE", lambda c: c.role if c.role != "proxy" else f"UI {c.client_addr}"),
-            Column("FRAMES", lambda c: c.frames, True),
-            Column("OPENED", lambda c: when(c.opened_us)),
-            Column("CLOSED", lambda c: when(c.closed_us) or "open"),
-            Column("CODE", lambda c: c.close_code, True),
-        )
-        lines += ["  " + line for line in table_lines(share_columns, story.connections)]
+        lines += table_lines(SHARE_COLUMNS, story.connections, indent="  ")
     lines += [""]
     if story.gaps:
         lines.append("Gaps: no connection was recording")
@@ -127,6 +139,30 @@ def story_lines(session: dict[str, Any], task_rows: list[Any], story: Story) -> 
     else:
         lines.append("Gaps: none, a connection was recording throughout")
     return lines
+
+
+def _tool_input(call: Any) -> str:
+    # Told for a screen, an input is its JSON text already, cut short.
+    if call.error:
+        return str(call.error)
+    return call.input if isinstance(call.input, str) else json.dumps(call.input, ensure_ascii=False)
+
+
+TOOL_COLUMNS = (
+    Column("STARTED", lambda t: when(t.started_us)),
+    Column("TOOL", lambda t: t.name),
+    Column("SECONDS", lambda t: "" if t.duration_s is None else f"{t.duration_s:.3f}", True),
+    Column("OUTCOME", lambda t: t.status or "no result"),
+    Column("INPUT / ERROR", _tool_input),
+)
+SHARE_COLUMNS = (
+    Column("CONN", lambda c: c.id, True),
+    Column("ROLE", lambda c: c.role if c.role != "proxy" else f"UI {c.client_addr}"),
+    Column("FRAMES", lambda c: c.frames, True),
+    Column("OPENED", lambda c: when(c.opened_us)),
+    Column("CLOSED", lambda c: when(c.closed_us) or "open"),
+    Column("CODE", lambda c: c.close_code, True),
+)
 
 
 @click.command()
@@ -212,15 +248,15 @@ def stats(config_path: str | None, database: str | None, fmt: str) -> None:
     ):
         click.echo(f"\n{title}")
         for key, value in mapping.items():
-            click.echo(f"  {value:>12,}  {on_one_line(str(key))}")
+            click.echo(f"  {value:>12,}  {shown(key)}")
     if st.busiest:
         click.echo("\nBusiest sessions")
         for r in info["busiest_sessions"]:
-            click.echo(on_one_line(f"  {r['frames']:>12,}  {r['id']}  {r['status'] or '?'}"))
+            click.echo(f"  {r['frames']:>12,}  {shown(r['id'])}  {shown(r['status'] or '?')}")
     if st.daemon:
         click.echo(f"\nDaemon, as reported at {info['daemon_reported_at']}")
         metrics = st.daemon.get("metrics")
         status, uptime = st.daemon.get("status"), st.daemon.get("uptime")
-        click.echo(on_one_line(f"  status {status}, uptime {uptime} ms"))
+        click.echo(f"  status {shown(status)}, uptime {shown(uptime)} ms")
         if isinstance(metrics, dict):
-            click.echo(on_one_line("  " + ", ".join(f"{k} {v}" for k, v in metrics.items())))
+            click.echo("  " + pairs(metrics))

@@ -1,9 +1,10 @@
 """How rows look on a terminal and in files: shared by every command that prints them.
 
 Rows come from :mod:`recorder.db.read` and are read by column name. Three shapes:
-``table`` for people (aligned, one line per row, no raw control characters, the
-last column cut to the terminal's width), ``json`` (one document) and ``jsonl``
-(one object per line).
+``table`` for people (aligned, one line per row, no raw control characters, each
+value cut to what a terminal can use and saying how long it was, the last column
+to the terminal's width), ``json`` (one document) and ``jsonl`` (one object per
+line), which keep every value whole.
 """
 
 from __future__ import annotations
@@ -19,10 +20,22 @@ from typing import Any, BinaryIO
 import click
 
 from recorder.protocol.frames import IN, OPCODE_TEXT
-from recorder.protocol.tame import on_one_line
+from recorder.protocol.tame import one_line
 from recorder.times import format_us
 
 Row = Any
+
+# What a person is shown of one value: a column is as wide as its widest cell, and a
+# daemon's 10 MB value made every row of a table 10 MB wide. The last column, which
+# nothing follows, may be longer, or on a terminal what its width leaves.
+CELL_CHARS = 60
+VALUE_CHARS = 200
+# On a terminal: the least a column is cut to (ids and times are never cut: a
+# value's start and how long it was), and what the last one keeps as others give way.
+NARROWEST = 32
+LAST_CHARS_LEFT = 24
+# Entries of a mapping shown on one line (metrics, frames by type).
+PAIRS_SHOWN = 20
 
 
 def terminal_width() -> int | None:
@@ -39,18 +52,37 @@ class Column:
     right: bool = False
 
 
-def table_lines(columns: Sequence[Column], rows: Iterable[Row]) -> list[str]:
-    cells = [[on_one_line(_cell(c.value(row))) for c in columns] for row in rows]
-    widths = [max([len(c.header)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+def table_lines(columns: Sequence[Column], rows: Iterable[Row], indent: str = "") -> list[str]:
+    """Aligned lines, one per row, each value cut short (see the module); on a
+    terminal, the widest columns give way until the last one has room too."""
     room = terminal_width()
+    room = room - len(indent) if room else None
+    values = [[_cell(c.value(row)) for c in columns] for row in rows]
+    width = [len(c.header) for c in columns]
+    cells: list[list[str]] = [[] for _ in columns]
+
+    def cut(i: int, limit: int) -> None:
+        cells[i] = [one_line(v[i], limit) for v in values]
+        width[i] = max([len(columns[i].header)] + [len(c) for c in cells[i]])
+
+    for i in range(len(columns) - 1):
+        cut(i, CELL_CHARS)
+    while room:
+        over = sum(width[:-1]) + 2 * (len(columns) - 1) + LAST_CHARS_LEFT - room
+        widest = max(range(len(columns) - 1), key=lambda i: width[i], default=None)
+        if over <= 0 or widest is None or width[widest] <= NARROWEST:
+            break
+        cut(widest, max(NARROWEST, width[widest] - over))
+    last = len(columns) - 1
+    cut(last, max(LAST_CHARS_LEFT, room - sum(width[:-1]) - 2 * last) if room else VALUE_CHARS)
     lines = []
-    for values in [[c.header for c in columns], *cells]:
+    for texts in [[c.header for c in columns], *zip(*cells, strict=True)]:
         parts = [
-            v.rjust(w) if c.right else (v if i == len(columns) - 1 else v.ljust(w))
-            for i, (c, v, w) in enumerate(zip(columns, values, widths, strict=True))
+            v.rjust(w) if c.right else (v if i == last else v.ljust(w))
+            for i, (c, v, w) in enumerate(zip(columns, texts, width, strict=True))
         ]
         line = "  ".join(parts).rstrip()
-        lines.append(line[:room] if room else line)
+        lines.append(indent + (line[:room] if room else line))
     return lines
 
 
@@ -85,6 +117,19 @@ def emit(
 
 def when(us: int | None) -> str:
     return format_us(us)
+
+
+def shown(value: Any, limit: int = VALUE_CHARS) -> str:
+    """A value as a person is shown it: one line, cut to ``limit``, saying how long."""
+    return one_line(_cell(value), limit)
+
+
+def pairs(mapping: dict[Any, Any], most: int = PAIRS_SHOWN) -> str:
+    """``key value, ...`` on one line: the first ``most`` entries, each cut short, and
+    how many more there were."""
+    items = list(mapping.items())
+    text = ", ".join(f"{shown(k, CELL_CHARS)} {shown(v, CELL_CHARS)}" for k, v in items[:most])
+    return text + (f", … {len(items) - most:,} more" if len(items) > most else "")
 
 
 # --- sessions, tasks, connections -------------------------------------------------
@@ -255,11 +300,12 @@ class FrameWriter:
         if text is None:
             kind = "binary" if row["opcode"] != OPCODE_TEXT else "invalid UTF-8"
             text = f"<{row['size']} bytes {kind}>"
-        preview = on_one_line(text[: self.preview])[: self.preview]
+        # SIZE says how long each one is.
+        preview = one_line(text[: self.preview + 1], self.preview, say_length=False)
         arrow = "<-" if row["direction"] == IN else "->"
+        kind = one_line(row["type"] or "-", 24, say_length=False)
+        session = one_line(row["session_id"] or "-", 34, say_length=False)
         return (
             f"{row['id']:>8} {format_us(row['received_at_us']):<27} {row['connection_id']:>4} "
-            f"{arrow:<3} {on_one_line(row['type'] or '-')[:24]:<24} "
-            f"{on_one_line(row['session_id'] or '-')[:34]:<34} "
-            f"{row['size']:>7} {preview}\n"
+            f"{arrow:<3} {kind:<24} {session:<34} {row['size']:>7} {preview}\n"
         )

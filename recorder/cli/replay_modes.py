@@ -38,12 +38,17 @@ def serve_or_replay_live(
         _alone(target)
     with reading(target) as reader:
         plan = source.open_session(reader, session, connection)
+        if serve is not None and address is not None:
+            # Served as it is read: the reader stays open while the server runs.
+            recorded: Any = source.Stream(reader, plan, requests=wait_for_client)
+            try:
+                _serve(target, serve, address, plan, recorded, pace, wait_for_client, loop)
+            finally:
+                recorded.close()
+            return
         recorded = source.conversation(reader, plan)
-    if serve is not None and address is not None:
-        _serve(target, serve, address, plan, recorded, pace, wait_for_client, loop)
-    else:
-        assert daemon is not None
-        _live(target, daemon, plan, recorded, pace, as_json)
+    assert daemon is not None
+    _live(target, daemon, plan, recorded, pace, as_json)
 
 
 def _listen_address(target: Target, listen: str) -> tuple[str, int]:

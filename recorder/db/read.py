@@ -8,111 +8,30 @@ database. Counts that would scan every frame come from the writer's rollups
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+# Frames themselves are read in pages; these are the names the read side has had.
+from recorder.db.pages import FrameFilter as FrameFilter
+from recorder.db.pages import frames as frames
+from recorder.db.pages import newest_frame_id as newest_frame_id
 from recorder.db.reader import ACTIVE_SQL, Reader, ReadError, Row, first_row
-from recorder.protocol.story import READ_TYPES, Recording, Story, StoryFrame, span, tell
+from recorder.protocol.kept import Kept
+from recorder.protocol.story import (
+    KEEP,
+    READ_TYPES,
+    Recording,
+    Story,
+    StoryFrame,
+    Teller,
+    span,
+)
 from recorder.protocol.tame import on_one_line, read_object
 from recorder.times import now_us
-
-FRAME_COLUMNS = (
-    "id, connection_id, seq, direction, received_at_us, monotonic_ns, opcode, size, type, "
-    "session_id, task_id, parse_error, payload, payload_bytes"
-)
 
 
 class NoSuchSession(ReadError):
     """No session, or more than one, matches what the user typed."""
-
-
-@dataclass(frozen=True)
-class FrameFilter:
-    session_id: str | None = None
-    # A task id, or the description a person remembers.
-    task: str | None = None
-    type: str | None = None
-    direction: str | None = None
-    connection_id: int | None = None
-    since_us: int | None = None
-    until_us: int | None = None
-    # Frames whose payload contains this text: a scan, bounded by the other filters.
-    grep: str | None = None
-    # Only frames after this id, and up to that one (`recorder tail`).
-    after_id: int | None = None
-    through_id: int | None = None
-    limit: int = 0
-    # The newest N, still printed oldest first.
-    last: int = 0
-
-
-def _where(reader: Reader, f: FrameFilter) -> tuple[str, dict[str, Any]]:
-    conds: list[str] = []
-    params: dict[str, Any] = {}
-    if f.session_id is not None:
-        conds.append("session_id = :session_id")
-        params["session_id"] = f.session_id
-    if f.task is not None:
-        conds.append(
-            "task_id IN (SELECT :task UNION SELECT task_id FROM tasks WHERE description = :task)"
-        )
-        params["task"] = f.task
-    if f.type is not None:
-        conds.append("type = :type")
-        params["type"] = f.type
-    if f.direction is not None:
-        conds.append("direction = :direction")
-        params["direction"] = f.direction
-    if f.connection_id is not None:
-        conds.append("connection_id = :connection_id")
-        params["connection_id"] = f.connection_id
-    if f.since_us is not None:
-        conds.append("received_at_us >= :since_us")
-        # The same frames, found from where they start: ids follow recording order, so
-        # no frame received since then has a smaller id than the first one that was.
-        # Without it, a walk in id order reads every older frame first.
-        conds.append(
-            "id >= (SELECT coalesce(min(id), 0) FROM frames WHERE received_at_us >= :since_us)"
-        )
-        params["since_us"] = f.since_us
-    if f.until_us is not None:
-        conds.append("received_at_us < :until_us")
-        params["until_us"] = f.until_us
-    if f.after_id is not None:
-        conds.append("id > :after_id")
-        params["after_id"] = f.after_id
-    if f.through_id is not None:
-        conds.append("id <= :through_id")
-        params["through_id"] = f.through_id
-    if f.grep is not None:
-        find = (
-            "strpos(payload, :grep)" if reader.dialect == "postgresql" else "instr(payload, :grep)"
-        )
-        conds.append(f"{find} > 0")
-        params["grep"] = f.grep
-    return (" WHERE " + " AND ".join(conds) if conds else ""), params
-
-
-def frames(reader: Reader, f: FrameFilter) -> Iterator[Row]:
-    """Frames in recording order, streamed: memory stays flat for millions of rows."""
-    where, params = _where(reader, f)
-    if f.last:
-        newest = reader.rows(
-            f"SELECT {FRAME_COLUMNS} FROM frames{where} ORDER BY id DESC LIMIT {int(f.last)}",
-            params,
-        )
-        yield from reversed(newest)
-        return
-    limit = f" LIMIT {int(f.limit)}" if f.limit else ""
-    yield from reader.stream(
-        f"SELECT {FRAME_COLUMNS} FROM frames{where} ORDER BY id{limit}", params
-    )
-
-
-def newest_frame_id(reader: Reader) -> int:
-    row = first_row(reader, "SELECT max(id) AS id FROM frames")
-    return int(row["id"]) if row is not None and row["id"] is not None else 0
 
 
 def sessions(
@@ -272,35 +191,67 @@ def stats(reader: Reader, busiest: int = 10) -> Stats:
     )
 
 
-def story(reader: Reader, session: Row) -> Story:
-    """``recorder show``: a session's frames read once, through its index."""
+def story(reader: Reader, session: Row, *, longest: int | None = None) -> Story:
+    """``recorder show``: a session's frames read once, through its index, a page at a
+    time, and folded into its story (``longest``: see :class:`Teller`)."""
     sid = session["id"]
     wanted = ", ".join(f"'{t}'" for t in READ_TYPES)
-    rows = reader.rows(
-        "SELECT id, connection_id, seq, direction, received_at_us, monotonic_ns, type, "
-        f"task_id, size, CASE WHEN type IN ({wanted}) THEN payload END AS payload "
-        "FROM frames WHERE session_id = :sid ORDER BY id",
-        {"sid": sid},
+    columns = (
+        "id, connection_id, seq, direction, received_at_us, monotonic_ns, type, task_id, "
+        f"size, CASE WHEN type IN ({wanted}) THEN payload END AS payload"
     )
-    frames_ = [
-        StoryFrame(
-            r["id"],
-            r["connection_id"],
-            r["seq"],
-            r["direction"],
-            r["received_at_us"],
-            r["monotonic_ns"],
-            r["type"],
-            r["task_id"],
-            r["size"],
-            _json(r["payload"]) if r["payload"] else None,
+    teller = Teller(dict(session), longest=longest)
+    for r in frames(reader, FrameFilter(session_id=sid), columns):
+        payload = r["payload"]
+        teller.add(
+            StoryFrame(
+                r["id"],
+                r["connection_id"],
+                r["seq"],
+                r["direction"],
+                r["received_at_us"],
+                r["monotonic_ns"],
+                r["type"],
+                r["task_id"],
+                r["size"],
+                _json(payload) if payload else None,
+            )
         )
-        for r in rows
-    ]
     start, end = span(session)
-    carried = "OR id IN (SELECT DISTINCT connection_id FROM frames WHERE session_id = :sid)"
-    recordings = recordings_around(reader, start, end or now_us(), carried, {"sid": sid})
-    return tell(dict(session), frames_, recordings, now_us())
+    recordings = recordings_around(reader, start, end or now_us())
+    # The connections that carried the session's frames outside that span too (a
+    # clock that jumped): the fold counted them.
+    known = {r.id for r in recordings}
+    missing = sorted(set(teller.per_connection) - known)
+    for chunk in range(0, len(missing), 500):
+        ids = ", ".join(str(int(i)) for i in missing[chunk : chunk + 500])
+        recordings += [
+            recording(r) for r in reader.rows(f"SELECT * FROM connections WHERE id IN ({ids})")
+        ]
+    recordings.sort(key=lambda r: r.id)
+    return teller.told(recordings, now_us())
+
+
+def session_tasks(reader: Reader, session_id: str, keep: int = KEEP) -> Kept[Row]:
+    """A session's tasks, newest first, for ``show``: the newest and the oldest
+    ``keep`` of them, and how many there are."""
+    count = first_row(
+        reader, "SELECT count(*) AS n FROM tasks WHERE session_id = :sid", {"sid": session_id}
+    )
+    total = int(count["n"]) if count is not None else 0
+    kept: Kept[Row] = Kept(keep)
+    newest = tasks(reader, session_id, limit=keep)
+    oldest: list[Row] = []
+    if total > keep:
+        oldest = reader.rows(
+            "SELECT * FROM tasks WHERE session_id = :sid ORDER BY first_seen_us, id "
+            f"LIMIT {int(min(keep, total - keep))}",
+            {"sid": session_id},
+        )
+    for row in [*newest, *reversed(oldest)]:
+        kept.add(row)
+    kept.total = max(total, kept.total)
+    return kept
 
 
 def recording(row: Row) -> Recording:

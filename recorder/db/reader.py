@@ -15,7 +15,7 @@ import shutil
 import sqlite3
 import stat
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -25,7 +25,6 @@ from recorder.protocol.index import TERMINAL_STATUSES
 
 # Rows come back as sqlite3.Row or asyncpg.Record: both are read by column name.
 Row = Any
-FETCH = 1000
 
 # A session is active while it has a status that is not terminal; one never seen
 # with a status (known only from its stream) is not. recorder.db.schema's
@@ -40,11 +39,21 @@ class ReadError(Exception):
 
 
 class Reader(Protocol):
+    """A read-only connection. Every call is one statement, fetched whole and ended
+    before it returns: no read snapshot outlives a call, so a reader never keeps a
+    SQLite writer's WAL from starting over (nor PostgreSQL's vacuum from its work)
+    while its caller prints or waits. Long reads go page by page
+    (:mod:`recorder.db.pages`)."""
+
     dialect: str
 
     def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]: ...
 
-    def stream(self, sql: str, params: Mapping[str, Any] | None = None) -> Iterator[Row]: ...
+    def page(self, sql: str, params: Mapping[str, Any], budget: int) -> list[Row]:
+        """The rows of ``sql`` (a page: its LIMIT bounds their number), taken until
+        their ``size`` column adds up to ``budget`` bytes: a page of hostile 10 MB
+        frames holds a few of them, not a thousand."""
+        ...
 
     def size_bytes(self) -> int | None: ...
 
@@ -159,13 +168,24 @@ class SqliteReader:
         except sqlite3.Error as exc:
             raise self.error(exc) from None
 
-    def stream(self, sql: str, params: Mapping[str, Any] | None = None) -> Iterator[Row]:
+    def page(self, sql: str, params: Mapping[str, Any], budget: int) -> list[Row]:
+        # Stepped row by row (the driver reads no row before it is asked for), and
+        # stopped at the budget: the statement ends here, and its snapshot with it.
+        taken: list[Row] = []
+        held = 0
         try:
-            cursor = self.conn.execute(sql, params or {})
-            while batch := cursor.fetchmany(FETCH):
-                yield from batch
+            cursor = self.conn.execute(sql, params)
+            try:
+                for row in cursor:
+                    taken.append(row)
+                    held += row["size"]
+                    if held >= budget:
+                        break
+            finally:
+                cursor.close()
         except sqlite3.Error as exc:
             raise self.error(exc) from None
+        return taken
 
     def size_bytes(self) -> int | None:
         return sum(
@@ -251,16 +271,11 @@ class PostgresReader:
         text, values = numbered(sql, params)
         return list(self._run(self.conn.fetch(text, *values)))
 
-    def stream(self, sql: str, params: Mapping[str, Any] | None = None) -> Iterator[Row]:
-        text, values = numbered(sql, params)
-        transaction = self.conn.transaction(readonly=True)
-        self._run(transaction.start())
-        try:
-            cursor = self._run(self.conn.cursor(text, *values))
-            while batch := self._run(cursor.fetch(FETCH)):
-                yield from batch
-        finally:
-            self._run(transaction.rollback())
+    def page(self, sql: str, params: Mapping[str, Any], budget: int) -> list[Row]:
+        # One statement, outside any transaction; the page's SQL (recorder.db.pages)
+        # cuts it at the budget itself, since stopping a server-side cursor early
+        # would need a transaction around it.
+        return self.rows(sql, {**params, "budget": budget})
 
     def size_bytes(self) -> int | None:
         return int(self._run(self.conn.fetchval("SELECT pg_database_size(current_database())")))

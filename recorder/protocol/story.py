@@ -1,19 +1,32 @@
 """What happened in a session, from its recorded frames: pure, for ``recorder show``.
 
 The input is what the read side fetched (the session's frames with their JSON
-parsed, its tasks, the recording connections around it); the output is a
-:class:`Story`: the status timeline, tool calls paired start to result, errors,
-the daemon's metrics, frame counts, and the spans when nothing was recording.
+parsed, in recording order, and the recording connections around it); the output is
+a :class:`Story`: the status timeline, tool calls paired start to result, errors,
+the daemon's metrics, frame counts, and the spans when nothing was recording. The
+frames are folded one at a time (:class:`Teller`), so a session of millions of
+frames is told in the memory of a short one.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+import json
+from collections import Counter, OrderedDict, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NamedTuple
 
 from recorder.protocol.index import TERMINAL_STATUSES
+from recorder.protocol.kept import Kept
+from recorder.protocol.tame import one_line
+
+# Of each list that grows with the session, the first and the last this many.
+KEEP = 10
+# Frame types counted one by one; past this many, the rest are counted together.
+MAX_TYPES = 100
+OTHER_TYPES = "(other types)"
+# Tool calls waiting for a result; past this many, the oldest is given up on.
+MAX_WAITING = 10_000
 
 
 class StoryFrame(NamedTuple):
@@ -104,6 +117,13 @@ class Story:
     by_type: dict[str, int] = field(default_factory=dict)
     connections: list[ConnectionShare] = field(default_factory=list)
     gaps: list[Gap] = field(default_factory=list)
+    # All the tool calls, and how many failed (``tools`` keeps some of them).
+    tool_calls: int = 0
+    tools_failed: int = 0
+    # Each long list holds its first ``keep`` and its last ``keep`` items; how many
+    # were left out between them, by list.
+    keep: int = KEEP
+    left_out: dict[str, int] = field(default_factory=dict)
 
     @property
     def duration_s(self) -> float | None:
@@ -138,36 +158,179 @@ def span(session: Mapping[str, Any]) -> tuple[int, int | None]:
 
 
 def tell(
-    session: dict[str, Any],
-    frames: list[StoryFrame],
+    session: Mapping[str, Any],
+    frames: Iterable[StoryFrame],
     recordings: list[Recording],
     now_us: int,
+    *,
+    keep: int = KEEP,
+    longest: int | None = None,
 ) -> Story:
     """The story of one session (``session`` is its row from the sessions table)."""
-    start, end = span(session)
-    story = Story(session["id"], start, end)
-    story.by_type = dict(Counter(f.type or "(not JSON)" for f in frames).most_common())
-    story.timeline = _timeline(frames)
-    story.tools = _tools(frames)
-    story.errors = _errors(frames)
-    story.metrics = _metrics(frames)
-    per_connection = Counter(f.connection_id for f in frames)
-    story.connections = [
-        ConnectionShare(
-            r.id,
-            r.role,
-            r.url,
-            r.client_addr,
-            per_connection[r.id],
-            r.opened_us,
-            r.closed_us,
-            r.close_code,
+    teller = Teller(session, keep=keep, longest=longest)
+    for frame in frames:
+        teller.add(frame)
+    return teller.told(recordings, now_us)
+
+
+class Teller:
+    """A session's story told one frame at a time, in recording order, holding only
+    aggregates: counts, the latest metrics, and of each list that grows with the
+    session (status changes, tool calls, errors) the first and last ``keep`` items.
+    Its memory does not grow with the session. With ``longest``, every text it keeps
+    is cut to that many characters (:func:`~recorder.protocol.tame.one_line`): for a
+    person's screen, where whole values (``--format json``) are not wanted."""
+
+    def __init__(
+        self, session: Mapping[str, Any], *, keep: int = KEEP, longest: int | None = None
+    ) -> None:
+        self.session = session
+        self.longest = longest
+        self.by_type: Counter[str] = Counter()
+        self.per_connection: Counter[int] = Counter()
+        self.timeline: Kept[StatusChange] = Kept(keep)
+        self.tools: Kept[ToolCall] = Kept(keep)
+        self.errors: Kept[ErrorLine] = Kept(keep)
+        self.tools_failed = 0
+        self.metrics: dict[str, Any] = {}
+        self._status: str | None = None
+        # Calls waiting for their result, oldest first: number -> (key, started_ns);
+        # and per (connection, tool name) their numbers, the order results pair in.
+        self._waiting: OrderedDict[int, tuple[tuple[int, int], int]] = OrderedDict()
+        self._queues: dict[tuple[int, int], deque[int]] = {}
+
+    def add(self, frame: StoryFrame) -> None:
+        kind = frame.type or "(not JSON)"
+        if kind in self.by_type or len(self.by_type) < MAX_TYPES:
+            self.by_type[kind] += 1
+        else:  # a daemon that makes up types cannot make the counter grow
+            self.by_type[OTHER_TYPES] += 1
+        self.per_connection[frame.connection_id] += 1
+        if frame.obj is None:
+            return
+        if frame.type in ("session_status_update", "session_spawned"):
+            status = _session_status(frame)
+            if status is not None and status != self._status:
+                self._status = status
+                self.timeline.add(StatusChange(frame.received_us, self._text(status), frame.id))
+        if frame.type in ("tool_call_start", "tool_call_result"):
+            self._tool(frame)
+        self._error(frame)
+        session = frame.obj.get("session")
+        if isinstance(session, dict) and isinstance(session.get("metrics"), dict):
+            self.metrics = dict(session["metrics"])
+
+    def told(self, recordings: list[Recording], now_us: int) -> Story:
+        start, end = span(self.session)
+        shares = [
+            ConnectionShare(
+                r.id,
+                r.role,
+                r.url,
+                r.client_addr,
+                self.per_connection[r.id],
+                r.opened_us,
+                r.closed_us,
+                r.close_code,
+            )
+            for r in recordings
+            if self.per_connection[r.id]
+        ]
+        return Story(
+            self.session["id"],
+            start,
+            end,
+            timeline=self.timeline.items,
+            tools=self.tools.items,
+            errors=self.errors.items,
+            metrics=self.metrics,
+            by_type=dict(self.by_type.most_common()),
+            connections=shares,
+            gaps=gaps(start, end if end is not None else now_us, recordings, now_us),
+            tool_calls=self.tools.total,
+            tools_failed=self.tools_failed,
+            keep=self.timeline.keep,
+            left_out={
+                "timeline": self.timeline.left_out,
+                "tools": self.tools.left_out,
+                "errors": self.errors.left_out,
+            },
         )
-        for r in recordings
-        if per_connection[r.id]
-    ]
-    story.gaps = gaps(start, end if end is not None else now_us, recordings, now_us)
-    return story
+
+    def _text(self, text: str) -> str:
+        return text if self.longest is None else one_line(text, self.longest)
+
+    def _value(self, value: Any) -> Any:
+        """A tool's input: whole, or as its JSON text cut to ``longest``."""
+        if self.longest is None or value is None:
+            return value
+        return self._text(json.dumps(value, ensure_ascii=False))
+
+    def _tool(self, frame: StoryFrame) -> None:
+        """Starts paired with results in order, per connection and tool name."""
+        data = (frame.obj or {}).get("data")
+        if not isinstance(data, dict):
+            return
+        # A name is a string; anything else (a list cannot even be a key) is no name.
+        name = data.get("toolName") if isinstance(data.get("toolName"), str) else None
+        # The key holds the name's hash: names are the daemon's, of any length.
+        key = (frame.connection_id, hash(name))
+        shown = self._text(str(name))
+        if frame.type == "tool_call_start":
+            call = ToolCall(
+                shown,
+                frame.received_us,
+                self._value(data.get("toolInput")),
+                connection_id=frame.connection_id,
+            )
+            number = self.tools.add(call)
+            self._waiting[number] = (key, frame.monotonic_ns)
+            self._queues.setdefault(key, deque()).append(number)
+            if len(self._waiting) > MAX_WAITING:  # the oldest is given up on: no result
+                self._answered(self._waiting.popitem(last=False)[1][0])
+            return
+        status = data.get("status") if isinstance(data.get("status"), str) else None
+        result = data.get("result")
+        error = result.get("error") if isinstance(result, dict) else None
+        said = self._text(str(error)) if error is not None else None
+        self.tools_failed += status == "failed"
+        answered = self._answered(key)
+        if answered is None:  # a result whose start was not recorded
+            call = ToolCall(shown, frame.received_us, None, frame.received_us, None, status, said)
+            self.tools.add(replace(call, connection_id=frame.connection_id))
+            return
+        _, started_ns = self._waiting.pop(answered)
+        kept = self.tools.get(answered)
+        if kept is not None:
+            # Within one connection the recorder's monotonic clock is exact.
+            seconds = round((frame.monotonic_ns - started_ns) / 1e9, 6)
+            self.tools.set(
+                answered,
+                replace(
+                    kept, ended_us=frame.received_us, duration_s=seconds, status=status, error=said
+                ),
+            )
+
+    def _answered(self, key: tuple[int, int]) -> int | None:
+        """The number of the oldest call waiting under ``key``, taken off its queue."""
+        queue = self._queues.get(key)
+        if not queue:
+            return None
+        number = queue.popleft()
+        if not queue:
+            del self._queues[key]
+        return number
+
+    def _error(self, frame: StoryFrame) -> None:
+        obj = frame.obj or {}
+        if frame.type in ("error", "task_failed") and isinstance(obj.get("error"), str):
+            self.errors.add(ErrorLine(frame.received_us, frame.type, self._text(obj["error"])))
+        elif frame.type == "tool_call_result":
+            data = obj.get("data")
+            result = data.get("result") if isinstance(data, dict) else None
+            if isinstance(result, dict) and result.get("error") is not None:
+                text = self._text(str(result["error"]))
+                self.errors.add(ErrorLine(frame.received_us, frame.type, text))
 
 
 def _session_status(frame: StoryFrame) -> str | None:
@@ -176,96 +339,6 @@ def _session_status(frame: StoryFrame) -> str | None:
     if isinstance(session, dict) and isinstance(session.get("status"), str):
         return str(session["status"])
     return None
-
-
-def _timeline(frames: list[StoryFrame]) -> list[StatusChange]:
-    changes: list[StatusChange] = []
-    for frame in frames:
-        if frame.type not in ("session_status_update", "session_spawned"):
-            continue
-        status = _session_status(frame)
-        if status is not None and (not changes or changes[-1].status != status):
-            changes.append(StatusChange(frame.received_us, status, frame.id))
-    return changes
-
-
-def _tools(frames: list[StoryFrame]) -> list[ToolCall]:
-    """Starts paired with results in order, per connection and tool name."""
-    calls: list[ToolCall] = []
-    open_calls: dict[tuple[int, str | None], list[tuple[int, StoryFrame]]] = {}
-    for frame in frames:
-        data = (frame.obj or {}).get("data")
-        if not isinstance(data, dict):
-            continue
-        # A name is a string; anything else (a list cannot even be a key) is no name.
-        name = data.get("toolName") if isinstance(data.get("toolName"), str) else None
-        key = (frame.connection_id, name)
-        if frame.type == "tool_call_start":
-            calls.append(
-                ToolCall(
-                    str(name),
-                    frame.received_us,
-                    data.get("toolInput"),
-                    connection_id=frame.connection_id,
-                )
-            )
-            open_calls.setdefault(key, []).append((len(calls) - 1, frame))
-        elif frame.type == "tool_call_result":
-            waiting = open_calls.get(key)
-            status = data.get("status") if isinstance(data.get("status"), str) else None
-            result = data.get("result")
-            error = result.get("error") if isinstance(result, dict) else None
-            if waiting:
-                i, start = waiting.pop(0)
-                # Within one connection the recorder's monotonic clock is exact.
-                seconds = (frame.monotonic_ns - start.monotonic_ns) / 1e9
-                calls[i] = ToolCall(
-                    calls[i].name,
-                    calls[i].started_us,
-                    calls[i].input,
-                    frame.received_us,
-                    round(seconds, 6),
-                    status,
-                    str(error) if error is not None else None,
-                    frame.connection_id,
-                )
-            else:  # a result whose start was not recorded
-                calls.append(
-                    ToolCall(
-                        str(name),
-                        frame.received_us,
-                        None,
-                        frame.received_us,
-                        None,
-                        status,
-                        str(error) if error is not None else None,
-                        frame.connection_id,
-                    )
-                )
-    return calls
-
-
-def _errors(frames: list[StoryFrame]) -> list[ErrorLine]:
-    lines: list[ErrorLine] = []
-    for frame in frames:
-        obj = frame.obj or {}
-        if frame.type in ("error", "task_failed") and isinstance(obj.get("error"), str):
-            lines.append(ErrorLine(frame.received_us, frame.type, obj["error"]))
-        elif frame.type == "tool_call_result":
-            data = obj.get("data")
-            result = data.get("result") if isinstance(data, dict) else None
-            if isinstance(result, dict) and result.get("error") is not None:
-                lines.append(ErrorLine(frame.received_us, frame.type, str(result["error"])))
-    return lines
-
-
-def _metrics(frames: list[StoryFrame]) -> dict[str, Any]:
-    """The session's metrics as the daemon last reported them."""
-    for frame in reversed(frames):
-        session = (frame.obj or {}).get("session")
-        if isinstance(session, dict) and isinstance(session.get("metrics"), dict):
-            return dict(session["metrics"])
-    return {}
 
 
 def gaps(start_us: int, end_us: int, recordings: list[Recording], now_us: int) -> list[Gap]:

@@ -7,7 +7,8 @@ chokes on: nesting a thousand deep (Python's parser and encoder recurse), NaN an
 them), and control characters (a terminal obeys them: ESC sequences clear the
 screen or write the clipboard). :func:`read_object` gives an object without the
 first three; :func:`for_terminal` a text without the last, :func:`on_one_line` a
-name or a label as one line of printable characters.
+name or a label as one line of printable characters, and :func:`one_line` the same
+cut to what a terminal can use (a daemon's 10 MB error reply is a line, not 10 MB).
 """
 
 from __future__ import annotations
@@ -78,6 +79,36 @@ def on_one_line(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def one_line(text: str, limit: int, *, say_length: bool = True) -> str:
+    """``text`` as :func:`on_one_line` writes it, in about ``limit`` characters at
+    most. When cut, it ends saying how long it was, ``… (10,485,760 chars)`` (or
+    with ``…`` alone, where a column beside it says so already)."""
+    if len(text) <= limit and text.isprintable():
+        return text
+    shown, used = _escaped_head(text, limit)
+    if used == len(text):
+        return shown
+    note = f"… ({len(text):,} chars)" if say_length else "…"
+    return _escaped_head(text, max(limit - len(note), 1))[0] + note
+
+
+def _escaped_head(text: str, width: int) -> tuple[str, int]:
+    """The escaped start of ``text`` that fits in ``width`` characters, and how many
+    characters of ``text`` it shows."""
+    head = text[:width]
+    if head.isprintable():
+        return head, len(head)
+    parts: list[str] = []
+    used = 0
+    for c in head:
+        piece = c if c.isprintable() else _escape(c)
+        if used + len(piece) > width:
+            break
+        parts.append(piece)
+        used += len(piece)
+    return "".join(parts), len(parts)
 
 
 _OBEYED = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")

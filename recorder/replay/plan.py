@@ -123,35 +123,59 @@ def timeline(frames: Iterable[ReplayFrame], gaps: Sequence[Gap]) -> Iterator[Cue
     A gap counts as an event at its start, so the frame after it comes the gap's
     length later: the silence is kept, and marked.
     """
-    pending = sorted(gaps, key=lambda gap: gap.start_us)
-    g = 0
-    t = 0.0
-    last: ReplayFrame | None = None
-    last_us: int | None = None
-
-    def advance(to_us: int) -> None:
-        nonlocal t
-        if last_us is not None:
-            t += max(0.0, (to_us - last_us) / 1e6)
-
+    line = Timeline(gaps)
     for frame in frames:
-        while g < len(pending) and pending[g].start_us <= frame.received_us:
-            gap = pending[g]
-            g += 1
-            advance(gap.start_us)
-            last, last_us = None, gap.start_us if last_us is None else max(last_us, gap.start_us)
-            yield Cue(t, gap=gap)
+        yield from line.add(frame)
+    yield from line.end()
+
+
+class Timeline:
+    """:func:`timeline`, a frame at a time: for a player that reads its frames
+    itself, as they are due (``--serve``)."""
+
+    def __init__(self, gaps: Sequence[Gap]) -> None:
+        self._pending = sorted(gaps, key=lambda gap: gap.start_us)
+        self._g = 0
+        self._t = 0.0
+        self._last: ReplayFrame | None = None
+        self._last_us: int | None = None
+
+    def _advance(self, to_us: int) -> None:
+        if self._last_us is not None:
+            self._t += max(0.0, (to_us - self._last_us) / 1e6)
+
+    def _reached(self, at_us: int) -> None:
+        self._last_us = at_us if self._last_us is None else max(self._last_us, at_us)
+
+    def add(self, frame: ReplayFrame) -> list[Cue]:
+        """The gaps that began before ``frame``, then the frame."""
+        cues = []
+        while self._g < len(self._pending) and self._pending[self._g].start_us <= frame.received_us:
+            gap = self._pending[self._g]
+            self._g += 1
+            self._advance(gap.start_us)
+            self._last = None
+            self._reached(gap.start_us)
+            cues.append(Cue(self._t, gap=gap))
+        last = self._last
         if last is not None and last.connection_id == frame.connection_id:
-            t += max(0.0, (frame.monotonic_ns - last.monotonic_ns) / 1e9)
+            self._t += max(0.0, (frame.monotonic_ns - last.monotonic_ns) / 1e9)
         else:
-            advance(frame.received_us)
+            self._advance(frame.received_us)
         # The latest time reached, not this frame's: a frame received before the one
         # played last (on another connection) plays at once, and the next pause must
         # not count that step back a second time.
-        last = frame
-        last_us = frame.received_us if last_us is None else max(last_us, frame.received_us)
-        yield Cue(t, frame=frame)
-    for gap in pending[g:]:
-        advance(gap.start_us)
-        last_us = gap.start_us if last_us is None else max(last_us, gap.start_us)
-        yield Cue(t, gap=gap)
+        self._last = frame
+        self._reached(frame.received_us)
+        cues.append(Cue(self._t, frame=frame))
+        return cues
+
+    def end(self) -> list[Cue]:
+        """The gaps after the last frame."""
+        cues = []
+        for gap in self._pending[self._g :]:
+            self._advance(gap.start_us)
+            self._reached(gap.start_us)
+            cues.append(Cue(self._t, gap=gap))
+        self._g = len(self._pending)
+        return cues

@@ -36,11 +36,12 @@ proxy's clients do (``Authorization: Bearer`` or ``?token=``), else get 401 and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import AsyncGenerator, Callable
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from websockets.asyncio.server import ServerConnection, serve
@@ -49,6 +50,7 @@ from websockets.http11 import Request, Response
 
 from recorder.capture.admission import admit
 from recorder.capture.handshake import USER_AGENT, json_response
+from recorder.db.reader import ReadError
 from recorder.protocol.daemon import (
     HEALTH_CHECK_FRAME,
     INVALID_FORMAT,
@@ -57,9 +59,9 @@ from recorder.protocol.daemon import (
     error_frame,
 )
 from recorder.protocol.frames import IN
-from recorder.replay.plan import Cue, ReplayFrame, timeline
-from recorder.replay.source import Conversation
-from recorder.replay.timing import Due, Pace, paced
+from recorder.replay.plan import Cue, ReplayFrame, Timeline
+from recorder.replay.source import Session, request_key
+from recorder.replay.timing import Due, Pace, Pacer
 
 log = logging.getLogger("recorder.replay.serve")
 
@@ -89,34 +91,46 @@ def parse_request(data: str | bytes) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) and isinstance(obj.get("type"), str) else None
 
 
-def request_key(data: str | bytes) -> tuple[Any, ...]:
-    """What makes a client's request match a recorded one: the type and the ids in
-    its payload; for a request that is not a JSON object, its exact bytes."""
-    obj = parse_request(data)
-    if obj is None:
-        return ("raw", data.encode() if isinstance(data, str) else data)
-    payload = obj.get("payload")
-    payload = payload if isinstance(payload, dict) else {}
-    task = payload.get("task")
-    if isinstance(task, dict):  # spawn_session carries the task as an object
-        task = task.get("description")
-    return (obj["type"], payload.get("sessionId"), task)
+class Recorded(Protocol):
+    """What a :class:`ReplayServer` plays: a session's recorded conversation, read as
+    it plays (:class:`~recorder.replay.source.Stream`), or whole in memory
+    (:class:`~recorder.replay.source.Conversation`)."""
+
+    @property
+    def session(self) -> Session: ...
+
+    @property
+    def greeting(self) -> ReplayFrame | None:
+        """The hello a client gets first (None: the daemon's own)."""
+        ...
+
+    @property
+    def daemon_status(self) -> ReplayFrame | None: ...
+
+    def request_keys(self) -> list[tuple[int, bytes]]:
+        """Each recorded request's id and key (``--wait-for-client``)."""
+        ...
+
+    async def read_page(self, after: int, requests: bool) -> tuple[list[ReplayFrame], int | None]:
+        """The played frames after id ``after`` (with the requests, if asked), and the
+        id to read on after (None: no more)."""
+        ...
 
 
 class Playback:
     """One run through the recording: the sessions it has shown, and which recorded
     requests its client has matched."""
 
-    def __init__(self, requests: list[ReplayFrame]) -> None:
+    def __init__(self, keys: list[bytes]) -> None:
         # Session id -> (its latest object, the session_status_update answering for it).
         self.sessions: dict[str, tuple[dict[str, Any], Wire]] = {}
         self.finished = False
-        self._keys = [request_key(r.data) for r in requests]
-        self._claimed = [False] * len(requests)
+        self._keys = keys
+        self._claimed = bytearray(len(keys))
         self._claims = asyncio.Event()
 
     def claim(self, data: str | bytes) -> bool:
-        key = request_key(data)
+        key = request_key(data.encode() if isinstance(data, str) else data)
         for i, recorded in enumerate(self._keys):
             if not self._claimed[i] and recorded == key:
                 self._claimed[i] = True
@@ -154,7 +168,7 @@ class ReplayServer:
 
     def __init__(
         self,
-        recorded: Conversation,
+        recorded: Recorded,
         *,
         pace: Pace,
         wait_for_client: bool = False,
@@ -167,15 +181,15 @@ class ReplayServer:
         self.loop = loop
         self.token = token
         self.port: int | None = None
-        hello = recorded.hello
-        replies = {f.id for f in recorded.replies}
         # A session only a link saw may have no hello of its own (its first frame is
         # then one of the replies, which must not be played twice): the daemon's.
-        if hello is None or hello.id in replies:
-            self.hello: Wire = (True, HEALTH_CHECK_FRAME.encode())
-        else:
-            self.hello = (hello.is_text, hello.data)
-        self._gates = {r.id: i for i, r in enumerate(recorded.requests)}
+        hello = recorded.greeting
+        self.hello: Wire = (
+            (True, HEALTH_CHECK_FRAME.encode()) if hello is None else (hello.is_text, hello.data)
+        )
+        keyed = recorded.request_keys() if wait_for_client else []
+        self._gates = {fid: i for i, (fid, _) in enumerate(keyed)}
+        self._keys = [key for _, key in keyed]
         self._current: Playback | None = None  # the replay answers come from
         self._busy = False  # without loop: the replay is being played to a client
         self._started = time.monotonic()
@@ -232,7 +246,7 @@ class ReplayServer:
         if not self.loop and (self._busy or (self._current and self._current.finished)):
             return None
         self._busy = True
-        self._current = Playback(self.recorded.requests)
+        self._current = Playback(self._keys)
         return self._current
 
     async def _handle(self, ws: ServerConnection) -> None:
@@ -255,39 +269,73 @@ class ReplayServer:
             if playback is not None and not playback.finished:
                 self._busy = False  # played to nobody to the end: the next client gets it
 
-    def _cues(self) -> Iterator[Cue]:
-        frames = self.recorded.replies
-        if self.wait_for_client:
-            # Requests join the timeline as gates, so that a reply's pause after its
-            # gate is the daemon's recorded latency, not the recorded user's think time.
-            frames = sorted([*frames, *self.recorded.requests], key=lambda f: f.id)
-        return timeline(frames, self.recorded.session.gaps)
+    async def _pages(self) -> AsyncGenerator[list[ReplayFrame], None]:
+        """The frames played (and the recorded requests, as gates, when waiting for
+        the client), a page at a time, the next page read while this one plays."""
+        gates = self.wait_for_client
+        ahead = asyncio.ensure_future(self.recorded.read_page(0, gates))
+        try:
+            while True:
+                page, after = await ahead
+                if after is not None:
+                    ahead = asyncio.ensure_future(self.recorded.read_page(after, gates))
+                yield page
+                if after is None:
+                    return
+        finally:
+            if not ahead.cancel():
+                ahead.exception()  # a read that failed as the player stopped: seen
 
     async def _play(self, ws: ServerConnection, playback: Playback) -> None:
         clock = asyncio.get_running_loop()
-        replies = self.recorded.replies
-        seen = 0  # replies[:seen] are in the playback's state (skipped ones too)
+        # Requests join the timeline as gates (with wait_for_client), so that a reply's
+        # pause after its gate is the daemon's recorded latency, not the recorded
+        # user's think time.
+        line = Timeline(self.recorded.session.gaps)
+        pacer = Pacer(self.pace)
         due = Due(clock.time())
         try:
-            for pause, cue in paced(self._cues(), self.pace):
-                frame = cue.frame
-                if frame is None:  # a gap: its silence is part of the next pause
-                    due.wait(pause, clock.time())
-                    continue
-                if frame.direction != IN:  # a recorded request: wait for the client's
-                    await playback.claimed(self._gates[frame.id])
-                    due.restart(clock.time())
-                    continue
-                # Sleeps at least a tick, so a client's requests are answered promptly
-                # even during an --instant replay.
-                await asyncio.sleep(due.wait(pause, clock.time()))
-                while seen < len(replies) and replies[seen].id <= frame.id:
-                    playback.saw(replies[seen])
-                    seen += 1
-                await ws.send(frame.data, text=frame.is_text)
+            async with contextlib.aclosing(self._pages()) as pages:
+                async for page in pages:
+                    for frame in page:
+                        for cue in line.add(frame):
+                            await self._cue(ws, playback, pacer, due, cue)
+                        if pacer.past:
+                            break
+                    if pacer.past:
+                        break
+                else:
+                    for cue in line.end():
+                        await self._cue(ws, playback, pacer, due, cue)
             playback.finished = True
         except ConnectionClosed:
             pass
+        except ReadError as exc:
+            log.error("replay stopped: %s", exc)
+            await ws.close(1011, "the recording could not be read")
+
+    async def _cue(
+        self, ws: ServerConnection, playback: Playback, pacer: Pacer, due: Due, cue: Cue
+    ) -> None:
+        clock = asyncio.get_running_loop()
+        pause = pacer.pause(cue)
+        frame = cue.frame
+        if pause is None:  # before the window (the sessions it shows still count), or past it
+            if frame is not None and frame.direction == IN and not pacer.past:
+                playback.saw(frame)
+            return
+        if frame is None:  # a gap: its silence is part of the next pause
+            due.wait(pause, clock.time())
+            return
+        if frame.direction != IN:  # a recorded request: wait for the client's
+            await playback.claimed(self._gates[frame.id])
+            due.restart(clock.time())
+            return
+        # Sleeps at least a tick, so a client's requests are answered promptly even
+        # during an --instant replay.
+        await asyncio.sleep(due.wait(pause, clock.time()))
+        playback.saw(frame)
+        await ws.send(frame.data, text=frame.is_text)
 
     async def _answer(
         self, ws: ServerConnection, message: str | bytes, playback: Playback | None

@@ -1,19 +1,27 @@
-"""A session's replay read from the database, streamed: it starts at once and its
-memory stays flat whatever the session's length."""
+"""A session's replay read from the database in pages: it starts at once and its
+memory stays flat whatever the session's length, and it holds no read snapshot
+while it plays (:mod:`recorder.db.pages`)."""
 
 from __future__ import annotations
 
+import bisect
+import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from recorder.db.pages import PAGE_ROWS, FrameFilter, frame_pages
 from recorder.db.read import recording, recordings_around, resolve_session
-from recorder.db.reader import Reader, Row
+from recorder.db.reader import Reader, Row, first_row
 from recorder.protocol.frames import IN, OPCODE_TEXT
 from recorder.protocol.index import TERMINAL_STATUSES
 from recorder.protocol.story import Gap, Recording, gaps, span
 from recorder.replay.plan import Choice, Cue, ReplayFrame, choose, timeline
 from recorder.times import now_us
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 COLUMNS = (
     "id, connection_id, seq, direction, received_at_us, monotonic_ns, type, opcode, size, "
@@ -122,36 +130,39 @@ def _replan(reader: Reader, session: Session) -> None:
     session.choice = choose(session.recordings, session.creator, start, now, now)
 
 
+def _pages(reader: Reader, session: Session, after: int = 0) -> Iterator[list[ReplayFrame]]:
+    """The session's frames after id ``after``, all of them, a page at a time."""
+    wanted = FrameFilter(session_id=session.id, after_id=after or None)
+    for rows in frame_pages(reader, wanted, COLUMNS):
+        yield [replay_frame(row) for row in rows]
+
+
 def frames(reader: Reader, session: Session, *, follow: bool = False) -> Iterator[ReplayFrame]:
     """The frames the replay plays, in recording order; with ``follow``, then those
     committed later, until the session ends (or the caller stops)."""
     roles = session.roles
     last_id = 0
-    for row in reader.stream(
-        f"SELECT {COLUMNS} FROM frames WHERE session_id = :sid ORDER BY id", {"sid": session.id}
-    ):
-        last_id = row["id"]
-        frame = replay_frame(row)
-        _known(reader, roles, frame)
-        if session.choice.plays(frame, roles):
-            yield frame
-    while follow:
-        time.sleep(FOLLOW_POLL)
-        rows = reader.rows(
-            f"SELECT {COLUMNS} FROM frames WHERE session_id = :sid AND id > :after ORDER BY id",
-            {"sid": session.id, "after": last_id},
-        )
-        batch = [replay_frame(row) for row in rows]
-        if _stale(session, roles, batch):
-            _replan(reader, session)
-            roles = session.roles
-        for frame in batch:
+    for page in _pages(reader, session):
+        for frame in page:
             last_id = frame.id
             _known(reader, roles, frame)
             if session.choice.plays(frame, roles):
                 yield frame
+    while follow:
+        time.sleep(FOLLOW_POLL)
+        new = False
+        for page in _pages(reader, session, last_id):
+            new = True
+            if _stale(session, roles, page):
+                _replan(reader, session)
+                roles = session.roles
+            for frame in page:
+                last_id = frame.id
+                _known(reader, roles, frame)
+                if session.choice.plays(frame, roles):
+                    yield frame
         status = reader.rows("SELECT status FROM sessions WHERE id = :sid", {"sid": session.id})
-        if not rows and status and status[0]["status"] in TERMINAL_STATUSES:
+        if not new and status and status[0]["status"] in TERMINAL_STATUSES:
             return
 
 
@@ -159,9 +170,30 @@ def cues(reader: Reader, session: Session, *, follow: bool = False) -> Iterator[
     return timeline(frames(reader, session, follow=follow), session.gaps)
 
 
+def request_key(data: bytes) -> bytes:
+    """What makes a client's request match a recorded one, as a digest: the type and
+    the ids in its payload, or for a request that is not a JSON object its exact bytes
+    (so that a recorded request of any size costs a few bytes to hold)."""
+    import hashlib  # OpenSSL's, a few MB: only for a served replay
+
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError):
+        obj = None
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        return hashlib.blake2b(b"raw:" + data, digest_size=16).digest()
+    payload = obj.get("payload")
+    payload = payload if isinstance(payload, dict) else {}
+    task = payload.get("task")
+    if isinstance(task, dict):  # spawn_session carries the task as an object
+        task = task.get("description")
+    key = json.dumps([obj["type"], payload.get("sessionId"), task], sort_keys=True)
+    return hashlib.blake2b(key.encode(), digest_size=16).digest()
+
+
 @dataclass
 class Conversation:
-    """A session's recorded conversation, whole, for the serve and live modes: the
+    """A session's recorded conversation, whole, for the live mode (and tests): the
     frames the replay plays (daemon to client), and the requests the client sent on
     the connections played (client to daemon), each in recording order."""
 
@@ -172,6 +204,27 @@ class Conversation:
     requests: list[ReplayFrame]
     # The last daemon_status_update recorded before or during the session.
     daemon_status: ReplayFrame | None
+    _merged: list[ReplayFrame] = field(default_factory=list, repr=False)
+
+    @property
+    def greeting(self) -> ReplayFrame | None:
+        """The hello to send, unless it is one of the replies (a link's session)."""
+        hello = self.hello
+        return None if hello is None or any(f.id == hello.id for f in self.replies) else hello
+
+    def request_keys(self) -> list[tuple[int, bytes]]:
+        return [(f.id, request_key(f.data)) for f in self.requests]
+
+    async def read_page(self, after: int, requests: bool) -> tuple[list[ReplayFrame], int | None]:
+        """As :meth:`Stream.read_page`, from memory."""
+        frames = self.replies
+        if requests:
+            if not self._merged:
+                self._merged = sorted([*self.replies, *self.requests], key=lambda f: f.id)
+            frames = self._merged
+        at = bisect.bisect_right(frames, after, key=lambda f: f.id)
+        page = frames[at : at + PAGE_ROWS]
+        return page, (page[-1].id if at + PAGE_ROWS < len(frames) else None)
 
 
 def conversation(reader: Reader, session: Session) -> Conversation:
@@ -179,33 +232,136 @@ def conversation(reader: Reader, session: Session) -> Conversation:
     choice = session.choice
     replies: list[ReplayFrame] = []
     requests: list[ReplayFrame] = []
-    for row in reader.stream(
-        f"SELECT {COLUMNS} FROM frames WHERE session_id = :sid ORDER BY id", {"sid": session.id}
-    ):
-        frame = replay_frame(row)
-        if choice.plays(frame, roles):
-            replies.append(frame)
-        elif frame.direction != IN and (
-            frame.connection_id in choice.conversations or frame.connection_id == choice.only
-        ):
-            requests.append(frame)
+    for page in _pages(reader, session):
+        for frame in page:
+            if choice.plays(frame, roles):
+                replies.append(frame)
+            elif _is_request(session, frame):
+                requests.append(frame)
     played = sorted({f.connection_id for f in replies} | {f.connection_id for f in requests})
     first = choice.only or (min(choice.conversations) if choice.conversations else None)
     if first is None and played:
         first = played[0]
-    hello = None
-    if first is not None:
-        rows = reader.rows(
-            f"SELECT {COLUMNS} FROM frames WHERE connection_id = :cid AND direction = 'in' "
-            "ORDER BY id LIMIT 1",
-            {"cid": first},
-        )
-        hello = replay_frame(rows[0]) if rows else None
     until = replies[-1].id if replies else 0
-    status_rows = reader.rows(
+    return Conversation(
+        session, _hello(reader, first), replies, requests, _daemon_status(reader, until)
+    )
+
+
+def _is_request(session: Session, frame: ReplayFrame) -> bool:
+    """A frame the client sent on a connection the replay plays."""
+    choice = session.choice
+    return frame.direction != IN and (
+        frame.connection_id in choice.conversations or frame.connection_id == choice.only
+    )
+
+
+def _hello(reader: Reader, connection: int | None) -> ReplayFrame | None:
+    if connection is None:
+        return None
+    row = first_row(
+        reader,
+        f"SELECT {COLUMNS} FROM frames WHERE connection_id = :cid AND direction = 'in' "
+        "ORDER BY id LIMIT 1",
+        {"cid": connection},
+    )
+    return replay_frame(row) if row is not None else None
+
+
+def _daemon_status(reader: Reader, until: int) -> ReplayFrame | None:
+    row = first_row(
+        reader,
         f"SELECT {COLUMNS} FROM frames WHERE type = 'daemon_status_update' AND id <= :until "
         "ORDER BY id DESC LIMIT 1",
         {"until": until or 2**62},
     )
-    status = replay_frame(status_rows[0]) if status_rows else None
-    return Conversation(session, hello, replies, requests, status)
+    return replay_frame(row) if row is not None else None
+
+
+class Stream:
+    """A session's recorded conversation for ``--serve``, read from the database as it
+    plays: a page at a time after a given id, by a player that reads one page ahead.
+    What it holds at start is a few rows (the hello, the daemon's status); with
+    ``requests``, the digest of each request the client sent, for
+    ``--wait-for-client`` to match."""
+
+    def __init__(self, reader: Reader, session: Session, *, requests: bool = False) -> None:
+        self.reader = reader
+        # PostgreSQL's reader runs an event loop of its own, so it is read on a thread
+        # (one: a reader is not shared). SQLite is read on the server's loop: a page
+        # takes milliseconds, and a thread fought the loop for the GIL (a 1 M-frame
+        # --instant replay took 27 s to play that way, against 18 s).
+        self._thread: ThreadPoolExecutor | None = None
+        if reader.dialect != "sqlite":
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._thread = ThreadPoolExecutor(1)
+        self.session = session
+        self.roles = session.roles
+        first = self._first_connection()
+        hello = _hello(reader, first)
+        self.greeting = None if hello is None or self._played(hello) else hello
+        last = first_row(
+            reader, "SELECT max(id) AS id FROM frames WHERE session_id = :sid", {"sid": session.id}
+        )
+        self.daemon_status = _daemon_status(reader, last["id"] if last else 0)
+        self._requests = self._read_requests() if requests else []
+
+    def _played(self, frame: ReplayFrame) -> bool:
+        return frame.row["session_id"] == self.session.id and self.session.choice.plays(
+            frame, self.roles
+        )
+
+    def _first_connection(self) -> int | None:
+        """The connection whose hello a client gets: the played conversation's, else
+        the connection of the first frame the replay plays."""
+        choice = self.session.choice
+        if choice.only or choice.conversations:
+            return choice.only or min(choice.conversations)
+        for page in _pages(self.reader, self.session):
+            for frame in page:
+                _known(self.reader, self.roles, frame)
+                if choice.plays(frame, self.roles):
+                    return frame.connection_id
+        return None
+
+    def _read_requests(self) -> list[tuple[int, bytes]]:
+        wanted = FrameFilter(session_id=self.session.id, direction="out")
+        found = []
+        for rows in frame_pages(self.reader, wanted, COLUMNS):
+            for frame in map(replay_frame, rows):
+                if _is_request(self.session, frame):
+                    found.append((frame.id, request_key(frame.data)))
+        return found
+
+    def request_keys(self) -> list[tuple[int, bytes]]:
+        return self._requests
+
+    async def read_page(self, after: int, requests: bool) -> tuple[list[ReplayFrame], int | None]:
+        """The frames after id ``after`` that the replay plays (and with ``requests``,
+        the client's requests), at least one unless none is left; and the id to read
+        on after, None at the end."""
+        if self._thread is None:
+            return self.page(after, requests)
+        import asyncio  # only a served replay (and its event loop) comes here
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self.page, after, requests)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.shutdown(wait=False, cancel_futures=True)
+
+    def page(self, after: int, requests: bool) -> tuple[list[ReplayFrame], int | None]:
+        """:meth:`read_page`, in the caller's thread."""
+        for page in _pages(self.reader, self.session, after):
+            played = []
+            for frame in page:
+                _known(self.reader, self.roles, frame)
+                if self.session.choice.plays(frame, self.roles) or (
+                    requests and _is_request(self.session, frame)
+                ):
+                    played.append(frame)
+            if played:
+                return played, page[-1].id
+        return [], None

@@ -75,16 +75,21 @@ def _shown(cue: Cue) -> Shown | None:
     if kind in ("stream_start", "stream_end"):
         return None
     if kind == "tool_call_start":
-        return Shown(kind="tool", label=f"{data.get('toolName')} {_short(data.get('toolInput'))}")
+        name = _short(str(data.get("toolName")), 80)
+        return Shown(kind="tool", label=f"{name} {_short(data.get('toolInput'))}")
     if kind == "tool_call_result":
         result = data.get("result")
         error = result.get("error") if isinstance(result, dict) else None
-        outcome = f"failed: {_short(error)}" if error is not None else data.get("status", "done")
-        return Shown(kind="tool", label=f"{data.get('toolName')} {outcome}")
+        outcome = (
+            f"failed: {_short(error)}"
+            if error is not None
+            else _short(str(data.get("status", "done")))
+        )
+        return Shown(kind="tool", label=f"{_short(str(data.get('toolName')), 80)} {outcome}")
     if kind in ("session_status_update", "session_spawned"):
         session = obj.get("session")
         status = session.get("status") if isinstance(session, dict) else None
-        label = f"{status}" + (" (spawned)" if kind == "session_spawned" else "")
+        label = _short(str(status), 80) + (" (spawned)" if kind == "session_spawned" else "")
         return Shown(kind="status", label=label)
     if kind.startswith("task_"):
         label = f"{kind[5:]}: {_short(obj.get('taskId'))}"

@@ -34,18 +34,37 @@ class Pace:
 
 def paced(cues: Iterable[Cue], pace: Pace) -> Iterator[tuple[float, Cue]]:
     """Each cue in the window, with the wall-clock seconds to wait before it."""
-    previous: float | None = None
+    pacer = Pacer(pace)
     for cue in cues:
-        inside = pace.inside(cue)
-        if inside is None:
+        pause = pacer.pause(cue)
+        if pacer.past:
             return
+        if pause is not None:
+            yield pause, cue
+
+
+class Pacer:
+    """:func:`paced`, a cue at a time: for a player that must also see the cues
+    before the window (``--serve`` keeps the sessions they show)."""
+
+    def __init__(self, pace: Pace) -> None:
+        self.pace = pace
+        self.past = False  # past the window: nothing more plays
+        self._previous: float | None = None
+
+    def pause(self, cue: Cue) -> float | None:
+        """The wall-clock seconds to wait before ``cue``; None when it is not played
+        (before the window, or past it: then :attr:`past` is set)."""
+        inside = self.pace.inside(cue)
+        if inside is None:
+            self.past = True
         if not inside:
-            continue
-        pause = 0.0 if previous is None else max(0.0, cue.t - previous)
-        previous = cue.t
-        if pace.max_idle is not None:
-            pause = min(pause, pace.max_idle)
-        yield (0.0 if pace.instant else pause / pace.speed), cue
+            return None
+        pause = 0.0 if self._previous is None else max(0.0, cue.t - self._previous)
+        self._previous = cue.t
+        if self.pace.max_idle is not None:
+            pause = min(pause, self.pace.max_idle)
+        return 0.0 if self.pace.instant else pause / self.pace.speed
 
 
 def output_times(cues: Iterable[tuple[float, Cue]]) -> Iterator[tuple[float, Cue]]:
