@@ -19,6 +19,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from recorder.db.reader import ACTIVE_SQL
+from recorder.db.retired import retire
 from recorder.db.schema import (
     cleanup_matches,
     cleanup_runs,
@@ -188,6 +189,7 @@ def purge_some(
         ).all()
         if not rows:
             return 0, 0, []
+        retire(conn, frames, [r.id for r in rows])
         conn.execute(delete(frames).where(frames.c.id.in_([r.id for r in rows])))
         uncount(conn, rows)
         conn.execute(
@@ -216,6 +218,7 @@ def purge_finish(
         ids = sorted(set(connection_ids))
         if not ids:
             return 0
+        retire(conn, connections, ids)
         result = conn.execute(
             delete(connections).where(
                 connections.c.id.in_(ids),

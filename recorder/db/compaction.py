@@ -22,6 +22,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from recorder.db.cleanup import CHUNK_COLUMNS, progress, require_finished, uncount
+from recorder.db.retired import retire
 from recorder.db.schema import cleanup_runs, connections, frame_days, frames, sessions
 from recorder.protocol.index import DAY_US
 from recorder.times import format_us
@@ -193,6 +194,7 @@ def _dump(data: dict[str, Any]) -> str:
 def _delete(conn: Connection, session_id: str, run: Sequence[Any]) -> None:
     if not run:
         return
+    retire(conn, frames, [c.id for c in run])
     conn.execute(delete(frames).where(frames.c.id.in_([c.id for c in run])))
     conn.execute(
         update(sessions)

@@ -40,6 +40,7 @@ __all__ = [
     "instances",
     "metadata",
     "pins",
+    "retired_ids",
     "sessions",
     "tasks",
 ]
@@ -279,6 +280,16 @@ cleanup_requests = Table(
     Column("result", Text, nullable=True),
     # The recorder asked (storage.instance of the CLI's configuration): only it takes it.
     Column("instance", Text, nullable=False, server_default="default"),
+)
+
+
+# SQLite: the highest id deleted from a table (frames, connections), which no new
+# row may take again (recorder.db.retired): readers follow frames by id.
+retired_ids = Table(
+    "retired_ids",
+    metadata,
+    Column("table_name", Text, primary_key=True),
+    Column("highest", BigInteger, nullable=False),
 )
 
 

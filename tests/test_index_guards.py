@@ -1,0 +1,196 @@
+"""The session index the cleanup decides from, against frames that made it delete the
+wrong thing or never give up: an error about one session ending another, an old end
+time kept by a session that ran again, another recorder's daemon ending my session,
+the recorder's own requests keeping a session busy, another daemon's list ending the
+link's sessions, and ids handed out twice. Real parts: the writer's own code builds
+the databases (SQLite, and PostgreSQL where the rule is spelled twice), the real
+Cleanup runs on them."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from recorder.cleanup.jobs import Cleanup, Direct
+from recorder.config import Config, load_config
+from recorder.db.connection import WriterDatabase
+from recorder.db.migrations import upgrade_sync
+from recorder.db.write import Store
+from recorder.pipeline.classifier import Classifier
+from recorder.protocol.frames import IN
+from recorder.times import now_us
+
+SECOND = 1_000_000
+DAY = 86_400 * SECOND
+
+# (received on the recorder's clock, direction, frame)
+Script = Sequence[tuple[int, str, bytes]]
+
+
+def status(sid: str, state: str) -> bytes:
+    return json.dumps(
+        {"type": "session_status_update", "session": {"id": sid, "status": state}}
+    ).encode()
+
+
+def chunk(sid: str, text: str) -> bytes:
+    return json.dumps({"type": "stream_chunk", "data": {"sessionId": sid, "chunk": text}}).encode()
+
+
+def request(kind: str, sid: str, **payload: Any) -> bytes:
+    return json.dumps({"type": kind, "payload": {"sessionId": sid, **payload}}).encode()
+
+
+@dataclass
+class Database:
+    """One database under test: the writer's URL, the configuration's, and a reader."""
+
+    url: str
+    config_url: str
+    kind: str
+
+    async def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        if self.kind == "sqlite":
+            with sqlite3.connect(self.url.removeprefix("sqlite:///")) as conn:
+                return list(conn.execute(sql))
+        import asyncpg
+
+        conn = await asyncpg.connect(self.config_url)
+        try:
+            return [tuple(r) for r in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+
+
+def sqlite_database(tmp_path: Path) -> Database:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    return Database(url, url, "sqlite")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    if request.param == "sqlite":
+        return sqlite_database(tmp_path)
+    pg_url: str = request.getfixturevalue("pg_url")
+    return Database(pg_url.replace("postgresql://", "postgresql+asyncpg://"), pg_url, "postgresql")
+
+
+async def open_db(url: str, instance: str = "default") -> tuple[WriterDatabase, Store, int]:
+    db = await WriterDatabase.open(url)
+    await db.run(upgrade_sync)
+    store = Store(db.dialect, instance)
+    return db, store, await db.run(store.open_connection, "link", "ws://daemon", 1)
+
+
+async def record(url: str, *batches: Script, instance: str = "default") -> None:
+    """Each script one batch of the writer's own code, on one link connection."""
+    db, store, cid = await open_db(url, instance)
+    try:
+        classifier = Classifier()
+        seq = 0
+        for script in batches:
+            frames = []
+            for at, direction, data in script:
+                seq += 1
+                frames.append((cid, seq, direction, at, seq, True, data))
+            rows, index = classifier.rows_and_index(frames)
+            await db.run(store.write_batch, rows, index)
+    finally:
+        await db.shutdown()
+
+
+def config_for(tmp_path: Path, url: str, policies: str = "", storage: str = "") -> Config:
+    path = tmp_path / "c.toml"
+    path.write_text(f'[storage]\nurl = "{url}"\n{storage}\n{policies}')
+    return load_config(path, env={})
+
+
+def policy(name: str, action: str, when: str) -> str:
+    return (
+        f'[[cleanup.policies]]\nname = "{name}"\nschedule = "every 1h"\n'
+        f'action = "{action}"\nwhen = {{ {when} }}\n'
+    )
+
+
+async def run_policy(config: Config, name: str) -> None:
+    db, store, _ = await open_db(config.storage.url, config.storage.instance)
+    try:
+        cleanup = Cleanup(config, Direct(db, store), None)
+        await cleanup.run(cleanup.policies[name])
+    finally:
+        await db.shutdown()
+
+
+def with_policies(config: Config, text: str) -> Config:
+    path = Path(config.source)
+    path.write_text(path.read_text() + text)
+    return load_config(path, env={})
+
+
+def results(db: Path, run_id: int) -> list[str]:
+    with sqlite3.connect(db) as conn:
+        (text,) = conn.execute(f"select actions from cleanup_runs where id = {run_id}").fetchone()
+    return [a["result"] for a in json.loads(text)]
+
+
+def time_passes(db: Path, seconds: int) -> None:
+    """Every time the database holds moves back: as if ``seconds`` went by."""
+    us = seconds * SECOND
+    with sqlite3.connect(db) as conn:
+        columns = {row[1] for row in conn.execute("pragma table_info(sessions)")}
+        times = [c for c in columns if c.endswith("_seen_us") or c in ("finished_us", "active_us")]
+        conn.execute("update sessions set " + ", ".join(f"{t} = {t} - {us}" for t in times))
+        conn.execute(
+            f"update cleanup_matches set first_matched_us = first_matched_us - {us}, "
+            f"retry_us = retry_us - {us}"
+        )
+
+
+# --- #18: ids a reader has seen are never handed out again --------------------------
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["same-writer", "after-a-restart"])
+async def test_frames_recorded_after_a_purge_get_ids_never_seen_before(
+    tmp_path: Path, restart: bool
+) -> None:
+    """SQLite reuses the largest rowid once its row is deleted (frames.id has no
+    AUTOINCREMENT). Purge the newest session and the next frames took its ids again:
+    `recorder tail`, which follows `id > newest seen`, never printed them, and a
+    replay following a session by id skipped them. Connections likewise: the purge
+    deletes the closed connections it empties."""
+    db = sqlite_database(tmp_path)
+    t = now_us() - DAY
+    handle, store, link = await open_db(db.url)
+    classifier = Classifier()
+    try:
+        proxied = await handle.run(store.open_connection, "proxy", "ws://daemon", t)
+        frames = [(link, 1, IN, t, 1, True, status("kept", "running"))]
+        frames += [(proxied, i, IN, t + i, i, True, chunk("done", f"{i}")) for i in range(1, 50)]
+        frames += [(proxied, 50, IN, t + 50, 50, True, status("done", "completed"))]
+        await handle.run(store.write_batch, *classifier.rows_and_index(frames))
+        close = partial(
+            store.close_connection, code=1000, reason="", closed_by="client", error=None
+        )
+        await handle.run(close, proxied, t + 60)
+        (seen,) = (await db.rows("select max(id) from frames"))[0]  # what `tail` printed
+        config = config_for(tmp_path, db.url, policy("bye", "purge", 'status = ["completed"]'))
+        await Cleanup(config, Direct(handle, store), None).run(config.cleanup.policies[0])
+        assert await db.rows("select id from connections") == [(link,)]
+        if restart:
+            await handle.shutdown()
+            handle, store, link = await open_db(db.url)
+        again = await handle.run(store.open_connection, "proxy", "ws://daemon", now_us())
+        frames = [(again, 1, IN, now_us(), 1, True, chunk("kept", "new words"))]
+        await handle.run(store.write_batch, *classifier.rows_and_index(frames))
+    finally:
+        await handle.shutdown()
+    (new,) = (await db.rows("select id from frames where payload like '%new words%'"))[0]
+    assert new > seen
+    assert again > proxied
