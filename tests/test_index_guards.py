@@ -24,7 +24,7 @@ from recorder.db.connection import WriterDatabase
 from recorder.db.migrations import upgrade_sync
 from recorder.db.write import Store
 from recorder.pipeline.classifier import Classifier
-from recorder.protocol.frames import IN
+from recorder.protocol.frames import IN, OUT
 from recorder.times import now_us
 
 SECOND = 1_000_000
@@ -151,6 +151,47 @@ def time_passes(db: Path, seconds: int) -> None:
             f"update cleanup_matches set first_matched_us = first_matched_us - {us}, "
             f"retry_us = retry_us - {us}"
         )
+
+
+# --- #19: only the link's lists end sessions ---------------------------------------
+
+
+async def test_another_upstreams_sessions_list_never_ends_the_links_sessions(
+    tmp_path: Path,
+) -> None:
+    """proxy.upstream may name another daemon than daemon.url. A UI lists that daemon's
+    sessions through the proxy: its sessions_list, which cannot name the link
+    daemon's sessions, marked each of them lost ("unknown", finished: purgeable while
+    it runs, never stopped). The link's own list still does, after a restart too."""
+    db = sqlite_database(tmp_path)
+    t = now_us() - 60 * SECOND
+    await record(db.url, [(t, IN, status("a1", "running")), (t + 1, IN, status("a2", "running"))])
+    empty = b'{"type":"sessions_list","sessions":[]}'
+    handle, store, link = await open_db(db.url)
+    try:
+        proxied = await handle.run(store.open_connection, "proxy", "ws://other-daemon", t)
+        frames = [
+            (proxied, 1, OUT, t + 10, 1, True, b'{"type":"list_sessions"}'),
+            (proxied, 2, IN, t + 11, 2, True, empty),
+        ]
+        await handle.run(store.write_batch, *Classifier().rows_and_index(frames))
+        assert await db.rows("select status from sessions") == [("running",), ("running",)]
+        # The link's list, a session named: the other one is lost.
+        listed = b'{"type":"sessions_list","sessions":[{"id":"a1","status":"running"}]}'
+        frames = [(link, 1, IN, t + 20, 3, True, listed)]
+        await handle.run(store.write_batch, *Classifier().rows_and_index(frames))
+    finally:
+        await handle.shutdown()
+    statuses = await db.rows("select id, status from sessions order by id")
+    assert statuses == [("a1", "running"), ("a2", "unknown")]
+    # A restarted writer (a new Store) reads the connections' roles from their rows.
+    handle, store, _ = await open_db(db.url)
+    try:
+        frames = [(proxied, 3, IN, t + 30, 4, True, empty)]
+        await handle.run(store.write_batch, *Classifier().rows_and_index(frames))
+    finally:
+        await handle.shutdown()
+    assert await db.rows("select status from sessions where id = 'a1'") == [("running",)]
 
 
 # --- #18: ids a reader has seen are never handed out again --------------------------

@@ -223,7 +223,7 @@ def test_sessions_list_is_recorded_as_a_listing() -> None:
         {"type": "sessions_list", "sessions": [{"id": "a", "status": "running"}, {"id": "b"}, 7]}
     )
     add(batch, frame(text, at=9))
-    assert batch.listings == [(9, frozenset({"a", "b"}))]
+    assert batch.listings == [(1, 9, frozenset({"a", "b"}))]
     assert batch.sessions["a"].status == "running"
     # A listing names sessions but is not one of their frames.
     assert batch.sessions["a"].frame_count == 0

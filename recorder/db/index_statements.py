@@ -111,7 +111,9 @@ def merge_tasks(conn: Connection, deltas: dict[tuple[str, str], TaskDelta]) -> N
 
 
 def reconcile(conn: Connection, at_us: int, listed: frozenset[str], instance: str) -> None:
-    """Sessions we believe active that the daemon's list no longer names are lost."""
+    """Sessions we believe active that the daemon's list no longer names are lost.
+    Only for the link's lists: a proxy may lead to another daemon
+    (``proxy.upstream``), whose list cannot name ours (see :class:`Store`)."""
     result = conn.execute(
         select(sessions.c.id).where(
             active_session,

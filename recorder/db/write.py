@@ -107,6 +107,9 @@ class Store:
         self._partitions_until = 0
         # spawn_session rows waiting for their session: (connection id, seq) -> frame id.
         self._spawn_ids: dict[tuple[int, int], int] = {}
+        # The role of each connection this Store opened and has not closed; others
+        # (opened before a restart) are read from their rows when a listing needs it.
+        self._roles: dict[int, str] = {}
         # SQLite: retired.retirements() when this Store last made sure its next frame
         # takes an id never seen before (None: not yet).
         self._retired_seen: int | None = None
@@ -130,6 +133,7 @@ class Store:
             result = conn.execute(connections.insert().values(values))
         pk = result.inserted_primary_key
         assert pk is not None
+        self._roles[int(pk[0])] = role
         return int(pk[0])
 
     def close_connection(
@@ -143,6 +147,7 @@ class Store:
         closed_by: str | None,
         error: str | None,
     ) -> None:
+        self._roles.pop(connection_id, None)
         with conn.begin():
             conn.execute(
                 update(connections)
@@ -309,8 +314,20 @@ class Store:
             index_statements.merge_tasks(
                 conn, {k: d for k, d in index.tasks.items() if k[0] in known}
             )
-        for at_us, listed in index.listings:
-            index_statements.reconcile(conn, at_us, listed, self.instance)
+        for cid, at_us, listed in index.listings:
+            if self._role(conn, cid) == "link":
+                index_statements.reconcile(conn, at_us, listed, self.instance)
+
+    def _role(self, conn: Connection, connection_id: int) -> str | None:
+        """A connection's role: "link" (the recorder's own, to ``daemon.url``) or
+        "proxy" (a UI's, to ``proxy.upstream``, which may be another daemon)."""
+        role = self._roles.get(connection_id)
+        if role is None:
+            found = conn.execute(
+                select(connections.c.role).where(connections.c.id == connection_id)
+            ).scalar()
+            role = None if found is None else str(found)
+        return role
 
     def _attribute(self, conn: Connection, attributions: list[tuple[int, int, str]]) -> None:
         known = [(self._spawn_ids.pop((c, q), None), c, q, sid) for c, q, sid in attributions]

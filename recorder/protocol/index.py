@@ -150,8 +150,9 @@ class IndexBatch:
     # Frames and bytes per (connection, type, direction, UTC day): one dict update per
     # frame, from which the connections' counts and the daily rollup are summed.
     tallies: dict[tuple[int, str | None, str, int], list[int]] = field(default_factory=dict)
-    # Each sessions_list seen: (receive time, the ids it named).
-    listings: list[tuple[int, frozenset[str]]] = field(default_factory=list)
+    # Each sessions_list seen: (connection id, receive time, the ids it named). Only
+    # the link's lists may end sessions (the store knows which connection is which).
+    listings: list[tuple[int, int, frozenset[str]]] = field(default_factory=list)
     # Earlier frames that now belong to a session: (connection id, seq, session id).
     attributions: list[tuple[int, int, str]] = field(default_factory=list)
     # spawn_session requests in this batch, (connection id, seq): their rows' ids are
@@ -256,7 +257,7 @@ class IndexBatch:
                         sid = self._session_object(item, at)
                         if sid is not None:
                             ids.add(sid)
-                self.listings.append((at, frozenset(ids)))
+                self.listings.append((frame[F_CONNECTION], at, frozenset(ids)))
         if type_ == "error" and session_id is not None and info.session_id is None:
             error = text_or_none(obj.get("error"))
             if error is not None:
