@@ -153,6 +153,37 @@ def time_passes(db: Path, seconds: int) -> None:
         )
 
 
+# --- #4: "Session not found" names its session -------------------------------------
+
+
+async def test_session_not_found_for_one_session_never_ends_another(tmp_path: Path) -> None:
+    """Ask about A, give B a task; the daemon answers in order, "Session not found: A"
+    first. The error went to the latest request's session, B, which became "unknown"
+    (finished): a purge of lost sessions deleted B while it ran."""
+    db = sqlite_database(tmp_path)
+    t = now_us() - 60 * SECOND
+    not_found = json.dumps({"type": "error", "error": "Session not found: A"}).encode()
+    await record(
+        db.url,
+        [(t, IN, status("A", "running")), (t + 1, IN, status("B", "running"))],
+        [
+            (t + 10, OUT, request("session_status", "A")),
+            (t + 11, OUT, request("execute_task", "B", task="more")),
+            (t + 12, IN, not_found),
+            (t + 13, IN, b'{"type":"task_executing","sessionId":"B","taskId":"more"}'),
+            (t + 14, IN, chunk("B", "working")),
+        ],
+    )
+    said = await db.rows("select id, status, last_error from sessions order by id")
+    assert said == [("A", "unknown", "Session not found: A"), ("B", "running", None)]
+    assert await db.rows("select session_id from frames where type = 'error'") == [("A",)]
+    await run_policy(
+        config_for(tmp_path, db.url, policy("lost", "purge", 'status = ["unknown"]')), "lost"
+    )
+    assert await db.rows("select count(*) from frames where session_id = 'B'") == [(4,)]
+    assert await db.rows("select id from sessions") == [("B",)]
+
+
 # --- #19: only the link's lists end sessions ---------------------------------------
 
 

@@ -295,3 +295,45 @@ def test_a_spawn_answered_with_values_nested_a_thousand_deep_is_still_attributed
     rows, index = Classifier().rows_and_index(batch)
     assert [row[7] for row in rows] == ["spawn_session", "session_spawned"]
     assert index.attributions == [(1, 1, "s9")]
+
+
+def classified(*frames: tuple[str, str | bytes]) -> tuple[list[str | None], IndexBatch]:
+    """Frames on one connection through the classifier: each row's session, the index."""
+    from recorder.pipeline.classifier import Classifier
+
+    batch = [
+        (
+            1,
+            seq,
+            direction,
+            1_000 + seq,
+            seq,
+            True,
+            text.encode() if isinstance(text, str) else text,
+        )
+        for seq, (direction, text) in enumerate(frames, 1)
+    ]
+    rows, index = Classifier().rows_and_index(batch)
+    return [row[8] for row in rows], index
+
+
+def test_an_error_that_names_its_session_is_that_sessions() -> None:
+    """The daemon answers in order: "Session not found: A" answers the question about
+    A, though B's task was asked later. It went to B (the latest request), which
+    became "unknown" (finished: purgeable while it ran)."""
+    owners, index = classified(
+        (OUT, '{"type":"session_status","payload":{"sessionId":"A"}}'),
+        (OUT, '{"type":"execute_task","payload":{"sessionId":"B","task":"more"}}'),
+        (IN, '{"type":"error","error":"Session not found: A"}'),
+        (IN, '{"type":"task_executing","sessionId":"B","taskId":"more"}'),
+        (OUT, '{"type":"stop_session","payload":{"sessionId":"C"}}'),
+        (IN, '{"type":"error","error":"Invalid message format"}'),
+        # Not asked on this connection, and still the session it names.
+        (IN, '{"type":"error","error":"Session not found: D"}'),
+    )
+    assert owners == ["A", "B", "A", "B", "C", "C", "D"]
+    assert index.sessions["A"].status == "unknown"
+    assert index.sessions["B"].status is None and index.sessions["B"].last_error is None
+    # An error that names no session is its request's, and ends nothing.
+    assert index.sessions["C"].status is None
+    assert index.sessions["C"].last_error == "Invalid message format"

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from recorder.protocol.classify import Classified, id_or_none, text_or_none
+from recorder.protocol.classify import Classified, id_or_none, not_found_session, text_or_none
 from recorder.protocol.frames import F_CONNECTION, F_DIRECTION, F_RECEIVED, IN, OUT
 from recorder.times import parse_daemon_time
 
@@ -224,7 +224,8 @@ class IndexBatch:
         """
         at = frame[F_RECEIVED]
         type_ = info.type
-        key = (frame[F_CONNECTION], type_, frame[F_DIRECTION], at - at % DAY_US)
+        direction = frame[F_DIRECTION]
+        key = (frame[F_CONNECTION], type_, direction, at - at % DAY_US)
         tally = self.tallies.get(key)
         if tally is None:
             self.tallies[key] = [1, size]
@@ -239,7 +240,7 @@ class IndexBatch:
             elif at > delta.last_seen_us:
                 delta.last_seen_us = at
             delta.frame_count += 1
-            if not delta.creates and frame[F_DIRECTION] == IN and type_ not in _NOT_EVIDENCE:
+            if not delta.creates and direction == IN and type_ not in _NOT_EVIDENCE:
                 delta.creates = True
             if info.task_id is not None:
                 self.task(sid, info.task_id, at).frame_count += 1
@@ -248,29 +249,38 @@ class IndexBatch:
             return
         if type(obj.get("session")) is dict:
             self._session_object(obj["session"], at)
-        if type_ == "sessions_list" and frame[F_DIRECTION] == IN:
-            listed = obj.get("sessions")
-            if isinstance(listed, list):
-                ids = set()
-                for item in listed:
-                    if isinstance(item, dict):
-                        sid = self._session_object(item, at)
-                        if sid is not None:
-                            ids.add(sid)
-                self.listings.append((frame[F_CONNECTION], at, frozenset(ids)))
+        if type_ == "sessions_list" and direction == IN:
+            self._listing(frame[F_CONNECTION], obj.get("sessions"), at)
         if type_ == "error" and session_id is not None and info.session_id is None:
-            error = text_or_none(obj.get("error"))
-            if error is not None:
-                delta = self.session(session_id, at)
-                delta.last_error = error
-                if error.startswith("Session not found"):
-                    # The daemon no longer knows it: nothing to stop, ask about, wait for.
-                    delta.set_status(LOST_STATUS, at)
-            return
-        sid, tid = info.session_id, info.task_id
-        if sid is None or tid is None or type_ is None:
-            return
-        if type_ == "execute_task" and frame[F_DIRECTION] == OUT:
+            self._error(session_id, text_or_none(obj.get("error")), at)
+        elif info.session_id is not None and info.task_id is not None and type_ is not None:
+            self._task_frame(type_, direction, info.session_id, info.task_id, obj, at)
+
+    def _listing(self, cid: int, listed: Any, at: int) -> None:
+        if isinstance(listed, list):
+            ids = set()
+            for item in listed:
+                if isinstance(item, dict):
+                    sid = self._session_object(item, at)
+                    if sid is not None:
+                        ids.add(sid)
+            self.listings.append((cid, at, frozenset(ids)))
+
+    def _error(self, session_id: str, error: str | None, at: int) -> None:
+        """An error reply attributed to ``session_id`` (see ``attribution``)."""
+        if error is not None:
+            delta = self.session(session_id, at)
+            delta.last_error = error
+            if not_found_session(error) == session_id:
+                # The daemon no longer knows it: nothing to stop, ask about, wait for.
+                # Only the session the error names: one attributed to the latest
+                # request may answer an earlier one.
+                delta.set_status(LOST_STATUS, at)
+
+    def _task_frame(
+        self, type_: str, direction: str, sid: str, tid: str, obj: dict[str, Any], at: int
+    ) -> None:
+        if type_ == "execute_task" and direction == OUT:
             task = self.task(sid, tid, at)
             payload = obj.get("payload")
             text = text_or_none(payload.get("task")) if isinstance(payload, dict) else None
