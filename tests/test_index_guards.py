@@ -184,6 +184,40 @@ async def test_session_not_found_for_one_session_never_ends_another(tmp_path: Pa
     assert await db.rows("select id from sessions") == [("B",)]
 
 
+# --- #3: news only from the recorder that holds the session -------------------------
+
+
+async def test_another_recorders_daemon_cannot_finish_my_session(
+    database: Database, tmp_path: Path
+) -> None:
+    """Recorders "a" and "b" share a database; b's daemon sends frames naming the id of
+    a session a records. b's "completed" ended a's running session (one row per id),
+    and a's purge deleted a session its own daemon says is running, b's frames too."""
+    t = now_us() - 60 * SECOND
+    await record(database.url, [(t, IN, status("shared", "running"))], instance="a")
+    await record(
+        database.url,
+        [
+            (
+                t + 1,
+                IN,
+                json.dumps({"type": "error", "error": "Session not found: shared"}).encode(),
+            ),
+            (t + 2, IN, status("shared", "completed")),
+            (t + 3, IN, chunk("shared", "b's")),
+        ],
+        instance="b",
+    )
+    row = await database.rows(
+        "select instance, status, finished_us, last_error, frame_count, last_seen_us from sessions"
+    )
+    # b's frames count and are seen; what b's daemon says changes nothing.
+    assert row == [("a", "running", None, None, 4, t + 3)]
+    bye = policy("bye", "purge", 'status = ["completed", "unknown"]')
+    await run_policy(config_for(tmp_path, database.config_url, bye, 'instance = "a"'), "bye")
+    assert await database.rows("select count(*) from frames") == [(4,)]
+
+
 # --- #19: only the link's lists end sessions ---------------------------------------
 
 

@@ -337,3 +337,21 @@ def test_an_error_that_names_its_session_is_that_sessions() -> None:
     # An error that names no session is its request's, and ends nothing.
     assert index.sessions["C"].status is None
     assert index.sessions["C"].last_error == "Invalid message format"
+
+
+def test_another_recorders_news_does_not_change_my_row() -> None:
+    """Recorders sharing a database: one row per id. Another recorder's frames of it
+    count; what its daemon says of it does not change what the row says."""
+    stored = {"status": "running", "finished_us": None, "first_seen_us": 5, "last_seen_us": 10}
+    stored |= dict.fromkeys(SessionDelta.NEWS) | {"status": "running"}
+    stored["frame_count"] = 1
+    theirs = IndexBatch()
+    add(
+        theirs,
+        frame('{"type":"session_status_update","session":{"id":"s","status":"completed"}}', at=50),
+    )
+    add(theirs, frame('{"type":"stream_chunk","data":{"sessionId":"s","chunk":"x"}}', at=60))
+    row = merged(stored, theirs.sessions["s"], own=False)
+    assert (row["status"], row["finished_us"]) == ("running", None)
+    assert (row["frame_count"], row["last_seen_us"]) == (3, 60)
+    assert merged(stored, theirs.sessions["s"])["status"] == "completed"

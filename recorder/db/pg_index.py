@@ -11,7 +11,8 @@ keeps the statement-per-change path (:mod:`recorder.db.index_statements`).
 
 The merge rule is :func:`recorder.protocol.index.merged`, spelled in SQL from
 the same ``NEWS``/``KEPT`` declarations: seen-times widen, counts add up, news
-replaces the stored value unless the stored one is kept.
+replaces the stored value unless the stored one is kept, and only in rows of the
+recorder's own instance.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ assert set(_TYPES) == set(_NEWS)
 _TERMINAL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
 
 
-def _merge(source: str) -> str:
-    """SET clauses merging ``source`` (a delta) into the stored row ``s``."""
+def _merge(source: str, own: str) -> str:
+    """SET clauses merging ``source`` (a delta) into the stored row ``s``; news only
+    where ``own`` holds (the row is the instance's own)."""
     clauses = [
         f"first_seen_us = LEAST(s.first_seen_us, {source}.first_seen_us)",
         f"last_seen_us = GREATEST(s.last_seen_us, {source}.last_seen_us)",
@@ -47,10 +49,13 @@ def _merge(source: str) -> str:
     ]
     for key in _NEWS:
         first, then = ("s", source) if key in SessionDelta.KEPT else (source, "s")
-        clauses.append(f"{key} = COALESCE({first}.{key}, {then}.{key})")
+        clauses.append(
+            f"{key} = CASE WHEN {own} THEN COALESCE({first}.{key}, {then}.{key}) ELSE s.{key} END"
+        )
     # recorder.protocol.index.finished_at: a finished session keeps its end time.
     clauses.append(
-        f"finished_us = CASE WHEN COALESCE({source}.status, s.status) IN ({_TERMINAL}) "
+        f"finished_us = CASE WHEN NOT {own} THEN s.finished_us "
+        f"WHEN COALESCE({source}.status, s.status) IN ({_TERMINAL}) "
         f"THEN COALESCE(CASE WHEN s.status IN ({_TERMINAL}) THEN s.finished_us END, "
         f"{source}.finished_us, GREATEST(s.last_seen_us, {source}.last_seen_us)) END"
     )
@@ -75,13 +80,13 @@ WITH counted AS (
 ), created AS (
     INSERT INTO sessions AS s
         (id, instance, first_seen_us, last_seen_us, frame_count, {news}, finished_us)
-    SELECT id, ${days + 5}, first_seen_us, last_seen_us, frame_count, {news},
+    SELECT id, ${days + 5}::text, first_seen_us, last_seen_us, frame_count, {news},
            CASE WHEN status IN ({_TERMINAL}) THEN COALESCE(finished_us, last_seen_us) END
     FROM delta WHERE creates
-    ON CONFLICT (id) DO UPDATE SET {_merge("excluded")}
+    ON CONFLICT (id) DO UPDATE SET {_merge("excluded", "s.instance = excluded.instance")}
     RETURNING s.id
 ), updated AS (
-    UPDATE sessions AS s SET {_merge("d")}
+    UPDATE sessions AS s SET {_merge("d", f"s.instance = ${days + 5}::text")}
     FROM delta AS d
     WHERE s.id = d.id AND NOT d.creates
     RETURNING s.id

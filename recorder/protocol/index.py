@@ -101,10 +101,14 @@ class TaskDelta:
     error: str | None = None
 
 
-def merged(old: Mapping[str, Any] | None, delta: SessionDelta | TaskDelta) -> dict[str, Any]:
+def merged(
+    old: Mapping[str, Any] | None, delta: SessionDelta | TaskDelta, *, own: bool = True
+) -> dict[str, Any]:
     """A stored row's columns after a batch's delta: seen-times widen, counts add up,
     and each of the delta's ``NEWS`` takes its value where it has one, unless it is
-    one of ``KEPT`` and already stored."""
+    one of ``KEPT`` and already stored. A session row that is not the merging
+    recorder's ``own`` (another ``storage.instance`` stored it) takes none of the
+    news: what its recorder's daemon says of it stands."""
     row: dict[str, Any] = {
         "first_seen_us": delta.first_seen_us,
         "last_seen_us": delta.last_seen_us,
@@ -114,6 +118,10 @@ def merged(old: Mapping[str, Any] | None, delta: SessionDelta | TaskDelta) -> di
         row["first_seen_us"] = min(old["first_seen_us"], delta.first_seen_us)
         row["last_seen_us"] = max(old["last_seen_us"], delta.last_seen_us)
         row["frame_count"] += old["frame_count"]
+        if not own:
+            for key in (*delta.NEWS, "finished_us"):
+                row[key] = old.get(key)
+            return row
     for key in delta.NEWS:
         new = getattr(delta, key)
         stored = None if old is None else old[key]
