@@ -184,6 +184,40 @@ async def test_session_not_found_for_one_session_never_ends_another(tmp_path: Pa
     assert await db.rows("select id from sessions") == [("B",)]
 
 
+# --- #5: a session that runs again ends again ---------------------------------------
+
+
+async def ran_again(db: Database, tmp_path: Path, split: bool) -> None:
+    """Ended 40 days ago; runs again and completes seconds ago; retention is 30 days."""
+    now = now_us()
+    again = [(now - 10 * SECOND, IN, status("s", "running"))]
+    done = [(now - 5 * SECOND, IN, status("s", "completed"))]
+    batches = [again, done] if split else [again + done]
+    await record(db.url, [(now - 40 * DAY, IN, status("s", "completed"))], *batches)
+    assert await db.rows("select finished_us from sessions") == [(now - 5 * SECOND,)]
+    await run_policy(
+        config_for(tmp_path, db.config_url, storage='retention = "30d"'), "storage.retention"
+    )
+    assert await db.rows("select count(*) from frames") == [(3,)]
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-batch", "two-batches"])
+async def test_a_session_that_ran_again_ended_when_it_ended_again(
+    tmp_path: Path, split: bool
+) -> None:
+    """With "running" and "completed" in one batch, the stored end of 40 days ago was
+    kept, and retention purged what had just been recorded; over two batches not."""
+    await ran_again(sqlite_database(tmp_path), tmp_path, split)
+
+
+async def test_a_session_that_ran_again_ended_when_it_ended_again_on_postgresql(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The same through recorder.db.pg_index's SQL spelling of the rule."""
+    url = pg_url.replace("postgresql://", "postgresql+asyncpg://")
+    await ran_again(Database(url, pg_url, "postgresql"), tmp_path, split=False)
+
+
 # --- #3: news only from the recorder that holds the session -------------------------
 
 

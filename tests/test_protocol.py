@@ -339,6 +339,30 @@ def test_an_error_that_names_its_session_is_that_sessions() -> None:
     assert index.sessions["C"].last_error == "Invalid message format"
 
 
+def test_a_session_that_runs_again_ends_when_it_ends_again() -> None:
+    """Stored as completed long ago; one batch sees it run and complete again: it
+    ended now. Kept the old end, retention purged what was just recorded."""
+    stored = {"status": "completed", "finished_us": 10, "first_seen_us": 5, "last_seen_us": 10}
+    stored |= dict.fromkeys(SessionDelta.NEWS) | {"status": "completed", "frame_count": 1}
+    again = IndexBatch()
+    add(
+        again,
+        frame('{"type":"session_status_update","session":{"id":"s","status":"running"}}', at=500),
+    )
+    add(
+        again,
+        frame('{"type":"session_status_update","session":{"id":"s","status":"completed"}}', at=600),
+    )
+    assert merged(stored, again.sessions["s"])["finished_us"] == 600
+    # Told again that it ended (a stop after it completed): it keeps its end.
+    told = IndexBatch()
+    add(
+        told,
+        frame('{"type":"session_status_update","session":{"id":"s","status":"stopped"}}', at=700),
+    )
+    assert merged(stored, told.sessions["s"])["finished_us"] == 10
+
+
 def test_another_recorders_news_does_not_change_my_row() -> None:
     """Recorders sharing a database: one row per id. Another recorder's frames of it
     count; what its daemon says of it does not change what the row says."""

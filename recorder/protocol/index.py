@@ -66,12 +66,16 @@ class SessionDelta:
     # When, on the recorder's clock, the status this delta ends with became terminal
     # (None while it is not). Merged by :func:`finished_at`, not as news.
     finished_us: int | None = None
+    # Whether the batch saw a status that is not terminal: a session that runs again
+    # ends anew, whatever end time is stored.
+    ran: bool = False
 
     def set_status(self, status: str, at_us: int) -> None:
         """A status seen at ``at_us``: the first terminal one of a run of them dates
         the session's end."""
         if status not in TERMINAL_STATUSES:
             self.finished_us = None
+            self.ran = True
         elif self.status not in TERMINAL_STATUSES or self.finished_us is None:
             self.finished_us = at_us
         self.status = status
@@ -137,14 +141,20 @@ def finished_at(
     """When the recorder saw a session end, on its own clock; None while it has not.
 
     A session that was already finished keeps its time (a stop after it completed
-    does not make it younger); otherwise the time the batch saw it become terminal.
-    A terminal status with no such time (a row written before this was kept) is
-    dated by the last frame seen, which is never before the real end.
-    ``recorder.db.pg_index`` spells the same rule in SQL.
+    does not make it younger), unless the batch saw it run again (``ran``: it ended
+    anew); otherwise the time the batch saw it become terminal. A terminal status
+    with no such time (a row written before this was kept) is dated by the last
+    frame seen, which is never before the real end. ``recorder.db.pg_index`` spells
+    the same rule in SQL.
     """
     if status not in TERMINAL_STATUSES:
         return None
-    if old is not None and old["status"] in TERMINAL_STATUSES and old["finished_us"] is not None:
+    if (
+        old is not None
+        and not delta.ran
+        and old["status"] in TERMINAL_STATUSES
+        and old["finished_us"] is not None
+    ):
         return int(old["finished_us"])
     return delta.finished_us if delta.finished_us is not None else last_seen_us
 
