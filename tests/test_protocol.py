@@ -363,11 +363,43 @@ def test_a_session_that_runs_again_ends_when_it_ends_again() -> None:
     assert merged(stored, told.sessions["s"])["finished_us"] == 10
 
 
+def test_work_is_what_the_daemon_does_not_what_the_recorder_asks() -> None:
+    """idle_for measures from active_us: the recorder's status polls (after every
+    reconnect), its stops and the replies repeating a known status kept idle sessions
+    busy when every frame naming them counted."""
+    stored = {"status": "running", "finished_us": None, "first_seen_us": 5, "last_seen_us": 10}
+    stored |= dict.fromkeys(SessionDelta.NEWS) | {"status": "running", "active_us": 10}
+    stored["frame_count"] = 1
+    same = '{"type":"session_status_update","session":{"id":"s","status":"running"}}'
+    _, polled = classified(
+        (OUT, '{"type":"session_status","payload":{"sessionId":"s"}}'),
+        (IN, same),
+        (OUT, '{"type":"stop_session","payload":{"sessionId":"s"}}'),
+        (OUT, '{"type":"ping"}'),
+        (OUT, '{"type":"list_sessions"}'),
+        (IN, '{"type":"sessions_list","sessions":[{"id":"s","status":"running"}]}'),
+        (IN, '{"type":"error","error":"Session not found: s"}'),
+    )
+    row = merged(stored, polled.sessions["s"])
+    assert (row["active_us"], row["last_seen_us"], row["status"]) == (10, 1_007, "unknown")
+    for direction, text in [
+        (IN, '{"type":"stream_chunk","data":{"sessionId":"s","chunk":"x"}}'),
+        (IN, '{"type":"tool_call_start","data":{"sessionId":"s"}}'),
+        (IN, '{"type":"task_completed","sessionId":"s","taskId":"t"}'),
+        (OUT, '{"type":"execute_task","payload":{"sessionId":"s","task":"t"}}'),
+        (IN, '{"type":"session_status_update","session":{"id":"s","status":"completed"}}'),
+    ]:
+        _, worked = classified((direction, text))
+        assert merged(stored, worked.sessions["s"])["active_us"] == 1_001, text
+    # A session first seen was at work then.
+    assert merged(None, polled.sessions["s"])["active_us"] == 1_002
+
+
 def test_another_recorders_news_does_not_change_my_row() -> None:
     """Recorders sharing a database: one row per id. Another recorder's frames of it
     count; what its daemon says of it does not change what the row says."""
     stored = {"status": "running", "finished_us": None, "first_seen_us": 5, "last_seen_us": 10}
-    stored |= dict.fromkeys(SessionDelta.NEWS) | {"status": "running"}
+    stored |= dict.fromkeys(SessionDelta.NEWS) | {"status": "running", "active_us": 7}
     stored["frame_count"] = 1
     theirs = IndexBatch()
     add(
@@ -376,6 +408,6 @@ def test_another_recorders_news_does_not_change_my_row() -> None:
     )
     add(theirs, frame('{"type":"stream_chunk","data":{"sessionId":"s","chunk":"x"}}', at=60))
     row = merged(stored, theirs.sessions["s"], own=False)
-    assert (row["status"], row["finished_us"]) == ("running", None)
+    assert (row["status"], row["finished_us"], row["active_us"]) == ("running", None, 7)
     assert (row["frame_count"], row["last_seen_us"]) == (3, 60)
     assert merged(stored, theirs.sessions["s"])["status"] == "completed"

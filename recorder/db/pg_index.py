@@ -46,6 +46,9 @@ _DELTA = (
     *((key, _TYPES[key]) for key in _NEWS),
     ("finished_us", "bigint"),
     ("ran", "boolean"),
+    ("active_us", "bigint"),
+    ("first_status", "text"),
+    ("first_status_us", "bigint"),
 )
 _TERMINAL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
 # $1, $2: connection counts; then the delta's arrays, the days' five, the instance.
@@ -75,6 +78,12 @@ def _merge() -> str:
         f"THEN COALESCE(CASE WHEN s.status IN ({_TERMINAL}) AND NOT d.ran THEN s.finished_us END, "
         "d.finished_us, GREATEST(s.last_seen_us, d.last_seen_us)) END"
     )
+    # recorder.protocol.index.active_at (GREATEST leaves out nulls).
+    clauses.append(
+        f"active_us = CASE WHEN NOT {own} THEN s.active_us ELSE GREATEST(s.active_us, "
+        "d.active_us, CASE WHEN s.status IS DISTINCT FROM d.first_status "
+        "THEN d.first_status_us END) END"
+    )
     return ", ".join(clauses)
 
 
@@ -102,9 +111,10 @@ WITH counted AS (
     RETURNING s.id
 ), created AS (
     INSERT INTO sessions AS s
-        (id, instance, first_seen_us, last_seen_us, frame_count, {news}, finished_us)
+        (id, instance, first_seen_us, last_seen_us, frame_count, {news}, finished_us, active_us)
     SELECT id, {_INSTANCE}, first_seen_us, last_seen_us, frame_count, {news},
-           CASE WHEN status IN ({_TERMINAL}) THEN COALESCE(finished_us, last_seen_us) END
+           CASE WHEN status IN ({_TERMINAL}) THEN COALESCE(finished_us, last_seen_us) END,
+           COALESCE(GREATEST(active_us, first_status_us), first_seen_us)
     FROM delta AS d
     WHERE creates AND NOT EXISTS (SELECT 1 FROM sessions AS e WHERE e.id = d.id)
     ON CONFLICT (id) DO UPDATE SET

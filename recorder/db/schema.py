@@ -165,6 +165,11 @@ sessions = Table(
     # "purging" or "compacting" while a cleanup run is part-way through the session:
     # a run killed there leaves it, and `recorder show` says the session is partial.
     Column("cleanup_state", Text, nullable=True),
+    # When, on the recorder's clock, the session last showed work: its output, its
+    # tasks, a status that changed, a task given to it; not the recorder's own polls
+    # and stops, nor replies that repeat what was known (recorder.protocol.index).
+    # Cleanup's idle_for is measured from it (migration 0011).
+    Column("active_us", BigInteger, nullable=True),
     Index(None, "last_seen_us"),
     Index(None, "first_seen_us"),
     Index(None, "status"),

@@ -23,6 +23,12 @@ DAY_US = 86_400 * 1_000_000
 # Frames from the daemon that name a session without showing that it exists: the
 # daemon answers a task request for an unknown session with task_* frames too.
 _NOT_EVIDENCE = frozenset({"task_executing", "task_completed", "task_failed", "error"})
+# Frames that show a session at work (``active_us``, what cleanup's idle_for measures):
+# its output and its tasks' progress; requests that give it work. Not the recorder's
+# own polls and stops, errors, nor replies repeating a known status (show_status).
+_WORK_FROM_DAEMON = ("stream_", "tool_call_", "task_", "session_spawned")
+_WORK_TYPES = frozenset({"stream_chunk", "stream_end", "tool_call_start", "tool_call_result"})
+_WORK_REQUESTS = frozenset({"execute_task", "spawn_session"})
 
 
 @dataclass(slots=True)
@@ -69,6 +75,12 @@ class SessionDelta:
     # Whether the batch saw a status that is not terminal: a session that runs again
     # ends anew, whatever end time is stored.
     ran: bool = False
+    # The batch's last frame showing work (see _WORK_FROM_DAEMON), and the first status
+    # a session object showed, with its time: it is work too when it differs from the
+    # stored row's. Merged by :func:`active_at`.
+    active_us: int | None = None
+    first_status: str | None = None
+    first_status_us: int | None = None
 
     def set_status(self, status: str, at_us: int) -> None:
         """A status seen at ``at_us``: the first terminal one of a run of them dates
@@ -79,6 +91,18 @@ class SessionDelta:
         elif self.status not in TERMINAL_STATUSES or self.finished_us is None:
             self.finished_us = at_us
         self.status = status
+
+    def show_status(self, status: str, at_us: int) -> None:
+        """A status the daemon showed in a session object: a change is work."""
+        if self.status is None:
+            self.first_status, self.first_status_us = status, at_us
+        elif status != self.status:
+            self.worked(at_us)
+        self.set_status(status, at_us)
+
+    def worked(self, at_us: int) -> None:
+        if self.active_us is None or at_us > self.active_us:
+            self.active_us = at_us
 
 
 @dataclass(slots=True)
@@ -123,7 +147,7 @@ def merged(
         row["last_seen_us"] = max(old["last_seen_us"], delta.last_seen_us)
         row["frame_count"] += old["frame_count"]
         if not own:
-            for key in (*delta.NEWS, "finished_us"):
+            for key in (*delta.NEWS, "finished_us", "active_us"):
                 row[key] = old.get(key)
             return row
     for key in delta.NEWS:
@@ -132,6 +156,7 @@ def merged(
         row[key] = stored if stored is not None and (new is None or key in delta.KEPT) else new
     if isinstance(delta, SessionDelta):
         row["finished_us"] = finished_at(old, delta, row["status"], row["last_seen_us"])
+        row["active_us"] = active_at(old, delta)
     return row
 
 
@@ -157,6 +182,22 @@ def finished_at(
     ):
         return int(old["finished_us"])
     return delta.finished_us if delta.finished_us is not None else last_seen_us
+
+
+def active_at(old: Mapping[str, Any] | None, delta: SessionDelta) -> int | None:
+    """When the session last showed work, on the recorder's clock: what cleanup's
+    ``idle_for`` measures. The batch's work, and its first status when that differs
+    from the stored one; a new row without either was at work when first seen.
+    ``recorder.db.pg_index`` spells the same rule in SQL.
+    """
+    shown = None
+    if delta.first_status is not None and (old is None or old["status"] != delta.first_status):
+        shown = delta.first_status_us
+    stored = old.get("active_us") if old is not None else None
+    times = [t for t in (stored, delta.active_us, shown) if t is not None]
+    if times:
+        return max(times)
+    return delta.first_seen_us if old is None else None
 
 
 @dataclass(slots=True)
@@ -258,8 +299,19 @@ class IndexBatch:
             elif at > delta.last_seen_us:
                 delta.last_seen_us = at
             delta.frame_count += 1
-            if not delta.creates and direction == IN and type_ not in _NOT_EVIDENCE:
-                delta.creates = True
+            if direction == IN:
+                if not delta.creates and type_ not in _NOT_EVIDENCE:
+                    delta.creates = True
+                # delta.worked(at), inlined: this runs for every stream chunk (whose
+                # type's hash the tally's lookup has computed already).
+                if type_ in _WORK_TYPES or (
+                    type_ is not None and type_.startswith(_WORK_FROM_DAEMON)
+                ):
+                    active = delta.active_us
+                    if active is None or at > active:
+                        delta.active_us = at
+            elif type_ in _WORK_REQUESTS:
+                delta.worked(at)
             if info.task_id is not None:
                 self.task(sid, info.task_id, at).frame_count += 1
         obj = info.obj
@@ -334,7 +386,7 @@ class IndexBatch:
             delta.session_type = v
         status = id_or_none(session.get("status"))
         if status is not None:
-            delta.set_status(status, at)
+            delta.show_status(status, at)
         if (t := parse_daemon_time(session.get("startedAt"))) is not None:
             delta.started_at_us = t
         if (t := parse_daemon_time(session.get("endedAt"))) is not None:
