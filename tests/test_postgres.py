@@ -306,6 +306,21 @@ def test_both_databases_hold_the_same_rows_for_the_same_conversation(
             True,
         ),
     ]
+    # A session that runs again after it ended (above): "running" and "completed" in
+    # one batch (of five, padded to start one), so it ended anew, not when it first
+    # did (recorder.protocol.index.finished_at). The poll and the reply repeating
+    # its status between them are not work (active_us); the chunk is.
+    while len(conversation) % 5:
+        conversation.append((IN, b'{"type":"pong"}', True))
+    again = {"type": "session_status_update", "session": {"id": sid, "status": "running"}}
+    done = {"type": "session_status_update", "session": {"id": sid, "status": "completed"}}
+    conversation += [
+        (IN, json.dumps(again).encode(), True),
+        (OUT, json.dumps({"type": "session_status", "payload": {"sessionId": sid}}).encode(), True),
+        (IN, json.dumps(again).encode(), True),
+        (IN, json.dumps({"type": "stream_chunk", "data": {"sessionId": sid}}).encode(), True),
+        (IN, json.dumps(done).encode(), True),
+    ]
     tables = {
         "frames": "id",
         "sessions": "id",
@@ -363,11 +378,12 @@ def test_both_databases_hold_the_same_rows_for_the_same_conversation(
             theirs = asyncio.run(from_postgres(table, order))
             assert ours == theirs, table
             assert ours, table
-        # The recorder's clock: the frame that said "completed" was the 4th after FRAMES.
-        (finished,) = lite.execute(
-            "SELECT finished_us FROM sessions WHERE id = ?", (sid,)
+        # The recorder's clock: it ended (again) with the last frame, which said
+        # "completed" after "running" in the same batch; it was at work then too.
+        (finished, active) = lite.execute(
+            "SELECT finished_us, active_us FROM sessions WHERE id = ?", (sid,)
         ).fetchone()
-        assert finished == 1_795_692_537_000_000 + len(FRAMES) + 4
+        assert finished == active == 1_795_692_537_000_000 + len(conversation)
 
 
 async def test_the_partitioning_migration_goes_down_and_up_again_with_the_frames(

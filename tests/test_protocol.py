@@ -223,7 +223,7 @@ def test_sessions_list_is_recorded_as_a_listing() -> None:
         {"type": "sessions_list", "sessions": [{"id": "a", "status": "running"}, {"id": "b"}, 7]}
     )
     add(batch, frame(text, at=9))
-    assert batch.listings == [(9, frozenset({"a", "b"}))]
+    assert batch.listings == [(1, 9, frozenset({"a", "b"}))]
     assert batch.sessions["a"].status == "running"
     # A listing names sessions but is not one of their frames.
     assert batch.sessions["a"].frame_count == 0
@@ -295,3 +295,119 @@ def test_a_spawn_answered_with_values_nested_a_thousand_deep_is_still_attributed
     rows, index = Classifier().rows_and_index(batch)
     assert [row[7] for row in rows] == ["spawn_session", "session_spawned"]
     assert index.attributions == [(1, 1, "s9")]
+
+
+def classified(*frames: tuple[str, str | bytes]) -> tuple[list[str | None], IndexBatch]:
+    """Frames on one connection through the classifier: each row's session, the index."""
+    from recorder.pipeline.classifier import Classifier
+
+    batch = [
+        (
+            1,
+            seq,
+            direction,
+            1_000 + seq,
+            seq,
+            True,
+            text.encode() if isinstance(text, str) else text,
+        )
+        for seq, (direction, text) in enumerate(frames, 1)
+    ]
+    rows, index = Classifier().rows_and_index(batch)
+    return [row[8] for row in rows], index
+
+
+def test_an_error_that_names_its_session_is_that_sessions() -> None:
+    """The daemon answers in order: "Session not found: A" answers the question about
+    A, though B's task was asked later. It went to B (the latest request), which
+    became "unknown" (finished: purgeable while it ran)."""
+    owners, index = classified(
+        (OUT, '{"type":"session_status","payload":{"sessionId":"A"}}'),
+        (OUT, '{"type":"execute_task","payload":{"sessionId":"B","task":"more"}}'),
+        (IN, '{"type":"error","error":"Session not found: A"}'),
+        (IN, '{"type":"task_executing","sessionId":"B","taskId":"more"}'),
+        (OUT, '{"type":"stop_session","payload":{"sessionId":"C"}}'),
+        (IN, '{"type":"error","error":"Invalid message format"}'),
+        # Not asked on this connection, and still the session it names.
+        (IN, '{"type":"error","error":"Session not found: D"}'),
+    )
+    assert owners == ["A", "B", "A", "B", "C", "C", "D"]
+    assert index.sessions["A"].status == "unknown"
+    assert index.sessions["B"].status is None and index.sessions["B"].last_error is None
+    # An error that names no session is its request's, and ends nothing.
+    assert index.sessions["C"].status is None
+    assert index.sessions["C"].last_error == "Invalid message format"
+
+
+def test_a_session_that_runs_again_ends_when_it_ends_again() -> None:
+    """Stored as completed long ago; one batch sees it run and complete again: it
+    ended now. Kept the old end, retention purged what was just recorded."""
+    stored = {"status": "completed", "finished_us": 10, "first_seen_us": 5, "last_seen_us": 10}
+    stored |= dict.fromkeys(SessionDelta.NEWS) | {"status": "completed", "frame_count": 1}
+    again = IndexBatch()
+    add(
+        again,
+        frame('{"type":"session_status_update","session":{"id":"s","status":"running"}}', at=500),
+    )
+    add(
+        again,
+        frame('{"type":"session_status_update","session":{"id":"s","status":"completed"}}', at=600),
+    )
+    assert merged(stored, again.sessions["s"])["finished_us"] == 600
+    # Told again that it ended (a stop after it completed): it keeps its end.
+    told = IndexBatch()
+    add(
+        told,
+        frame('{"type":"session_status_update","session":{"id":"s","status":"stopped"}}', at=700),
+    )
+    assert merged(stored, told.sessions["s"])["finished_us"] == 10
+
+
+def test_work_is_what_the_daemon_does_not_what_the_recorder_asks() -> None:
+    """idle_for measures from active_us: the recorder's status polls (after every
+    reconnect), its stops and the replies repeating a known status kept idle sessions
+    busy when every frame naming them counted."""
+    stored = {"status": "running", "finished_us": None, "first_seen_us": 5, "last_seen_us": 10}
+    stored |= dict.fromkeys(SessionDelta.NEWS) | {"status": "running", "active_us": 10}
+    stored["frame_count"] = 1
+    same = '{"type":"session_status_update","session":{"id":"s","status":"running"}}'
+    _, polled = classified(
+        (OUT, '{"type":"session_status","payload":{"sessionId":"s"}}'),
+        (IN, same),
+        (OUT, '{"type":"stop_session","payload":{"sessionId":"s"}}'),
+        (OUT, '{"type":"ping"}'),
+        (OUT, '{"type":"list_sessions"}'),
+        (IN, '{"type":"sessions_list","sessions":[{"id":"s","status":"running"}]}'),
+        (IN, '{"type":"error","error":"Session not found: s"}'),
+    )
+    row = merged(stored, polled.sessions["s"])
+    assert (row["active_us"], row["last_seen_us"], row["status"]) == (10, 1_007, "unknown")
+    for direction, text in [
+        (IN, '{"type":"stream_chunk","data":{"sessionId":"s","chunk":"x"}}'),
+        (IN, '{"type":"tool_call_start","data":{"sessionId":"s"}}'),
+        (IN, '{"type":"task_completed","sessionId":"s","taskId":"t"}'),
+        (OUT, '{"type":"execute_task","payload":{"sessionId":"s","task":"t"}}'),
+        (IN, '{"type":"session_status_update","session":{"id":"s","status":"completed"}}'),
+    ]:
+        _, worked = classified((direction, text))
+        assert merged(stored, worked.sessions["s"])["active_us"] == 1_001, text
+    # A session first seen was at work then.
+    assert merged(None, polled.sessions["s"])["active_us"] == 1_002
+
+
+def test_another_recorders_news_does_not_change_my_row() -> None:
+    """Recorders sharing a database: one row per id. Another recorder's frames of it
+    count; what its daemon says of it does not change what the row says."""
+    stored = {"status": "running", "finished_us": None, "first_seen_us": 5, "last_seen_us": 10}
+    stored |= dict.fromkeys(SessionDelta.NEWS) | {"status": "running", "active_us": 7}
+    stored["frame_count"] = 1
+    theirs = IndexBatch()
+    add(
+        theirs,
+        frame('{"type":"session_status_update","session":{"id":"s","status":"completed"}}', at=50),
+    )
+    add(theirs, frame('{"type":"stream_chunk","data":{"sessionId":"s","chunk":"x"}}', at=60))
+    row = merged(stored, theirs.sessions["s"], own=False)
+    assert (row["status"], row["finished_us"], row["active_us"]) == ("running", None, 7)
+    assert (row["frame_count"], row["last_seen_us"]) == (3, 60)
+    assert merged(stored, theirs.sessions["s"])["status"] == "completed"

@@ -17,6 +17,14 @@ done, or interrupted when the recorder stopped under it), with the frames it had
 deleted or compacted so far (``frames``), counted in each step's own transaction.
 A stop that the daemon does not act on is retried with backoff per session, a few
 times (``cleanup_matches.attempts``, ``retry_us``), then given up.
+
+``sessions.active_us`` is when the recorder last saw the session at work, which the
+cleanup's idle_for measures: last_seen_us moves with the recorder's own status
+polls and stops too. Existing sessions take their last_seen_us.
+
+``retired_ids`` holds, on SQLite, the highest id deleted from frames and from
+connections: SQLite hands out one above the largest id left, and readers that
+follow frames by id would miss frames given the ids of purged ones.
 """
 
 from __future__ import annotations
@@ -49,6 +57,15 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("cleanup_state", sa.Text(), nullable=True))
     listed = ", ".join(f"'{s}'" for s in TERMINAL)
     op.execute(f"UPDATE sessions SET finished_us = last_seen_us WHERE status IN ({listed})")
+    with op.batch_alter_table("sessions", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("active_us", sa.BigInteger(), nullable=True))
+    op.execute("UPDATE sessions SET active_us = last_seen_us")
+    op.create_table(
+        "retired_ids",
+        sa.Column("table_name", sa.Text(), nullable=False),
+        sa.Column("highest", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("table_name", name=op.f("pk_retired_ids")),
+    )
     with op.batch_alter_table("cleanup_runs", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("state", sa.String(16), server_default="done", nullable=False)
@@ -62,6 +79,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("retired_ids")
+    with op.batch_alter_table("sessions", schema=None) as batch_op:
+        batch_op.drop_column("active_us")
     with op.batch_alter_table("cleanup_matches", schema=None) as batch_op:
         batch_op.drop_column("retry_us")
         batch_op.drop_column("attempts")

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
+from recorder.db.retired import retire
 from recorder.db.schema import (
     cleanup_matches,
     cleanup_runs,
@@ -173,6 +174,9 @@ def candidates(c: Conditions, now_us: int) -> list[Any]:
         found.append(ended <= now_us - int(c.ended_before * 1e6))
     if c.started_before is not None:
         found.append(s.first_seen_us <= now_us - int(c.started_before * 1e6))
+    if c.idle_for is not None:
+        active = func.coalesce(s.active_us, s.last_seen_us)
+        found.append(active <= now_us - int(c.idle_for * 1e6))
     if c.orchestrator_id is not None:
         found.append(s.orchestrator_id == c.orchestrator_id)
     if c.session_type is not None:
@@ -287,6 +291,7 @@ def purge_some(conn: Connection, work: Work, limit: int, now_us: int) -> tuple[i
         ).all()
         if not rows:
             return 0, 0, []
+        retire(conn, frames, [r.id for r in rows])
         conn.execute(delete(frames).where(frames.c.id.in_([r.id for r in rows])))
         uncount(conn, rows, work.session_id)
         conn.execute(
@@ -319,6 +324,7 @@ def purge_finish(conn: Connection, work: Work, connection_ids: Iterable[int]) ->
         ids = sorted(set(connection_ids))
         if not ids:
             return 0
+        retire(conn, connections, ids)
         result = conn.execute(
             delete(connections).where(
                 connections.c.id.in_(ids),

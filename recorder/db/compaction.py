@@ -23,10 +23,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from recorder.db.cleanup import CHUNK_COLUMNS, Work, hold, progress, release, uncount
+from recorder.db.retired import retire
 from recorder.db.schema import cleanup_runs, connections, frame_days, frames, sessions, tasks
 from recorder.protocol.index import DAY_US
 from recorder.times import format_us
@@ -216,10 +217,9 @@ def _dump(data: dict[str, Any]) -> str:
 
 
 def _delete(conn: Connection, session_id: str, run: Sequence[Any]) -> None:
-    from sqlalchemy import delete
-
     if not run:
         return
+    retire(conn, frames, [c.id for c in run])
     conn.execute(delete(frames).where(frames.c.id.in_([c.id for c in run])))
     conn.execute(
         update(sessions)

@@ -47,7 +47,9 @@ def merge_sessions(conn: Connection, deltas: dict[str, SessionDelta], instance: 
         old = existing.get(sid)
         if old is None and not d.creates:
             continue  # only asked about, never shown to exist (see SessionDelta)
-        row = {"id": sid, **merged(old, d)}
+        # Another recorder's row (a shared PostgreSQL, an id both daemons use): our
+        # frames count in it, our daemon's news does not change it.
+        row = {"id": sid, **merged(old, d, own=old is None or old["instance"] == instance)}
         if old is None:
             inserts.append({**row, "instance": instance})
         else:
@@ -111,7 +113,9 @@ def merge_tasks(conn: Connection, deltas: dict[tuple[str, str], TaskDelta]) -> N
 
 
 def reconcile(conn: Connection, at_us: int, listed: frozenset[str], instance: str) -> None:
-    """Sessions we believe active that the daemon's list no longer names are lost."""
+    """Sessions we believe active that the daemon's list no longer names are lost.
+    Only for the link's lists: a proxy may lead to another daemon
+    (``proxy.upstream``), whose list cannot name ours (see :class:`Store`)."""
     result = conn.execute(
         select(sessions.c.id).where(
             active_session,

@@ -11,7 +11,8 @@ keeps the statement-per-change path (:mod:`recorder.db.index_statements`).
 
 The merge rule is :func:`recorder.protocol.index.merged`, spelled in SQL from
 the same ``NEWS``/``KEPT`` declarations: seen-times widen, counts add up, news
-replaces the stored value unless the stored one is kept.
+replaces the stored value unless the stored one is kept, and only in rows of the
+recorder's own instance.
 """
 
 from __future__ import annotations
@@ -35,33 +36,66 @@ _TYPES = {
     "last_error": "text",
 }
 assert set(_TYPES) == set(_NEWS)
+# Every array of a session delta: its name (SessionDelta's attribute) and type.
+_DELTA = (
+    ("id", "text"),
+    ("first_seen_us", "bigint"),
+    ("last_seen_us", "bigint"),
+    ("frame_count", "bigint"),
+    ("creates", "boolean"),
+    *((key, _TYPES[key]) for key in _NEWS),
+    ("finished_us", "bigint"),
+    ("ran", "boolean"),
+    ("active_us", "bigint"),
+    ("first_status", "text"),
+    ("first_status_us", "bigint"),
+)
 _TERMINAL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
+# $1, $2: connection counts; then the delta's arrays, the days' five, the instance.
+_DAYS = 3 + len(_DELTA)
+_INSTANCE = f"${_DAYS + 5}::text"
 
 
-def _merge(source: str) -> str:
-    """SET clauses merging ``source`` (a delta) into the stored row ``s``."""
+def _merge() -> str:
+    """SET clauses merging the delta ``d`` into the stored row ``s``: the rule of
+    :func:`recorder.protocol.index.merged`, news only into the instance's own rows."""
+    own = f"s.instance = {_INSTANCE}"
     clauses = [
-        f"first_seen_us = LEAST(s.first_seen_us, {source}.first_seen_us)",
-        f"last_seen_us = GREATEST(s.last_seen_us, {source}.last_seen_us)",
-        f"frame_count = s.frame_count + {source}.frame_count",
+        "first_seen_us = LEAST(s.first_seen_us, d.first_seen_us)",
+        "last_seen_us = GREATEST(s.last_seen_us, d.last_seen_us)",
+        "frame_count = s.frame_count + d.frame_count",
     ]
     for key in _NEWS:
-        first, then = ("s", source) if key in SessionDelta.KEPT else (source, "s")
-        clauses.append(f"{key} = COALESCE({first}.{key}, {then}.{key})")
-    # recorder.protocol.index.finished_at: a finished session keeps its end time.
+        first, then = ("s", "d") if key in SessionDelta.KEPT else ("d", "s")
+        clauses.append(
+            f"{key} = CASE WHEN {own} THEN COALESCE({first}.{key}, {then}.{key}) ELSE s.{key} END"
+        )
+    # recorder.protocol.index.finished_at: a finished session keeps its end time,
+    # unless the batch saw it run again.
     clauses.append(
-        f"finished_us = CASE WHEN COALESCE({source}.status, s.status) IN ({_TERMINAL}) "
-        f"THEN COALESCE(CASE WHEN s.status IN ({_TERMINAL}) THEN s.finished_us END, "
-        f"{source}.finished_us, GREATEST(s.last_seen_us, {source}.last_seen_us)) END"
+        f"finished_us = CASE WHEN NOT {own} THEN s.finished_us "
+        f"WHEN COALESCE(d.status, s.status) IN ({_TERMINAL}) "
+        f"THEN COALESCE(CASE WHEN s.status IN ({_TERMINAL}) AND NOT d.ran THEN s.finished_us END, "
+        "d.finished_us, GREATEST(s.last_seen_us, d.last_seen_us)) END"
+    )
+    # recorder.protocol.index.active_at (GREATEST leaves out nulls).
+    clauses.append(
+        f"active_us = CASE WHEN NOT {own} THEN s.active_us ELSE GREATEST(s.active_us, "
+        "d.active_us, CASE WHEN s.status IS DISTINCT FROM d.first_status "
+        "THEN d.first_status_us END) END"
     )
     return ", ".join(clauses)
 
 
 def _statement() -> str:
     news = ", ".join(_NEWS)
-    arrays = ", ".join(f"${i}::{_TYPES[key]}[]" for i, key in enumerate(_NEWS, start=8))
-    days = len(_NEWS) + 8
-    finished = days + 6
+    arrays = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(_DELTA, start=3))
+    names = ", ".join(name for name, _ in _DELTA)
+    days = _DAYS
+    # Rows that exist are updated; the rest, when the delta creates them, inserted.
+    # A row inserted since this statement's snapshot (the conflict) was inserted by
+    # another recorder: this one's database process writes one transaction at a
+    # time. As another's row, it takes this batch's frames but not its news.
     return f"""
 WITH counted AS (
     UPDATE connections AS c SET frame_count = c.frame_count + u.n
@@ -69,21 +103,24 @@ WITH counted AS (
     WHERE c.id = u.id
     RETURNING 1
 ), delta AS (
-    SELECT * FROM unnest($3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
-                         $7::boolean[], {arrays}, ${finished}::bigint[])
-    AS d(id, first_seen_us, last_seen_us, frame_count, creates, {news}, finished_us)
+    SELECT * FROM unnest({arrays}) AS d({names})
+), updated AS (
+    UPDATE sessions AS s SET {_merge()}
+    FROM delta AS d
+    WHERE s.id = d.id
+    RETURNING s.id
 ), created AS (
     INSERT INTO sessions AS s
-        (id, instance, first_seen_us, last_seen_us, frame_count, {news}, finished_us)
-    SELECT id, ${days + 5}, first_seen_us, last_seen_us, frame_count, {news},
-           CASE WHEN status IN ({_TERMINAL}) THEN COALESCE(finished_us, last_seen_us) END
-    FROM delta WHERE creates
-    ON CONFLICT (id) DO UPDATE SET {_merge("excluded")}
-    RETURNING s.id
-), updated AS (
-    UPDATE sessions AS s SET {_merge("d")}
+        (id, instance, first_seen_us, last_seen_us, frame_count, {news}, finished_us, active_us)
+    SELECT id, {_INSTANCE}, first_seen_us, last_seen_us, frame_count, {news},
+           CASE WHEN status IN ({_TERMINAL}) THEN COALESCE(finished_us, last_seen_us) END,
+           COALESCE(GREATEST(active_us, first_status_us), first_seen_us)
     FROM delta AS d
-    WHERE s.id = d.id AND NOT d.creates
+    WHERE creates AND NOT EXISTS (SELECT 1 FROM sessions AS e WHERE e.id = d.id)
+    ON CONFLICT (id) DO UPDATE SET
+        first_seen_us = LEAST(s.first_seen_us, excluded.first_seen_us),
+        last_seen_us = GREATEST(s.last_seen_us, excluded.last_seen_us),
+        frame_count = s.frame_count + excluded.frame_count
     RETURNING s.id
 ), tallied AS (
     INSERT INTO frame_days AS f (day_us, type, direction, frames, bytes)
@@ -112,18 +149,13 @@ def parameters(index: IndexBatch, instance: str) -> tuple[Any, ...]:
         list(counts),
         list(counts.values()),
         list(sessions),
-        [d.first_seen_us for d in deltas],
-        [d.last_seen_us for d in deltas],
-        [d.frame_count for d in deltas],
-        [d.creates for d in deltas],
-        *([getattr(d, key) for d in deltas] for key in _NEWS),
+        *([getattr(d, name) for d in deltas] for name, _ in _DELTA[1:]),
         [k[0] for k in day_keys],
         [k[1] for k in day_keys],
         [k[2] for k in day_keys],
         [v[0] for v in day_values],
         [v[1] for v in day_values],
         instance,
-        [d.finished_us for d in deltas],
     )
 
 

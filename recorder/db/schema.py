@@ -40,6 +40,7 @@ __all__ = [
     "instances",
     "metadata",
     "pins",
+    "retired_ids",
     "sessions",
     "tasks",
 ]
@@ -164,6 +165,11 @@ sessions = Table(
     # "purging" or "compacting" while a cleanup run is part-way through the session:
     # a run killed there leaves it, and `recorder show` says the session is partial.
     Column("cleanup_state", Text, nullable=True),
+    # When, on the recorder's clock, the session last showed work: its output, its
+    # tasks, a status that changed, a task given to it; not the recorder's own polls
+    # and stops, nor replies that repeat what was known (recorder.protocol.index).
+    # Cleanup's idle_for is measured from it (migration 0011).
+    Column("active_us", BigInteger, nullable=True),
     Index(None, "last_seen_us"),
     Index(None, "first_seen_us"),
     Index(None, "status"),
@@ -279,6 +285,16 @@ cleanup_requests = Table(
     Column("result", Text, nullable=True),
     # The recorder asked (storage.instance of the CLI's configuration): only it takes it.
     Column("instance", Text, nullable=False, server_default="default"),
+)
+
+
+# SQLite: the highest id deleted from a table (frames, connections), which no new
+# row may take again (recorder.db.retired): readers follow frames by id.
+retired_ids = Table(
+    "retired_ids",
+    metadata,
+    Column("table_name", Text, primary_key=True),
+    Column("highest", BigInteger, nullable=False),
 )
 
 

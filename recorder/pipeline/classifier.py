@@ -38,7 +38,7 @@ class Classifier:
             text = info.text
             session_id = info.session_id
             spawn = None
-            if direction == OUT or cid in waiting:
+            if direction == OUT or cid in waiting or info.type == "error":
                 if info.type == "spawn_session":
                     index.spawns.append((cid, seq))
                 attributed, spawn = see(cid, seq, direction, info.type, session_id, info.obj)

@@ -8,8 +8,10 @@ what happened around them on the same connection:
 - a ``spawn_session`` belongs to the session that the next ``session_spawned`` on
   that connection announces (the one whose orchestrator and task description match
   the request, else the oldest request still waiting);
-- an ``error`` belongs to the session of the request it answers: the latest
-  request on that connection that named a session and has had no reply yet.
+- an ``error`` belongs to the session its text names ("Session not found:
+  session_x": the daemon answers in order, so the latest request is not always the
+  one answered); one that names none, to the session of the latest request on that
+  connection that named a session and has had no reply yet.
 
 The state lives in the classifier process, per connection, bounded, and is
 dropped when the connection closes.
@@ -21,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from recorder.protocol.classify import text_or_none
+from recorder.protocol.classify import not_found_session, text_or_none
 from recorder.protocol.frames import IN, OUT
 
 # Requests remembered per connection; replies come within moments, so only a
@@ -50,7 +52,7 @@ class Attribution:
 
     ``waiting`` holds the connections with a request still unanswered: a frame
     from the daemon on any other connection has nothing to attribute, and the
-    classifier skips :meth:`see` for it (most frames are such).
+    classifier skips :meth:`see` for it (most frames are such), but for errors.
     """
 
     def __init__(self) -> None:
@@ -69,10 +71,18 @@ class Attribution:
         """Fold one classified frame in.
 
         Returns the session this frame belongs to if it names none itself (an
-        error's), and, when this frame announces a spawned session, the
+        error's; the classifier shows it every error, waiting or not, since an error
+        can name its session), and, when this frame announces a spawned session, the
         ``(connection_id, seq)`` of the ``spawn_session`` request it answers.
         """
         state = self._connections.get(connection_id)
+        if type_ == "error" and session_id is None and direction == IN:
+            named = _named_by(obj)
+            if named is not None:
+                if state is not None:
+                    _forget_latest(state.asked, named)
+                    self._settle(connection_id, state)
+                return named, None
         if direction == OUT:
             if type_ == "spawn_session" and obj is not None:
                 payload = obj.get("payload")
@@ -100,8 +110,7 @@ class Attribution:
             _forget_latest(state.asked, session_id)
         if type_ == "session_spawned" and session_id is not None and state.spawns:
             spawn_request = (connection_id, _matching_spawn(state.spawns, obj).seq)
-        if not state.asked and not state.spawns:
-            self.waiting.discard(connection_id)
+        self._settle(connection_id, state)
         return attributed, spawn_request
 
     def forget(self, connection_id: int) -> None:
@@ -109,10 +118,20 @@ class Attribution:
         self._connections.pop(connection_id, None)
         self.waiting.discard(connection_id)
 
+    def _settle(self, connection_id: int, state: _Connection) -> None:
+        if not state.asked and not state.spawns:
+            self.waiting.discard(connection_id)
+
     def _state(self, connection_id: int, state: _Connection | None) -> _Connection:
         if state is None:
             state = self._connections[connection_id] = _Connection()
         return state
+
+
+def _named_by(error: dict[str, Any] | None) -> str | None:
+    """The session an error frame's text names, if it names one."""
+    text = text_or_none(error.get("error")) if error is not None else None
+    return not_found_session(text) if text is not None else None
 
 
 def _forget_latest(asked: deque[str], session_id: str) -> None:

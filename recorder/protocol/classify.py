@@ -109,6 +109,18 @@ def text_or_none(value: Any) -> str | None:
     return value if type(value) is str and storable(value) else None
 
 
+# The daemon's answer to a request about a session it does not know names it:
+# "Session not found: session_x".
+NOT_FOUND = "Session not found: "
+
+
+def not_found_session(error: str) -> str | None:
+    """The session a daemon's "Session not found: <id>" error names, if it is one."""
+    if not error.startswith(NOT_FOUND):
+        return None
+    return id_or_none(error[len(NOT_FOUND) :])
+
+
 def storable(text: str) -> bool:
     """Whether a text column can hold ``text``. JSON can spell what neither database
     takes: ``\\u0000`` (PostgreSQL's text has no NUL) and a lone ``\\ud800`` (no

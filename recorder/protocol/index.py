@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from recorder.protocol.classify import Classified, id_or_none, text_or_none
+from recorder.protocol.classify import Classified, id_or_none, not_found_session, text_or_none
 from recorder.protocol.frames import F_CONNECTION, F_DIRECTION, F_RECEIVED, IN, OUT
 from recorder.times import parse_daemon_time
 
@@ -23,6 +23,12 @@ DAY_US = 86_400 * 1_000_000
 # Frames from the daemon that name a session without showing that it exists: the
 # daemon answers a task request for an unknown session with task_* frames too.
 _NOT_EVIDENCE = frozenset({"task_executing", "task_completed", "task_failed", "error"})
+# Frames that show a session at work (``active_us``, what cleanup's idle_for measures):
+# its output and its tasks' progress; requests that give it work. Not the recorder's
+# own polls and stops, errors, nor replies repeating a known status (show_status).
+_WORK_FROM_DAEMON = ("stream_", "tool_call_", "task_", "session_spawned")
+_WORK_TYPES = frozenset({"stream_chunk", "stream_end", "tool_call_start", "tool_call_result"})
+_WORK_REQUESTS = frozenset({"execute_task", "spawn_session"})
 
 
 @dataclass(slots=True)
@@ -66,15 +72,37 @@ class SessionDelta:
     # When, on the recorder's clock, the status this delta ends with became terminal
     # (None while it is not). Merged by :func:`finished_at`, not as news.
     finished_us: int | None = None
+    # Whether the batch saw a status that is not terminal: a session that runs again
+    # ends anew, whatever end time is stored.
+    ran: bool = False
+    # The batch's last frame showing work (see _WORK_FROM_DAEMON), and the first status
+    # a session object showed, with its time: it is work too when it differs from the
+    # stored row's. Merged by :func:`active_at`.
+    active_us: int | None = None
+    first_status: str | None = None
+    first_status_us: int | None = None
 
     def set_status(self, status: str, at_us: int) -> None:
         """A status seen at ``at_us``: the first terminal one of a run of them dates
         the session's end."""
         if status not in TERMINAL_STATUSES:
             self.finished_us = None
+            self.ran = True
         elif self.status not in TERMINAL_STATUSES or self.finished_us is None:
             self.finished_us = at_us
         self.status = status
+
+    def show_status(self, status: str, at_us: int) -> None:
+        """A status the daemon showed in a session object: a change is work."""
+        if self.status is None:
+            self.first_status, self.first_status_us = status, at_us
+        elif status != self.status:
+            self.worked(at_us)
+        self.set_status(status, at_us)
+
+    def worked(self, at_us: int) -> None:
+        if self.active_us is None or at_us > self.active_us:
+            self.active_us = at_us
 
 
 @dataclass(slots=True)
@@ -101,10 +129,14 @@ class TaskDelta:
     error: str | None = None
 
 
-def merged(old: Mapping[str, Any] | None, delta: SessionDelta | TaskDelta) -> dict[str, Any]:
+def merged(
+    old: Mapping[str, Any] | None, delta: SessionDelta | TaskDelta, *, own: bool = True
+) -> dict[str, Any]:
     """A stored row's columns after a batch's delta: seen-times widen, counts add up,
     and each of the delta's ``NEWS`` takes its value where it has one, unless it is
-    one of ``KEPT`` and already stored."""
+    one of ``KEPT`` and already stored. A session row that is not the merging
+    recorder's ``own`` (another ``storage.instance`` stored it) takes none of the
+    news: what its recorder's daemon says of it stands."""
     row: dict[str, Any] = {
         "first_seen_us": delta.first_seen_us,
         "last_seen_us": delta.last_seen_us,
@@ -114,12 +146,17 @@ def merged(old: Mapping[str, Any] | None, delta: SessionDelta | TaskDelta) -> di
         row["first_seen_us"] = min(old["first_seen_us"], delta.first_seen_us)
         row["last_seen_us"] = max(old["last_seen_us"], delta.last_seen_us)
         row["frame_count"] += old["frame_count"]
+        if not own:
+            for key in (*delta.NEWS, "finished_us", "active_us"):
+                row[key] = old.get(key)
+            return row
     for key in delta.NEWS:
         new = getattr(delta, key)
         stored = None if old is None else old[key]
         row[key] = stored if stored is not None and (new is None or key in delta.KEPT) else new
     if isinstance(delta, SessionDelta):
         row["finished_us"] = finished_at(old, delta, row["status"], row["last_seen_us"])
+        row["active_us"] = active_at(old, delta)
     return row
 
 
@@ -129,16 +166,38 @@ def finished_at(
     """When the recorder saw a session end, on its own clock; None while it has not.
 
     A session that was already finished keeps its time (a stop after it completed
-    does not make it younger); otherwise the time the batch saw it become terminal.
-    A terminal status with no such time (a row written before this was kept) is
-    dated by the last frame seen, which is never before the real end.
-    ``recorder.db.pg_index`` spells the same rule in SQL.
+    does not make it younger), unless the batch saw it run again (``ran``: it ended
+    anew); otherwise the time the batch saw it become terminal. A terminal status
+    with no such time (a row written before this was kept) is dated by the last
+    frame seen, which is never before the real end. ``recorder.db.pg_index`` spells
+    the same rule in SQL.
     """
     if status not in TERMINAL_STATUSES:
         return None
-    if old is not None and old["status"] in TERMINAL_STATUSES and old["finished_us"] is not None:
+    if (
+        old is not None
+        and not delta.ran
+        and old["status"] in TERMINAL_STATUSES
+        and old["finished_us"] is not None
+    ):
         return int(old["finished_us"])
     return delta.finished_us if delta.finished_us is not None else last_seen_us
+
+
+def active_at(old: Mapping[str, Any] | None, delta: SessionDelta) -> int | None:
+    """When the session last showed work, on the recorder's clock: what cleanup's
+    ``idle_for`` measures. The batch's work, and its first status when that differs
+    from the stored one; a new row without either was at work when first seen.
+    ``recorder.db.pg_index`` spells the same rule in SQL.
+    """
+    shown = None
+    if delta.first_status is not None and (old is None or old["status"] != delta.first_status):
+        shown = delta.first_status_us
+    stored = old.get("active_us") if old is not None else None
+    times = [t for t in (stored, delta.active_us, shown) if t is not None]
+    if times:
+        return max(times)
+    return delta.first_seen_us if old is None else None
 
 
 @dataclass(slots=True)
@@ -150,8 +209,9 @@ class IndexBatch:
     # Frames and bytes per (connection, type, direction, UTC day): one dict update per
     # frame, from which the connections' counts and the daily rollup are summed.
     tallies: dict[tuple[int, str | None, str, int], list[int]] = field(default_factory=dict)
-    # Each sessions_list seen: (receive time, the ids it named).
-    listings: list[tuple[int, frozenset[str]]] = field(default_factory=list)
+    # Each sessions_list seen: (connection id, receive time, the ids it named). Only
+    # the link's lists may end sessions (the store knows which connection is which).
+    listings: list[tuple[int, int, frozenset[str]]] = field(default_factory=list)
     # Earlier frames that now belong to a session: (connection id, seq, session id).
     attributions: list[tuple[int, int, str]] = field(default_factory=list)
     # spawn_session requests in this batch, (connection id, seq): their rows' ids are
@@ -223,7 +283,8 @@ class IndexBatch:
         """
         at = frame[F_RECEIVED]
         type_ = info.type
-        key = (frame[F_CONNECTION], type_, frame[F_DIRECTION], at - at % DAY_US)
+        direction = frame[F_DIRECTION]
+        key = (frame[F_CONNECTION], type_, direction, at - at % DAY_US)
         tally = self.tallies.get(key)
         if tally is None:
             self.tallies[key] = [1, size]
@@ -238,8 +299,19 @@ class IndexBatch:
             elif at > delta.last_seen_us:
                 delta.last_seen_us = at
             delta.frame_count += 1
-            if not delta.creates and frame[F_DIRECTION] == IN and type_ not in _NOT_EVIDENCE:
-                delta.creates = True
+            if direction == IN:
+                if not delta.creates and type_ not in _NOT_EVIDENCE:
+                    delta.creates = True
+                # delta.worked(at), inlined: this runs for every stream chunk (whose
+                # type's hash the tally's lookup has computed already).
+                if type_ in _WORK_TYPES or (
+                    type_ is not None and type_.startswith(_WORK_FROM_DAEMON)
+                ):
+                    active = delta.active_us
+                    if active is None or at > active:
+                        delta.active_us = at
+            elif type_ in _WORK_REQUESTS:
+                delta.worked(at)
             if info.task_id is not None:
                 self.task(sid, info.task_id, at).frame_count += 1
         obj = info.obj
@@ -247,29 +319,38 @@ class IndexBatch:
             return
         if type(obj.get("session")) is dict:
             self._session_object(obj["session"], at)
-        if type_ == "sessions_list" and frame[F_DIRECTION] == IN:
-            listed = obj.get("sessions")
-            if isinstance(listed, list):
-                ids = set()
-                for item in listed:
-                    if isinstance(item, dict):
-                        sid = self._session_object(item, at)
-                        if sid is not None:
-                            ids.add(sid)
-                self.listings.append((at, frozenset(ids)))
+        if type_ == "sessions_list" and direction == IN:
+            self._listing(frame[F_CONNECTION], obj.get("sessions"), at)
         if type_ == "error" and session_id is not None and info.session_id is None:
-            error = text_or_none(obj.get("error"))
-            if error is not None:
-                delta = self.session(session_id, at)
-                delta.last_error = error
-                if error.startswith("Session not found"):
-                    # The daemon no longer knows it: nothing to stop, ask about, wait for.
-                    delta.set_status(LOST_STATUS, at)
-            return
-        sid, tid = info.session_id, info.task_id
-        if sid is None or tid is None or type_ is None:
-            return
-        if type_ == "execute_task" and frame[F_DIRECTION] == OUT:
+            self._error(session_id, text_or_none(obj.get("error")), at)
+        elif info.session_id is not None and info.task_id is not None and type_ is not None:
+            self._task_frame(type_, direction, info.session_id, info.task_id, obj, at)
+
+    def _listing(self, cid: int, listed: Any, at: int) -> None:
+        if isinstance(listed, list):
+            ids = set()
+            for item in listed:
+                if isinstance(item, dict):
+                    sid = self._session_object(item, at)
+                    if sid is not None:
+                        ids.add(sid)
+            self.listings.append((cid, at, frozenset(ids)))
+
+    def _error(self, session_id: str, error: str | None, at: int) -> None:
+        """An error reply attributed to ``session_id`` (see ``attribution``)."""
+        if error is not None:
+            delta = self.session(session_id, at)
+            delta.last_error = error
+            if not_found_session(error) == session_id:
+                # The daemon no longer knows it: nothing to stop, ask about, wait for.
+                # Only the session the error names: one attributed to the latest
+                # request may answer an earlier one.
+                delta.set_status(LOST_STATUS, at)
+
+    def _task_frame(
+        self, type_: str, direction: str, sid: str, tid: str, obj: dict[str, Any], at: int
+    ) -> None:
+        if type_ == "execute_task" and direction == OUT:
             task = self.task(sid, tid, at)
             payload = obj.get("payload")
             text = text_or_none(payload.get("task")) if isinstance(payload, dict) else None
@@ -305,7 +386,7 @@ class IndexBatch:
             delta.session_type = v
         status = id_or_none(session.get("status"))
         if status is not None:
-            delta.set_status(status, at)
+            delta.show_status(status, at)
         if (t := parse_daemon_time(session.get("startedAt"))) is not None:
             delta.started_at_us = t
         if (t := parse_daemon_time(session.get("endedAt"))) is not None:

@@ -93,9 +93,12 @@ class Policy:
 class SessionFacts:
     """What matching reads of a session (a row of the sessions table).
 
-    Only the recorder's own times: when it first and last saw the session, and when
-    it recorded its final status. The daemon's startedAt/endedAt are data from a
-    clock that may be anywhere (a year behind, a century ahead), and are not here.
+    Only the recorder's own times: when it first and last saw the session, when it
+    recorded its final status, and when it last saw the session at work
+    (``active_us``: the recorder's own status polls and stops, which every frame's
+    last_seen_us counts, are not work). The daemon's startedAt/endedAt are data
+    from a clock that may be anywhere (a year behind, a century ahead), and are not
+    here.
     """
 
     id: str
@@ -106,10 +109,12 @@ class SessionFacts:
     last_seen_us: int
     finished_us: int | None
     frame_count: int
+    active_us: int | None = None
 
     @classmethod
     def of(cls, row: Mapping[Any, Any]) -> SessionFacts:
-        # A copy made before migration 0011 has no finished_us: last seen stands in.
+        # A copy made before migration 0011 has no finished_us nor active_us: last
+        # seen stands in for both.
         keys = row.keys()
         values: dict[str, Any] = {
             name: row[name] if name in keys else None for name in cls.__dataclass_fields__
@@ -131,12 +136,17 @@ class SessionFacts:
     def started_us(self) -> int:
         return self.first_seen_us
 
+    @property
+    def busy_us(self) -> int:
+        """When the recorder last saw it at work: what ``idle_for`` is measured from."""
+        return self.active_us if self.active_us is not None else self.last_seen_us
+
 
 def matches(conditions: Conditions, session: SessionFacts, now_us: int) -> bool:
     c = conditions
     if c.status is not None and session.status not in c.status:
         return False
-    if c.idle_for is not None and now_us - session.last_seen_us < c.idle_for * 1e6:
+    if c.idle_for is not None and now_us - session.busy_us < c.idle_for * 1e6:
         return False
     if c.ended_before is not None:
         ended = session.ended_us
