@@ -118,6 +118,16 @@ def test_a_daemon_clock_never_decides_what_cleanup_deletes(tmp_path: Path) -> No
     # The daemon's times are still shown as the daemon said them.
     shown = cli_json("sessions", "--database", str(db))
     assert shown["started_at"].startswith("2025-10-31T12:00:00")
+    # ...and where they stand far from the recorder's, `show` says so.
+    daemon = 1_761_912_000_000_000  # DAEMON_LONG_AGO
+    days, ended_days = (now - 20 * SECOND - daemon) / DAY, (now - 10 * SECOND - daemon) / DAY
+    notes = cli_json("show", "--database", str(db), "recent")["clock_notes"]
+    assert notes == [
+        f"the daemon's startedAt is {days:,.1f} days before the recorder first saw it",
+        f"the daemon's endedAt is {ended_days:,.1f} days before the recorder saw it end",
+    ]
+    text = CliRunner().invoke(cli, ["show", "--database", str(db), "recent"]).stdout
+    assert f"clock     the daemon's startedAt is {days:,.1f} days before" in text
 
 
 def test_retention_goes_by_the_recorder_clock_too(tmp_path: Path) -> None:
@@ -241,6 +251,13 @@ async def test_a_purge_cut_short_leaves_a_trace_and_the_next_run_finishes_it(
     ]
     (seen,) = cli_json("cleanup", "history", "--database", str(db))
     assert (seen["state"], seen["frames"]) == ("interrupted", 3 * PURGE_CHUNK)
+    # `show` says what is missing, in text and in JSON (it said "Gaps: none").
+    text = CliRunner().invoke(cli, ["show", "--database", str(db), "big"]).stdout
+    assert (
+        f"partly purged: a cleanup run is part-way through it, or was cut short there ({total - 3 * PURGE_CHUNK:,} frames left)"
+        in text
+    )
+    assert cli_json("show", "--database", str(db), "big")["partly"] == "purged"
 
     handle, store, _ = await writer_database(url)
     try:

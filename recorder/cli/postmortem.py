@@ -22,7 +22,7 @@ from recorder.cli.render import (
     task_json,
     when,
 )
-from recorder.protocol.story import span
+from recorder.protocol.story import clock_notes, partly, span
 from recorder.protocol.tame import on_one_line
 
 if TYPE_CHECKING:
@@ -63,6 +63,9 @@ def show(config_path: str | None, database: str | None, session: str, fmt: str) 
     }
     out |= story.to_json()
     out["task_count"] = tasks.total
+    # Said of the session as the recorder sees it: a cleanup part-way, a daemon's clock.
+    out["partly"] = partly(dict(row))
+    out["clock_notes"] = clock_notes(dict(row))
     out["left_out"]["tasks"] = tasks.left_out
     click.echo(json.dumps(out, ensure_ascii=False, indent=2))
 
@@ -93,6 +96,14 @@ def head_lines(session: dict[str, Any]) -> list[str]:
     )
     if session.get("last_error"):
         lines.append(f"error     {shown(session['last_error'])}")
+    cut = partly(session)
+    if cut is not None:
+        lines.append(
+            f"partly {cut}: a cleanup run is part-way through it, or was cut short there "
+            f"({session['frame_count']:,} frames left); a later run finishes it"
+        )
+    for note in clock_notes(session):
+        lines.append(f"clock     {note}")
     return lines
 
 

@@ -145,8 +145,11 @@ def session_json(row: Row) -> dict[str, Any]:
         "task_description": row["task_description"],
         "first_seen": format_us(row["first_seen_us"]),
         "last_seen": format_us(row["last_seen_us"]),
+        # The daemon's times, as it said them; "finished" is when the recorder saw the
+        # session end, on its own clock (a copy made before migration 0011: absent).
         "started_at": format_us(row["started_at_us"]) or None,
         "ended_at": format_us(row["ended_at_us"]) or None,
+        "finished": format_us(row["finished_us"]) or None if "finished_us" in row.keys() else None,
         "frame_count": row["frame_count"],
         "last_error": row["last_error"],
     }
@@ -170,8 +173,11 @@ def task_json(row: Row) -> dict[str, Any]:
         "status": row["status"],
         "first_seen": format_us(row["first_seen_us"]),
         "last_seen": format_us(row["last_seen_us"]),
+        # The daemon's times, as it said them; "finished" is when the recorder saw the
+        # session end, on its own clock (a copy made before migration 0011: absent).
         "started_at": format_us(row["started_at_us"]) or None,
         "ended_at": format_us(row["ended_at_us"]) or None,
+        "finished": format_us(row["finished_us"]) or None if "finished_us" in row.keys() else None,
         "frame_count": row["frame_count"],
         "error": row["error"],
     }

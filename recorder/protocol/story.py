@@ -157,6 +157,36 @@ def span(session: Mapping[str, Any]) -> tuple[int, int | None]:
     return start, end
 
 
+# A daemon time this far from the recorder's is flagged: the daemon's clock, or (for
+# a start) a session older than its recording.
+CLOCK_FLAG_US = 86_400 * 1_000_000
+
+
+def clock_notes(session: Mapping[str, Any]) -> list[str]:
+    """Where the daemon's startedAt/endedAt stand more than a day from the recorder's
+    own times for the session: said, never believed (no deletion is decided by them)."""
+    notes = []
+    pairs = (
+        ("startedAt", session.get("started_at_us"), session.get("first_seen_us"), "first saw it"),
+        ("endedAt", session.get("ended_at_us"), session.get("finished_us"), "saw it end"),
+    )
+    for name, daemon, ours, what in pairs:
+        if daemon is None or ours is None or abs(daemon - ours) <= CLOCK_FLAG_US:
+            continue
+        days = abs(daemon - ours) / CLOCK_FLAG_US
+        side = "after" if daemon > ours else "before"
+        notes.append(f"the daemon's {name} is {days:,.1f} days {side} the recorder {what}")
+    return notes
+
+
+def partly(session: Mapping[str, Any]) -> str | None:
+    """ "purged" or "compacted" while a cleanup run is part-way through the session (or
+    was, when it was cut short): some of its frames are gone, or folded."""
+    state = str(session.get("cleanup_state") or "")
+    verb = state.partition(" ")[0]
+    return {"purging": "purged", "compacting": "compacted"}.get(verb)
+
+
 def tell(
     session: Mapping[str, Any],
     frames: Iterable[StoryFrame],
