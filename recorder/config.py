@@ -19,13 +19,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from recorder.addresses import (
-    database_url,
     default_state_dir,
     is_loopback,
     redact_url,
     split_listen,
 )
 from recorder.cleanup.settings import CleanupConfig, parse_cleanup
+from recorder.db.backend import database_url
 from recorder.protocol.policy import PolicyError
 
 ENV_CONFIG = "RECORDER_CONFIG"
@@ -399,7 +399,7 @@ def _check_ws_url(src: str, dotted: str, url: str) -> None:
 
 
 def normalize_database_url(src: str, url: str, env: Mapping[str, str]) -> str:
-    """:func:`recorder.addresses.database_url`, its refusal a ConfigError naming ``src``."""
+    """:func:`recorder.db.backend.database_url`, its refusal a ConfigError naming ``src``."""
     try:
         return database_url(url, default_state_dir(env))
     except ValueError as exc:

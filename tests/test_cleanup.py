@@ -524,18 +524,20 @@ async def test_max_db_size_purges_the_oldest_finished_sessions(db: Path, tmp_pat
 def test_db_vacuum_switches_an_older_file_and_refuses_beside_a_running_recorder(
     db: Path,
 ) -> None:
-    from recorder.service.instance import InstanceLock
+    import asyncio
+
+    from recorder.db.locks import FileLock
 
     with sqlite3.connect(db) as conn:  # an older database: made before incremental vacuum
         conn.execute("pragma auto_vacuum = none")
         conn.execute("vacuum")
     assert table(db, "pragma auto_vacuum") == [(0,)]
-    lock = InstanceLock(db, str(db))
-    lock.acquire()
+    lock = FileLock(db, str(db))
+    asyncio.run(lock.acquire())
     try:
         refused = CliRunner().invoke(cli, ["db", "vacuum", "--database", str(db)])
     finally:
-        lock.release()
+        asyncio.run(lock.release())
     assert refused.exit_code == 1 and "stop the recorder first" in refused.output
     assert table(db, "pragma auto_vacuum") == [(0,)]
     result = CliRunner().invoke(cli, ["db", "vacuum", "--database", str(db)])

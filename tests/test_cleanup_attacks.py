@@ -570,8 +570,8 @@ async def test_history_does_not_call_a_run_in_progress_interrupted(tmp_path: Pat
     from click.testing import CliRunner
 
     from recorder.cli import cli
+    from recorder.db.locks import FileLock
     from recorder.pipeline.cleanup_ops import PurgeSome
-    from recorder.service.instance import InstanceLock
 
     db = tmp_path / "r.db"
     url = f"sqlite:///{db}"
@@ -581,8 +581,8 @@ async def test_history_does_not_call_a_run_in_progress_interrupted(tmp_path: Pat
     await record(url, [*script, (t + 5000, IN, status("s", "completed"))])
     config = config_for(tmp_path, url, policy("bye", "purge", 'status = ["completed"]'))
     handle, store, _ = await open_db(url)
-    lock = InstanceLock(db, str(db))
-    lock.acquire()
+    lock = FileLock(db, str(db))
+    await lock.acquire()
     pausing = Pausing(handle, store, PurgeSome, steps=1)
     going = asyncio.create_task(Cleanup(config, pausing, None).run(config.cleanup.policies[0]))
     try:
@@ -592,5 +592,5 @@ async def test_history_does_not_call_a_run_in_progress_interrupted(tmp_path: Pat
         going.cancel()
         await asyncio.gather(going, return_exceptions=True)
         await handle.shutdown()
-        lock.give_back()
+        await lock.give_back()
     assert [r["state"] for r in json.loads(shown.stdout)] == ["running"]

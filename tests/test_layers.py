@@ -5,6 +5,7 @@ functions included (the lazy ones are imports too)."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import recorder
@@ -37,3 +38,23 @@ def test_no_import_runs_back_up_the_layers() -> None:
                 ):
                     upward.append(f"{path.relative_to(ROOT.parent)}:{line} imports {module}")
     assert upward == []
+
+
+# What deciding (or knowing) which database a URL names looks like in code.
+BACKEND_TELLS = re.compile(
+    r"\.dialect\.name|\bdialect\s*[!=]=|['\"](sqlite|postgres)|get_backend_name"
+    r"|\bimport sqlite3\b|\basyncpg\b|sqlite_(file|path)"
+)
+
+
+def test_no_module_outside_db_decides_which_backend_a_url_names() -> None:
+    """recorder/db/backend.py decides, once; the rest asks the Backend it returns."""
+    found = []
+    for path in sorted(ROOT.rglob("*.py")):
+        if path.is_relative_to(ROOT / "db"):
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if BACKEND_TELLS.search(code):
+                found.append(f"{path.relative_to(ROOT.parent)}:{number}: {line.strip()}")
+    assert found == []

@@ -23,7 +23,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from recorder.cli import cli
 from recorder.config import load_config
 from recorder.db import read
-from recorder.db.reader import open_reader
+from recorder.db.readonly import open_reader
 from recorder.pipeline.writer import Writer
 from recorder.protocol.frames import IN, Frame
 from recorder.simulator import Simulator, SimulatorOptions

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from recorder.db import pages, read
-from recorder.db.reader import Reader, open_reader
+from recorder.db.readonly import Reader, open_reader
 from recorder.db.sqlite import SqliteWriterDatabase
 from recorder.pipeline.classifier import Classifier
 from recorder.protocol.frames import IN, OUT

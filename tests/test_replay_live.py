@@ -22,7 +22,7 @@ from websockets.asyncio.client import connect
 
 from recorder.cli import cli
 from recorder.config import Config, load_config
-from recorder.db.reader import open_reader
+from recorder.db.readonly import open_reader
 from recorder.protocol.frames import IN, OUT
 from recorder.replay import source
 from recorder.replay.compare import compare, normalise_error, summarise

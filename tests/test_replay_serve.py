@@ -24,7 +24,7 @@ from recorder.capture.handshake import http_get_health
 from recorder.capture.wire import RecordingClientConnection
 from recorder.cli import cli
 from recorder.config import load_config
-from recorder.db.reader import open_reader
+from recorder.db.readonly import open_reader
 from recorder.protocol.daemon import HEALTH_CHECK_FRAME
 from recorder.protocol.frames import IN
 from recorder.replay import source

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from recorder.cli import cli
 from recorder.db import read
-from recorder.db.reader import open_reader
+from recorder.db.readonly import open_reader
 from recorder.protocol import story
 from recorder.protocol.frames import IN
 from recorder.protocol.story import OTHER_TYPES, StoryFrame, tell

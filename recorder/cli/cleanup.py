@@ -215,30 +215,17 @@ async def _holding(target: Target) -> AsyncIterator[None]:
     """The recorder's instance lock, held while cleanup runs directly: one writer at a
     time. A service starting meanwhile waits its turn (it refuses, and systemd retries),
     and a second `cleanup run` refuses instead of working on the same sessions."""
-    from recorder.db.reader import sqlite_file
-    from recorder.service.instance import AlreadyRunning, InstanceLock, PostgresInstanceLock
+    from recorder.db.locks import AlreadyRunning
 
-    sqlite = target.url.startswith("sqlite")
-    lock = InstanceLock(sqlite_file(target.url), target.shown) if sqlite else None
-    pg = (
-        None
-        if sqlite
-        else PostgresInstanceLock(target.url, target.config.storage.instance, target.shown)
-    )
+    lock = target.backend.lock(target.config.storage.instance)
     try:
-        if lock is not None:
-            lock.acquire()
-        elif pg is not None:
-            await pg.acquire()
+        await lock.acquire()
     except AlreadyRunning as exc:
         raise click.ClickException(f"{exc}; changed nothing") from None
     try:
         yield
     finally:
-        if lock is not None:
-            lock.give_back()
-        elif pg is not None:
-            await pg.release()
+        await lock.give_back()
 
 
 def _write(target: Target, fn: Any) -> Any:

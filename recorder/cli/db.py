@@ -6,14 +6,6 @@ import click
 
 from recorder.cli.options import load, reading, run_db, running_recorder, target_options
 
-# Where alembic keeps a database's revision: read with the query commands' read-only
-# reader, since `db current` runs on copies too and must not change a byte of them.
-HAS_REVISION = {
-    "sqlite": "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'",
-    "postgresql": "SELECT 1 FROM information_schema.tables"
-    " WHERE table_schema = current_schema() AND table_name = 'alembic_version'",
-}
-
 
 @click.group()
 def db() -> None:
@@ -51,15 +43,12 @@ def db_current(config_path: str | None, database: str | None) -> None:
 
     Example: recorder db current
     """
+    from recorder.db import read
     from recorder.db.migrations import head_revision, known_revision
-    from recorder.db.reader import first_row
 
     target = load(config_path, database)
     with reading(target) as reader:
-        rev = None
-        if first_row(reader, HAS_REVISION[reader.dialect]) is not None:
-            row = first_row(reader, "SELECT version_num FROM alembic_version")
-            rev = row["version_num"] if row is not None else None
+        rev = read.schema_revision(reader)
     head = head_revision()
     if rev == head:
         state = "up to date"

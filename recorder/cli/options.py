@@ -1,7 +1,7 @@
 """What the commands share: options written once, configuration, the database to read.
 
 The query commands import neither asyncio nor SQLAlchemy (half a second of
-imports on a small machine): they read through :mod:`recorder.db.reader`. Only
+imports on a small machine): they read through :mod:`recorder.db.readonly`. Only
 ``recorder db`` and ``recorder run`` load the writer's stack.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import re
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,14 +17,16 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
-from recorder.addresses import display_database, redact_url
+from recorder.addresses import redact_url
 from recorder.config import Config, ConfigError, load_config, normalize_database_url
+from recorder.db.backend import display_database, url_of_argument
 from recorder.times import parse_when
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from recorder.db.reader import Reader
+    from recorder.db.backend import Backend
+    from recorder.db.readonly import Reader
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -82,6 +83,12 @@ class Target:
     def url(self) -> str:
         return self.config.storage.url
 
+    @property
+    def backend(self) -> Backend:
+        from recorder.db.backend import backend
+
+        return backend(self.url)
+
 
 def config_option(fn: F) -> F:
     return click.option(
@@ -108,23 +115,16 @@ def target_options(fn: F) -> F:
     return config_option(database_option(fn))
 
 
-_LOOKS_LIKE_A_URL = re.compile(r"^(postgres|postgresql|sqlite)(\+\w+)?:", re.IGNORECASE)
-
-
 def load(config_path: str | None, database: str | None = None) -> Target:
     env = dict(os.environ)
     if database is not None and not database.strip():
         # Empty fell back to the configured database: not what was asked for.
         raise UsageFailure("--database: expected a database URL or a file path, got ''")
-    if database and "://" not in database and _LOOKS_LIKE_A_URL.match(database):
-        # postgresql:/u:pw@h/x is a mistyped URL, not a file to create (db upgrade made
-        # that directory tree, and errors showed the password).
-        raise UsageFailure(
-            f"--database: not a database URL: {redact_url(database)!r}"
-            " (like postgresql://user@host/db, sqlite:///path/recorder.db, or a file path)"
-        )
     if database:
-        url = database if "://" in database else f"sqlite:///{database}"
+        try:
+            url = url_of_argument(database)
+        except ValueError as exc:
+            raise UsageFailure(f"--database: {exc}") from None
         try:
             # Checked on its own first: a bad URL here is the option's fault, not
             # the configuration's, and the message must say --database.
@@ -150,7 +150,7 @@ def load(config_path: str | None, database: str | None = None) -> Target:
 @contextmanager
 def reading(target: Target) -> Iterator[Reader]:
     """A read-only connection; any database failure becomes one line, exit 1."""
-    from recorder.db.reader import ReadError, open_reader
+    from recorder.db.readonly import ReadError, open_reader
 
     try:
         reader = open_reader(target.url, target.shown)
@@ -174,16 +174,13 @@ def running_recorder(target: Target) -> str | None:
 
     Every command that writes asks first, and none may guess: when the lock cannot be
     read (another user's recorder, its lock 0600), this is its one line, exit 1."""
-    if not target.url.startswith("sqlite"):
-        from recorder.service.instance import postgres_running
-
-        with reading(target) as reader:
-            return postgres_running(reader, target.config.storage.instance)
-    from recorder.db.reader import sqlite_file
-    from recorder.service.instance import CannotTell, running
+    from recorder.db.locks import CannotTell
+    from recorder.db.readonly import ReadError
 
     try:
-        return running(sqlite_file(target.url))
+        return target.backend.holder(target.config.storage.instance)
+    except ReadError as exc:
+        raise click.ClickException(str(exc)) from None
     except CannotTell as exc:
         raise click.ClickException(
             f"cannot tell whether a recorder is running on {target.shown}: {exc}; "
@@ -195,14 +192,11 @@ def running_recorder(target: Target) -> str | None:
 def writing(target: Target) -> Iterator[None]:
     """A command's writes to the database, their failures in one line (exit 1): a user
     who may read the database but not write it is told so, without a traceback."""
-    import sqlite3
-
-    from asyncpg import PostgresError
     from sqlalchemy.exc import DBAPIError
 
     from recorder.cli.main import OutputError
-    from recorder.db.engine import StoreError
-    from recorder.db.reader import describe_error, os_reason
+    from recorder.db.engine import StoreError, driver_errors
+    from recorder.db.readonly import describe_error, os_reason
 
     try:
         yield
@@ -210,7 +204,7 @@ def writing(target: Target) -> Iterator[None]:
         raise click.ClickException(str(exc)) from None
     except DBAPIError as exc:
         raise click.ClickException(describe_error(target.shown, exc.orig or exc, "write")) from None
-    except (sqlite3.Error, PostgresError) as exc:
+    except driver_errors() as exc:
         raise click.ClickException(describe_error(target.shown, exc, "write")) from None
     except OutputError:
         raise  # stdout's failure, told by main(): not the database's
@@ -226,15 +220,17 @@ def run_db(
     """For ``recorder db``: run ``fn(engine)`` on the writer's engine, errors in one line."""
     import asyncio
 
-    from recorder.db.engine import create_engine, prepare_sqlite_file, require_database
+    from recorder.db.backend import backend
+    from recorder.db.engine import StoreError
+
+    database = backend(target.url)
 
     async def go() -> T:
-        url = target.url
         if create:
-            prepare_sqlite_file(url)
-        else:
-            require_database(url)
-        engine = create_engine(url)
+            database.prepare()
+        elif (missing := database.missing()) is not None:
+            raise StoreError(missing)
+        engine = database.engine()
         try:
             return await fn(engine)
         finally:

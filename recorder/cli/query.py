@@ -185,23 +185,21 @@ def status(config_path: str | None, database: str | None, fmt: str) -> None:
     Example: recorder status --json
     """
     from recorder.db import read
-    from recorder.db.reader import sqlite_file
-    from recorder.service.instance import CannotTell, running
+    from recorder.db.locks import CannotTell
     from recorder.service.report import lines, report
 
     target = load(config_path, database)
-    sqlite = target.url.startswith("sqlite")
+    instance = target.config.storage.instance
     holder = lock_error = None
-    try:
-        holder = running(sqlite_file(target.url)) if sqlite else None
-    except CannotTell as exc:
-        lock_error = str(exc)  # another user's recorder: its heartbeat tells instead
     with reading(target) as reader:
-        st = read.status(reader, target.config.storage.instance)
+        try:
+            holder = target.backend.holder(instance, reader)
+        except CannotTell as exc:
+            lock_error = str(exc)  # another user's recorder: its heartbeat tells instead
+        st = read.status(reader, instance)
     info = report(
         st,
         holder=holder,
-        sqlite=sqlite,
         daemon_url=target.config.daemon.url,
         database=target.shown,
         lock_error=lock_error,

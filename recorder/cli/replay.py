@@ -284,14 +284,14 @@ def output_file(output: str | None, database_url: str) -> Iterator[IO[str]]:
     A file is written beside itself and renamed into place at the end, so that a
     failed export leaves what was there; the database (or its WAL) is refused, which
     the open for writing would have emptied."""
-    from recorder.db.engine import sqlite_path
+    from recorder.db.backend import backend
 
     if output is None or output == "-":
         with click.open_file("-", "w", encoding="utf-8") as stream:
             yield stream
         return
     path = Path(output)
-    database = sqlite_path(database_url)
+    database = backend(database_url).path
     if database is not None:
         for part in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
             if path.resolve() == part.resolve():

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
-from recorder.db.reader import Reader, Row, first_row
+from recorder.db.readonly import Reader, Row, first_row
 from recorder.db.schema import cleanup_requests, cleanup_runs, pins
 from recorder.protocol.policy import MatchState, SessionFacts
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.engine import Dialect
 
 from recorder.db.engine import create_engine
 from recorder.db.write import FrameRow
@@ -29,15 +29,10 @@ class WriterDatabase:
 
     @staticmethod
     async def open(url: str) -> WriterDatabase:
-        db: WriterDatabase
-        if make_url(url).get_backend_name() == "sqlite":
-            from recorder.db.sqlite import SqliteWriterDatabase
+        """The writer's connection to ``url``, of the kind its backend writes with."""
+        from recorder.db.backend import backend
 
-            db = SqliteWriterDatabase(url)
-        else:
-            db = AsyncWriterDatabase(url)
-        await db.connect()
-        return db
+        return await backend(url).open_writer()
 
     @property
     def dialect(self) -> Dialect:

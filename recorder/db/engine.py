@@ -1,13 +1,11 @@
-"""Database URLs, files and engines: what every side (writer, CLI, tests) opens with."""
+"""The writer's engine for a database URL (migrations, `recorder db`, the tests), and
+the databases' errors as the recorder tells them: one line, never a value a driver
+quotes (frame data). What differs by database is the backend's
+(:mod:`recorder.db.backend`)."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -17,57 +15,38 @@ class StoreError(Exception):
     """A database problem worth one line to the user."""
 
 
-def sqlite_path(url: str) -> Path | None:
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or not parsed.database:
-        return None
-    return Path(parsed.database)
-
-
-def prepare_sqlite_file(url: str) -> None:
-    """Create the SQLite file's directory (0700) and the file itself (0600) if missing.
-
-    SQLite creates its -wal and -shm files with the database file's permissions.
-    """
-    path = sqlite_path(url)
-    if path is None or path.exists():
-        return
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-    os.close(fd)
-
-
-def require_database(url: str) -> None:
-    """For read-only commands: a missing SQLite file is an error, not a new database."""
-    path = sqlite_path(url)
-    if path is not None and not path.exists():
-        raise StoreError(
-            f"no database at {path} (start `recorder run` or run `recorder db upgrade`)"
-        )
-
-
 def create_engine(url: str) -> AsyncEngine:
-    from sqlalchemy.ext.asyncio import create_async_engine
+    from recorder.db.backend import backend
 
-    # hide_parameters: an error message must never carry frame data into a log.
-    engine = create_async_engine(url, pool_pre_ping=False, hide_parameters=True)
-    if engine.dialect.name == "sqlite":
-        event.listen(engine.sync_engine, "connect", sqlite_pragmas)
-    return engine
+    return backend(url).engine()
 
 
-def sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cursor = dbapi_conn.cursor()
-    # Space freed by a purge goes back to the file system (PRAGMA incremental_vacuum,
-    # after purges). It takes effect only on a database created with it: this comes
-    # before the first table; an older file needs `recorder db vacuum` once.
-    cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
-    # WAL lets the CLI read while the service writes; NORMAL is durable across
-    # application crashes and only loses the last commits on power loss.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    # 4 MiB of page cache (the default is 2): inserts append at the right edge of
-    # every B-tree, so the hot pages are few; 16 MiB measured no faster.
-    cursor.execute("PRAGMA cache_size=-4096")
-    cursor.close()
+def driver_errors() -> tuple[type[BaseException], ...]:
+    """What the drivers raise for a database's refusal, below SQLAlchemy's wrapping."""
+    import sqlite3
+
+    from asyncpg import PostgresError
+
+    return (sqlite3.Error, PostgresError)
+
+
+def refusal(exc: BaseException) -> str | None:
+    """If the database or its driver refused a value (it cannot encode it; SQLSTATE
+    class 22, data exception, or 54, a limit such as an index entry's size), rather
+    than being unable to write at all: which refusal, without the value (the
+    drivers' messages quote it, and it is frame data). Else None."""
+    seen: set[int] = set()
+    found: BaseException | None = exc
+    refused = None  # the innermost says most (SQLAlchemy and its adapter wrap it)
+    while found is not None and id(found) not in seen:
+        seen.add(id(found))
+        name = type(found).__name__
+        state = getattr(found, "sqlstate", None)
+        if isinstance(found, UnicodeError | OverflowError):
+            refused = name
+        elif isinstance(state, str) and state.startswith(("22", "54")):
+            refused = f"{name} (SQLSTATE {state})"
+        elif name == "DataError" and type(found).__module__.startswith("asyncpg"):
+            refused = name  # asyncpg's own: a value it cannot encode for the column
+        found = getattr(found, "orig", None) or found.__cause__ or found.__context__
+    return refused

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import bindparam, select, tuple_, update
 from sqlalchemy.engine import Connection
 
+from recorder.db.backend import backend_of
 from recorder.db.schema import active_session, connections, frame_days, sessions, tasks
 from recorder.protocol.index import LOST_STATUS, IndexBatch, SessionDelta, TaskDelta, merged
 
@@ -67,7 +68,7 @@ def merge_sessions(conn: Connection, deltas: dict[str, SessionDelta], instance: 
 
 
 def count_days(conn: Connection, days: dict[tuple[int, str, str], list[int]]) -> None:
-    insert = dialect_insert(conn.dialect.name, frame_days)
+    insert = backend_of(conn).insert(frame_days)
     upsert = insert.on_conflict_do_update(
         index_elements=["day_us", "type", "direction"],
         set_={
@@ -134,17 +135,6 @@ def reconcile(conn: Connection, at_us: int, listed: frozenset[str], instance: st
                 finished_us=at_us,
             )
         )
-
-
-def dialect_insert(dialect: str, table: Any) -> Any:
-    """INSERT with ``on_conflict_do_update``, which both databases have with one spelling."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table)
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(table)
 
 
 def bind(name: str) -> Any:

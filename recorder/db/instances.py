@@ -1,12 +1,12 @@
 """Each recorder's row in ``instances`` (storage.instance): its heartbeat and state,
 which `recorder status` reads. Whether it runs comes from its lock
-(:mod:`recorder.service.instance`)."""
+(:mod:`recorder.db.locks`)."""
 
 from __future__ import annotations
 
 from sqlalchemy.engine import Connection
 
-from recorder.db.index_statements import dialect_insert
+from recorder.db.backend import backend_of
 from recorder.db.schema import instances
 
 
@@ -21,7 +21,7 @@ def heartbeat(
         "heartbeat_us": at_us,
         "state": state,
     }
-    insert = dialect_insert(conn.dialect.name, instances)
+    insert = backend_of(conn).insert(instances)
     with conn.begin():
         conn.execute(
             insert.values(**row).on_conflict_do_update(

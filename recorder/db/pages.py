@@ -1,7 +1,7 @@
 """Frames read in keyset pages: every long read of the read side, and every follower.
 
 A page is one statement, ``... AND id > :after AND id <= :upto ORDER BY id LIMIT n``,
-fetched whole (:meth:`~recorder.db.reader.Reader.page`: at most ``PAGE_ROWS`` rows
+fetched whole (:meth:`~recorder.db.readonly.Reader.page`: at most ``PAGE_ROWS`` rows
 and about ``PAGE_BYTES`` of frames) and ended before its rows are handed out. So a
 reader holds no snapshot while its caller prints or waits: a SQLite writer's WAL can
 start over behind it (a ``recorder tail`` that held one statement open through what
@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from recorder.db.reader import Reader, Row, first_row
+from recorder.db.readonly import Reader, Row, first_row
 
 FRAME_COLUMNS = (
     "id, connection_id, seq, direction, received_at_us, monotonic_ns, opcode, size, type, "
@@ -82,30 +82,13 @@ def _conditions(reader: Reader, f: FrameFilter) -> tuple[list[str], dict[str, An
         conds.append("received_at_us < :until_us")
         params["until_us"] = f.until_us
     if f.grep is not None:
-        find = (
-            "strpos(payload, :grep)" if reader.dialect == "postgresql" else "instr(payload, :grep)"
-        )
-        conds.append(f"{find} > 0")
+        conds.append(reader.backend.contains("payload", "grep"))
         params["grep"] = f.grep
     return conds, params
 
 
 def _where(conds: list[str], lower: str = ":after", upper: str = ":upto") -> str:
     return " WHERE " + " AND ".join([*conds, f"id > {lower}", f"id <= {upper}"])
-
-
-def page_sql(dialect: str, columns: str, conds: list[str], rows: int) -> str:
-    """The statement of one page: ``:after``, ``:upto`` (and ``:budget``) bound it."""
-    where = _where(conds)
-    if dialect != "postgresql":
-        return f"SELECT {columns} FROM frames{where} ORDER BY id LIMIT {int(rows)}"
-    # The byte budget in SQL: the page ends at the last frame that starts within it.
-    cut = (
-        "SELECT coalesce(max(id), :after) FROM (SELECT id, sum(size) OVER (ORDER BY id) - size"
-        f" AS before FROM (SELECT id, size FROM frames{where} ORDER BY id LIMIT {int(rows)})"
-        " AS page) AS sized WHERE before < :budget"
-    )
-    return f"SELECT {columns} FROM frames{_where(conds, upper=f'({cut})')} ORDER BY id"
 
 
 def frame_pages(
@@ -122,7 +105,7 @@ def frame_pages(
     while after < upto:
         window = min(after + ID_WINDOW, upto)
         wanted = PAGE_ROWS if left is None else min(PAGE_ROWS, left)
-        sql = page_sql(reader.dialect, columns, conds, wanted)
+        sql = reader.backend.page_sql(columns, _where(conds), wanted)
         rows = reader.page(sql, {**params, "after": after, "upto": window}, PAGE_BYTES)
         if rows:
             yield rows

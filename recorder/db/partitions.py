@@ -42,7 +42,9 @@ def months(from_us: int, count: int) -> list[tuple[str, int, int]]:
 
 
 def is_partitioned(conn: Connection) -> bool:
-    if conn.dialect.name != "postgresql":
+    from recorder.db.backend import backend_of
+
+    if not backend_of(conn).partitioned:
         return False
     kind = conn.execute(
         text("SELECT relkind::text FROM pg_class WHERE relname = 'frames'")

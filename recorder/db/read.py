@@ -1,6 +1,6 @@
 """The read side: the queries the CLI (and replay and cleanup) share.
 
-Plain SQL over a :class:`~recorder.db.reader.Reader`, written so that every
+Plain SQL over a :class:`~recorder.db.readonly.Reader`, written so that every
 session-scoped query walks an index: its cost follows the session, not the
 database. Counts that would scan every frame come from the writer's rollups
 (``connections.frame_count``, ``frame_days``).
@@ -15,7 +15,7 @@ from typing import Any
 from recorder.db.pages import FrameFilter as FrameFilter
 from recorder.db.pages import frames as frames
 from recorder.db.pages import newest_frame_id as newest_frame_id
-from recorder.db.reader import ACTIVE_SQL, Reader, ReadError, Row, first_row
+from recorder.db.readonly import ACTIVE_SQL, Reader, ReadError, Row, first_row
 from recorder.protocol.kept import Kept
 from recorder.protocol.story import (
     KEEP,
@@ -59,9 +59,7 @@ def resolve_session(reader: Reader, text: str) -> Row:
         return exact
     # SQLite compares bytes, so a range on the key finds every id starting with the
     # text; PostgreSQL's collations may not sort that way, and its table is read as is.
-    starts = (
-        "id >= :prefix AND id < :beyond" if reader.dialect == "sqlite" else "left(id, :n) = :prefix"
-    )
+    starts = reader.backend.starts_with("id")
     found = reader.rows(
         f"SELECT * FROM sessions WHERE {starts} ORDER BY id LIMIT 6",
         {"prefix": text, "beyond": text + "\U0010ffff", "n": len(text)},
@@ -284,3 +282,12 @@ def recordings_around(
 
 def _json(text: str) -> dict[str, Any]:
     return read_object(text) or {}
+
+
+def schema_revision(reader: Reader) -> str | None:
+    """The database's schema revision (alembic's), None before any: read-only, since
+    `db current` runs on copies too and must not change a byte of them."""
+    if first_row(reader, reader.backend.table_exists("alembic_version")) is None:
+        return None
+    row = first_row(reader, "SELECT version_num FROM alembic_version")
+    return str(row["version_num"]) if row is not None else None

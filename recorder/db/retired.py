@@ -11,7 +11,7 @@ So what deletes frames or connections retires the highest id it deleted
 (:func:`retire`, in its own transaction), and the writer starts its next insert
 above it (:func:`next_id`), looking only after a retirement in this process or
 once when it starts: nothing per batch. PostgreSQL's sequences never reuse a
-value; there both do nothing.
+value (the backend says whether ids are reused); there both do nothing.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from sqlalchemy import Table, func, select
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
+from recorder.db.backend import backend_of
 from recorder.db.schema import retired_ids
 
 
@@ -34,12 +34,12 @@ class _Retirements:
 def retire(conn: Connection, table: Table, ids: Iterable[int]) -> None:
     """Rows of ``table`` with these ids are being deleted in ``conn``'s transaction:
     no later row of it may take any of them (SQLite; nothing on PostgreSQL)."""
-    if conn.dialect.name != "sqlite":
+    if not backend_of(conn).reuses_ids:
         return
     highest = max(ids, default=None)
     if highest is None:
         return
-    insert = sqlite_insert(retired_ids).values(table_name=table.name, highest=highest)
+    insert = backend_of(conn).insert(retired_ids).values(table_name=table.name, highest=highest)
     conn.execute(
         insert.on_conflict_do_update(
             index_elements=[retired_ids.c.table_name],

@@ -177,7 +177,7 @@ sessions = Table(
 
 # A session is active while it has a status that is not terminal; one never seen
 # with a status (known only from its stream) is not. The readers' SQL spelling of
-# the same rule is recorder.db.reader.ACTIVE_SQL.
+# the same rule is recorder.db.readonly.ACTIVE_SQL.
 active_session = and_(
     sessions.c.status.is_not(None), sessions.c.status.not_in(sorted(TERMINAL_STATUSES))
 )

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.elements import ColumnElement
 
 from recorder.db import index_statements, pg_index, retired
+from recorder.db.backend import backend_of_dialect
 from recorder.db.index_statements import bind, bound
 from recorder.db.schema import active_session, connections, frames, sessions
 from recorder.protocol.index import (
@@ -99,7 +100,11 @@ class Store:
         if list(order) != list(FRAME_COLUMNS):
             raise RuntimeError(f"unexpected parameter order {order}")
         self._insert_sql = str(compiled)
-        self._postgres = dialect.name == "postgresql"
+        backend = backend_of_dialect(dialect)
+        # How a batch goes in: with COPY and one statement of index changes (a
+        # server, where each statement is a round trip), or statement by statement.
+        self._server = backend.server
+        self._reuses_ids = backend.reuses_ids
         self._multirow_sql: dict[int, str] = {}
         # Batches written with COPY (PostgreSQL), for tests and metrics.
         self.copies = 0
@@ -127,7 +132,7 @@ class Store:
         }
         with conn.begin():
             # Readers tell connections apart by id: never one a purge removed.
-            start = None if self._postgres else retired.next_id(conn, connections)
+            start = retired.next_id(conn, connections) if self._reuses_ids else None
             if start is not None:
                 values["id"] = start
             result = conn.execute(connections.insert().values(values))
@@ -207,7 +212,7 @@ class Store:
             before = conn.execute(select(func.max(frames.c.id))).scalar() if spawns else None
             if not rows:
                 pass
-            elif self._postgres:
+            elif self._server:
                 self._copy(conn, rows)
             else:
                 self._insert_multirow(conn, rows, retirements != self._retired_seen)
@@ -216,7 +221,7 @@ class Store:
             for _, index in batches:
                 if index.attributions:
                     self._attribute(conn, index.attributions)
-        if rows and not self._postgres:
+        if rows and self._reuses_ids:
             # Committed: the frames start above every retired id, until the next purge.
             self._retired_seen = retirements
 
@@ -306,7 +311,7 @@ class Store:
 
     def _apply_index(self, conn: Connection, index: IndexBatch) -> None:
         """A batch's index changes but its attributions (see :meth:`write_batches`)."""
-        if self._postgres:
+        if self._server:
             known = pg_index.apply(conn, index, self.instance)
         else:
             known = index_statements.count_and_merge(conn, index, self.instance)

@@ -174,6 +174,7 @@ async def write_together(
             else:
                 await db.run(store.write_batches, parts)
         except Exception as exc:
+            from recorder.db.engine import refusal
             from recorder.db.integrity import broken
 
             refused = refusal(exc)
@@ -243,28 +244,6 @@ async def write_together(
                     tally[(cid, direction)] = (old[0] + n, old[1] + size)
                 tallies.append(tally)
             return tallies
-
-
-def refusal(exc: BaseException) -> str | None:
-    """If the database or its driver refused a value (it cannot encode it; SQLSTATE
-    class 22, data exception, or 54, a limit such as an index entry's size), rather
-    than being unable to write at all: which refusal, without the value (the
-    drivers' messages quote it, and it is frame data). Else None."""
-    seen: set[int] = set()
-    found: BaseException | None = exc
-    refused = None  # the innermost says most (SQLAlchemy and its adapter wrap it)
-    while found is not None and id(found) not in seen:
-        seen.add(id(found))
-        name = type(found).__name__
-        state = getattr(found, "sqlstate", None)
-        if isinstance(found, UnicodeError | OverflowError):
-            refused = name
-        elif isinstance(state, str) and state.startswith(("22", "54")):
-            refused = f"{name} (SQLSTATE {state})"
-        elif name == "DataError" and type(found).__module__.startswith("asyncpg"):
-            refused = name  # asyncpg's own: a value it cannot encode for the column
-        found = getattr(found, "orig", None) or found.__cause__ or found.__context__
-    return refused
 
 
 def raised_at(exc: BaseException) -> str:

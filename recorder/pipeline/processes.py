@@ -95,8 +95,7 @@ async def _migration(
 ) -> None:
     # Alembic and its templates are about 10 MB that the database process, which
     # runs for months, would otherwise keep for a few milliseconds of use.
-    from recorder.db.connection import WriterDatabase
-    from recorder.db.engine import prepare_sqlite_file
+    from recorder.db.backend import backend
     from recorder.db.integrity import (
         NotADatabase,
         broken,
@@ -105,18 +104,20 @@ async def _migration(
         set_aside,
     )
     from recorder.db.migrations import NewerSchema, upgrade_sync
-    from recorder.db.reader import sqlite_file
+
+    database = backend(settings.url)
 
     async def migrate() -> Ready:
-        prepare_sqlite_file(settings.url)
-        db = await WriterDatabase.open(settings.url)
+        database.prepare()
+        db = await database.open_writer()
         try:
             return Ready(*await db.run(upgrade_sync))
         finally:
             await db.shutdown()
 
     hello: Ready | Failed
-    path = sqlite_file(settings.url) if settings.url.startswith("sqlite") else None
+    # A file can be checked, and set aside when it is broken; a server cannot.
+    path = database.path
     try:
         if path is not None and settings.unclean:
             problem = quick_check(path)

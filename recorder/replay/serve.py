@@ -50,7 +50,7 @@ from websockets.http11 import Request, Response
 
 from recorder.capture.admission import admit
 from recorder.capture.handshake import USER_AGENT, json_response
-from recorder.db.reader import ReadError
+from recorder.db.readonly import ReadError
 from recorder.protocol.daemon import (
     HEALTH_CHECK_FRAME,
     INVALID_FORMAT,

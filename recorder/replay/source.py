@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from recorder.db.pages import PAGE_ROWS, FrameFilter, frame_pages
 from recorder.db.read import recording, recordings_around, resolve_session
-from recorder.db.reader import Reader, Row, first_row
+from recorder.db.readonly import Reader, Row, first_row
 from recorder.protocol.frames import IN, OPCODE_TEXT
 from recorder.protocol.index import TERMINAL_STATUSES
 from recorder.protocol.story import Gap, Recording, gaps, span
@@ -79,7 +79,7 @@ def open_session(reader: Reader, text: str, connection: int | None = None) -> Se
     # Through the (type, id) index: one row per spawn ever, where the session's own
     # index would walk every frame of a long session. SQLite's unary + keeps it off
     # the session index; PostgreSQL's planner picks by statistics.
-    session_term = "+session_id" if reader.dialect == "sqlite" else "session_id"
+    session_term = reader.backend.unindexed("session_id")
     creator = reader.rows(
         f"SELECT connection_id FROM frames WHERE type = 'spawn_session' AND {session_term} = :sid "
         "ORDER BY id LIMIT 1",
@@ -292,7 +292,7 @@ class Stream:
         # takes milliseconds, and a thread fought the loop for the GIL (a 1 M-frame
         # --instant replay took 27 s to play that way, against 18 s).
         self._thread: ThreadPoolExecutor | None = None
-        if reader.dialect != "sqlite":
+        if not reader.backend.reads_on_loop:
             from concurrent.futures import ThreadPoolExecutor
 
             self._thread = ThreadPoolExecutor(1)

@@ -20,16 +20,17 @@ from typing import Any
 import structlog
 
 from recorder import logs
-from recorder.addresses import display_database, split_listen
+from recorder.addresses import split_listen
 from recorder.capture.link import Link
 from recorder.capture.proxy import Proxy
 from recorder.cleanup.jobs import Cleanup
 from recorder.cleanup.settings import check_schedules
 from recorder.config import Config, ConfigError, load_config
-from recorder.db.reader import frames_since, sqlite_file
+from recorder.db.backend import backend, display_database
+from recorder.db.locks import AlreadyRunning, InstanceLock
+from recorder.db.readonly import frames_since
 from recorder.pipeline.writer import KILL_WAIT, Writer, WriterError
 from recorder.protocol.policy import PolicyError
-from recorder.service.instance import AlreadyRunning, InstanceLock, PostgresInstanceLock
 from recorder.service.metrics import render, serve_metrics
 from recorder.service.notify import Notifier
 from recorder.service.space import FULL_ERRNOS, FullDisk
@@ -174,19 +175,13 @@ class Service:
 
     async def run(self, stop: asyncio.Event) -> int:
         """Run until ``stop`` is set; returns the process exit code."""
-        url = self.config.storage.url
-        shown = display_database(url)
-        lock: InstanceLock | None = None
-        pg_lock: PostgresInstanceLock | None = None
+        database = backend(self.config.storage.url)
+        shown = database.shown
+        lock = database.lock(self.config.storage.instance)
         try:
-            if url.startswith("sqlite"):
-                lock = InstanceLock(sqlite_file(url), shown)
-                while not await self._acquired(lock, stop):
-                    if stop.is_set():
-                        return 0
-            else:
-                pg_lock = PostgresInstanceLock(url, self.config.storage.instance, shown)
-                await pg_lock.acquire()
+            while not await self._acquired(lock, stop):
+                if stop.is_set():
+                    return 0
         except AlreadyRunning as exc:
             log.error(str(exc))
             return 1
@@ -196,28 +191,24 @@ class Service:
         except Exception as exc:  # the server refused us (asyncpg's errors)
             log.error(f"cannot use database {shown}: {type(exc).__name__}: {exc}".splitlines()[0])
             return 1
-        self.unclean = lock is not None and lock.unclean
-        self.used_before = lock is not None and lock.used_before
+        self.unclean, self.used_before = lock.unclean, lock.used_before
         code = 1
         try:
             code = await self._with_writer(stop)
             return code
         finally:
-            if lock is not None:
-                # "Stopped cleanly" only when it did: a writer that failed (a corrupt
-                # file, a killed process) leaves the next start its quick_check.
-                try:
-                    lock.release(clean=code == 0, refused=code == 2)
-                except OSError:
-                    pass  # a full disk refused the "stopped" mark: the next start checks
-            if pg_lock is not None:
-                await pg_lock.release()
+            # "Stopped cleanly" only when it did: a writer that failed (a corrupt file,
+            # a killed process) leaves the next start its quick_check.
+            try:
+                await lock.release(clean=code == 0, refused=code == 2)
+            except OSError:
+                pass  # a full disk refused the "stopped" mark: the next start checks
 
     async def _acquired(self, lock: InstanceLock, stop: asyncio.Event) -> bool:
         """Take the lock; False after waiting for room when the disk had none for the
         lock file (try again, unless ``stop`` is set)."""
         try:
-            lock.acquire()
+            await lock.acquire()
         except OSError as exc:
             if exc.errno not in FULL_ERRNOS:
                 raise

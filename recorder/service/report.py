@@ -14,7 +14,7 @@ from typing import Any
 from recorder.db.read import Status
 from recorder.times import format_us, now_us
 
-# A heartbeat older than this means the recorder is gone (PostgreSQL; SQLite has the lock).
+# A heartbeat older than this means the recorder is gone (when its lock cannot be read).
 STALE_US = 20_000_000
 
 
@@ -22,16 +22,15 @@ def report(
     st: Status,
     *,
     holder: str | None,
-    sqlite: bool,
     daemon_url: str,
     database: str,
     lock_error: str | None = None,
 ) -> dict[str, Any]:
-    """The status as a JSON-able dict; ``holder`` is who holds the SQLite lock, and
+    """The status as a JSON-able dict; ``holder`` is who holds the recorder's lock, and
     ``lock_error`` why the lock could not be read (then the heartbeat tells)."""
     row = st.instance
     beat: dict[str, Any] = json.loads(row["state"]) if row is not None else {}
-    if sqlite and lock_error is None:
+    if lock_error is None:
         running = holder is not None
     else:
         running = (

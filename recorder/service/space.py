@@ -16,8 +16,7 @@ from pathlib import Path
 
 import structlog
 
-from recorder.addresses import display_database
-from recorder.db.reader import sqlite_file
+from recorder.db.backend import backend, display_database
 from recorder.service.notify import Notifier
 
 log = structlog.get_logger("recorder.service")
@@ -100,16 +99,18 @@ class FullDisk:
 
     def __init__(self, url: str, notifier: Notifier) -> None:
         self.url = url
-        self.path = sqlite_file(url)
+        # A file's disk can be watched for room; a server's is the server's business.
+        self.path = backend(url).path
         self.notifier = notifier
         self.said = False
 
     def full(self, error: str) -> bool:
         """Whether a start that failed with ``error`` failed for want of room."""
-        return self.url.startswith("sqlite") and disk_full(error, available(self.path))
+        return self.path is not None and disk_full(error, available(self.path))
 
     async def wait(self, stop: asyncio.Event, error: str) -> bool:
         """Until there is room again (True, try again) or ``stop`` is set (False)."""
+        assert self.path is not None  # full() said so
         free = available(self.path)
         if not self.said:
             log.error(

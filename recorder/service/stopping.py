@@ -19,7 +19,7 @@ import structlog
 
 from recorder.capture.link import Link, LinkGaveUp
 from recorder.capture.proxy import Proxy
-from recorder.db.reader import frames_since
+from recorder.db.readonly import frames_since
 from recorder.pipeline.writer import Writer, WriterError
 
 log = structlog.get_logger("recorder.service")

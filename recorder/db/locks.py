@@ -1,5 +1,8 @@
 """One recorder per database: the instance lock, and whether a recorder holds it.
 
+Chosen by the backend (:meth:`recorder.db.backend.Backend.lock`); both kinds are
+taken and released the same way (:class:`InstanceLock`).
+
 SQLite: an exclusive ``flock`` on ``<database>.lock`` beside the file, held for the
 service's life and released by the kernel however the process ends (SIGKILL
 included), so a stale lock cannot outlive its holder. The file says who holds it
@@ -7,7 +10,7 @@ included), so a stale lock cannot outlive its holder. The file says who holds it
 secret, yet stays 0600: whoever can open it can hold a shared ``flock`` on it for as
 long as they like, and no recorder could start on the database meanwhile. Another user
 therefore cannot tell from it whether a recorder runs (:class:`CannotTell`).
-PostgreSQL: an advisory lock per instance name (:class:`PostgresInstanceLock`).
+PostgreSQL: an advisory lock per instance name (:class:`AdvisoryLock`).
 """
 
 from __future__ import annotations
@@ -18,13 +21,13 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from recorder.db.reader import os_reason
+from recorder.db.readonly import os_reason
 from recorder.times import format_us, now_us
 
 if TYPE_CHECKING:
-    from recorder.db.reader import Reader
+    from recorder.db.readonly import Reader
 
 
 class AlreadyRunning(Exception):
@@ -40,7 +43,31 @@ def lock_path(database: Path) -> Path:
     return database.with_name(database.name + ".lock")
 
 
-class InstanceLock:
+class InstanceLock(Protocol):
+    """Held by whoever writes: the service, or a direct `recorder cleanup run`."""
+
+    # A recorder held it before and did not say it stopped cleanly (SQLite; the next
+    # start checks the file), and one had held it at all (the database is ours).
+    unclean: bool
+    used_before: bool
+
+    async def acquire(self) -> None:
+        """Take it, or raise AlreadyRunning naming the holder (OSError: a full disk)."""
+        ...
+
+    async def release(self, clean: bool = True, refused: bool = False) -> None:
+        """``clean``: the run stopped cleanly. ``refused``: it refused the database
+        before using it (a lock file it made goes)."""
+        ...
+
+    async def give_back(self) -> None:
+        """Release a lock borrowed for a moment, leaving what it said of the last run."""
+        ...
+
+
+class FileLock:
+    """SQLite: ``flock`` on ``<database>.lock``."""
+
     def __init__(self, database: Path, shown: str) -> None:
         self.path = lock_path(database)
         self.shown = shown
@@ -53,7 +80,7 @@ class InstanceLock:
         # This acquire made the lock file (no recorder had been here).
         self.created = False
 
-    def acquire(self) -> None:
+    async def acquire(self) -> None:
         """Take the lock, or raise AlreadyRunning naming the holder."""
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.created = not self.path.exists()
@@ -85,7 +112,7 @@ class InstanceLock:
             raise
         self._fd = fd
 
-    def release(self, clean: bool = True, refused: bool = False) -> None:
+    async def release(self, clean: bool = True, refused: bool = False) -> None:
         """``clean``: the run stopped cleanly (the next start skips its check).
         ``refused``: the run refused the database before using it; a lock file this
         run made goes, or the next start would take the file for a recorder's."""
@@ -99,7 +126,7 @@ class InstanceLock:
             os.close(self._fd)
             self._fd = None
 
-    def give_back(self) -> None:
+    async def give_back(self) -> None:
         """Release a lock borrowed for a moment (a direct cleanup run): the file says
         again what it said, so the next recorder's start judges the last one's stop."""
         if self._fd is not None:
@@ -119,7 +146,7 @@ def _holder(fd: int) -> str:
         return "its PID is unknown"
 
 
-def running(database: Path) -> str | None:
+def file_holder(database: Path) -> str | None:
     """Who holds the lock of ``database`` (PID, host, since), or None if nobody does
     (no lock file: no recorder has run here). CannotTell when the file cannot be opened."""
     path = lock_path(database)
@@ -146,16 +173,18 @@ def advisory_key(instance: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-class PostgresInstanceLock:
+class AdvisoryLock:
     """PostgreSQL: a session advisory lock per instance name, held on a connection of
     its own for the service's life (the server releases it when the connection goes,
     however the process ends). Recorders with different names share the database."""
 
-    def __init__(self, url: str, instance: str, shown: str) -> None:
-        self.dsn = "postgresql://" + url.partition("://")[2]
+    def __init__(self, dsn: str, instance: str, shown: str) -> None:
+        self.dsn = dsn
         self.instance = instance
         self.shown = shown
         self._conn: Any = None
+        # The server keeps nothing of a stop: a start cannot tell a clean one.
+        self.unclean = self.used_before = False
 
     async def acquire(self) -> None:
         import asyncpg
@@ -170,10 +199,13 @@ class PostgresInstanceLock:
             )
         self._conn = conn
 
-    async def release(self) -> None:
+    async def release(self, clean: bool = True, refused: bool = False) -> None:
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
+
+    async def give_back(self) -> None:
+        await self.release()
 
 
 async def _postgres_holder(conn: Any, instance: str) -> str:
@@ -190,7 +222,7 @@ async def _postgres_holder(conn: Any, instance: str) -> str:
     return f"PID {row['pid']} on {row['host']}, since {format_us(row['started_us'])}"
 
 
-def postgres_running(reader: Reader, instance: str) -> str | None:
+def advisory_holder(reader: Reader, instance: str) -> str | None:
     """Who holds the lock of the recorder named ``instance`` on PostgreSQL (PID, host,
     since), or None if no recorder of that name is running. On the CLI's reader: a
     database that cannot be reached is its one-line error."""

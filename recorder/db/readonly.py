@@ -17,11 +17,13 @@ import stat
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
-from recorder.addresses import display_database
 from recorder.protocol.index import TERMINAL_STATUSES
+
+if TYPE_CHECKING:
+    from recorder.db.backend import Backend
 
 # Rows come back as sqlite3.Row or asyncpg.Record: both are read by column name.
 Row = Any
@@ -45,7 +47,8 @@ class Reader(Protocol):
     while its caller prints or waits. Long reads go page by page
     (:mod:`recorder.db.pages`)."""
 
-    dialect: str
+    # What differs between databases (the SQL spellings among it).
+    backend: Backend
 
     def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]: ...
 
@@ -62,17 +65,9 @@ class Reader(Protocol):
 
 def open_reader(url: str, shown: str | None = None) -> Reader:
     """A read-only connection to ``url``; ``shown`` is how messages name the database."""
-    shown = shown or display_database(url)
-    scheme = url.partition("://")[0].split("+")[0].lower()
-    if scheme == "sqlite":
-        return SqliteReader(sqlite_file(url), shown)
-    return PostgresReader(url, shown)
+    from recorder.db.backend import backend
 
-
-def sqlite_file(url: str) -> Path:
-    """The file of a ``sqlite:///path`` URL (``sqlite:////abs/path`` for an absolute one)."""
-    rest = url.partition("://")[2].partition("?")[0]
-    return Path(rest[1:] if rest.startswith("/") else rest)
+    return backend(url).read_only(shown)
 
 
 def first_row(reader: Reader, sql: str, params: Mapping[str, Any] | None = None) -> Row | None:
@@ -90,11 +85,10 @@ class SqliteReader:
     private temporary directory and read there.
     """
 
-    dialect = "sqlite"
-
-    def __init__(self, path: Path, shown: str) -> None:
+    def __init__(self, path: Path, shown: str, backend: Backend) -> None:
         self.path = path
         self.shown = shown
+        self.backend = backend
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         try:
             mode = path.stat().st_mode
@@ -244,17 +238,15 @@ def numbered(sql: str, params: Mapping[str, Any] | None) -> tuple[str, Sequence[
 class PostgresReader:
     """PostgreSQL through asyncpg, in read-only transactions, driven from sync code."""
 
-    dialect = "postgresql"
-
-    def __init__(self, url: str, shown: str) -> None:
+    def __init__(self, dsn: str, shown: str, backend: Backend) -> None:
         import asyncio
 
         import asyncpg
 
         self.shown = shown
+        self.backend = backend
         self._asyncpg = asyncpg
         self._loop = asyncio.new_event_loop()
-        dsn = "postgresql://" + url.partition("://")[2]
         try:
             self.conn = self._loop.run_until_complete(asyncpg.connect(dsn, timeout=10))
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
