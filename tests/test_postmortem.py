@@ -22,8 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from recorder.cli import cli
 from recorder.config import load_config
-from recorder.db import read
-from recorder.db.readonly import open_reader
+from recorder.db.recordings import Recordings
 from recorder.pipeline.writer import Writer
 from recorder.protocol.frames import IN, Frame
 from recorder.simulator import Simulator, SimulatorOptions
@@ -288,8 +287,8 @@ def read_as_nobody(path: Path) -> list[str]:
             if os.getuid() == 0:
                 os.setgid(65534)
                 os.setuid(65534)
-            reader = open_reader(f"sqlite:///{path}")
-            ids = [row["id"] for row in read.sessions(reader, limit=0)]
+            reader = Recordings.open(f"sqlite:///{path}")
+            ids = [row.id for row in reader.sessions(limit=0)]
             reader.close()
             os.write(writer_end, json.dumps(ids).encode())
             code = 0

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from recorder.db import pages, read
-from recorder.db.readonly import Reader, open_reader
+from recorder.db import pages
+from recorder.db.recordings import FrameFilter, Recordings
 from recorder.db.sqlite import SqliteWriterDatabase
 from recorder.pipeline.classifier import Classifier
 from recorder.protocol.frames import IN, OUT
@@ -99,11 +99,11 @@ def writer_on(path: Path) -> sqlite3.Connection:
     return conn
 
 
-READS: dict[str, Callable[[Reader], Iterator[Any]]] = {
-    "frames": lambda r: read.frames(r, read.FrameFilter()),
-    "frames --session": lambda r: read.frames(r, read.FrameFilter(session_id=SID)),
-    "frames --last": lambda r: read.frames(r, read.FrameFilter(last=3000)),
-    "frames --grep": lambda r: read.frames(r, read.FrameFilter(grep="xxxx")),
+READS: dict[str, Callable[[Recordings], Iterator[Any]]] = {
+    "frames": lambda r: r.frames(FrameFilter()),
+    "frames --session": lambda r: r.frames(FrameFilter(session_id=SID)),
+    "frames --last": lambda r: r.frames(FrameFilter(last=3000)),
+    "frames --grep": lambda r: r.frames(FrameFilter(grep="xxxx")),
     "replay": lambda r: source.frames(r, source.open_session(r, SID)),
     "replay --follow": lambda r: source.frames(r, source.open_session(r, SID), follow=True),
 }
@@ -116,7 +116,7 @@ def test_a_reader_holds_no_snapshot_while_its_caller_holds_a_frame(
     """Today's main held one statement open from the first frame to the last, so
     a caller that printed them (tail, frames, replay) kept the WAL from starting over."""
     writer = writer_on(recorded)
-    reader = open_reader(f"sqlite:///{recorded}")
+    reader = Recordings.open(f"sqlite:///{recorded}")
     try:
         frames = READS[how](reader)
         taken = 0
@@ -131,7 +131,7 @@ def test_a_reader_holds_no_snapshot_while_its_caller_holds_a_frame(
         writer.close()
 
 
-def brute(rows: list[sqlite3.Row], f: read.FrameFilter) -> list[int]:
+def brute(rows: list[sqlite3.Row], f: FrameFilter) -> list[int]:
     """The ids a filter selects, by reading every row."""
     ids = [
         r["id"]
@@ -167,25 +167,25 @@ def test_pages_select_what_one_statement_would(
     conn.close()
     middle = every[len(every) // 2]["received_at_us"]
     cases = [
-        read.FrameFilter(),
-        read.FrameFilter(session_id=SID),
-        read.FrameFilter(session_id="session_other", limit=25),
-        read.FrameFilter(direction=OUT),
-        read.FrameFilter(type="session_status_update"),
-        read.FrameFilter(grep='"chunk": "1'),
-        read.FrameFilter(since_us=middle + 1),
-        read.FrameFilter(until_us=middle, session_id=SID),
-        read.FrameFilter(since_us=T0_US + 50_000, until_us=middle, direction=IN),
-        read.FrameFilter(last=30),
-        read.FrameFilter(last=30, session_id="session_other", through_id=300),
-        read.FrameFilter(after_id=100, through_id=260, grep="x"),
-        read.FrameFilter(session_id="no such session"),
-        read.FrameFilter(since_us=T0_US * 2),
+        FrameFilter(),
+        FrameFilter(session_id=SID),
+        FrameFilter(session_id="session_other", limit=25),
+        FrameFilter(direction=OUT),
+        FrameFilter(type="session_status_update"),
+        FrameFilter(grep='"chunk": "1'),
+        FrameFilter(since_us=middle + 1),
+        FrameFilter(until_us=middle, session_id=SID),
+        FrameFilter(since_us=T0_US + 50_000, until_us=middle, direction=IN),
+        FrameFilter(last=30),
+        FrameFilter(last=30, session_id="session_other", through_id=300),
+        FrameFilter(after_id=100, through_id=260, grep="x"),
+        FrameFilter(session_id="no such session"),
+        FrameFilter(since_us=T0_US * 2),
     ]
-    reader = open_reader(f"sqlite:///{path}")
+    reader = Recordings.open(f"sqlite:///{path}")
     try:
         for f in cases:
-            assert [r["id"] for r in read.frames(reader, f)] == brute(every, f), f
+            assert [r.id for r in reader.frames(f)] == brute(every, f), f
     finally:
         reader.close()
 
@@ -196,12 +196,12 @@ def test_a_page_of_large_frames_stops_at_its_byte_budget(
     path = tmp_path / "large.db"
     asyncio.run(fill(f"sqlite+aiosqlite:///{path}", a_session(40, pad=10_000)))
     monkeypatch.setattr(pages, "PAGE_BYTES", 50_000)
-    reader = open_reader(f"sqlite:///{path}")
+    reader = Recordings.open(f"sqlite:///{path}")
     try:
         sizes = [
-            sum(r["size"] for r in rows) for rows in pages.frame_pages(reader, pages.FrameFilter())
+            sum(r["size"] for r in rows) for rows in pages.frame_pages(reader.reader, FrameFilter())
         ]
-        everything = [r["id"] for r in read.frames(reader, read.FrameFilter())]
+        everything = [r.id for r in reader.frames(FrameFilter())]
     finally:
         reader.close()
     assert len(sizes) > 5 and max(sizes) < 50_000 + 10_200
@@ -224,7 +224,7 @@ async def test_the_wal_starts_over_behind_a_follower_that_lags(db_path: Path) ->
     store = Store(db.dialect)
     cid = await db.run(store.open_connection, "link", "ws://x", 1)
     classifier = Classifier()
-    reader = open_reader(f"sqlite:///{db_path}")
+    reader = Recordings.open(f"sqlite:///{db_path}")
     wal = Path(f"{db_path}-wal")
     seen, printed, sizes = 0, 0, []
     following: Iterator[Any] | None = None
@@ -240,9 +240,9 @@ async def test_the_wal_starts_over_behind_a_follower_that_lags(db_path: Path) ->
             taken = 0
             while taken < 30:  # slower than the batches come
                 if following is None:
-                    newest = read.newest_frame_id(reader)
-                    span = read.FrameFilter(after_id=seen, through_id=newest)
-                    following, seen = read.frames(reader, span), newest
+                    newest = reader.newest_frame_id()
+                    span = FrameFilter(after_id=seen, through_id=newest)
+                    following, seen = reader.frames(span), newest
                 if next(following, None) is None:
                     following = None
                 else:
@@ -390,9 +390,9 @@ def test_tail_blocked_on_its_output_holds_no_snapshot(recorded: Path) -> None:
 
 
 def read_newest(path: Path) -> int:
-    reader = open_reader(f"sqlite:///{path}")
+    reader = Recordings.open(f"sqlite:///{path}")
     try:
-        return read.newest_frame_id(reader)
+        return reader.newest_frame_id()
     finally:
         reader.close()
 
@@ -439,17 +439,17 @@ def test_postgres_is_read_in_pages_with_no_transaction_left_open(pg_url: str) ->
         finally:
             await conn.close()
 
-    reader = open_reader(pg_url)
+    reader = Recordings.open(pg_url)
     try:
-        pid = reader.conn.get_server_pid()  # type: ignore[attr-defined]
-        reading = read.frames(reader, read.FrameFilter(session_id=SID))
+        pid = reader.reader.conn.get_server_pid()  # type: ignore[attr-defined]
+        reading = reader.frames(FrameFilter(session_id=SID))
         first = next(reading)
         assert asyncio.run(state(pid)) == "idle"
         rest = list(reading)
-        pages_read = list(pages.frame_pages(reader, pages.FrameFilter(session_id=SID)))
+        pages_read = list(pages.frame_pages(reader.reader, FrameFilter(session_id=SID)))
     finally:
         reader.close()
-    ids = [first["id"]] + [r["id"] for r in rest]
+    ids = [first.id] + [r.id for r in rest]
     assert len(ids) == sum(SID.encode() in data for _, data in frames) and ids == sorted(ids)
     # 3 kB frames: a page stops near 4 MiB, not at 1000 frames.
     assert max(len(p) for p in pages_read) < 1400 and len(pages_read) >= 2

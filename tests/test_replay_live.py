@@ -22,7 +22,7 @@ from websockets.asyncio.client import connect
 
 from recorder.cli import cli
 from recorder.config import Config, load_config
-from recorder.db.readonly import open_reader
+from recorder.db.recordings import Recordings
 from recorder.protocol.frames import IN, OUT
 from recorder.replay import source
 from recorder.replay.compare import compare, normalise_error, summarise
@@ -102,7 +102,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
 
 
 def conversation_of(rec: Recorded) -> Conversation:
-    reader = open_reader(f"sqlite:///{rec.path}")
+    reader = Recordings.open(f"sqlite:///{rec.path}")
     try:
         return source.conversation(reader, source.open_session(reader, rec.session))
     finally:

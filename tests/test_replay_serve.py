@@ -24,7 +24,8 @@ from recorder.capture.handshake import http_get_health
 from recorder.capture.wire import RecordingClientConnection
 from recorder.cli import cli
 from recorder.config import load_config
-from recorder.db.readonly import open_reader
+from recorder.db.recordings import Recordings
+from recorder.db.rows import Session as SessionRow
 from recorder.protocol.daemon import HEALTH_CHECK_FRAME
 from recorder.protocol.frames import IN
 from recorder.replay import source
@@ -114,7 +115,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
     tmp = tmp_path_factory.mktemp("replay-serve")
     path = tmp / "recorder.db"
     sid = asyncio.run(_record(path, tmp))
-    reader = open_reader(f"sqlite:///{path}")
+    reader = Recordings.open(f"sqlite:///{path}")
     try:
         conversation = source.conversation(reader, source.open_session(reader, sid))
     finally:
@@ -128,7 +129,7 @@ def played(request: pytest.FixtureRequest, recorded: Recorded) -> Iterator[Recor
     if request.param == "memory":
         yield recorded.conversation
         return
-    reader = open_reader(f"sqlite:///{recorded.path}")
+    reader = Recordings.open(f"sqlite:///{recorded.path}")
     stream = source.Stream(reader, source.open_session(reader, recorded.session), requests=True)
     try:
         yield stream
@@ -417,7 +418,7 @@ def _frame(fid: int, at: float, kind: str | None, is_text: bool, data: bytes) ->
 def paused() -> Conversation:
     """A conversation with a known 1 s pause, and two frames that are not JSON text."""
     chunk = json.dumps({"type": "stream_chunk", "data": {"sessionId": SID, "chunk": "one"}})
-    session = Session({"id": SID}, [], Choice(frozenset({1}), ()), [])
+    session = Session(SessionRow(SID), [], Choice(frozenset({1}), ()), [])
     hello = _frame(1, 0.0, "health_check_response", True, b'{"type":"health_check_response"}')
     replies = [
         _frame(2, 0.0, "stream_chunk", True, chunk.encode()),

@@ -14,8 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from recorder.cli import cli
-from recorder.db import read
-from recorder.db.readonly import open_reader
+from recorder.db.recordings import Recordings
 from recorder.protocol import story
 from recorder.protocol.frames import IN
 from recorder.protocol.story import OTHER_TYPES, StoryFrame, tell
@@ -154,12 +153,12 @@ def test_show_reads_a_long_session_in_bounded_memory(tmp_path: Path) -> None:
     """20 000 tool calls of 1 kB: today's main held every frame, parsed (about 60 MB)."""
     path = tmp_path / "long.db"
     asyncio.run(fill(f"sqlite+aiosqlite:///{path}", session_frames(20_000, 1000)))
-    reader = open_reader(f"sqlite:///{path}")
+    reader = Recordings.open(f"sqlite:///{path}")
     try:
-        row = read.resolve_session(reader, SID)
+        row = reader.session(SID)
         tracemalloc.start()
         try:
-            told = read.story(reader, row)
+            told = reader.story(row)
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()

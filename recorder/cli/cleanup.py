@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +25,7 @@ from recorder.cli.options import (
     writing,
 )
 from recorder.cli.render import Column, emit, when
+from recorder.db.rows import CleanupRun
 from recorder.protocol.tame import on_one_line
 from recorder.times import format_us, now_us
 
@@ -137,22 +139,19 @@ def run_now(
 
         with writing(target):
             run_ids = asyncio.run(_directly(target, chosen))
-    from recorder.db import cleanup_records
-
-    with reading(target) as reader:
-        rows = cleanup_records.runs(reader, ids=run_ids)
-    _emit_runs(rows, fmt)
+    with reading(target) as recordings:
+        runs = recordings.cleanup_runs(ids=run_ids)
+    _emit_runs(runs, fmt)
 
 
 def _dry_run(target: Target, chosen: list[Any], fmt: str) -> None:
     from recorder.cleanup.actions import action_of, decide
-    from recorder.db.cleanup_records import decision_inputs
 
     now = now_us()
     grace = target.config.cleanup.grace
-    with reading(target) as reader:
+    with reading(target) as recordings:
         names = [p.name for p in chosen]
-        facts, pinned, first = decision_inputs(reader, names, target.config.storage.instance)
+        facts, pinned, first = recordings.decision_inputs(names, target.config.storage.instance)
     rows = []
     for policy in chosen:
         found = first[policy.name]
@@ -168,7 +167,7 @@ def _dry_run(target: Target, chosen: list[Any], fmt: str) -> None:
 
 
 def _through_service(target: Target, name: str | None, holder: str) -> list[int]:
-    from recorder.db.cleanup_records import answer, ask
+    from recorder.db.cleanup_records import ask
 
     instance = target.config.storage.instance
     request_id = _write(target, lambda conn: ask(conn, name, False, now_us(), instance))
@@ -176,8 +175,8 @@ def _through_service(target: Target, name: str | None, holder: str) -> list[int]
     deadline = time.monotonic() + WAIT_FOR_SERVICE
     poll = min(0.5, target.config.cleanup.poll / 2)
     while time.monotonic() < deadline:
-        with reading(target) as reader:
-            result = answer(reader, request_id)
+        with reading(target) as recordings:
+            result = recordings.cleanup_answer(request_id)
         if result is not None:
             said = json.loads(result)
             if "error" in said:
@@ -247,53 +246,46 @@ def _write(target: Target, fn: Any) -> Any:
         return asyncio.run(go())
 
 
-def _emit_runs(rows: list[Any], fmt: str) -> None:
-    def as_json(r: Any) -> dict[str, Any]:
+def _emit_runs(rows: list[CleanupRun], fmt: str) -> None:
+    def as_json(r: CleanupRun) -> dict[str, Any]:
         return {
-            "id": r["id"],
-            "policy": r["policy"],
-            "action": r["action"],
-            "trigger": r["trigger"],
-            "dry_run": bool(r["dry_run"]),
+            "id": r.id,
+            "policy": r.policy,
+            "action": r.action,
+            "trigger": r.trigger,
+            "dry_run": bool(r.dry_run),
             # running, done or interrupted; its end is its last step's time until done.
-            "state": _state(r),
-            "started": format_us(r["started_us"]),
-            "ended": format_us(r["ended_us"]),
-            "matched": r["matched"],
-            "acted": r["acted"],
+            "state": r.state,
+            "started": format_us(r.started_us),
+            "ended": format_us(r.ended_us),
+            "matched": r.matched,
+            "acted": r.acted,
             # Frames purged or compacted, counted as each step committed.
-            "frames": r["frames"] if "frames" in r.keys() else None,
-            "actions": json.loads(r["actions"]),
-            "error": r["error"],
+            "frames": r.frames,
+            "actions": json.loads(r.actions),
+            "error": r.error,
             # A copy made before migration 0007 does not say.
-            "instance": r["instance"] if "instance" in r.keys() else None,
+            "instance": r.instance,
         }
 
     columns = (
-        Column("RUN", lambda r: r["id"], right=True),
-        Column("STARTED", lambda r: when(r["started_us"])),
-        Column("POLICY", lambda r: r["policy"] + (" (dry run)" if r["dry_run"] else "")),
-        Column("ACTION", lambda r: r["action"]),
-        Column("BY", lambda r: r["trigger"]),
-        Column("MATCHED", lambda r: r["matched"], right=True),
-        Column("ACTED", lambda r: r["acted"], right=True),
+        Column("RUN", lambda r: r.id, right=True),
+        Column("STARTED", lambda r: when(r.started_us)),
+        Column("POLICY", lambda r: r.policy + (" (dry run)" if r.dry_run else "")),
+        Column("ACTION", lambda r: r.action),
+        Column("BY", lambda r: r.trigger),
+        Column("MATCHED", lambda r: r.matched, right=True),
+        Column("ACTED", lambda r: r.acted, right=True),
         Column("ERROR / RESULTS", _outcome),
     )
     emit(rows, fmt, columns, as_json, "cleanup runs")
 
 
-def _state(row: Any) -> str:
-    # A copy made before migration 0011 kept only finished runs.
-    return str(row["state"]) if "state" in row.keys() else "done"
-
-
-def _outcome(row: Any) -> str:
-    said = row["error"] or _results(row["actions"])
-    state = _state(row)
-    if state == "done":
-        return str(said)
-    frames = row["frames"] if "frames" in row.keys() else 0
-    return f"{state}, {frames} frames so far" + (f": {said}" if said else "")
+def _outcome(run: CleanupRun) -> str:
+    said = run.error or _results(run.actions)
+    if run.state == "done":
+        return said
+    return f"{run.state}, {run.frames or 0} frames so far" + (f": {said}" if said else "")
 
 
 def _results(actions: str) -> str:
@@ -317,23 +309,20 @@ def history(
 
     Example: recorder cleanup history --policy retention --json
     """
-    from recorder.db import cleanup_records
-
     target = load(config_path, database)
-    with reading(target) as reader:
-        rows = cleanup_records.runs(reader, policy=name, limit=limit)
+    with reading(target) as recordings:
+        runs = recordings.cleanup_runs(policy=name, limit=limit)
     instance = target.config.storage.instance
 
-    def ours_running(row: Any) -> bool:
+    def ours_running(run: CleanupRun) -> bool:
         # Another recorder sharing the database answers for its own runs.
-        mine = "instance" not in row.keys() or row["instance"] == instance
-        return mine and _state(row) == "running"
+        return run.instance in (None, instance) and run.state == "running"
 
-    if any(ours_running(r) for r in rows) and not _may_run(target):
+    if any(ours_running(r) for r in runs) and not _may_run(target):
         # No recorder runs here: a run still marked running was cut short (a kill);
         # the next start marks it so in the database too.
-        rows = [cleanup_records.cut_short(r) if ours_running(r) else r for r in rows]
-    _emit_runs(rows, fmt)
+        runs = [replace(r, state="interrupted") if ours_running(r) else r for r in runs]
+    _emit_runs(runs, fmt)
 
 
 def _may_run(target: Target) -> bool:
@@ -345,12 +334,11 @@ def _may_run(target: Target) -> bool:
 
 
 def _pin(config_path: str | None, database: str | None, session: str, on: bool) -> None:
-    from recorder.db import read
     from recorder.db.cleanup_records import pin as set_pin
 
     target = load(config_path, database)
-    with reading(target) as reader:
-        sid = read.resolve_session(reader, session)["id"]
+    with reading(target) as recordings:
+        sid = recordings.session(session).id
     # A running recorder reads pins from the database: this small write is one it
     # expects beside it. Where none can be told apart from another user's, none is made.
     running_recorder(target)

@@ -43,12 +43,11 @@ def db_current(config_path: str | None, database: str | None) -> None:
 
     Example: recorder db current
     """
-    from recorder.db import read
     from recorder.db.migrations import head_revision, known_revision
 
     target = load(config_path, database)
-    with reading(target) as reader:
-        rev = read.schema_revision(reader)
+    with reading(target) as recordings:
+        rev = recordings.schema_revision()
     head = head_revision()
     if rev == head:
         state = "up to date"

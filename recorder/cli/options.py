@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from recorder.db.backend import Backend
-    from recorder.db.readonly import Reader
+    from recorder.db.recordings import Recordings
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -148,12 +148,13 @@ def load(config_path: str | None, database: str | None = None) -> Target:
 
 
 @contextmanager
-def reading(target: Target) -> Iterator[Reader]:
-    """A read-only connection; any database failure becomes one line, exit 1."""
-    from recorder.db.readonly import ReadError, open_reader
+def reading(target: Target) -> Iterator[Recordings]:
+    """The database's recordings, read-only; any failure to read is one line, exit 1."""
+    from recorder.db.readonly import ReadError
+    from recorder.db.recordings import Recordings
 
     try:
-        reader = open_reader(target.url, target.shown)
+        recordings = Recordings.open(target.url, target.shown)
     except ReadError as exc:
         raise click.ClickException(str(exc)) from None
     except (ValueError, OverflowError) as exc:
@@ -162,11 +163,11 @@ def reading(target: Target) -> Iterator[Reader]:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UsageFailure(f"bad database URL {target.shown}: {text}") from None
     try:
-        yield reader
+        yield recordings
     except ReadError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
-        reader.close()
+        recordings.close()
 
 
 def running_recorder(target: Target) -> str | None:

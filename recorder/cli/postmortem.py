@@ -44,16 +44,14 @@ def show(config_path: str | None, database: str | None, session: str, fmt: str) 
 
     Example: recorder show session_1795692537464
     """
-    from recorder.db import read
-
     target = load(config_path, database)
     text = fmt != "json"
-    with reading(target) as reader:
-        row = read.resolve_session(reader, session)
+    with reading(target) as recordings:
+        row = recordings.session(session)
         if text:  # at once: the rest reads every frame of the session
-            _echo(head_lines(dict(row)))
-        story = read.story(reader, row, longest=VALUE_CHARS if text else None)
-        tasks = read.session_tasks(reader, row["id"])
+            _echo(head_lines(vars(row)))
+        story = recordings.story(row, longest=VALUE_CHARS if text else None)
+        tasks = recordings.session_tasks(row.id)
     if text:
         _echo(story_lines(tasks, story))
         return
@@ -64,8 +62,8 @@ def show(config_path: str | None, database: str | None, session: str, fmt: str) 
     out |= story.to_json()
     out["task_count"] = tasks.total
     # Said of the session as the recorder sees it: a cleanup part-way, a daemon's clock.
-    out["partly"] = partly(dict(row))
-    out["clock_notes"] = clock_notes(dict(row))
+    out["partly"] = partly(vars(row))
+    out["clock_notes"] = clock_notes(vars(row))
     out["left_out"]["tasks"] = tasks.left_out
     click.echo(json.dumps(out, ensure_ascii=False, indent=2))
 
@@ -188,11 +186,9 @@ def connections(
 
     Example: recorder connections --role proxy
     """
-    from recorder.db import read
-
     target = load(config_path, database)
-    with reading(target) as reader:
-        rows = read.connections(reader, role=role, limit=limit)
+    with reading(target) as recordings:
+        rows = recordings.connections(role=role, limit=limit)
     emit(rows, fmt, CONNECTION_COLUMNS, connection_json, "connections")
 
 
@@ -208,12 +204,10 @@ def tasks(
 
     Example: recorder tasks --session session_1795692537464
     """
-    from recorder.db import read
-
     target = load(config_path, database)
-    with reading(target) as reader:
-        sid = read.resolve_session(reader, session_id)["id"] if session_id else None
-        rows = read.tasks(reader, sid, limit=limit)
+    with reading(target) as recordings:
+        sid = recordings.session(session_id).id if session_id else None
+        rows = recordings.tasks(sid, limit=limit)
     emit(rows, fmt, TASK_COLUMNS, task_json, "tasks")
 
 
@@ -226,19 +220,16 @@ def stats(config_path: str | None, database: str | None, fmt: str) -> None:
 
     Example: recorder stats --json
     """
-    from recorder.db import read
-
     target = load(config_path, database)
-    with reading(target) as reader:
-        st = read.stats(reader)
+    with reading(target) as recordings:
+        st = recordings.stats()
     info: dict[str, Any] = {
-        "frames_by_type": {(r["type"] or "(none)"): int(r["frames"]) for r in st.by_type},
-        "frames_by_day": {when(r["day_us"])[:10]: int(r["frames"]) for r in st.by_day},
-        "bytes_by_day": {when(r["day_us"])[:10]: int(r["bytes"]) for r in st.by_day},
-        "sessions_by_status": {r["status"]: int(r["sessions"]) for r in st.by_status},
+        "frames_by_type": {(t.type or "(none)"): int(t.frames) for t in st.by_type},
+        "frames_by_day": {when(t.day_us)[:10]: int(t.frames) for t in st.by_day},
+        "bytes_by_day": {when(t.day_us)[:10]: int(t.bytes) for t in st.by_day},
+        "sessions_by_status": dict(st.by_status),
         "busiest_sessions": [
-            {"id": r["id"], "status": r["status"], "frames": int(r["frame_count"])}
-            for r in st.busiest
+            {"id": s.id, "status": s.status, "frames": int(s.frame_count)} for s in st.busiest
         ],
         "database": target.shown,
         "database_bytes": st.database_bytes,

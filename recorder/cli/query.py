@@ -46,12 +46,10 @@ def sessions(
 
     Example: recorder sessions --status running --since 2h
     """
-    from recorder.db import read
-
     target = load(config_path, database)
-    with reading(target) as reader:
-        rows = read.sessions(reader, status=status, since_us=since, limit=limit)
-    emit(rows, fmt, SESSION_COLUMNS, session_json, "sessions")
+    with reading(target) as recordings:
+        found = recordings.sessions(status=status, since_us=since, limit=limit)
+    emit(found, fmt, SESSION_COLUMNS, session_json, "sessions")
 
 
 def frame_filters(fn: Any) -> Any:
@@ -74,7 +72,7 @@ def frame_filters(fn: Any) -> Any:
 
 
 def _filter(filters: dict[str, Any], **more: Any) -> Any:
-    from recorder.db.pages import FrameFilter
+    from recorder.db.recordings import FrameFilter
 
     check_span(filters["since"], filters["until"])
     return FrameFilter(
@@ -112,14 +110,12 @@ def frames(
 
     Example: recorder frames --session session_1795692537464_eeayv91i6 --format jsonl --limit 0
     """
-    from recorder.db import pages
-
     query = _filter(filters, limit=0 if last else limit, last=last or 0)
     target = load(config_path, database)
     out = FrameWriter(fmt)
-    with reading(target) as reader:
-        for row in pages.frames(reader, query):
-            out.write(row)
+    with reading(target) as recordings:
+        for frame in recordings.frames(query):
+            out.write(frame)
     out.finish()
 
 
@@ -163,15 +159,13 @@ def tail(
 
     Example: recorder tail --session session_1795692537464_eeayv91i6 --format jsonl
     """
-    from recorder.db import pages
-
     target = load(config_path, database)
     out = FrameWriter(fmt, flush_each=True)
     _in_the_background()
-    with reading(target) as reader:
+    with reading(target) as recordings:
         try:
-            for row in pages.follow(reader, _filter(filters), last=last, poll=TAIL_POLL):
-                out.write(row)
+            for frame in recordings.follow(_filter(filters), last=last, poll=TAIL_POLL):
+                out.write(frame)
         except KeyboardInterrupt:
             pass
 
@@ -184,19 +178,18 @@ def status(config_path: str | None, database: str | None, fmt: str) -> None:
 
     Example: recorder status --json
     """
-    from recorder.db import read
     from recorder.db.locks import CannotTell
     from recorder.service.report import lines, report
 
     target = load(config_path, database)
     instance = target.config.storage.instance
     holder = lock_error = None
-    with reading(target) as reader:
+    with reading(target) as recordings:
         try:
-            holder = target.backend.holder(instance, reader)
+            holder = recordings.holder(instance)
         except CannotTell as exc:
             lock_error = str(exc)  # another user's recorder: its heartbeat tells instead
-        st = read.status(reader, instance)
+        st = recordings.status(instance)
     info = report(
         st,
         holder=holder,

@@ -1,6 +1,6 @@
 """How rows look on a terminal and in files: shared by every command that prints them.
 
-Rows come from :mod:`recorder.db.read` and are read by column name. Three shapes:
+Rows are what the read library returns (:mod:`recorder.db.rows`). Three shapes:
 ``table`` for people (aligned, one line per row, no raw control characters, each
 value cut to what a terminal can use and saying how long it was, the last column
 to the terminal's width), ``json`` (one document) and ``jsonl`` (one object per
@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 
 import click
 
+from recorder.db.rows import Connection, Frame, Session, Task
 from recorder.protocol.frames import IN, OPCODE_TEXT
 from recorder.protocol.tame import one_line
 from recorder.times import format_us
@@ -135,91 +136,88 @@ def pairs(mapping: dict[Any, Any], most: int = PAIRS_SHOWN) -> str:
 # --- sessions, tasks, connections -------------------------------------------------
 
 
-def session_json(row: Row) -> dict[str, Any]:
+def session_json(row: Session) -> dict[str, Any]:
     return {
-        "id": row["id"],
-        "status": row["status"],
-        "orchestrator_id": row["orchestrator_id"],
-        "session_type": row["session_type"],
-        "task_id": row["task_id"],
-        "task_description": row["task_description"],
-        "first_seen": format_us(row["first_seen_us"]),
-        "last_seen": format_us(row["last_seen_us"]),
+        "id": row.id,
+        "status": row.status,
+        "orchestrator_id": row.orchestrator_id,
+        "session_type": row.session_type,
+        "task_id": row.task_id,
+        "task_description": row.task_description,
+        "first_seen": format_us(row.first_seen_us),
+        "last_seen": format_us(row.last_seen_us),
         # The daemon's times, as it said them; "finished" is when the recorder saw the
         # session end, on its own clock (a copy made before migration 0011: absent).
-        "started_at": format_us(row["started_at_us"]) or None,
-        "ended_at": format_us(row["ended_at_us"]) or None,
-        "finished": format_us(row["finished_us"]) or None if "finished_us" in row.keys() else None,
-        "frame_count": row["frame_count"],
-        "last_error": row["last_error"],
+        "started_at": format_us(row.started_at_us) or None,
+        "ended_at": format_us(row.ended_at_us) or None,
+        "finished": format_us(row.finished_us) or None,
+        "frame_count": row.frame_count,
+        "last_error": row.last_error,
     }
 
 
 SESSION_COLUMNS = (
-    Column("SESSION", lambda r: r["id"]),
-    Column("STATUS", lambda r: r["status"] or "?"),
-    Column("TYPE", lambda r: r["session_type"]),
-    Column("FRAMES", lambda r: r["frame_count"], right=True),
-    Column("FIRST SEEN", lambda r: when(r["first_seen_us"])),
-    Column("TASK", lambda r: r["task_description"]),
+    Column("SESSION", lambda r: r.id),
+    Column("STATUS", lambda r: r.status or "?"),
+    Column("TYPE", lambda r: r.session_type),
+    Column("FRAMES", lambda r: r.frame_count, right=True),
+    Column("FIRST SEEN", lambda r: when(r.first_seen_us)),
+    Column("TASK", lambda r: r.task_description),
 )
 
 
-def task_json(row: Row) -> dict[str, Any]:
+def task_json(row: Task) -> dict[str, Any]:
     return {
-        "session_id": row["session_id"],
-        "task_id": row["task_id"],
-        "description": row["description"],
-        "status": row["status"],
-        "first_seen": format_us(row["first_seen_us"]),
-        "last_seen": format_us(row["last_seen_us"]),
-        # The daemon's times, as it said them; "finished" is when the recorder saw the
-        # session end, on its own clock (a copy made before migration 0011: absent).
-        "started_at": format_us(row["started_at_us"]) or None,
-        "ended_at": format_us(row["ended_at_us"]) or None,
-        "finished": format_us(row["finished_us"]) or None if "finished_us" in row.keys() else None,
-        "frame_count": row["frame_count"],
-        "error": row["error"],
+        "session_id": row.session_id,
+        "task_id": row.task_id,
+        "description": row.description,
+        "status": row.status,
+        "first_seen": format_us(row.first_seen_us),
+        "last_seen": format_us(row.last_seen_us),
+        "started_at": format_us(row.started_at_us) or None,
+        "ended_at": format_us(row.ended_at_us) or None,
+        "frame_count": row.frame_count,
+        "error": row.error,
     }
 
 
 TASK_COLUMNS = (
-    Column("SESSION", lambda r: r["session_id"]),
-    Column("STATUS", lambda r: r["status"] or "?"),
-    Column("FRAMES", lambda r: r["frame_count"], right=True),
-    Column("STARTED", lambda r: when(r["started_at_us"] or r["first_seen_us"])),
-    Column("ENDED", lambda r: when(r["ended_at_us"])),
-    Column("TASK", lambda r: r["description"] or r["task_id"]),
-    Column("ERROR", lambda r: r["error"]),
+    Column("SESSION", lambda r: r.session_id),
+    Column("STATUS", lambda r: r.status or "?"),
+    Column("FRAMES", lambda r: r.frame_count, right=True),
+    Column("STARTED", lambda r: when(r.started_at_us or r.first_seen_us)),
+    Column("ENDED", lambda r: when(r.ended_at_us)),
+    Column("TASK", lambda r: r.description or r.task_id),
+    Column("ERROR", lambda r: r.error),
 )
 
 
-def connection_json(row: Row) -> dict[str, Any]:
+def connection_json(row: Connection) -> dict[str, Any]:
     return {
-        "id": row["id"],
-        "role": row["role"],
-        "url": row["url"],
-        "client_addr": row["client_addr"],
-        "opened_at": format_us(row["opened_at_us"]),
-        "closed_at": format_us(row["closed_at_us"]) or None,
-        "closed_by": row["closed_by"],
-        "close_code": row["close_code"],
-        "close_reason": row["close_reason"],
-        "error": row["error"],
-        "frame_count": row["frame_count"],
+        "id": row.id,
+        "role": row.role,
+        "url": row.url,
+        "client_addr": row.client_addr,
+        "opened_at": format_us(row.opened_at_us),
+        "closed_at": format_us(row.closed_at_us) or None,
+        "closed_by": row.closed_by,
+        "close_code": row.close_code,
+        "close_reason": row.close_reason,
+        "error": row.error,
+        "frame_count": row.frame_count,
     }
 
 
 CONNECTION_COLUMNS = (
-    Column("ID", lambda r: r["id"], right=True),
-    Column("ROLE", lambda r: r["role"]),
-    Column("UI", lambda r: r["client_addr"]),
-    Column("OPENED", lambda r: when(r["opened_at_us"])),
-    Column("CLOSED", lambda r: when(r["closed_at_us"]) or "open"),
-    Column("BY", lambda r: r["closed_by"]),
-    Column("CODE", lambda r: r["close_code"], right=True),
-    Column("FRAMES", lambda r: r["frame_count"], right=True),
-    Column("URL / ERROR", lambda r: r["error"] or r["url"]),
+    Column("ID", lambda r: r.id, right=True),
+    Column("ROLE", lambda r: r.role),
+    Column("UI", lambda r: r.client_addr),
+    Column("OPENED", lambda r: when(r.opened_at_us)),
+    Column("CLOSED", lambda r: when(r.closed_at_us) or "open"),
+    Column("BY", lambda r: r.closed_by),
+    Column("CODE", lambda r: r.close_code, right=True),
+    Column("FRAMES", lambda r: r.frame_count, right=True),
+    Column("URL / ERROR", lambda r: r.error or r.url),
 )
 
 
@@ -230,35 +228,35 @@ FRAME_TABLE_HEADER = (
 )
 
 
-def frame_json(row: Row) -> dict[str, Any]:
+def frame_json(row: Frame) -> dict[str, Any]:
     """The JSONL contract of ``recorder frames --format jsonl``. Keep it stable."""
     out: dict[str, Any] = {
-        "id": row["id"],
-        "connection_id": row["connection_id"],
-        "seq": row["seq"],
-        "direction": row["direction"],
-        "received_at": format_us(row["received_at_us"]),
-        "type": row["type"],
-        "session_id": row["session_id"],
-        "task_id": row["task_id"],
-        "opcode": "text" if row["opcode"] == OPCODE_TEXT else "binary",
-        "size": row["size"],
+        "id": row.id,
+        "connection_id": row.connection_id,
+        "seq": row.seq,
+        "direction": row.direction,
+        "received_at": format_us(row.received_at_us),
+        "type": row.type,
+        "session_id": row.session_id,
+        "task_id": row.task_id,
+        "opcode": "text" if row.opcode == OPCODE_TEXT else "binary",
+        "size": row.size,
     }
     text = frame_text(row)
     if text is not None:
         out["payload"] = text
     else:
-        out["payload_b64"] = base64.b64encode(row["payload_bytes"] or b"").decode()
+        out["payload_b64"] = base64.b64encode(row.payload_bytes or b"").decode()
     return out
 
 
-def frame_text(row: Row) -> str | None:
+def frame_text(row: Frame) -> str | None:
     """The exact frame text, or None when the frame is binary or not valid UTF-8."""
-    if row["payload"] is not None:
-        return str(row["payload"])
-    if row["opcode"] == OPCODE_TEXT and row["payload_bytes"] is not None:
+    if row.payload is not None:
+        return str(row.payload)
+    if row.opcode == OPCODE_TEXT and row.payload_bytes is not None:
         try:
-            return bytes(row["payload_bytes"]).decode()
+            return bytes(row.payload_bytes).decode()
         except UnicodeDecodeError:
             return None
     return None
@@ -276,7 +274,7 @@ class FrameWriter:
         room = terminal_width()
         self.preview = max(20, room - len(FRAME_TABLE_HEADER) + 7) if room else 80
 
-    def write(self, row: Row) -> None:
+    def write(self, row: Frame) -> None:
         out = self.out
         if self.count == 0:
             if self.fmt == "table":
@@ -301,17 +299,17 @@ class FrameWriter:
         if not self.count:
             click.echo(f"no {what} match", err=True)
 
-    def _line(self, row: Row) -> str:
+    def _line(self, row: Frame) -> str:
         text = frame_text(row)
         if text is None:
-            kind = "binary" if row["opcode"] != OPCODE_TEXT else "invalid UTF-8"
-            text = f"<{row['size']} bytes {kind}>"
+            kind = "binary" if row.opcode != OPCODE_TEXT else "invalid UTF-8"
+            text = f"<{row.size} bytes {kind}>"
         # SIZE says how long each one is.
         preview = one_line(text[: self.preview + 1], self.preview, say_length=False)
-        arrow = "<-" if row["direction"] == IN else "->"
-        kind = one_line(row["type"] or "-", 24, say_length=False)
-        session = one_line(row["session_id"] or "-", 34, say_length=False)
+        arrow = "<-" if row.direction == IN else "->"
+        kind = one_line(row.type or "-", 24, say_length=False)
+        session = one_line(row.session_id or "-", 34, say_length=False)
         return (
-            f"{row['id']:>8} {format_us(row['received_at_us']):<27} {row['connection_id']:>4} "
-            f"{arrow:<3} {kind:<24} {session:<34} {row['size']:>7} {preview}\n"
+            f"{row.id:>8} {format_us(row.received_at_us):<27} {row.connection_id:>4} "
+            f"{arrow:<3} {kind:<24} {session:<34} {row.size:>7} {preview}\n"
         )

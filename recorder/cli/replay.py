@@ -245,7 +245,7 @@ def export(
                     timed,
                     stream,
                     title=f"recorder replay {plan.id}",
-                    started_us=plan.row["started_at_us"] or plan.row["first_seen_us"],
+                    started_us=plan.row.started_at_us or plan.row.first_seen_us,
                     idle_time_limit=max_idle,
                 )
             else:

@@ -3,7 +3,8 @@ requests `recorder cleanup run` leaves for a running service, and pins.
 
 The writes are like :mod:`recorder.db.cleanup`'s: one short transaction per
 function, run by the database process or, with no service running, by the CLI.
-The reads at the end are the CLI's, on a read-only :class:`Reader`.
+What a front end reads of them is the read library's
+(:class:`recorder.db.recordings.Recordings`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
-from recorder.db.readonly import Reader, Row, first_row
 from recorder.db.schema import cleanup_requests, cleanup_runs, pins
-from recorder.protocol.policy import MatchState, SessionFacts
 
 RUNNING, DONE, INTERRUPTED = "running", "done", "interrupted"
 
@@ -116,61 +115,3 @@ def pin(conn: Connection, session_id: str, now_us: int, on: bool) -> bool:
             conn.execute(delete(pins).where(pins.c.session_id == session_id))
             return True
         return False
-
-
-def runs(
-    reader: Reader, *, ids: Iterable[int] | None = None, policy: str | None = None, limit: int = 0
-) -> list[Row]:
-    """Cleanup runs: those of ``ids`` in order, or the newest first (of ``policy``)."""
-    if ids is not None:
-        listed = ", ".join(str(int(i)) for i in ids) or "0"
-        return reader.rows(f"SELECT * FROM cleanup_runs WHERE id IN ({listed}) ORDER BY id")
-    where = " WHERE policy = :p" if policy else ""
-    limit_sql = f" LIMIT {int(limit)}" if limit else ""
-    return reader.rows(
-        f"SELECT * FROM cleanup_runs{where} ORDER BY id DESC{limit_sql}", {"p": policy}
-    )
-
-
-def cut_short(row: Row) -> dict[str, Any]:
-    """A run row marked running that no recorder is running, as what it is."""
-    return {**dict(row), "state": INTERRUPTED}
-
-
-def answer(reader: Reader, request_id: int) -> str | None:
-    """The service's answer to a request (JSON), once it has given one."""
-    row = first_row(
-        reader,
-        "SELECT result FROM cleanup_requests WHERE id = :id AND done_us IS NOT NULL",
-        {"id": request_id},
-    )
-    return None if row is None else str(row["result"])
-
-
-def decision_inputs(
-    reader: Reader, policy_names: Iterable[str], instance: str
-) -> tuple[list[SessionFacts], frozenset[str], dict[str, dict[str, MatchState]]]:
-    """What :func:`recorder.cleanup.policy.decide` needs, read without writing: the
-    facts of the sessions ``instance`` recorded, the pinned ids, and per policy when
-    each match began."""
-    # Filtered here, not in SQL: a copy made before migration 0007 has no instance
-    # column, and all its sessions are then anyone's, as they were.
-    facts = [
-        SessionFacts.of(row)
-        for row in reader.rows("SELECT * FROM sessions")
-        if ("instance" not in row.keys() or row["instance"] == instance)
-    ]
-    pinned = frozenset(r["session_id"] for r in reader.rows("SELECT session_id FROM pins"))
-    first = {
-        name: {
-            r["session_id"]: MatchState(
-                r["first_matched_us"],
-                # A copy made before migration 0011 counts no stop requests.
-                r["attempts"] if "attempts" in r.keys() else 0,
-                r["retry_us"] if "retry_us" in r.keys() else None,
-            )
-            for r in reader.rows("SELECT * FROM cleanup_matches WHERE policy = :p", {"p": name})
-        }
-        for name in policy_names
-    }
-    return facts, pinned, first

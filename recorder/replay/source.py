@@ -11,9 +11,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from recorder.db.pages import PAGE_ROWS, FrameFilter, frame_pages
-from recorder.db.read import recording, recordings_around, resolve_session
-from recorder.db.readonly import Reader, Row, first_row
+from recorder.db.pages import PAGE_ROWS
+from recorder.db.recordings import FrameFilter, Recordings
+from recorder.db.rows import Frame
+from recorder.db.rows import Session as SessionRow
 from recorder.protocol.frames import IN, OPCODE_TEXT
 from recorder.protocol.index import TERMINAL_STATUSES
 from recorder.protocol.story import Gap, Recording, gaps, span
@@ -23,27 +24,21 @@ from recorder.times import now_us
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
-COLUMNS = (
-    "id, connection_id, seq, direction, received_at_us, monotonic_ns, type, opcode, size, "
-    "session_id, task_id, payload, payload_bytes"
-)
 # How often --follow looks for frames committed since.
 FOLLOW_POLL = 0.2
 
 
-def replay_frame(row: Row) -> ReplayFrame:
-    payload = row["payload"]
-    data = payload.encode() if payload is not None else bytes(row["payload_bytes"] or b"")
+def replay_frame(row: Frame) -> ReplayFrame:
     return ReplayFrame(
-        row["id"],
-        row["connection_id"],
-        row["seq"],
-        row["direction"],
-        row["received_at_us"],
-        row["monotonic_ns"],
-        row["type"],
-        row["opcode"] == OPCODE_TEXT,
-        data,
+        row.id,
+        row.connection_id,
+        row.seq,
+        row.direction,
+        row.received_at_us,
+        row.monotonic_ns,
+        row.type,
+        row.opcode == OPCODE_TEXT,
+        row.data,
         row,
     )
 
@@ -52,7 +47,7 @@ def replay_frame(row: Row) -> ReplayFrame:
 class Session:
     """What a replay needs to know about a session before its first frame."""
 
-    row: Row
+    row: SessionRow
     recordings: list[Recording]
     choice: Choice
     gaps: list[Gap]
@@ -61,49 +56,33 @@ class Session:
 
     @property
     def id(self) -> str:
-        return str(self.row["id"])
+        return self.row.id
 
     @property
     def roles(self) -> dict[int, str]:
         return {r.id: r.role for r in self.recordings}
 
 
-def open_session(reader: Reader, text: str, connection: int | None = None) -> Session:
+def open_session(reader: Recordings, text: str, connection: int | None = None) -> Session:
     """The session ``text`` names (an id or its start), and the replay's plan for it."""
-    row = resolve_session(reader, text)
-    sid = row["id"]
-    start, ended = span(row)
+    row = reader.session(text)
+    start, ended = span(vars(row))
     now = now_us()
     end = ended if ended is not None else now
-    recordings = recordings_around(reader, start, end)
-    # Through the (type, id) index: one row per spawn ever, where the session's own
-    # index would walk every frame of a long session. SQLite's unary + keeps it off
-    # the session index; PostgreSQL's planner picks by statistics.
-    session_term = reader.backend.unindexed("session_id")
-    creator = reader.rows(
-        f"SELECT connection_id FROM frames WHERE type = 'spawn_session' AND {session_term} = :sid "
-        "ORDER BY id LIMIT 1",
-        {"sid": sid},
-    )
-    creator_id = creator[0]["connection_id"] if creator else None
+    recordings = reader.recordings_around(start, end)
+    creator_id = reader.spawned_on(row.id)
     if connection is not None and connection not in {r.id for r in recordings}:
-        recordings += [
-            recording(r)
-            for r in reader.rows("SELECT * FROM connections WHERE id = :id", {"id": connection})
-        ]
+        recordings += reader.recordings_of([connection])
     choice = choose(recordings, creator_id, start, end, now, only=connection)
     found = gaps(start, end, recordings, now) if connection is None else []
     return Session(row, recordings, choice, found, creator_id)
 
 
-def _known(reader: Reader, roles: dict[int, str], frame: ReplayFrame) -> None:
+def _known(reader: Recordings, roles: dict[int, str], frame: ReplayFrame) -> None:
     """Add the role of a connection outside the session's span (only when clocks
     disagree) to ``roles``."""
     if frame.connection_id not in roles:
-        found = reader.rows(
-            "SELECT role FROM connections WHERE id = :id", {"id": frame.connection_id}
-        )
-        roles[frame.connection_id] = found[0]["role"] if found else "?"
+        roles[frame.connection_id] = reader.role(frame.connection_id) or "?"
 
 
 def _stale(session: Session, roles: dict[int, str], batch: list[ReplayFrame]) -> bool:
@@ -120,24 +99,24 @@ def _stale(session: Session, roles: dict[int, str], batch: list[ReplayFrame]) ->
     return open_chosen and any(roles[f.connection_id] == "link" for f in batch)
 
 
-def _replan(reader: Reader, session: Session) -> None:
+def _replan(reader: Recordings, session: Session) -> None:
     """Choose again, with the connections as they are now, as a replay started now
     would: a UI's reconnect joins the replay, another UI does not, and a conversation
     that closed no longer hides the link's frames."""
-    start, _ = span(session.row)
+    start, _ = span(vars(session.row))
     now = now_us()
-    session.recordings = recordings_around(reader, start, now)
+    session.recordings = reader.recordings_around(start, now)
     session.choice = choose(session.recordings, session.creator, start, now, now)
 
 
-def _pages(reader: Reader, session: Session, after: int = 0) -> Iterator[list[ReplayFrame]]:
+def _pages(reader: Recordings, session: Session, after: int = 0) -> Iterator[list[ReplayFrame]]:
     """The session's frames after id ``after``, all of them, a page at a time."""
     wanted = FrameFilter(session_id=session.id, after_id=after or None)
-    for rows in frame_pages(reader, wanted, COLUMNS):
-        yield [replay_frame(row) for row in rows]
+    for page in reader.frame_pages(wanted):
+        yield [replay_frame(frame) for frame in page]
 
 
-def frames(reader: Reader, session: Session, *, follow: bool = False) -> Iterator[ReplayFrame]:
+def frames(reader: Recordings, session: Session, *, follow: bool = False) -> Iterator[ReplayFrame]:
     """The frames the replay plays, in recording order; with ``follow``, then those
     committed later, until the session ends (or the caller stops)."""
     roles = session.roles
@@ -161,12 +140,11 @@ def frames(reader: Reader, session: Session, *, follow: bool = False) -> Iterato
                 _known(reader, roles, frame)
                 if session.choice.plays(frame, roles):
                     yield frame
-        status = reader.rows("SELECT status FROM sessions WHERE id = :sid", {"sid": session.id})
-        if not new and status and status[0]["status"] in TERMINAL_STATUSES:
+        if not new and reader.session_status(session.id) in TERMINAL_STATUSES:
             return
 
 
-def cues(reader: Reader, session: Session, *, follow: bool = False) -> Iterator[Cue]:
+def cues(reader: Recordings, session: Session, *, follow: bool = False) -> Iterator[Cue]:
     return timeline(frames(reader, session, follow=follow), session.gaps)
 
 
@@ -227,7 +205,7 @@ class Conversation:
         return page, (page[-1].id if at + PAGE_ROWS < len(frames) else None)
 
 
-def conversation(reader: Reader, session: Session) -> Conversation:
+def conversation(reader: Recordings, session: Session) -> Conversation:
     roles = session.roles
     choice = session.choice
     replies: list[ReplayFrame] = []
@@ -243,8 +221,14 @@ def conversation(reader: Reader, session: Session) -> Conversation:
     if first is None and played:
         first = played[0]
     until = replies[-1].id if replies else 0
+    hello = reader.first_in(first) if first is not None else None
+    status = reader.daemon_status_before(until)
     return Conversation(
-        session, _hello(reader, first), replies, requests, _daemon_status(reader, until)
+        session,
+        replay_frame(hello) if hello else None,
+        replies,
+        requests,
+        replay_frame(status) if status else None,
     )
 
 
@@ -256,28 +240,6 @@ def _is_request(session: Session, frame: ReplayFrame) -> bool:
     )
 
 
-def _hello(reader: Reader, connection: int | None) -> ReplayFrame | None:
-    if connection is None:
-        return None
-    row = first_row(
-        reader,
-        f"SELECT {COLUMNS} FROM frames WHERE connection_id = :cid AND direction = 'in' "
-        "ORDER BY id LIMIT 1",
-        {"cid": connection},
-    )
-    return replay_frame(row) if row is not None else None
-
-
-def _daemon_status(reader: Reader, until: int) -> ReplayFrame | None:
-    row = first_row(
-        reader,
-        f"SELECT {COLUMNS} FROM frames WHERE type = 'daemon_status_update' AND id <= :until "
-        "ORDER BY id DESC LIMIT 1",
-        {"until": until or 2**62},
-    )
-    return replay_frame(row) if row is not None else None
-
-
 class Stream:
     """A session's recorded conversation for ``--serve``, read from the database as it
     plays: a page at a time after a given id, by a player that reads one page ahead.
@@ -285,7 +247,7 @@ class Stream:
     ``requests``, the digest of each request the client sent, for
     ``--wait-for-client`` to match."""
 
-    def __init__(self, reader: Reader, session: Session, *, requests: bool = False) -> None:
+    def __init__(self, reader: Recordings, session: Session, *, requests: bool = False) -> None:
         self.reader = reader
         # PostgreSQL's reader runs an event loop of its own, so it is read on a thread
         # (one: a reader is not shared). SQLite is read on the server's loop: a page
@@ -299,16 +261,15 @@ class Stream:
         self.session = session
         self.roles = session.roles
         first = self._first_connection()
-        hello = _hello(reader, first)
+        found = reader.first_in(first) if first is not None else None
+        hello = replay_frame(found) if found is not None else None
         self.greeting = None if hello is None or self._played(hello) else hello
-        last = first_row(
-            reader, "SELECT max(id) AS id FROM frames WHERE session_id = :sid", {"sid": session.id}
-        )
-        self.daemon_status = _daemon_status(reader, last["id"] if last else 0)
+        status = reader.daemon_status_before(reader.newest_frame_id(session.id))
+        self.daemon_status = replay_frame(status) if status is not None else None
         self._requests = self._read_requests() if requests else []
 
     def _played(self, frame: ReplayFrame) -> bool:
-        return frame.row["session_id"] == self.session.id and self.session.choice.plays(
+        return frame.row.session_id == self.session.id and self.session.choice.plays(
             frame, self.roles
         )
 
@@ -328,8 +289,8 @@ class Stream:
     def _read_requests(self) -> list[tuple[int, bytes]]:
         wanted = FrameFilter(session_id=self.session.id, direction="out")
         found = []
-        for rows in frame_pages(self.reader, wanted, COLUMNS):
-            for frame in map(replay_frame, rows):
+        for page in self.reader.frame_pages(wanted):
+            for frame in map(replay_frame, page):
                 if _is_request(self.session, frame):
                     found.append((frame.id, request_key(frame.data)))
         return found

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from recorder.db.read import Status
+from recorder.db.recordings import Status
 from recorder.times import format_us, now_us
 
 # A heartbeat older than this means the recorder is gone (when its lock cannot be read).
@@ -29,14 +29,12 @@ def report(
     """The status as a JSON-able dict; ``holder`` is who holds the recorder's lock, and
     ``lock_error`` why the lock could not be read (then the heartbeat tells)."""
     row = st.instance
-    beat: dict[str, Any] = json.loads(row["state"]) if row is not None else {}
+    beat: dict[str, Any] = json.loads(row.state) if row is not None else {}
     if lock_error is None:
         running = holder is not None
     else:
         running = (
-            row is not None
-            and not beat.get("stopped")
-            and now_us() - row["heartbeat_us"] < STALE_US
+            row is not None and not beat.get("stopped") and now_us() - row.heartbeat_us < STALE_US
         )
     link = beat.get("link") or {}
     conn = st.last_connection
@@ -46,12 +44,12 @@ def report(
         "recorder": None
         if row is None
         else {
-            "pid": row["pid"],
-            "host": row["host"],
-            "since": format_us(row["started_us"]),
-            "heartbeat": format_us(row["heartbeat_us"]),
+            "pid": row.pid,
+            "host": row.host,
+            "since": format_us(row.started_us),
+            "heartbeat": format_us(row.heartbeat_us),
         },
-        "daemon_url": link.get("url") or (conn["url"] if conn is not None else daemon_url),
+        "daemon_url": link.get("url") or (conn.url if conn is not None else daemon_url),
         "connected": running and link.get("state") == "connected",
         "connected_since": format_us(link.get("since_us")) or None
         if running and link.get("state") == "connected"
@@ -59,14 +57,14 @@ def report(
         "link_state": link.get("state") if running else "not running",
         "last_error": link.get("last_error")
         if running
-        else (conn["error"] if conn is not None else None),
+        else (conn.error if conn is not None else None),
         "retry_in_s": None,
         "reconnects": link.get("reconnects") or {},
-        "last_connected": format_us(conn["opened_at_us"]) if conn is not None else None,
-        "last_disconnect": format_us(conn["closed_at_us"])
-        if conn is not None and conn["closed_at_us"]
+        "last_connected": format_us(conn.opened_at_us) if conn is not None else None,
+        "last_disconnect": format_us(conn.closed_at_us)
+        if conn is not None and conn.closed_at_us
         else None,
-        "last_close_code": conn["close_code"] if conn is not None else None,
+        "last_close_code": conn.close_code if conn is not None else None,
         "proxy": (beat.get("proxy") if running else None),
         "proxied_frames": st.proxied_frames,
         "last_frame_at": format_us(st.last_frame_us) or None,
