@@ -9,6 +9,7 @@ SQLite has one table and none of this.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import structlog
 from sqlalchemy import text
@@ -23,7 +24,15 @@ def month_start(year: int, month: int) -> int:
     return int(datetime(year, month, 1, tzinfo=UTC).timestamp()) * 1_000_000
 
 
-def months(from_us: int, count: int) -> list[tuple[str, int, int]]:
+class Month(NamedTuple):
+    """A monthly partition of frames: its name, and its span (start, end) in µs."""
+
+    name: str
+    start: int
+    end: int
+
+
+def months(from_us: int, count: int) -> list[Month]:
     """``count`` months from the one holding ``from_us``: (name, start µs, end µs)."""
     moment = datetime.fromtimestamp(from_us / 1e6, UTC)
     year, month = moment.year, moment.month
@@ -31,7 +40,7 @@ def months(from_us: int, count: int) -> list[tuple[str, int, int]]:
     for _ in range(count):
         next_year, next_month = (year + 1, 1) if month == 12 else (year, month + 1)
         found.append(
-            (
+            Month(
                 f"frames_{year:04d}_{month:02d}",
                 month_start(year, month),
                 month_start(next_year, next_month),

@@ -63,17 +63,25 @@ SPAWN_TYPE: ColumnElement[str] = literal_column("'spawn_session'")
 # spawn_session rows whose ids the writer keeps until their session is announced;
 # beyond this the oldest are forgotten (their attribution then searches for them).
 SPAWNS_REMEMBERED = 10_000
-# The position of the frame's size in a FrameRow.
+# Positions in a FrameRow (a tuple: the hot path builds millions), by name.
+ROW_CONNECTION: Final = 0
+ROW_SEQ: Final = 1
+ROW_RECEIVED: Final = 3
 ROW_SIZE: Final = 6
-assert FRAME_COLUMNS[ROW_SIZE] == "size"
+ROW_TYPE: Final = 7
+ROW_TASK: Final = 9
+assert [FRAME_COLUMNS[i] for i in (ROW_CONNECTION, ROW_SEQ, ROW_RECEIVED, ROW_SIZE)] == [
+    "connection_id",
+    "seq",
+    "received_at_us",
+    "size",
+]
+assert FRAME_COLUMNS[ROW_TYPE : ROW_TASK + 1] == ("type", "session_id", "task_id")
 
 
 def unindexed(rows: Sequence[FrameRow]) -> list[FrameRow]:
     """The rows without what classification read from them (type, session, task)."""
-    return [(*row[:7], None, None, None, *row[10:]) for row in rows]
-
-
-assert FRAME_COLUMNS[7:10] == ("type", "session_id", "task_id")
+    return [(*row[:7], None, None, None, *row[10:]) for row in rows]  # ROW_TYPE..ROW_TASK
 
 
 # 13 parameters a row: 6500 a statement, under SQLite's limit of 32766 bound
@@ -238,9 +246,9 @@ class Store:
             found = conn.execute(
                 select(frames.c.id)
                 .where(
-                    frames.c.received_at_us == first[3],
-                    frames.c.connection_id == first[0],
-                    frames.c.seq == first[1],
+                    frames.c.received_at_us == first[ROW_RECEIVED],
+                    frames.c.connection_id == first[ROW_CONNECTION],
+                    frames.c.seq == first[ROW_SEQ],
                 )
                 .limit(1)
             ).first()
@@ -270,13 +278,13 @@ class Store:
 
         # The index statement that ran first began the adapter's transaction (it
         # begins with its first statement): the COPY is inside it.
-        newest = rows[-1][3]  # received_at_us
+        newest = rows[-1][ROW_RECEIVED]
         if newest >= self._partitions_until:
             # Partitions ahead of the frames, made in the batch's transaction.
             from recorder.db import partitions
 
             partitions.ensure(conn, newest)
-            self._partitions_until = partitions.months(newest, 2)[-1][1]
+            self._partitions_until = partitions.months(newest, 2)[-1].start
         driver = conn.connection.driver_connection
         assert driver is not None
         await_(driver.copy_records_to_table("frames", records=rows, columns=FRAME_COLUMNS))
