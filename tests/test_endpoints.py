@@ -182,7 +182,7 @@ async def test_the_metrics_listener_wants_its_own_token(
     )
     async with running(config) as svc:
         # The listener the service starts when the proxy is off, on a free port here.
-        server = await serve_metrics(svc, "0.0.0.0", 0)
+        server = await serve_metrics(svc.snapshot, "m-secret", "0.0.0.0", 0)
         port = server.sockets[0].getsockname()[1]
         try:
             status, headers, body = await get(port, "/metrics")

@@ -123,9 +123,7 @@ async def test_status_shows_a_rejected_handshake_and_the_daemons_reason(
         config = make_config(sim.url, daemon={"token": "wrong"})
         async with running(config) as svc:
             await asyncio.wait_for(svc.link.attempted.wait(), TIMEOUT)
-            from recorder.service.watch import beat
-
-            await beat(svc)
+            await svc.beat()
             result = await asyncio.to_thread(
                 CliRunner().invoke, cli, ["status", "--config", str(tmp_path / "config.toml")]
             )

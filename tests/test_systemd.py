@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -157,11 +156,12 @@ def test_the_notify_sequence_and_a_reload(tmp_path: Path, config_file: Callable[
 
 def test_the_watchdog_stops_while_the_loop_is_blocked() -> None:
     """A service whose loop stops keeping time gets no WATCHDOG=1 until it recovers."""
-    link = SimpleNamespace(
-        state="connected", safe_url="ws://x", since_us=0, retry_at_us=None, last_error=None
-    )
-    writer = SimpleNamespace(committed=0, perform=lambda op: asyncio.sleep(0))
-    service = SimpleNamespace(link=link, writer=writer, proxy=None)
+    from recorder.pipeline.writer import WriterMetrics
+    from recorder.service.snapshot import LinkState, Snapshot
+    from recorder.service.watch import Watched
+
+    now = Snapshot(LinkState("connected", "ws://x", 0), None, 0, 0, 0, 0, WriterMetrics(), None)
+    service = Watched(lambda: now, lambda: asyncio.sleep(0), lambda: asyncio.sleep(0))
     sent: list[dict[str, str | int]] = []
     pinged = asyncio.Event()
 
@@ -175,7 +175,7 @@ def test_the_watchdog_stops_while_the_loop_is_blocked() -> None:
     notifier = Recording({"WATCHDOG_USEC": "100000"})  # a ping every 0.05 s
 
     async def scenario() -> None:
-        task = asyncio.create_task(watch(service, notifier))  # type: ignore[arg-type]
+        task = asyncio.create_task(watch(service, notifier))
         await asyncio.wait_for(pinged.wait(), 10)
         sent.clear()
         pinged.clear()

@@ -1,38 +1,41 @@
-"""The long-running service: migrate, then run the writer and the link until told to stop.
+"""The long-running service: :meth:`Service.startup`, :meth:`Service.main_loop`,
+:meth:`Service.shutdown`.
 
-Signal handlers only set an event. :meth:`Service.shutdown` closes the link and the
-proxy (recording whatever the daemon sends before its close frame), then drains the
-writer's queue, all within ``storage.shutdown_timeout``, and says what it cost
-(``stopping.py``). A start on a full disk waits for room (``space.py``).
+Signal handlers only set an event (:func:`main`); a second one forces the exit. The
+stop closes the link and the proxy (recording whatever the daemon sends before its
+close frame), then drains the writer's queue, all within
+``storage.shutdown_timeout``, and says what it cost (``stopping.py``). A start on a
+full disk waits for room (``space.py``); SIGHUP reloads (``reloading.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import gc
 import os
 import signal
+import socket
 import time
 from typing import Any
 
 import structlog
 
-from recorder import logs
 from recorder.addresses import split_listen
 from recorder.capture.link import Link
 from recorder.capture.proxy import Proxy
 from recorder.cleanup.jobs import Cleanup
-from recorder.cleanup.settings import check_schedules
-from recorder.config import Config, ConfigError, load_config
+from recorder.config import Config
 from recorder.db.backend import backend, display_database
 from recorder.db.locks import AlreadyRunning, InstanceLock
 from recorder.db.readonly import frames_since
+from recorder.pipeline.cleanup_ops import DatabaseBytes
+from recorder.pipeline.ops import Heartbeat, Ping
 from recorder.pipeline.writer import KILL_WAIT, Writer, WriterError
-from recorder.protocol.policy import PolicyError
 from recorder.service.metrics import render, serve_metrics
 from recorder.service.notify import Notifier
+from recorder.service.reloading import Reloads
+from recorder.service.snapshot import Snapshot, taken
 from recorder.service.space import FULL_ERRNOS, FullDisk
 from recorder.service.stopping import (
     COUNT_WITHIN,
@@ -42,7 +45,7 @@ from recorder.service.stopping import (
     finished,
     say,
 )
-from recorder.service.watch import beat, describe, watch
+from recorder.service.watch import Watched, watch
 from recorder.times import now_us
 
 log = structlog.get_logger("recorder.service")
@@ -58,248 +61,64 @@ class Service:
         self.link: Link
         self.proxy: Proxy | None = None
         self.cleanup: Cleanup | None = None
-        # Refreshed by the watch loop, for /metrics.
+        # The database's size, measured beside the heartbeat, for /metrics.
         self.database_bytes: int | None = None
         # The newest frame id before this run: what this run stored is after it.
         self.first_frame_id = 0
-        # The last run on this database did not stop cleanly.
-        self.unclean = False
-        # A recorder has used this database before (SQLite: its lock file says so).
-        self.used_before = False
+        # The last run on this database did not stop cleanly, and one had run at all.
+        self.unclean = self.used_before = False
         # Set once the stop has begun: no reload starts after it.
         self.stopping = False
         # (exit code, frames lost) once the stop has said what it cost: a second
         # signal after it has nothing new to say.
         self.said: tuple[int, int] | None = None
-        self.reload_task: asyncio.Task[None] | None = None
-        self._reload_again = False
+        self.reloads = Reloads(self)
         self._full_disk = FullDisk(config.storage.url, self.notifier)
         self._writer_task: asyncio.Task[None]
         self._link_task: asyncio.Task[None]
         self._metrics_server: Any = None
 
-    def force_exit(self) -> None:
-        """A second stop signal: leave now, and say what is true at this moment. Once
-        the stop has said what it cost, that stands; before, the writer processes are
-        killed (nothing more is committed) and the database counted, here, with
-        nothing else running. With nothing lost the stop stays a clean one: exit 0,
-        as the first signal would have."""
-        if self.said is not None:
-            code, lost = self.said
-            log.warning(
-                "stopping at once on a second signal; what the stop cost is said above",
-                lost=lost,
-            )
-            os._exit(code)
-        writer = getattr(self, "writer", None)
-        loss = Loss(0, 0)
-        failed = False
-        if writer is not None and writer.running:
-            failed = writer.died is not None
-            if not writer.kill_and_wait():
-                log.error("writer processes did not exit after SIGKILL; counting anyway")
-            loss = count(writer, self.config.storage.url, self.first_frame_id, COUNT_WITHIN)
-        if loss.lost == 0 and not failed:
-            log.warning("stopping at once on a second signal; nothing was lost", lost=0)
-            os._exit(0)
-        log.error("stopping at once on a second signal; frames were not committed", **loss.fields())
-        os._exit(1)
-
-    def request_reload(self) -> None:
-        """SIGHUP: one reload at a time. One asked for while another runs follows it
-        (once, however many were asked for: it reads the newest file). Before the
-        service has started, and once its stop has begun, there is nothing to reload."""
-        if self.stopping or not self.started.is_set():
-            state = "stopping" if self.stopping else "starting"
-            log.info(f"reload ignored: the recorder is {state}")
-            return
-        if self.reload_task is not None and not self.reload_task.done():
-            self._reload_again = True
-            return
-        self.reload_task = asyncio.get_running_loop().create_task(self._reloads(), name="reload")
-
-    async def _reloads(self) -> None:
-        while True:
-            self._reload_again = False
-            await self.reload()
-            if not self._reload_again or self.stopping:
-                return
-
-    async def reload(self) -> None:
-        """SIGHUP: the log level and the cleanup policies, from the same file; a
-        broken file is logged and the running configuration kept. READY=1 follows
-        RELOADING=1 whatever happens, or systemd would show the unit reloading."""
-        self.notifier.send(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000)
-        try:
-            await self._reload()
-        except Exception as exc:
-            log.error("reload failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
-        finally:
-            try:
-                status = describe(self)
-            except Exception:
-                status = "running"
-            self.notifier.send(READY=1, STATUS=status)
-
-    async def _reload(self) -> None:
-        try:
-            new = load_config(None if self.config.source == "<defaults>" else self.config.source)
-            check_schedules(new.cleanup.policies)
-        except (ConfigError, PolicyError, OSError) as exc:
-            error = str(exc) if not isinstance(exc, OSError) else f"{self.config.source}: {exc}"
-            log.error("configuration not reloaded; keeping the running one", error=error)
-        else:
-            logs.configure(new.log.level, new.log.format)
-            before = set(self.cleanup.policies) if self.cleanup is not None else set()
-            if self.cleanup is not None:
-                # The running schedule takes the new policies: runs in progress (asked
-                # for by `recorder cleanup run`, or scheduled) finish as they began.
-                self.cleanup.apply(new)
-            else:
-                cleanup = Cleanup(new, self.writer, self.link)
-                if cleanup.wanted:
-                    cleanup.start()
-                    self.cleanup = cleanup
-            self.config = dataclasses.replace(self.config, log=new.log, cleanup=new.cleanup)
-            now = set(self.cleanup.policies) if self.cleanup is not None else set()
-            removed = sorted(before - now)
-            # An emptied file, or one whose [cleanup] went missing, is easy to reload
-            # by mistake: say what stops being done, louder than the routine line.
-            (log.warning if removed else log.info)(
-                "configuration reloaded" + ("; cleanup policies removed" if removed else ""),
-                config=new.source,
-                log_level=new.log.level,
-                policies=len(now),
-                removed=removed or None,
-            )
+    # --- the run ---------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> int:
         """Run until ``stop`` is set; returns the process exit code."""
-        database = backend(self.config.storage.url)
-        shown = database.shown
-        lock = database.lock(self.config.storage.instance)
-        try:
-            while not await self._acquired(lock, stop):
-                if stop.is_set():
-                    return 0
-        except AlreadyRunning as exc:
-            log.error(str(exc))
-            return 1
-        except (OSError, TimeoutError) as exc:
-            log.error(f"cannot use database {shown}: {getattr(exc, 'strerror', None) or exc}")
-            return 1
-        except Exception as exc:  # the server refused us (asyncpg's errors)
-            log.error(f"cannot use database {shown}: {type(exc).__name__}: {exc}".splitlines()[0])
-            return 1
-        self.unclean, self.used_before = lock.unclean, lock.used_before
+        lock = backend(self.config.storage.url).lock(self.config.storage.instance)
+        code = await self._locked(lock, stop)
+        if code is not None:
+            return code
         code = 1
         try:
-            code = await self._with_writer(stop)
+            code = await self.startup(stop)
+            if code is None:
+                await self.main_loop(stop)
+                code = await self.shutdown()
             return code
         finally:
+            if hasattr(self, "writer"):
+                await self.writer.close()
             # "Stopped cleanly" only when it did: a writer that failed (a corrupt file,
             # a killed process) leaves the next start its quick_check.
-            try:
+            with contextlib.suppress(OSError):  # a full disk: the next start checks
                 await lock.release(clean=code == 0, refused=code == 2)
-            except OSError:
-                pass  # a full disk refused the "stopped" mark: the next start checks
 
-    async def _acquired(self, lock: InstanceLock, stop: asyncio.Event) -> bool:
-        """Take the lock; False after waiting for room when the disk had none for the
-        lock file (try again, unless ``stop`` is set)."""
-        try:
-            await lock.acquire()
-        except OSError as exc:
-            if exc.errno not in FULL_ERRNOS:
-                raise
-            await self._full_disk.wait(stop, exc.strerror or str(exc))
-            return False
-        return True
-
-    async def _with_writer(self, stop: asyncio.Event) -> int:
-        started = await self._start_writer(stop)
-        if isinstance(started, int):
-            return started
-        writer, before, after = started
-        s = self.config.storage
-        try:
-            if before != after:
-                log.info(
-                    "database migrated",
-                    database=display_database(s.url),
-                    revision_from=before,
-                    revision_to=after,
-                )
-            dangling = await writer.close_dangling()
-            if dangling:
-                log.warning("marked connections left open by an unclean stop", count=dangling)
-            return await self._run(writer, stop)
-        finally:
-            await writer.close()
-
-    async def _start_writer(
-        self, stop: asyncio.Event
-    ) -> tuple[Writer, str | None, str | None] | int:
-        """The writer processes started and the database migrated; or the exit code.
-        A SQLite database on a full disk is waited for, not given up on."""
-        config = self.config
-        s = config.storage
-        while True:
-            self.writer = writer = Writer(
-                s.url,
-                batch_size=s.batch_size,
-                commit_interval=s.commit_interval,
-                queue_max_frames=s.queue_max_frames,
-                queue_max_bytes=s.queue_max_bytes,
-                log_level=config.log.level,
-                log_format=config.log.format,
-                instance=s.instance,
-                unclean=self.unclean,
-                used_before=self.used_before,
-            )
-            try:
-                before, after = await writer.start()
-                newest = await asyncio.to_thread(frames_since, s.url, None)
-                self.first_frame_id = newest or 0
-                return writer, before, after
-            except WriterError as exc:
-                if exc.config_error or not self._full_disk.full(str(exc)):
-                    log.error(str(exc), database=display_database(s.url))
-                    return 2 if exc.config_error else 1
-                if not await self._full_disk.wait(stop, str(exc)):
-                    return 0
-
-    async def _run(self, writer: Writer, stop: asyncio.Event) -> int:
-        config = self.config
+    async def startup(self, stop: asyncio.Event) -> int | None:
+        """The database migrated and its writer running, the proxy and /metrics
+        listening, the link dialling, the cleanup scheduled, and READY=1 once the first
+        attempt to connect is over; or the exit code of a start that cannot go on."""
+        code = await self._start_writer(stop)
+        if code is not None:
+            return code
+        config, writer = self.config, self.writer
+        dangling = await writer.close_dangling()
+        if dangling:
+            log.warning("marked connections left open by an unclean stop", count=dangling)
         self.link = link = Link(config, writer)
-        self._writer_task = writer_task = asyncio.create_task(writer.run(), name="writer")
-        self.proxy = None
-        if config.proxy.enabled:
-            self.proxy = Proxy(config, writer)
-            self.proxy.on_upstream_reached = link.wake
-            self.proxy.metrics = lambda: render(self)
-            try:
-                await self.proxy.start()
-            except OSError as exc:
-                log.error(
-                    "proxy cannot listen",
-                    listen=config.proxy.listen,
-                    error=exc.strerror or str(exc),
-                )
-                writer.stop()
-                await asyncio.gather(writer_task, return_exceptions=True)
-                return 1
-        self._metrics_server = None
-        if self.proxy is None and config.metrics.listen:
-            host, port = split_listen(config.metrics.listen)
-            try:
-                self._metrics_server = await serve_metrics(self, host, port)
-            except OSError as exc:
-                log.error("metrics cannot listen", listen=config.metrics.listen, error=exc.strerror)
-                writer.stop()
-                await asyncio.gather(writer_task, return_exceptions=True)
-                return 1
-        self._link_task = link_task = asyncio.create_task(link.run(), name="link")
+        self._writer_task = asyncio.create_task(writer.run(), name="writer")
+        if not await self._listen():
+            writer.stop()
+            await asyncio.gather(self._writer_task, return_exceptions=True)
+            return 1
+        self._link_task = asyncio.create_task(link.run(), name="link")
         cleanup = Cleanup(config, writer, link)
         if cleanup.wanted:
             cleanup.start()
@@ -311,24 +130,30 @@ class Service:
             proxy=config.proxy.listen if self.proxy else None,
             config=config.source,
         )
-        # Ready once migrated (done) and the first attempt to connect has ended, so that
-        # `systemctl start` returns with something true to say.
+        # Ready once the first attempt to connect has ended, so that `systemctl start`
+        # returns with something true to say.
         attempted = asyncio.create_task(link.attempted.wait())
         await asyncio.wait(
-            (attempted, link_task),
+            (attempted, self._link_task),
             timeout=config.daemon.open_timeout + 5,
             return_when=asyncio.FIRST_COMPLETED,
         )
         attempted.cancel()
-        await beat(self)
-        self.notifier.send(READY=1, STATUS=describe(self))
-        watcher = asyncio.create_task(watch(self, self.notifier), name="watch")
+        await self.beat()
+        self.notifier.send(READY=1, STATUS=self.snapshot().describe())
+        return None
+
+    async def main_loop(self, stop: asyncio.Event) -> None:
+        """Until ``stop`` is set, or the link gives up, or the writer processes die;
+        meanwhile STATUS=, the watchdog and the heartbeat (``watch.py``)."""
+        watched = Watched(self.snapshot, self._ping, self.refresh)
+        watcher = asyncio.create_task(watch(watched, self.notifier), name="watch")
         self.started.set()
         stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait((stopper, link_task, writer_task), return_when=asyncio.FIRST_COMPLETED)
+        ends = (stopper, self._link_task, self._writer_task)
+        await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
         watcher.cancel()
-        return await self.shutdown()
 
     async def shutdown(self) -> int:
         """The stop, within ``storage.shutdown_timeout`` whatever the daemon, the UIs
@@ -363,7 +188,7 @@ class Service:
             failed = TimeoutError()  # handed over after the drain (a producer too late)
         if failed is None:
             with contextlib.suppress(Exception):  # `recorder status` knows from the lock too
-                await asyncio.wait_for(beat(self, stopped=True), left())
+                await asyncio.wait_for(self.beat(stopped=True), left())
             loss = Loss(writer.queue.enqueued, writer.committed)
             if not await writer.close(left()):
                 log.warning(
@@ -382,6 +207,164 @@ class Service:
         self.said = (exit_code, loss.lost)
         log.info("recorder stopped", **loss.fields(), seconds=round(time.monotonic() - t0, 3))
         return exit_code
+
+    # --- what the service says of itself -----------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """What it is doing now: for /metrics, STATUS= and the heartbeat row."""
+        return taken(self.writer, self.link, self.proxy, self.database_bytes)
+
+    async def beat(self, *, stopped: bool = False) -> None:
+        """The heartbeat row (`recorder status`): at start, every few seconds, at the stop."""
+        import json
+
+        info = self.snapshot().heartbeat() | {"stopped": stopped}
+        row = Heartbeat(
+            self.config.storage.instance,
+            os.getpid(),
+            socket.gethostname(),
+            self.started_us,
+            now_us(),
+            json.dumps(info),
+        )
+        await self.writer.perform(row)
+
+    async def refresh(self) -> None:
+        """The heartbeat row, and the database's size for /metrics."""
+        await self.beat()
+        self.database_bytes = await self.writer.perform(DatabaseBytes())
+
+    async def _ping(self) -> None:
+        await self.writer.perform(Ping())
+
+    # --- starting ----------------------------------------------------------------------
+
+    async def _locked(self, lock: InstanceLock, stop: asyncio.Event) -> int | None:
+        """The instance lock taken (None); or the exit code: another recorder holds
+        it (1), the database cannot be reached (1), the stop came first (0). A full
+        disk with no room for the lock file is waited out."""
+        shown = display_database(self.config.storage.url)
+        try:
+            while True:
+                try:
+                    await lock.acquire()
+                    break
+                except OSError as exc:
+                    if exc.errno not in FULL_ERRNOS:
+                        raise
+                    await self._full_disk.wait(stop, exc.strerror or str(exc))
+                    if stop.is_set():
+                        return 0
+        except AlreadyRunning as exc:
+            log.error(str(exc))
+            return 1
+        except (OSError, TimeoutError) as exc:
+            log.error(f"cannot use database {shown}: {getattr(exc, 'strerror', None) or exc}")
+            return 1
+        except Exception as exc:  # the server refused us (its driver's errors)
+            log.error(f"cannot use database {shown}: {type(exc).__name__}: {exc}".splitlines()[0])
+            return 1
+        self.unclean, self.used_before = lock.unclean, lock.used_before
+        return None
+
+    async def _start_writer(self, stop: asyncio.Event) -> int | None:
+        """The writer processes started and the database migrated (None); or the exit
+        code. A SQLite database on a full disk is waited for, not given up on."""
+        config, s = self.config, self.config.storage
+        while True:
+            self.writer = writer = Writer(
+                s.url,
+                batch_size=s.batch_size,
+                commit_interval=s.commit_interval,
+                queue_max_frames=s.queue_max_frames,
+                queue_max_bytes=s.queue_max_bytes,
+                log_level=config.log.level,
+                log_format=config.log.format,
+                instance=s.instance,
+                unclean=self.unclean,
+                used_before=self.used_before,
+            )
+            try:
+                before, after = await writer.start()
+                newest = await asyncio.to_thread(frames_since, s.url, None)
+                self.first_frame_id = newest or 0
+            except WriterError as exc:
+                if exc.config_error or not self._full_disk.full(str(exc)):
+                    log.error(str(exc), database=display_database(s.url))
+                    return 2 if exc.config_error else 1
+                if not await self._full_disk.wait(stop, str(exc)):
+                    return 0
+                continue
+            if before != after:
+                shown = display_database(s.url)
+                log.info(
+                    "database migrated", database=shown, revision_from=before, revision_to=after
+                )
+            return None
+
+    async def _listen(self) -> bool:
+        """The proxy, or /metrics on its own port when the proxy is off; False (said)
+        when one cannot listen."""
+        config = self.config
+        if config.proxy.enabled:
+            self.proxy = Proxy(config, self.writer)
+            self.proxy.on_upstream_reached = self.link.wake
+            self.proxy.metrics = lambda: render(self.snapshot())
+            try:
+                await self.proxy.start()
+            except OSError as exc:
+                error = exc.strerror or str(exc)
+                log.error("proxy cannot listen", listen=config.proxy.listen, error=error)
+                return False
+        elif config.metrics.listen:
+            host, port = split_listen(config.metrics.listen)
+            token = config.metrics.token
+            try:
+                self._metrics_server = await serve_metrics(self.snapshot, token, host, port)
+            except OSError as exc:
+                log.error("metrics cannot listen", listen=config.metrics.listen, error=exc.strerror)
+                return False
+        return True
+
+    # --- signals -----------------------------------------------------------------------
+
+    @property
+    def reload_task(self) -> asyncio.Task[None] | None:
+        return self.reloads.task
+
+    def request_reload(self) -> None:
+        """SIGHUP (see :class:`~recorder.service.reloading.Reloads`)."""
+        self.reloads.request()
+
+    async def reload(self) -> None:
+        await self.reloads.reload()
+
+    def force_exit(self) -> None:
+        """A second stop signal: leave now, and say what is true at this moment. Once
+        the stop has said what it cost, that stands; before, the writer processes are
+        killed (nothing more is committed) and the database counted, here, with
+        nothing else running. With nothing lost the stop stays a clean one: exit 0,
+        as the first signal would have."""
+        if self.said is not None:
+            code, lost = self.said
+            log.warning(
+                "stopping at once on a second signal; what the stop cost is said above",
+                lost=lost,
+            )
+            os._exit(code)
+        writer = getattr(self, "writer", None)
+        loss = Loss(0, 0)
+        failed = False
+        if writer is not None and writer.running:
+            failed = writer.died is not None
+            if not writer.kill_and_wait():
+                log.error("writer processes did not exit after SIGKILL; counting anyway")
+            loss = count(writer, self.config.storage.url, self.first_frame_id, COUNT_WITHIN)
+        if loss.lost == 0 and not failed:
+            log.warning("stopping at once on a second signal; nothing was lost", lost=0)
+            os._exit(0)
+        log.error("stopping at once on a second signal; frames were not committed", **loss.fields())
+        os._exit(1)
 
 
 async def main(config: Config) -> int:

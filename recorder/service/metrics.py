@@ -12,16 +12,13 @@ address other machines reach, only to a request with a token
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
 
 import structlog
 
 from recorder.capture.admission import METRICS_REFUSED, metrics_refusal, metrics_token_wanted
-from recorder.pipeline.writer import COMMIT_BUCKETS
-
-if TYPE_CHECKING:
-    from recorder.service.lifecycle import Service
+from recorder.pipeline.writer import COMMIT_BUCKETS, WriterMetrics
+from recorder.service.snapshot import LinkState, ProxyState, Snapshot
 
 log = structlog.get_logger("recorder.service")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -42,25 +39,42 @@ def _labels(**pairs: str) -> str:
     return "{" + inner + "}" if inner else ""
 
 
-def render(service: Service) -> str:
-    writer = service.writer
-    m = writer.metrics
-    link = service.link
-    proxy = service.proxy
-    out: list[str] = []
-    out += _family(
+def render(now: Snapshot) -> str:
+    """The service's counters, in the Prometheus text format."""
+    lines = [*_committed(now.writer), *_queue(now), *_link(now.link), *_proxy(now.proxy)]
+    if now.database_bytes is not None:
+        lines += _family(
+            "recorder_database_bytes", "gauge", "Size of the database.", [("", now.database_bytes)]
+        )
+    lines += _family(
+        "recorder_writer_restarts_total", "counter", "Writer processes restarted.", [("", 0)]
+    )
+    if now.writer.last_frame_us is not None:
+        lines += _family(
+            "recorder_last_frame_timestamp_seconds",
+            "gauge",
+            "When the newest committed frame was received (Unix time).",
+            [("", now.writer.last_frame_us / 1e6)],
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _committed(m: WriterMetrics) -> list[str]:
+    """Frames and bytes committed, by direction and role; batches; commit latency."""
+    by = sorted(m.frames.items())
+    lines = _family(
         "recorder_frames_total",
         "counter",
         "Frames committed to the database.",
-        ((_labels(direction=d, role=r), n) for (d, r), (n, _) in sorted(m.frames.items())),
+        ((_labels(direction=d, role=r), n) for (d, r), (n, _) in by),
     )
-    out += _family(
+    lines += _family(
         "recorder_frame_bytes_total",
         "counter",
         "Bytes of frames committed to the database.",
-        ((_labels(direction=d, role=r), b) for (d, r), (_, b) in sorted(m.frames.items())),
+        ((_labels(direction=d, role=r), b) for (d, r), (_, b) in by),
     )
-    out += _family("recorder_batches_total", "counter", "Batches committed.", [("", m.batches)])
+    lines += _family("recorder_batches_total", "counter", "Batches committed.", [("", m.batches)])
     buckets: list[tuple[str, float]] = [
         (f'_bucket{{le="{bound:g}"}}', count)
         for bound, count in zip(COMMIT_BUCKETS, m.commit_buckets, strict=True)
@@ -70,73 +84,65 @@ def render(service: Service) -> str:
         ("_sum", m.commit_seconds),
         ("_count", m.batches),
     ]
-    out += [
-        "# HELP recorder_commit_seconds From shipping a batch to its commit.",
-        "# TYPE recorder_commit_seconds histogram",
-    ] + [f"recorder_commit_seconds{suffix} {_number(value)}" for suffix, value in buckets]
-    out += _family(
-        "recorder_queue_frames",
-        "gauge",
-        "Frames waiting for the writer.",
-        [("", len(writer.queue))],
+    return (
+        lines
+        + [
+            "# HELP recorder_commit_seconds From shipping a batch to its commit.",
+            "# TYPE recorder_commit_seconds histogram",
+        ]
+        + [f"recorder_commit_seconds{suffix} {_number(value)}" for suffix, value in buckets]
     )
-    out += _family(
-        "recorder_queue_bytes", "gauge", "Bytes waiting for the writer.", [("", writer.queue.bytes)]
+
+
+def _queue(now: Snapshot) -> list[str]:
+    lines = _family(
+        "recorder_queue_frames", "gauge", "Frames waiting for the writer.", [("", now.queued)]
     )
-    out += _family(
+    lines += _family(
+        "recorder_queue_bytes", "gauge", "Bytes waiting for the writer.", [("", now.queue_bytes)]
+    )
+    return lines + _family(
         "recorder_backpressure_waits_total",
         "counter",
         "Times a producer waited for room in the queue (its socket not read meanwhile).",
-        [("", writer.queue.waits)],
+        [("", now.backpressure_waits)],
     )
-    out += _family(
+
+
+def _link(link: LinkState) -> list[str]:
+    lines = _family(
         "recorder_link_state",
         "gauge",
         "The daemon link's state (1 for the current one).",
         ((_labels(state=s), int(link.state == s)) for s in LINK_STATES),
     )
-    out += _family(
+    lines += _family(
         "recorder_link_up",
         "gauge",
         "1 while the link is connected.",
         [("", int(link.state == "connected"))],
     )
-    out += _family(
+    return lines + _family(
         "recorder_link_reconnects_total",
         "counter",
         "Connection attempts that failed or connections that ended, by reason.",
         ((_labels(reason=r), n) for r, n in sorted(link.reconnects.items())),
     )
-    out += _family(
+
+
+def _proxy(proxy: ProxyState | None) -> list[str]:
+    lines = _family(
         "recorder_proxy_clients",
         "gauge",
         "UIs connected through the proxy now.",
         [("", proxy.clients if proxy is not None else 0)],
     )
-    out += _family(
+    return lines + _family(
         "recorder_proxy_conversations_total",
         "counter",
         "UI conversations relayed since start.",
         [("", proxy.conversations if proxy is not None else 0)],
     )
-    if service.database_bytes is not None:
-        out += _family(
-            "recorder_database_bytes",
-            "gauge",
-            "Size of the database.",
-            [("", service.database_bytes)],
-        )
-    out += _family(
-        "recorder_writer_restarts_total", "counter", "Writer processes restarted.", [("", 0)]
-    )
-    if m.last_frame_us is not None:
-        out += _family(
-            "recorder_last_frame_timestamp_seconds",
-            "gauge",
-            "When the newest committed frame was received (Unix time).",
-            [("", m.last_frame_us / 1e6)],
-        )
-    return "\n".join(out) + "\n"
 
 
 def authorization(request: bytes) -> str | None:
@@ -148,30 +154,34 @@ def authorization(request: bytes) -> str | None:
     return None
 
 
-def answer(service: Service, host: str, request: bytes) -> tuple[str, bytes, str]:
+def answer(
+    snapshot: Callable[[], Snapshot], token: str | None, host: str, request: bytes
+) -> tuple[str, bytes, str]:
     """The status line's text, the body and any extra header lines for one request."""
     target = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
     if not (request.startswith(b"GET ") and target.split(b"?")[0] == b"/metrics"):
         return "404 Not Found", b"not found\n", ""
-    own = service.config.metrics.token
     refused = metrics_refusal(
-        authorization(request), (own,), wanted=metrics_token_wanted(host, own)
+        authorization(request), (token,), wanted=metrics_token_wanted(host, token)
     )
     if refused == 401:
         body = METRICS_REFUSED[401].encode()
         return "401 Unauthorized", body, 'WWW-Authenticate: Bearer realm="recorder"\r\n'
     if refused == 403:
         return "403 Forbidden", METRICS_REFUSED[403].encode(), ""
-    return "200 OK", render(service).encode(), ""
+    return "200 OK", render(snapshot()).encode(), ""
 
 
-async def serve_metrics(service: Service, host: str, port: int) -> asyncio.Server:
-    """A small HTTP server answering ``GET /metrics`` (when the proxy is off)."""
+async def serve_metrics(
+    snapshot: Callable[[], Snapshot], token: str | None, host: str, port: int
+) -> asyncio.Server:
+    """A small HTTP server answering ``GET /metrics`` (when the proxy is off): the
+    snapshot the service hands it, behind ``token`` (``[metrics] token``)."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            status, body, extra = answer(service, host, request)
+            status, body, extra = answer(snapshot, token, host, request)
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: {CONTENT_TYPE}\r\n{extra}"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
