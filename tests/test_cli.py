@@ -438,11 +438,11 @@ def test_a_mistyped_database_url_is_refused_without_its_password(
         # Empty values were taken as the option left out (found probing bad input).
         (["sessions", "--database", ""], "--database: expected a database URL or a file path"),
         (["replay", "s1", "--database", "x.db", "--from", ""], "--from"),
-        (["replay", "s1", "--database", "x.db", "--to", ""], "--to"),
+        (["replay", "s1", "--database", "x.db", "--until", ""], "--until"),
         (["replay", "s1", "--database", "x.db", "--serve", ""], "--serve: expected HOST:PORT"),
         # Options of a mode not chosen were ignored.
         (["replay", "s1", "--database", "x.db", "--loop"], "--loop needs --serve HOST:PORT"),
-        (["replay", "s1", "--database", "x.db", "--json"], "--json needs --to ws://..."),
+        (["replay", "s1", "--database", "x.db", "--json"], "--json needs --against ws://..."),
         (
             ["replay", "s1", "--database", "x.db", "--wait-for-client"],
             "--wait-for-client needs --serve HOST:PORT",

@@ -56,7 +56,7 @@ WRITES = [
     ["unpin", S1],
     ["db", "upgrade"],
     ["db", "vacuum"],
-    ["replay", S1, "--to", "ws://127.0.0.1:9"],
+    ["replay", S1, "--against", "ws://127.0.0.1:9"],
 ]
 
 
@@ -270,7 +270,7 @@ def test_its_own_user_migrates_and_replays_only_with_the_recorder_stopped(
     code, out = invoke("db", "upgrade")
     assert code == 1 and out.startswith(running) and out.count("\n") == 1
     assert "stop it first to migrate" in out
-    code, out = invoke("replay", S1, "--to", "ws://127.0.0.1:9")
+    code, out = invoke("replay", S1, "--against", "ws://127.0.0.1:9")
     assert code == 1 and out.startswith(running) and "--database COPY" in out
     assert invoke("pin", S1) == (0, f"{S1} pinned\n")
     assert recorder.stop() == 0

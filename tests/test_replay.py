@@ -125,7 +125,8 @@ def test_replay_keeps_the_recorded_pauses(
 
 def test_instant_and_a_window(paused: Path) -> None:
     result = CliRunner().invoke(
-        cli, ["replay", "--database", str(paused), SID, "--instant", "--from", "0.4", "--to", "0.9"]
+        cli,
+        ["replay", "--database", str(paused), SID, "--instant", "--from", "0.4", "--until", "0.9"],
     )
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == ['[tool] read_file {"path": "a"}', "two"]
@@ -443,17 +444,21 @@ async def test_follow_plays_only_what_the_replay_chooses(
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (["--to", "http://x"], "Invalid value for '--to': 'http://x' is neither an offset "
-         "(90, 1m30s), a time (2026-11-26T10:00:00Z) nor a ws:// or wss:// URL"),
-        (["--to", "ws://127.0.0.1:99999"], "Invalid value for '--to': not a daemon URL "
+        (["--until", "http://x"], "Invalid value for '--until': 'http://x' is neither an offset "
+         "(90, 1m30s) nor a time (2026-11-26T10:00:00Z)"),
+        (["--against", "http://x"], "--against: expected a ws:// or wss:// URL, got 'http://x'"),
+        (["--against", "ws://127.0.0.1:99999"], "Invalid value for '--against': not a daemon URL "
          "(ws://HOST:PORT): Port out of range 0-65535"),
-        (["--to", "wss://[::1"], "Invalid value for '--to': not a daemon URL "
+        (["--against", "wss://[::1"], "Invalid value for '--against': not a daemon URL "
          "(ws://HOST:PORT): Invalid IPv6 URL"),
-        (["--to", "ws://u:secret@127.0.0.1:x"], "Port could not be cast"),
+        (["--against", "ws://u:secret@127.0.0.1:x"], "Port could not be cast"),
+        # --to meant a stop time, or a daemon to replay against: refused, naming both.
+        (["--to", "5"], "--to is gone: --until OFFSET|TIME says where the replay stops, "
+         "--against ws://HOST:PORT replays the session against a live daemon"),
         (["--speed", "nan"], "Invalid value for '--speed': 'nan' is not a finite number."),
         (["--max-idle", "inf"], "Invalid value for '--max-idle': 'inf' is not a finite number."),
         (["--serve", "127.0.0.1"], "--serve: expected HOST:PORT, got '127.0.0.1'"),
-        (["--serve", "127.0.0.1:0", "--to", "ws://127.0.0.1:1"], "--serve and --to URL"),
+        (["--serve", "127.0.0.1:0", "--against", "ws://127.0.0.1:1"], "--serve and --against"),
     ],
 )  # fmt: skip
 def test_bad_replay_options_are_one_line_before_the_database_is_read(
@@ -518,7 +523,7 @@ def test_export_never_writes_over_the_database_nor_leaves_half_a_file(
     "args",
     [
         ["replay", "--instant", "--connection", "999999"],
-        ["replay", "--instant", "--from", "10", "--to", "5"],
+        ["replay", "--instant", "--from", "10", "--until", "5"],
         ["export", "--connection", "999999"],
         ["export", "--connection", "999999", "--format", "jsonl"],
     ],
@@ -530,10 +535,10 @@ def test_a_replay_that_matches_nothing_says_so(paused: Path, args: list[str]) ->
     assert result.stderr == "nothing to play: no frame of the session matches\n"
 
 
-async def test_a_served_replay_stops_at_to(paused: Path) -> None:
+async def test_a_served_replay_stops_at_until(paused: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "recorder", "replay", "--database", str(paused), SID,
-        "--serve", "127.0.0.1:0", "--instant", "--to", "0.7",
+        "--serve", "127.0.0.1:0", "--instant", "--until", "0.7",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stderr is not None

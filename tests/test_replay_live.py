@@ -189,7 +189,7 @@ async def test_the_cli_replays_and_exits_1_on_a_difference(recorded: Recorded) -
             "--database",
             str(recorded.path),
             recorded.session,
-            "--to",
+            "--against",
             sim.url,
             "--json",
             "--instant",
@@ -224,7 +224,15 @@ async def test_an_unreachable_daemon_is_one_error(recorded: Recorded) -> None:
     result = await asyncio.to_thread(
         CliRunner().invoke,
         cli,
-        ["replay", "--database", str(recorded.path), recorded.session, "--to", url, "--instant"],
+        [
+            "replay",
+            "--database",
+            str(recorded.path),
+            recorded.session,
+            "--against",
+            url,
+            "--instant",
+        ],
     )
     assert result.exit_code == 1 and result.stdout == ""
     assert (

@@ -28,7 +28,7 @@ LIVE_SCHEMES = ("ws://", "wss://")
 
 
 def parse_point(text: str, *, option: str = "--from") -> tuple[float | None, int | None]:
-    """``--from``/``--to``: an offset into the session (``90``, ``1m30s``, ``2h``) as
+    """``--from``/``--until``: an offset into the session (``90``, ``1m30s``, ``2h``) as
     seconds, or a moment (ISO-8601) as epoch µs."""
     match = _DURATION.match(text.strip())
     if match and any(match.groups()):
@@ -38,9 +38,16 @@ def parse_point(text: str, *, option: str = "--from") -> tuple[float | None, int
         return None, parse_when(text)
     except ValueError:
         kinds = "an offset (90, 1m30s) nor a time (2026-11-26T10:00:00Z)"
-        if option == "--to":
-            kinds = "an offset (90, 1m30s), a time (2026-11-26T10:00:00Z) nor a ws:// or wss:// URL"
         raise click.BadParameter(f"{text!r} is neither {kinds}", param_hint=f"'{option}'") from None
+
+
+def _gone_to(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    """--to meant two things (where the replay stops, or a daemon to replay against)."""
+    if value is not None:
+        raise UsageFailure(
+            "--to is gone: --until OFFSET|TIME says where the replay stops, "
+            "--against ws://HOST:PORT replays the session against a live daemon"
+        )
 
 
 def pace_options(fn: Any) -> Any:
@@ -55,6 +62,10 @@ def pace_options(fn: Any) -> Any:
     fn = click.option(
         "--connection", type=Count(), help="Play this connection only (see `recorder show`)."
     )(fn)
+    fn = click.option(
+        "--until", "stop", metavar="OFFSET|TIME", help="Stop here: 90, 1m30s, or an ISO time."
+    )(fn)
+    fn = click.option("--to", hidden=True, expose_value=False, callback=_gone_to)(fn)
     return click.option(
         "--from", "start", metavar="OFFSET|TIME", help="Start here: 90, 1m30s, or an ISO time."
     )(fn)
@@ -67,7 +78,7 @@ def make_pace(
 
     # "" is a value given, and wrong: not the option left out (it was ignored).
     begin = parse_point(start) if start is not None else (None, None)
-    end = parse_point(stop, option="--to") if stop is not None else (None, None)
+    end = parse_point(stop, option="--until") if stop is not None else (None, None)
     return Pace(speed, max_idle, instant, begin[0], end[0], begin[1], end[1])
 
 
@@ -76,11 +87,10 @@ def make_pace(
 @click.argument("session")
 @pace_options
 @click.option(
-    "--to",
-    "to",
-    metavar="OFFSET|TIME|URL",
-    help="Stop here (90, 1m30s, an ISO time); or ws://host:port to replay the session's "
-    "requests against that live daemon.",
+    "--against",
+    metavar="URL",
+    help="Replay the session's requests against this live daemon (ws://host:port) instead, "
+    "and compare its replies with the recorded ones.",
 )
 @click.option(
     "--format", "fmt", type=click.Choice(["text", "jsonl"]), default="text", show_default=True
@@ -93,13 +103,14 @@ def make_pace(
     help="With --serve: hold each recorded reply until the client sends its request.",
 )
 @click.option("--loop", is_flag=True, help="With --serve: every new client from the start.")
-@click.option("--json", "as_json", is_flag=True, help="With --to URL: the comparison as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="With --against: the comparison as JSON.")
 def replay(
     config_path: str | None,
     database: str | None,
     session: str,
     start: str | None,
-    to: str | None,
+    stop: str | None,
+    against: str | None,
     connection: int | None,
     speed: float,
     max_idle: float | None,
@@ -125,28 +136,28 @@ def replay(
     target = load(config_path, database)
     if serve == "":
         raise UsageFailure("--serve: expected HOST:PORT, got ''")
-    live = to is not None and to.startswith(LIVE_SCHEMES)
-    if serve and live:
-        raise UsageFailure("--serve and --to URL: choose one (be the daemon, or replay to one)")
+    if against is not None and not against.startswith(LIVE_SCHEMES):
+        raise UsageFailure(f"--against: expected a ws:// or wss:// URL, got {against!r}")
+    if serve and against:
+        raise UsageFailure("--serve and --against: choose one (be the daemon, or replay to one)")
     # Options of one mode, given without it, were silently ignored.
     for given, flag, needs in (
         (wait_for_client, "--wait-for-client", serve),
         (loop, "--loop", serve),
-        (as_json, "--json", live),
+        (as_json, "--json", against),
     ):
         if given and not needs:
-            mode = "--to ws://..." if flag == "--json" else "--serve HOST:PORT"
+            mode = "--against ws://..." if flag == "--json" else "--serve HOST:PORT"
             raise UsageFailure(f"{flag} needs {mode}")
-    # A live replay's --to is its URL; otherwise it ends the replay (served too).
-    pace = make_pace(start, None if live else to, speed, max_idle, instant)
-    if serve or live:
+    pace = make_pace(start, stop, speed, max_idle, instant)
+    if serve or against:
         from recorder.cli.replay_modes import serve_or_replay_live
 
         serve_or_replay_live(
             target,
             session,
             serve=serve,
-            daemon=to if live else None,
+            daemon=against,
             connection=connection,
             pace=pace,
             wait_for_client=wait_for_client,
@@ -261,7 +272,7 @@ def export(
 
 class Counted:
     """A replay's cues, counted as they go: a filter that leaves none (--connection,
-    --from/--to) is said on stderr, as `frames` says "no frames match"."""
+    --from/--until) is said on stderr, as `frames` says "no frames match"."""
 
     def __init__(self, items: Iterable[Any]) -> None:
         self.items = items

@@ -1,4 +1,4 @@
-"""``recorder replay --serve`` and ``recorder replay --to ws://``: the I/O-heavy modes,
+"""``recorder replay --serve`` and ``recorder replay --against ws://``: the I/O-heavy modes,
 kept apart from terminal playback so that a plain replay loads neither."""
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def _check_daemon_url(url: str) -> None:
     try:
         check_url(url)
     except LiveReplayError as exc:
-        raise click.BadParameter(str(exc), param_hint="'--to'") from None
+        raise click.BadParameter(str(exc), param_hint="'--against'") from None
 
 
 def _serve(

@@ -1,4 +1,4 @@
-"""``recorder replay SESSION --to ws://…``: a recorded client's requests played again
+"""``recorder replay SESSION --against ws://…``: a recorded client's requests played again
 against a live daemon (a new version, a new configuration), the answers recorded and
 compared with the recorded ones: does the new daemon still fail this way?
 
