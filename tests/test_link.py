@@ -22,6 +22,7 @@ from recorder.capture.backoff import Backoff
 from recorder.config import Config, ConfigError, load_config
 from recorder.protocol.requests import PING
 from recorder.simulator import Simulator, SimulatorOptions
+from recorder.times import now_us
 from tests.conftest import running, write_config
 from tests.helpers import query, wait_for_frame, wait_until
 
@@ -246,15 +247,25 @@ async def test_max_attempts_gives_up_with_exit_code_1(make_config: Callable[...,
 async def test_writer_commits_promptly_while_idle_link_waits(
     make_config: Callable[..., Config],
 ) -> None:
-    async with Simulator(SimulatorOptions(port=0)) as sim, running(make_config(sim.url)) as svc:
-        await wait_for_frame(svc, "type = 'sessions_list'")
+    """A frame on a link that then goes quiet is committed within commit_interval, not
+    when a batch fills (it never would) nor at the next frame: its commit is seen well
+    within ten intervals of its receipt."""
+    interval = 0.1
+    async with Simulator(SimulatorOptions(port=0)) as sim:
+        config = make_config(sim.url, storage={"commit_interval": interval})
+        async with running(config) as svc:
+            found: list[Any] = []
 
-        async def has_status() -> bool:
-            return bool(
-                await query(svc, "select 1 from frames where type = 'daemon_status_update'")
-            )
+            async def has_status() -> bool:
+                found[:] = await query(
+                    svc, "select received_at_us from frames where type = 'daemon_status_update'"
+                )
+                return bool(found)
 
-        await wait_until(svc, has_status)
+            await wait_until(svc, has_status)
+            seen_us = now_us()
+    # The daemon's reply to the link's daemon_status, the last frame before it idles.
+    assert (seen_us - found[0].received_at_us) / 1e6 < 10 * interval
 
 
 @pytest.mark.parametrize("trusted_by", ["ca_file", "the system"])
