@@ -141,14 +141,14 @@ def _shared(conn: Connection, start: int, end: int, instance: str) -> bool:
 
 
 def _holds_undue(conn: Connection, name: str, before_us: int) -> bool:
-    from recorder.protocol.index import TERMINAL_STATUSES
 
-    terminal = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
+    from recorder.protocol.index import TERMINAL_SQL
+
     found = conn.execute(
         text(
             f'SELECT 1 FROM "{name}" WHERE session_id IN ('
             "SELECT id FROM sessions WHERE status IS NULL OR NOT ("
-            f"status IN ({terminal}) AND coalesce(finished_us, last_seen_us) < :before)"
+            f"status IN {TERMINAL_SQL} AND coalesce(finished_us, last_seen_us) < :before)"
             " UNION SELECT session_id FROM pins) LIMIT 1"
         ),
         {"before": before_us},

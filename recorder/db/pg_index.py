@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from recorder.protocol.index import TERMINAL_STATUSES, IndexBatch, SessionDelta
+from recorder.protocol.index import TERMINAL_SQL, IndexBatch, SessionDelta
 
 # SessionDelta's columns, in the order the statement's arrays carry them.
 _NEWS = SessionDelta.NEWS
@@ -50,7 +50,6 @@ _DELTA = (
     ("first_status", "text"),
     ("first_status_us", "bigint"),
 )
-_TERMINAL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
 # $1, $2: connection counts; then the delta's arrays, the days' five, the instance.
 _DAYS = 3 + len(_DELTA)
 _INSTANCE = f"${_DAYS + 5}::text"
@@ -74,8 +73,8 @@ def _merge() -> str:
     # unless the batch saw it run again.
     clauses.append(
         f"finished_us = CASE WHEN NOT {own} THEN s.finished_us "
-        f"WHEN COALESCE(d.status, s.status) IN ({_TERMINAL}) "
-        f"THEN COALESCE(CASE WHEN s.status IN ({_TERMINAL}) AND NOT d.ran THEN s.finished_us END, "
+        f"WHEN COALESCE(d.status, s.status) IN {TERMINAL_SQL} "
+        f"THEN COALESCE(CASE WHEN s.status IN {TERMINAL_SQL} AND NOT d.ran THEN s.finished_us END, "
         "d.finished_us, GREATEST(s.last_seen_us, d.last_seen_us)) END"
     )
     # recorder.protocol.index.active_at (GREATEST leaves out nulls).
@@ -113,7 +112,7 @@ WITH counted AS (
     INSERT INTO sessions AS s
         (id, instance, first_seen_us, last_seen_us, frame_count, {news}, finished_us, active_us)
     SELECT id, {_INSTANCE}, first_seen_us, last_seen_us, frame_count, {news},
-           CASE WHEN status IN ({_TERMINAL}) THEN COALESCE(finished_us, last_seen_us) END,
+           CASE WHEN status IN {TERMINAL_SQL} THEN COALESCE(finished_us, last_seen_us) END,
            COALESCE(GREATEST(active_us, first_status_us), first_seen_us)
     FROM delta AS d
     WHERE creates AND NOT EXISTS (SELECT 1 FROM sessions AS e WHERE e.id = d.id)

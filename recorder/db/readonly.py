@@ -20,20 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
-from recorder.protocol.index import TERMINAL_STATUSES
-
 if TYPE_CHECKING:
     from recorder.db.backend import Backend
 
 # Rows come back as sqlite3.Row or asyncpg.Record: both are read by column name.
 Row = Any
-
-# A session is active while it has a status that is not terminal; one never seen
-# with a status (known only from its stream) is not. recorder.db.schema's
-# active_session is the same rule for the writer's queries.
-ACTIVE_SQL = "status IS NOT NULL AND status NOT IN ({})".format(
-    ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
-)
 
 
 class ReadError(Exception):

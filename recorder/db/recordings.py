@@ -22,7 +22,7 @@ from typing import Any
 from recorder.db import pages
 from recorder.db.cleanup_reads import CleanupReads
 from recorder.db.pages import FrameFilter
-from recorder.db.readonly import ACTIVE_SQL, Reader, ReadError, first_row, open_reader
+from recorder.db.readonly import Reader, ReadError, first_row, open_reader
 from recorder.db.rows import (
     FRAME_COLUMNS,
     Connection,
@@ -32,6 +32,7 @@ from recorder.db.rows import (
     Tally,
     Task,
 )
+from recorder.protocol.index import ACTIVE_SQL
 from recorder.protocol.kept import Kept
 from recorder.protocol.story import KEEP, READ_TYPES, Recording, Story, StoryFrame, Teller, span
 from recorder.protocol.tame import on_one_line, read_object

@@ -24,10 +24,10 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    and_,
+    text,
 )
 
-from recorder.protocol.index import TERMINAL_STATUSES
+from recorder.protocol.index import ACTIVE_SQL
 
 __all__ = [
     "active_session",
@@ -175,12 +175,9 @@ sessions = Table(
     Index(None, "status"),
 )
 
-# A session is active while it has a status that is not terminal; one never seen
-# with a status (known only from its stream) is not. The readers' SQL spelling of
-# the same rule is recorder.db.readonly.ACTIVE_SQL.
-active_session = and_(
-    sessions.c.status.is_not(None), sessions.c.status.not_in(sorted(TERMINAL_STATUSES))
-)
+# A session is active while it has a status that is not terminal (the rule, written
+# once: recorder.protocol.index.ACTIVE_SQL); for the writer's queries on sessions.
+active_session = text(ACTIVE_SQL)
 
 tasks = Table(
     "tasks",
