@@ -77,6 +77,28 @@ def test_environment_supplies_secrets_and_database(tmp_path: Path) -> None:
     assert "tok" not in repr(config) and "key" not in repr(config.daemon)
 
 
+@pytest.mark.parametrize(
+    ("toml", "env", "dotted"),
+    [
+        ('[metrics]\ntoken = "S\u00e9cret"\n', {}, "metrics.token"),
+        ("", {"RECORDER_PROXY_TOKEN": "caf\u00e9"}, "proxy.token"),
+        ('[daemon]\ntoken = "a\\u0007b"\n', {}, "daemon.token"),
+    ],
+)
+def test_a_secret_that_is_not_printable_ascii_is_refused_without_being_shown(
+    tmp_path: Path, toml: str, env: dict[str, str], dotted: str
+) -> None:
+    """Header values are ASCII: "S\u00e9cret" passed the load and then every client sending
+    it as UTF-8 got 401 for ever (only its Latin-1 bytes matched)."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(toml)
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg, env=env)
+    assert (
+        str(err.value) == f"{cfg}: {dotted}: must be printable ASCII (it is sent in an HTTP header)"
+    )
+
+
 def test_config_path_from_environment(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text('[daemon]\nurl = "wss://daemon.example:9000/ws"\n')
