@@ -232,7 +232,7 @@ def _chunk_text(payload: str | None) -> str | None:
     """The chunk's text where the daemon puts it; None when it is not there as a string."""
     try:
         obj = json.loads(payload or "")
-    except ValueError:
+    except (ValueError, RecursionError):  # the classifier's parser takes 1 024 levels
         return None
     data = obj.get("data") if isinstance(obj, dict) else None
     chunk = data.get("chunk") if isinstance(data, dict) else None
