@@ -70,7 +70,13 @@ def test_a_long_session_is_told_in_the_first_and_last_of_each_list() -> None:
         "running",
     ] * 2 + ["waiting"]
     # 49 failed results said why, and 200 errors: 249.
-    assert told.left_out == {"timeline": 290, "tools": 491, "errors": 239}
+    assert told.left_out == {
+        "timeline": 290,
+        "tools": 491,
+        "errors": 239,
+        "connections": 0,
+        "gaps": 0,
+    }
     assert told.tool_calls == 501 and told.tools_failed == 49
     first, last = told.tools[:5], told.tools[5:]
     assert [t.input for t in first] == [{"n": i} for i in range(5)]

@@ -138,13 +138,15 @@ def story_lines(tasks: Kept[Any], story: Story) -> list[str]:
     lines += ["", f"Frames: {sum(story.by_type.values())}", "  " + pairs(story.by_type)]
     if story.connections:
         lines += ["", "Recorded by"]
-        lines += table_lines(SHARE_COLUMNS, story.connections, indent="  ")
+        table = table_lines(SHARE_COLUMNS, story.connections, indent="  ")
+        lines += _with_left_out(table, 1 + keep, story.left_out["connections"], "connections")
     lines += [""]
     if story.gaps:
         lines.append("Gaps: no connection was recording")
-        lines += [
+        spans = [
             f"  {when(g.start_us)} -> {when(g.end_us)}  ({g.seconds:.1f} s)" for g in story.gaps
         ]
+        lines += _with_left_out(spans, keep, story.left_out["gaps"], "gaps")
     else:
         lines.append("Gaps: none, a connection was recording throughout")
     return lines

@@ -46,6 +46,10 @@ class Backend:
     partitioned: ClassVar[bool] = False
     # A deleted row's id may be handed out again (the writer keeps it from happening).
     reuses_ids: ClassVar[bool] = False
+    # Ids are committed in their order (one writer): a follower that has read up to an
+    # id never finds a smaller one later. PostgreSQL's sequences hand out ids when a
+    # row is written, and several recorders commit in any order.
+    commits_ids_in_order: ClassVar[bool] = True
     # A read-only reader is read on the event loop (SQLite: milliseconds a page), or
     # on a thread of its own (asyncpg runs a loop of its own).
     reads_on_loop: ClassVar[bool] = False
@@ -263,6 +267,7 @@ PG_ROW_BYTES = 200
 class PostgresBackend(Backend):
     name = "postgresql"
     server = True
+    commits_ids_in_order = False
     partitioned = True
 
     @property

@@ -249,14 +249,14 @@ class Recordings(CleanupReads):
         """The newest ``last`` frames, then every frame committed later, as they come,
         until the caller stops. Each look is a short statement, and so is each page."""
         seen = self.newest_frame_id()
+        follower = Follower(self, f, seen)
         if last:
-            yield from self.frames(replace(f, last=last, through_id=seen))
+            for frame in self.frames(replace(f, last=last, through_id=seen)):
+                follower.printed(frame.id)
+                yield frame
         while True:
             wait(poll)
-            newest = self.newest_frame_id()
-            if newest > seen:
-                yield from self.frames(replace(f, after_id=seen, through_id=newest))
-                seen = newest
+            yield from follower.new()
 
     def newest_frame_id(self, session_id: str | None = None) -> int:
         """The newest frame's id (of a session's frames, with ``session_id``); 0: none."""
@@ -376,6 +376,53 @@ class Recordings(CleanupReads):
             return None
         row = first_row(self.reader, "SELECT version_num FROM alembic_version")
         return str(row["version_num"]) if row is not None else None
+
+
+# Ids a follower reads again behind what it has seen, where ids commit out of order:
+# several recorders' batches in flight at once (a few batches of 2 000 each).
+LOOKBACK = 20_000
+
+
+class Follower:
+    """Frames committed since the last look, each once, in id order. Where ids commit
+    in order, from the last id seen; where they do not (PostgreSQL shared by several
+    recorders: a batch given ids before another's may commit after it), a window of
+    ids behind is read again and what was handed out already is skipped."""
+
+    def __init__(self, recordings: Recordings, f: FrameFilter, seen: int) -> None:
+        self.recordings = recordings
+        self.filter = f
+        self.seen = seen
+        self.lookback = 0 if recordings.backend.commits_ids_in_order else LOOKBACK
+        self._given: set[int] = set()
+
+    def printed(self, frame_id: int) -> None:
+        """A frame handed out before following began."""
+        if self.lookback:
+            self._given.add(frame_id)
+            if len(self._given) > 2 * self.lookback:
+                self._forget(max(self._given) - self.lookback)
+
+    def _forget(self, floor: int) -> None:
+        self._given = {i for i in self._given if i > floor}
+
+    def new(self) -> Iterator[Frame]:
+        """One look: what was committed since the last, in id order."""
+        newest = self.recordings.newest_frame_id()
+        if newest <= self.seen and not self.lookback:
+            return
+        after = max(0, self.seen - self.lookback)
+        for frame in self.recordings.frames(
+            replace(self.filter, after_id=after, through_id=newest)
+        ):
+            if self.lookback:
+                if frame.id in self._given:
+                    continue
+                self._given.add(frame.id)
+            yield frame
+        self.seen = max(self.seen, newest)
+        if self.lookback:
+            self._forget(self.seen - self.lookback)
 
 
 def _recording(c: Connection) -> Recording:

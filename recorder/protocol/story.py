@@ -252,20 +252,25 @@ class Teller:
 
     def told(self, recordings: list[Recording], now_us: int) -> Story:
         start, end = span(self.session)
-        shares = [
-            ConnectionShare(
-                r.id,
-                r.role,
-                r.url,
-                r.client_addr,
-                self.per_connection[r.id],
-                r.opened_us,
-                r.closed_us,
-                r.close_code,
-            )
-            for r in recordings
-            if self.per_connection[r.id]
-        ]
+        # A link that dropped every minute for a month: 43 000 of each, kept to a few.
+        shares: Kept[ConnectionShare] = Kept(self.timeline.keep)
+        for r in recordings:
+            if self.per_connection[r.id]:
+                shares.add(
+                    ConnectionShare(
+                        r.id,
+                        r.role,
+                        r.url,
+                        r.client_addr,
+                        self.per_connection[r.id],
+                        r.opened_us,
+                        r.closed_us,
+                        r.close_code,
+                    )
+                )
+        found: Kept[Gap] = Kept(self.timeline.keep)
+        for gap in gaps(start, end if end is not None else now_us, recordings, now_us):
+            found.add(gap)
         return Story(
             self.session["id"],
             start,
@@ -275,8 +280,8 @@ class Teller:
             errors=self.errors.items,
             metrics=self.metrics,
             by_type=dict(self.by_type.most_common()),
-            connections=shares,
-            gaps=gaps(start, end if end is not None else now_us, recordings, now_us),
+            connections=shares.items,
+            gaps=found.items,
             tool_calls=self.tools.total,
             tools_failed=self.tools_failed,
             keep=self.timeline.keep,
@@ -284,6 +289,8 @@ class Teller:
                 "timeline": self.timeline.left_out,
                 "tools": self.tools.left_out,
                 "errors": self.errors.left_out,
+                "connections": shares.left_out,
+                "gaps": found.left_out,
             },
         )
 

@@ -40,6 +40,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
@@ -49,6 +50,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from recorder.capture.admission import admit
+from recorder.capture.dial import close_within
 from recorder.capture.handshake import USER_AGENT, json_response
 from recorder.db.readonly import ReadError
 from recorder.protocol.daemon import (
@@ -72,6 +74,9 @@ ACTIONS = frozenset({"spawn_session", "execute_task", "stop_session"})
 SESSION_FRAMES = ("session_status_update", "session_spawned")
 NO_DAEMON_STATUS = "No daemon status in this recording"
 CLOSE_TIMEOUT = 2.0
+# Clients served at once: each holds a page and the page read ahead (a few MiB) while
+# it plays; more are refused with 429, as the daemon refuses past its limit.
+MAX_CLIENTS = 8
 
 # (is_text, data): a frame as it goes on the wire.
 Wire = tuple[bool, bytes]
@@ -125,18 +130,23 @@ class Playback:
         # Session id -> (its latest object, the session_status_update answering for it).
         self.sessions: dict[str, tuple[dict[str, Any], Wire]] = {}
         self.finished = False
-        self._keys = keys
         self._claimed = bytearray(len(keys))
         self._claims = asyncio.Event()
+        # Per key, the recorded requests not yet claimed, earliest first: a claim is a
+        # lookup, not a scan from the first request (n² for a long session).
+        self._unclaimed: dict[bytes, deque[int]] = {}
+        for i, key in enumerate(keys):
+            self._unclaimed.setdefault(key, deque()).append(i)
 
     def claim(self, data: str | bytes) -> bool:
+        """The earliest unclaimed recorded request this one matches, claimed."""
         key = request_key(data.encode() if isinstance(data, str) else data)
-        for i, recorded in enumerate(self._keys):
-            if not self._claimed[i] and recorded == key:
-                self._claimed[i] = True
-                self._claims.set()
-                return True
-        return False
+        waiting = self._unclaimed.get(key)
+        if not waiting:
+            return False
+        self._claimed[waiting.popleft()] = True
+        self._claims.set()
+        return True
 
     async def claimed(self, index: int) -> None:
         while not self._claimed[index]:
@@ -193,6 +203,7 @@ class ReplayServer:
         self._current: Playback | None = None  # the replay answers come from
         self._busy = False  # without loop: the replay is being played to a client
         self._started = time.monotonic()
+        self._clients: set[ServerConnection] = set()
 
     async def run(
         self, host: str, port: int, *, ready: Callable[[int], None] | None = None
@@ -214,8 +225,21 @@ class ReplayServer:
             self.port = int(server.sockets[0].getsockname()[1])
             if ready is not None:
                 ready(self.port)
-            # Cancelling this closes every client (1001) and waits for the handlers.
-            await server.serve_forever()
+            try:
+                # Not serve_forever(): cancelled, asyncio's waits for every connection
+                # to end before this finally could close them.
+                await asyncio.get_running_loop().create_future()
+            finally:
+                # Each client closed within CLOSE_TIMEOUT, at once when it is not
+                # reading (websockets' own close waits for its buffer to drain first,
+                # and the stop waited for its keepalive to give up: 17 s).
+                await asyncio.gather(
+                    *(
+                        close_within(ws, 1001, "replay stopped", CLOSE_TIMEOUT)
+                        for ws in self._clients
+                    ),
+                    return_exceptions=True,
+                )
 
     # --- handshake ----------------------------------------------------------------
 
@@ -231,6 +255,8 @@ class ReplayServer:
             )
         if not upgrade:
             return None  # websockets answers 426
+        if len(self._clients) >= MAX_CLIENTS:
+            return json_response(429, {"error": "connection_limit_exceeded"})
         query = parse_qsl(target.query, keep_blank_values=True)
         admission = admit(self.token, request.headers, query)
         if admission.reject is not None:
@@ -252,6 +278,7 @@ class ReplayServer:
     async def _handle(self, ws: ServerConnection) -> None:
         playback = self._take()
         player: asyncio.Task[None] | None = None
+        self._clients.add(ws)
         try:
             await ws.send(self.hello[1], text=self.hello[0])
             if playback is not None:
@@ -261,6 +288,7 @@ class ReplayServer:
         except ConnectionClosed:
             pass
         finally:
+            self._clients.discard(ws)
             if player is not None:
                 player.cancel()
                 await asyncio.wait([player])

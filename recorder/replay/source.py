@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from recorder.db.pages import PAGE_ROWS
-from recorder.db.recordings import FrameFilter, Recordings
+from recorder.db.recordings import Follower, FrameFilter, Recordings
 from recorder.db.rows import Frame
 from recorder.db.rows import Session as SessionRow
 from recorder.protocol.frames import IN, OPCODE_TEXT
@@ -24,8 +24,10 @@ from recorder.times import now_us
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
-# How often --follow looks for frames committed since.
+# How often --follow looks for frames committed since, and how long it goes on looking
+# once the session has ended.
 FOLLOW_POLL = 0.2
+FOLLOW_SETTLE = 2.0
 
 
 def replay_frame(row: Frame) -> ReplayFrame:
@@ -118,30 +120,35 @@ def _pages(reader: Recordings, session: Session, after: int = 0) -> Iterator[lis
 
 def frames(reader: Recordings, session: Session, *, follow: bool = False) -> Iterator[ReplayFrame]:
     """The frames the replay plays, in recording order; with ``follow``, then those
-    committed later, until the session ends (or the caller stops)."""
+    committed later, until the session has ended and nothing more came for
+    :data:`FOLLOW_SETTLE` (a proxied UI's last frames may be committed after the link's
+    copy of the end), or the caller stops."""
     roles = session.roles
-    last_id = 0
+    follower = Follower(reader, FrameFilter(session_id=session.id), 0)
     for page in _pages(reader, session):
         for frame in page:
-            last_id = frame.id
+            follower.printed(frame.id)
+            follower.seen = frame.id
             _known(reader, roles, frame)
             if session.choice.plays(frame, roles):
                 yield frame
+    quiet_since = time.monotonic()
     while follow:
         time.sleep(FOLLOW_POLL)
-        new = False
-        for page in _pages(reader, session, last_id):
-            new = True
-            if _stale(session, roles, page):
-                _replan(reader, session)
-                roles = session.roles
-            for frame in page:
-                last_id = frame.id
-                _known(reader, roles, frame)
-                if session.choice.plays(frame, roles):
-                    yield frame
-        if not new and reader.session_status(session.id) in TERMINAL_STATUSES:
-            return
+        page = [replay_frame(frame) for frame in follower.new()]
+        if not page:
+            ended = reader.session_status(session.id) in TERMINAL_STATUSES
+            if ended and time.monotonic() - quiet_since >= FOLLOW_SETTLE:
+                return
+            continue
+        quiet_since = time.monotonic()
+        if _stale(session, roles, page):
+            _replan(reader, session)
+            roles = session.roles
+        for frame in page:
+            _known(reader, roles, frame)
+            if session.choice.plays(frame, roles):
+                yield frame
 
 
 def cues(reader: Recordings, session: Session, *, follow: bool = False) -> Iterator[Cue]:
@@ -301,20 +308,29 @@ class Stream:
     async def read_page(self, after: int, requests: bool) -> tuple[list[ReplayFrame], int | None]:
         """The frames after id ``after`` that the replay plays (and with ``requests``,
         the client's requests), at least one unless none is left; and the id to read
-        on after, None at the end."""
-        if self._thread is None:
-            return self.page(after, requests)
+        on after, None at the end. Page by page, giving the loop its turn between two:
+        a stretch of frames the replay does not play (150 000 polls of a UI) held every
+        client's pings and handshakes for half a second."""
         import asyncio  # only a served replay (and its event loop) comes here
 
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self.page, after, requests)
+        while True:
+            if self._thread is None:
+                played, last = self.page(after, requests)
+            else:
+                played, last = await loop.run_in_executor(self._thread, self.page, after, requests)
+            if played or last is None:
+                return played, last
+            after = last
+            await asyncio.sleep(0)
 
     def close(self) -> None:
         if self._thread is not None:
             self._thread.shutdown(wait=False, cancel_futures=True)
 
     def page(self, after: int, requests: bool) -> tuple[list[ReplayFrame], int | None]:
-        """:meth:`read_page`, in the caller's thread."""
+        """One page of the session after id ``after``, in the caller's thread: the
+        frames of it the replay plays (maybe none), and its last id (None: no more)."""
         for page in _pages(self.reader, self.session, after):
             played = []
             for frame in page:
@@ -323,6 +339,5 @@ class Stream:
                     requests and _is_request(self.session, frame)
                 ):
                     played.append(frame)
-            if played:
-                return played, page[-1].id
+            return played, page[-1].id
         return [], None
