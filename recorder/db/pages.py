@@ -33,6 +33,10 @@ PAGE_ROWS = 1000
 # least one frame), by the frames' sizes.
 PAGE_BYTES = 4 * 1024 * 1024
 ID_WINDOW = 20_000
+# How much later than its receipt a frame may reach the writer, and so take its id,
+# for --since and --until to find it: the producers hand a frame over as they stamp
+# it, and wait only while the writer's queue is full.
+HANDOVER_SLACK_US = 30_000_000
 
 
 @dataclass(frozen=True)
@@ -169,9 +173,11 @@ def _span(reader: Reader, f: FrameFilter) -> tuple[int, int]:
     if f.through_id is not None:
         upto = min(upto, f.through_id)
     if f.since_us is not None and after < upto:
-        after = max(after, first_id_at(reader, f.since_us, after, upto) - 1)
+        since = f.since_us - HANDOVER_SLACK_US
+        after = max(after, first_id_at(reader, since, after, upto) - 1)
     if f.until_us is not None and after < upto:
-        upto = min(upto, first_id_at(reader, f.until_us, after, upto) - 1)
+        until = f.until_us + HANDOVER_SLACK_US
+        upto = min(upto, first_id_at(reader, until, after, upto) - 1)
     return after, upto
 
 
@@ -180,7 +186,9 @@ def first_id_at(reader: Reader, at_us: int, after: int, upto: int) -> int:
     before ``at_us``, and the first frame from it on (if any) at ``at_us`` or later.
 
     Receive times follow ids, so a binary search finds it in about 25 point reads
-    (SQLite has no index on receive times, and a scan holds its snapshot for long)."""
+    (SQLite has no index on receive times, and a scan holds its snapshot for long).
+    They follow them up to HANDOVER_SLACK_US: a frame gets its id when it reaches the
+    writer, which can be later than its receipt (another's ahead in the queue)."""
     lo, hi = after + 1, upto + 1
     while lo < hi:
         mid = (lo + hi) // 2
