@@ -19,7 +19,8 @@ import click
 
 from recorder.addresses import redact_url
 from recorder.config import Config, ConfigError, load_config, normalize_database_url
-from recorder.db.backend import display_database, url_of_argument
+from recorder.db.backend import display_database
+from recorder.db.urls import url_of_argument
 from recorder.times import parse_when
 
 if TYPE_CHECKING:

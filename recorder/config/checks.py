@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from recorder.addresses import default_state_dir, is_loopback, redact_url, split_listen
 from recorder.config.sections import SECTIONS, Config, ConfigError
-from recorder.db.backend import database_url
+from recorder.db.urls import database_url
 from recorder.protocol.policy import PolicyError
 
 POSITIVE = {
@@ -166,7 +166,7 @@ def _check_ws_url(src: str, dotted: str, url: str) -> None:
 
 
 def normalize_database_url(src: str, url: str, env: Mapping[str, str]) -> str:
-    """:func:`recorder.db.backend.database_url`, its refusal a ConfigError naming ``src``."""
+    """:func:`recorder.db.urls.database_url`, its refusal a ConfigError naming ``src``."""
     try:
         return database_url(url, default_state_dir(env))
     except ValueError as exc:

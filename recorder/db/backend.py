@@ -16,12 +16,11 @@ SQLAlchemy (its writer process does).
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import urlsplit
 
 from recorder.addresses import redact_url
+from recorder.db.urls import canonical
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Dialect
@@ -30,8 +29,6 @@ if TYPE_CHECKING:
     from recorder.db.connection import WriterDatabase
     from recorder.db.locks import InstanceLock
     from recorder.db.readonly import Reader
-
-_SCHEME = re.compile(r"^([a-z][a-z0-9]*)(?:\+([a-z0-9_]+))?$")
 
 
 class Backend:
@@ -376,10 +373,10 @@ BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (SqliteBackend, Postgre
 
 
 def backend(url: str) -> Backend:
-    """The backend of a URL :func:`database_url` has made (``sqlite+aiosqlite://``,
+    """The backend of a URL :func:`recorder.db.urls.database_url` has made (``sqlite+aiosqlite://``,
     ``postgresql+asyncpg://``)."""
     scheme = url.partition("://")[0].split("+")[0].lower()
-    return BACKENDS[_canonical(scheme)](url)
+    return BACKENDS[canonical(scheme)](url)
 
 
 def backend_of(conn: Connection) -> type[Backend]:
@@ -389,59 +386,6 @@ def backend_of(conn: Connection) -> type[Backend]:
 
 def backend_of_dialect(dialect: Dialect) -> type[Backend]:
     return BACKENDS[dialect.name]
-
-
-def _canonical(scheme: str) -> str:
-    return "postgresql" if scheme == "postgres" else scheme
-
-
-def database_url(url: str, state_dir: Path) -> str:
-    """Turn what a user writes (``sqlite:///x.db``, ``postgresql://...``) into an async
-    URL; empty is the default file in ``state_dir``. ValueError says what is wrong.
-
-    Parsed here rather than with SQLAlchemy's make_url so that the service's own
-    process never loads SQLAlchemy (only its writer process does).
-    """
-    if not url:
-        return f"sqlite+aiosqlite:///{state_dir / 'recorder.db'}"
-    scheme, sep, rest = url.partition("://")
-    match = _SCHEME.match(scheme.lower())
-    if not sep or match is None:
-        raise ValueError(f"not a database URL: {redact_url(url)!r}")
-    name, driver = _canonical(match.group(1)), match.group(2)
-    if name == "sqlite":
-        if driver not in (None, "aiosqlite"):
-            raise ValueError(f"SQLite needs the aiosqlite driver, got {scheme!r}")
-        if not rest.startswith("/") or rest in ("/", "/:memory:"):
-            raise ValueError("SQLite needs a file path (sqlite:///path/recorder.db)")
-        return f"sqlite+aiosqlite://{rest}"
-    if name == "postgresql":
-        if driver not in (None, "asyncpg"):
-            raise ValueError(f"PostgreSQL needs the asyncpg driver, got {scheme!r}")
-        try:
-            urlsplit(url).port  # noqa: B018 (read for its check)
-        except ValueError:
-            # Else the writer's start failed on it: Python's words, and exit 1, not 2.
-            raise ValueError(f"the port is not a number 0-65535: {redact_url(url)!r}") from None
-        return f"postgresql+asyncpg://{rest}"
-    raise ValueError(f"unsupported database {name!r} (use sqlite or postgresql)")
-
-
-_LOOKS_LIKE_A_URL = re.compile(r"^(postgres|postgresql|sqlite)(\+\w+)?:", re.IGNORECASE)
-
-
-def url_of_argument(text: str) -> str:
-    """What a user gave as a database (``--database``): a URL, or a SQLite file's path.
-    ValueError for what reads like a mistyped URL: ``postgresql:/u:pw@h/x`` is not a
-    file to create (`db upgrade` made that directory tree, errors showed the password)."""
-    if "://" in text:
-        return text
-    if _LOOKS_LIKE_A_URL.match(text):
-        raise ValueError(
-            f"not a database URL: {redact_url(text)!r}"
-            " (like postgresql://user@host/db, sqlite:///path/recorder.db, or a file path)"
-        )
-    return f"sqlite:///{text}"
 
 
 def display_database(url: str) -> str:
