@@ -11,12 +11,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from recorder.db.follow import Follower
 from recorder.db.pages import PAGE_ROWS
-from recorder.db.recordings import Follower, FrameFilter, Recordings
+from recorder.db.recordings import FrameFilter, Recordings
 from recorder.db.rows import Frame
 from recorder.db.rows import Session as SessionRow
 from recorder.protocol.frames import IN, OPCODE_TEXT
-from recorder.protocol.index import TERMINAL_STATUSES
+from recorder.protocol.statuses import TERMINAL_STATUSES
 from recorder.protocol.story import Gap, Recording, gaps, span
 from recorder.replay.plan import Choice, Cue, ReplayFrame, choose, timeline
 from recorder.times import now_us
