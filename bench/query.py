@@ -127,7 +127,7 @@ from harness import (
     yes,
 )
 
-from recorder.protocol.index import TERMINAL_STATUSES
+from recorder.protocol.statuses import TERMINAL_STATUSES
 from recorder.protocol.story import READ_TYPES
 
 TARGET_SCOPED_S = 0.3

@@ -24,7 +24,6 @@ from recorder.db.sqlite import SqliteWriterDatabase
 from recorder.db.write import Store
 from recorder.pipeline.classifier import Classifier
 from recorder.protocol.frames import IN, OUT
-from recorder.protocol.index import TERMINAL_STATUSES
 from recorder.protocol.policy import (
     Conditions,
     MatchState,
@@ -33,6 +32,7 @@ from recorder.protocol.policy import (
     parse_duration,
     parse_size,
 )
+from recorder.protocol.statuses import TERMINAL_STATUSES
 from recorder.simulator import Simulator, SimulatorOptions
 from tests.conftest import running
 from tests.helpers import query, recorder_process, wait_until

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from recorder.cli import cli
 from recorder.config import Config
 from recorder.db.migrations import head_revision
-from recorder.protocol.index import TERMINAL_STATUSES
+from recorder.protocol.statuses import TERMINAL_STATUSES
 from recorder.simulator import JournalEntry, Simulator, SimulatorOptions
 from tests.conftest import running, write_config
 from tests.helpers import (

@@ -308,7 +308,7 @@ def test_both_databases_hold_the_same_rows_for_the_same_conversation(
     ]
     # A session that runs again after it ended (above): "running" and "completed" in
     # one batch (of five, padded to start one), so it ended anew, not when it first
-    # did (recorder.protocol.index.finished_at). The poll and the reply repeating
+    # did (recorder.protocol.deltas.finished_at). The poll and the reply repeating
     # its status between them are not work (active_us); the chunk is.
     while len(conversation) % 5:
         conversation.append((IN, b'{"type":"pong"}', True))

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from recorder.protocol.classify import classify
+from recorder.protocol.deltas import SessionDelta, TaskDelta, merged
 from recorder.protocol.frames import IN, OUT, Frame
-from recorder.protocol.index import IndexBatch, SessionDelta, TaskDelta, merged
+from recorder.protocol.index import IndexBatch
 from recorder.times import parse_daemon_time
 
 REAL_STATUS = (

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from recorder.protocol.index import LOST_STATUS
 from recorder.protocol.policy import Decision, MatchState, Policy, SessionFacts, matches
+from recorder.protocol.statuses import LOST_STATUS
 
 if TYPE_CHECKING:
     from recorder.cleanup.actor import Actor, Run

@@ -30,8 +30,9 @@ from recorder.db.schema import (
     sessions,
     tasks,
 )
-from recorder.protocol.index import DAY_US, TERMINAL_STATUSES
+from recorder.protocol.index import DAY_US
 from recorder.protocol.policy import Conditions, Decision, MatchState, SessionFacts
+from recorder.protocol.statuses import TERMINAL_STATUSES
 
 PURGING = "purging"
 _FACTS = [sessions.c[name] for name in SessionFacts.__dataclass_fields__]

@@ -13,7 +13,9 @@ from sqlalchemy.engine import Connection
 
 from recorder.db.backend import backend_of
 from recorder.db.schema import active_session, connections, frame_days, sessions, tasks
-from recorder.protocol.index import LOST_STATUS, IndexBatch, SessionDelta, TaskDelta, merged
+from recorder.protocol.deltas import SessionDelta, TaskDelta, merged
+from recorder.protocol.index import IndexBatch
+from recorder.protocol.statuses import LOST_STATUS
 
 
 def count_and_merge(conn: Connection, index: IndexBatch, instance: str) -> set[str]:

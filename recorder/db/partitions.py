@@ -142,7 +142,7 @@ def _shared(conn: Connection, start: int, end: int, instance: str) -> bool:
 
 def _holds_undue(conn: Connection, name: str, before_us: int) -> bool:
 
-    from recorder.protocol.index import TERMINAL_SQL
+    from recorder.protocol.statuses import TERMINAL_SQL
 
     found = conn.execute(
         text(
@@ -161,7 +161,7 @@ def _drop(conn: Connection, name: str, start: int, end: int, instance: str) -> i
 
     from recorder.db.cleanup import forget
     from recorder.db.schema import connections, frame_days, pins, sessions
-    from recorder.protocol.index import TERMINAL_STATUSES
+    from recorder.protocol.statuses import TERMINAL_STATUSES
 
     per_connection = conn.execute(
         text(f'SELECT connection_id, count(*) FROM "{name}" GROUP BY 1')

@@ -9,7 +9,7 @@ applied by one statement of data-modifying CTEs (``unnest``, ``INSERT ... ON
 CONFLICT ... DO UPDATE``). SQLite, in the same process, pays no round trip and
 keeps the statement-per-change path (:mod:`recorder.db.index_statements`).
 
-The merge rule is :func:`recorder.protocol.index.merged`, spelled in SQL from
+The merge rule is :func:`recorder.protocol.deltas.merged`, spelled in SQL from
 the same ``NEWS``/``KEPT`` declarations: seen-times widen, counts add up, news
 replaces the stored value unless the stored one is kept, and only in rows of the
 recorder's own instance.
@@ -21,7 +21,9 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from recorder.protocol.index import TERMINAL_SQL, IndexBatch, SessionDelta
+from recorder.protocol.deltas import SessionDelta
+from recorder.protocol.index import IndexBatch
+from recorder.protocol.statuses import TERMINAL_SQL
 
 # SessionDelta's columns, in the order the statement's arrays carry them.
 _NEWS = SessionDelta.NEWS
@@ -57,7 +59,7 @@ _INSTANCE = f"${_DAYS + 5}::text"
 
 def _merge() -> str:
     """SET clauses merging the delta ``d`` into the stored row ``s``: the rule of
-    :func:`recorder.protocol.index.merged`, news only into the instance's own rows."""
+    :func:`recorder.protocol.deltas.merged`, news only into the instance's own rows."""
     own = f"s.instance = {_INSTANCE}"
     clauses = [
         "first_seen_us = LEAST(s.first_seen_us, d.first_seen_us)",
@@ -69,7 +71,7 @@ def _merge() -> str:
         clauses.append(
             f"{key} = CASE WHEN {own} THEN COALESCE({first}.{key}, {then}.{key}) ELSE s.{key} END"
         )
-    # recorder.protocol.index.finished_at: a finished session keeps its end time,
+    # recorder.protocol.deltas.finished_at: a finished session keeps its end time,
     # unless the batch saw it run again.
     clauses.append(
         f"finished_us = CASE WHEN NOT {own} THEN s.finished_us "
@@ -77,7 +79,7 @@ def _merge() -> str:
         f"THEN COALESCE(CASE WHEN s.status IN {TERMINAL_SQL} AND NOT d.ran THEN s.finished_us END, "
         "d.finished_us, GREATEST(s.last_seen_us, d.last_seen_us)) END"
     )
-    # recorder.protocol.index.active_at (GREATEST leaves out nulls).
+    # recorder.protocol.deltas.active_at (GREATEST leaves out nulls).
     clauses.append(
         f"active_us = CASE WHEN NOT {own} THEN s.active_us ELSE GREATEST(s.active_us, "
         "d.active_us, CASE WHEN s.status IS DISTINCT FROM d.first_status "

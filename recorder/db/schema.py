@@ -27,7 +27,7 @@ from sqlalchemy import (
     text,
 )
 
-from recorder.protocol.index import ACTIVE_SQL
+from recorder.protocol.statuses import ACTIVE_SQL
 
 __all__ = [
     "active_session",
@@ -176,7 +176,7 @@ sessions = Table(
 )
 
 # A session is active while it has a status that is not terminal (the rule, written
-# once: recorder.protocol.index.ACTIVE_SQL); for the writer's queries on sessions.
+# once: recorder.protocol.statuses.ACTIVE_SQL); for the writer's queries on sessions.
 active_session = text(ACTIVE_SQL)
 
 tasks = Table(

@@ -23,9 +23,7 @@ from recorder.db import index_statements, pg_index, retired
 from recorder.db.backend import backend_of_dialect
 from recorder.db.index_statements import bind, bound
 from recorder.db.schema import active_session, connections, frames, sessions
-from recorder.protocol.index import (
-    IndexBatch,
-)
+from recorder.protocol.index import IndexBatch
 
 FRAME_COLUMNS = (
     "connection_id",

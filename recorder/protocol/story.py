@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NamedTuple
 
-from recorder.protocol.index import TERMINAL_STATUSES
 from recorder.protocol.kept import Kept
+from recorder.protocol.statuses import TERMINAL_STATUSES
 from recorder.protocol.tame import one_line
 
 # Of each list that grows with the session, the first and the last this many.
