@@ -82,6 +82,27 @@ def make_pace(
     return Pace(speed, max_idle, instant, begin[0], end[0], begin[1], end[1])
 
 
+def _check_modes(
+    serve: str | None, against: str | None, *, wait_for_client: bool, loop: bool, as_json: bool
+) -> None:
+    """Refuse options of a mode given without it, and two modes at once."""
+    if serve == "":
+        raise UsageFailure("--serve: expected HOST:PORT, got ''")
+    if against is not None and not against.startswith(LIVE_SCHEMES):
+        raise UsageFailure(f"--against: expected a ws:// or wss:// URL, got {against!r}")
+    if serve and against:
+        raise UsageFailure("--serve and --against: choose one (be the daemon, or replay to one)")
+    # Options of one mode, given without it, were silently ignored.
+    for given, flag, needs in (
+        (wait_for_client, "--wait-for-client", serve),
+        (loop, "--loop", serve),
+        (as_json, "--json", against),
+    ):
+        if given and not needs:
+            mode = "--against ws://..." if flag == "--json" else "--serve HOST:PORT"
+            raise UsageFailure(f"{flag} needs {mode}")
+
+
 @click.command()
 @target_options
 @click.argument("session")
@@ -134,21 +155,7 @@ def replay(
     from recorder.replay.timing import paced
 
     target = load(config_path, database)
-    if serve == "":
-        raise UsageFailure("--serve: expected HOST:PORT, got ''")
-    if against is not None and not against.startswith(LIVE_SCHEMES):
-        raise UsageFailure(f"--against: expected a ws:// or wss:// URL, got {against!r}")
-    if serve and against:
-        raise UsageFailure("--serve and --against: choose one (be the daemon, or replay to one)")
-    # Options of one mode, given without it, were silently ignored.
-    for given, flag, needs in (
-        (wait_for_client, "--wait-for-client", serve),
-        (loop, "--loop", serve),
-        (as_json, "--json", against),
-    ):
-        if given and not needs:
-            mode = "--against ws://..." if flag == "--json" else "--serve HOST:PORT"
-            raise UsageFailure(f"{flag} needs {mode}")
+    _check_modes(serve, against, wait_for_client=wait_for_client, loop=loop, as_json=as_json)
     pace = make_pace(start, stop, speed, max_idle, instant)
     if serve or against:
         from recorder.cli.replay_modes import serve_or_replay_live
