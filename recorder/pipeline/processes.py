@@ -29,7 +29,8 @@ from recorder.pipeline.channel import (
     spawn,
 )
 from recorder.pipeline.classifier import Classifier
-from recorder.pipeline.ops import Operation, Ping, WriteRows, short_error, write_together
+from recorder.pipeline.faults import short_error
+from recorder.pipeline.ops import Operation, Ping, WriteRows, write_together
 
 log = structlog.get_logger("recorder.pipeline")
 
