@@ -65,7 +65,7 @@ async def test_garbage_is_recorded_exactly_and_the_link_keeps_going(
         assert last.payload == odd
         # Still the first connection, and still alive: it answers a ping.
         assert svc.link.connections == 1
-        await svc.link.send(svc.link._ws, svc.link.connection_id or 0, PING)
+        assert await svc.link.request(PING)
         await wait_for_frame(svc, "type = 'pong' and id > :id", id=last.id)
 
 

@@ -8,15 +8,14 @@ The upstream connection is opened during the client's handshake, so an upstream
 rejection (401 with its JSON body, 429) reaches the client unchanged, and the
 subprotocol the daemon picks is the one the client gets. Each frame is forwarded
 first and recorded after: forwarding never waits for the database unless the
-writer's queue is full.
+writer's queue is full. This module admits clients and opens their upstreams; the
+relay itself is :mod:`recorder.capture.conversation`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -24,19 +23,20 @@ from urllib.parse import parse_qsl, urlsplit
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from recorder.addresses import redact_url
 from recorder.capture.admission import (
     METRICS_REFUSED,
+    Admission,
     admit,
     metrics_refusal,
     metrics_token_wanted,
-    relay_close,
     upstream_url,
 )
+from recorder.capture.conversation import CLOSE_TIMEOUT, Conversation
 from recorder.capture.dial import Dialer, close_within, not_reading
 from recorder.capture.handshake import (
     USER_AGENT,
@@ -48,18 +48,11 @@ from recorder.capture.handshake import (
 from recorder.capture.wire import RecordingServerConnection
 from recorder.config import Config
 from recorder.pipeline.writer import Writer, WriterError
-from recorder.protocol.frames import IN, OUT
-from recorder.times import now_us
 
 log = structlog.get_logger("recorder.proxy")
 
 HEALTH_TIMEOUT = 3.0
-# At most this many already-received frames are relayed in one socket write.
-RELAY_BATCH = 64
 STOP_TIMEOUT = 10.0
-# A closing handshake with either side takes at most this long (websockets' own
-# wait is unbounded for a peer that does not read).
-CLOSE_TIMEOUT = 5.0
 # After aborting what would not close, this long for the conversations to write
 # down how they ended.
 ABORTED_GRACE = 1.0
@@ -71,6 +64,8 @@ FORWARDED_HEADERS = ("Authorization", "x-api-key", "Origin", "Cookie", "User-Age
 
 
 class Proxy:
+    """The proxy's listening port: its clients, their upstreams, /health and /metrics."""
+
     def __init__(self, config: Config, writer: Writer) -> None:
         self.config = config
         self.writer = writer
@@ -149,6 +144,9 @@ class Proxy:
     # --- handshake ----------------------------------------------------------------
 
     async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        """Each HTTP request to this port: /health and /metrics are answered here; a
+        WebSocket handshake is admitted (token, client limit) and its upstream opened
+        (:meth:`_open_upstream`) before the client gets its 101."""
         target = urlsplit(request.path)
         upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
         if target.path == "/health" and not upgrade:
@@ -170,12 +168,20 @@ class Proxy:
         self._admitted.add(conn)
         # However the client goes, whenever: its slot and its upstream are freed.
         conn.connection_lost_waiter.add_done_callback(lambda _: self._forget(conn))
-        lend = p.inject_auth and admission.trusted
-        headers = self._upstream_headers(request.headers, admission.strip_authorization, lend)
-        url = upstream_url(self.upstream, target.path, admission.query, lend=lend)
+        return await self._open_upstream(conn, request.headers, target.path, admission)
+
+    async def _open_upstream(
+        self, conn: ServerConnection, client: Headers, path: str, admission: Admission
+    ) -> Response | None:
+        """Dial the daemon for an admitted client, with the headers and subprotocols it
+        offered; None once the upstream is open (held for :meth:`_handle`), else the
+        answer the client gets: the daemon's own refusal, or 502."""
+        lend = self.config.proxy.inject_auth and admission.trusted
+        headers = self._upstream_headers(client, admission.strip_authorization, lend)
+        url = upstream_url(self.upstream, path, admission.query, lend=lend)
         offered = [
             Subprotocol(s.strip())
-            for value in request.headers.get_all("Sec-WebSocket-Protocol")
+            for value in client.get_all("Sec-WebSocket-Protocol")
             for s in value.split(",")
             if s.strip()
         ]
@@ -188,21 +194,12 @@ class Proxy:
                 compression=None,
             )
         except InvalidStatus as exc:
-            # The daemon said no: the client hears exactly what it said.
-            r = exc.response
             log.info(
-                "upstream rejected a proxied handshake", status=r.status_code, client=_peer(conn)
+                "upstream rejected a proxied handshake",
+                status=exc.response.status_code,
+                client=_peer(conn),
             )
-            kept = Headers(
-                [
-                    (k, v)
-                    for k, v in r.headers.raw_items()
-                    if k.lower() in ("content-type", "www-authenticate", "retry-after")
-                ]
-            )
-            kept["Content-Length"] = str(len(r.body or b""))
-            kept["Connection"] = "close"
-            return Response(r.status_code, r.reason_phrase, kept, r.body or b"")
+            return _refusal(exc.response)
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
             log.warning(
                 "upstream unreachable",
@@ -300,13 +297,32 @@ class Proxy:
     # --- one conversation ---------------------------------------------------------
 
     async def _handle(self, client: ServerConnection) -> None:
+        """A client whose handshake succeeded: its conversation, from its connection row
+        to the last frame either way (:class:`~recorder.capture.conversation.Conversation`)."""
         upstream = self._pending.pop(client)
         self._admitted.discard(client)
         # The client holds its slot from here: while its row is written, too.
         self.clients += 1
         peer = _peer(client)
+        cid = await self._open_row(client, upstream, peer)
+        if cid is None:
+            return
+        self.conversations += 1
+        log.info("proxy client connected", connection_id=cid, client=peer)
+        conversation = Conversation(self.writer, cid, client, upstream, self.dialer.too_big)
+        self._upstreams.add(upstream)
         try:
-            cid = await self.writer.open_connection(
+            error = await conversation.relay()
+        finally:
+            self.clients -= 1
+            self._upstreams.discard(upstream)
+        await conversation.write_down(error)
+
+    async def _open_row(self, client: ServerConnection, upstream: Any, peer: str) -> int | None:
+        """The conversation's connection row; None (both sides closed, the client's slot
+        given back) when the writer cannot take it."""
+        try:
+            return await self.writer.open_connection(
                 "proxy", redact_url(upstream_request_url(upstream)), peer
             )
         except WriterError as exc:
@@ -320,83 +336,26 @@ class Proxy:
                 close_within(client, 1011, "recorder cannot record", CLOSE_TIMEOUT),
                 return_exceptions=True,
             )
-            return
+            return None
         except BaseException:
             self.clients -= 1
             upstream.transport.abort()
             raise
-        self.conversations += 1
-        log.info("proxy client connected", connection_id=cid, client=peer)
-        seq = itertools.count(1)
-        first: list[str] = []
-        offer, put = self.writer.offer, self.writer.put
 
-        async def pump(src: Any, dst: Any, direction: str, side: str) -> None:
-            recv, recv_nowait = src.recv_raw, src.recv_raw_nowait
-            try:
-                while True:
-                    is_text, data = await recv()
-                    batch = [(is_text, data, now_us(), time.monotonic_ns())]
-                    # Whatever else has already arrived goes out in the same write.
-                    while len(batch) < RELAY_BATCH and (more := recv_nowait()) is not None:
-                        batch.append((*more, now_us(), time.monotonic_ns()))
-                    try:
-                        await dst.send_many([(t, d) for t, d, _, _ in batch])
-                    finally:
-                        # Recorded even when the other side is gone: the sender sent it.
-                        for is_text, data, received_us, mono in batch:
-                            frame = (cid, next(seq), direction, received_us, mono, is_text, data)
-                            if not offer(frame):
-                                await put(frame)  # back-pressure: stop reading
-            except ConnectionClosed:
-                pass
-            if not first:
-                first.append(side)
-            code, reason = relay_close(src.protocol.close_rcvd, f"{side} connection lost")
-            await close_within(dst, code, reason, CLOSE_TIMEOUT)
 
-        self._upstreams.add(upstream)
-        try:
-            await asyncio.gather(
-                pump(client, upstream, OUT, "client"),
-                pump(upstream, client, IN, "upstream"),
-            )
-        except Exception as exc:  # a bug here must not take the service down
-            log.exception("proxy conversation failed", connection_id=cid)
-            client.transport.abort()
-            upstream.transport.abort()
-            first[:] = first or ["recorder"]
-            error: str | None = f"proxy failed: {exc!r}"
-        else:
-            error = None
-        finally:
-            self.clients -= 1
-            self._upstreams.discard(upstream)
-        closer = first[0] if first else "recorder"
-        ws = client if closer == "client" else upstream
-        close = ws.protocol.close_rcvd if closer in ("client", "upstream") else None
-        if close is None and closer != "recorder" and ws.protocol.close_sent is not None:
-            # We ended that side ourselves (websockets failed it): say so, and why.
-            close, closer = ws.protocol.close_sent, "recorder"
-            if close.code == 1009:
-                error = error or self.dialer.too_big
-        code = close.code if close is not None else 1006
-        reason = close.reason if close is not None else None
-        if close is None and error is None:
-            error = f"{closer} connection lost"
-        try:
-            await self.writer.close_connection(
-                cid, code=code, reason=reason, closed_by=closer, error=error
-            )
-        except WriterError:
-            pass  # the writer is gone; the service says what was lost
-        log.info(
-            "proxy client disconnected",
-            connection_id=cid,
-            closed_by=closer,
-            code=code,
-            reason=reason,
-        )
+def _refusal(r: Response) -> Response:
+    """The daemon said no: the client hears exactly what it said (its status, body, and
+    the headers that explain it), on a connection that then closes."""
+    kept = Headers(
+        [
+            (k, v)
+            for k, v in r.headers.raw_items()
+            if k.lower() in ("content-type", "www-authenticate", "retry-after")
+        ]
+    )
+    kept["Content-Length"] = str(len(r.body or b""))
+    kept["Connection"] = "close"
+    return Response(r.status_code, r.reason_phrase, kept, r.body or b"")
 
 
 def upstream_request_url(upstream: Any) -> str:

@@ -207,9 +207,7 @@ class _FastFrames(Protocol):
         by a plain data frame, so events stay in order and the fast path resumes;
         without (from inside the parser), the rest goes to the parser.
         """
-        limit = self.max_message_size
-        if self.max_fragment_size is not None:
-            limit = self.max_fragment_size if limit is None else min(limit, self.max_fragment_size)
+        limit = self._size_limit()
         append = cast(Any, self.events).append
         from_client = self.side is SERVER
         end = len(data)
@@ -234,22 +232,17 @@ class _FastFrames(Protocol):
                     length = int.from_bytes(view[pos + 2 : start])
                 if limit is not None and length > limit:
                     # websockets fails the connection (1009) on this header.
-                    slow_from = pos if slow_from < 0 else slow_from
-                    pos = end
-                    self._whole_frames = False
+                    slow_from, pos = self._leave_at(pos if slow_from < 0 else slow_from, end)
                     break
                 stop = start + (4 if masked else 0) + length
                 if stop > end:
                     break
                 plain = (head == 0x81 or head == 0x82) and bool(masked) is from_client
                 if plain and slow_from >= 0 and step:
-                    self.reader.feed_data(bytes(view[slow_from:pos]))
-                    slow_from = -1
-                    next(self.parser)
-                    if self.state is not OPEN:  # closing: websockets takes it from here
-                        slow_from, pos = pos, end
-                        self._whole_frames = False
+                    if not self._parse_run(view[slow_from:pos]):
+                        slow_from, pos = self._leave_at(pos, end)
                         break
+                    slow_from = -1
                 if plain and slow_from < 0 and self.current_size is None:
                     # The whole message, as RawAssembler hands it out (see process_event).
                     if from_client:
@@ -268,6 +261,31 @@ class _FastFrames(Protocol):
         self.fast_frames += taken
         if step:
             next(self.parser)
+
+    # The rare branches of _take_frames, out of its loop: once per call, or once per
+    # run of frames that are not plain data (control frames, fragments, a close).
+
+    def _size_limit(self) -> int | None:
+        """The largest payload websockets' parser accepts in one frame (None: any)."""
+        limit = self.max_message_size
+        if self.max_fragment_size is not None:
+            limit = self.max_fragment_size if limit is None else min(limit, self.max_fragment_size)
+        return limit
+
+    def _parse_run(self, frames: memoryview) -> bool:
+        """Hand websockets' parser a run of whole frames that are not plain data, and
+        let it take them before the next plain frame is appended, so events stay in
+        order. False when they closed the connection (a close frame, an error)."""
+        self.reader.feed_data(bytes(frames))
+        next(self.parser)
+        return self.state is OPEN
+
+    def _leave_at(self, slow_from: int, end: int) -> tuple[int, int]:
+        """Leave the fast path for good: from ``slow_from`` on, every byte of this call
+        and of every later one is websockets' (closing, or a frame it will fail).
+        Returns the loop's new (slow_from, pos)."""
+        self._whole_frames = False
+        return slow_from, end
 
 
 class _FastClientProtocol(ClientProtocol, _FastFrames):

@@ -10,15 +10,13 @@ processes: they hold plain data only.
 
 from __future__ import annotations
 
-import asyncio
-import os
-import time
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 import structlog
 
+from recorder.pipeline.faults import Outage, raised_at, short_error, stop_if_corrupt
 from recorder.protocol.frames import FrameTuple
 from recorder.protocol.index import IndexBatch
 
@@ -29,13 +27,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("recorder.pipeline")
 T = TypeVar("T")
-
-# A failed batch write is retried after this, doubling up to the cap: a disk that
-# was full and is no longer is written to within seconds.
-RETRY_FIRST = 0.5
-RETRY_CAP = 2.0
-# While a fault lasts, it is logged again this often.
-STILL_FAILING_EVERY = 60.0
 
 
 class Operation(Generic[T]):
@@ -154,6 +145,14 @@ class WriteRows(Operation[dict[tuple[int, str], tuple[int, int]]]):
     async def run(self, db: WriterDatabase, store: Store) -> dict[tuple[int, str], tuple[int, int]]:
         return (await write_together(db, store, [self]))[0]
 
+    def tally(self) -> dict[tuple[int, str], tuple[int, int]]:
+        """Frames and bytes per (connection, direction): what :meth:`run` answers."""
+        tally: dict[tuple[int, str], tuple[int, int]] = {}
+        for (cid, _, direction, _), (n, size) in self.index.tallies.items():
+            old = tally.get((cid, direction), (0, 0))
+            tally[(cid, direction)] = (old[0] + n, old[1] + size)
+        return tally
+
 
 async def write_together(
     db: WriterDatabase, store: Store, batches: list[WriteRows]
@@ -161,24 +160,20 @@ async def write_together(
     """Consecutive batches committed in one transaction (:meth:`Store.write_batches`),
     kept and retried while the database fails; answers each batch's frames and bytes
     per (connection, direction): the service's metrics."""
-    rows = sum(len(b.rows) for b in batches)
     parts: list[tuple[list[FrameRow], IndexBatch]] = [(b.rows, b.index) for b in batches]
-    delay = RETRY_FIRST
-    failing_since: float | None = None
-    logged = 0.0
+    outage = Outage(sum(len(b.rows) for b in batches))
     stripped = False
     while True:
         try:
-            if failing_since is not None and await db.run(store.holds, parts):
+            if outage.began and await db.run(store.holds, parts):
                 pass  # committed before the connection dropped: only the answer was lost
             else:
                 await db.run(store.write_batches, parts)
         except Exception as exc:
             from recorder.db.engine import refusal
-            from recorder.db.integrity import broken
 
             refused = refusal(exc)
-            if refused is not None and len(batches) > 1 and failing_since is None:
+            if refused is not None and len(batches) > 1 and not outage.began:
                 # Batches written together: find the refused one by writing each alone
                 # (the group's transaction was rolled back whole), so that the others
                 # keep their index. (After other failures, whose end is still to be
@@ -187,83 +182,32 @@ async def write_together(
             if refused is not None and not stripped:
                 # The same batch would be refused on every retry, and everything queued
                 # behind it would wait: the classifier let through a value the database
-                # will not take (see recorder.protocol.classify.storable). The frames are
-                # kept, without what was read from them.
-                from recorder.db.write import unindexed
-
-                log.error(
-                    "database refused a value read from the frames; "
-                    "writing them without their index",
-                    error=refused,
-                    frames=rows,
-                )
-                parts = [(unindexed(r), index.counts_only()) for r, index in parts]
+                # will not take (see recorder.protocol.classify.storable).
+                parts = _without_index(parts, refused, outage.frames)
                 stripped = True
                 continue
-            if broken(exc):
-                # Retrying cannot help. Stop this process: the service notices at
-                # once, reports what was lost and exits; its restart finds the file
-                # unclean, checks it, and sets it aside (recorder.db.integrity).
-                log.error("database is corrupt; stopping the writer", error=short_error(exc))
-                os._exit(3)
-            # Keep the batch and retry: the service's queue fills meanwhile and
-            # pushes back on the sockets, so nothing is dropped while the
-            # database is away. Logged when the fault begins, now and then while
-            # it lasts, and when it ends; one short line, never frame data.
-            now = time.monotonic()
-            if failing_since is None or now - logged >= STILL_FAILING_EVERY:
-                log.error(
-                    "database write failed; retrying"
-                    if failing_since is None
-                    else "database writes still failing; retrying",
-                    error=refused or short_error(exc),
-                    frames=rows,
-                    retry_in=delay,
-                )
-                logged = now
-            if failing_since is None:
-                failing_since = now
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_CAP)
-            try:
-                await db.reopen()
-            except Exception:
-                pass  # the next attempt fails and waits again
+            stop_if_corrupt(exc)
+            await outage.retry_after(db, refused or short_error(exc))
         else:
-            if failing_since is not None:
-                log.warning(
-                    "database writes resumed",
-                    failed_for=round(time.monotonic() - failing_since, 1),
-                )
-            tallies = []
+            outage.ended()
             for batch in batches:
                 db.wrote(batch.rows)
-                tally: dict[tuple[int, str], tuple[int, int]] = {}
-                for (cid, _, direction, _), (n, size) in batch.index.tallies.items():
-                    old = tally.get((cid, direction), (0, 0))
-                    tally[(cid, direction)] = (old[0] + n, old[1] + size)
-                tallies.append(tally)
-            return tallies
+            return [batch.tally() for batch in batches]
 
 
-def raised_at(exc: BaseException) -> str:
-    """An exception as its type and the line that raised it: no message, which could
-    quote frame data."""
-    import traceback
-    from pathlib import Path
+def _without_index(
+    parts: list[tuple[list[FrameRow], IndexBatch]], refused: str, frames: int
+) -> list[tuple[list[FrameRow], IndexBatch]]:
+    """The frames of batches the database refused, kept without what was read from
+    them (their index deltas but the counts)."""
+    from recorder.db.write import unindexed
 
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return type(exc).__name__
-    last = frames[-1]
-    return f"{type(exc).__name__} at {Path(last.filename).name}:{last.lineno} in {last.name}"
-
-
-def short_error(exc: BaseException, limit: int = 300) -> str:
-    """An exception as one line without SQL parameters: what a log line may carry."""
-    orig = getattr(exc, "orig", None)  # SQLAlchemy wraps the driver's error
-    text = f"{type(orig or exc).__name__}: {orig or exc}".splitlines()[0]
-    return text if len(text) <= limit else text[:limit] + "..."
+    log.error(
+        "database refused a value read from the frames; writing them without their index",
+        error=refused,
+        frames=frames,
+    )
+    return [(unindexed(r), index.counts_only()) for r, index in parts]
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import gc
 import os
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import structlog
 
@@ -29,7 +29,12 @@ from recorder.pipeline.channel import (
     spawn,
 )
 from recorder.pipeline.classifier import Classifier
-from recorder.pipeline.ops import Operation, Ping, WriteRows, short_error, write_together
+from recorder.pipeline.faults import short_error
+from recorder.pipeline.ops import Operation, Ping, WriteRows, write_together
+
+if TYPE_CHECKING:
+    from recorder.db.connection import WriterDatabase
+    from recorder.db.write import Store
 
 log = structlog.get_logger("recorder.pipeline")
 
@@ -153,6 +158,36 @@ async def _database(
     reader: asyncio.StreamReader, stream: asyncio.StreamWriter, settings: Settings
 ) -> None:
     """Run each operation in order, one transaction at a time, and answer it."""
+    opened = await _open_database(stream, settings)
+    if opened is None:
+        return
+    db, store = opened
+    runner = _InOrder(db, store, stream)
+    worker = asyncio.create_task(runner.run())
+    try:
+        while not worker.done() and (message := await receive(reader)) is not None:
+            rid, operation = message
+            if isinstance(operation, Ping):
+                await send(stream, (rid, True, None))
+                continue
+            runner.todo.put_nowait((rid, operation))
+            if operation.last:
+                break
+        runner.todo.put_nowait(None)
+        await worker  # what was read is still run (and its error, if any, raised)
+    finally:
+        worker.cancel()
+        await db.shutdown()
+        stream.close()
+
+
+async def _open_database(
+    stream: asyncio.StreamWriter, settings: Settings
+) -> tuple[WriterDatabase, Store] | None:
+    """Migrate (in a process of its own) and open the database, and say hello up the
+    line; None when that failed (the hello said why, and the stream is closed)."""
+    # Here, not at the top: the classifier process imports this module too, and has
+    # no use for the database's modules.
     from recorder.db.connection import WriterDatabase
     from recorder.db.write import Store
 
@@ -160,20 +195,62 @@ async def _database(
     if isinstance(migrated, Failed):
         await send(stream, migrated)
         stream.close()
-        return
+        return None
     try:
         db = await WriterDatabase.open(settings.url)
         store = Store(db.dialect, settings.instance)
     except Exception as exc:
         await send(stream, Failed(one_line(exc)))
         stream.close()
-        return
+        return None
     _settle_gc()
     await send(stream, dataclasses.replace(migrated, pid=os.getpid()))
+    return db, store
 
-    async def answer(rid: int, operation: Operation[object]) -> None:
+
+class _InOrder:
+    """The database process's operations, run one at a time, in order, and answered.
+
+    The socket is read all the while (the next batch is unpickled while one is
+    written) and operations wait in :attr:`todo`, so a Ping is answered as soon as it
+    arrives, even behind a write that waits for a full disk or a locked database:
+    this process is alive and reading, which is what the watchdog asks. The service
+    bounds what is in flight (writer.IN_FLIGHT batches; every other operation is
+    awaited by its caller), so the queue stays small.
+    """
+
+    def __init__(self, db: WriterDatabase, store: Store, stream: asyncio.StreamWriter) -> None:
+        self.db = db
+        self.store = store
+        self.stream = stream
+        # None: nothing more will come.
+        self.todo: asyncio.Queue[tuple[int, Operation[object]] | None] = asyncio.Queue()
+
+    async def run(self) -> None:
+        """Until the None in :attr:`todo`."""
+        held: tuple[int, Operation[object]] | Literal[False] | None = False
+        while True:
+            item = await self.todo.get() if held is False else held
+            held = False
+            if item is None:
+                return
+            rid, operation = item
+            if not isinstance(operation, WriteRows):
+                await self._answer(rid, operation)
+                continue
+            # Batches that queued up while the last one was written go in together.
+            group = [(rid, operation)]
+            while not self.todo.empty() and len(group) < WRITE_TOGETHER:
+                following = self.todo.get_nowait()
+                if following is None or not isinstance(following[1], WriteRows):
+                    held = following  # in order: after this group
+                    break
+                group.append((following[0], following[1]))
+            await self._answer_together(group)
+
+    async def _answer(self, rid: int, operation: Operation[object]) -> None:
         try:
-            result = await operation.run(db, store)
+            result = await operation.run(self.db, self.store)
         except Exception as exc:
             # One short line: a traceback would carry SQLAlchemy's [SQL] and
             # [parameters] lines, which are frame data.
@@ -182,63 +259,17 @@ async def _database(
                 operation=type(operation).__name__,
                 error=short_error(exc),
             )
-            await send(stream, (rid, False, one_line(exc)))
+            await send(self.stream, (rid, False, one_line(exc)))
         else:
-            await send(stream, (rid, True, result))
+            await send(self.stream, (rid, True, result))
 
-    # Operations run one at a time, in order, off this queue; the socket is read all
-    # the while (the next batch is unpickled while one is written), so a Ping is
-    # answered as soon as it arrives, even behind a write that waits for a full disk
-    # or a locked database: this process is alive and reading, which is what the
-    # watchdog asks. The service bounds what is in flight (writer.IN_FLIGHT batches;
-    # every other operation is awaited by its caller), so the queue stays small.
-    todo: asyncio.Queue[tuple[int, Operation[object]] | None] = asyncio.Queue()
-
-    async def answer_together(group: list[tuple[int, WriteRows]]) -> None:
+    async def _answer_together(self, group: list[tuple[int, WriteRows]]) -> None:
         try:
-            results = await write_together(db, store, [op for _, op in group])
+            results = await write_together(self.db, self.store, [op for _, op in group])
         except Exception as exc:
             log.error("writer operation failed", operation="WriteRows", error=short_error(exc))
             for rid, _ in group:
-                await send(stream, (rid, False, one_line(exc)))
+                await send(self.stream, (rid, False, one_line(exc)))
         else:
             for (rid, _), result in zip(group, results, strict=True):
-                await send(stream, (rid, True, result))
-
-    async def run_in_order() -> None:
-        held: tuple[int, Operation[object]] | Literal[False] | None = False
-        while True:
-            item = await todo.get() if held is False else held
-            held = False
-            if item is None:
-                return
-            rid, operation = item
-            if not isinstance(operation, WriteRows):
-                await answer(rid, operation)
-                continue
-            # Batches that queued up while the last one was written go in together.
-            group = [(rid, operation)]
-            while not todo.empty() and len(group) < WRITE_TOGETHER:
-                following = todo.get_nowait()
-                if following is None or not isinstance(following[1], WriteRows):
-                    held = following  # in order: after this group
-                    break
-                group.append((following[0], following[1]))
-            await answer_together(group)
-
-    worker = asyncio.create_task(run_in_order())
-    try:
-        while not worker.done() and (message := await receive(reader)) is not None:
-            rid, operation = message
-            if isinstance(operation, Ping):
-                await send(stream, (rid, True, None))
-                continue
-            todo.put_nowait((rid, operation))
-            if operation.last:
-                break
-        todo.put_nowait(None)
-        await worker  # what was read is still run (and its error, if any, raised)
-    finally:
-        worker.cancel()
-        await db.shutdown()
-        stream.close()
+                await send(self.stream, (rid, True, result))

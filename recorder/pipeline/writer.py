@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import structlog
@@ -30,6 +29,10 @@ from recorder.pipeline.ops import (
     Stop,
     WriteFrames,
 )
+from recorder.pipeline.writer_metrics import (
+    COMMIT_BUCKETS as COMMIT_BUCKETS,  # re-exported: recorder.service.metrics imports it here
+)
+from recorder.pipeline.writer_metrics import WriterMetrics
 from recorder.protocol.frames import F_RECEIVED, FrameTuple
 from recorder.times import now_us
 
@@ -49,37 +52,6 @@ IN_FLIGHT = 6
 CLOSE_TIMEOUT = 10.0
 # After SIGKILL, the processes are waited for this long at most.
 KILL_WAIT = 5.0
-
-
-# Upper bounds of the commit latency histogram, in seconds.
-COMMIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-@dataclass
-class WriterMetrics:
-    """What the writer line reports with each answer, summed for /metrics."""
-
-    roles: dict[int, str] = field(default_factory=dict)
-    # (direction, role) -> [frames, bytes]
-    frames: dict[tuple[str, str], list[int]] = field(default_factory=dict)
-    batches: int = 0
-    commit_buckets: list[int] = field(default_factory=lambda: [0] * len(COMMIT_BUCKETS))
-    commit_seconds: float = 0.0
-    last_frame_us: int | None = None
-
-    def committed(
-        self, tally: dict[tuple[int, str], tuple[int, int]], seconds: float, last_us: int
-    ) -> None:
-        self.batches += 1
-        self.commit_seconds += seconds
-        for i, bound in enumerate(COMMIT_BUCKETS):
-            if seconds <= bound:
-                self.commit_buckets[i] += 1
-        for (cid, direction), (n, size) in tally.items():
-            slot = self.frames.setdefault((direction, self.roles.get(cid, "other")), [0, 0])
-            slot[0] += n
-            slot[1] += size
-        self.last_frame_us = last_us
 
 
 def _seen(future: asyncio.Future[Any]) -> None:

@@ -19,7 +19,7 @@ import structlog
 from sqlalchemy.exc import OperationalError
 
 from recorder.config import Config
-from recorder.pipeline import ops
+from recorder.pipeline import faults, ops
 from recorder.pipeline.classifier import Classifier
 from recorder.pipeline.ops import Ping, WriteFrames
 from recorder.pipeline.writer import Writer, WriterError
@@ -145,7 +145,7 @@ class FailingDatabase:
 async def test_a_failing_disk_is_retried_within_seconds_and_logged_short() -> None:
     frame = (1, 1, IN, 1, 1, True, b'{"type":"x","secret":"SECRET-FRAME-PAYLOAD"}')
     rows, index = Classifier().rows_and_index([frame])
-    assert ops.RETRY_CAP <= 2.0
+    assert faults.RETRY_CAP <= 2.0
     with structlog.testing.capture_logs() as logs:
         started = time.monotonic()
         # What FailingDatabase.run is handed.
