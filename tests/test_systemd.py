@@ -156,7 +156,7 @@ def test_the_notify_sequence_and_a_reload(tmp_path: Path, config_file: Callable[
 
 def test_the_watchdog_stops_while_the_loop_is_blocked() -> None:
     """A service whose loop stops keeping time gets no WATCHDOG=1 until it recovers."""
-    from recorder.pipeline.writer import WriterMetrics
+    from recorder.pipeline.writer_metrics import WriterMetrics
     from recorder.service.snapshot import LinkState, Snapshot
     from recorder.service.watch import Watched
 

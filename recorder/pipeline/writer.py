@@ -29,9 +29,6 @@ from recorder.pipeline.ops import (
     Stop,
     WriteFrames,
 )
-from recorder.pipeline.writer_metrics import (
-    COMMIT_BUCKETS as COMMIT_BUCKETS,  # re-exported: recorder.service.metrics imports it here
-)
 from recorder.pipeline.writer_metrics import WriterMetrics
 from recorder.protocol.frames import F_RECEIVED, FrameTuple
 from recorder.times import now_us

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 import structlog
 
 from recorder.capture.admission import METRICS_REFUSED, metrics_refusal, metrics_token_wanted
-from recorder.pipeline.writer import COMMIT_BUCKETS, WriterMetrics
+from recorder.pipeline.writer_metrics import COMMIT_BUCKETS, WriterMetrics
 from recorder.service.snapshot import LinkState, ProxyState, Snapshot
 
 log = structlog.get_logger("recorder.service")

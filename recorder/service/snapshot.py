@@ -12,7 +12,8 @@ from recorder.times import format_us, now_us
 if TYPE_CHECKING:
     from recorder.capture.link import Link
     from recorder.capture.proxy import Proxy
-    from recorder.pipeline.writer import Writer, WriterMetrics
+    from recorder.pipeline.writer import Writer
+    from recorder.pipeline.writer_metrics import WriterMetrics
 
 
 @dataclass(frozen=True)
