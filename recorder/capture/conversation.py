@@ -79,8 +79,11 @@ class Conversation:
         return None
 
     async def _pump(self, src: Any, dst: Any, direction: str, side: str) -> None:
-        """One direction: each frame forwarded first and recorded after, so forwarding
-        waits for the database only while the writer's queue is full."""
+        """One direction: each frame handed to the writer as it is stamped, then
+        forwarded. Handed over first so that frames take their ids in the order they
+        were received (a slow reader on the other side held them back for as long as
+        it was slow, and `frames --since` looked for them by id); forwarding waits for
+        the database only while the writer's queue is full."""
         # Locals, not attributes: this loop runs once per frame.
         cid, seq = self.cid, self._seq
         offer, put = self.writer.offer, self.writer.put
@@ -88,18 +91,17 @@ class Conversation:
         try:
             while True:
                 is_text, data = await recv()
-                batch = [(is_text, data, now_us(), time.monotonic_ns())]
+                batch = [(is_text, data)]
+                frame = (cid, next(seq), direction, now_us(), time.monotonic_ns(), is_text, data)
+                if not offer(frame):
+                    await put(frame)  # back-pressure: stop reading
                 # Whatever else has already arrived goes out in the same write.
                 while len(batch) < RELAY_BATCH and (more := recv_nowait()) is not None:
-                    batch.append((*more, now_us(), time.monotonic_ns()))
-                try:
-                    await dst.send_many([(t, d) for t, d, _, _ in batch])
-                finally:
-                    # Recorded even when the other side is gone: the sender sent it.
-                    for is_text, data, received_us, mono in batch:
-                        frame = (cid, next(seq), direction, received_us, mono, is_text, data)
-                        if not offer(frame):
-                            await put(frame)  # back-pressure: stop reading
+                    batch.append(more)
+                    frame = (cid, next(seq), direction, now_us(), time.monotonic_ns(), *more)
+                    if not offer(frame):
+                        await put(frame)
+                await dst.send_many(batch)
         except ConnectionClosed:
             pass
         if self._first is None:

@@ -91,13 +91,15 @@ class LinkConnection:
         Raises :class:`Stalled` when the daemon does not take it within
         :attr:`send_timeout` (then it never reached the daemon whole: not recorded)."""
         ws = self.ws
-        received_us, mono = now_us(), time.monotonic_ns()
         await self._within(ws.send(text))
         if ws.state is State.CLOSED:
             # The connection was lost while the frame waited in our buffer (websockets
             # then ends the wait without an error): it never left.
             raise ws.protocol.close_exc
-        frame = (self.cid, next(self._seq), OUT, received_us, mono, True, text.encode())
+        # Stamped as it is handed over, not before a send that may wait: frames take
+        # their ids in the order of their times, which `frames --since` relies on.
+        now, mono = now_us(), time.monotonic_ns()
+        frame = (self.cid, next(self._seq), OUT, now, mono, True, text.encode())
         if record is not None:
             record(frame)
         elif not self.writer.offer(frame):
