@@ -13,17 +13,22 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+# The longest a pong may wait behind frames still arriving: a 64 MiB frame (the
+# largest recorded) at 220 kB/s.
+PONG_PATIENCE = 300.0
+
 
 class Heartbeat:
-    """One connection's heartbeat. The receive loop notes when a frame last arrived
-    (:attr:`last_rx`) and when it stops reading to wait for the writer
-    (:attr:`waiting_for_writer`); :meth:`run` pings and says when the daemon is dead."""
+    """One connection's heartbeat. The receive loop counts the frames it takes
+    (:attr:`frames`) and notes when it stops reading to wait for the writer
+    (:attr:`waiting_for_writer`); ``heard()`` says when bytes last arrived, on
+    time.monotonic()'s clock; :meth:`run` pings and says when the daemon is dead."""
 
-    def __init__(self, interval: float, timeout: float) -> None:
+    def __init__(self, interval: float, timeout: float, heard: Callable[[], float]) -> None:
         self.interval = interval
         self.timeout = timeout
-        # When the last frame arrived, on time.monotonic()'s clock.
-        self.last_rx = time.monotonic()
+        self.heard = heard
+        self.frames = 0
         # While the receive loop waits for room in the writer's queue, silence on the
         # socket is ours (we stopped reading), not the daemon's.
         self.waiting_for_writer = False
@@ -48,17 +53,27 @@ class Heartbeat:
     async def alive(self, pong: asyncio.Future[float], sent: float) -> str | None:
         """None while the daemon answers the ping sent at ``sent``; else why it is dead.
 
-        Silence for a timeout is death (a frozen daemon). Frames arriving without the
-        pong get one more timeout (the pong may be queued behind them); after that the
-        daemon is sending without reading.
+        Silence for a timeout is death (a frozen daemon). Bytes arriving are life,
+        whole frames or not: the pong may be queued behind a large frame on a slow
+        network, and only whole frames counted, so a daemon sending a frame that took
+        longer than the timeout was dropped mid-frame, and the frame lost. A daemon
+        that sends more whole frames after the first timeout, still without the pong,
+        is sending without reading; so is one whose pong is still missing after
+        PONG_PATIENCE (a frame trickling in for ever).
         """
         timeout = self.timeout
         await asyncio.wait([pong], timeout=timeout)
-        if pong.done() or self.waiting_for_writer:
-            return None  # answered, or the connection ended (the receive loop says how)
-        if self.last_rx < sent:
-            return f"nothing received within {timeout:g}s of a ping"
-        await asyncio.wait([pong], timeout=timeout)
-        if pong.done() or self.waiting_for_writer:
-            return None
-        return f"frames arrive but no pong within {2 * timeout:g}s of a ping: not reading"
+        frames, waited = self.frames, timeout
+        while not (pong.done() or self.waiting_for_writer):
+            if self.heard() < sent:
+                return f"nothing received within {timeout:g}s of a ping"
+            window = time.monotonic()
+            await asyncio.wait([pong], timeout=timeout)
+            waited += timeout
+            if pong.done() or self.waiting_for_writer:
+                break
+            if self.heard() < window:
+                return f"nothing received within {timeout:g}s, the pong still missing"
+            if self.frames - frames >= 2 or waited > PONG_PATIENCE:
+                return f"frames arrive but no pong within {waited:g}s of a ping: not reading"
+        return None  # answered, or the connection ended (the receive loop says how)

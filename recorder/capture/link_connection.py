@@ -51,7 +51,7 @@ class LinkConnection:
         self.cid = cid
         self.writer = writer
         self._seq = seq
-        self.beat = Heartbeat(heartbeat.interval, heartbeat.timeout)
+        self.beat = Heartbeat(heartbeat.interval, heartbeat.timeout, lambda: ws.last_data)
         # A send waits at most this long (the heartbeat's timeout, after which silence
         # is death anyway); longer, and the daemon has stopped reading.
         self.send_timeout = heartbeat.timeout
@@ -75,7 +75,7 @@ class LinkConnection:
                     return
             is_text, data = message
             mono = time.monotonic_ns()
-            beat.last_rx = mono / 1e9  # time.monotonic()'s clock
+            beat.frames += 1
             frame = (cid, next(seq), IN, now_us(), mono, is_text, data)
             if offer(frame):
                 continue  # the common case, without a coroutine

@@ -10,6 +10,7 @@ Everything else (flow control, fragmentation, close handling) stays websockets'.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Generator
 from typing import Any, cast
 
@@ -88,9 +89,15 @@ class RawAssembler(Assembler):
 
 
 class RawFramesMixin:
-    """Mixed into websockets' connection classes; adds :meth:`recv_raw`."""
+    """Mixed into websockets' connection classes; adds :meth:`recv_raw`, and
+    :attr:`last_data`, when bytes last arrived (a frame still arriving is life)."""
 
     recv_messages: Any
+    last_data: float = 0.0
+
+    def data_received(self, data: bytes) -> None:
+        self.last_data = time.monotonic()
+        super().data_received(data)  # type: ignore[misc]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
