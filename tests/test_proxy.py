@@ -250,37 +250,6 @@ async def test_garbage_both_ways_is_relayed_and_recorded_byte_exact(
         assert [(d, t) for dr, d, t in stored if dr == "in"][1 : 1 + len(garbage)] == garbage
 
 
-async def test_a_frame_is_recorded_as_it_arrives_not_once_a_slow_ui_has_taken_it(
-    make_config: Callable[..., Config],
-) -> None:
-    """The proxy hands a frame to the writer before relaying it. It relayed first: a
-    UI that did not read held the daemon's frame back from the recording for as long
-    (for ever, here), and frames took ids out of the order of their receive times,
-    which `frames --since` looks them up by."""
-    from tests.test_serve_guards import deaf_client
-
-    big = b'{"type":"stream_chunk","data":{"chunk":"' + b"x" * (16 << 20) + b'"}}'
-    async with Simulator(SimulatorOptions(port=0)) as sim, running(make_config(sim.url)) as svc:
-        await sim.wait_connections(1)
-        ui = await asyncio.to_thread(deaf_client, proxy_url(svc).removesuffix("/"))
-        try:
-            await sim.wait_connections(2)
-            await sim.broadcast_raw(big, text=True)
-
-            async def recorded() -> bool:
-                rows = await query(
-                    svc,
-                    "select 1 from frames where size = :size and connection_id = "
-                    "(select id from connections where role = 'proxy')",
-                    size=len(big),
-                )
-                return len(rows) == 1
-
-            await wait_until(svc, recorded, timeout=T)
-        finally:
-            ui.close()
-
-
 class HeaderOptions(TypedDict, total=False):
     """The ``connect()`` options a test passes through ``**kwargs``."""
 

@@ -15,11 +15,11 @@ relay itself is :mod:`recorder.capture.conversation`.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
+import orjson
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -56,11 +56,45 @@ STOP_TIMEOUT = 10.0
 # After aborting what would not close, this long for the conversations to write
 # down how they ended.
 ABORTED_GRACE = 1.0
+# TCP connections on the port beyond max_clients: handshakes under way, /health and
+# /metrics. Past that a new one is closed at once: connections that never finish a
+# handshake (each held open_timeout) took every file descriptor, and the link could
+# not dial the daemon.
+MAX_UNADMITTED = 64
 # Headers a browser or UI sends that the daemon may care about.
 FORWARDED_HEADERS = ("Authorization", "x-api-key", "Origin", "Cookie", "User-Agent")
 
 
 # --- the proxy ------------------------------------------------------------------
+
+
+class _Sockets:
+    """How many TCP connections the port holds, against a limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+
+
+class _PortConnection(RecordingServerConnection):
+    """A connection on the proxy's port, counted from its accept to its end."""
+
+    sockets: _Sockets
+    counted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.sockets.open >= self.sockets.limit:
+            cast(asyncio.Transport, transport).abort()  # before any byte is read
+            return
+        self.sockets.open += 1
+        self.counted = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.counted:
+            self.sockets.open -= 1
+            self.counted = False
+        super().connection_lost(exc)
 
 
 class Proxy:
@@ -86,6 +120,12 @@ class Proxy:
         self._closing: set[asyncio.Task[bool]] = set()
         # The upstream connections of conversations under way, to abort at the stop.
         self._upstreams: set[Any] = set()
+        self._sockets = _Sockets(p.max_clients + MAX_UNADMITTED)
+
+    def _connection(self, *args: Any, **kwargs: Any) -> _PortConnection:
+        conn = _PortConnection(*args, **kwargs)
+        conn.sockets = self._sockets
+        return conn
 
     @property
     def port(self) -> int:
@@ -101,11 +141,14 @@ class Proxy:
             process_request=self._process_request,
             process_response=self._process_response,
             select_subprotocol=self._select_subprotocol,
-            create_connection=RecordingServerConnection,
+            create_connection=self._connection,  # type: ignore[arg-type]
             max_size=self.config.daemon.max_frame_bytes,
             # Frames are relayed as they are; compressing on loopback costs latency.
             compression=None,
             server_header=USER_AGENT,
+            # websockets' own closes (the server's, at the stop) end within this, not
+            # its default 10 s, which outlasted a shutdown_timeout under 10 s.
+            close_timeout=CLOSE_TIMEOUT,
         )
         log.info("proxy listening", listen=p.listen, port=self.port, upstream=self.safe_upstream)
 
@@ -115,11 +158,12 @@ class Proxy:
         ``seconds`` + ABORTED_GRACE, whatever the peers do."""
         if self.server is None:
             return
-        for upstream in self._upstreams:
-            if not_reading(upstream):
-                # A daemon that reads nothing: what waits for it will never arrive
-                # in time, and the conversation would hold the stop until the abort.
-                upstream.transport.abort()
+        for conn in [*self._upstreams, *self.server.connections]:
+            if not_reading(conn):
+                # A daemon or a UI that reads nothing: what waits for it will never
+                # arrive in time, and the conversation would hold the stop until the
+                # abort, then asyncio.run's end until websockets' close gave up.
+                conn.transport.abort()
         self.server.close()
         if await self._closed_within(seconds):
             return
@@ -286,7 +330,9 @@ class Proxy:
             return json_response(503, {"status": "unhealthy", "healthy": False, "recorder": info})
         info |= {"upstreamReachable": True, "upstreamStatus": status}
         try:
-            answer = json.loads(body)
+            # orjson: a body nested 100 000 deep is a ValueError, not a RecursionError
+            # out of the handshake (a traceback, and a 500 for the asker).
+            answer = orjson.loads(body)
         except ValueError:
             answer = None
         if not isinstance(answer, dict):

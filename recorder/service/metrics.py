@@ -172,13 +172,24 @@ def answer(
     return "200 OK", render(snapshot()).encode(), ""
 
 
+# Scrapers ask one at a time; connections past this many are closed at once, so that
+# clients which send nothing cannot take the descriptors the link dials with.
+MAX_CONNECTIONS = 16
+
+
 async def serve_metrics(
     snapshot: Callable[[], Snapshot], token: str | None, host: str, port: int
 ) -> asyncio.Server:
     """A small HTTP server answering ``GET /metrics`` (when the proxy is off): the
     snapshot the service hands it, behind ``token`` (``[metrics] token``)."""
+    open_now = 0
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now
+        if open_now >= MAX_CONNECTIONS:
+            writer.transport.abort()
+            return
+        open_now += 1
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             status, body, extra = answer(snapshot, token, host, request)
@@ -191,6 +202,7 @@ async def serve_metrics(
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
             pass
         finally:
+            open_now -= 1
             writer.close()
 
     server = await asyncio.start_server(handle, host, port)
