@@ -124,11 +124,11 @@ def test_frames_since_and_until_find_frames_that_reached_the_writer_late(
 def test_tail_on_a_shared_postgres_prints_a_batch_committed_after_a_later_one(
     pg_url: str,
 ) -> None:
-    """Wrong output (frames never printed). pages.follow reads (seen, max(id)] and moves
+    """Wrong output (frames never printed). Following read (seen, max(id)] and moved
     `seen` to max(id). On PostgreSQL ids come from a sequence when a batch is written,
     not when it commits: with two recorders on one database (storage.instance), A's
     batch takes ids 2.., B's takes 3.. and commits first; tail prints 3 and never 2.
-    `replay --follow` follows by id the same way (source.frames, last_id)."""
+    `replay --follow` followed by id the same way. Both now use db/follow.Follower."""
     import asyncpg
 
     url = pg_url.replace("postgresql://", "postgresql+asyncpg://")

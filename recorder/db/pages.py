@@ -17,9 +17,8 @@ over ids, in point reads.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from recorder.db.readonly import Reader, Row, first_row
@@ -125,27 +124,6 @@ def frames(reader: Reader, f: FrameFilter, columns: str = FRAME_COLUMNS) -> Iter
     """Frames in recording order, read in pages (see :func:`frame_pages`)."""
     for rows in frame_pages(reader, f, columns):
         yield from rows
-
-
-def follow(
-    reader: Reader,
-    f: FrameFilter,
-    *,
-    last: int,
-    poll: float,
-    wait: Callable[[float], None] = time.sleep,
-) -> Iterator[Row]:
-    """The newest ``last`` frames, then every frame committed later, as they come,
-    until the caller stops. Each look is a short statement, and so is each page."""
-    seen = newest_frame_id(reader)
-    if last:
-        yield from frames(reader, replace(f, last=last, through_id=seen))
-    while True:
-        wait(poll)
-        newest = newest_frame_id(reader)
-        if newest > seen:
-            yield from frames(reader, replace(f, after_id=seen, through_id=newest))
-            seen = newest
 
 
 def newest_frame_id(reader: Reader) -> int:
