@@ -1,10 +1,11 @@
-"""Cleanup policies: matching (pure), durations and sizes, and what a configuration
-may say of them."""
+"""Cleanup policies: matching (pure), durations and sizes, what a configuration may
+say of them, and a file or a reload that leaves none."""
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from click.testing import CliRunner
 
 from recorder.cleanup.actions import decide
 from recorder.cli import cli
-from recorder.config import ConfigError, load_config
+from recorder.config import Config, ConfigError, load_config
 from recorder.protocol.policy import (
     Conditions,
     MatchState,
@@ -22,6 +23,8 @@ from recorder.protocol.policy import (
     parse_size,
 )
 from recorder.protocol.statuses import TERMINAL_STATUSES
+from tests.cleanup_scripts import config_file, policy, with_policies
+from tests.conftest import running
 
 NOW = 1_795_700_000_000_000
 MIN = 60_000_000
@@ -154,3 +157,35 @@ def test_the_example_policies_load(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["cleanup", "policies", "--config", str(path), "--json"])
     assert result.exit_code == 0, result.output
     assert all(p["next_run"] for p in json.loads(result.stdout))
+
+
+def test_cleanup_policies_says_when_a_file_has_none(tmp_path: Path) -> None:
+    db = tmp_path / "recorder.db"
+    config = config_file(tmp_path, db)
+    result = CliRunner().invoke(cli, ["cleanup", "policies", "--config", str(config)])
+    assert result.exit_code == 0
+    assert result.stderr == (
+        f"no cleanup policies in {config}: a recorder running with it (or reloaded with it) "
+        "stops, compacts and purges nothing\n"
+    )
+
+
+async def test_a_reload_that_drops_every_policy_says_what_it_removes(
+    make_config: Callable[..., Config], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGHUP with an emptied file silently dropped every policy ("policies: 0", at
+    info). It is a warning naming what stops being done."""
+    config = with_policies(
+        make_config("ws://127.0.0.1:9", storage={"retention": "30d"}),
+        policy("stop", "stop_session", 'status = ["completed"]'),
+    )
+    async with running(config) as svc:
+        Path(config.source).write_text("")
+        capsys.readouterr()
+        await svc.reload()
+        assert svc.cleanup is not None and svc.cleanup.policies == {}
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    (reloaded,) = [e for e in lines if e["event"].startswith("configuration reloaded")]
+    assert reloaded["event"] == "configuration reloaded; cleanup policies removed"
+    assert reloaded["level"] == "warning"
+    assert reloaded["removed"] == ["stop", "storage.retention"]

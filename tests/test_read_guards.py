@@ -305,7 +305,7 @@ def test_a_chunk_nested_1000_deep_does_not_stop_its_session_compacting(tmp_path:
     the session's compaction fails at every run ("every action failed (1); the first:
     RecursionError"), and none of its chunks is ever folded. Such a chunk should stay
     byte-exact where it is, as any chunk whose text is not a string does."""
-    from tests.test_cleanup_guards import config_file, policy, record
+    from tests.cleanup_scripts import config_file, policy, record
 
     db = tmp_path / "recorder.db"
     base = now_us() - 86_400 * SECOND
