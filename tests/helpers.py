@@ -62,6 +62,12 @@ async def wait_for_frame(service: Service, where: str, timeout: float = 10.0, **
     return found[0]
 
 
+def invoke(*args: str) -> tuple[int, str]:
+    """A CLI command run in this process: its exit code and its output (both streams)."""
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.output
+
+
 def cli_json_lines(args: list[str]) -> list[dict[str, Any]]:
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
