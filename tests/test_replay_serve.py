@@ -37,7 +37,7 @@ from recorder.replay.timing import Pace
 from recorder.simulator import Simulator, SimulatorOptions
 from tests.conftest import running, write_config
 from tests.helpers import frame_bytes, query, wait_until
-from tests.test_postmortem import spawn_request
+from tests.postmortem_recording import spawn_request
 
 TIMEOUT = 20
 # Long enough to show that a frame is not coming; only ever waited out in full then.
