@@ -464,8 +464,8 @@ def test_a_long_session_is_served_as_it_is_read_in_bounded_memory(tmp_path: Path
     by a process that never holds more than a few pages of them."""
     from websockets.sync.client import connect as connect_sync
 
-    from tests.test_reading import SID as LONG
-    from tests.test_reading import chunk, fill, status
+    from tests.reading_session import SID as LONG
+    from tests.reading_session import chunk, fill, status
 
     path = tmp_path / "long.db"
     frames = [(IN, status("running")), *[(IN, chunk(i, pad=50_000)) for i in range(2000)]]
