@@ -17,6 +17,7 @@ from sqlalchemy import text
 
 from recorder.cli import cli
 from recorder.db.engine import create_engine
+from recorder.protocol.frames import IN, Frame
 from recorder.service.lifecycle import Service
 
 if TYPE_CHECKING:
@@ -60,6 +61,18 @@ async def wait_for_frame(service: Service, where: str, timeout: float = 10.0, **
 
     await wait_until(service, check, timeout)
     return found[0]
+
+
+def frame(text: str | bytes, direction: str = IN, at: int = 1_000, is_text: bool = True) -> Frame:
+    """One frame on connection 1, as the link hands it over: ``text`` as its bytes."""
+    data = text.encode() if isinstance(text, str) else text
+    return Frame(1, 1, direction, at, 0, is_text, data)
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    """A CLI command run in this process: its exit code and its output (both streams)."""
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.output
 
 
 def cli_json_lines(args: list[str]) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import pytest
@@ -14,6 +15,8 @@ from websockets.exceptions import ConnectionClosed
 from recorder.simulator import HEALTH_CHECK_FRAME, Simulator, SimulatorOptions
 
 TIMEOUT = 5.0
+# A time as the daemon writes it (JavaScript's toISOString).
+ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
 def options(**overrides: Any) -> SimulatorOptions:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -206,8 +207,32 @@ def test_sigterm_loses_nothing(tmp_path: Path) -> None:
     assert_matches_journal(records, journal)
 
 
-def test_wheel_carries_the_migrations(tmp_path: Path) -> None:
-    """`pip install .` into a new venv, then `recorder db upgrade` from an unrelated directory."""
+@dataclass
+class Wheel:
+    """The project built into a wheel and installed from it into a new venv, and a
+    directory unrelated to the source tree to run it from."""
+
+    root: Path
+    venv: Path
+    elsewhere: Path
+    env: dict[str, str]
+
+    def run(self, code: str) -> subprocess.CompletedProcess[str]:
+        """``code`` run by the venv's python, from elsewhere."""
+        return subprocess.run(
+            [str(self.venv / "bin" / "python"), "-c", code],
+            capture_output=True,
+            text=True,
+            cwd=self.elsewhere,
+            env=self.env,
+            check=True,
+        )
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Wheel:
+    """`pip install .` into a new venv, once for the module's tests."""
+    tmp_path = tmp_path_factory.mktemp("wheel")
     root = Path(__file__).resolve().parent.parent
     venv = tmp_path / "venv"
     # The test environment's site-packages supply pip and the dependencies (no
@@ -235,47 +260,40 @@ def test_wheel_carries_the_migrations(tmp_path: Path) -> None:
     )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    db = elsewhere / "new.db"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RECORDER_CONFIG")}
-    probe = subprocess.run(
-        [
-            str(venv / "bin" / "python"),
-            "-c",
-            "import recorder.db.migrations as s; print(s.__file__, s.migrations_dir())",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=elsewhere,
-        env=env,
-        check=True,
-    )
+    return Wheel(root, venv, elsewhere, env)
+
+
+def test_the_installed_copy_finds_its_migrations(wheel: Wheel) -> None:
+    root = wheel.root
+    probe = wheel.run("import recorder.db.migrations as s; print(s.__file__, s.migrations_dir())")
     assert str(root / "recorder") not in probe.stdout, "the test must run the installed copy"
     assert "recorder/migrations" in probe.stdout
-    # Every subpackage of the source tree is in the wheel (they are listed by hand).
+
+
+def test_the_wheel_carries_every_subpackage(wheel: Wheel) -> None:
+    """They are listed by hand (pyproject.toml); every one of the source tree is there."""
+    root = wheel.root
     source_packages = sorted(
         "recorder." + str(init.parent.relative_to(root / "recorder")).replace("/", ".")
         for init in (root / "recorder").glob("*/__init__.py")
     )
-    installed = subprocess.run(
-        [
-            str(venv / "bin" / "python"),
-            "-c",
-            "import pkgutil, recorder; print(' '.join(sorted(m.name for m in"
-            " pkgutil.iter_modules(recorder.__path__, 'recorder.') if m.ispkg)))",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=elsewhere,
-        env=env,
-        check=True,
+    installed = wheel.run(
+        "import pkgutil, recorder; print(' '.join(sorted(m.name for m in"
+        " pkgutil.iter_modules(recorder.__path__, 'recorder.') if m.ispkg)))"
     ).stdout.split()
     assert [p for p in installed if p != "recorder.migrations"] == source_packages
+
+
+def test_wheel_carries_the_migrations(wheel: Wheel) -> None:
+    """`recorder db upgrade`, installed from the wheel, from an unrelated directory."""
+    db = wheel.elsewhere / "new.db"
     result = subprocess.run(
-        [str(venv / "bin" / "recorder"), "db", "upgrade", "--database", str(db)],
+        [str(wheel.venv / "bin" / "recorder"), "db", "upgrade", "--database", str(db)],
         capture_output=True,
         text=True,
-        cwd=elsewhere,
-        env=env,
+        cwd=wheel.elsewhere,
+        env=wheel.env,
     )
     assert result.returncode == 0, result.stderr
     assert f"upgraded empty database -> {head_revision()}" in result.stdout

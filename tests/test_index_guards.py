@@ -1,55 +1,38 @@
 """The session index the cleanup decides from, against frames that made it delete the
-wrong thing or never give up: an error about one session ending another, an old end
-time kept by a session that ran again, another recorder's daemon ending my session,
-the recorder's own requests keeping a session busy, another daemon's list ending the
-link's sessions, and ids handed out twice. Real parts: the writer's own code builds
-the databases (SQLite, and PostgreSQL where the rule is spelled twice), the real
-Cleanup runs on them."""
+wrong thing: an error about one session ending another, an old end time kept by a
+session that ran again, another recorder's daemon ending my session, another daemon's
+list ending the link's sessions, and ids handed out twice. Real parts: the writer's
+own code builds the databases (SQLite, and PostgreSQL where the rule is spelled
+twice), the real Cleanup runs on them. tests/test_idle_stops.py holds the recorder's
+own requests, which are not work."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
-import websockets
 
 from recorder.cleanup.jobs import Cleanup, Direct
-from recorder.config import Config, load_config
-from recorder.db.connection import WriterDatabase
-from recorder.db.migrations import upgrade_sync
-from recorder.db.write import Store
 from recorder.pipeline.classifier import Classifier
 from recorder.protocol.frames import IN, OUT
 from recorder.times import now_us
-from tests.conftest import running
-from tests.helpers import query, wait_for_frame, wait_until
-
-SECOND = 1_000_000
-DAY = 86_400 * SECOND
-
-# (received on the recorder's clock, direction, frame)
-Script = Sequence[tuple[int, str, bytes]]
-
-
-def status(sid: str, state: str) -> bytes:
-    return json.dumps(
-        {"type": "session_status_update", "session": {"id": sid, "status": state}}
-    ).encode()
-
-
-def chunk(sid: str, text: str) -> bytes:
-    return json.dumps({"type": "stream_chunk", "data": {"sessionId": sid, "chunk": text}}).encode()
-
-
-def request(kind: str, sid: str, **payload: Any) -> bytes:
-    return json.dumps({"type": kind, "payload": {"sessionId": sid, **payload}}).encode()
+from tests.cleanup_scripts import (
+    DAY,
+    SECOND,
+    chunk,
+    config_for,
+    open_db,
+    policy,
+    record,
+    request,
+    run_policy,
+    status,
+)
 
 
 @dataclass
@@ -84,77 +67,6 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
         return sqlite_database(tmp_path)
     pg_url: str = request.getfixturevalue("pg_url")
     return Database(pg_url.replace("postgresql://", "postgresql+asyncpg://"), pg_url, "postgresql")
-
-
-async def open_db(url: str, instance: str = "default") -> tuple[WriterDatabase, Store, int]:
-    db = await WriterDatabase.open(url)
-    await db.run(upgrade_sync)
-    store = Store(db.dialect, instance)
-    return db, store, await db.run(store.open_connection, "link", "ws://daemon", 1)
-
-
-async def record(url: str, *batches: Script, instance: str = "default") -> None:
-    """Each script one batch of the writer's own code, on one link connection."""
-    db, store, cid = await open_db(url, instance)
-    try:
-        classifier = Classifier()
-        seq = 0
-        for script in batches:
-            frames = []
-            for at, direction, data in script:
-                seq += 1
-                frames.append((cid, seq, direction, at, seq, True, data))
-            rows, index = classifier.rows_and_index(frames)
-            await db.run(store.write_batch, rows, index)
-    finally:
-        await db.shutdown()
-
-
-def config_for(tmp_path: Path, url: str, policies: str = "", storage: str = "") -> Config:
-    path = tmp_path / "c.toml"
-    path.write_text(f'[storage]\nurl = "{url}"\n{storage}\n{policies}')
-    return load_config(path, env={})
-
-
-def policy(name: str, action: str, when: str) -> str:
-    return (
-        f'[[cleanup.policies]]\nname = "{name}"\nschedule = "every 1h"\n'
-        f'action = "{action}"\nwhen = {{ {when} }}\n'
-    )
-
-
-async def run_policy(config: Config, name: str) -> None:
-    db, store, _ = await open_db(config.storage.url, config.storage.instance)
-    try:
-        cleanup = Cleanup(config, Direct(db, store), None)
-        await cleanup.run(cleanup.policies[name])
-    finally:
-        await db.shutdown()
-
-
-def with_policies(config: Config, text: str) -> Config:
-    path = Path(config.source)
-    path.write_text(path.read_text() + text)
-    return load_config(path, env={})
-
-
-def results(db: Path, run_id: int) -> list[str]:
-    with sqlite3.connect(db) as conn:
-        (text,) = conn.execute(f"select actions from cleanup_runs where id = {run_id}").fetchone()
-    return [a["result"] for a in json.loads(text)]
-
-
-def time_passes(db: Path, seconds: int) -> None:
-    """Every time the database holds moves back: as if ``seconds`` went by."""
-    us = seconds * SECOND
-    with sqlite3.connect(db) as conn:
-        columns = {row[1] for row in conn.execute("pragma table_info(sessions)")}
-        times = [c for c in columns if c.endswith("_seen_us") or c in ("finished_us", "active_us")]
-        conn.execute("update sessions set " + ", ".join(f"{t} = {t} - {us}" for t in times))
-        conn.execute(
-            f"update cleanup_matches set first_matched_us = first_matched_us - {us}, "
-            f"retry_us = retry_us - {us}"
-        )
 
 
 # --- #4: "Session not found" names its session -------------------------------------
@@ -256,97 +168,6 @@ async def test_another_recorders_daemon_cannot_finish_my_session(
     bye = policy("bye", "purge", 'status = ["completed", "unknown"]')
     await run_policy(config_for(tmp_path, database.config_url, bye, 'instance = "a"'), "bye")
     assert await database.rows("select count(*) from frames") == [(4,)]
-
-
-# --- #12, #13: the recorder's own requests are not work -----------------------------
-
-
-async def test_a_stop_with_idle_for_is_given_up_too(
-    make_config: Callable[..., Config], db_path: Path
-) -> None:
-    """The README's policy (status completed, idle_for 10m, every 5m) on a daemon that
-    ignores stops. The stop, recorded with the session's id, made the session no
-    longer idle: it stopped matching, its attempts were forgotten, and ten minutes
-    later it matched as new: a stop every 10 minutes for ever, never given up."""
-    stops: list[str] = []
-
-    async def daemon(ws: Any) -> None:
-        await ws.send('{"type":"health_check_response","healthy":true}')
-        await ws.send(status("s1", "completed").decode())
-        async for message in ws:
-            if json.loads(message).get("type") == "stop_session":
-                stops.append(message)  # and ignored
-
-    async with websockets.serve(daemon, "127.0.0.1", 0) as server:
-        port = server.sockets[0].getsockname()[1]
-        config = with_policies(
-            make_config(f"ws://127.0.0.1:{port}", proxy={"enabled": False}),
-            policy("stop", "stop_session", 'status = ["completed"], idle_for = "10m"'),
-        )
-        async with running(config) as svc:
-            await wait_for_frame(svc, "type = 'session_status_update'")
-            assert svc.cleanup is not None
-            said: list[str] = []
-            for _ in range(12):  # an hour of runs every 5 minutes
-                time_passes(db_path, 300)
-                said += results(db_path, await svc.cleanup.run(svc.cleanup.policies["stop"]))
-                sent = sum(1 for r in said if r.startswith("requested"))
-
-                async def recorded(sent: int = sent) -> bool:
-                    found = await query(
-                        svc, "select count(*) from frames where type = 'stop_session'"
-                    )
-                    return bool(found[0][0] == sent)
-
-                await wait_until(svc, recorded)
-    assert len(stops) == 4, said
-    assert said[-1].startswith("given up"), said
-
-
-async def test_a_reconnect_does_not_make_an_idle_session_busy_again(
-    make_config: Callable[..., Config], db_path: Path
-) -> None:
-    """A session silent for an hour is idle (idle_for = 10m). The link reconnects and
-    its resync asks the daemon about every active session: that request was taken
-    as the session being seen, and the policy found nothing idle. A link that
-    reconnects more often than idle_for kept idle sessions from ever being stopped."""
-    first = True
-    drop = asyncio.Event()
-
-    async def daemon(ws: Any) -> None:
-        nonlocal first
-        await ws.send('{"type":"health_check_response","healthy":true}')
-        if first:
-            first = False
-            await ws.send(status("s1", "running").decode())
-            await drop.wait()
-            await ws.close(4001, "Token expired")
-            return
-        async for message in ws:
-            if json.loads(message).get("type") == "session_status":
-                await ws.send(status("s1", "running").decode())  # as it was
-
-    async with websockets.serve(daemon, "127.0.0.1", 0) as server:
-        port = server.sockets[0].getsockname()[1]
-        config = with_policies(
-            make_config(f"ws://127.0.0.1:{port}", proxy={"enabled": False}),
-            policy("idle", "stop_session", 'status = ["running"], idle_for = "10m"'),
-        )
-        async with running(config) as svc:
-            try:
-                shown = await wait_for_frame(svc, "type = 'session_status_update'")
-                time_passes(db_path, 3600)
-            finally:
-                drop.set()
-            assert svc.cleanup is not None
-            # The second connection's poll, and the daemon's answer repeating "running".
-            await wait_for_frame(
-                svc,
-                "type = 'session_status_update' and connection_id > :first",
-                first=shown.connection_id,
-            )
-            said = results(db_path, await svc.cleanup.run(svc.cleanup.policies["idle"]))
-    assert said == ["requested"]
 
 
 # --- #19: only the link's lists end sessions ---------------------------------------

@@ -9,7 +9,6 @@ uid 65534 itself: the interpreter may live where nobody cannot run it (here, /ro
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -23,9 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from recorder.cli import cli
-from recorder.pipeline.writer import Writer
-from recorder.protocol.frames import Frame
-from tests.test_cli import FRAMES, S1, S2, T0
+from tests.conversations import S1, S2, fill
 from tests.test_service import Recorder
 
 SETPRIV = shutil.which("setpriv")
@@ -99,20 +96,7 @@ def state(tmp_path: Path) -> Path:
     """A recorder's state directory holding a recording: S1 running, S2 failed."""
     state = tmp_path / "state"
     state.mkdir()
-    db = state / "recorder.db"
-
-    async def fill() -> None:
-        writer = Writer(f"sqlite+aiosqlite:///{db}")
-        await writer.start()
-        task = asyncio.create_task(writer.run())
-        cid = await writer.open_connection("link", "ws://127.0.0.1:8787")
-        for i, (direction, data, is_text) in enumerate(FRAMES, 1):
-            await writer.put(Frame(cid, i, direction, T0 + i * 60_000_000, i, is_text, data))
-        writer.stop()
-        await task
-        await writer.close()
-
-    asyncio.run(fill())
+    fill(state / "recorder.db")
     return state
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
@@ -12,43 +11,10 @@ from click.testing import CliRunner
 from recorder.cli import cli
 from recorder.db.migrations import head_revision
 from recorder.pipeline.writer import Writer
-from recorder.protocol.frames import IN, OUT, Frame
+from recorder.protocol.frames import IN, Frame
 from recorder.times import now_us
+from tests.conversations import ONE_TASK_ODD_BYTES as FRAMES
 from tests.helpers import cli_json_lines, frame_bytes
-
-FRAMES: list[tuple[str, bytes, bool]] = [
-    (IN, b'{"type":"health_check_response","healthy":true}', True),
-    (
-        IN,
-        json.dumps(
-            {
-                "type": "session_status_update",
-                "session": {
-                    "id": "s1",
-                    "status": "running",
-                    "task": {"id": "t1", "description": "d"},
-                },
-            }
-        ).encode(),
-        True,
-    ),
-    (
-        OUT,
-        json.dumps(
-            {"type": "execute_task", "payload": {"sessionId": "s1", "task": "Analyze"}}
-        ).encode(),
-        True,
-    ),
-    (
-        IN,
-        json.dumps({"type": "task_completed", "sessionId": "s1", "taskId": "Analyze"}).encode(),
-        True,
-    ),
-    (IN, b'{"type":"x","nul":"\x00"}', True),
-    (IN, b"\xff\xfe", True),
-    (IN, b"\x00binary", False),
-    (IN, json.dumps({"type": "sessions_list", "sessions": []}).encode(), True),
-]
 
 
 def test_postgres_gets_the_same_schema_and_every_frame(pg_url: str) -> None:
@@ -100,67 +66,81 @@ def test_postgres_gets_the_same_schema_and_every_frame(pg_url: str) -> None:
     assert info["database_bytes"] > 0
 
 
-def test_frames_are_partitioned_by_month_and_written_with_copy(pg_url: str) -> None:
-    """Each batch: its frames in one COPY, and its index changes (connection counts,
-    sessions, daily tallies) in one statement: each statement is a round trip."""
-    import asyncpg
+CHUNK = b'{"type":"stream_chunk","data":{"sessionId":"s1","chunk":"x"}}'
+
+
+async def three_batches(pg_url: str) -> tuple[int, list[int]]:
+    """Three batches of 100 chunks by the writer's own code: the COPYs its Store made,
+    and how many statements each batch took."""
     from sqlalchemy import event
 
     from recorder.db.connection import AsyncWriterDatabase, WriterDatabase
     from recorder.db.migrations import upgrade_sync
-    from recorder.db.partitions import months
     from recorder.db.write import Store
     from recorder.pipeline.classifier import Classifier
 
-    async def scenario() -> tuple[int, list[int], list[str], list[tuple[str, int]], Any]:
-        url = pg_url.replace("postgresql://", "postgresql+asyncpg://")
-        db = await WriterDatabase.open(url)
-        assert isinstance(db, AsyncWriterDatabase)
-        await db.run(upgrade_sync)
-        store = Store(db.dialect)
-        cid = await db.run(store.open_connection, "link", "ws://x", 1)
-        statements: list[str] = []
-        event.listen(
-            db.engine.sync_engine,
-            "before_cursor_execute",
-            lambda _c, _k, sql, *_: statements.append(sql),
-        )
-        now = now_us()
-        classifier = Classifier()
-        per_batch = []
-        chunk = b'{"type":"stream_chunk","data":{"sessionId":"s1","chunk":"x"}}'
-        for batch in range(3):
-            frames = [(cid, batch * 100 + i, IN, now + i, i, True, chunk) for i in range(1, 101)]
-            rows, index = classifier.rows_and_index(frames)
-            statements.clear()
-            await db.run(store.write_batch, rows, index)
-            per_batch.append(len(statements))
-        await db.shutdown()
-        conn = await asyncpg.connect(pg_url)
-        try:
-            parts = [
-                r["relname"]
-                for r in await conn.fetch(
-                    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                    "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'frames' ORDER BY 1"
-                )
-            ]
-            placed = [
-                (r["tableoid"], r["n"])
-                for r in await conn.fetch(
-                    "SELECT tableoid::regclass::text AS tableoid, count(*) AS n FROM frames GROUP BY 1"
-                )
-            ]
-            counted = await conn.fetchrow(
-                "SELECT (SELECT frame_count FROM connections) AS connection,"
-                " (SELECT frame_count FROM sessions WHERE id = 's1') AS session,"
-                " (SELECT sum(frames) FROM frame_days) AS days"
-            )
-        finally:
-            await conn.close()
-        return store.copies, per_batch, parts, placed, counted
+    url = pg_url.replace("postgresql://", "postgresql+asyncpg://")
+    db = await WriterDatabase.open(url)
+    assert isinstance(db, AsyncWriterDatabase)
+    await db.run(upgrade_sync)
+    store = Store(db.dialect)
+    cid = await db.run(store.open_connection, "link", "ws://x", 1)
+    statements: list[str] = []
+    event.listen(
+        db.engine.sync_engine,
+        "before_cursor_execute",
+        lambda _c, _k, sql, *_: statements.append(sql),
+    )
+    now = now_us()
+    classifier = Classifier()
+    per_batch = []
+    for batch in range(3):
+        frames = [(cid, batch * 100 + i, IN, now + i, i, True, CHUNK) for i in range(1, 101)]
+        rows, index = classifier.rows_and_index(frames)
+        statements.clear()
+        await db.run(store.write_batch, rows, index)
+        per_batch.append(len(statements))
+    await db.shutdown()
+    return store.copies, per_batch
 
-    copies, per_batch, parts, placed, counted = asyncio.run(scenario())
+
+async def where_the_frames_are(pg_url: str) -> tuple[list[str], list[tuple[str, int]], Any]:
+    """The partitions of frames, how many frames each holds, and what the connection's,
+    the session's and the days' counts say."""
+    import asyncpg
+
+    conn = await asyncpg.connect(pg_url)
+    try:
+        parts = [
+            r["relname"]
+            for r in await conn.fetch(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'frames' ORDER BY 1"
+            )
+        ]
+        placed = [
+            (r["tableoid"], r["n"])
+            for r in await conn.fetch(
+                "SELECT tableoid::regclass::text AS tableoid, count(*) AS n FROM frames GROUP BY 1"
+            )
+        ]
+        counted = await conn.fetchrow(
+            "SELECT (SELECT frame_count FROM connections) AS connection,"
+            " (SELECT frame_count FROM sessions WHERE id = 's1') AS session,"
+            " (SELECT sum(frames) FROM frame_days) AS days"
+        )
+    finally:
+        await conn.close()
+    return parts, placed, counted
+
+
+def test_frames_are_partitioned_by_month_and_written_with_copy(pg_url: str) -> None:
+    """Each batch: its frames in one COPY, and its index changes (connection counts,
+    sessions, daily tallies) in one statement: each statement is a round trip."""
+    from recorder.db.partitions import months
+
+    copies, per_batch = asyncio.run(three_batches(pg_url))
+    parts, placed, counted = asyncio.run(where_the_frames_are(pg_url))
     assert copies == 3  # one COPY per batch
     # The first batch also makes the partitions ahead; then one statement a batch.
     assert per_batch[1:] == [1, 1]
@@ -168,222 +148,6 @@ def test_frames_are_partitioned_by_month_and_written_with_copy(pg_url: str) -> N
     ahead = [name for name, _, _ in months(now_us(), 3)]
     assert set(ahead) <= set(parts) and "frames_default" in parts
     assert placed == [(ahead[0], 300)]  # this month's partition, not the default one
-
-
-def test_both_databases_hold_the_same_rows_for_the_same_conversation(
-    pg_url: str, tmp_path: Path
-) -> None:
-    """The same frames through the writer's own code into SQLite and PostgreSQL: every
-    column of every table the writer fills is equal. PostgreSQL takes the batches
-    together, as the database process does with batches that queued up: the rows are
-    those of batches written one at a time."""
-    import sqlite3
-
-    import asyncpg
-
-    from recorder.db.connection import WriterDatabase
-    from recorder.db.migrations import upgrade_sync
-    from recorder.db.write import Store
-    from recorder.pipeline.classifier import Classifier
-
-    sid = "session_1795692537464_eeayv91i6"
-    conversation: list[tuple[str, bytes, bool]] = [
-        *FRAMES,
-        (
-            OUT,
-            json.dumps(
-                {
-                    "type": "spawn_session",
-                    "payload": {"orchestratorId": "vp_1", "task": {"description": "D"}},
-                }
-            ).encode(),
-            True,
-        ),
-        (
-            IN,
-            json.dumps(
-                {
-                    "type": "session_status_update",
-                    "session": {
-                        "id": sid,
-                        "orchestratorId": "vp_1",
-                        "status": "running",
-                        "startedAt": "2026-11-26T11:28:57.464Z",
-                        "task": {"id": "task_1", "description": "D"},
-                    },
-                }
-            ).encode(),
-            True,
-        ),
-        (
-            IN,
-            json.dumps(
-                {"type": "stream_chunk", "data": {"sessionId": sid, "chunk": "é 🎉"}}
-            ).encode(),
-            True,
-        ),
-        (
-            IN,
-            json.dumps(
-                {
-                    "type": "session_spawned",
-                    "session": {
-                        "id": sid,
-                        "orchestratorId": "vp_1",
-                        "status": "completed",
-                        "endedAt": "2026-11-26T11:28:58.000Z",
-                        "task": {"id": "task_1", "description": "D"},
-                    },
-                }
-            ).encode(),
-            True,
-        ),
-        (
-            OUT,
-            json.dumps(
-                {"type": "session_status", "payload": {"sessionId": "session_nope"}}
-            ).encode(),
-            True,
-        ),
-        (IN, b'{"type":"error","error":"Session not found: session_nope"}', True),
-        # A known session changed by a frame that does not create one (an update),
-        # then news that must replace what is stored (status, error) beside news that
-        # must not (the first task's description).
-        (
-            OUT,
-            json.dumps(
-                {"type": "execute_task", "payload": {"sessionId": "s1", "task": "Second"}}
-            ).encode(),
-            True,
-        ),
-        (
-            IN,
-            json.dumps(
-                {
-                    "type": "session_status_update",
-                    "session": {
-                        "id": "s1",
-                        "status": "failed",
-                        "task": {"id": "t1", "description": "Second"},
-                    },
-                }
-            ).encode(),
-            True,
-        ),
-        (
-            IN,
-            json.dumps(
-                {"type": "task_failed", "sessionId": "s1", "taskId": "Second", "error": "boom"}
-            ).encode(),
-            True,
-        ),
-        # Strings no text column holds (NUL, lone surrogates): left out of the index,
-        # the frames kept.
-        (IN, b'{"type":"x\\u0000","sessionId":"s\\u0000","error":"\\ud800"}', True),
-        (IN, b'{"type":"error","sessionId":"s1","error":"a\\u0000b"}', True),
-        # Stopped after it completed: it ended when it completed, on the recorder's
-        # clock (finished_us), whatever the daemon's endedAt says.
-        (
-            IN,
-            json.dumps(
-                {
-                    "type": "session_status_update",
-                    "session": {"id": sid, "status": "stopped", "endedAt": "2126-01-01T00:00:00Z"},
-                }
-            ).encode(),
-            True,
-        ),
-        # Stopped after it completed: it ended when it completed, on the recorder's
-        # clock (finished_us), whatever the daemon's endedAt says.
-        (
-            IN,
-            json.dumps(
-                {
-                    "type": "session_status_update",
-                    "session": {"id": sid, "status": "stopped", "endedAt": "2126-01-01T00:00:00Z"},
-                }
-            ).encode(),
-            True,
-        ),
-    ]
-    # A session that runs again after it ended (above): "running" and "completed" in
-    # one batch (of five, padded to start one), so it ended anew, not when it first
-    # did (recorder.protocol.deltas.finished_at). The poll and the reply repeating
-    # its status between them are not work (active_us); the chunk is.
-    while len(conversation) % 5:
-        conversation.append((IN, b'{"type":"pong"}', True))
-    again = {"type": "session_status_update", "session": {"id": sid, "status": "running"}}
-    done = {"type": "session_status_update", "session": {"id": sid, "status": "completed"}}
-    conversation += [
-        (IN, json.dumps(again).encode(), True),
-        (OUT, json.dumps({"type": "session_status", "payload": {"sessionId": sid}}).encode(), True),
-        (IN, json.dumps(again).encode(), True),
-        (IN, json.dumps({"type": "stream_chunk", "data": {"sessionId": sid}}).encode(), True),
-        (IN, json.dumps(done).encode(), True),
-    ]
-    tables = {
-        "frames": "id",
-        "sessions": "id",
-        "tasks": "session_id, task_id",
-        "connections": "id",
-        "frame_days": "day_us, type, direction",
-    }
-
-    async def write(url: str, together: bool) -> None:
-        db = await WriterDatabase.open(url)
-        await db.run(upgrade_sync)
-        store = Store(db.dialect)
-        cid = await db.run(
-            store.open_connection, "proxy", "ws://x/", 1_795_692_537_000_000, "127.0.0.1:1"
-        )
-        classifier = Classifier()
-        frames = [
-            (cid, i, d, 1_795_692_537_000_000 + i, i, t, data)
-            for i, (d, data, t) in enumerate(conversation, 1)
-        ]
-        # Several batches: attribution across them.
-        batches = [
-            classifier.rows_and_index(frames[start : start + 5])
-            for start in range(0, len(frames), 5)
-        ]
-        if together:
-            await db.run(store.write_batches, batches[:2])
-            await db.run(store.write_batches, batches[2:])
-        else:
-            for rows, index in batches:
-                await db.run(store.write_batch, rows, index)
-        await db.shutdown()
-
-    sqlite_path = tmp_path / "same.db"
-    asyncio.run(write(f"sqlite+aiosqlite:///{sqlite_path}", together=False))
-    asyncio.run(write(pg_url.replace("postgresql://", "postgresql+asyncpg://"), together=True))
-
-    def normal(value: Any) -> Any:
-        return bytes(value) if isinstance(value, memoryview) else value
-
-    async def from_postgres(table: str, order: str) -> list[tuple[Any, ...]]:
-        conn = await asyncpg.connect(pg_url)
-        try:
-            rows = await conn.fetch(f"SELECT * FROM {table} ORDER BY {order}")
-            return [tuple(normal(v) for v in row.values()) for row in rows]
-        finally:
-            await conn.close()
-
-    with sqlite3.connect(sqlite_path) as lite:
-        for table, order in tables.items():
-            ours = [
-                tuple(normal(v) for v in row)
-                for row in lite.execute(f"SELECT * FROM {table} ORDER BY {order}")
-            ]
-            theirs = asyncio.run(from_postgres(table, order))
-            assert ours == theirs, table
-            assert ours, table
-        # The recorder's clock: it ended (again) with the last frame, which said
-        # "completed" after "running" in the same batch; it was at work then too.
-        (finished, active) = lite.execute(
-            "SELECT finished_us, active_us FROM sessions WHERE id = ?", (sid,)
-        ).fetchone()
-        assert finished == active == 1_795_692_537_000_000 + len(conversation)
 
 
 async def test_the_partitioning_migration_goes_down_and_up_again_with_the_frames(

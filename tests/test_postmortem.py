@@ -1,4 +1,5 @@
-"""Postmortem queries on a real recording: show, tail, attribution, read-only copies."""
+"""Postmortem queries on a real recording: show, replay, attribution, stats, and
+read-only copies of it."""
 
 from __future__ import annotations
 
@@ -7,135 +8,17 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import sqlite3
-import subprocess
-import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from websockets.asyncio.client import ClientConnection, connect
 
 from recorder.cli import cli
-from recorder.config import load_config
 from recorder.db.recordings import Recordings
-from recorder.pipeline.writer import Writer
-from recorder.protocol.frames import IN, Frame
-from recorder.simulator import Simulator, SimulatorOptions
-from tests.conftest import running, write_config
-from tests.helpers import query, wait_until
-
-TIMEOUT = 30
-
-
-def spawn_request(orchestrator: str, description: str) -> dict[str, Any]:
-    return {
-        "type": "spawn_session",
-        "payload": {
-            "orchestratorId": orchestrator,
-            "task": {"type": "code", "description": description, "priority": "high"},
-            "sessionType": "claude-code",
-            "memoryProfile": "default",
-        },
-    }
-
-
-class Recording:
-    """What the module's recording holds, as the simulator saw it."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.ui_session = ""
-        self.gap_session = ""
-        self.tool_calls_sent = 0
-        self.ui_frames: list[dict[str, Any]] = []
-
-
-async def ui_conversation(url: str, rec: Recording) -> None:
-    """A UI through the proxy: spawn, a second task, a question about a session
-    that does not exist."""
-    async with connect(url) as ws:
-        await ws.recv()  # health check
-        await ws.send(json.dumps(spawn_request("vp_7", "Implement feature X")))
-        while True:
-            message = json.loads(await ws.recv())
-            rec.ui_frames.append(message)
-            if message["type"] == "tool_call_start":
-                rec.tool_calls_sent += 1
-            if message["type"] == "session_spawned":
-                rec.ui_session = message["session"]["id"]
-                break
-        await ws.send(
-            json.dumps(
-                {"type": "execute_task", "payload": {"sessionId": rec.ui_session, "task": "Fix it"}}
-            )
-        )
-        await ws.send(
-            json.dumps({"type": "session_status", "payload": {"sessionId": "session_nope"}})
-        )
-        while True:
-            message = json.loads(await ws.recv())
-            if message["type"] == "error":
-                break
-
-
-async def status_of(ws: ClientConnection, session_id: str | None, status: str) -> str:
-    """Read broadcasts until a session (any, if None) has ``status``; its id."""
-    while True:
-        message = json.loads(await ws.recv())
-        session = message.get("session") or {}
-        if message["type"] == "session_status_update" and session.get("status") == status:
-            if session_id is None or session["id"] == session_id:
-                return str(session["id"])
-
-
-async def record(path: Path, tmp: Path) -> Recording:
-    rec = Recording(path)
-    opts = SimulatorOptions(port=0, chunk_delay=0.005, seed=5, fail_rate=0.0)
-    async with Simulator(opts) as sim:
-        config = load_config(
-            write_config(
-                tmp / "config.toml",
-                {
-                    "daemon": {"url": sim.url},
-                    "reconnect": {"base": 0.2, "cap": 0.4},
-                    "storage": {"url": f"sqlite:///{path}", "commit_interval": 0.05},
-                    "proxy": {"listen": "127.0.0.1:0"},
-                    "log": {"format": "json"},
-                },
-            ),
-            env={},
-        )
-        async with running(config) as svc:
-            assert svc.proxy is not None
-            await ui_conversation(f"ws://127.0.0.1:{svc.proxy.port}", rec)
-            # A session the link alone watches, active across a forced disconnect.
-            sim.options.chunk_delay = 0.3
-            sim.options.chunks_per_task = (4, 4)
-            spawn = spawn_request("vp_gap", "Outlive a restart")
-            async with connect(sim.url) as spawner:
-                await spawner.recv()
-                await spawner.send(json.dumps(spawn))
-                rec.gap_session = await status_of(spawner, None, "running")
-                connections = sim.total_connections
-                await sim.disconnect_all()
-            await sim.wait_connections(connections + 1, timeout=TIMEOUT)  # the link is back
-            async with connect(sim.url) as watcher:
-                await status_of(watcher, rec.gap_session, "completed")
-
-            async def recorded_as_completed() -> bool:
-                rows = await query(
-                    svc, "select status from sessions where id = :id", id=rec.gap_session
-                )
-                return [r.status for r in rows] == ["completed"]
-
-            await wait_until(svc, recorded_as_completed, timeout=TIMEOUT)
-            await svc.writer.flush()
-    return rec
+from tests.postmortem_recording import Recording, record
 
 
 @pytest.fixture(scope="module")
@@ -340,110 +223,6 @@ def test_a_read_only_copy_is_read_and_left_alone(recording: Recording, with_wal:
     assert after == before  # no byte changed, no file added
 
 
-def test_an_unrelated_or_empty_file_is_not_changed(tmp_path: Path) -> None:
-    empty = tmp_path / "empty.db"
-    empty.touch()
-    result = invoke("sessions", "--database", str(empty))
-    assert result.exit_code == 1 and result.stdout == ""
-    assert (
-        result.stderr.strip()
-        == f"Error: database {empty} has no recorder tables; run `recorder db upgrade`"
-    )
-    assert empty.stat().st_size == 0 and sorted(tmp_path.iterdir()) == [empty]
-    other = tmp_path / "other.db"
-    with sqlite3.connect(other) as conn:
-        conn.execute("create table t(x)")
-    before = other.read_bytes()
-    assert invoke("frames", "--database", str(other)).exit_code == 1
-    assert other.read_bytes() == before
-
-
-def test_errors_are_one_line_naming_the_path_as_written(tmp_path: Path) -> None:
-    for target, expected in (
-        (str(tmp_path), f"Error: {tmp_path} is a directory, not a database file"),
-        (
-            "missing.db",
-            "Error: no database at missing.db (start `recorder run` or run `recorder db upgrade`)",
-        ),
-    ):
-        result = invoke("sessions", "--database", target)
-        assert result.exit_code == 1 and result.stdout == ""
-        assert result.stderr.strip() == expected
-        assert "sqlite+" not in result.stderr and "Background" not in result.stderr
-
-
-def run_cli(*args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "recorder", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        **kwargs,
-    )
-
-
-@pytest.fixture
-def many_frames(tmp_path: Path) -> Iterator[Path]:
-    """A database with enough frames to fill a pipe many times over."""
-    path = tmp_path / "many.db"
-
-    async def fill() -> None:
-        writer = Writer(f"sqlite+aiosqlite:///{path}")
-        await writer.start()
-        task = asyncio.create_task(writer.run())
-        cid = await writer.open_connection("link", "ws://127.0.0.1:8787")
-        for i in range(1, 5001):
-            status = b'{"type":"session_status_update","session":{"id":"s%05d","status":"running"}}'
-            await writer.put(Frame(cid, i, IN, 1_000_000 + i, i, True, status % i))
-        writer.stop()
-        await task
-        await writer.close()
-
-    asyncio.run(fill())
-    yield path
-
-
-@pytest.mark.parametrize("command", [["frames", "--limit", "0"], ["sessions", "--limit", "0"]])
-def test_a_closed_pipe_ends_quietly(many_frames: Path, command: list[str]) -> None:
-    proc = run_cli(*command, "--database", str(many_frames))
-    assert proc.stdout is not None and proc.stderr is not None
-    proc.stdout.readline()
-    proc.stdout.close()  # what `| head -1` does
-    assert proc.wait(TIMEOUT) == 0
-    assert proc.stderr.read() == b""
-
-
-def test_tail_prints_frames_committed_after_it_started(tmp_path: Path) -> None:
-    path = tmp_path / "tail.db"
-
-    async def scenario() -> None:
-        writer = Writer(f"sqlite+aiosqlite:///{path}")
-        await writer.start()
-        task = asyncio.create_task(writer.run())
-        cid = await writer.open_connection("link", "ws://x")
-        await writer.put(Frame(cid, 1, IN, 1, 1, True, b'{"type":"before"}'))
-        await writer.flush()
-        proc = run_cli("tail", "--database", str(path), "--format", "jsonl", "--last", "1")
-        assert proc.stdout is not None
-        loop = asyncio.get_running_loop()
-        try:
-            first = json.loads(await loop.run_in_executor(None, proc.stdout.readline))
-            assert first["type"] == "before"  # it has read where the database ends
-            await writer.put(Frame(cid, 2, IN, 2, 2, True, b'{"type":"after"}'))
-            await writer.flush()
-            async with asyncio.timeout(TIMEOUT):
-                second = json.loads(await loop.run_in_executor(None, proc.stdout.readline))
-            assert second["type"] == "after" and second["seq"] == 2
-        finally:
-            proc.send_signal(signal.SIGINT)  # Ctrl-C
-            assert await loop.run_in_executor(None, proc.wait, TIMEOUT) == 0
-            assert proc.stderr is not None and proc.stderr.read() == b""
-        writer.stop()
-        await task
-        await writer.close()
-
-    asyncio.run(scenario())
-
-
 def test_db_current_leaves_a_copied_database_alone(recording: Recording, tmp_path: Path) -> None:
     live = tmp_path / "live"
     live.mkdir()
@@ -467,53 +246,3 @@ def test_db_current_leaves_a_copied_database_alone(recording: Recording, tmp_pat
     after = digest(copy)
     after.pop("copy.db-shm", None)  # what SQLite needs to read a -wal, as every query does
     assert after == before  # not checkpointed, nothing deleted, no lock file
-
-
-def test_db_current_on_a_file_without_a_schema_says_none(tmp_path: Path) -> None:
-    empty = tmp_path / "empty.db"
-    empty.touch()
-    result = invoke("db", "current", "--database", str(empty))
-    assert result.exit_code == 0 and result.stdout.startswith("none (head: ")
-    assert sorted(tmp_path.iterdir()) == [empty] and empty.stat().st_size == 0
-
-
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["frames", "--limit", "0", "--format", "jsonl"],
-        ["sessions", "--format", "jsonl"],
-        ["--help"],
-    ],
-)
-def test_a_full_disk_is_one_line(many_frames: Path, command: list[str]) -> None:
-    if command[0] != "--help":
-        command = [*command, "--database", str(many_frames)]
-    with open("/dev/full", "wb") as full:
-        proc = subprocess.run(
-            [sys.executable, "-m", "recorder", *command],
-            stdout=full,
-            stderr=subprocess.PIPE,
-            timeout=TIMEOUT,
-        )
-    assert proc.returncode == 1
-    assert proc.stderr == b"Error: cannot write output: No space left on device\n"
-
-
-@pytest.mark.parametrize("command", [["frames", "--limit", "0"], ["sessions"], ["--version"]])
-def test_a_closed_stdout_is_one_line_and_the_database_is_untouched(
-    many_frames: Path, command: list[str]
-) -> None:
-    before = hashlib.sha256(many_frames.read_bytes()).hexdigest()
-    if command[0] != "--version":
-        command = [*command, "--database", str(many_frames)]
-    argv = [sys.executable, "-m", "recorder", *command]
-    proc = subprocess.run(
-        ["sh", "-c", 'exec "$@" >&-', "sh", *argv],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        timeout=TIMEOUT,
-    )
-    assert proc.returncode == 1
-    assert proc.stderr == b"Error: cannot write output: stdout is closed\n"
-    assert hashlib.sha256(many_frames.read_bytes()).hexdigest() == before

@@ -227,6 +227,66 @@ def test_show_keeps_the_first_and_last_connections_and_gaps(tmp_path: Path) -> N
 # --- replay --follow: the end a link saw first ---------------------------------------------
 
 
+FOLLOWED = "session_follow"
+
+
+async def a_ui_up_to_its_first_chunk(db: Any, store: Any) -> int:
+    """A UI's spawn, its answer and the session's first chunk, committed: the UI's
+    connection."""
+    spawn = {
+        "type": "spawn_session",
+        "payload": {"orchestratorId": "o", "task": {"description": "d"}},
+    }
+    spawned = {"type": "session_spawned", "session": {"id": FOLLOWED, "status": "running"}}
+    t0 = now_us()
+    ui: int = await db.run(store.open_connection, "proxy", "ws://daemon", t0, "127.0.0.1:4000")
+    await commit(
+        db,
+        store,
+        [
+            (ui, 1, OUT, t0 + 1, 1, True, json.dumps(spawn).encode()),
+            (ui, 2, IN, t0 + 2, 2, True, json.dumps(spawned).encode()),
+            (ui, 3, IN, t0 + 3, 3, True, chunk(FOLLOWED, "one ")),
+        ],
+    )
+    return ui
+
+
+async def followed_past_the_links_end(db_path: Path) -> str:
+    """What `replay --follow` printed of a session whose link saw it end before its UI's
+    last chunk was recorded: the link's "completed" is committed, then (the follower
+    having had a second to look) the UI's last chunk, then the conversation closes."""
+    db, store, link = await writer_database(f"sqlite+aiosqlite:///{db_path}")
+    ui = await a_ui_up_to_its_first_chunk(db, store)
+    args = ["replay", "--database", str(db_path), FOLLOWED, "--follow", "--instant"]
+    follower = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "recorder", *args, "--format", "jsonl",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert follower.stdout is not None
+    try:
+        for _ in range(2):  # the spawn's answer and the first chunk, played
+            await asyncio.wait_for(follower.stdout.readline(), TIMEOUT)
+        done = status(FOLLOWED, "completed")
+        await commit(db, store, [(link, 1, IN, now_us(), 4, True, done)])
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(follower.wait(), 1.0)  # it may stop here
+        await commit(db, store, [(ui, 4, IN, now_us(), 5, True, chunk(FOLLOWED, "last"))])
+        await db.run(
+            lambda c: store.close_connection(
+                c, ui, now_us(), code=1000, reason="", closed_by="client", error=None
+            )
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(follower.wait(), 3.0)
+    finally:
+        if follower.returncode is None:
+            follower.kill()
+        rest = (await follower.communicate())[0].decode()
+        await db.shutdown()
+    return rest
+
+
 def test_follow_plays_the_conversation_s_last_frames_recorded_after_the_link_saw_the_end(
     tmp_path: Path,
 ) -> None:
@@ -235,63 +295,8 @@ def test_follow_plays_the_conversation_s_last_frames_recorded_after_the_link_saw
     records the daemon's broadcast "completed" as it arrives; the UI's last chunks,
     relayed by the proxy, are recorded only once relayed (capture/proxy.py pump), so
     they can be committed after it, by a second with a slow UI. --follow then ends
-    while the conversation it plays is still open, and never plays them. Here the
-    link's "completed" is committed, then (the follower having had a second to look)
-    the UI's last chunk, then the conversation closes."""
-    db_path = tmp_path / "r.db"
-    sid = "session_follow"
-    spawn = {
-        "type": "spawn_session",
-        "payload": {"orchestratorId": "o", "task": {"description": "d"}},
-    }
-    spawned = {"type": "session_spawned", "session": {"id": sid, "status": "running"}}
-
-    async def scenario() -> str:
-        db, store, link = await writer_database(f"sqlite+aiosqlite:///{db_path}")
-        t0 = now_us()
-        ui = await db.run(store.open_connection, "proxy", "ws://daemon", t0, "127.0.0.1:4000")
-        await commit(
-            db,
-            store,
-            [
-                (ui, 1, OUT, t0 + 1, 1, True, json.dumps(spawn).encode()),
-                (ui, 2, IN, t0 + 2, 2, True, json.dumps(spawned).encode()),
-                (ui, 3, IN, t0 + 3, 3, True, chunk(sid, "one ")),
-            ],
-        )
-        args = ["replay", "--database", str(db_path), sid, "--follow", "--instant"]
-        follower = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "recorder",
-            *args,
-            "--format",
-            "jsonl",
-            stdout=asyncio.subprocess.PIPE,
-        )
-        assert follower.stdout is not None
-        try:
-            for _ in range(2):  # the spawn's answer and the first chunk, played
-                await asyncio.wait_for(follower.stdout.readline(), TIMEOUT)
-            await commit(db, store, [(link, 1, IN, now_us(), 4, True, status(sid, "completed"))])
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(follower.wait(), 1.0)  # it may stop here
-            await commit(db, store, [(ui, 4, IN, now_us(), 5, True, chunk(sid, "last"))])
-            await db.run(
-                lambda c: store.close_connection(
-                    c, ui, now_us(), code=1000, reason="", closed_by="client", error=None
-                )
-            )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(follower.wait(), 3.0)
-        finally:
-            if follower.returncode is None:
-                follower.kill()
-            rest = (await follower.communicate())[0].decode()
-            await db.shutdown()
-        return rest
-
-    rest = asyncio.run(scenario())
+    while the conversation it plays is still open, and never plays them."""
+    rest = asyncio.run(followed_past_the_links_end(tmp_path / "r.db"))
     assert '\\"chunk\\": \\"last\\"' in rest, rest
 
 
@@ -305,7 +310,7 @@ def test_a_chunk_nested_1000_deep_does_not_stop_its_session_compacting(tmp_path:
     the session's compaction fails at every run ("every action failed (1); the first:
     RecursionError"), and none of its chunks is ever folded. Such a chunk should stay
     byte-exact where it is, as any chunk whose text is not a string does."""
-    from tests.test_cleanup_guards import config_file, policy, record
+    from tests.cleanup_scripts import config_file, policy, record
 
     db = tmp_path / "recorder.db"
     base = now_us() - 86_400 * SECOND

@@ -135,10 +135,10 @@ def wait_backed_up(clients: list[socket.socket]) -> None:
 
 
 def a_long_session(path: Path, count: int) -> str:
-    from tests.test_reading import SID as LONG
-    from tests.test_reading import chunk as padded
-    from tests.test_reading import fill
-    from tests.test_reading import status as state
+    from tests.reading_session import SID as LONG
+    from tests.reading_session import chunk as padded
+    from tests.reading_session import fill
+    from tests.reading_session import status as state
 
     frames = [(IN, state("running")), *[(IN, padded(i, pad=50_000)) for i in range(count)]]
     asyncio.run(fill(f"sqlite+aiosqlite:///{path}", frames))

@@ -19,7 +19,7 @@ from recorder.protocol import story
 from recorder.protocol.frames import IN
 from recorder.protocol.story import OTHER_TYPES, StoryFrame, tell
 from recorder.protocol.tame import one_line
-from tests.test_reading import fill
+from tests.reading_session import fill
 
 SID = "session_1795692537464_shown"
 MB10 = 10 * 1024 * 1024
