@@ -6,9 +6,10 @@ client that asked, so a passive link never sees them; a UI pointed at the proxy
 
 The upstream connection is opened during the client's handshake, so an upstream
 rejection (401 with its JSON body, 429) reaches the client unchanged, and the
-subprotocol the daemon picks is the one the client gets. Each frame is forwarded
-first and recorded after: forwarding never waits for the database unless the
-writer's queue is full. This module admits clients and opens their upstreams; the
+subprotocol the daemon picks is the one the client gets. Each frame is handed to
+the writer as it is stamped and relayed after: a peer that stops reading cannot
+hold back what the other side said, and relaying waits for the database only when
+the writer's queue is full. This module admits clients and opens their upstreams; the
 relay itself is :mod:`recorder.capture.conversation`.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
@@ -45,7 +46,7 @@ from recorder.capture.handshake import (
     origin,
     text_response,
 )
-from recorder.capture.wire import RecordingServerConnection
+from recorder.capture.port_limit import MAX_UNADMITTED, PortConnection, Sockets
 from recorder.config import Config
 from recorder.pipeline.writer import Writer, WriterError
 
@@ -56,45 +57,11 @@ STOP_TIMEOUT = 10.0
 # After aborting what would not close, this long for the conversations to write
 # down how they ended.
 ABORTED_GRACE = 1.0
-# TCP connections on the port beyond max_clients: handshakes under way, /health and
-# /metrics. Past that a new one is closed at once: connections that never finish a
-# handshake (each held open_timeout) took every file descriptor, and the link could
-# not dial the daemon.
-MAX_UNADMITTED = 64
 # Headers a browser or UI sends that the daemon may care about.
 FORWARDED_HEADERS = ("Authorization", "x-api-key", "Origin", "Cookie", "User-Agent")
 
 
 # --- the proxy ------------------------------------------------------------------
-
-
-class _Sockets:
-    """How many TCP connections the port holds, against a limit."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.open = 0
-
-
-class _PortConnection(RecordingServerConnection):
-    """A connection on the proxy's port, counted from its accept to its end."""
-
-    sockets: _Sockets
-    counted = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        if self.sockets.open >= self.sockets.limit:
-            cast(asyncio.Transport, transport).abort()  # before any byte is read
-            return
-        self.sockets.open += 1
-        self.counted = True
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.counted:
-            self.sockets.open -= 1
-            self.counted = False
-        super().connection_lost(exc)
 
 
 class Proxy:
@@ -120,10 +87,10 @@ class Proxy:
         self._closing: set[asyncio.Task[bool]] = set()
         # The upstream connections of conversations under way, to abort at the stop.
         self._upstreams: set[Any] = set()
-        self._sockets = _Sockets(p.max_clients + MAX_UNADMITTED)
+        self._sockets = Sockets(p.max_clients + MAX_UNADMITTED)
 
-    def _connection(self, *args: Any, **kwargs: Any) -> _PortConnection:
-        conn = _PortConnection(*args, **kwargs)
+    def _connection(self, *args: Any, **kwargs: Any) -> PortConnection:
+        conn = PortConnection(*args, **kwargs)
         conn.sockets = self._sockets
         return conn
 
