@@ -6,9 +6,10 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -152,3 +153,23 @@ async def selected(db: WriterDatabase, sql: str) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in conn.execute(text(sql))]
 
     return await db.run(read)
+
+
+def refuse_connections(db: Path, role: str) -> Callable[[], None]:
+    """From now on the database refuses new connection rows of ``role`` (an insert
+    that fails, as a full disk or a broken constraint would make it); the returned
+    function lifts the refusal."""
+    name = f"refuse_{role}_connections"
+    with closing(sqlite3.connect(db, timeout=30)) as conn:
+        conn.execute(
+            f"CREATE TRIGGER {name} BEFORE INSERT ON connections WHEN NEW.role = '{role}' "
+            "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        )
+        conn.commit()
+
+    def lift() -> None:
+        with closing(sqlite3.connect(db, timeout=30)) as conn:
+            conn.execute(f"DROP TRIGGER {name}")
+            conn.commit()
+
+    return lift

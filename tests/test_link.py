@@ -7,10 +7,8 @@ import dataclasses
 import itertools
 import json
 import random
-import sqlite3
 import time
 from collections.abc import Callable
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ from recorder.protocol.requests import PING
 from recorder.simulator import Simulator, SimulatorOptions
 from recorder.times import now_us
 from tests.conftest import running, write_config
-from tests.helpers import query, wait_for_frame, wait_until
+from tests.helpers import query, refuse_connections, wait_for_frame, wait_until
 
 GARBAGE: list[tuple[str | bytes, bool | None, str]] = [
     ("this is not json", None, "invalid_json"),
@@ -364,26 +362,6 @@ async def test_unusable_database_stops_the_service_with_one_clear_line(
     assert errors[0]["event"] == (
         "cannot use database /proc/no-such-dir/recorder.db: No such file or directory"
     )
-
-
-def refuse_connections(db: Path, role: str) -> Callable[[], None]:
-    """From now on the database refuses new connection rows of ``role`` (an insert
-    that fails, as a full disk or a broken constraint would make it); the returned
-    function lifts the refusal."""
-    name = f"refuse_{role}_connections"
-    with closing(sqlite3.connect(db, timeout=30)) as conn:
-        conn.execute(
-            f"CREATE TRIGGER {name} BEFORE INSERT ON connections WHEN NEW.role = '{role}' "
-            "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
-        )
-        conn.commit()
-
-    def lift() -> None:
-        with closing(sqlite3.connect(db, timeout=30)) as conn:
-            conn.execute(f"DROP TRIGGER {name}")
-            conn.commit()
-
-    return lift
 
 
 async def test_a_connection_the_writer_cannot_record_is_retried(

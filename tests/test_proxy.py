@@ -25,8 +25,7 @@ from recorder.config import Config, ConfigError, load_config
 from recorder.service.lifecycle import Service
 from recorder.simulator import Simulator, SimulatorOptions
 from tests.conftest import running, write_config
-from tests.helpers import query, wait_until
-from tests.test_link import refuse_connections
+from tests.helpers import query, refuse_connections, wait_until
 
 T = 10
 

@@ -27,8 +27,14 @@ from recorder.protocol.frames import IN, FrameTuple
 from recorder.simulator import Simulator, SimulatorOptions
 from recorder.times import now_us
 from tests.conftest import running, write_config
-from tests.helpers import children, grandchildren, recorder_process, selected, writer_database
-from tests.test_link import refuse_connections
+from tests.helpers import (
+    children,
+    grandchildren,
+    recorder_process,
+    refuse_connections,
+    selected,
+    writer_database,
+)
 
 TIMEOUT = 30
 
