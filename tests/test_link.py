@@ -5,12 +5,16 @@ database). Reconnecting is tests/test_link_reconnect.py."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import ssl
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
+from websockets.asyncio.server import ServerConnection, serve
 
 from recorder.config import Config
 from recorder.protocol.requests import PING
@@ -140,25 +144,9 @@ async def test_writer_commits_promptly_while_idle_link_waits(
     assert (seen_us - found[0].received_at_us) / 1e6 < 10 * interval
 
 
-@pytest.mark.parametrize("trusted_by", ["ca_file", "the system"])
-async def test_wss_with_a_private_ca(
-    make_config: Callable[..., Config],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    trusted_by: str,
-) -> None:
-    """wss:// to a daemon whose certificate the configured CA file vouches for, or the
-    system's trust store (here OpenSSL's SSL_CERT_FILE). Without ca_file every wss://
-    URL was refused before a connection was tried (found probing bad input)."""
-    import shutil
-    import ssl
-    import subprocess
-
-    from websockets.asyncio.server import ServerConnection, serve
-
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+async def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for localhost and 127.0.0.1, made by openssl, and its key."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
     await asyncio.to_thread(
         subprocess.run,
         [
@@ -182,14 +170,31 @@ async def test_wss_with_a_private_ca(
         check=True,
         capture_output=True,
     )
+    return cert, key
+
+
+async def say_healthy(ws: ServerConnection) -> None:
+    """A daemon's greeting, then nothing until the recorder hangs up."""
+    await ws.send('{"type":"health_check_response","healthy":true}')
+    await ws.wait_closed()
+
+
+@pytest.mark.parametrize("trusted_by", ["ca_file", "the system"])
+async def test_wss_with_a_private_ca(
+    make_config: Callable[..., Config],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    trusted_by: str,
+) -> None:
+    """wss:// to a daemon whose certificate the configured CA file vouches for, or the
+    system's trust store (here OpenSSL's SSL_CERT_FILE). Without ca_file every wss://
+    URL was refused before a connection was tried (found probing bad input)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = await self_signed_certificate(tmp_path)
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(cert, key)
-
-    async def handler(ws: ServerConnection) -> None:
-        await ws.send('{"type":"health_check_response","healthy":true}')
-        await ws.wait_closed()
-
-    async with serve(handler, "127.0.0.1", 0, ssl=server_ctx) as server:
+    async with serve(say_healthy, "127.0.0.1", 0, ssl=server_ctx) as server:
         port = server.sockets[0].getsockname()[1]
         if trusted_by == "ca_file":
             config = make_config(f"wss://127.0.0.1:{port}", daemon={"ca_file": str(cert)})
