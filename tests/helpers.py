@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -173,3 +174,10 @@ def refuse_connections(db: Path, role: str) -> Callable[[], None]:
             conn.commit()
 
     return lift
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now, for a process to be told to listen on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
