@@ -75,6 +75,12 @@ class SlowNetworkDaemon:
         await self.speak(send, self.connections, writer)
         await answering
 
+    async def hang_up(self) -> None:
+        """Drop every connection at once, and wait for their handlers to end."""
+        for writer in self.writers:
+            writer.transport.abort()
+        await asyncio.gather(*self.handlers, return_exceptions=True)
+
     async def speak(self, send: Any, number: int, writer: asyncio.StreamWriter) -> None:
         """What the daemon sends on its connection ``number``."""
         if number == 1:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +17,7 @@ from pathlib import Path
 from recorder.config import Config
 from recorder.simulator import Simulator, SimulatorOptions
 from tests.conftest import TIMEOUT, running, write_config
-from tests.helpers import free_port, query, wait_until
+from tests.helpers import free_port, query, recorder_process, wait_until
 from tests.raw_daemon import SlowNetworkDaemon, StubbornDaemon
 from tests.test_serve_guards import deaf_client, wait_backed_up
 
@@ -92,9 +91,7 @@ async def test_a_healthy_daemon_behind_a_slow_network_is_not_dropped_mid_frame(
             big = await query(svc, "select connection_id from frames where size > 400000")
     finally:
         server.close()
-        for writer in daemon.writers:
-            writer.transport.abort()
-        await asyncio.gather(*daemon.handlers, return_exceptions=True)
+        await daemon.hang_up()
     assert first.error is None, first.error
     assert [row.connection_id for row in big] == [first.id]
 
@@ -146,6 +143,65 @@ async def test_health_survives_a_daemon_health_body_nested_too_deep(
 # --- the stop: a UI that reads nothing, a daemon that never finishes a close ---------------
 
 
+SHUTDOWN_TIMEOUT = 3.0
+
+
+def stop_config(tmp_path: Path, daemon_port: int, proxy_port: int) -> Path:
+    """A recorder of the daemon at ``daemon_port``, its proxy on ``proxy_port``, that
+    stops within SHUTDOWN_TIMEOUT and sends no heartbeat while it runs."""
+    return write_config(
+        tmp_path / "c.toml",
+        {
+            "daemon": {"url": f"ws://127.0.0.1:{daemon_port}"},
+            "heartbeat": {"interval": 60.0, "timeout": 60.0},
+            "storage": {
+                "url": f"sqlite:///{tmp_path / 'r.db'}",
+                "shutdown_timeout": SHUTDOWN_TIMEOUT,
+            },
+            "proxy": {"listen": f"127.0.0.1:{proxy_port}"},
+            "log": {"format": "json"},
+        },
+    )
+
+
+async def seconds_to_exit(recorder: asyncio.subprocess.Process) -> float:
+    """SIGTERM, then the seconds until the process exits (waited for up to 8 s past
+    SHUTDOWN_TIMEOUT)."""
+    recorder.terminate()
+    stopped = time.monotonic()
+    try:
+        await asyncio.wait_for(recorder.communicate(), SHUTDOWN_TIMEOUT + 8.0)
+    except TimeoutError:
+        pass
+    return time.monotonic() - stopped
+
+
+async def stop_beside_a_deaf_ui(tmp_path: Path, daemon: StubbornDaemon) -> float:
+    """The seconds a recorder takes to exit after SIGTERM while its proxy carries a UI
+    that reads nothing (its socket backed up) and ``daemon`` streams to it."""
+    proxy_port = free_port()
+    server = await asyncio.start_server(daemon.handle, "127.0.0.1", 0)
+    config = stop_config(tmp_path, server.sockets[0].getsockname()[1], proxy_port)
+    recorder = await recorder_process("run", "--config", str(config), merge_stderr=True)
+    assert recorder.stdout is not None
+    ui: socket.socket | None = None
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while b"proxy listening" not in await recorder.stdout.readline():
+                pass
+        ui = await asyncio.to_thread(deaf_client, f"ws://127.0.0.1:{proxy_port}")
+        await asyncio.to_thread(wait_backed_up, [ui])
+        return await seconds_to_exit(recorder)
+    finally:
+        if recorder.returncode is None:
+            recorder.kill()
+            await recorder.wait()
+        if ui is not None:
+            ui.close()
+        server.close()
+        await daemon.hang_up()
+
+
 def test_the_recorder_exits_within_the_shutdown_timeout_beside_a_ui_that_does_not_read(
     tmp_path: Path,
 ) -> None:
@@ -159,57 +215,5 @@ def test_the_recorder_exits_within_the_shutdown_timeout_beside_a_ui_that_does_no
     proxy's serve() sets none). A shutdown_timeout under 10 s is not what systemd
     sees; tests/faults/test_deaf_daemon.py times the service's task, not the
     process."""
-    daemon = StubbornDaemon()
-    proxy_port = free_port()
-
-    async def scenario() -> float:
-        server = await asyncio.start_server(daemon.handle, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        config = write_config(
-            tmp_path / "c.toml",
-            {
-                "daemon": {"url": f"ws://127.0.0.1:{port}"},
-                "heartbeat": {"interval": 60.0, "timeout": 60.0},
-                "storage": {"url": f"sqlite:///{tmp_path / 'r.db'}", "shutdown_timeout": 3.0},
-                "proxy": {"listen": f"127.0.0.1:{proxy_port}"},
-                "log": {"format": "json"},
-            },
-        )
-        recorder = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "recorder",
-            "run",
-            "--config",
-            str(config),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        assert recorder.stdout is not None
-        ui: socket.socket | None = None
-        try:
-            async with asyncio.timeout(TIMEOUT):
-                while b"proxy listening" not in await recorder.stdout.readline():
-                    pass
-            ui = await asyncio.to_thread(deaf_client, f"ws://127.0.0.1:{proxy_port}")
-            await asyncio.to_thread(wait_backed_up, [ui])
-            recorder.terminate()
-            stopped = time.monotonic()
-            try:
-                await asyncio.wait_for(recorder.communicate(), 3.0 + 8.0)
-            except TimeoutError:
-                pass
-            return time.monotonic() - stopped
-        finally:
-            if recorder.returncode is None:
-                recorder.kill()
-                await recorder.wait()
-            if ui is not None:
-                ui.close()
-            for writer in daemon.writers:
-                writer.transport.abort()
-            server.close()
-            await asyncio.gather(*daemon.handlers, return_exceptions=True)
-
-    took = asyncio.run(scenario())
-    assert took < 3.0 + 1.0, f"the process exited {took:.1f} s after SIGTERM"
+    took = asyncio.run(stop_beside_a_deaf_ui(tmp_path, StubbornDaemon()))
+    assert took < SHUTDOWN_TIMEOUT + 1.0, f"the process exited {took:.1f} s after SIGTERM"
