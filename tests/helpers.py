@@ -9,6 +9,7 @@ import signal
 import socket
 import sqlite3
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -19,8 +20,9 @@ from sqlalchemy import text
 
 from recorder.cli import cli
 from recorder.db.engine import create_engine
-from recorder.protocol.frames import IN, Frame
+from recorder.protocol.frames import IN, Frame, FrameTuple
 from recorder.service.lifecycle import Service
+from recorder.times import now_us
 
 if TYPE_CHECKING:
     from recorder.db.connection import WriterDatabase
@@ -181,3 +183,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def frames_for(cid: int, n: int) -> list[FrameTuple]:
+    """``n`` small text frames received now on connection ``cid``, seq 1 to ``n``."""
+    return [
+        (cid, seq, IN, now_us(), time.monotonic_ns(), True, b'{"type":"x"}')
+        for seq in range(1, n + 1)
+    ]
