@@ -6,9 +6,12 @@ import asyncio
 import json
 import os
 import signal
+import socket
+import sqlite3
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,8 +20,9 @@ from sqlalchemy import text
 
 from recorder.cli import cli
 from recorder.db.engine import create_engine
-from recorder.protocol.frames import IN, Frame
+from recorder.protocol.frames import IN, Frame, FrameTuple
 from recorder.service.lifecycle import Service
+from recorder.times import now_us
 
 if TYPE_CHECKING:
     from recorder.db.connection import WriterDatabase
@@ -152,3 +156,38 @@ async def selected(db: WriterDatabase, sql: str) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in conn.execute(text(sql))]
 
     return await db.run(read)
+
+
+def refuse_connections(db: Path, role: str) -> Callable[[], None]:
+    """From now on the database refuses new connection rows of ``role`` (an insert
+    that fails, as a full disk or a broken constraint would make it); the returned
+    function lifts the refusal."""
+    name = f"refuse_{role}_connections"
+    with closing(sqlite3.connect(db, timeout=30)) as conn:
+        conn.execute(
+            f"CREATE TRIGGER {name} BEFORE INSERT ON connections WHEN NEW.role = '{role}' "
+            "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        )
+        conn.commit()
+
+    def lift() -> None:
+        with closing(sqlite3.connect(db, timeout=30)) as conn:
+            conn.execute(f"DROP TRIGGER {name}")
+            conn.commit()
+
+    return lift
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now, for a process to be told to listen on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def frames_for(cid: int, n: int) -> list[FrameTuple]:
+    """``n`` small text frames received now on connection ``cid``, seq 1 to ``n``."""
+    return [
+        (cid, seq, IN, now_us(), time.monotonic_ns(), True, b'{"type":"x"}')
+        for seq in range(1, n + 1)
+    ]

@@ -20,6 +20,7 @@ from recorder.cli import cli
 from recorder.config import Config, ConfigError, load_config
 from recorder.service.metrics import serve_metrics
 from tests.conftest import running, write_config
+from tests.proxy_peers import proxy_port
 
 DEAD_DAEMON = "ws://127.0.0.1:9"
 
@@ -40,11 +41,6 @@ async def get(
         name, _, value = line.partition(":")
         fields[name.strip().lower()] = value.strip()
     return int(status_line.split()[1]), fields, body
-
-
-def proxy_port(svc: Any) -> int:
-    assert svc.proxy is not None
-    return int(svc.proxy.port)
 
 
 # --- pure parts -----------------------------------------------------------------

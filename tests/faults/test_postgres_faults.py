@@ -11,6 +11,7 @@ from recorder.pipeline.writer import Writer
 from recorder.protocol.frames import IN, Frame
 from recorder.times import now_us
 from tests.conftest import pg_admin
+from tests.faults.refused_values import check_refused_values_leave_the_index_out
 from tests.helpers import cli_json_lines, frame_bytes
 
 
@@ -26,8 +27,6 @@ def test_a_value_postgres_refuses_costs_the_index_not_the_frames(
 ) -> None:
     """PostgreSQL refuses NUL in text on the server, and asyncpg a lone surrogate on
     the client: either way the frames are written without their index, once."""
-    from tests.faults.test_writer_faults import check_refused_values_leave_the_index_out
-
     url = pg_url.replace("postgresql://", "postgresql+asyncpg://")
     stored, logged = asyncio.run(check_refused_values_leave_the_index_out(url, bad))
     assert logged == refusal
