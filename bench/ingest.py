@@ -63,11 +63,8 @@ Exits 1 if any frame was lost, duplicated or altered, 2 on a benchmark failure.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import re
-import resource
 import signal
 import statistics
 import subprocess
@@ -80,6 +77,11 @@ from pathlib import Path
 from typing import Any
 
 from databases import Database, database_factory, server_cpu_delta
+
+# bench/purge.py, tail.py and compact.py import these from here: they moved to shared modules.
+from firehose import DEFAULT_SIZE as DEFAULT_SIZE
+from firehose import CeilingRun, run_ceiling
+from firehose import start_simulator as start_simulator
 from harness import (
     BenchError,
     Child,
@@ -89,7 +91,6 @@ from harness import (
     recorder_config,
     scratch_dir,
     targets_line,
-    wait_for_log,
     yes,
 )
 
@@ -97,13 +98,8 @@ TARGET_RATIO = 0.5
 TARGET_RSS_MB = 150.0
 TARGET_RSS_FRAMES = 1_000_000
 DEFAULT_FRAMES = 200_000
-DEFAULT_SIZE = 180  # the simulator's firehose_size default; the CLI has no option for it
-CHUNK_PREFIX = b'{"type":"stream_chunk"'
-END_PREFIX = b'{"type":"stream_end"'
-LISTENING = re.compile(r"listening on ws://127\.0\.0\.1:(\d+)")
 # storage.instance of each recorder with --recorders N (one recorder keeps the default).
 INSTANCES = ("bench-a", "bench-b", "bench-c", "bench-d")
-
 
 # --- processes ---------------------------------------------------------------------
 
@@ -122,119 +118,7 @@ def vm_hwm_kib(pid: int) -> int:
     raise BenchError(f"no VmHWM for pid {pid}")
 
 
-def start_simulator(frames: int, workdir: Path, deadline: Deadline) -> tuple[Child, int]:
-    args = [sys.executable, "-m", "recorder", "simulate", "--port", "0"]
-    args += ["--firehose", str(frames), "--chunk-delay", "0"]
-    sim = Child("simulator", args, workdir)
-    try:
-        m = wait_for_log(sim, LISTENING, deadline.left())
-    except BenchError:
-        sim.kill()
-        raise
-    return sim, int(m.group(1))
-
-
 # --- the ceiling: a bare client ----------------------------------------------------------
-
-
-async def bare_client(url: str, frames: int) -> dict[str, Any]:
-    """Receive until stream_end, doing nothing with the frames (runs in its own process)."""
-    from websockets.asyncio.client import connect
-
-    wanted = {0, frames // 2, frames - 1}
-    samples: dict[int, str] = {}
-    chunks = other = nbytes = 0
-    first = end = 0.0
-    cpu0 = time.process_time()
-    async with connect(url, max_size=None, ping_interval=None) as ws:
-        recv = ws.recv
-        while True:
-            data = await recv(decode=False)
-            if data.startswith(CHUNK_PREFIX):
-                if not chunks:
-                    first = time.perf_counter()
-                    cpu0 = time.process_time()
-                if chunks in wanted:
-                    samples[chunks] = bytes(data).decode()
-                chunks += 1
-                nbytes += len(data)
-            elif data.startswith(END_PREFIX):
-                end = time.perf_counter()
-                break
-            else:
-                other += 1
-    return {
-        "chunks": chunks,
-        "other": other,
-        "bytes": nbytes,
-        "seconds": end - first,
-        "cpu_seconds": time.process_time() - cpu0,
-        "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-        "samples": samples,
-    }
-
-
-@dataclass
-class CeilingRun:
-    frames: int
-    seconds: float
-    fps: float
-    avg_frame_bytes: float
-    client_cpu_s: float
-    simulator_cpu_s: float
-    client_peak_rss_mb: float
-
-
-def run_ceiling(frames: int, root: Path, deadline: Deadline) -> CeilingRun:
-    workdir = Path(tempfile.mkdtemp(prefix="ceiling-", dir=root))
-    sim, port = start_simulator(frames, workdir, deadline)
-    client: Child | None = None
-    try:
-        sim_cpu0 = cpu_seconds(sim.pid, children=False)
-        args = [sys.executable, str(Path(__file__).resolve()), "--frames", str(frames)]
-        args += ["--bare-client", f"ws://127.0.0.1:{port}"]
-        client = Child("client", args, workdir, pipe_stdout=True)
-        assert client.proc.stdout is not None
-        try:
-            out, _ = client.proc.communicate(timeout=max(deadline.left(), 1.0))
-        except subprocess.TimeoutExpired:
-            raise BenchError("overall timeout while the bare client was receiving") from None
-        sim_cpu = cpu_seconds(sim.pid, children=False) - sim_cpu0
-        if client.proc.returncode != 0:
-            raise BenchError(f"bare client failed:\n{client.log()[-2000:]}")
-        result = json.loads(out)
-    finally:
-        if client is not None:
-            client.kill()
-        sim.stop()
-    if result["chunks"] != frames:
-        raise BenchError(f"bare client saw {result['chunks']} chunks, expected {frames}")
-    check_template_samples(result["samples"], frames)
-    seconds = result["seconds"]
-    return CeilingRun(
-        frames=frames,
-        seconds=seconds,
-        fps=frames / seconds,
-        avg_frame_bytes=result["bytes"] / frames,
-        client_cpu_s=result["cpu_seconds"],
-        simulator_cpu_s=sim_cpu,
-        client_peak_rss_mb=result["peak_rss_kib"] / 1024,
-    )
-
-
-def check_template_samples(samples: dict[str, str], frames: int) -> None:
-    """The frames off the wire are what firehose_template regenerates: it is deterministic."""
-    from recorder.simulator import firehose_template
-
-    for position, text in samples.items():
-        data = json.loads(text)["data"]
-        prefix, suffix = firehose_template(data["sessionId"], DEFAULT_SIZE, frames)
-        index = data["metadata"]["index"]
-        if int(position) != index or text != f"{prefix}{index}{suffix}":
-            raise BenchError(
-                f"firehose_template does not reproduce frame {position} off the wire; "
-                "the byte-exact check would be wrong"
-            )
 
 
 # --- the recorder ------------------------------------------------------------------------
@@ -804,7 +688,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="recorders writing into the one database at once, each with its own firehose"
         " (more than 1: PostgreSQL only)",
     )
-    p.add_argument("--bare-client", metavar="URL", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.frames < 1 or args.repeat < 1 or args.poll <= 0:
         p.error("--frames and --repeat must be at least 1, --poll positive")
@@ -823,9 +706,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.bare_client:
-        print(json.dumps(asyncio.run(bare_client(args.bare_client, args.frames))))
-        return 0
     # Generous: 20 s of start-up per measurement, and at least 2 000 frames/s.
     seconds = args.timeout or 2 * args.repeat * (20 + args.frames * args.recorders / 2000)
     deadline = Deadline(seconds)
