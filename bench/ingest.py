@@ -50,6 +50,12 @@ the medians are reported, because small shared machines are noisy. CPU seconds o
 process during the measured window are reported too, to show which process is the
 bottleneck (a process near 1.0 CPU-s per wall-second is saturated).
 
+Where the pieces are: the simulator and the bare client in ``firehose.py``, the zero-loss
+check in ``firehose_rows.py``, the recorder process and the commit polls in
+``recording.py``, the database in ``databases.py`` (all shared with other benchmarks);
+one recorder measurement in ``ingest_run.py``, the summary and table in
+``ingest_report.py``.
+
 Usage::
 
     python bench/ingest.py                      # 200 000 frames, 2 repeats
@@ -64,479 +70,45 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
-import statistics
-import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
 
-from databases import Database, database_factory, server_cpu_delta
-
-# bench/purge.py, tail.py and compact.py import these from here: they moved to shared modules.
-from firehose import DEFAULT_SIZE as DEFAULT_SIZE
-from firehose import CeilingRun, run_ceiling
-from firehose import start_simulator as start_simulator
-from firehose_rows import FirehoseRows as FirehoseRows
-from firehose_rows import LossReport as LossReport
-from firehose_rows import verify_firehose
-from harness import (
-    BenchError,
-    Child,
-    Deadline,
-    cpu_seconds,
-    log_outcome,
-    recorder_config,
-    scratch_dir,
-    targets_line,
-    yes,
+from databases import database_factory
+from firehose import DEFAULT_SIZE, CeilingRun, run_ceiling, start_simulator
+from firehose_rows import FirehoseRows, LossReport
+from harness import BenchError, Child, Deadline, scratch_dir
+from ingest_report import print_run_problems, print_table, summarize
+from ingest_run import INSTANCES, Measurement, run_recorders
+from recording import (
+    END_SQL,
+    LINK_SQL,
+    NO_PROXY,
+    SPAN_SQL,
+    migrate,
+    process_tree,
+    steady_rate,
+    vm_hwm_kib,
 )
 
-TARGET_RATIO = 0.5
-TARGET_RSS_MB = 150.0
-TARGET_RSS_FRAMES = 1_000_000
+# What bench/purge.py, tail.py and compact.py import from here; it lives in the shared
+# modules now, where new code should import it from.
+__all__ = [
+    "DEFAULT_SIZE",
+    "END_SQL",
+    "LINK_SQL",
+    "NO_PROXY",
+    "SPAN_SQL",
+    "FirehoseRows",
+    "LossReport",
+    "migrate",
+    "print_run_problems",
+    "process_tree",
+    "start_simulator",
+    "steady_rate",
+    "vm_hwm_kib",
+]
+
 DEFAULT_FRAMES = 200_000
-# storage.instance of each recorder with --recorders N (one recorder keeps the default).
-INSTANCES = ("bench-a", "bench-b", "bench-c", "bench-d")
-
-# --- processes ---------------------------------------------------------------------
-
-
-def process_tree(pid: int) -> list[int]:
-    """The pid and all its descendants (the recorder: service -> classifier -> database)."""
-    import psutil
-
-    return [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]
-
-
-def vm_hwm_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise BenchError(f"no VmHWM for pid {pid}")
-
-
-# --- the ceiling: a bare client ----------------------------------------------------------
-
-
-# --- the recorder ------------------------------------------------------------------------
-
-
-# No proxy: nothing here uses it, and two recorders cannot both have its default port.
-NO_PROXY = """
-[proxy]
-enabled = false
-"""
-
-
-# The benchmark's reads, the same SQL on both databases.
-LINK_SQL = "select min(id) from connections where instance = ?"
-END_SQL = "select count(*) from frames where type = 'stream_end' and connection_id = ?"
-PROGRESS_SQL = "select frame_count from connections where id = ?"
-SPAN_SQL = (
-    "select min(received_at_us), max(received_at_us) from frames"
-    " where connection_id = ? and type in ('stream_chunk', 'stream_end')"
-)
-
-
-@dataclass
-class RecorderRun:
-    frames: int
-    seconds: float
-    fps: float
-    receive_fps: float
-    steady_fps: float
-    commit_lag_s: float
-    poll_interval_s: float
-    peak_rss_mb: float
-    recorder_cpu_s: float
-    simulator_cpu_s: float
-    exit_code: int | None
-    logged_stopped: bool
-    warnings: list[str]
-    loss: LossReport
-    instance: str = "default"
-    first_us: int = 0
-    done: float = 0.0
-
-
-@dataclass
-class Measurement:
-    """One measurement: one or more recorders into one fresh database, at once."""
-
-    database: str
-    runs: list[RecorderRun]
-    # All the recorders' frames / (the last stream_end seen - the first chunk received).
-    combined_fps: float
-    # The sum of the recorders' commit rates while all of them were committing (NaN: one).
-    overlap_fps: float
-    # Between the first chunks the recorders received.
-    start_spread_s: float
-    # The database server's processes over the window (NaN for SQLite: in the recorder).
-    database_cpu_s: float
-
-
-@dataclass
-class Recording:
-    """A recorder of a measurement while it runs, with its own simulator."""
-
-    instance: str
-    workdir: Path
-    sim: Child
-    port: int
-    rec: Child | None = None
-    cid: int | None = None
-    done: float = 0.0
-    progress: list[tuple[float, int]] = field(default_factory=list)
-
-
-def run_recorders(
-    frames: int,
-    root: Path,
-    deadline: Deadline,
-    poll: float,
-    stall: float,
-    make_database: Callable[[Path], Database],
-    count: int = 1,
-) -> Measurement:
-    workdir = Path(tempfile.mkdtemp(prefix="recorder-", dir=root))
-    names = ["default"] if count == 1 else list(INSTANCES[:count])
-    recs: list[Recording] = []
-    db = make_database(workdir)
-    try:
-        try:
-            for name in names:
-                wd = workdir if count == 1 else workdir / name
-                wd.mkdir(exist_ok=True)
-                sim, port = start_simulator(frames, wd, deadline)
-                recs.append(Recording(name, wd, sim, port))
-            if count > 1:
-                # Recorders started together on a new database would each migrate it, and
-                # two migrations at once collide (the second one's writer does not start):
-                # migrate it first, so that they start together on a migrated database.
-                migrate(db.url, workdir, deadline)
-            # Started together: with several, the firehoses overlap.
-            for r in recs:
-                config = r.workdir / "config.toml"
-                config.write_text(recorder_config(r.port, db.url, r.instance) + NO_PROXY)
-                args = [sys.executable, "-m", "recorder", "run", "--config", str(config)]
-                r.rec = Child("recorder", args, r.workdir)
-
-            # Connected (migrations done, firehose starting): start the CPU clocks.
-            for r in recs:
-                while (cid := db.scalar(LINK_SQL, r.instance)) is None:
-                    deadline.check("waiting for the recorder to connect")
-                    check_alive(r)
-                    time.sleep(poll)
-                r.cid = cid
-            # The recorder's whole process tree, as at the end of the window.
-            rec_cpu0 = [tree_cpu(r) for r in recs]
-            sim_cpu0 = [cpu_seconds(r.sim.pid, children=False) for r in recs]
-            db_cpu0 = db.server_cpu()
-
-            # Committed: the stream_end row of each recorder's connection is visible.
-            pending = list(recs)
-            last_top = {r.instance: -1 for r in recs}
-            last_progress = {r.instance: time.monotonic() for r in recs}
-            while pending:
-                for r in list(pending):
-                    if db.scalar(END_SQL, r.cid):
-                        r.done = time.time()
-                        pending.remove(r)
-                        continue
-                    deadline.check("waiting for the recorder to commit")
-                    check_alive(r)
-                    top = db.scalar(PROGRESS_SQL, r.cid) or 0
-                    r.progress.append((time.time(), top))
-                    if top != last_top[r.instance]:
-                        last_top[r.instance], last_progress[r.instance] = top, time.monotonic()
-                    elif time.monotonic() - last_progress[r.instance] > stall:
-                        raise BenchError(
-                            f"{r.instance}: no frame committed for {stall:.0f} s"
-                            f" (stuck at {top} rows)"
-                        )
-                if pending:
-                    time.sleep(poll)
-            # The recorder is a process tree: service -> classifier -> database.
-            trees = [process_tree(r.rec.pid) for r in recs if r.rec is not None]
-            rec_cpu = [tree_cpu(r) - c0 for r, c0 in zip(recs, rec_cpu0, strict=True)]
-            sim_cpu = [
-                cpu_seconds(r.sim.pid, children=False) - c0
-                for r, c0 in zip(recs, sim_cpu0, strict=True)
-            ]
-            db_cpu = server_cpu_delta(db_cpu0, db.server_cpu()) if db_cpu0 else float("nan")
-            # Summed peaks: an upper bound on the tree's peak (they need not coincide).
-            peaks = [sum(vm_hwm_kib(p) for p in pids) for pids in trees]
-            # One at a time: a second SIGTERM during the drain would stop it at once.
-            exits, logs = [], []
-            for r in recs:
-                assert r.rec is not None
-                exits.append(r.rec.terminate(min(90.0, max(deadline.left(), 1.0))))
-                logs.append(r.rec.log())
-        finally:
-            for r in recs:
-                if r.rec is not None:
-                    r.rec.kill()
-                r.sim.stop()
-
-        runs = []
-        for i, r in enumerate(recs):
-            stopped, warnings = log_outcome(logs[i])
-            first_us, last_us = db.row(SPAN_SQL, r.cid) or (None, None)
-            if first_us is None:
-                raise BenchError(f"{r.instance}: no stream_chunk rows")
-            loss = verify_firehose(db, r.instance, frames)
-            first = first_us / 1e6
-            seconds = r.done - first
-            runs.append(
-                RecorderRun(
-                    frames=frames,
-                    seconds=seconds,
-                    fps=frames / seconds,
-                    receive_fps=frames / max((last_us - first_us) / 1e6, 1e-9),
-                    steady_fps=steady_rate(r.progress, frames),
-                    commit_lag_s=r.done - last_us / 1e6,
-                    poll_interval_s=poll,
-                    peak_rss_mb=peaks[i] / 1024,
-                    recorder_cpu_s=rec_cpu[i],
-                    simulator_cpu_s=sim_cpu[i],
-                    exit_code=exits[i],
-                    logged_stopped=stopped,
-                    warnings=warnings,
-                    loss=loss,
-                    instance=r.instance,
-                    first_us=first_us,
-                    done=r.done,
-                )
-            )
-    finally:
-        db.close()
-    first = min(r.first_us for r in runs) / 1e6
-    return Measurement(
-        database=db.kind,
-        runs=runs,
-        combined_fps=frames * len(runs) / (max(r.done for r in runs) - first),
-        overlap_fps=overlap_rate(recs, runs),
-        start_spread_s=(max(r.first_us for r in runs) - min(r.first_us for r in runs)) / 1e6,
-        database_cpu_s=db_cpu,
-    )
-
-
-def migrate(url: str, workdir: Path, deadline: Deadline) -> None:
-    args = [sys.executable, "-m", "recorder", "db", "upgrade", "--database", url]
-    child = Child("migrate", args, workdir)
-    try:
-        code = child.proc.wait(timeout=max(min(deadline.left(), 120.0), 1.0))
-    except subprocess.TimeoutExpired:
-        raise BenchError("`recorder db upgrade` did not finish") from None
-    finally:
-        child.kill()
-    if code != 0:
-        raise BenchError(f"`recorder db upgrade` failed:\n{child.log()[-2000:]}")
-
-
-def check_alive(r: Recording) -> None:
-    assert r.rec is not None
-    if not r.rec.alive():
-        raise BenchError(f"recorder {r.instance} exited early:\n{r.rec.log()[-2000:]}")
-
-
-def tree_cpu(r: Recording) -> float:
-    assert r.rec is not None
-    return sum(cpu_seconds(p, children=False) for p in process_tree(r.rec.pid))
-
-
-def overlap_rate(recs: list[Recording], runs: list[RecorderRun]) -> float:
-    """Rows/s all recorders committed together while every one of them was committing
-    (from the later first chunk to the earlier stream_end); NaN for one recorder."""
-    if len(recs) < 2:
-        return float("nan")
-    start = max(r.first_us for r in runs) / 1e6
-    end = min(r.done for r in runs)
-    total = 0.0
-    for r in recs:
-        inside = [p for p in r.progress if start <= p[0] <= end]
-        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
-            return float("nan")
-        total += (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
-    return total
-
-
-def steady_rate(progress: list[tuple[float, int]], frames: int) -> float:
-    """Committed rows/s between 10 % and 90 % of the frames: no start-up, no final flush."""
-    lo = next((p for p in progress if p[1] >= frames // 10), None)
-    hi = next((p for p in progress if p[1] >= frames * 9 // 10), None)
-    if lo is None or hi is None or hi[0] <= lo[0]:
-        return float("nan")
-    return (hi[1] - lo[1]) / (hi[0] - lo[0])
-
-
-# --- the report --------------------------------------------------------------------------
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-def summarize(
-    frames: int, ceilings: list[CeilingRun], measurements: list[Measurement]
-) -> dict[str, Any]:
-    recorders = [r for m in measurements for r in m.runs]
-    count = len(measurements[0].runs)
-    ceiling = median([c.fps for c in ceilings])
-    recorder = median([r.fps for r in recorders])
-    peak = max(r.peak_rss_mb for r in recorders)
-    zero_loss = all(r.loss.ok for r in recorders)
-    clean_stop = all(r.exit_code == 0 and r.logged_stopped for r in recorders)
-    ratio = recorder / ceiling
-    targets: dict[str, Any] = {}
-    if count == 1:
-        targets["ratio_ge_0.5"] = ratio >= TARGET_RATIO
-    targets["zero_loss"] = zero_loss
-    targets["clean_stop"] = clean_stop
-    if frames >= TARGET_RSS_FRAMES:
-        targets["peak_rss_lt_150mb"] = peak < TARGET_RSS_MB
-    summary: dict[str, Any] = {
-        "frames": frames,
-        "repeat": len(measurements),
-        "ceiling_fps": ceiling,
-        "recorder_fps": recorder,
-        "ratio": ratio,
-        "zero_loss": zero_loss,
-        "recorder_peak_rss_mb": peak,
-        "avg_frame_bytes": median([c.avg_frame_bytes for c in ceilings]),
-        "recorder_receive_fps": median([r.receive_fps for r in recorders]),
-        "recorder_steady_fps": median([r.steady_fps for r in recorders]),
-        "recorder_commit_lag_s": median([r.commit_lag_s for r in recorders]),
-        "targets": targets,
-        "machine": {"nproc": os.cpu_count(), "python": sys.version.split()[0]},
-        "database": measurements[0].database,
-        "recorders": count,
-    }
-    if count > 1:
-        combined = median([m.combined_fps for m in measurements])
-        summary["per_recorder"] = {
-            name: {
-                "fps": median([r.fps for r in runs]),
-                "ratio": median([r.fps for r in runs]) / ceiling,
-                "steady_fps": median([r.steady_fps for r in runs]),
-                "receive_fps": median([r.receive_fps for r in runs]),
-                "zero_loss": all(r.loss.ok for r in runs),
-            }
-            for name in [r.instance for r in measurements[0].runs]
-            for runs in [[r for r in recorders if r.instance == name]]
-        }
-        summary["combined_fps"] = combined
-        summary["combined_ratio"] = combined / ceiling
-        summary["overlap_fps"] = median([m.overlap_fps for m in measurements])
-        summary["start_spread_s"] = median([m.start_spread_s for m in measurements])
-    summary["ceiling_runs"] = [asdict(c) for c in ceilings]
-    summary["recorder_runs"] = [asdict(r) for r in recorders]
-    summary["measurements"] = [
-        {k: v for k, v in asdict(m).items() if k != "runs"} for m in measurements
-    ]
-    return summary
-
-
-def print_table(s: dict[str, Any]) -> None:
-    if s["recorders"] > 1:
-        print_multi_table(s)
-        return
-    rows = [
-        ("frames", f"{s['frames']:,}"),
-        ("avg frame bytes", f"{s['avg_frame_bytes']:.1f}"),
-        ("ceiling frames/s (bare client)", f"{s['ceiling_fps']:,.0f}"),
-        ("recorder frames/s (committed)", f"{s['recorder_fps']:,.0f}"),
-        ("ratio recorder/ceiling", f"{s['ratio']:.2f}  (target >= {TARGET_RATIO})"),
-        ("zero loss", yes(s["zero_loss"])),
-        ("recorder peak RSS MB", f"{s['recorder_peak_rss_mb']:.1f}  (target < {TARGET_RSS_MB:g})"),
-        ("recorder frames/s (received)", f"{s['recorder_receive_fps']:,.0f}"),
-        ("recorder frames/s (10-90% steady)", f"{s['recorder_steady_fps']:,.0f}"),
-        ("commit lag after last frame s", f"{s['recorder_commit_lag_s']:.2f}"),
-    ]
-    width = max(len(k) for k, _ in rows)
-    into = " into PostgreSQL" if s["database"] == "postgresql" else ""
-    print(f"ingest benchmark{into} ({s['repeat']} run(s) each, medians)")
-    for key, value in rows:
-        print(f"  {key:<{width}}  {value}")
-    print("  runs:")
-    print_ceiling_runs(s)
-    for r, m in zip(s["recorder_runs"], s["measurements"], strict=True):
-        print_recorder_run("recorder ", r, m["database_cpu_s"])
-    print(targets_line(s["targets"]))
-
-
-def print_multi_table(s: dict[str, Any]) -> None:
-    per = s["per_recorder"]
-    rows = [
-        ("frames per recorder", f"{s['frames']:,}"),
-        ("avg frame bytes", f"{s['avg_frame_bytes']:.1f}"),
-        ("ceiling frames/s (bare client)", f"{s['ceiling_fps']:,.0f}"),
-    ]
-    for name, p in per.items():
-        rows.append((f"{name} frames/s (committed)", f"{p['fps']:,.0f}  (ratio {p['ratio']:.2f})"))
-    rows += [
-        (
-            "combined frames/s (committed)",
-            f"{s['combined_fps']:,.0f}  (ratio {s['combined_ratio']:.2f})",
-        ),
-        ("combined while all committed", f"{s['overlap_fps']:,.0f}"),
-        ("first chunks apart s", f"{s['start_spread_s']:.2f}"),
-        ("zero loss (every recorder)", yes(s["zero_loss"])),
-        ("recorder peak RSS MB (highest)", f"{s['recorder_peak_rss_mb']:.1f}"),
-    ]
-    for name, p in per.items():
-        rows.append((f"{name} frames/s (10-90% steady)", f"{p['steady_fps']:,.0f}"))
-    width = max(len(k) for k, _ in rows)
-    print(
-        f"ingest benchmark, {s['recorders']} recorders into one PostgreSQL database"
-        f" ({s['repeat']} run(s) each, medians)"
-    )
-    for key, value in rows:
-        print(f"  {key:<{width}}  {value}")
-    print("  runs:")
-    print_ceiling_runs(s)
-    n = s["recorders"]
-    for i, m in enumerate(s["measurements"]):
-        for r in s["recorder_runs"][i * n : (i + 1) * n]:
-            print_recorder_run(f"{r['instance']:<9}", r, float("nan"))
-        print(
-            f"    combined  {m['combined_fps']:>9,.0f} f/s  while all committed"
-            f" {m['overlap_fps']:,.0f} f/s  postgres cpu {m['database_cpu_s']:.1f} s"
-        )
-    print(targets_line(s["targets"]))
-
-
-def print_ceiling_runs(s: dict[str, Any]) -> None:
-    for c in s["ceiling_runs"]:
-        print(
-            f"    ceiling   {c['fps']:>9,.0f} f/s  {c['seconds']:6.2f} s"
-            f"  cpu client {c['client_cpu_s']:.1f} s, simulator {c['simulator_cpu_s']:.1f} s"
-        )
-
-
-def print_recorder_run(label: str, r: dict[str, Any], database_cpu_s: float) -> None:
-    server = "" if database_cpu_s != database_cpu_s else f", postgres {database_cpu_s:.1f} s"
-    print(
-        f"    {label} {r['fps']:>9,.0f} f/s  {r['seconds']:6.2f} s"
-        f"  cpu recorder {r['recorder_cpu_s']:.1f} s, simulator {r['simulator_cpu_s']:.1f} s"
-        f"{server}  rss {r['peak_rss_mb']:.0f} MB  exit {r['exit_code']}"
-        f"  loss-check {'ok' if r['loss']['ok'] else 'FAILED'}"
-    )
-    print_run_problems(r)
-
-
-def print_run_problems(r: dict[str, Any]) -> None:
-    """Under a run's line: what its loss check found and what the recorder logged."""
-    for problem in r["loss"]["problems"][:10]:
-        print(f"      loss: {problem}")
-    for warning in r["warnings"][:5]:
-        print(f"      log: {warning}")
 
 
 # --- main --------------------------------------------------------------------------------
