@@ -111,9 +111,6 @@ __all__ = [
 DEFAULT_FRAMES = 200_000
 
 
-# --- main --------------------------------------------------------------------------------
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help="firehose frames per run")

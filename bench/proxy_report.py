@@ -16,8 +16,7 @@ from typing import Any
 from harness import targets_line, yes
 from proxy_driver import Point
 from proxy_frames import FRAME_BYTES, WARMUP_FRACTION
-from report import machine, source_digest
-from report import median_known as median
+from report import machine, median_known, source_digest
 
 TARGET_ADDED_P99_MS = 2.0
 TARGET_ADDED_P99_RATE = 1000
@@ -82,11 +81,11 @@ def latency_row(
     row: dict[str, Any] = {"dir": point.dir, "rate": point.rate, "frames": point.n}
     for via, rs in (("direct", direct), ("proxy", proxy)):
         row[via] = {
-            k: median(r["receiver"]["lat_ms"][k] for r in rs) for k in ("p50", "p99", "max")
+            k: median_known(r["receiver"]["lat_ms"][k] for r in rs) for k in ("p50", "p99", "max")
         }
-        row[via]["sent_rate"] = median(r["sender"]["rate"] for r in rs)
+        row[via]["sent_rate"] = median_known(r["sender"]["rate"] for r in rs)
     for k in ("p50", "p99"):
-        row[f"added_{k}"] = median(
+        row[f"added_{k}"] = median_known(
             p["receiver"]["lat_ms"][k] - d["receiver"]["lat_ms"][k]
             for d, p in zip(direct, proxy, strict=True)
         )
@@ -96,8 +95,8 @@ def latency_row(
 def throughput_row(
     point: Point, direct: list[dict[str, Any]], proxy: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    d_fps = median(r["receiver"]["fps"] for r in direct)
-    p_fps = median(r["receiver"]["fps"] for r in proxy)
+    d_fps = median_known(r["receiver"]["fps"] for r in direct)
+    p_fps = median_known(r["receiver"]["fps"] for r in proxy)
     return {
         "dir": point.dir,
         "frames": point.n,
@@ -107,18 +106,18 @@ def throughput_row(
         "ratios": [
             p["receiver"]["fps"] / d["receiver"]["fps"] for d, p in zip(direct, proxy, strict=True)
         ],
-        "recorded_fps": median(r.get("recorded_fps", math.nan) for r in proxy),
-        "commit_lag_ms": median(r.get("commit_lag_ms", math.nan) for r in proxy),
+        "recorded_fps": median_known(r.get("recorded_fps", math.nan) for r in proxy),
+        "commit_lag_ms": median_known(r.get("commit_lag_ms", math.nan) for r in proxy),
         "cpu_s_proxied": {
-            k: median(r["cpu_s"][k] for r in proxy)
+            k: median_known(r["cpu_s"][k] for r in proxy)
             for k in ("peer", "client", "recorder", "recorder_main")
         },
         # CPU-seconds of peer, client and recorder per wall-second: how many of the
         # machine's cores the measurement kept busy.
-        "cores_busy_proxied": median(cores_busy(r) for r in proxy),
-        "cores_busy_direct": median(cores_busy(r) for r in direct),
+        "cores_busy_proxied": median_known(cores_busy(r) for r in proxy),
+        "cores_busy_direct": median_known(cores_busy(r) for r in direct),
         "cpu_s_direct": {
-            k: median(r["cpu_s"][k] for r in direct) for k in ("peer", "client", "recorder")
+            k: median_known(r["cpu_s"][k] for r in direct) for k in ("peer", "client", "recorder")
         },
     }
 

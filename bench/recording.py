@@ -63,10 +63,6 @@ class Stopped:
     logged_stopped: bool
     warnings: list[str]
 
-    @property
-    def clean(self) -> bool:
-        return self.exit_code == 0 and self.logged_stopped
-
 
 class Recorder:
     """``recorder run`` with ``config`` (written to ``workdir/config.toml``), its output
