@@ -100,6 +100,7 @@ def _serve(
 
     host, port = address
     token = target.config.proxy.token
+    _say_waits()
     server = ReplayServer(recorded, pace=pace, wait_for_client=wait, loop=loop, token=token)
 
     def ready(port: int) -> None:
@@ -118,6 +119,20 @@ def _serve(
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror or exc}") from None
     except (KeyboardInterrupt, asyncio.CancelledError):
         pass
+
+
+def _say_waits() -> None:
+    """The served replay's log on stderr, its INFO lines too: with --wait-for-client it
+    says which recorded request it waits for, which a UI that never sends it needs."""
+    import logging
+
+    said = logging.getLogger("recorder.replay")
+    if not said.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        said.addHandler(handler)
+        said.setLevel(logging.INFO)
+        said.propagate = False
 
 
 def _live(target: Target, url: str, plan: Any, recorded: Any, pace: Any, as_json: bool) -> None:
