@@ -1,4 +1,5 @@
-"""``replay --against`` reproduces the conversation the web UI had, not a guess of it.
+"""``replay --against`` reproduces the conversation the web UI had, not a guess of it;
+``replay --serve --wait-for-client`` takes a UI's own task texts.
 
 The recording (tests/two_tabs.py): tab A spawns a session, learns its id from
 ``list_sessions`` while the spawn still runs (``session_spawned`` comes only after the
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sqlite3
 import sys
 from pathlib import Path
@@ -144,3 +146,52 @@ async def test_a_daemon_that_fails_the_task_is_reported_changed(tabs: TwoTabs) -
     assert [(f["type"], f["by"]) for f in changed] == [("task_completed", "daemon")]
     assert changed[0]["replayed"]["error"] == "LLM request failed: 500 Internal Server Error"
     assert report["summary"].startswith("different: ")
+
+
+async def test_a_served_replay_takes_a_uis_own_task_texts(tabs: TwoTabs) -> None:
+    """``--serve --wait-for-client``: a UI sends its own texts; the type and the ids it
+    names (the recorded ones, read from the replay) release the recorded replies."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "recorder", "replay", "--database", str(tabs.path), tabs.session,
+        "--serve", "127.0.0.1:0", "--wait-for-client", "--instant",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    stderr = proc.stderr
+    said: list[str] = []
+
+    async def logged() -> str:
+        """The next line on stderr (kept)."""
+        said.append((await stderr.readline()).decode().rstrip("\n"))
+        return said[-1]
+
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            address = (await logged()).rpartition(" on ")[2]
+            assert address.startswith("ws://127.0.0.1:"), said
+            async with connect(address) as ws:
+                await ws.recv()  # the hello
+                # Held, and it says for what, before the client asks anything.
+                assert await logged() == (
+                    "waiting for the client's spawn_session orchestratorId=vp_tabs "
+                    "(recorded request 1)"
+                )
+                await ws.send(json.dumps(spawn_request("vp_tabs", "My own words")))
+                assert await logged() == (
+                    f"waiting for the client's execute_task sessionId={tabs.session} "
+                    "(recorded request 2)"
+                )
+                task = {"sessionId": tabs.session, "task": "Mine, not the recorded one"}
+                await ws.send(json.dumps({"type": "execute_task", "payload": task}))
+                while (reply := json.loads(await ws.recv()))["type"] != "task_completed":
+                    pass
+                assert reply["taskId"] == FOLLOW_UP  # what the recording says happened
+    finally:
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(TIMEOUT):
+            _, err = await proc.communicate()
+    # Once each, by type and ids: no more lines about either, and no task's text (the
+    # recorded ones or the client's).
+    assert not [line for line in err.decode().splitlines() if line.startswith("waiting")]
+    for text in (SPAWN_TASK, FOLLOW_UP, "My own words", "Mine, not"):
+        assert text not in err.decode() + "\n".join(said)
