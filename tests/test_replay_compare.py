@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from recorder.protocol.frames import IN, OUT
-from recorder.replay.compare import compare, normalise_error, summarise
+from recorder.replay.compare import Hitch, compare, normalise_error, summarise
 from recorder.replay.live import _pause, plan, substitute
 from recorder.replay.plan import ReplayFrame
 from recorder.replay.source import Conversation
@@ -202,3 +202,71 @@ def test_summarise_reads_the_real_daemons_frames() -> None:
     assert summarise(True, daemon) == ("daemon_status_update", "running", None)
     assert summarise(True, b"[1,2]") == (None, None, None)
     assert summarise(False, b"\x00\x01") == (None, None, None)
+
+
+def test_what_follows_a_hitch_is_the_replays_and_only_the_daemons_differences_count() -> None:
+    """A follow-up sent late (its id was not learnable in time): the session had ended,
+    so the daemon refused it. That is the replay's doing, not the daemon's."""
+    late = [*BASE[:-1], reply("task_failed", None, "Session s is not running")]
+    hitch = Hitch("request 2 (execute_task): names the session, whose new id ...", 9, 9)
+    result = compare(BASE, late, hitches=[hitch])
+    (finding,) = result.findings
+    assert finding.by == "replay" and finding.text().endswith("[after the replay differed]")
+    assert not result.same and not result.daemon_differed
+    assert result.lines()[0] == f"replay     {hitch.text}"
+    assert result.summary().startswith(
+        "replay differed: the replay could not keep the recorded order (1 hitches; "
+        "1 findings after it may be its own); the daemon answered as recorded before it"
+    )
+    report = result.to_json()
+    assert report["daemon_differed"] is False and report["replay_differed"] is True
+    assert report["hitches"][0]["recorded_replies_before"] == 9
+    # A difference before the hitch stays the daemon's.
+    early = [reply("session_status_update", "failed"), *late[1:]]
+    mixed = compare(BASE, early, hitches=[hitch])
+    assert [f.by for f in mixed.findings] == ["daemon", "replay"]
+    assert mixed.daemon_differed and mixed.summary().startswith("different: 1 findings (1 changed)")
+
+
+def test_a_timeout_is_a_finding_with_its_cause() -> None:
+    cause = "the recorded last reply (task outcome #1, reply 11) did not come within 10 s"
+    result = compare(BASE, BASE[:-1], events=[("timeout", cause)])
+    assert [(f.kind, f.by) for f in result.findings] == [
+        ("missing", "daemon"),
+        ("timeout", "daemon"),
+    ]
+    assert result.lines()[1] == f"timeout    {cause}"
+    assert result.to_json()["findings"][1]["cause"] == cause
+    assert result.daemon_differed
+
+
+def test_the_new_id_is_learned_from_a_list_never_from_an_older_session() -> None:
+    from recorder.replay.live import _Live
+
+    spawn = {
+        "type": "spawn_session",
+        "payload": {"orchestratorId": "vp_1", "task": {"description": "D"}},
+    }
+    execute = {"type": "execute_task", "payload": {"sessionId": SID, "task": "T"}}
+    done = {"type": "task_completed", "sessionId": SID, "taskId": "T"}
+    conv = Conversation(
+        SimpleNamespace(id=SID),  # type: ignore[arg-type]
+        None,
+        [frame(3, IN, 2.0, done)],
+        [frame(1, OUT, 0.0, spawn), frame(2, OUT, 1.0, execute)],
+        None,
+    )
+    live = _Live(plan(conv), None, None, 0, Pace())  # type: ignore[arg-type]
+
+    def listed(*ids: str) -> bytes:
+        entry = {"orchestratorId": "vp_1", "task": {"description": "D"}, "status": "running"}
+        return json.dumps(
+            {"type": "sessions_list", "sessions": [entry | {"id": i} for i in ids]}
+        ).encode()
+
+    live.see(True, listed("session_old"))  # the same task, spawned before ours
+    live.spawn_sent = True
+    live.see(True, listed("session_old"))
+    assert live.session is None and live.lists == 2
+    live.see(True, listed("session_old", "session_new"))
+    assert live.session == "session_new" and live.replies == []  # a list is not compared

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -196,8 +197,9 @@ async def test_requests_are_answered_from_the_recording(
 
 
 async def test_wait_for_client_holds_each_reply_until_its_request(
-    recorded: Recorded, played: Recorded_
+    recorded: Recorded, played: Recorded_, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="recorder.replay")
     conv, sid = recorded.conversation, recorded.session
     assert [json.loads(r.data)["type"] for r in conv.requests] == [
         "spawn_session",
@@ -224,15 +226,25 @@ async def test_wait_for_client_holds_each_reply_until_its_request(
         answer = await ask(ws, {"type": "session_status", "payload": {"sessionId": sid}})
         assert answer == {"type": "session_status_update", "session": spawned}
 
-        # Another task is not the recorded one: task_executing does not come.
-        other = {"type": "execute_task", "payload": {"sessionId": sid, "task": "Other"}}
-        await ws.send(json.dumps(other))
+        # A task for another session is not the recorded one: task_executing does not come.
+        elsewhere = {
+            "type": "execute_task",
+            "payload": {"sessionId": "session_x", "task": "Fix it"},
+        }
+        await ws.send(json.dumps(elsewhere))
         await nothing_yet(ws)
-        task = {"type": "execute_task", "payload": {"sessionId": sid, "task": "Fix it"}}
-        await ws.send(json.dumps(task))
+        # The client's own task text for the same session is: matched by type and ids.
+        task = {"payload": {"task": "Something else entirely", "sessionId": sid}}
+        await ws.send(json.dumps({"type": "execute_task", **task}))
         # Then the rest, including the reply to the status question asked earlier.
         assert [await recv(ws) for _ in after_execute] == after_execute
         assert await ask(ws, {"type": "ping"}) == {"type": "pong"}
+    # Each wait said once what it waits for: type and ids, never the task's text.
+    waits = [r.getMessage() for r in caplog.records if r.name == "recorder.replay.serve"]
+    assert waits == [
+        "waiting for the client's spawn_session orchestratorId=vp_7 (recorded request 1)",
+        f"waiting for the client's execute_task sessionId={sid} (recorded request 2)",
+    ]
 
 
 async def test_without_loop_the_replay_is_played_through_once(

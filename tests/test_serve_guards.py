@@ -213,8 +213,8 @@ def test_wait_for_client_claims_in_time_that_grows_with_the_requests_not_their_s
     n²/2 comparisons on the server's event loop (20 000 requests: 6.6 s, in which
     nothing else is answered; 100 000: minutes). Issue 17 made long sessions servable;
     this made them unservable with --wait-for-client."""
-    from recorder.replay.serve import Playback
-    from recorder.replay.source import request_key
+    from recorder.replay.matching import request_key
+    from recorder.replay.playback import Playback
 
     def claim_all(n: int) -> float:
         requests = [

@@ -111,7 +111,8 @@ def _check_modes(
     "--against",
     metavar="URL",
     help="Replay the session's requests against this live daemon (ws://host:port) instead, "
-    "and compare its replies with the recorded ones.",
+    "and compare its replies with the recorded ones; exit 1 only when the daemon differed "
+    "(not where the replay could not keep the recorded order).",
 )
 @click.option(
     "--format", "fmt", type=click.Choice(["text", "jsonl"]), default="text", show_default=True
@@ -121,7 +122,8 @@ def _check_modes(
 @click.option(
     "--wait-for-client",
     is_flag=True,
-    help="With --serve: hold each recorded reply until the client sends its request.",
+    help="With --serve: hold each recorded reply until the client sends its request "
+    "(the same type and ids; its own text is fine).",
 )
 @click.option("--loop", is_flag=True, help="With --serve: every new client from the start.")
 @click.option("--json", "as_json", is_flag=True, help="With --against: the comparison as JSON.")

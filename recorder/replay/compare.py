@@ -16,6 +16,14 @@ one kind, the outcome of a task, so a task that now fails shows as *changed*) an
 reported as findings: a reply **missing** from the new conversation, a **new** one,
 one **reordered** (present in both, elsewhere), or one **changed** in type, status
 or error text. Positions are 1-based, in each conversation's own list of replies.
+
+Whose difference it is. A replay that could not keep the recorded order (a reply it
+waited for never came, so it sent the next request anyway; an id it could not learn
+in time) says so as a :class:`Hitch`, with how many replies each side had had by then.
+Findings before the first hitch are the daemon's; those after it may be the replay's
+own doing, and are told apart (``by``). The daemon's own events (it closed the
+connection early; the reply the recording ended with never came) are findings with
+their cause. Only findings by the daemon make the daemon *different*.
 """
 
 from __future__ import annotations
@@ -131,14 +139,36 @@ def _items(replies: Iterable[Reply]) -> list[Item]:
 
 
 @dataclasses.dataclass(frozen=True)
+class Hitch:
+    """Where the replay could not keep the recorded order, and why."""
+
+    text: str
+    recorded: int  # recorded replies before the request it concerns
+    replayed: int  # replies the new daemon had sent by then
+
+    def to_json(self) -> dict[str, Any]:
+        return {"text": self.text, "recorded_replies_before": self.recorded,
+                "replayed_replies_before": self.replayed}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
 class Finding:
-    kind: str  # "missing", "new", "reordered" or "changed"
+    # "missing", "new", "reordered", "changed"; the daemon's events: "timeout", "closed"
+    kind: str
     type: str | None
     recorded: Item | None
     replayed: Item | None
+    by: str = "daemon"  # or "replay": after a hitch, maybe the replay's own doing
+    cause: str | None = None  # of an event
 
     def text(self) -> str:
+        line = self._text()
+        return line if self.by == "daemon" else f"{line}  [after the replay differed]"
+
+    def _text(self) -> str:
         was, now = self.recorded, self.replayed
+        if self.cause is not None:
+            return f"{self.kind:<10} {self.cause}"
         if self.kind == "missing" and was is not None:
             return f"missing    reply {was.position}: {was.describe()}"
         if self.kind == "new" and now is not None:
@@ -169,7 +199,8 @@ class Finding:
             "type": self.type,
             "recorded": self.recorded.to_json() if self.recorded is not None else None,
             "replayed": self.replayed.to_json() if self.replayed is not None else None,
-        }
+            "by": self.by,
+        } | ({"cause": self.cause} if self.cause is not None else {})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,27 +213,45 @@ class Comparison:
     replayed: int
     notes: tuple[str, ...] = ()
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    hitches: tuple[Hitch, ...] = ()
 
     @property
     def same(self) -> bool:
-        return not self.findings
+        return not self.findings and not self.hitches
 
-    def counts(self) -> dict[str, int]:
+    @property
+    def daemon_differed(self) -> bool:
+        """Whether the daemon answered otherwise before the replay itself differed."""
+        return any(f.by == "daemon" for f in self.findings)
+
+    def counts(self, by: str | None = None) -> dict[str, int]:
         out: dict[str, int] = {}
         for finding in self.findings:
-            out[finding.kind] = out.get(finding.kind, 0) + 1
+            if by is None or finding.by == by:
+                out[finding.kind] = out.get(finding.kind, 0) + 1
         return out
 
     def summary(self) -> str:
         sizes = f"{self.recorded} replies recorded, {self.replayed} replayed"
         if self.same:
             return f"same: the daemon answered as recorded ({sizes})"
-        counts = ", ".join(f"{n} {k}" for k, n in self.counts().items())
-        return f"different: {len(self.findings)} findings ({counts}); {sizes}"
+        after = sum(self.counts("replay").values())
+        replay = (
+            f"the replay could not keep the recorded order ({len(self.hitches)} hitches; "
+            f"{after} findings after it may be its own)"
+        )
+        if not self.daemon_differed:
+            return f"replay differed: {replay}; the daemon answered as recorded before it; {sizes}"
+        mine = self.counts("daemon")
+        counts = ", ".join(f"{n} {k}" for k, n in mine.items())
+        also = f"; {replay}" if self.hitches else ""
+        return f"different: {sum(mine.values())} findings ({counts}){also}; {sizes}"
 
     def lines(self) -> list[str]:
         return (
-            [f.text() for f in self.findings]
+            [f.text() for f in self.findings if f.by == "daemon"]
+            + [f"replay     {h.text}" for h in self.hitches]
+            + [f.text() for f in self.findings if f.by != "daemon"]
             + [f"note: {note}" for note in self.notes]
             + [self.summary()]
         )
@@ -210,10 +259,13 @@ class Comparison:
     def to_json(self) -> dict[str, Any]:
         return {
             "same": self.same,
+            "daemon_differed": self.daemon_differed,
+            "replay_differed": bool(self.hitches),
             "summary": self.summary(),
             "recorded_replies": self.recorded,
             "replayed_replies": self.replayed,
             "findings": [f.to_json() for f in self.findings],
+            "hitches": [h.to_json() for h in self.hitches],
             "counts": self.counts(),
             "notes": list(self.notes),
             **self.details,
@@ -226,8 +278,11 @@ def compare(
     *,
     notes: Iterable[str] = (),
     details: dict[str, Any] | None = None,
+    hitches: Sequence[Hitch] = (),
+    events: Sequence[tuple[str, str]] = (),
 ) -> Comparison:
-    """Compare two conversations' replies (each in the order received)."""
+    """Compare two conversations' replies (each in the order received); ``events``:
+    the daemon's, as (kind, cause)."""
     was, now = _items(recorded), _items(replayed)
     matcher = difflib.SequenceMatcher(
         None, [i.kind for i in was], [i.kind for i in now], autojunk=False
@@ -264,4 +319,20 @@ def compare(
         return (f.recorded.position if f.recorded else 10**9, first.position)
 
     findings.sort(key=order)
-    return Comparison(tuple(findings), len(recorded), len(replayed), tuple(notes), details or {})
+    findings += [Finding(k, None, None, None, cause=cause) for k, cause in events]
+    if hitches:
+        findings = [_whose(f, hitches[0]) for f in findings]
+    return Comparison(
+        tuple(findings), len(recorded), len(replayed), tuple(notes), details or {}, tuple(hitches)
+    )
+
+
+def _whose(finding: Finding, first: Hitch) -> Finding:
+    """The finding as the replay's when it lies after the first hitch on either side."""
+    was, now = finding.recorded, finding.replayed
+    after = (was is not None and was.position > first.recorded) or (
+        now is not None and now.position > first.replayed
+    )
+    # An event (the end never came) happened after the hitch too.
+    event = was is None and now is None
+    return dataclasses.replace(finding, by="replay") if after or event else finding

@@ -3,24 +3,28 @@ against a live daemon (a new version, a new configuration), the answers recorded
 compared with the recorded ones: does the new daemon still fail this way?
 
 **Sending.** In recorded order, on one connection dialled with the recorder's
-credentials. A request the client sent after receiving replies waits until the new
-daemon has sent the last of them (not a ``stream_chunk``, whose count varies): the
-same kind, as many times (task completion and failure are one kind); at most 30 s
-plus twice the daemon's recorded time, 5 minutes at most. Then it pauses for the
-client's recorded think time after that reply; a request that waited for no reply,
-for the recorded time since the previous request. Recorded times are monotonic within
-a connection; each pause is capped by ``pace.max_idle`` and divided by ``pace.speed``
-(``pace.instant``: none). Waits for the daemon are never scaled, and ``Pace``'s
-window (``--from``) does not apply: played from its middle, a conversation would name
-sessions the daemon never made.
+credentials (:mod:`recorder.replay.steps` makes the plan). A request the client sent
+after receiving replies waits until the new daemon has sent the last of them (not a
+``stream_chunk``, whose count varies): the same kind, as many times (task completion
+and failure are one kind); at most 30 s plus twice the daemon's recorded time, 5
+minutes at most. Then it pauses for the client's recorded think time after that
+reply; a request that waited for no reply, for the recorded time since the previous
+request. Recorded times are monotonic within a connection; each pause is capped by
+``pace.max_idle`` and divided by ``pace.speed`` (``pace.instant``: none). Waits for the
+daemon are never scaled, and ``Pace``'s window (``--from``) does not apply: played from
+its middle, a conversation would name sessions the daemon never made.
 
-**Ids.** A session created by the conversation's ``spawn_session`` gets a new id: the
-first session named after our spawn by a ``session_status_update`` (broadcast, at
-once) with the same orchestrator and task description, or by any frame only the
-requester gets (stream, tool call, task, ``session_spawned``). Other ids a
-recorded reply named before any request did (the daemon's; a client's, such as a
-task's text, are never rewritten) are paired by position: the n-th reply of a kind.
-A request naming the session waits up to 30 s for its new id. Substitution replaces
+**Ids.** A session created by the conversation's ``spawn_session`` gets a new id,
+learned as the UI learned it: from the first reply after our spawn that names a
+session the daemon did not have before it, with the spawn's orchestrator and task
+description: a ``session_status_update`` (broadcast) or an entry of a
+``sessions_list``; or from any frame only the requester gets (stream, tool call, task,
+``session_spawned``). A request that names the session while its new id is still
+unknown (the UI had it from ``list_sessions`` while the spawn ran; the daemon says
+``session_spawned`` only after the first run) asks ``list_sessions`` as the UI did,
+every quarter second, up to 30 s, and is then sent. Other ids a recorded reply named
+before any request did (the daemon's; a client's, such as a task's text, are never
+rewritten) are paired by position: the n-th reply of a kind. Substitution replaces
 the exact JSON string ``"old"``, quotes included, by ``"new"`` in a text request;
 nothing else changes (whitespace, key order, an id inside a longer string, binary).
 
@@ -33,7 +37,10 @@ last request to the last reply plus 10 s, at most a minute.
 Compared (:mod:`recorder.replay.compare`): the recorded replies on the connections
 that carried the requests, and the new ones that name the new session or are errors
 (which name nothing, and can only answer our requests), with new ids in error texts
-put back to the recorded ones.
+put back to the recorded ones. Where the replay could not keep the recorded order (a
+reply it waited for never came; the id was not learnable in time) it is a hitch, and
+what follows it is told apart from what the daemon did; the end that never came, or a
+close before it, is a finding of the daemon's with its cause.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
@@ -58,93 +65,24 @@ from recorder.config import Config
 from recorder.pipeline.writer import Writer, WriterError
 from recorder.protocol.classify import classify
 from recorder.protocol.frames import IN, OUT
-from recorder.replay.compare import Comparison, Reply, compare, kind, summarise
-from recorder.replay.plan import ReplayFrame, timeline
+from recorder.protocol.requests import LIST_SESSIONS
+from recorder.replay.compare import Comparison, Hitch, Reply, compare, kind, summarise
 from recorder.replay.source import Conversation
+from recorder.replay.steps import Plan, Slot, Step, announced, plan
 from recorder.replay.timing import Pace
 from recorder.times import now_us
+
+__all__ = ["LiveReplayError", "Plan", "Step", "check_url", "plan", "replay_live", "substitute"]
 
 ID_WAIT = 30.0
 REPLY_MARGIN, REPLY_MAX = 30.0, 300.0
 END_MARGIN, END_MAX = 10.0, 60.0
 SETTLE = 0.5
-Slot = tuple[str, int]  # (kind, how many of that kind so far, this one included)
+LIST_EVERY = 0.25  # between two list_sessions while an id is learned
 
 
 class LiveReplayError(Exception):
     """The replay could not start (daemon unreachable or refusing, database writer)."""
-
-
-class Step(NamedTuple):
-    """A request; the reply it waited for, how long the daemon took to send that
-    reply, and the recorded seconds from that reply (else the previous request)."""
-
-    frame: ReplayFrame
-    awaited: Slot | None
-    daemon_time: float
-    pause: float
-
-
-class Plan(NamedTuple):
-    session: str
-    spawn: tuple[Any, Any] | None  # (orchestratorId, description) of the creating spawn
-    steps: list[Step]
-    replies: list[ReplayFrame]  # the recorded side of the comparison
-    slots: dict[Slot, tuple[str | None, str | None]]  # (session, task) id at each slot
-    last: Slot | None  # the reply the conversation ended with
-    tail: float  # recorded seconds from the last request to the last reply
-    assigned: frozenset[str]  # ids a reply named before any request: the daemon's
-
-
-def _announced(obj: dict[str, Any] | None, key: str) -> tuple[Any, Any]:
-    """(orchestratorId, task description) of a spawn request or a session frame."""
-    inner = obj.get(key) if obj else None
-    inner = inner if isinstance(inner, dict) else {}
-    task = inner.get("task")
-    return inner.get("orchestratorId"), task.get("description") if isinstance(task, dict) else None
-
-
-def plan(recorded: Conversation) -> Plan:
-    """When each request goes, and what the replayed conversation is compared with."""
-    carried = {f.connection_id for f in recorded.requests}
-    replies = [f for f in recorded.replies if f.connection_id in carried]
-    hello = recorded.hello if recorded.hello and recorded.hello.connection_id in carried else None
-    merged = sorted([*recorded.requests, *replies, *([hello] if hello else [])], key=lambda f: f.id)
-    at = {cue.frame.id: cue.t for cue in timeline(merged, []) if cue.frame is not None}
-    spawn = next((f for f in recorded.requests if f.type == "spawn_session"), None)
-    counts: Counter[str] = Counter()
-    slots: dict[Slot, tuple[str | None, str | None]] = {}
-    steps: list[Step] = []
-    awaited: tuple[Slot, float] | None = None
-    last = awaited
-    named: set[str] = set()
-    assigned: set[str] = set()
-    previous = at[hello.id] if hello else None
-    for frame in merged:
-        if frame is hello:
-            continue
-        c = classify(frame.data, frame.is_text)
-        ids = {i for i in (c.session_id, c.task_id) if i is not None} - named
-        named |= ids
-        if frame.direction == IN:
-            assigned |= ids
-            k = kind(frame.type)
-            counts[k] += 1
-            slots[(k, counts[k])] = (c.session_id, c.task_id)
-            if frame.type != "stream_chunk":
-                awaited = last = ((k, counts[k]), at[frame.id])
-            continue
-        t = at[frame.id]
-        if awaited is not None:
-            daemon = awaited[1] - (previous if previous is not None else awaited[1])
-            steps.append(Step(frame, awaited[0], max(daemon, 0.0), t - awaited[1]))
-        else:
-            steps.append(Step(frame, None, 0.0, t - previous if previous is not None else 0.0))
-        previous, awaited = t, None
-    tail = max(at[replies[-1].id] - previous, 0.0) if replies and previous is not None else 0.0
-    key = _announced(classify(spawn.data, True).obj, "payload") if spawn else None
-    end = last[0] if last else None
-    return Plan(recorded.session.id, key, steps, replies, slots, end, tail, frozenset(assigned))
 
 
 def substitute(data: bytes, ids: dict[str, str]) -> bytes:
@@ -167,6 +105,11 @@ class _Live:
         self.counts: Counter[str] = Counter()
         self.replies: list[Reply] = []
         self.notes: list[str] = []
+        self.hitches: list[Hitch] = []
+        self.events: list[tuple[str, str]] = []
+        # Sessions the daemon named before our spawn: none of them is the one it made.
+        self.older: set[str] = set()
+        self.lists = 0  # sessions_list replies received
         self.changed = asyncio.Condition()
 
     @property
@@ -177,25 +120,52 @@ class _Live:
         frame = (self.cid, next(self.seq), direction, now_us(), time.monotonic_ns(), is_text, data)
         await self.writer.put(frame)
 
-    def see(self, is_text: bool, data: bytes) -> bool:
-        """Take in a frame from the daemon; whether it belongs to the session."""
+    def _is_ours(self, found: str, session: Any) -> bool:
+        """Whether ``found``, a session a frame names, is the one our spawn made."""
+        wanted = self.plan.spawn or (None, None)
+        if found in self.older:
+            return False
+        return wanted in ((None, None), announced({"session": session}, "session"))
+
+    def _listed(self, obj: dict[str, Any] | None) -> None:
+        """Learn from a ``sessions_list``, as the UI did while the spawn ran."""
+        sessions = obj.get("sessions") if obj else None
+        if not isinstance(sessions, list):
+            return
+        self.lists += 1
+        for entry in sessions:
+            found = entry.get("id") if isinstance(entry, dict) else None
+            if not isinstance(found, str):
+                continue
+            if not self.spawn_sent:
+                self.older.add(found)
+            elif self.session is None and self._is_ours(found, entry):
+                self.ids[self.plan.session] = found
+
+    def see(self, is_text: bool, data: bytes) -> None:
+        """Take in a frame from the daemon: the ids it teaches, and whether it is one of
+        the session's replies."""
         c = classify(data, is_text)
+        if c.type == "sessions_list":
+            self._listed(c.obj)
+            return
         if c.session_id is None:
             ours = c.type == "error"
-        elif self.session is None and self.spawn_sent:
+        elif not self.spawn_sent and self.session is None:
+            self.older.add(c.session_id)
+            ours = False
+        elif self.session is None:
             # Only session_status_update is broadcast: any other frame naming a
             # session came to us alone, about the session our spawn made.
-            wanted = self.plan.spawn or (None, None)
-            ours = c.type != "session_status_update" or wanted in (
-                (None, None),
-                _announced(c.obj, "session"),
+            ours = c.type != "session_status_update" or self._is_ours(
+                c.session_id, (c.obj or {}).get("session")
             )
             if ours:
                 self.ids[self.plan.session] = c.session_id
         else:
             ours = c.session_id == self.session
         if not ours:
-            return False
+            return
         k = kind(c.type)
         self.counts[k] += 1
         recorded = self.plan.slots.get((k, self.counts[k]), (None, None))
@@ -204,7 +174,6 @@ class _Live:
             if old in self.plan.assigned and new is not None and old not in self.ids:
                 self.ids[old] = new
         self.replies.append(summarise(is_text, data))
-        return True
 
     def has(self, slot: Slot | None) -> bool:
         return slot is None or self.counts[slot[0]] >= slot[1] or self.closed
@@ -218,22 +187,52 @@ class _Live:
             return False
         return check()
 
-    async def _wake(self) -> None:
-        async with self.changed:
-            self.changed.notify_all()
-
     async def receive(self) -> None:
         try:
             while True:
                 is_text, data = await self.ws.recv_raw()
                 await self.record(IN, is_text, data)
-                if self.see(is_text, data):
-                    await self._wake()
+                self.see(is_text, data)
+                async with self.changed:
+                    self.changed.notify_all()
         except ConnectionClosed:
             pass
         finally:
             self.closed = True
-            await self._wake()
+            async with self.changed:
+                self.changed.notify_all()
+
+    async def send(self, is_text: bool, data: bytes) -> bool:
+        """Send and record a frame; False when the daemon has closed."""
+        if self.closed:
+            return False
+        try:
+            await self.ws.send_many([(is_text, data)])
+        except ConnectionClosed:
+            return False
+        await self.record(OUT, is_text, data)
+        return True
+
+    def hitch(self, number: int, step: Step, what: str) -> None:
+        text = f"request {number} ({step.frame.type or 'not JSON'}): {what}"
+        self.hitches.append(Hitch(text, step.before, len(self.replies)))
+
+    async def learn_id(self, number: int, step: Step) -> None:
+        """Ask ``list_sessions`` until a reply names the session our spawn made."""
+        loop = asyncio.get_running_loop()
+        deadline, asked = loop.time() + ID_WAIT, 0
+        while self.session is None and not self.closed and loop.time() < deadline:
+            seen = self.lists
+            if not await self.send(True, LIST_SESSIONS.encode()):
+                return
+            asked += 1
+            answered = functools.partial(lambda n: self.session is not None or self.lists > n, seen)
+            await self.until(answered, deadline - loop.time())
+            if self.session is None:
+                await self.until(lambda: self.session is not None, LIST_EVERY)
+        if self.session is None and not self.closed:
+            self.hitch(number, step, f"names the session, whose new id no reply named within "
+                       f"{ID_WAIT:.0f} s ({asked} list_sessions asked); sent with the recorded id")  # fmt: skip
 
     async def send_all(self) -> tuple[int, str]:
         """Send each request when its time comes; (how many were sent, how it ended)."""
@@ -246,63 +245,61 @@ class _Live:
                 if await self.until(functools.partial(self.has, awaited), wait):
                     start = loop.time()
                 elif not self.closed:
-                    self.notes.append(
-                        f"request {sent + 1}: no reply {awaited[0]} #{awaited[1]} "
-                        f"within {wait:.0f} s; sent anyway"
-                    )
+                    self.hitch(sent + 1, step, f"was sent after reply {awaited[0]} #{awaited[1]} "
+                               f"in the recording; it did not come within {wait:.0f} s: sent anyway")  # fmt: skip
             await asyncio.sleep(max(start + _pause(step.pause, self.pace) - loop.time(), 0.0))
             is_text, data = step.frame.is_text, step.frame.data
             if is_text and self.plan.session.encode() in data and self.session is None:
-                known = await self.until(lambda: self.session is not None, ID_WAIT)
-                if not known and not self.closed:
-                    self.notes.append(
-                        f"request {sent + 1}: no new session id within {ID_WAIT:.0f} s; "
-                        "sent as recorded"
-                    )
+                await self.learn_id(sent + 1, step)
             if is_text:
                 data = substitute(data, {o: n for o, n in self.ids.items() if o != n})
-            if self.closed:
-                return sent, "closed"
             # Set first: the daemon may announce the session before send() returns.
-            self.spawn_sent = self.spawn_sent or step.frame.type == "spawn_session"
-            try:
-                await self.ws.send_many([(is_text, data)])
-            except ConnectionClosed:
+            spawned = self.spawn_sent
+            self.spawn_sent = spawned or step.frame.type == "spawn_session"
+            if not await self.send(is_text, data):
+                self.spawn_sent = spawned
                 return sent, "closed"
-            await self.record(OUT, is_text, data)
             previous = loop.time()
         return len(self.plan.steps), await self.finish()
 
     async def finish(self) -> str:
         """Read on until the conversation has ended the way the recorded one did."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + min(END_MARGIN + 2 * self.plan.tail, END_MAX)
-        if not await self.until(lambda: self.has(self.plan.last), deadline - loop.time()):
-            return "closed" if self.closed else "timeout"
+        wait = min(END_MARGIN + 2 * self.plan.tail, END_MAX)
+        deadline = loop.time() + wait
+        last = self.plan.last
+        await self.until(lambda: self.has(last), wait)
+        if last is not None and self.counts[last[0]] < last[1]:
+            if self.closed:
+                return "closed"
+            (k, n), replies = last, len(self.plan.replies)
+            self.events.append(("timeout", f"the recorded last reply ({k} #{n}, reply {replies}) "
+                                f"did not come within {wait:.0f} s of the last request"))  # fmt: skip
+            return "timeout"
         # Then anything more about the session, until it has been quiet for a while.
         seen = -1
         while not self.closed and loop.time() < deadline and seen < len(self.replies):
             seen = len(self.replies)
             more = functools.partial(lambda n: len(self.replies) > n, seen)
             await self.until(more, min(SETTLE, deadline - loop.time()))
-        return "closed" if self.closed else "as recorded"
+        return "ended as recorded, then closed" if self.closed else "as recorded"
 
     def comparison(self, sent: int, ended: str, close: tuple[int | None, str | None]) -> Comparison:
         steps, (code, reason) = len(self.plan.steps), close
+        said = f"{code} {reason}" if reason else f"{code}"
         if ended == "closed":
-            said = f"{code} {reason}" if reason else f"{code}"
-            self.notes.append(
-                f"the daemon closed the connection ({said}) after {sent} of {steps} requests"
-            )
-        elif ended == "timeout":
-            self.notes.append("the new conversation did not end as the recorded one did")
+            self.events.append(("closed", f"the daemon closed the connection ({said}) after "
+                                f"{sent} of {steps} requests, before the recorded end"))  # fmt: skip
+        elif ended.endswith("then closed"):
+            self.notes.append(f"the daemon closed the connection ({said}) after the recorded end")
         changed = {o: n for o, n in self.ids.items() if o != n}
         recorded = [summarise(f.is_text, f.data) for f in self.plan.replies]
         replayed = [(t, st, _ids_back(err, changed)) for t, st, err in self.replies]
         details = {"session": {"recorded": self.plan.session, "replayed": self.session},
                    "substituted": changed, "connection_id": self.cid,
                    "requests": {"recorded": steps, "sent": sent}, "ended": ended}  # fmt: skip
-        return compare(recorded, replayed, notes=self.notes, details=details)
+        return compare(recorded, replayed, notes=self.notes, details=details,
+                       hitches=self.hitches, events=self.events)  # fmt: skip
 
 
 def _ids_back(text: str | None, ids: dict[str, str]) -> str | None:

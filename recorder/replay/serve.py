@@ -21,13 +21,13 @@ Who gets the replay:
   the hello and answers as of the replay's point, like a second UI on the same daemon.
 
 ``wait_for_client``: every recorded request is a gate in the replay's timeline; the
-replies recorded after it wait until this client has sent a matching request: the
-same type, the same ``sessionId`` and task text, literally (a client that read the
-session id from the replay sends the recorded one). Each request the client sends
-claims the earliest unclaimed recorded request it matches, so a client that asks
-early does not stall the replay later; replies recorded before the first request play
-at once. Queries are answered at once as well as claiming, so a recorded query's
-reply also plays when its gate is reached, as a daemon's broadcast duplicates a reply.
+replies recorded after it wait until this client has sent a request that matches it
+(the same type and ids, :mod:`recorder.replay.matching`), and the server logs, once
+per gate, which request it waits for. Each request the client sends claims the
+earliest unclaimed recorded request it matches, so a client that asks early does not
+stall the replay later; replies recorded before the first request play at once.
+Queries are answered at once as well as claiming, so a recorded query's reply also
+plays when its gate is reached, as a daemon's broadcast duplicates a reply.
 
 ``GET /health`` answers like the daemon's. With a token, clients present it as the
 proxy's clients do (``Authorization: Bearer`` or ``?token=``), else get 401 and JSON.
@@ -37,12 +37,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncGenerator, Callable
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from websockets.asyncio.server import ServerConnection, serve
@@ -62,7 +60,8 @@ from recorder.protocol.daemon import (
 )
 from recorder.protocol.frames import IN
 from recorder.replay.plan import Cue, ReplayFrame, Timeline
-from recorder.replay.source import Session, request_key
+from recorder.replay.playback import Playback, Wire, parse_request
+from recorder.replay.source import Session
 from recorder.replay.timing import Due, Pace, Pacer
 
 log = logging.getLogger("recorder.replay.serve")
@@ -71,29 +70,11 @@ log = logging.getLogger("recorder.replay.serve")
 QUERIES = frozenset({"ping", "daemon_status", "list_sessions", "session_status"})
 # Known to the daemon, answered by the recording only (its replies after them).
 ACTIONS = frozenset({"spawn_session", "execute_task", "stop_session"})
-SESSION_FRAMES = ("session_status_update", "session_spawned")
 NO_DAEMON_STATUS = "No daemon status in this recording"
 CLOSE_TIMEOUT = 2.0
 # Clients served at once: each holds a page and the page read ahead (a few MiB) while
 # it plays; more are refused with 429, as the daemon refuses past its limit.
 MAX_CLIENTS = 8
-
-# (is_text, data): a frame as it goes on the wire.
-Wire = tuple[bool, bytes]
-
-
-def parse_request(data: str | bytes) -> dict[str, Any] | None:
-    """The request as the daemon reads it: a JSON object with a string type, or None."""
-    if isinstance(data, bytes):  # recorded text
-        try:
-            data = data.decode()
-        except UnicodeDecodeError:
-            return None
-    try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError):
-        return None
-    return obj if isinstance(obj, dict) and isinstance(obj.get("type"), str) else None
 
 
 class Recorded(Protocol):
@@ -120,57 +101,6 @@ class Recorded(Protocol):
         """The played frames after id ``after`` (with the requests, if asked), and the
         id to read on after (None: no more)."""
         ...
-
-
-class Playback:
-    """One run through the recording: the sessions it has shown, and which recorded
-    requests its client has matched."""
-
-    def __init__(self, keys: list[bytes]) -> None:
-        # Session id -> (its latest object, the session_status_update answering for it).
-        self.sessions: dict[str, tuple[dict[str, Any], Wire]] = {}
-        self.finished = False
-        self._claimed = bytearray(len(keys))
-        self._claims = asyncio.Event()
-        # Per key, the recorded requests not yet claimed, earliest first: a claim is a
-        # lookup, not a scan from the first request (n² for a long session).
-        self._unclaimed: dict[bytes, deque[int]] = {}
-        for i, key in enumerate(keys):
-            self._unclaimed.setdefault(key, deque()).append(i)
-
-    def claim(self, data: str | bytes) -> bool:
-        """The earliest unclaimed recorded request this one matches, claimed."""
-        key = request_key(data.encode() if isinstance(data, str) else data)
-        waiting = self._unclaimed.get(key)
-        if not waiting:
-            return False
-        self._claimed[waiting.popleft()] = True
-        self._claims.set()
-        return True
-
-    async def claimed(self, index: int) -> None:
-        while not self._claimed[index]:
-            self._claims.clear()
-            await self._claims.wait()
-
-    def saw(self, frame: ReplayFrame) -> None:
-        """Keep the session object a played session_status_update or session_spawned carries."""
-        if frame.type not in SESSION_FRAMES or not frame.is_text:
-            return
-        obj = parse_request(frame.data)
-        session = obj.get("session") if obj is not None else None
-        if not isinstance(session, dict) or not isinstance(session.get("id"), str):
-            return
-        if frame.type == "session_status_update":
-            answer: Wire = (True, frame.data)  # what the daemon said, byte-exact
-        else:
-            rebuilt = {"type": "session_status_update", "session": session}
-            answer = (True, dumps(rebuilt).encode())
-        self.sessions[session["id"]] = (session, answer)
-
-    @property
-    def active(self) -> int:
-        return sum(1 for s, _ in self.sessions.values() if s.get("status") == "running")
 
 
 class ReplayServer:
@@ -356,7 +286,7 @@ class ReplayServer:
             due.wait(pause, clock.time())
             return
         if frame.direction != IN:  # a recorded request: wait for the client's
-            await playback.claimed(self._gates[frame.id])
+            await playback.claimed(self._gates[frame.id], frame)
             due.restart(clock.time())
             return
         # Sleeps at least a tick, so a client's requests are answered promptly even

@@ -5,7 +5,6 @@ while it plays (:mod:`recorder.db.pages`)."""
 from __future__ import annotations
 
 import bisect
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from recorder.db.rows import Session as SessionRow
 from recorder.protocol.frames import IN, OPCODE_TEXT
 from recorder.protocol.statuses import TERMINAL_STATUSES
 from recorder.protocol.story import Gap, Recording, gaps, span
+from recorder.replay.matching import request_key
 from recorder.replay.plan import Choice, Cue, ReplayFrame, choose, timeline
 from recorder.times import now_us
 
@@ -154,27 +154,6 @@ def frames(reader: Recordings, session: Session, *, follow: bool = False) -> Ite
 
 def cues(reader: Recordings, session: Session, *, follow: bool = False) -> Iterator[Cue]:
     return timeline(frames(reader, session, follow=follow), session.gaps)
-
-
-def request_key(data: bytes) -> bytes:
-    """What makes a client's request match a recorded one, as a digest: the type and
-    the ids in its payload, or for a request that is not a JSON object its exact bytes
-    (so that a recorded request of any size costs a few bytes to hold)."""
-    import hashlib  # OpenSSL's, a few MB: only for a served replay
-
-    try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError):
-        obj = None
-    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
-        return hashlib.blake2b(b"raw:" + data, digest_size=16).digest()
-    payload = obj.get("payload")
-    payload = payload if isinstance(payload, dict) else {}
-    task = payload.get("task")
-    if isinstance(task, dict):  # spawn_session carries the task as an object
-        task = task.get("description")
-    key = json.dumps([obj["type"], payload.get("sessionId"), task], sort_keys=True)
-    return hashlib.blake2b(key.encode(), digest_size=16).digest()
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import signal
 import time
@@ -39,6 +40,9 @@ from recorder.simulator.sessions import (
     random_base36,
 )
 from recorder.times import iso_from_ms, now_ms
+
+# The error of a task in SimulatorOptions.fail_tasks (whose draw succeeded).
+FAILED_ON_PURPOSE = "LLM request failed: 500 Internal Server Error"
 
 
 class Simulator(DaemonServer):
@@ -150,7 +154,8 @@ class Simulator(DaemonServer):
             await self._send(conn, error_frame(INVALID_FORMAT))
             return
         session = self._new_session(request, self._client_rng, autonomous=False)
-        await self.broadcast(session_frame("session_status_update", session))
+        if self.options.spawn_broadcast:
+            await self.broadcast(session_frame("session_status_update", session))
         self._spawn(self._first_task(session, conn))
 
     async def _on_execute_task(self, conn: _Conn, message: JSONObject) -> None:
@@ -280,9 +285,11 @@ class Simulator(DaemonServer):
             chunk_delay=opts.chunk_delay,
             fail_rate=opts.fail_rate,
         )
+        if description in opts.fail_tasks:
+            plan = dataclasses.replace(plan, success=False, error=plan.error or FAILED_ON_PURPOSE)
         begun = time.monotonic()
         sid = session.id
-        out = target if stream else None
+        out = target if stream and opts.streams else None
         if out is not None:
             await self._send(out, stream_start_frame(sid))
         index = 0

@@ -20,6 +20,14 @@ class SimulatorOptions:
     chunk_delay: float = 0.05
     chunks_per_task: tuple[int, int] = (3, 12)
     fail_rate: float = 0.2
+    # Tasks (their text) that fail whatever fail_rate draws: a daemon that now fails.
+    fail_tasks: tuple[str, ...] = ()
+    # Broadcast session_status_update when a client's spawn makes a session; without
+    # it, a UI learns the new id only from list_sessions until session_spawned.
+    spawn_broadcast: bool = True
+    # stream_* and tool_call_* frames to the requester (the seed document's); the
+    # published daemon (1.0.39) sends none.
+    streams: bool = True
     seed: int | None = None
     status_interval: float = 0.0
     token: str | None = None
