@@ -65,6 +65,22 @@ def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
     return path
 
 
+def proxy_recording_config(
+    tmp: Path, daemon_url: str, db: Path, **sections: dict[str, Any]
+) -> Config:
+    """The service recording ``daemon_url`` into the SQLite file ``db``, its proxy on a
+    free port, quick commits, JSON logs; ``sections`` add or override keys."""
+    base: dict[str, dict[str, Any]] = {
+        "daemon": {"url": daemon_url},
+        "storage": {"url": f"sqlite:///{db}", "commit_interval": 0.05},
+        "proxy": {"listen": "127.0.0.1:0"},
+        "log": {"format": "json"},
+    }
+    for name, values in sections.items():
+        base.setdefault(name, {}).update(values)
+    return load_config(write_config(tmp / "config.toml", base), env={})
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "recorder.db"

@@ -10,9 +10,8 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from recorder.config import load_config
 from recorder.simulator import Simulator, SimulatorOptions
-from tests.conftest import running, write_config
+from tests.conftest import proxy_recording_config, running
 from tests.helpers import query, wait_until
 
 TIMEOUT = 30
@@ -83,19 +82,7 @@ async def record(path: Path, tmp: Path) -> Recording:
     rec = Recording(path)
     opts = SimulatorOptions(port=0, chunk_delay=0.005, seed=5, fail_rate=0.0)
     async with Simulator(opts) as sim:
-        config = load_config(
-            write_config(
-                tmp / "config.toml",
-                {
-                    "daemon": {"url": sim.url},
-                    "reconnect": {"base": 0.2, "cap": 0.4},
-                    "storage": {"url": f"sqlite:///{path}", "commit_interval": 0.05},
-                    "proxy": {"listen": "127.0.0.1:0"},
-                    "log": {"format": "json"},
-                },
-            ),
-            env={},
-        )
+        config = proxy_recording_config(tmp, sim.url, path, reconnect={"base": 0.2, "cap": 0.4})
         async with running(config) as svc:
             assert svc.proxy is not None
             await ui_conversation(f"ws://127.0.0.1:{svc.proxy.port}", rec)

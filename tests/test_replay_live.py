@@ -21,14 +21,14 @@ from click.testing import CliRunner
 from websockets.asyncio.client import connect
 
 from recorder.cli import cli
-from recorder.config import Config, load_config
+from recorder.config import Config
 from recorder.db.recordings import Recordings
 from recorder.replay import source
 from recorder.replay.live import LiveReplayError, plan, replay_live
 from recorder.replay.source import Conversation
 from recorder.replay.timing import Pace
 from recorder.simulator import Simulator, SimulatorOptions
-from tests.conftest import running, write_config
+from tests.conftest import proxy_recording_config, running
 
 TIMEOUT = 60
 SEED = 5
@@ -73,18 +73,7 @@ async def ui(url: str, rec: Recorded) -> None:
 async def record(tmp: Path) -> Recorded:
     path = tmp / "recorder.db"
     async with Simulator(options(0.0)) as sim:
-        config = load_config(
-            write_config(
-                tmp / "config.toml",
-                {
-                    "daemon": {"url": sim.url},
-                    "storage": {"url": f"sqlite:///{path}", "commit_interval": 0.05},
-                    "proxy": {"listen": "127.0.0.1:0"},
-                    "log": {"format": "json"},
-                },
-            ),
-            env={},
-        )
+        config = proxy_recording_config(tmp, sim.url, path)
         rec = Recorded(path, config)
         async with running(config) as svc:
             assert svc.proxy is not None

@@ -22,14 +22,13 @@ from websockets.exceptions import InvalidStatus
 
 from recorder.capture.handshake import http_get_health
 from recorder.cli import cli
-from recorder.config import load_config
 from recorder.db.recordings import Recordings
 from recorder.protocol.frames import IN
 from recorder.replay import source
 from recorder.replay.serve import Recorded as Recorded_
 from recorder.replay.source import Conversation
 from recorder.simulator import Simulator, SimulatorOptions
-from tests.conftest import running, write_config
+from tests.conftest import proxy_recording_config, running
 from tests.helpers import frame_bytes, query, wait_until
 from tests.postmortem_recording import spawn_request
 from tests.serve_client import (
@@ -74,13 +73,7 @@ async def _record(path: Path, tmp: Path) -> str:
     """A UI through the real recorder's proxy: spawn, a task, a status question."""
     opts = SimulatorOptions(port=0, chunk_delay=0.005, seed=11, fail_rate=0.0)
     async with Simulator(opts) as sim:
-        sections: dict[str, dict[str, Any]] = {
-            "daemon": {"url": sim.url},
-            "storage": {"url": f"sqlite:///{path}", "commit_interval": 0.05},
-            "proxy": {"listen": "127.0.0.1:0"},
-            "log": {"format": "json"},
-        }
-        config = load_config(write_config(tmp / "config.toml", sections), env={})
+        config = proxy_recording_config(tmp, sim.url, path)
         async with running(config) as svc:
             assert svc.proxy is not None
             async with connect(f"ws://127.0.0.1:{svc.proxy.port}") as ws:

@@ -25,9 +25,8 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from recorder.config import load_config
 from recorder.simulator import Simulator, SimulatorOptions
-from tests.conftest import running, write_config
+from tests.conftest import proxy_recording_config, running
 from tests.helpers import query, wait_until
 from tests.postmortem_recording import spawn_request, status_of
 
@@ -102,13 +101,7 @@ async def record(path: Path, tmp: Path) -> TwoTabs:
         port=0, chunk_delay=0.05, chunks_per_task=(6, 6), seed=11, fail_rate=0.0
     )
     async with Simulator(opts) as sim:
-        sections: dict[str, dict[str, Any]] = {
-            "daemon": {"url": sim.url},
-            "storage": {"url": f"sqlite:///{path}", "commit_interval": 0.05},
-            "proxy": {"listen": "127.0.0.1:0"},
-            "log": {"format": "json"},
-        }
-        config = load_config(write_config(tmp / "config.toml", sections), env={})
+        config = proxy_recording_config(tmp, sim.url, path)
         async with running(config) as svc:
             assert svc.proxy is not None
             url = f"ws://127.0.0.1:{svc.proxy.port}"
