@@ -72,6 +72,7 @@ def test_a_long_session_is_told_in_the_first_and_last_of_each_list() -> None:
     # 49 failed results said why, and 200 errors: 249.
     assert told.left_out == {
         "timeline": 290,
+        "rejected": 0,
         "tools": 491,
         "errors": 239,
         "connections": 0,
