@@ -84,6 +84,22 @@ def test_replay_marks_the_gap_and_plays_the_ui_stream(recording: Recording) -> N
     assert ui.count("[tool] ") == 2 * recording.tool_calls_sent
 
 
+def test_show_lists_a_rejected_follow_up_as_that(recording: Recording) -> None:
+    """ "Fix it" was asked after the session completed, and the daemon turned it down:
+    today's main showed that answer as the session's error, in the header (issue 19)."""
+    story = show_json(recording.path, recording.ui_session)
+    tasks = {t["task_id"]: t for t in story["tasks"]}
+    assert tasks["Fix it"]["status"] == "rejected"
+    assert "is not running (status: completed)" in tasks["Fix it"]["error"]
+    assert [r["task_id"] for r in story["rejected"]] == ["Fix it"]
+    first = [t for t in tasks.values() if t["task_id"] != "Fix it"]
+    assert [t["status"] for t in first] == ["completed"]
+    assert all(e["source"] != "task_failed" for e in story["errors"])
+    text = invoke("show", "--database", str(recording.path), recording.ui_session).stdout
+    assert not [line for line in text.splitlines() if line.startswith("error ")]
+    assert "Requests turned down" in text
+
+
 def jsonl(*args: str) -> list[dict[str, Any]]:
     result = invoke("frames", "--format", "jsonl", "--limit", "0", *args)
     assert result.exit_code == 0, result.output
