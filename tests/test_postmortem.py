@@ -48,7 +48,8 @@ def test_show_pairs_tool_calls_and_counts_what_the_ui_saw(recording: Recording) 
         1 for m in recording.ui_frames if m["type"] == "stream_chunk"
     )
     roles = {c["role"] for c in story["connections"]}
-    assert "proxy" in roles and all(c["frames"] > 0 for c in story["connections"])
+    # Every connection that saw it: that carried its frames, or listed it (issue 19).
+    assert "proxy" in roles and all(c["frames"] or c["listed"] for c in story["connections"])
     assert [c["status"] for c in story["timeline"]][-1] == "completed"
     assert story["metrics"]["tasksCompleted"] >= 1
     text = invoke("show", "--database", str(recording.path), recording.ui_session).stdout
@@ -81,6 +82,22 @@ def test_replay_marks_the_gap_and_plays_the_ui_stream(recording: Recording) -> N
     chunks = "".join(m["data"]["chunk"] for m in recording.ui_frames if m["type"] == "stream_chunk")
     assert chunks.strip() and chunks.splitlines()[0] in ui
     assert ui.count("[tool] ") == 2 * recording.tool_calls_sent
+
+
+def test_show_lists_a_rejected_follow_up_as_that(recording: Recording) -> None:
+    """ "Fix it" was asked after the session completed, and the daemon turned it down:
+    today's main showed that answer as the session's error, in the header (issue 19)."""
+    story = show_json(recording.path, recording.ui_session)
+    tasks = {t["task_id"]: t for t in story["tasks"]}
+    assert tasks["Fix it"]["status"] == "rejected"
+    assert "is not running (status: completed)" in tasks["Fix it"]["error"]
+    assert [r["task_id"] for r in story["rejected"]] == ["Fix it"]
+    first = [t for t in tasks.values() if t["task_id"] != "Fix it"]
+    assert [t["status"] for t in first] == ["completed"]
+    assert all(e["source"] != "task_failed" for e in story["errors"])
+    text = invoke("show", "--database", str(recording.path), recording.ui_session).stdout
+    assert not [line for line in text.splitlines() if line.startswith("error ")]
+    assert "Requests turned down" in text
 
 
 def jsonl(*args: str) -> list[dict[str, Any]]:

@@ -16,9 +16,10 @@ from click.testing import CliRunner
 from recorder.cli import cli
 from recorder.db.recordings import Recordings
 from recorder.protocol import story
-from recorder.protocol.frames import IN
+from recorder.protocol.frames import IN, OUT
 from recorder.protocol.story import OTHER_TYPES, StoryFrame, tell
 from recorder.protocol.tame import one_line
+from recorder.protocol.timeline import LISTED, listed
 from tests.reading_session import fill
 
 SID = "session_1795692537464_shown"
@@ -72,6 +73,7 @@ def test_a_long_session_is_told_in_the_first_and_last_of_each_list() -> None:
     # 49 failed results said why, and 200 errors: 249.
     assert told.left_out == {
         "timeline": 290,
+        "rejected": 0,
         "tools": 491,
         "errors": 239,
         "connections": 0,
@@ -236,3 +238,107 @@ def test_hostile_sizes_are_cut_on_screen_and_kept_whole_in_json(tmp_path: Path) 
     assert len(story_json["tasks"][0]["description"]) == MB10
     tasks = json.loads(invoke("tasks", "--database", db, "--session", SID, "--json").stdout)
     assert len(tasks[0]["error"]) == MB10 + 17 + 50
+
+
+# --- the course of a session (issue 19) ------------------------------------------------
+
+
+def told_at(i: int, kind: str, obj: dict[str, Any] | None, connection: int = 1) -> StoryFrame:
+    """Frame ``i``, received at i ms; a request (direction out) when ``kind`` is one."""
+    direction = OUT if kind == "execute_task" else IN
+    task = (obj or {}).get("taskId") or ((obj or {}).get("payload") or {}).get("task")
+    return StoryFrame(i, connection, i, direction, i * 1000, i * 10**6, kind, task, 100, obj)
+
+
+def session_object(state: str, **more: Any) -> dict[str, Any]:
+    return {"session": {"id": SID, "status": state, "task": {"id": "t1"}, **more}}
+
+
+def test_the_course_is_told_whichever_frame_carried_it() -> None:
+    refused = f"Session {SID} is not running (status: completed)"
+    frames = [
+        told_at(1, LISTED, session_object("running")),
+        told_at(2, "execute_task", {"payload": {"sessionId": SID, "task": "A"}}, 2),
+        told_at(3, "session_status_update", session_object("completed")),
+        told_at(4, "task_completed", {"sessionId": SID, "taskId": "A"}, 2),
+        told_at(5, "execute_task", {"payload": {"sessionId": SID, "task": "B"}}, 2),
+        told_at(6, "task_failed", {"sessionId": SID, "taskId": "B", "error": refused}, 2),
+        told_at(7, "session_status_update", session_object("stopped"), 3),
+        told_at(8, "session_status_update", session_object("stopped"), 1),
+    ]
+    row = {**SESSION, "first_seen_us": 1000, "status": "stopped", "finished_us": 3000}
+    told = tell(row, frames, [], 10**9)
+    assert [(c.status, c.source, c.connection_id) for c in told.timeline] == [
+        ("running", LISTED, 1),
+        ("completed", "session_status_update", 1),
+        ("stopped", "session_status_update", 3),
+    ]
+    outcomes = {k: (o.status, o.at_us, o.from_status) for k, o in told.outcomes.items()}
+    # The first task ended when the session first did: the stop came later.
+    assert outcomes == {
+        "t1": ("completed", 3000, True),
+        "A": ("completed", 4000, False),
+        "B": ("rejected", 6000, False),
+    }
+    assert [(r.task_id, r.error) for r in told.rejected] == [("B", refused)]
+    assert told.errors == [] and told.own_error is None and told.last_error_rejected
+    # From its first recorded frame to the first that showed it stopped.
+    assert (told.start_us, told.end_us) == (1000, 7000)
+    assert LISTED not in told.by_type and sum(told.by_type.values()) == 7
+    conduct = {c: (d.frames, d.listed, d.asked) for c, d in conduct_of(row, frames).items()}
+    assert conduct == {1: (2, 1, {}), 2: (4, 0, {"execute_task": 2}), 3: (1, 0, {})}
+
+
+def conduct_of(row: dict[str, Any], frames: list[StoryFrame]) -> dict[int, Any]:
+    teller = story.Teller(row)
+    for f in frames:
+        teller.add(f)
+    return dict(teller.course.conduct)
+
+
+def test_a_task_that_failed_while_the_session_ran_is_its_error() -> None:
+    """Asked while the session ran, a failure is the task's own and the session's
+    error, whatever its words; a reply outweighs the session's status."""
+    said = "Session x is not running (status: stopped)"
+    frames = [
+        told_at(1, "session_status_update", session_object("running")),
+        told_at(2, "execute_task", {"payload": {"sessionId": SID, "task": "t1"}}),
+        told_at(3, "task_failed", {"sessionId": SID, "taskId": "t1", "error": said}),
+        told_at(4, "session_status_update", session_object("stopped")),
+    ]
+    told = tell({**SESSION, "status": "stopped"}, frames, [], 10**9, tasks=["t1"])
+    assert {k: o.status for k, o in told.outcomes.items()} == {"t1": "failed"}
+    assert told.rejected == [] and told.own_error == said and not told.last_error_rejected
+    assert [(e.source, e.text) for e in told.errors] == [("task_failed", said)]
+    # Outcomes of tasks not asked for are not kept.
+    assert tell({**SESSION}, frames, [], 10**9, tasks=["other"]).outcomes == {}
+
+
+def test_a_listing_names_its_entry_only() -> None:
+    obj = {"sessions": [{"id": "a"}, "junk", {"id": SID, "status": "running"}]}
+    assert listed(obj, SID) == {"id": SID, "status": "running"}
+    assert listed(obj, "b") is None and listed({"sessions": "x"}, SID) is None
+
+
+def test_the_span_is_the_recordings_evidence_not_the_daemons_clock() -> None:
+    year = 365 * 86_400 * 10**6
+    row = {
+        **SESSION,
+        "first_seen_us": 10 * year,
+        "started_at_us": 9 * year,  # the daemon's startedAt, a year before
+        "ended_at_us": 110 * year,  # its endedAt, a century after
+        "last_seen_us": 10 * year + 500,
+        "finished_us": 10 * year + 300,
+    }
+    assert story.span(row) == (10 * year, 10 * year + 300)
+    assert story.span({**row, "status": "running", "finished_us": None}) == (10 * year, None)
+    assert story.span({**row, "finished_us": None}) == (10 * year, 10 * year + 500)
+    up = [
+        story.Recording(1, "link", "u", None, 9 * year, 10 * year + 100, 1006, None, None),
+        story.Recording(2, "link", "u", None, 10 * year + 200, None, None, None, None),
+    ]
+    chunk = StoryFrame(1, 1, 1, IN, 10 * year + 50, 1, "stream_chunk", None, 100, None)
+    told = tell(row, [chunk], up, 11 * year)
+    # Only the outage between its frames: none before the recorder saw it (the year
+    # the daemon says), none after it ended (to 2126).
+    assert [(g.start_us, g.end_us) for g in told.gaps] == [(10 * year + 100, 10 * year + 200)]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from recorder.cli.options import limit_option, load, output_option, reading, target_options
 from recorder.cli.render import (
+    CELL_CHARS,
     CONNECTION_COLUMNS,
     TASK_COLUMNS,
     VALUE_CHARS,
@@ -22,8 +24,10 @@ from recorder.cli.render import (
     task_json,
     when,
 )
-from recorder.protocol.story import clock_notes, partly, span
+from recorder.db.rows import Task
+from recorder.protocol.story import ConnectionShare, partly
 from recorder.protocol.tame import on_one_line
+from recorder.protocol.timeline import clock_notes
 
 if TYPE_CHECKING:
     from recorder.protocol.kept import Kept
@@ -49,15 +53,17 @@ def show(config_path: str | None, database: str | None, session: str, fmt: str) 
     with reading(target) as recordings:
         row = recordings.session(session)
         if text:  # at once: the rest reads every frame of the session
-            _echo(head_lines(vars(row)))
-        story = recordings.story(row, longest=VALUE_CHARS if text else None)
+            _echo(name_lines(vars(row)))
         tasks = recordings.session_tasks(row.id)
+        wanted = [t.task_id for t in tasks.items]
+        story = recordings.story(row, longest=VALUE_CHARS if text else None, tasks=wanted)
+    told = [_outcome(t, story) for t in tasks.items]
     if text:
-        _echo(story_lines(tasks, story))
+        _echo(span_lines(vars(row), story) + story_lines(told, tasks, story))
         return
     out: dict[str, Any] = {
         "session": session_json(row),
-        "tasks": [task_json(t) for t in tasks.items],
+        "tasks": [task_json(t) for t in told],
     }
     out |= story.to_json()
     out["task_count"] = tasks.total
@@ -68,14 +74,23 @@ def show(config_path: str | None, database: str | None, session: str, fmt: str) 
     click.echo(json.dumps(out, ensure_ascii=False, indent=2))
 
 
+def _outcome(task: Task, story: Story) -> Task:
+    """The task as its own frames tell it: the index gives a session's first task the
+    session's latest status (a stop after it completed made it "stopped")."""
+    outcome = story.outcomes.get(task.task_id)
+    if outcome is None:
+        return task
+    error = outcome.error if outcome.error is not None else task.error
+    return replace(task, status=outcome.status, ended_at_us=outcome.at_us, error=error)
+
+
 def _echo(lines: list[str]) -> None:
     for line in lines:
         click.echo(on_one_line(line))  # a frame's strings must not steer the terminal
 
 
-def head_lines(session: dict[str, Any]) -> list[str]:
-    """What the session's row says: its id, kind, status and span, its last error."""
-    start, end = span(session)
+def name_lines(session: dict[str, Any]) -> list[str]:
+    """The session's id and kind, from its row: printed before its frames are read."""
     lines = [f"session   {shown(session['id'])}"]
     kind = ", ".join(
         shown(x)
@@ -87,13 +102,24 @@ def head_lines(session: dict[str, Any]) -> list[str]:
     )
     if kind:
         lines.append(f"          {kind}")
+    return lines
+
+
+def span_lines(session: dict[str, Any], story: Story) -> list[str]:
+    """Its status and span by the recording (from its first recorded frame to the one
+    that first showed its final status), its own last error, and what is said of it:
+    a cleanup part-way, a daemon's clock far from the recorder's."""
+    start, end = story.start_us, story.end_us
     duration = f" ({(end - start) / 1e6:.1f} s)" if end is not None else " (still open)"
-    lines.append(
+    lines = [
         f"status    {shown(session.get('status') or '?')}: {when(start)} -> "
         f"{when(end) or 'now'}{duration}"
-    )
-    if session.get("last_error"):
-        lines.append(f"error     {shown(session['last_error'])}")
+    ]
+    # The row's last error may be the answer to a request the daemon turned down (a
+    # task for a session that was over): that is listed with its task, not here.
+    error = story.own_error if story.last_error_rejected else session.get("last_error")
+    if error:
+        lines.append(f"error     {shown(error)}")
     cut = partly(session)
     if cut is not None:
         lines.append(
@@ -112,20 +138,10 @@ def _with_left_out(lines: list[str], at: int, left_out: int, what: str) -> list[
     return [*lines[:at], f"  … {left_out:,} more {what} …", *lines[at:]]
 
 
-def story_lines(tasks: Kept[Any], story: Story) -> list[str]:
-    lines: list[str] = []
+def story_lines(told: list[Task], tasks: Kept[Task], story: Story) -> list[str]:
+    """The story below the header: ``told`` are the kept ``tasks`` with their outcomes."""
     keep = story.keep
-    if story.timeline:
-        status = [f"  {when(c.at_us)}  {shown(c.status)}" for c in story.timeline]
-        lines += [
-            "",
-            "Status",
-            *_with_left_out(status, keep, story.left_out["timeline"], "status changes"),
-        ]
-    if tasks.items:
-        columns = [c for c in TASK_COLUMNS if c.header != "SESSION"]
-        table = table_lines(columns, tasks.items, indent="  ")
-        lines += ["", "Tasks", *_with_left_out(table, 1 + tasks.keep, tasks.left_out, "tasks")]
+    lines = _course_lines(told, tasks, story)
     if story.tools:
         lines += ["", f"Tool calls: {story.tool_calls}, {story.tools_failed} failed"]
         table = table_lines(TOOL_COLUMNS, story.tools, indent="  ")
@@ -152,6 +168,48 @@ def story_lines(tasks: Kept[Any], story: Story) -> list[str]:
     return lines
 
 
+def _course_lines(told: list[Task], tasks: Kept[Task], story: Story) -> list[str]:
+    """Its statuses in order, each with the frame that first carried it; its tasks with
+    their own outcomes; the requests the daemon turned down."""
+    keep = story.keep
+    lines: list[str] = []
+    if story.timeline:
+        width = max(len(shown(c.status, CELL_CHARS)) for c in story.timeline)
+        status = [
+            f"  {when(c.at_us)}  {shown(c.status, CELL_CHARS):<{width}}  "
+            f"{c.source or '?'} on connection {c.connection_id}"
+            for c in story.timeline
+        ]
+        lines += [
+            "",
+            "Status",
+            *_with_left_out(status, keep, story.left_out["timeline"], "status changes"),
+        ]
+    if told:
+        columns = [c for c in TASK_COLUMNS if c.header != "SESSION"]
+        table = table_lines(columns, told, indent="  ")
+        lines += ["", "Tasks", *_with_left_out(table, 1 + tasks.keep, tasks.left_out, "tasks")]
+    if story.rejected:
+        turned = [
+            f"  {when(r.at_us)}  {shown(r.task_id, CELL_CHARS)}: {shown(r.error or '')}"
+            for r in story.rejected
+        ]
+        lines += [
+            "",
+            "Requests turned down (the session was over when they were asked)",
+            *_with_left_out(turned, keep, story.left_out["rejected"], "requests"),
+        ]
+    return lines
+
+
+def _did(share: ConnectionShare) -> str:
+    """What a connection did in the session: its requests about it, or that it only
+    watched; and how many sessions_list replies it got that named it."""
+    asked = ", ".join(k if n == 1 else f"{k} x{n}" for k, n in share.asked.items())
+    did = f"asked {asked}" if asked else "watched only"
+    return did + (f"; saw it in {share.listed} sessions_list" if share.listed else "")
+
+
 def _tool_input(call: Any) -> str:
     # Told for a screen, an input is its JSON text already, cut short.
     if call.error:
@@ -173,6 +231,7 @@ SHARE_COLUMNS = (
     Column("OPENED", lambda c: when(c.opened_us)),
     Column("CLOSED", lambda c: when(c.closed_us) or "open"),
     Column("CODE", lambda c: c.close_code, True),
+    Column("DID", _did),
 )
 
 

@@ -15,7 +15,7 @@ database. Counts that would scan every frame come from the writer's rollups
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -33,11 +33,11 @@ from recorder.db.rows import (
     Tally,
     Task,
 )
+from recorder.db.story_reads import StoryReads
 from recorder.protocol.kept import Kept
 from recorder.protocol.statuses import ACTIVE_SQL
-from recorder.protocol.story import KEEP, READ_TYPES, Recording, Story, StoryFrame, Teller, span
+from recorder.protocol.story import KEEP
 from recorder.protocol.tame import on_one_line, read_object
-from recorder.times import now_us
 
 __all__ = ["FrameFilter", "NoSuchSession", "Recordings", "Stats", "Status"]
 
@@ -72,7 +72,7 @@ class Stats:
     daemon_at_us: int | None
 
 
-class Recordings(CleanupReads):
+class Recordings(CleanupReads, StoryReads):
     """One database's recordings, read-only."""
 
     def __init__(self, reader: Reader) -> None:
@@ -132,41 +132,6 @@ class Recordings(CleanupReads):
         row = first_row(self.reader, "SELECT status FROM sessions WHERE id = :s", {"s": session_id})
         return None if row is None else row["status"]
 
-    def story(self, session: Session, *, longest: int | None = None) -> Story:
-        """``recorder show``: a session's frames read once, through its index, a page at
-        a time, and folded into its story (``longest``: see :class:`Teller`)."""
-        wanted = ", ".join(f"'{t}'" for t in READ_TYPES)
-        columns = (
-            "id, connection_id, seq, direction, received_at_us, monotonic_ns, type, task_id, "
-            f"size, CASE WHEN type IN ({wanted}) THEN payload END AS payload"
-        )
-        teller = Teller(vars(session), longest=longest)
-        for r in pages.frames(self.reader, FrameFilter(session_id=session.id), columns):
-            payload = r["payload"]
-            obj = (read_object(payload) or {}) if payload else None
-            teller.add(
-                StoryFrame(
-                    r["id"],
-                    r["connection_id"],
-                    r["seq"],
-                    r["direction"],
-                    r["received_at_us"],
-                    r["monotonic_ns"],
-                    r["type"],
-                    r["task_id"],
-                    r["size"],
-                    obj,
-                )
-            )
-        start, end = span(vars(session))
-        recordings = self.recordings_around(start, end or now_us())
-        # The connections that carried the session's frames outside that span too (a
-        # clock that jumped): the fold counted them.
-        known = {r.id for r in recordings}
-        recordings += self.recordings_of(sorted(set(teller.per_connection) - known))
-        recordings.sort(key=lambda r: r.id)
-        return teller.told(recordings, now_us())
-
     # --- tasks and connections ----------------------------------------------------------
 
     def tasks(self, session_id: str | None = None, limit: int = 0) -> list[Task]:
@@ -202,25 +167,6 @@ class Recordings(CleanupReads):
         limit_sql = f" LIMIT {int(limit)}" if limit else ""
         sql = f"SELECT * FROM connections{where} ORDER BY id DESC{limit_sql}"
         return [Connection.of(r) for r in self.reader.rows(sql, {"role": role})]
-
-    def recordings_around(self, start: int, end: int) -> list[Recording]:
-        """The connections that were up at some point of [start, end]."""
-        sql = (
-            "SELECT * FROM connections WHERE opened_at_us <= :end "
-            "AND (closed_at_us IS NULL OR closed_at_us >= :start) ORDER BY id"
-        )
-        rows = self.reader.rows(sql, {"start": start, "end": end})
-        return [_recording(Connection.of(r)) for r in rows]
-
-    def recordings_of(self, ids: Iterable[int]) -> list[Recording]:
-        """These connections (by id), as recordings."""
-        wanted = sorted(set(ids))
-        found: list[Recording] = []
-        for at in range(0, len(wanted), 500):
-            listed = ", ".join(str(int(i)) for i in wanted[at : at + 500])
-            rows = self.reader.rows(f"SELECT * FROM connections WHERE id IN ({listed})")
-            found += [_recording(Connection.of(r)) for r in rows]
-        return found
 
     def role(self, connection_id: int) -> str | None:
         row = first_row(
@@ -377,17 +323,3 @@ class Recordings(CleanupReads):
             return None
         row = first_row(self.reader, "SELECT version_num FROM alembic_version")
         return str(row["version_num"]) if row is not None else None
-
-
-def _recording(c: Connection) -> Recording:
-    return Recording(
-        c.id,
-        c.role,
-        c.url,
-        c.client_addr,
-        c.opened_at_us,
-        c.closed_at_us,
-        c.close_code,
-        c.closed_by,
-        c.error,
-    )

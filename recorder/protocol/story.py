@@ -1,24 +1,27 @@
 """What happened in a session, from its recorded frames: pure, for ``recorder show``.
 
 The input is what the read side fetched (the session's frames with their JSON
-parsed, in recording order, and the recording connections around it); the output is
-a :class:`Story`: the status timeline, tool calls paired start to result, errors,
-the daemon's metrics, frame counts, and the spans when nothing was recording. The
-frames are folded one at a time (:class:`Teller`), so a session of millions of
-frames is told in the memory of a short one.
+parsed, and the entries of the sessions_list replies that named it, in recording
+order; the recording connections around it); the output is a :class:`Story`: the
+status timeline, each task's outcome (:mod:`recorder.protocol.timeline`), tool calls
+paired start to result, errors, the daemon's metrics, frame counts, what each
+connection did, and the spans when nothing was recording. The frames are folded one
+at a time (:class:`Teller`), so a session of millions of frames is told in the
+memory of a short one.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NamedTuple
 
 from recorder.protocol.kept import Kept
 from recorder.protocol.statuses import TERMINAL_STATUSES
 from recorder.protocol.tame import one_line
+from recorder.protocol.timeline import LISTED, Course, StatusChange, TaskOutcome
 
 # Of each list that grows with the session, the first and the last this many.
 KEEP = 10
@@ -58,13 +61,6 @@ class Recording(NamedTuple):
 
 
 @dataclass(frozen=True)
-class StatusChange:
-    at_us: int
-    status: str
-    frame_id: int
-
-
-@dataclass(frozen=True)
 class ToolCall:
     name: str
     started_us: int
@@ -95,6 +91,8 @@ class Gap:
 
 @dataclass(frozen=True)
 class ConnectionShare:
+    """A connection that saw the session, and what it did (a timeline's Conduct)."""
+
     id: int
     role: str
     url: str
@@ -103,14 +101,25 @@ class ConnectionShare:
     opened_us: int
     closed_us: int | None
     close_code: int | None
+    listed: int = 0
+    asked: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
 class Story:
     session_id: str
+    # From its first recorded frame to when the recording saw it reach its final
+    # status (None: not ended); the daemon's clock decides neither.
     start_us: int
     end_us: int | None
     timeline: list[StatusChange] = field(default_factory=list)
+    # Each task's own outcome, by task id; the requests the daemon turned down.
+    outcomes: dict[str, TaskOutcome] = field(default_factory=dict)
+    rejected: list[TaskOutcome] = field(default_factory=list)
+    # The latest error that was the session's own, and whether the latest of all
+    # (the session row's last_error) turned a request down instead.
+    own_error: str | None = None
+    last_error_rejected: bool = False
     tools: list[ToolCall] = field(default_factory=list)
     errors: list[ErrorLine] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -148,35 +157,13 @@ READ_TYPES = (
 
 
 def span(session: Mapping[str, Any]) -> tuple[int, int | None]:
-    """When a session was active: from its start to its end (None: not ended); a
-    finished session with no end time ended when it was last seen."""
-    start = min(session["first_seen_us"], session["started_at_us"] or session["first_seen_us"])
-    end: int | None = session["ended_at_us"]
-    if end is None and session["status"] in TERMINAL_STATUSES:
-        end = session["last_seen_us"]
-    return start, end
-
-
-# A daemon time this far from the recorder's is flagged: the daemon's clock, or (for
-# a start) a session older than its recording.
-CLOCK_FLAG_US = 86_400 * 1_000_000
-
-
-def clock_notes(session: Mapping[str, Any]) -> list[str]:
-    """Where the daemon's startedAt/endedAt stand more than a day from the recorder's
-    own times for the session: said, never believed (no deletion is decided by them)."""
-    notes = []
-    pairs = (
-        ("startedAt", session.get("started_at_us"), session.get("first_seen_us"), "first saw it"),
-        ("endedAt", session.get("ended_at_us"), session.get("finished_us"), "saw it end"),
-    )
-    for name, daemon, ours, what in pairs:
-        if daemon is None or ours is None or abs(daemon - ours) <= CLOCK_FLAG_US:
-            continue
-        days = abs(daemon - ours) / CLOCK_FLAG_US
-        side = "after" if daemon > ours else "before"
-        notes.append(f"the daemon's {name} is {days:,.1f} days {side} the recorder {what}")
-    return notes
+    """When a session was active by the recording's own evidence: from the first frame
+    that showed it to when the recorder saw it end (None: not ended). The daemon's
+    startedAt/endedAt are never believed (a startedAt a year back made a gap of a year)."""
+    end: int | None = None
+    if session["status"] in TERMINAL_STATUSES:
+        end = session.get("finished_us") or session["last_seen_us"]
+    return session["first_seen_us"], end
 
 
 def partly(session: Mapping[str, Any]) -> str | None:
@@ -195,9 +182,10 @@ def tell(
     *,
     keep: int = KEEP,
     longest: int | None = None,
+    tasks: Collection[str] | None = None,
 ) -> Story:
     """The story of one session (``session`` is its row from the sessions table)."""
-    teller = Teller(session, keep=keep, longest=longest)
+    teller = Teller(session, keep=keep, longest=longest, tasks=tasks)
     for frame in frames:
         teller.add(frame)
     return teller.told(recordings, now_us)
@@ -209,73 +197,93 @@ class Teller:
     session (status changes, tool calls, errors) the first and last ``keep`` items.
     Its memory does not grow with the session. With ``longest``, every text it keeps
     is cut to that many characters (:func:`~recorder.protocol.tame.one_line`): for a
-    person's screen, where whole values (``--format json``) are not wanted."""
+    person's screen, where whole values (``--format json``) are not wanted. ``tasks``: the
+    task ids whose outcomes are told (all when None)."""
 
     def __init__(
-        self, session: Mapping[str, Any], *, keep: int = KEEP, longest: int | None = None
+        self,
+        session: Mapping[str, Any],
+        *,
+        keep: int = KEEP,
+        longest: int | None = None,
+        tasks: Collection[str] | None = None,
     ) -> None:
         self.session = session
         self.longest = longest
+        self.keep = keep
         self.by_type: Counter[str] = Counter()
-        self.per_connection: Counter[int] = Counter()
-        self.timeline: Kept[StatusChange] = Kept(keep)
+        self.course = Course(keep, tasks=tasks, text=self._text)
         self.tools: Kept[ToolCall] = Kept(keep)
         self.errors: Kept[ErrorLine] = Kept(keep)
         self.tools_failed = 0
         self.metrics: dict[str, Any] = {}
-        self._status: str | None = None
+        self.first_us: int | None = None
         # Calls waiting for their result, oldest first: number -> (key, started_ns);
         # and per (connection, tool name) their numbers, the order results pair in.
         self._waiting: OrderedDict[int, tuple[tuple[int, int], int]] = OrderedDict()
         self._queues: dict[tuple[int, int], deque[int]] = {}
 
+    @property
+    def connections(self) -> Collection[int]:
+        """The connections that carried the session's frames, or listed it."""
+        return self.course.conduct.keys()
+
     def add(self, frame: StoryFrame) -> None:
-        kind = frame.type or "(not JSON)"
-        if kind in self.by_type or len(self.by_type) < MAX_TYPES:
-            self.by_type[kind] += 1
-        else:  # a daemon that makes up types cannot make the counter grow
-            self.by_type[OTHER_TYPES] += 1
-        self.per_connection[frame.connection_id] += 1
+        if self.first_us is None or frame.received_us < self.first_us:
+            self.first_us = frame.received_us
+        rejected = self.course.add(frame)
+        if frame.type != LISTED:  # a listing is no frame of the session's
+            kind = frame.type or "(not JSON)"
+            if kind in self.by_type or len(self.by_type) < MAX_TYPES:
+                self.by_type[kind] += 1
+            else:  # a daemon that makes up types cannot make the counter grow
+                self.by_type[OTHER_TYPES] += 1
         if frame.obj is None:
             return
-        if frame.type in ("session_status_update", "session_spawned"):
-            status = _session_status(frame)
-            if status is not None and status != self._status:
-                self._status = status
-                self.timeline.add(StatusChange(frame.received_us, self._text(status), frame.id))
         if frame.type in ("tool_call_start", "tool_call_result"):
             self._tool(frame)
-        self._error(frame)
+        if not rejected:
+            self._error(frame)
         session = frame.obj.get("session")
         if isinstance(session, dict) and isinstance(session.get("metrics"), dict):
             self.metrics = dict(session["metrics"])
 
-    def told(self, recordings: list[Recording], now_us: int) -> Story:
+    def ends(self) -> tuple[int, int | None]:
+        """The session's :func:`span`, up to the frame that first showed its final status."""
         start, end = span(self.session)
+        if self.first_us is not None:
+            start = min(start, self.first_us)
+        course = self.course
+        if course.over and course.status == self.session["status"]:
+            end = course.status_us
+        return start, end
+
+    def told(self, recordings: list[Recording], now_us: int) -> Story:
+        start, end = self.ends()
+        course = self.course
         # A link that dropped every minute for a month: 43 000 of each, kept to a few.
-        shares: Kept[ConnectionShare] = Kept(self.timeline.keep)
+        shares: Kept[ConnectionShare] = Kept(self.keep)
         for r in recordings:
-            if self.per_connection[r.id]:
+            did = course.conduct.get(r.id)
+            if did is not None:
                 shares.add(
                     ConnectionShare(
-                        r.id,
-                        r.role,
-                        r.url,
-                        r.client_addr,
-                        self.per_connection[r.id],
-                        r.opened_us,
-                        r.closed_us,
-                        r.close_code,
+                        *(r.id, r.role, r.url, r.client_addr, did.frames),
+                        *(r.opened_us, r.closed_us, r.close_code, did.listed, did.asked),
                     )
                 )
-        found: Kept[Gap] = Kept(self.timeline.keep)
+        found: Kept[Gap] = Kept(self.keep)
         for gap in gaps(start, end if end is not None else now_us, recordings, now_us):
             found.add(gap)
         return Story(
             self.session["id"],
             start,
             end,
-            timeline=self.timeline.items,
+            timeline=course.timeline.items,
+            outcomes=dict(course.outcomes),
+            rejected=course.rejected.items,
+            own_error=course.own_error,
+            last_error_rejected=course.last_error_rejected,
             tools=self.tools.items,
             errors=self.errors.items,
             metrics=self.metrics,
@@ -284,9 +292,10 @@ class Teller:
             gaps=found.items,
             tool_calls=self.tools.total,
             tools_failed=self.tools_failed,
-            keep=self.timeline.keep,
+            keep=self.keep,
             left_out={
-                "timeline": self.timeline.left_out,
+                "timeline": course.timeline.left_out,
+                "rejected": course.rejected.left_out,
                 "tools": self.tools.left_out,
                 "errors": self.errors.left_out,
                 "connections": shares.left_out,
@@ -368,14 +377,6 @@ class Teller:
             if isinstance(result, dict) and result.get("error") is not None:
                 text = self._text(str(result["error"]))
                 self.errors.add(ErrorLine(frame.received_us, frame.type, text))
-
-
-def _session_status(frame: StoryFrame) -> str | None:
-    obj = frame.obj or {}
-    session = obj.get("session")
-    if isinstance(session, dict) and isinstance(session.get("status"), str):
-        return str(session["status"])
-    return None
 
 
 def gaps(start_us: int, end_us: int, recordings: list[Recording], now_us: int) -> list[Gap]:

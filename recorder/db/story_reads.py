@@ -1,0 +1,126 @@
+"""What the read library reads for ``recorder show``: a session's story, and the
+recording connections around a session. Part of
+:class:`recorder.db.recordings.Recordings`."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Collection, Iterable, Iterator
+from typing import Any
+
+from recorder.db import pages
+from recorder.db.pages import FrameFilter
+from recorder.db.readonly import Reader, Row
+from recorder.db.rows import Connection, Session
+from recorder.protocol.frames import IN
+from recorder.protocol.story import READ_TYPES, Recording, Story, StoryFrame, Teller, span
+from recorder.protocol.tame import read_object
+from recorder.protocol.timeline import LISTED, listed
+from recorder.times import now_us
+
+
+class StoryReads:
+    reader: Reader
+
+    def story(
+        self,
+        session: Session,
+        *,
+        longest: int | None = None,
+        tasks: Collection[str] | None = None,
+    ) -> Story:
+        """``recorder show``: a session's frames read once, through its index, a page at
+        a time, with the entries of the sessions_list replies that named it, and folded
+        into its story (``longest``, ``tasks``: see :class:`Teller`)."""
+        teller = Teller(vars(session), longest=longest, tasks=tasks)
+        frames = (self._story_frames(session), self._listings(session))
+        for frame in heapq.merge(*frames, key=lambda f: f.id):
+            teller.add(frame)
+        start, end = span(vars(session))
+        recordings = self.recordings_around(start, max(end or now_us(), session.last_seen_us))
+        # The connections that carried the session's frames outside that span too (a
+        # clock that jumped): the fold counted them.
+        known = {r.id for r in recordings}
+        recordings += self.recordings_of(sorted(set(teller.connections) - known))
+        recordings.sort(key=lambda r: r.id)
+        return teller.told(recordings, now_us())
+
+    def _story_frames(self, session: Session) -> Iterator[StoryFrame]:
+        wanted = ", ".join(f"'{t}'" for t in READ_TYPES)
+        columns = (
+            "id, connection_id, seq, direction, received_at_us, monotonic_ns, type, task_id, "
+            f"size, CASE WHEN type IN ({wanted}) THEN payload END AS payload"
+        )
+        for r in pages.frames(self.reader, FrameFilter(session_id=session.id), columns):
+            payload = r["payload"]
+            obj = (read_object(payload) or {}) if payload else None
+            yield _story_frame(r, obj)
+
+    def _listings(self, session: Session) -> Iterator[StoryFrame]:
+        """The sessions_list replies that named the session, each as a frame of its
+        entry (:data:`~recorder.protocol.timeline.LISTED`). Through the index by type,
+        over the span the recorder saw the session in (listings widen it too)."""
+        columns = (
+            "id, connection_id, seq, direction, received_at_us, monotonic_ns, type, task_id, "
+            "size, payload"
+        )
+        f = FrameFilter(
+            type=LISTED,
+            direction=IN,
+            since_us=session.first_seen_us,
+            until_us=session.last_seen_us + 1,
+            grep=session.id,
+        )
+        for r in pages.frames(self.reader, f, columns):
+            entry = listed(read_object(r["payload"] or ""), session.id)
+            if entry is not None:
+                yield _story_frame(r, {"session": entry})
+
+    def recordings_around(self, start: int, end: int) -> list[Recording]:
+        """The connections that were up at some point of [start, end]."""
+        sql = (
+            "SELECT * FROM connections WHERE opened_at_us <= :end "
+            "AND (closed_at_us IS NULL OR closed_at_us >= :start) ORDER BY id"
+        )
+        rows = self.reader.rows(sql, {"start": start, "end": end})
+        return [_recording(Connection.of(r)) for r in rows]
+
+    def recordings_of(self, ids: Iterable[int]) -> list[Recording]:
+        """These connections (by id), as recordings."""
+        wanted = sorted(set(ids))
+        found: list[Recording] = []
+        for at in range(0, len(wanted), 500):
+            numbers = ", ".join(str(int(i)) for i in wanted[at : at + 500])
+            rows = self.reader.rows(f"SELECT * FROM connections WHERE id IN ({numbers})")
+            found += [_recording(Connection.of(r)) for r in rows]
+        return found
+
+
+def _story_frame(r: Row, obj: dict[str, Any] | None) -> StoryFrame:
+    """A story frame of a row of the story's columns, and its object."""
+    return StoryFrame(
+        r["id"],
+        r["connection_id"],
+        r["seq"],
+        r["direction"],
+        r["received_at_us"],
+        r["monotonic_ns"],
+        r["type"],
+        r["task_id"],
+        r["size"],
+        obj,
+    )
+
+
+def _recording(c: Connection) -> Recording:
+    return Recording(
+        c.id,
+        c.role,
+        c.url,
+        c.client_addr,
+        c.opened_at_us,
+        c.closed_at_us,
+        c.close_code,
+        c.closed_by,
+        c.error,
+    )
