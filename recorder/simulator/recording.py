@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -61,15 +61,18 @@ TASK_FRAMES: Final = 5
 # The simulator's firehose as this machine's recorder receives it, frames/s.
 FIREHOSE_RATE: Final = 125_000
 OPTIONS: Final = SimulatorOptions()
+Step = ChunkStep | ToolStep
 
 
 @dataclass(frozen=True, slots=True)
 class SessionPlan:
     """One session to record, with exactly ``frames`` frames naming it, from
     ``start_us`` over ``minutes``. A conversation: a UI's spawn_session and ``tasks``
-    execute_task requests (None: as many as fit) and what the daemon streams back, on
-    a proxy connection of its own. With ``firehose``: the simulator's firehose on the
-    link (``frames - 2`` stream_chunk frames, stream_end), then the session's end."""
+    execute_task requests (None: as many as fit beside the spawn's own task) and what
+    the daemon streams back, on a proxy connection of its own; the spawn's own task
+    streams the frames the others leave (``tasks=0``: one long task). With
+    ``firehose``: the simulator's firehose on the link (``frames - 2`` stream_chunk
+    frames, stream_end), then the session's end."""
 
     frames: int
     start_us: int
@@ -200,7 +203,7 @@ class _Session:
             yield self.send(OUT, execute_request(sid, text))
             yield self.send(IN, task_frame("task_executing", sid, text))
         yield self.send(IN, stream_start_frame(sid))
-        yield from self.stream(_fit(first.steps, left))
+        yield from self.stream(self.longer(first.steps, left))
         yield self.send(IN, stream_end_frame(sid))
         self.record(first, session.description, session.task_id)
         session.end("completed" if first.success else "failed", self.at() // 1000)
@@ -243,7 +246,7 @@ class _Session:
                 return
             if count is not None:  # room for the tasks after this one
                 room = left - TASK_FRAMES * (count - i)
-                plan = TaskPlan(_fit(plan.steps, room, pad=False), plan.success, plan.error)
+                plan = TaskPlan(_cut(plan.steps, room), plan.success, plan.error)
             left -= TASK_FRAMES + _cost(plan.steps)
             i += 1
             yield plan, f"Task {i}: {self.rng.choice(TASKS)}"
@@ -259,7 +262,21 @@ class _Session:
         else:
             yield self.send(IN, task_frame("task_failed", sid, text, plan.error))
 
-    def stream(self, steps: Sequence[ChunkStep | ToolStep]) -> Iterator[Event]:
+    def longer(self, steps: Sequence[Step], frames: int) -> Iterator[Step]:
+        """A stream of exactly ``frames`` frames: ``steps``, then those of further
+        plans, as a task that goes on working (or cut short); where a tool call (two
+        frames) does not fit, a chunk takes the last frame (every plan starts with one)."""
+        while frames:
+            for step in steps:
+                cost = 1 if isinstance(step, ChunkStep) else 2
+                if cost <= frames:
+                    frames -= cost
+                    yield step
+                if not frames:
+                    return
+            steps = self.plan_task().steps
+
+    def stream(self, steps: Iterable[Step]) -> Iterator[Event]:
         index = 0
         for step in steps:
             if isinstance(step, ChunkStep):
@@ -274,28 +291,19 @@ class _Session:
                 )
 
 
-def _cost(steps: Sequence[ChunkStep | ToolStep]) -> int:
+def _cost(steps: Sequence[Step]) -> int:
     """Frames a stream's steps take: a chunk one, a tool call two (start, result)."""
     return sum(1 if isinstance(s, ChunkStep) else 2 for s in steps)
 
 
-def _fit(
-    steps: Sequence[ChunkStep | ToolStep], frames: int, pad: bool = True
-) -> tuple[ChunkStep | ToolStep, ...]:
-    """The steps cut to at most ``frames`` frames; with ``pad``, then made up to exactly
-    ``frames`` with copies of their chunks (a longer stream of the same texts)."""
-    kept: list[ChunkStep | ToolStep] = []
-    used = 0
+def _cut(steps: Sequence[Step], frames: int) -> tuple[Step, ...]:
+    """The steps that fit in ``frames`` frames, from the start."""
+    kept: list[Step] = []
     for step in steps:
-        cost = 1 if isinstance(step, ChunkStep) else 2
-        if used + cost > frames:
+        frames -= 1 if isinstance(step, ChunkStep) else 2
+        if frames < 0:
             break
         kept.append(step)
-        used += cost
-    chunks = [s for s in steps if isinstance(s, ChunkStep)] or [ChunkStep("…", 0.0)]
-    while pad and used < frames:
-        kept.append(chunks[used % len(chunks)])
-        used += 1
     return tuple(kept)
 
 
