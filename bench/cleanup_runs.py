@@ -30,7 +30,7 @@ from harness import (
     recorder_config,
     ro_connect,
 )
-from ingest import NO_PROXY, FirehoseRows, LossReport, process_tree, start_simulator, vm_hwm_kib
+from ingest import NO_PROXY, FirehoseRows, LossReport, start_simulator, vm_hwm_kib
 from samples import Sample
 
 # What the benchmarks' recorder configuration leaves out: the request poll, and the
@@ -57,10 +57,6 @@ def write_config(workdir: Path, port: int, db: Path, action: str) -> Path:
 def file_sizes(db: Path) -> dict[str, int]:
     wal = db.with_name(db.name + "-wal")
     return {"main": db.stat().st_size, "wal": wal.stat().st_size if wal.exists() else 0}
-
-
-def tree_cpu(pid: int) -> float:
-    return sum(cpu_seconds(p, children=False) for p in process_tree(pid))
 
 
 # --- the database to clean up --------------------------------------------------------
@@ -158,7 +154,7 @@ def observe(run: Run, workdir: Path) -> Observed:
         )
         cpu0 = watch.until_done(rec)
         seen = watch.seen
-        seen.cpu_s = tree_cpu(rec.pid) - cpu0
+        seen.cpu_s = cpu_seconds(rec.pid) - cpu0
         # The database process: the service's only grandchild (service -> classifier -> it).
         found = [g.pid for c in psutil.Process(rec.pid).children() for g in c.children()]
         if len(found) != 1:
@@ -204,7 +200,7 @@ class _Watch:
                 if top != last_top:
                     last_top, since = top, time.monotonic()
                 if top > run.base[0] and cpu0 is None:
-                    cpu0 = tree_cpu(rec.pid)
+                    cpu0 = cpu_seconds(rec.pid)
                 self.ask(top - run.base[0])
             if self.cleanup is not None and not self.cleanup.alive():
                 self.returned()
