@@ -17,7 +17,7 @@ is ``bench/harness.py``'s and ``bench/ingest.py``'s):
    and its writer's ``Store`` into a file its migrations create (``PRAGMA
    auto_vacuum`` = 2, incremental, is checked and printed), so the rows, indexes,
    rollups (``frame_days``, ``connections.frame_count``) and page layout are the
-   recorder's own, in about 8 s for 1 000 000 frames here (13-20 s when the recorder
+   recorder's own, in 8-13 s for 1 000 000 frames here (13-20 s when the recorder
    recorded a real firehose for it, until 2026-12-05). The file is then copied for
    each measurement.
 2. Baseline: a recorder on a fresh copy, with the purge policy configured but never
