@@ -21,6 +21,7 @@ clock are not (every frame's time is laid out by its plan).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import time
 import traceback
@@ -58,6 +59,7 @@ BATCH_FRAMES = 2000
 # its own way, which is what this module replaces; its largest use, 5 000 000 frames
 # for bench/query.py, takes 2.5-4 minutes once (the benchmark keeps what it builds
 # until the writer's code changes). So there is no faster path beside this one.
+
 # What travels from the classifying child: operations to run in order, each with the
 # connection id an OpenConnection must get (None for the others).
 Ops = list[tuple[Operation[Any], int | None]]
@@ -197,13 +199,16 @@ async def _write(url: str, inbox: Connection) -> tuple[int, list[str]]:
 
     loop = asyncio.get_running_loop()
     db = await WriterDatabase.open(url)
+    writing: asyncio.Task[None] | None = None
     try:
         store = Store(db.dialect)
         ids: list[str] = []
-        writing: asyncio.Task[None] | None = None
         while True:
             # Received (and unpickled) while the batch before is being written.
-            kind, body = await loop.run_in_executor(None, inbox.recv)
+            try:
+                kind, body = await loop.run_in_executor(None, inbox.recv)
+            except EOFError:
+                raise RuntimeError("the child building the recording died") from None
             if kind == "error":
                 raise RuntimeError(f"building the recording failed in its child:\n{body}")
             if writing is not None:
@@ -216,6 +221,10 @@ async def _write(url: str, inbox: Connection) -> tuple[int, list[str]]:
             else:
                 writing = asyncio.ensure_future(_run(db, store, body))
     finally:
+        if writing is not None:  # failed elsewhere: what it raised, if anything, is moot
+            writing.cancel()
+            with contextlib.suppress(BaseException):
+                await writing
         await db.shutdown()
 
 
