@@ -9,15 +9,17 @@ database process, the longest time without a new committed row. Against: the sam
 firehose into a fresh copy of the same database with no compaction (baseline), in the
 same invocation; the two kinds alternate ``--repeat`` times (default 2); medians.
 
-Method: ``bench/purge.py``'s with ``action = "compact"``, from its pieces. The real
-recorder records the simulator's firehose once; that session is then marked
-``completed``. Each run records a fresh firehose of ``--frames`` (default 6 000 000,
+Method: ``bench/purge.py``'s with ``action = "compact"``, from the pieces they share
+(``bench/cleanup_runs.py``). The database is built once by
+:func:`recorder.simulator.database.build`, along the recorder's write path: one
+session of the simulator's firehose, then its ``stream_end`` and its ``completed``
+status. Each run records a fresh firehose of ``--frames`` (default 6 000 000,
 to outlast the compaction) on a copy. Normal rate: the baseline's committed rows/s
 over the firehose's 10-90 %. Under compaction, ``recorder cleanup run --policy
 bench-compact`` asks the service once 10 % of the firehose is committed; the rate
 during it counts inside both its audit row's span (``cleanup_runs.started_us`` ..
 ``ended_us``) and the firehose's 10-90 % (coverage: that share of the span).
-Checks: zero firehose loss (purge.py's), :func:`check_rollups`,
+Checks: zero firehose loss (``cleanup_runs.verify_firehose``), :func:`check_rollups`,
 :func:`check_compaction`.
 
 Usage::
@@ -38,32 +40,27 @@ import signal
 import sqlite3
 import sys
 import tempfile
-import time
 from array import array
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import cleanup_runs as cr
 import harness as h
 import ingest
-import psutil
-import purge
-from purge import Sample, median, rate
+from samples import longest_stall, median, rate, rate_within, stall_within, steady_window
 
 TARGET_RATIO = 0.5
-POLICY = "bench-compact"  # what purge.write_config names the policy of action "compact"
-# A run as observed: the samples, the database process's peak RSS (KiB), exit code, log.
-Seen = tuple[list[Sample], int, int | None, str]
+POLICY = "bench-compact"  # what cleanup_runs.write_config names the policy of action "compact"
 
 
 @dataclass
 class Source:
     """The built database, and its session's chunks: their seqs, in id order, and text."""
 
-    built: purge.Built
-    seqs: array[int]  # other frames (the daemon's answers) fall between some of them
+    built: cr.Built
+    seqs: array[int]  # other frames may fall between them (in a recorded one, the daemon's)
     chunk_text: str  # firehose_template pads every chunk with the same filler
 
     @property
@@ -71,10 +68,10 @@ class Source:
         return len(self.seqs)
 
 
-def prepare(chunks: int, root: Path, args: argparse.Namespace) -> Source:
+def prepare(chunks: int, root: Path) -> Source:
     from recorder.simulator import firehose_template
 
-    built = purge.build(chunks, root, args.deadline, args.poll, args.stall)
+    built = cr.build_finished(chunks, root)
     sid = built.session_id
     with closing(h.ro_connect(built.path)) as con:
         sql = "select seq, payload from frames where session_id = ? and type = ? order by id"
@@ -85,60 +82,6 @@ def prepare(chunks: int, root: Path, args: argparse.Namespace) -> Source:
     if len(seqs) != chunks or payload != f"{prefix}0{suffix}":
         raise h.BenchError(f"built: {len(seqs)} chunks, not {chunks} as the simulator makes them")
     return Source(built, seqs, json.loads(payload)["data"]["chunk"])
-
-
-def observe(
-    kind: str, source: Source, workdir: Path, db: Path, base_id: int, args: argparse.Namespace
-) -> Seen:
-    """A recorder on ``db`` until the firehose is committed and the compaction done."""
-    deadline, stall = args.deadline, args.stall
-    sql = (
-        "select (select max(id) from frames), (select frame_count from sessions where id = ?),"
-        " (select count(*) from frames where type = 'stream_end' and id > ?)"
-    )
-    sim, port = ingest.start_simulator(args.frames, workdir, deadline)
-    rec: h.Child | None = None
-    cleanup: h.Child | None = None
-    samples: list[Sample] = []
-    asked = done = False
-    try:
-        config = purge.write_config(workdir, port, db, action="compact")
-        rec = purge.start_recorder(config, workdir)
-        last_top, since = -1, time.monotonic()
-        while not (done and cleanup is None and (asked or kind == "baseline")):
-            deadline.check(f"the {kind} run")
-            if not rec.alive():
-                raise h.BenchError(f"recorder exited early:\n{rec.log()[-2000:]}")
-            if not done and time.monotonic() - since > stall:
-                raise h.BenchError(f"no frame committed for {stall:.0f} s ({kind} run)")
-            time.sleep(args.poll)
-            row = h.poll_row(db, sql, (source.built.session_id, base_id))
-            if row is not None:
-                top, done = int(row[0] or 0), bool(row[2])
-                samples.append(Sample(time.time(), top - base_id, -1 if row[1] is None else row[1]))
-                if top != last_top:
-                    last_top, since = top, time.monotonic()
-                if kind == "compact" and top - base_id >= args.frames // 10 and not asked:
-                    cmd = [sys.executable, "-m", "recorder", "cleanup", "run", "--policy", POLICY]
-                    cmd += ["--config", str(config), "--format", "json"]
-                    cleanup, asked = h.Child("cleanup", cmd, workdir), True
-            if cleanup is not None and (code := cleanup.proc.poll()) is not None:
-                if code != 0:
-                    raise h.BenchError(f"cleanup run exited {code}:\n{cleanup.log()[-2000:]}")
-                cleanup.kill()
-                cleanup = None
-        # The database process: the service's only grandchild (service -> classifier -> it).
-        found = [g.pid for c in psutil.Process(rec.pid).children() for g in c.children()]
-        if len(found) != 1:
-            raise h.BenchError(f"expected one grandchild of the recorder, found {found}")
-        peak = ingest.vm_hwm_kib(found[0])
-        exit_code, log = purge.stop_recorder(rec, deadline)
-    finally:
-        for child in (cleanup, rec):
-            if child is not None:
-                child.kill()
-        sim.stop()
-    return samples, peak, exit_code, log
 
 
 @dataclass
@@ -173,38 +116,51 @@ def measure(kind: str, source: Source, root: Path, args: argparse.Namespace) -> 
         sql = "select (select max(id) from frames), (select max(id) from connections)"
         if (base := h.poll_row(db, sql)) is None:
             raise h.BenchError(f"cannot read the copy {db}")
-        seen = observe(kind, source, workdir, db, int(base[0]), args)
+        # Once 10 % of the firehose is committed, so that the compaction runs under it.
+        ask_at = args.frames // 10 if kind == "compact" else None
+        run = cr.Run(
+            kind,
+            source.built,
+            db,
+            (int(base[0]), int(base[1])),
+            args.frames,
+            "compact",
+            ask_at,
+            args.deadline,
+            args.poll,
+            args.stall,
+        )
+        seen = cr.observe(run, workdir)
         if args.keep:
-            (workdir / "samples.json").write_text(json.dumps([asdict(s) for s in seen[0]]))
-        return assess(kind, source, args.frames, db, (int(base[0]), int(base[1])), seen)
+            (workdir / "samples.json").write_text(json.dumps([asdict(s) for s in seen.samples]))
+        return assess(run, source, seen)
     finally:
         if not args.keep:  # each run holds a copy of the large file
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def assess(
-    kind: str, source: Source, frames: int, db: Path, base: tuple[int, int], seen: Seen
-) -> Measurement:
-    samples, peak, exit_code, log = seen
-    stopped, warnings = h.log_outcome(log)
-    with closing(h.ro_connect(db)) as con:
-        loss = purge.verify_firehose(con, base[0], base[1], frames)
+def assess(run: cr.Run, source: Source, seen: cr.Observed) -> Measurement:
+    samples, frames = seen.samples, run.frames
+    stopped, warnings = h.log_outcome(seen.log)
+    loss = cr.verify_firehose(run)
+    with closing(h.ro_connect(run.db)) as con:
         problems = check_rollups(con)
-        written = check_compaction(con, source, problems) if kind == "compact" else 0
+        written = check_compaction(con, source, problems) if run.kind == "compact" else 0
         sql = "select started_us, ended_us from cleanup_runs where policy = ?"
-        run = con.execute(sql, (POLICY,)).fetchone()
+        audit = con.execute(sql, (POLICY,)).fetchone()
     steady = ingest.steady_rate([(s.t, s.committed) for s in samples], frames)
-    gap = purge.longest_stall(samples, frames)
-    m = Measurement(kind, frames, steady, gap, peak / 1024, exit_code, stopped, warnings, loss)
+    gap = longest_stall(samples, frames)
+    peak = seen.db_peak_kib / 1024
+    m = Measurement(run.kind, frames, steady, gap, peak, seen.exit_code, stopped, warnings, loss)
     m.problems, m.compacted_frames = problems, written
     t0 = next(s.t for s in samples if s.committed > 0)
-    lo, hi = purge.steady_window(samples, frames)
+    lo, hi = steady_window(samples, frames)
     m.timeline = {"firehose_10%": lo - t0, "firehose_90%": hi - t0}
-    if kind == "compact":
-        if run is None:
+    if run.kind == "compact":
+        if audit is None:
             raise h.BenchError("the compaction left no audit row")
-        start, end = run[0] / 1e6, run[1] / 1e6
-        m.during_fps, m.overlap_s = purge.rate_within(samples, max(start, lo), min(end, hi))
+        start, end = audit[0] / 1e6, audit[1] / 1e6
+        m.during_fps, m.overlap_s = rate_within(samples, max(start, lo), min(end, hi))
         m.compact_s = end - start
         m.chunks_per_s = source.chunks / m.compact_s
         m.covered = m.overlap_s / m.compact_s
@@ -216,13 +172,6 @@ def assess(
                 f" steady part overlapped {m.overlap_s:.2f} s: raise --frames"
             )
     return m
-
-
-def stall_within(samples: list[Sample], lo: float, hi: float) -> float:
-    """The longest time without a new committed row within [lo, hi] (poll resolution)."""
-    changed = [b.t for a, b in pairwise(samples) if b.committed != a.committed]
-    edges = [lo, *(t for t in changed if lo < t < hi), hi]
-    return max(b - a for a, b in pairwise(edges))
 
 
 def check_rollups(con: sqlite3.Connection) -> list[str]:
@@ -377,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     with h.scratch_dir("bench-compact-", args.keep) as root:
         try:
             print(f"building {args.chunks:,} chunks ...", file=sys.stderr)
-            source = prepare(args.chunks, root, args)
+            source = prepare(args.chunks, root)
             for i in range(args.repeat):
                 for kind in ("baseline", "compact"):
                     print(f"run {i + 1}/{args.repeat}: {kind} ...", file=sys.stderr, flush=True)

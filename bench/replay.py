@@ -3,11 +3,13 @@ much memory?
 
 Method:
 
-1. A database holding one session of ``--frames`` frames (100 000 by default: stream
-   chunks with a tool call and a status change now and then, on one proxied
-   conversation) and as many frames of other sessions interleaved with it, written
-   by the database process's own code (``Store.write_batch`` over rows from the
-   classifier), so the rows and indexes are what the recorder writes.
+1. A database holding one session of ``--frames`` frames (100 000 by default, over
+   ``--frames`` milliseconds: a UI's conversation through the proxy as the simulator
+   plays it, one long task streaming chunks and tool calls with their results) and
+   50 other sessions of as many frames in all, interleaved with it, built by
+   :func:`recorder.simulator.database.build` along the recorder's own write path (the
+   classifier, the writer's ``Store``), so the rows and indexes are what the recorder
+   writes. The session replayed is the one with the most frames.
 2. ``python -m recorder replay SESSION --instant`` (text, and ``--format jsonl``), as a
    subprocess with its output on a pipe: the time from starting the process to the
    first byte of output, to the end, and the process's peak RSS (``ru_maxrss``).
@@ -35,7 +37,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import signal
@@ -45,108 +46,38 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from harness import REPO, scratch_dir, targets_line
 
-SID = "session_1795692537464_replaybench"
+if TYPE_CHECKING:
+    from recorder.simulator.database import SessionPlan
+
 T0_US = 1_795_692_537_000_000
+OTHERS = 50
 
 
 def build(path: Path, frames: int) -> None:
-    from recorder.db.migrations import upgrade_sync
-    from recorder.db.sqlite import SqliteWriterDatabase
-    from recorder.db.write import Store
-    from recorder.pipeline.classifier import Classifier
-    from recorder.protocol.frames import IN, OUT
+    """Run in a process of its own (``--build``): see :func:`main`."""
+    from recorder.simulator.database import build
 
-    async def fill() -> None:
-        db = SqliteWriterDatabase(f"sqlite+aiosqlite:///{path}")
-        await db.connect()
-        await db.run(upgrade_sync)
-        store = Store(db.dialect)
-        ui = await db.run(
-            store.open_connection, "proxy", "ws://127.0.0.1:8787/", T0_US, "127.0.0.1:5000"
-        )
-        link = await db.run(store.open_connection, "link", "ws://127.0.0.1:8787", T0_US)
-        classifier = Classifier()
-        seq = {ui: 0, link: 0}
+    build(path, layout(frames))
 
-        def frame(cid: int, direction: str, i: int, obj: dict[str, Any]) -> tuple[Any, ...]:
-            seq[cid] += 1
-            at = T0_US + i * 1000
-            return (cid, seq[cid], direction, at, at * 1000, True, json.dumps(obj).encode())
 
-        batch: list[tuple[Any, ...]] = [
-            frame(
-                ui,
-                OUT,
-                0,
-                {
-                    "type": "spawn_session",
-                    "payload": {"orchestratorId": "vp_1", "task": {"description": "bench"}},
-                },
-            ),
-            frame(
-                ui,
-                IN,
-                0,
-                {
-                    "type": "session_status_update",
-                    "session": {
-                        "id": SID,
-                        "status": "running",
-                        "task": {"id": "task_1", "description": "bench"},
-                    },
-                },
-            ),
-        ]
-        for i in range(1, frames):
-            if i % 500 == 0:
-                obj: dict[str, Any] = {
-                    "type": "tool_call_start",
-                    "data": {
-                        "sessionId": SID,
-                        "toolName": "read_file",
-                        "toolInput": {"path": f"src/{i}.ts"},
-                    },
-                }
-            else:
-                obj = {
-                    "type": "stream_chunk",
-                    "data": {
-                        "sessionId": SID,
-                        "chunk": f"chunk {i} lorem ipsum dolor sit amet ",
-                        "metadata": {"type": "text", "index": i},
-                    },
-                }
-            batch.append(frame(ui, IN, i, obj))
-            other = f"session_other_{i % 50}"
-            batch.append(
-                frame(
-                    link,
-                    IN,
-                    i,
-                    {"type": "stream_chunk", "data": {"sessionId": other, "chunk": "x"}},
-                )
-            )
-            if len(batch) >= 4000:
-                rows, index = classifier.rows_and_index(batch)
-                await db.run(store.write_batch, rows, index)
-                batch = []
-        batch.append(
-            frame(
-                ui,
-                IN,
-                frames,
-                {"type": "session_status_update", "session": {"id": SID, "status": "completed"}},
-            )
-        )
-        rows, index = classifier.rows_and_index(batch)
-        await db.run(store.write_batch, rows, index)
-        await db.shutdown()
+def layout(frames: int) -> list[SessionPlan]:
+    """The session replayed, a frame a millisecond (its spawn's one long task), and
+    :data:`OTHERS` sessions of as many frames in all, each over a fifth of its span,
+    one starting every 50th."""
+    from recorder.simulator.database import SessionPlan
 
-    asyncio.run(fill())
+    minutes = frames / 60_000
+    span = int(minutes * 60e6)
+    per, extra = divmod(frames, OTHERS)
+    others = [
+        SessionPlan(per + (k < extra), T0_US + k * span // OTHERS, minutes / 5)
+        for k in range(OTHERS)
+    ]
+    return [SessionPlan(frames, T0_US, minutes, tasks=0), *others]
 
 
 def measure(argv: list[str]) -> dict[str, float]:
@@ -197,14 +128,85 @@ def measure_serve(argv: list[str], replies: int) -> dict[str, float]:
     }
 
 
-def played(db: Path) -> int:
-    """The frames a replay of the session plays: the daemon's, on its one conversation."""
+def replayed(db: Path) -> tuple[str, int]:
+    """The session replayed (the one with the most frames), and the frames a replay of
+    it plays: the daemon's, on its one conversation (its copies of the broadcasts on the
+    link, while the conversation was open, are not played)."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        query = "select count(*) from frames where session_id = ? and direction = 'in'"
-        return int(con.execute(query, (SID,)).fetchone()[0])
+        sql = "select id from sessions order by frame_count desc, id limit 1"
+        sid = str(con.execute(sql).fetchone()[0])
+        sql = (
+            "select count(*) from frames f join connections c on c.id = f.connection_id"
+            " where f.session_id = ? and f.direction = 'in' and c.role = 'proxy'"
+        )
+        return sid, int(con.execute(sql, (sid,)).fetchone()[0])
     finally:
         con.close()
+
+
+def commands(db: Path, sid: str) -> dict[str, list[str]]:
+    """What is measured with :func:`measure`, by name."""
+    py = sys.executable
+    replay = [py, "-m", "recorder", "replay", "--database", str(db), sid, "--instant"]
+    baseline = (
+        "import sqlite3,sys; c=sqlite3.connect('file:'+sys.argv[1]+'?mode=ro', uri=True);"
+        "cur=c.execute('select payload from frames where session_id=? order by id', (sys.argv[2],));"
+        "print(cur.fetchone()[0]); [r for r in cur]"
+    )
+    return {
+        "replay --instant (text)": replay,
+        "replay --instant --format jsonl": [*replay, "--format", "jsonl"],
+        "baseline: python -c sqlite3, first frame": [py, "-c", baseline, str(db), sid],
+        "show": [py, "-m", "recorder", "show", "--database", str(db), sid],
+    }
+
+
+def measure_all(db: Path, repeat: int) -> dict[str, dict[str, float]]:
+    """Every command, then the served replay: a warm-up run (the file is in the page
+    cache from then on), then ``repeat`` runs; medians, and the largest peak RSS."""
+    sid, replies = replayed(db)
+    results: dict[str, dict[str, float]] = {}
+    for name, argv in commands(db, sid).items():
+        measure(argv)
+        runs = [measure(argv) for _ in range(repeat)]
+        results[name] = {
+            key: statistics.median(r[key] for r in runs) for key in ("first_s", "end_s", "bytes")
+        }
+        results[name]["rss_mb"] = max(r["rss_mb"] for r in runs)
+    serve = [sys.executable, "-m", "recorder", "replay", "--database", str(db), sid]
+    serve += ["--instant", "--serve", "127.0.0.1:0"]
+    measure_serve(serve, replies)
+    served = [measure_serve(serve, replies) for _ in range(repeat)]
+    results["replay --serve --instant"] = {
+        key: statistics.median(r[key] for r in served) for key in ("listen_s", "first_s", "end_s")
+    }
+    results["replay --serve --instant"]["rss_mb"] = max(r["rss_mb"] for r in served)
+    return results
+
+
+def targets(results: dict[str, dict[str, float]]) -> dict[str, bool]:
+    text = results["replay --instant (text)"]
+    serving = results["replay --serve --instant"]
+    return {
+        "first_output_lt_0.2s": text["first_s"] < 0.2,
+        "served_first_frame_lt_0.2s": serving["first_s"] < 0.2,
+        "rss_lt_100mb": all(r["rss_mb"] < 100 for n, r in results.items() if "baseline" not in n),
+    }
+
+
+def report(frames: int, repeat: int, built: float, results: dict[str, dict[str, float]]) -> None:
+    serving = results["replay --serve --instant"]
+    print(
+        f"replay benchmark: a {frames:,}-frame session (plus as many other frames), "
+        f"medians of {repeat}, built in {built:.1f} s"
+    )
+    print(f"  {'command':<44} {'first output':>12} {'to the end':>11} {'peak RSS':>9}")
+    for name, r in results.items():
+        print(f"  {name:<44} {r['first_s']:>10.3f} s {r['end_s']:>9.3f} s {r['rss_mb']:>6.1f} MB")
+    print(f"  (--serve listened after {serving['listen_s']:.3f} s; first output: the first frame)")
+    print(f"  machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+    print(targets_line(targets(results)))
 
 
 def main() -> None:
@@ -220,75 +222,23 @@ def main() -> None:
         "--db", type=Path, help="build the database here, or reuse it if it exists (--frames)"
     )
     args = p.parse_args()
-    py = sys.executable
+    if args.frames < 20 * OTHERS:
+        p.error(f"--frames must be at least {20 * OTHERS}")
     with scratch_dir("replay-bench-", args.keep) as root:
         db = args.db or root / "recorder.db"
         t = time.monotonic()
         if not db.exists():
             # In a process of its own: a child's peak RSS counts what it had before exec,
             # so this process must stay small.
-            subprocess.run([py, __file__, "--build", str(db), str(args.frames)], check=True)
+            argv = [sys.executable, __file__, "--build", str(db), str(args.frames)]
+            subprocess.run(argv, check=True)
         built = time.monotonic() - t
-        env_db = str(db)
-        replay = [py, "-m", "recorder", "replay", "--database", env_db, SID, "--instant"]
-        commands = {
-            "replay --instant (text)": replay,
-            "replay --instant --format jsonl": [*replay, "--format", "jsonl"],
-            "baseline: python -c sqlite3, first frame": [
-                py,
-                "-c",
-                "import sqlite3,sys; c=sqlite3.connect('file:'+sys.argv[1]+'?mode=ro', uri=True);"
-                "cur=c.execute('select payload from frames where session_id=? order by id', (sys.argv[2],));"
-                "print(cur.fetchone()[0]); [r for r in cur]",
-                env_db,
-                SID,
-            ],
-        }
-        commands["show"] = [py, "-m", "recorder", "show", "--database", env_db, SID]
-        results: dict[str, dict[str, float]] = {}
-        for name, argv in commands.items():
-            measure(argv)  # warm-up: the file is in the page cache from here on
-            runs = [measure(argv) for _ in range(args.repeat)]
-            results[name] = {
-                key: statistics.median(r[key] for r in runs)
-                for key in ("first_s", "end_s", "bytes")
-            }
-            results[name]["rss_mb"] = max(r["rss_mb"] for r in runs)
-        serve = [py, "-m", "recorder", "replay", "--database", env_db, SID, "--instant"]
-        serve += ["--serve", "127.0.0.1:0"]
-        replies = played(db)
-        measure_serve(serve, replies)
-        served = [measure_serve(serve, replies) for _ in range(args.repeat)]
-        results["replay --serve --instant"] = {
-            key: statistics.median(r[key] for r in served)
-            for key in ("listen_s", "first_s", "end_s")
-        }
-        results["replay --serve --instant"]["rss_mb"] = max(r["rss_mb"] for r in served)
-    text = results["replay --instant (text)"]
-    serving = results["replay --serve --instant"]
-    targets = {
-        "first_output_lt_0.2s": text["first_s"] < 0.2,
-        "served_first_frame_lt_0.2s": serving["first_s"] < 0.2,
-        "rss_lt_100mb": all(r["rss_mb"] < 100 for n, r in results.items() if "baseline" not in n),
-    }
+        results = measure_all(db, args.repeat)
     if args.json:
-        print(
-            json.dumps(
-                {"frames": args.frames, "build_s": built, "results": results, "targets": targets},
-                indent=2,
-            )
-        )
+        summary = {"frames": args.frames, "build_s": built, "results": results}
+        print(json.dumps(summary | {"targets": targets(results)}, indent=2))
         return
-    print(
-        f"replay benchmark: a {args.frames:,}-frame session (plus as many other frames), "
-        f"medians of {args.repeat}, built in {built:.1f} s"
-    )
-    print(f"  {'command':<44} {'first output':>12} {'to the end':>11} {'peak RSS':>9}")
-    for name, r in results.items():
-        print(f"  {name:<44} {r['first_s']:>10.3f} s {r['end_s']:>9.3f} s {r['rss_mb']:>6.1f} MB")
-    print(f"  (--serve listened after {serving['listen_s']:.3f} s; first output: the first frame)")
-    print(f"  machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
-    print(targets_line(targets))
+    report(args.frames, args.repeat, built, results)
 
 
 if __name__ == "__main__":

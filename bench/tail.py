@@ -20,8 +20,9 @@ prints every frame the recorder commits). For each run:
    once the firehose is committed); it must print every frame, nothing else, and
    exit 0 on SIGINT.
 
-Both runs migrate the database first (``recorder db upgrade``), so that tail can open
-it before the recorder starts. Targets (issue 17): with tail, ingest at least 0.9 of
+Both runs migrate the database first (:func:`recorder.simulator.database.build` with no
+sessions: the recorder's migrations, as ``recorder db upgrade`` runs them), so that
+tail can open it before the recorder starts. Targets (issue 17): with tail, ingest at least 0.9 of
 its rate without; the WAL's peak under 3 x ``WAL_RESTART_BYTES``.
 
 Usage::
@@ -58,18 +59,10 @@ from harness import (
     scratch_dir,
     targets_line,
 )
-from ingest import (
-    END_SQL,
-    LINK_SQL,
-    NO_PROXY,
-    SPAN_SQL,
-    migrate,
-    process_tree,
-    start_simulator,
-    vm_hwm_kib,
-)
+from ingest import END_SQL, LINK_SQL, NO_PROXY, SPAN_SQL, start_simulator, vm_hwm_kib
 
 from recorder.db.sqlite import WAL_RESTART_BYTES
+from recorder.simulator.database import build
 
 TARGET_RATIO = 0.9
 TARGET_WAL_BYTES = 3 * WAL_RESTART_BYTES
@@ -118,10 +111,6 @@ class Run:
     recorder_warnings: int = 0
 
 
-def tree_cpu(pid: int) -> float:
-    return sum(cpu_seconds(p, children=False) for p in process_tree(pid))
-
-
 def start_tail(db: Path, workdir: Path) -> tuple[Child, Output]:
     args = [sys.executable, "-m", "recorder", "tail", "--database", str(db)]
     args += ["--format", "jsonl", "--last", str(10**9)]
@@ -145,53 +134,24 @@ def stop_tail(tail: Child, output: Output, run: Run) -> None:
 def measure(frames: int, root: Path, deadline: Deadline, poll: float, with_tail: bool) -> Run:
     workdir = Path(tempfile.mkdtemp(prefix="tail-" if with_tail else "alone-", dir=root))
     db = workdir / "recorder.db"
-    wal = Path(f"{db}-wal")
-    url = f"sqlite:///{db}"
     sim, port = start_simulator(frames, workdir, deadline)
     rec: Child | None = None
     tail: Child | None = None
-    output: Output | None = None
     try:
-        migrate(url, workdir, deadline)
+        # Migrated first (as `recorder db upgrade` does it), so that tail can open it
+        # before the recorder starts.
+        build(db, [])
+        output = None
         if with_tail:
             tail, output = start_tail(db, workdir)
         config = workdir / "config.toml"
-        config.write_text(recorder_config(port, url) + NO_PROXY)
-        rec = Child(
-            "recorder", [sys.executable, "-m", "recorder", "run", "--config", str(config)], workdir
-        )
-        while (row := poll_row(db, LINK_SQL, ("default",))) is None or row[0] is None:
-            deadline.check("waiting for the recorder to connect")
-            if not rec.alive():
-                raise BenchError(f"the recorder exited early:\n{rec.log()[-2000:]}")
-            time.sleep(poll)
-        cid = row[0]
-        rec_cpu0 = tree_cpu(rec.pid)
-        tail_cpu0 = cpu_seconds(tail.pid, children=False) if tail else 0.0
-        wal_peak = 0
-        while not (poll_row(db, END_SQL, (cid,)) or (0,))[0]:
-            deadline.check("waiting for the recorder to commit the firehose")
-            if not rec.alive():
-                raise BenchError(f"the recorder exited early:\n{rec.log()[-2000:]}")
-            if tail is not None and not tail.alive():
-                raise BenchError(f"tail exited early:\n{tail.log()[-2000:]}")
-            wal_peak = max(wal_peak, wal.stat().st_size if wal.exists() else 0)
-            time.sleep(poll)
-        done = time.time()
-        wal_peak = max(wal_peak, wal.stat().st_size if wal.exists() else 0)
-        run = Run(with_tail, 0.0, wal_peak / MIB, tree_cpu(rec.pid) - rec_cpu0)
-        committed = poll_row(db, "select count(*) from frames")
-        run.committed = int(committed[0]) if committed else 0
+        config.write_text(recorder_config(port, f"sqlite:///{db}") + NO_PROXY)
+        args = [sys.executable, "-m", "recorder", "run", "--config", str(config)]
+        rec = Child("recorder", args, workdir)
+        cid = wait_for_link(rec, db, deadline, poll)
+        run, done = watch_firehose(rec, tail, db, cid, deadline, poll)
         if tail is not None and output is not None:
-            run.tail_cpu_s = cpu_seconds(tail.pid, children=False) - tail_cpu0
-            run.printed_at_end = output.count()
-            until = time.monotonic() + CATCH_UP_S
-            while output.count() < run.committed and time.monotonic() < until:
-                time.sleep(poll)
-            run.printed = output.count()
-            if run.printed >= run.committed:
-                run.caught_up_s = max(output.path.stat().st_mtime - done, 0.0)
-            stop_tail(tail, output, run)
+            catch_up(tail, output, run, done, poll)
         span = poll_row(db, SPAN_SQL, (cid,))
         if span is None or span[0] is None:
             raise BenchError("no stream_chunk rows")
@@ -205,6 +165,56 @@ def measure(frames: int, root: Path, deadline: Deadline, poll: float, with_tail:
             if child is not None:
                 child.kill()
         sim.stop()
+
+
+def wait_for_link(rec: Child, db: Path, deadline: Deadline, poll: float) -> int:
+    """The recorder's link connection, once it is recorded."""
+    while (row := poll_row(db, LINK_SQL, ("default",))) is None or row[0] is None:
+        deadline.check("waiting for the recorder to connect")
+        if not rec.alive():
+            raise BenchError(f"the recorder exited early:\n{rec.log()[-2000:]}")
+        time.sleep(poll)
+    return int(row[0])
+
+
+def watch_firehose(
+    rec: Child, tail: Child | None, db: Path, cid: int, deadline: Deadline, poll: float
+) -> tuple[Run, float]:
+    """Until the firehose's stream_end is committed: the WAL's peak, the recorder's CPU
+    seconds, the frames committed; and when (wall clock) the poll saw stream_end."""
+    wal = Path(f"{db}-wal")
+    rec_cpu0 = cpu_seconds(rec.pid)
+    tail_cpu0 = cpu_seconds(tail.pid, children=False) if tail else 0.0
+    wal_peak = 0
+    while not (poll_row(db, END_SQL, (cid,)) or (0,))[0]:
+        deadline.check("waiting for the recorder to commit the firehose")
+        if not rec.alive():
+            raise BenchError(f"the recorder exited early:\n{rec.log()[-2000:]}")
+        if tail is not None and not tail.alive():
+            raise BenchError(f"tail exited early:\n{tail.log()[-2000:]}")
+        wal_peak = max(wal_peak, wal.stat().st_size if wal.exists() else 0)
+        time.sleep(poll)
+    done = time.time()
+    wal_peak = max(wal_peak, wal.stat().st_size if wal.exists() else 0)
+    run = Run(tail is not None, 0.0, wal_peak / MIB, cpu_seconds(rec.pid) - rec_cpu0)
+    committed = poll_row(db, "select count(*) from frames")
+    run.committed = int(committed[0]) if committed else 0
+    if tail is not None:
+        run.tail_cpu_s = cpu_seconds(tail.pid, children=False) - tail_cpu0
+    return run, done
+
+
+def catch_up(tail: Child, output: Output, run: Run, done: float, poll: float) -> None:
+    """What tail had printed when the firehose was committed, and how long after that
+    it printed the rest (up to CATCH_UP_S); then it is stopped."""
+    run.printed_at_end = output.count()
+    until = time.monotonic() + CATCH_UP_S
+    while output.count() < run.committed and time.monotonic() < until:
+        time.sleep(poll)
+    run.printed = output.count()
+    if run.printed >= run.committed:
+        run.caught_up_s = max(output.path.stat().st_mtime - done, 0.0)
+    stop_tail(tail, output, run)
 
 
 def summarize(frames: int, runs: list[Run]) -> dict[str, Any]:

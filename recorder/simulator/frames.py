@@ -63,8 +63,8 @@ def parse_message(data: str | bytes) -> tuple[str, JSONObject] | None:
     return kind, message
 
 
-def session_frame(kind: str, session: SimSession) -> str:
-    return dumps({"type": kind, "session": session.to_json()})
+def session_frame(kind: str, session: SimSession, at_ms: int | None = None) -> str:
+    return dumps({"type": kind, "session": session.to_json(at_ms)})
 
 
 def stream_start_frame(session_id: str) -> str:

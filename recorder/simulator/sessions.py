@@ -10,7 +10,8 @@ from recorder.simulator.frames import TERMINAL_STATUSES, JSONObject, js_number
 from recorder.times import iso_from_ms, now_ms
 
 _BASE36: Final = "0123456789abcdefghijklmnopqrstuvwxyz"
-_TASKS: Final = (
+# What sessions are asked to do (a UI's spawn and execute_task requests too).
+TASKS: Final = (
     "Implement feature X",
     "Refactor the session manager",
     "Write unit tests for the memory manager",
@@ -90,7 +91,7 @@ def _session_id_of(payload: object) -> str | None:
 def autonomous_request(rng: random.Random) -> SpawnRequest:
     return SpawnRequest(
         orchestrator_id=f"vp_{rng.randint(100, 999)}",
-        description=rng.choice(_TASKS),
+        description=rng.choice(TASKS),
         task_type=rng.choice(("code", "research", "analysis", "review")),
         priority=rng.choice(("low", "medium", "high", "critical")),
         session_type=rng.choice(("claude-code", "claude-flow")),
@@ -123,10 +124,12 @@ class SimSession:
     def terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
 
-    def end(self, status: str) -> None:
+    def end(self, status: str, at_ms: int | None = None) -> None:
+        """``at_ms``: when, on a clock other than the wall's (a recording built
+        without sockets, :mod:`recorder.simulator.database`)."""
         self.status = status
         if self.ended_ms is None:
-            self.ended_ms = now_ms()
+            self.ended_ms = now_ms() if at_ms is None else at_ms
 
     def record_task(
         self,
@@ -137,6 +140,7 @@ class SimSession:
         *,
         success: bool,
         elapsed_ms: int,
+        at_ms: int | None = None,
     ) -> int:
         """Book a finished task into metrics and episodic memory; returns the tokens used."""
         # A rough chars/4 estimate, plus a flat cost per tool round trip.
@@ -147,7 +151,7 @@ class SimSession:
             self.tasks_completed += 1
         else:
             self.errors_encountered += 1
-        stamp = now_ms()
+        stamp = now_ms() if at_ms is None else at_ms
         self.episodic.append(
             {
                 "id": f"memory_{stamp}_{random_base36(self.rng)}",
@@ -165,10 +169,12 @@ class SimSession:
         )
         return tokens
 
-    def to_json(self) -> JSONObject:
-        """The session object exactly as the real daemon's session frames carry it."""
+    def to_json(self, at_ms: int | None = None) -> JSONObject:
+        """The session object exactly as the real daemon's session frames carry it
+        (at ``at_ms``, if not now: the running session's duration so far)."""
         created = iso_from_ms(self.created_ms)
-        end = self.ended_ms if self.ended_ms is not None else now_ms()
+        now = now_ms() if at_ms is None else at_ms
+        end = self.ended_ms if self.ended_ms is not None else now
         times = self.response_times
         obj: JSONObject = {
             "id": self.id,

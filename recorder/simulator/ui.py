@@ -13,11 +13,38 @@ import sys
 
 from websockets.asyncio.client import ClientConnection, connect
 
+from recorder.protocol.daemon import dumps
+from recorder.simulator.sessions import SpawnRequest
+
 TASKS = (
     ("Implement feature X", "Add a regression test for it"),
     ("Investigate flaky reconnect test", "Write up what you found"),
     ("Refactor the session manager", "Review the diff"),
 )
+
+
+def spawn_request(request: SpawnRequest) -> str:
+    """A UI's ``spawn_session``, as a browser's JSON.stringify writes it."""
+    task = {
+        "type": request.task_type,
+        "description": request.description,
+        "priority": request.priority,
+        "status": request.task_status,
+    }
+    payload = {
+        "orchestratorId": request.orchestrator_id,
+        "task": task,
+        "sessionType": request.session_type,
+        "memoryProfile": request.memory_profile,
+    }
+    return dumps({"type": "spawn_session", "payload": payload})
+
+
+def execute_request(session_id: str, task: str, stream: bool = True) -> str:
+    """A UI's ``execute_task``: ``task`` is its text (the daemon's task frames use it as
+    their ``taskId``)."""
+    payload = {"sessionId": session_id, "task": task, "streamResponse": stream}
+    return dumps({"type": "execute_task", "payload": payload})
 
 
 async def _until(ws: ClientConnection, kinds: tuple[str, ...], **match: str) -> dict[str, object]:
@@ -47,27 +74,13 @@ async def drive(url: str, sessions: int, wait: float = 15.0) -> list[str]:
         await ws.recv()  # the daemon's health check
         for n in range(sessions):
             first, second = TASKS[n % len(TASKS)]
-            await ws.send(
-                json.dumps(
-                    {
-                        "type": "spawn_session",
-                        "payload": {
-                            "orchestratorId": "vp_demo",
-                            "task": {"type": "code", "description": first, "priority": "high"},
-                            "sessionType": "claude-code",
-                            "memoryProfile": "default",
-                        },
-                    }
-                )
-            )
+            await ws.send(spawn_request(SpawnRequest("vp_demo", first, priority="high")))
             spawned = await _until(ws, ("session_spawned",))
             session = spawned["session"]
             assert isinstance(session, dict)
             sid = str(session["id"])
             ids.append(sid)
-            await ws.send(
-                json.dumps({"type": "execute_task", "payload": {"sessionId": sid, "task": second}})
-            )
+            await ws.send(execute_request(sid, second))
             await _until(ws, ("task_completed", "task_failed"), taskId=second)
     return ids
 
