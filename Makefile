@@ -52,14 +52,11 @@ demo: $(STAMP)
 	echo "  $(BIN)/recorder stats --database demo.db"; \
 	wait $$rec
 
+# Every benchmark at its defaults; `make bench HISTORY=1` also appends each one's
+# headline figures to docs/benchmarks-history.md.
 bench: $(STAMP)
-	$(BIN)/python bench/ingest.py
-	$(BIN)/python bench/proxy.py
-	$(BIN)/python bench/query.py
-	$(BIN)/python bench/replay.py
-	$(BIN)/python bench/purge.py
-	$(BIN)/python bench/compact.py
-	$(BIN)/python bench/tail.py
+	@set -e; for b in ingest proxy query replay purge compact tail; do \
+		echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py $(if $(HISTORY),--history,); done
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info demo.db demo.db-wal demo.db-shm demo.log demo-daemon.log demo.toml demo.sessions demo.cast

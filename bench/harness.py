@@ -376,3 +376,67 @@ def drop_page_cache(paths: list[Path]) -> str:
             finally:
                 os.close(fd)
     return "fadvise"
+
+
+# --- the common options and the common ending ---------------------------------------------
+
+HISTORY = REPO / "docs" / "benchmarks-history.md"
+HISTORY_HEADING = "## Runs"
+
+
+def common_options(parser: Any) -> None:
+    """The options every benchmark takes: ``--json``, ``--keep`` and ``--history``."""
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary files")
+    parser.add_argument(
+        "--history",
+        action="store_true",
+        help=f"append a dated row of the headline figures to {HISTORY.relative_to(REPO)}",
+    )
+
+
+def finish(
+    bench: str,
+    summary: dict[str, Any],
+    headline: dict[str, str],
+    targets: dict[str, bool],
+    args: Any,
+) -> None:
+    """How every benchmark ends: the summary as JSON (``--json``) or its headline figures
+    and targets as lines; with ``--history``, the headline as a dated row of the runs
+    table in docs/benchmarks-history.md (made under :data:`HISTORY_HEADING` if missing).
+
+    ``headline`` is the few figures a reader compares across days, already formatted,
+    each beside its baseline where it has one (e.g. ``"0.53 (133 560 / 252 803 f/s)"``).
+    """
+    if args.json:
+        print(json.dumps(summary | {"targets": targets}, indent=2, default=str))
+    else:
+        width = max((len(k) for k in headline), default=0)
+        for name, value in headline.items():
+            print(f"  {name:<{width}}  {value}")
+        if targets:
+            print(targets_line(targets))
+    if getattr(args, "history", False):
+        add_history_row(bench, headline, targets)
+
+
+def add_history_row(bench: str, headline: dict[str, str], targets: dict[str, bool]) -> None:
+    """One dated line under the runs table: which bench, which code, its headline."""
+    from report import source_digest  # report imports this module
+
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    figures = "; ".join(f"{k} {v}" for k, v in headline.items()).replace("|", "/")
+    missed = ", ".join(name for name, met in targets.items() if not met) or "none"
+    row = f"| {day} | {bench} | `{source_digest()}` | {figures} | {missed} |\n"
+    text = HISTORY.read_text() if HISTORY.exists() else "# Benchmarks: history\n"
+    if HISTORY_HEADING not in text:
+        text = text.rstrip("\n") + (
+            f"\n\n{HISTORY_HEADING}\n\n"
+            "Rows appended by `make bench HISTORY=1` (`--history`): the day, the bench, the\n"
+            "recorder code measured (`report.source_digest`), its headline figures beside\n"
+            "their baselines, and the targets it missed.\n\n"
+            "| day | bench | code | headline | missed |\n"
+            "| --- | --- | --- | --- | --- |\n"
+        )
+    HISTORY.write_text(text.rstrip("\n") + "\n" + row)
