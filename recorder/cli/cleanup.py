@@ -21,6 +21,7 @@ from recorder.cli.options import (
     output_option,
     reading,
     running_recorder,
+    session_argument,
     target_options,
     writing,
 )
@@ -350,7 +351,7 @@ def _pin(config_path: str | None, database: str | None, session: str, on: bool) 
 
 @click.command()
 @target_options
-@click.argument("session")
+@session_argument
 def pin(config_path: str | None, database: str | None, session: str) -> None:
     """Keep a session from every cleanup policy (its id, or the start of it).
 
@@ -361,7 +362,7 @@ def pin(config_path: str | None, database: str | None, session: str) -> None:
 
 @click.command()
 @target_options
-@click.argument("session")
+@session_argument
 def unpin(config_path: str | None, database: str | None, session: str) -> None:
     """Let cleanup policies touch a pinned session again.
 

@@ -281,6 +281,22 @@ def connection_option(help: str) -> Callable[[F], F]:
     return click.option("--connection", "connection_id", type=Count(), help=help)
 
 
+SESSION_HELP = "its id, or the start of it"
+
+
+def session_option(help: str) -> Callable[[F], F]:
+    """``--session SESSION`` as the command's ``session_id`` argument: an id or a unique
+    start of one, resolved by the read library (``Recordings.session``)."""
+    return click.option(
+        "--session", "session_id", metavar="SESSION", help=f"{help} ({SESSION_HELP})."
+    )
+
+
+def session_argument(fn: F) -> F:
+    """The ``SESSION`` argument, as ``session``: an id or a unique start of one."""
+    return click.argument("session", metavar="SESSION")(fn)
+
+
 def check_span(since: int | None, until: int | None) -> None:
     if since is not None and until is not None and since > until:
         raise click.UsageError("--since is later than --until")

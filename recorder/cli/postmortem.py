@@ -7,7 +7,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from recorder.cli.options import limit_option, load, output_option, reading, target_options
+from recorder.cli.options import (
+    limit_option,
+    load,
+    output_option,
+    reading,
+    session_argument,
+    session_option,
+    target_options,
+)
 from recorder.cli.render import (
     CONNECTION_COLUMNS,
     TASK_COLUMNS,
@@ -32,7 +40,7 @@ if TYPE_CHECKING:
 
 @click.command()
 @target_options
-@click.argument("session")
+@session_argument
 @output_option(jsonl=False)
 def show(config_path: str | None, database: str | None, session: str, fmt: str) -> None:
     """What happened in one session (its id, or the start of it), on one screen.
@@ -196,7 +204,7 @@ def connections(
 
 @click.command()
 @target_options
-@click.option("--session", "session_id", help="Tasks of this session (its id or the start of it).")
+@session_option("Tasks of this session")
 @limit_option(50)
 @output_option()
 def tasks(

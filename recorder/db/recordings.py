@@ -23,7 +23,7 @@ from recorder.db import pages
 from recorder.db.cleanup_reads import CleanupReads
 from recorder.db.follow import Follower
 from recorder.db.pages import FrameFilter
-from recorder.db.readonly import Reader, ReadError, first_row, open_reader
+from recorder.db.readonly import Reader, first_row, open_reader
 from recorder.db.rows import (
     FRAME_COLUMNS,
     Connection,
@@ -33,17 +33,14 @@ from recorder.db.rows import (
     Tally,
     Task,
 )
+from recorder.db.session_ids import NoSuchSession, SessionIds
 from recorder.protocol.kept import Kept
 from recorder.protocol.statuses import ACTIVE_SQL
 from recorder.protocol.story import KEEP, READ_TYPES, Recording, Story, StoryFrame, Teller, span
-from recorder.protocol.tame import on_one_line, read_object
+from recorder.protocol.tame import read_object
 from recorder.times import now_us
 
 __all__ = ["FrameFilter", "NoSuchSession", "Recordings", "Stats", "Status"]
-
-
-class NoSuchSession(ReadError):
-    """No session, or more than one, matches what the user typed."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +69,7 @@ class Stats:
     daemon_at_us: int | None
 
 
-class Recordings(CleanupReads):
+class Recordings(CleanupReads, SessionIds):
     """One database's recordings, read-only."""
 
     def __init__(self, reader: Reader) -> None:
@@ -111,22 +108,6 @@ class Recordings(CleanupReads):
         limit_sql = f" LIMIT {int(limit)}" if limit else ""
         sql = f"SELECT * FROM sessions{where} ORDER BY first_seen_us DESC, id DESC{limit_sql}"
         return [Session.of(r) for r in self.reader.rows(sql, params)]
-
-    def session(self, text: str) -> Session:
-        """The session whose id is ``text`` or starts with it (exactly one must)."""
-        exact = first_row(self.reader, "SELECT * FROM sessions WHERE id = :id", {"id": text})
-        if exact is not None:
-            return Session.of(exact)
-        found = self.reader.rows(
-            f"SELECT * FROM sessions WHERE {self.backend.starts_with('id')} ORDER BY id LIMIT 6",
-            {"prefix": text, "beyond": text + "\U0010ffff", "n": len(text)},
-        )
-        if not found:
-            raise NoSuchSession(f"no recorded session matches {text!r} (see `recorder sessions`)")
-        if len(found) > 1:
-            names = ", ".join(on_one_line(row["id"]) for row in found[:5])
-            raise NoSuchSession(f"{text!r} matches more than one session: {names}, ...")
-        return Session.of(found[0])
 
     def session_status(self, session_id: str) -> str | None:
         row = first_row(self.reader, "SELECT status FROM sessions WHERE id = :s", {"s": session_id})
