@@ -134,3 +134,20 @@ def test_an_ambiguous_prefix_says_more_only_when_there_are_more(tmp_path: Path) 
     # daemon never had (a request about a missing one), and tail one not yet recorded.
     code, _, err = run("frames", "--database", str(db), "--session", "nope")
     assert (code, err) == (0, "no frames match\n")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["sessions"], ["frames"], ["tasks"], ["connections"], ["show", S1], ["stats"], ["status"]],
+)
+def test_every_query_command_takes_each_format(filled_db: Path, command: list[str]) -> None:
+    """One shape of --format everywhere: show and stats refused jsonl."""
+    shapes = {}
+    for fmt in ("table", "json", "jsonl"):
+        code, out, err = run(*command, "--database", str(filled_db), "--format", fmt)
+        assert code == 0, err
+        shapes[fmt] = out
+    json.loads(shapes["json"])  # one document
+    lines = shapes["jsonl"].splitlines()
+    assert lines and all(json.loads(line) is not None for line in lines)
+    assert shapes["table"] not in (shapes["json"], shapes["jsonl"])

@@ -302,16 +302,25 @@ def check_span(since: int | None, until: int | None) -> None:
         raise click.UsageError("--since is later than --until")
 
 
-def output_option(json_means: str = "json", jsonl: bool = True) -> Callable[[F], F]:
-    """``--format table|json|jsonl`` as the command's ``fmt`` argument, and ``--json``
-    as the alias it was before: ``json_means`` is ``jsonl`` for the list commands
-    that had it (one object per line), else ``json`` (one document)."""
-    choices = ["table", "json", "jsonl"] if jsonl else ["table", "json"]
+def output_option(json_means: str = "json", *, stream: bool = False) -> Callable[[F], F]:
+    """``--format table|json|jsonl`` as the command's ``fmt`` argument, the same on every
+    query command, and ``--json`` as the alias it was before: ``json_means`` is
+    ``jsonl`` for the list commands that had it (one object per line), else ``json``.
+
+    A ``stream`` (``tail``) has no end at which to close one document: json is JSON
+    lines there. A command that prints one document prints it on one line for jsonl
+    (:func:`document`)."""
+    if stream:
+        json_means = "jsonl"
+        shapes = "json and jsonl for one object per line (a stream never ends a document)."
+    else:
+        shapes = "json for one document, jsonl for one object per line."
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def command(*args: Any, as_json: bool, fmt: str, **kwargs: Any) -> Any:
-            return fn(*args, fmt=json_means if as_json else fmt, **kwargs)
+            chosen = json_means if as_json else fmt
+            return fn(*args, fmt="jsonl" if stream and chosen == "json" else chosen, **kwargs)
 
         command = click.option(
             "--json", "as_json", is_flag=True, help=f"Same as --format {json_means}."
@@ -319,15 +328,21 @@ def output_option(json_means: str = "json", jsonl: bool = True) -> Callable[[F],
         command = click.option(
             "--format",
             "fmt",
-            type=click.Choice(choices),
+            type=click.Choice(["table", "json", "jsonl"]),
             default="table",
             show_default=True,
-            help="table for people (sized to the terminal), json for one document"
-            + (", jsonl for one object per line." if jsonl else "."),
+            help="table for people (sized to the terminal), " + shapes,
         )(command)
         return cast(F, command)
 
     return decorate
+
+
+def document(value: Any, fmt: str) -> None:
+    """One JSON document as ``--format`` asks: indented for json, one line for jsonl."""
+    import json
+
+    click.echo(json.dumps(value, ensure_ascii=False, indent=2 if fmt == "json" else None))
 
 
 def nothing(what: str) -> None:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from recorder.cli.options import (
+    document,
     limit_option,
     load,
     output_option,
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 @click.command()
 @target_options
 @session_argument
-@output_option(jsonl=False)
+@output_option()
 def show(config_path: str | None, database: str | None, session: str, fmt: str) -> None:
     """What happened in one session (its id, or the start of it), on one screen.
 
@@ -53,7 +54,7 @@ def show(config_path: str | None, database: str | None, session: str, fmt: str) 
     Example: recorder show session_1795692537464
     """
     target = load(config_path, database)
-    text = fmt != "json"
+    text = fmt == "table"
     with reading(target) as recordings:
         row = recordings.session(session)
         if text:  # at once: the rest reads every frame of the session
@@ -73,7 +74,7 @@ def show(config_path: str | None, database: str | None, session: str, fmt: str) 
     out["partly"] = partly(vars(row))
     out["clock_notes"] = clock_notes(vars(row))
     out["left_out"]["tasks"] = tasks.left_out
-    click.echo(json.dumps(out, ensure_ascii=False, indent=2))
+    document(out, fmt)
 
 
 def _echo(lines: list[str]) -> None:
@@ -223,7 +224,7 @@ def tasks(
 
 @click.command()
 @target_options
-@output_option(jsonl=False)
+@output_option()
 def stats(config_path: str | None, database: str | None, fmt: str) -> None:
     """Frames by type and by day, sessions by status, the busiest sessions, the database's
     size and the daemon's last reported metrics.
@@ -246,8 +247,8 @@ def stats(config_path: str | None, database: str | None, fmt: str) -> None:
         "daemon": st.daemon,
         "daemon_reported_at": when(st.daemon_at_us) or None,
     }
-    if fmt == "json":
-        click.echo(json.dumps(info, ensure_ascii=False, indent=2))
+    if fmt != "table":
+        document(info, fmt)
         return
     size = st.database_bytes
     click.echo(

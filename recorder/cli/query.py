@@ -143,13 +143,7 @@ def _in_the_background() -> None:
     show_default=True,
     help="Start with the newest N frames already recorded.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "jsonl"]),
-    default="table",
-    show_default=True,
-)
+@output_option(stream=True)
 def tail(
     config_path: str | None, database: str | None, last: int, fmt: str, **filters: Any
 ) -> None:
@@ -174,7 +168,7 @@ def tail(
 
 @click.command()
 @target_options
-@output_option(jsonl=False)
+@output_option()
 def status(config_path: str | None, database: str | None, fmt: str) -> None:
     """Is a recorder running on this database, is it connected, what has it recorded?
 
@@ -199,8 +193,8 @@ def status(config_path: str | None, database: str | None, fmt: str) -> None:
         database=target.shown,
         lock_error=lock_error,
     )
-    if fmt == "json":
-        click.echo(json.dumps(info))
+    if fmt != "table":
+        click.echo(json.dumps(info))  # one line for json too, as it always was
     else:
         for line in lines(info):
             click.echo(line)
