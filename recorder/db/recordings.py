@@ -300,9 +300,7 @@ class Recordings(CleanupReads, SessionIds):
             "(SELECT coalesce(sum(frame_count), 0) FROM connections WHERE role = 'proxy')"
             " AS proxied",
         )
-        found = first_row(
-            self.reader, "SELECT * FROM instances WHERE name = :name", {"name": instance}
-        )
+        found = self.instance(instance)
         assert counts is not None
         link = Connection.of(last_conn) if last_conn is not None else None
         return Status(
@@ -313,9 +311,14 @@ class Recordings(CleanupReads, SessionIds):
             session_count=int(counts["sessions"]),
             active_sessions=int(counts["active"]),
             database_bytes=self.reader.size_bytes(),
-            instance=Instance.of(found) if found is not None else None,
+            instance=found,
             proxied_frames=int(counts["proxied"]),
         )
+
+    def instance(self, name: str) -> Instance | None:
+        """What the recorder ``name`` last said about itself (its heartbeat), if it ran."""
+        row = first_row(self.reader, "SELECT * FROM instances WHERE name = :name", {"name": name})
+        return Instance.of(row) if row is not None else None
 
     def holder(self, instance: str) -> str | None:
         """Who runs the recorder ``instance`` (its lock), or None; CannotTell."""

@@ -24,7 +24,7 @@ import structlog
 from recorder.addresses import split_listen
 from recorder.capture.link import Link
 from recorder.capture.proxy import Proxy
-from recorder.cleanup.jobs import Cleanup
+from recorder.cleanup.jobs import Cleanup, loaded
 from recorder.config import Config
 from recorder.db.backend import backend, display_database
 from recorder.db.locks import AlreadyRunning, InstanceLock
@@ -218,7 +218,8 @@ class Service:
         """The heartbeat row (`recorder status`): at start, every few seconds, at the stop."""
         import json
 
-        info = self.snapshot().heartbeat() | {"stopped": stopped}
+        cleanup = loaded(self.cleanup, self.config)
+        info = self.snapshot().heartbeat() | {"stopped": stopped, "cleanup": cleanup}
         row = Heartbeat(
             self.config.storage.instance,
             os.getpid(),
