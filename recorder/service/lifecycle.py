@@ -29,14 +29,13 @@ from recorder.config import Config
 from recorder.db.backend import backend, display_database
 from recorder.db.locks import AlreadyRunning, InstanceLock
 from recorder.db.readonly import frames_since
-from recorder.pipeline.cleanup_ops import DatabaseBytes
 from recorder.pipeline.ops import Heartbeat, Ping
 from recorder.pipeline.writer import KILL_WAIT, Writer, WriterError
 from recorder.service.metrics import render, serve_metrics
 from recorder.service.notify import Notifier
 from recorder.service.reloading import Reloads
 from recorder.service.snapshot import Snapshot, taken
-from recorder.service.space import FULL_ERRNOS, FullDisk
+from recorder.service.space import FULL_ERRNOS, FullDisk, measured
 from recorder.service.stopping import (
     COUNT_WITHIN,
     Loss,
@@ -233,7 +232,7 @@ class Service:
     async def refresh(self) -> None:
         """The heartbeat row, and the database's size for /metrics."""
         await self.beat()
-        self.database_bytes = await self.writer.perform(DatabaseBytes())
+        self.database_bytes = await measured(self.writer, self.config.storage.url)
 
     async def _ping(self) -> None:
         await self.writer.perform(Ping())
