@@ -25,15 +25,19 @@ class Follower:
     recorders: a batch given ids before another's may commit after it), a window of
     ids behind is read again and what was handed out already is skipped."""
 
-    def __init__(self, recordings: Recordings, f: FrameFilter, seen: int) -> None:
+    def __init__(
+        self, recordings: Recordings, f: FrameFilter, seen: int, *, late_spawn: bool = False
+    ) -> None:
         self.recordings = recordings
         self.filter = f
         self.seen = seen
         self.lookback = 0 if recordings.backend.commits_ids_in_order else LOOKBACK
         self._given: set[int] = set()
-        # Following one session: its spawn_session request is given its session only
-        # when session_spawned comes, long after it was committed (and looked past).
-        self._spawn_due = f.session_id is not None
+        # Following one session (``late_spawn``: `tail`): its spawn_session request is
+        # given its session only when session_spawned comes, long after it was
+        # committed and looked past; it is handed out then, before that reply. A replay
+        # plays in recording order and has it already, or never will.
+        self._spawn_due = late_spawn and f.session_id is not None
 
     def printed(self, frame_id: int) -> None:
         """A frame handed out before following began."""

@@ -229,9 +229,10 @@ class Recordings(CleanupReads, SessionIds):
         wait: Callable[[float], None] = time.sleep,
     ) -> Iterator[Frame]:
         """The newest ``last`` frames, then every frame committed later, as they come,
-        until the caller stops. Each look is a short statement, and so is each page."""
+        until the caller stops (and a session's spawn request, when it is attributed
+        to the session). Each look is a short statement, and so is each page."""
         seen = self.newest_frame_id()
-        follower = Follower(self, f, seen)
+        follower = Follower(self, f, seen, late_spawn=True)
         if last:
             for frame in self.frames(replace(f, last=last, through_id=seen)):
                 follower.printed(frame.id)
