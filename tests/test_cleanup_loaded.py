@@ -21,15 +21,15 @@ TIMEOUT = 20
 Z_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 
 
-async def policies(config: Config, *args: str) -> tuple[int, str, str]:
+async def policies(config: Config | None, *args: str) -> tuple[int, str, str]:
+    given = ["--config", config.source] if config is not None else []
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "recorder",
         "cleanup",
         "policies",
-        "--config",
-        config.source,
+        *given,
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -48,7 +48,7 @@ async def listed(config: Config) -> list[dict[str, Any]]:
 
 
 async def test_policies_are_the_running_recorders_and_edits_are_marked(
-    make_config: Callable[..., Config],
+    make_config: Callable[..., Config], db_path: Path
 ) -> None:
     stop = policy("stop", "stop_session", 'status = ["completed", "failed"], idle_for = "30s"')
     config = with_policies(make_config("ws://127.0.0.1:9"), stop)
@@ -75,6 +75,11 @@ async def test_policies_are_the_running_recorders_and_edits_are_marked(
         )
         assert new_row["when"] == 'ended_before = "7d"' and new_row["next_run"] is None
         assert "2 edit(s) in" in err and "not loaded by the running recorder" in err
+        # Asked with another configuration (none: just the database), the recorder's
+        # own file is what its edits are read from.
+        code, out, err = await policies(None, "--database", str(db_path), "--json")
+        assert code == 0 and [r["file"] for r in json.loads(out)] == ["changed", "added"]
+        assert f"2 edit(s) in {config.source}" in err
         code, table, _ = await policies(config)
         lines = table.splitlines()
         assert lines[0].split() == ["POLICY", "ACTION", "SCHEDULE", "NEXT", "RUN", "FILE", "WHEN"]

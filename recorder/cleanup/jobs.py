@@ -80,12 +80,20 @@ def loaded(cleanup: Cleanup | None, config: Config) -> dict[str, Any]:
     the running schedule (None: disabled, or no schedule)."""
     policies = cleanup.policies if cleanup is not None else {}
     return {
-        "source": config.source,
+        # As a path from anywhere: the command that reads it runs elsewhere.
+        "source": absolute(config.source),
         "policies": [
             policy_said(p) | {"next_run_us": cleanup.next_run_us(p.name) if cleanup else None}
             for p in policies.values()
         ],
     }
+
+
+def absolute(source: str) -> str:
+    """A configuration's source as an absolute path ("<defaults>" as it is)."""
+    import os
+
+    return source if source == "<defaults>" else os.path.abspath(source)
 
 
 class Cleanup:

@@ -44,8 +44,10 @@ def list_policies(config_path: str | None, database: str | None, fmt: str) -> No
             rows.append(policy | {"next_run": format_us(at) or None})
         _listed(rows, fmt, target.config.source, running=False)
         return
+    from recorder.cleanup.jobs import absolute
+
     source = str(said.get("source"))
-    theirs = mine if source == target.config.source else _service_file(source)
+    theirs = mine if source == absolute(target.config.source) else _service_file(source)
     rows = compared(said.get("policies") or [], theirs)
     edits = sum(r["file"] != "same" for r in rows)
     if edits and theirs is not None:
