@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from recorder.pipeline.writer import Writer
 from recorder.protocol.frames import IN, OUT, Frame
 from tests.postmortem_recording import spawn_request
@@ -33,14 +35,14 @@ SPAWNED = json.dumps(
 ).encode()
 
 
-async def tail(db: Path, *args: str) -> asyncio.subprocess.Process:
+async def tail(db: str, *args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "recorder",
         "tail",
         "--database",
-        str(db),
+        db,
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -56,9 +58,22 @@ async def line(proc: asyncio.subprocess.Process) -> dict[str, Any]:
     return found
 
 
-async def test_tail_session_prints_the_spawn_once_it_is_attributed(tmp_path: Path) -> None:
-    db = tmp_path / "recorder.db"
-    writer = Writer(f"sqlite+aiosqlite:///{db}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A SQLite file, or a PostgreSQL database (ids commit out of order there: the
+    follower reads a window behind what it has seen)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "recorder.db")
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+async def test_tail_session_prints_the_spawn_once_it_is_attributed(database: str) -> None:
+    db = database
+    if "://" in database:
+        writer = Writer(database.replace("postgresql://", "postgresql+asyncpg://"))
+    else:
+        writer = Writer(f"sqlite+aiosqlite:///{database}")
     await writer.start()
     running = asyncio.create_task(writer.run())
     procs: list[asyncio.subprocess.Process] = []
