@@ -151,3 +151,13 @@ def test_every_query_command_takes_each_format(filled_db: Path, command: list[st
     lines = shapes["jsonl"].splitlines()
     assert lines and all(json.loads(line) is not None for line in lines)
     assert shapes["table"] not in (shapes["json"], shapes["jsonl"])
+
+
+@pytest.mark.parametrize(
+    "command", [["show", ""], ["replay", " "], ["pin", ""], ["frames", "--session", ""]]
+)
+def test_an_empty_session_is_bad_input(filled_db: Path, command: list[str]) -> None:
+    """Empty starts every id: it named the one session of a database with one."""
+    code, out, err = run(*command, "--database", str(filled_db))
+    assert code == 2 and out == "" and len(err.splitlines()) == 1
+    assert "expected a session id or the start of one" in err

@@ -284,17 +284,29 @@ def connection_option(help: str) -> Callable[[F], F]:
 SESSION_HELP = "its id, or the start of it"
 
 
+def _session_text(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    # Empty is the start of every id: it would name the one session of a database
+    # that has one, and a mistake (an unset shell variable) must not.
+    if value is not None and not value.strip():
+        raise click.BadParameter(f"expected a session id or the start of one, got {value!r}")
+    return value
+
+
 def session_option(help: str) -> Callable[[F], F]:
     """``--session SESSION`` as the command's ``session_id`` argument: an id or a unique
     start of one, resolved by the read library (``Recordings.session``)."""
     return click.option(
-        "--session", "session_id", metavar="SESSION", help=f"{help} ({SESSION_HELP})."
+        "--session",
+        "session_id",
+        metavar="SESSION",
+        callback=_session_text,
+        help=f"{help} ({SESSION_HELP}).",
     )
 
 
 def session_argument(fn: F) -> F:
     """The ``SESSION`` argument, as ``session``: an id or a unique start of one."""
-    return click.argument("session", metavar="SESSION")(fn)
+    return click.argument("session", metavar="SESSION", callback=_session_text)(fn)
 
 
 def check_span(since: int | None, until: int | None) -> None:
