@@ -99,6 +99,7 @@ async def test_policies_are_the_running_recorders_and_edits_are_marked(
 
     # Stopped: the file's policies, as a recorder started with it would load them.
     code, out, err = await policies(config, "--json")
-    assert code == 0 and err == ""
+    assert code == 0
+    assert err == f"no recorder is running on {db_path}: the policies in {config.source}\n"
     assert [r["name"] for r in json.loads(out)] == ["stop", "purge-old"]
     assert all("file" not in r for r in json.loads(out))

@@ -37,7 +37,11 @@ def list_policies(config_path: str | None, database: str | None, fmt: str) -> No
     said = None if beat is None else beat.get("cleanup")
     if not isinstance(said, dict):
         if beat is not None:  # a recorder from before it said what it loaded
-            click.echo("the running recorder does not say what it loaded: the file's", err=True)
+            said_of = "the running recorder does not say what it loaded"
+        else:
+            said_of = f"no recorder is running on {target.shown}"
+        if mine:
+            click.echo(f"{said_of}: the policies in {target.config.source}", err=True)
         rows = []
         for policy in mine:
             at = policy.pop("next_run_us")
