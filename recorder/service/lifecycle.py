@@ -122,6 +122,7 @@ class Service:
         if cleanup.wanted:
             cleanup.start()
             self.cleanup = cleanup
+        await self.beat()  # at once: a previous run's row must not speak for this one
         log.info(
             "recorder started",
             daemon=link.safe_url,
