@@ -224,3 +224,32 @@ async def test_health_names_no_user_and_no_credential(
     (head,) = heads
     assert f"Host: 127.0.0.1:{port}\r\n".encode() in head
     assert b"alice" not in head and b"s3cret" not in head
+
+
+async def test_database_bytes_counts_the_wal_as_status_does(
+    make_config: Callable[..., Config], db_path: Path
+) -> None:
+    """recorder_database_bytes read the file's pages alone: 241 664 bytes where `status`
+    counted 3.1 MiB with the WAL. Both count the file, its -wal and its -shm now."""
+    from recorder.db.readonly import files_bytes
+    from recorder.protocol.frames import IN, Frame
+
+    async with running(make_config(DEAD_DAEMON)) as svc:
+        cid = await svc.writer.open_connection("link", DEAD_DAEMON)
+        for seq in range(1, 201):
+            await svc.writer.put(Frame(cid, seq, IN, seq, seq, True, b'{"type":"x"}' * 50))
+        await svc.writer.flush()
+        wal = Path(f"{db_path}-wal").stat().st_size
+        before = files_bytes(db_path)
+        await svc.refresh()  # what the service does every few seconds
+        after = files_bytes(db_path)
+        _, _, body = await get(proxy_port(svc), "/metrics")
+        status = json.loads(
+            CliRunner().invoke(cli, ["status", "--database", str(db_path), "--json"]).stdout
+        )
+    (line,) = [ln for ln in body.decode().splitlines() if ln.startswith("recorder_database_bytes")]
+    reported = int(float(line.split()[1]))
+    assert wal > 0 and db_path.stat().st_size < before
+    # Files only grow while nothing is purged: the checkpoint fills the file, the WAL
+    # starts over only at its limit.
+    assert before <= reported <= after <= status["database_bytes"]

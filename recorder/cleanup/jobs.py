@@ -24,7 +24,7 @@ import structlog
 
 from recorder.cleanup.actions import PURGE_CHUNK, Action, SizeLimit, action_of
 from recorder.cleanup.actor import Actor, Direct, Performer, Run, error_line
-from recorder.cleanup.settings import trigger
+from recorder.cleanup.settings import policy_said, trigger
 from recorder.pipeline.cleanup_ops import (
     AnswerRequest,
     EndInterrupted,
@@ -40,7 +40,15 @@ if TYPE_CHECKING:
     from recorder.config import Config
 
 # Re-exported: the CLI and the tests run cleanups directly, on a database they open.
-__all__ = ["MAX_SIZE", "PURGE_CHUNK", "RETENTION", "Cleanup", "Direct", "policies_of"]
+__all__ = [
+    "MAX_SIZE",
+    "PURGE_CHUNK",
+    "RETENTION",
+    "Cleanup",
+    "Direct",
+    "loaded",
+    "policies_of",
+]
 
 log = structlog.get_logger("recorder.cleanup")
 
@@ -64,6 +72,28 @@ def policies_of(config: Config) -> list[Policy]:
         when = Conditions(ended_before=retention)
         found.append(Policy(RETENTION, "every 1h", "retention", when))
     return found
+
+
+def loaded(cleanup: Cleanup | None, config: Config) -> dict[str, Any]:
+    """What a running service has loaded, for its heartbeat row (`recorder cleanup
+    policies` reads it): the file, each policy as the file says it and its next run on
+    the running schedule (None: disabled, or no schedule)."""
+    policies = cleanup.policies if cleanup is not None else {}
+    return {
+        # As a path from anywhere: the command that reads it runs elsewhere.
+        "source": absolute(config.source),
+        "policies": [
+            policy_said(p) | {"next_run_us": cleanup.next_run_us(p.name) if cleanup else None}
+            for p in policies.values()
+        ],
+    }
+
+
+def absolute(source: str) -> str:
+    """A configuration's source as an absolute path ("<defaults>" as it is)."""
+    import os
+
+    return source if source == "<defaults>" else os.path.abspath(source)
 
 
 class Cleanup:
@@ -107,6 +137,12 @@ class Cleanup:
     def job_ids(self) -> list[str]:
         """What its schedule holds: a job per enabled policy, and the request poll."""
         return sorted(job.id for job in self._scheduler.get_jobs()) if self._scheduler else []
+
+    def next_run_us(self, name: str) -> int | None:
+        """When the schedule runs policy ``name`` next (None: not scheduled)."""
+        job = self._scheduler.get_job(name) if self._scheduler is not None else None
+        moment = getattr(job, "next_run_time", None)
+        return None if moment is None else int(moment.timestamp() * 1_000_000)
 
     def start(self) -> None:
         """Schedule every enabled policy (the caller checked :attr:`wanted`)."""

@@ -8,6 +8,7 @@ commands do not import it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -163,3 +164,45 @@ def check_schedules(policies: Iterable[Policy]) -> None:
     is imported only when there are policies."""
     for policy in policies:
         trigger(policy)
+
+
+# Units a duration is written back in: the largest that gives a whole number.
+_WRITTEN_UNITS = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+
+
+def duration_text(seconds: float) -> str:
+    """Seconds as the configuration writes them: ``30s``, ``10m``, ``7d``."""
+    for unit, size in _WRITTEN_UNITS:
+        if seconds >= size and float(seconds / size).is_integer():
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def conditions_text(when: Conditions) -> str:
+    """A ``when`` table as the configuration writes it, in its inline form:
+    ``status = ["completed", "failed"], idle_for = "30s"``; empty for none."""
+    parts = []
+    for key, value in vars(when).items():
+        if value is None:
+            continue
+        if key in _DURATIONS:
+            value = duration_text(value)
+        elif key == "status":
+            value = list(value)
+        parts.append(f"{key} = {json.dumps(value, ensure_ascii=False)}")
+    return ", ".join(parts)
+
+
+def policy_said(policy: Policy) -> dict[str, Any]:
+    """A policy as the configuration says it (its conditions as written there): what a
+    running service reports of the policies it loaded, and what is compared with the
+    file to tell an edit not yet reloaded."""
+    return {
+        "name": policy.name,
+        "action": policy.action,
+        "schedule": policy.schedule,
+        "enabled": policy.enabled,
+        "dry_run": policy.dry_run,
+        "keep_last": policy.keep_last,
+        "when": conditions_text(policy.when),
+    }

@@ -8,7 +8,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -21,9 +20,11 @@ from recorder.cli.options import (
     output_option,
     reading,
     running_recorder,
+    session_argument,
     target_options,
     writing,
 )
+from recorder.cli.policies import list_policies
 from recorder.cli.render import Column, emit, when
 from recorder.db.rows import CleanupRun
 from recorder.protocol.tame import on_one_line
@@ -38,60 +39,13 @@ def cleanup() -> None:
     """Cleanup policies: list them, run them now, read what they did."""
 
 
+cleanup.add_command(list_policies)
+
+
 def _policies(target: Target) -> dict[str, Any]:
     from recorder.cleanup.jobs import policies_of
 
     return {p.name: p for p in policies_of(target.config)}
-
-
-@cleanup.command("policies")
-@target_options
-@output_option()
-def list_policies(config_path: str | None, database: str | None, fmt: str) -> None:
-    """Each policy, its schedule, its next run time.
-
-    Example: recorder cleanup policies --config /etc/orchestrator-recorder/config.toml
-    """
-    from recorder.cleanup.settings import trigger
-    from recorder.protocol.policy import PolicyError
-
-    target = load(config_path, database)
-    rows = []
-    for policy in _policies(target).values():
-        try:
-            fire = trigger(policy).get_next_fire_time(None, datetime.now(UTC))
-        except PolicyError as exc:
-            raise UsageFailure(f"{target.config.source}: {exc}") from None
-        when_ = {k: v for k, v in vars(policy.when).items() if v is not None}
-        rows.append(
-            {
-                "name": policy.name,
-                "action": policy.action,
-                "schedule": policy.schedule,
-                "enabled": policy.enabled,
-                "dry_run": policy.dry_run,
-                "keep_last": policy.keep_last,
-                "when": when_,
-                "next_run": fire.isoformat() if fire and policy.enabled else None,
-            }
-        )
-    columns = (
-        Column("POLICY", lambda r: r["name"]),
-        Column("ACTION", lambda r: r["action"] + (" (dry run)" if r["dry_run"] else "")),
-        Column("SCHEDULE", lambda r: r["schedule"]),
-        Column("NEXT RUN", lambda r: r["next_run"] or "disabled"),
-        Column("WHEN", lambda r: ", ".join(f"{k}={v}" for k, v in r["when"].items())),
-    )
-    if not rows and fmt == "table":
-        # Said as what it means: a recorder started or reloaded (SIGHUP) with this file
-        # cleans nothing up, which a missing or emptied section makes easy to miss.
-        click.echo(
-            f"no cleanup policies in {target.config.source}: a recorder running with it "
-            "(or reloaded with it) stops, compacts and purges nothing",
-            err=True,
-        )
-        return
-    emit(rows, fmt, columns, lambda r: r, "policies")
 
 
 @cleanup.command("run")
@@ -350,7 +304,7 @@ def _pin(config_path: str | None, database: str | None, session: str, on: bool) 
 
 @click.command()
 @target_options
-@click.argument("session")
+@session_argument
 def pin(config_path: str | None, database: str | None, session: str) -> None:
     """Keep a session from every cleanup policy (its id, or the start of it).
 
@@ -361,7 +315,7 @@ def pin(config_path: str | None, database: str | None, session: str) -> None:
 
 @click.command()
 @target_options
-@click.argument("session")
+@session_argument
 def unpin(config_path: str | None, database: str | None, session: str) -> None:
     """Let cleanup policies touch a pinned session again.
 

@@ -281,21 +281,58 @@ def connection_option(help: str) -> Callable[[F], F]:
     return click.option("--connection", "connection_id", type=Count(), help=help)
 
 
+SESSION_HELP = "its id, or the start of it"
+
+
+def _session_text(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    # Empty is the start of every id: it would name the one session of a database
+    # that has one, and a mistake (an unset shell variable) must not.
+    if value is not None and not value.strip():
+        raise click.BadParameter(f"expected a session id or the start of one, got {value!r}")
+    return value
+
+
+def session_option(help: str) -> Callable[[F], F]:
+    """``--session SESSION`` as the command's ``session_id`` argument: an id or a unique
+    start of one, resolved by the read library (``Recordings.session``)."""
+    return click.option(
+        "--session",
+        "session_id",
+        metavar="SESSION",
+        callback=_session_text,
+        help=f"{help} ({SESSION_HELP}).",
+    )
+
+
+def session_argument(fn: F) -> F:
+    """The ``SESSION`` argument, as ``session``: an id or a unique start of one."""
+    return click.argument("session", metavar="SESSION", callback=_session_text)(fn)
+
+
 def check_span(since: int | None, until: int | None) -> None:
     if since is not None and until is not None and since > until:
         raise click.UsageError("--since is later than --until")
 
 
-def output_option(json_means: str = "json", jsonl: bool = True) -> Callable[[F], F]:
-    """``--format table|json|jsonl`` as the command's ``fmt`` argument, and ``--json``
-    as the alias it was before: ``json_means`` is ``jsonl`` for the list commands
-    that had it (one object per line), else ``json`` (one document)."""
-    choices = ["table", "json", "jsonl"] if jsonl else ["table", "json"]
+def output_option(json_means: str = "json", *, stream: bool = False) -> Callable[[F], F]:
+    """``--format table|json|jsonl`` as the command's ``fmt`` argument, the same on every
+    query command, and ``--json`` as the alias it was before: ``json_means`` is
+    ``jsonl`` for the list commands that had it (one object per line), else ``json``.
+
+    A ``stream`` (``tail``) has no end at which to close one document: json is JSON
+    lines there. A command that prints one document prints it on one line for jsonl
+    (:func:`document`)."""
+    if stream:
+        json_means = "jsonl"
+        shapes = "json and jsonl for one object per line (a stream never ends a document)."
+    else:
+        shapes = "json for one document, jsonl for one object per line."
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def command(*args: Any, as_json: bool, fmt: str, **kwargs: Any) -> Any:
-            return fn(*args, fmt=json_means if as_json else fmt, **kwargs)
+            chosen = json_means if as_json else fmt
+            return fn(*args, fmt="jsonl" if stream and chosen == "json" else chosen, **kwargs)
 
         command = click.option(
             "--json", "as_json", is_flag=True, help=f"Same as --format {json_means}."
@@ -303,15 +340,21 @@ def output_option(json_means: str = "json", jsonl: bool = True) -> Callable[[F],
         command = click.option(
             "--format",
             "fmt",
-            type=click.Choice(choices),
+            type=click.Choice(["table", "json", "jsonl"]),
             default="table",
             show_default=True,
-            help="table for people (sized to the terminal), json for one document"
-            + (", jsonl for one object per line." if jsonl else "."),
+            help="table for people (sized to the terminal), " + shapes,
         )(command)
         return cast(F, command)
 
     return decorate
+
+
+def document(value: Any, fmt: str) -> None:
+    """One JSON document as ``--format`` asks: indented for json, one line for jsonl."""
+    import json
+
+    click.echo(json.dumps(value, ensure_ascii=False, indent=2 if fmt == "json" else None))
 
 
 def nothing(what: str) -> None:

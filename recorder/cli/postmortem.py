@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from recorder.cli.options import limit_option, load, output_option, reading, target_options
+from recorder.cli.options import (
+    document,
+    limit_option,
+    load,
+    output_option,
+    reading,
+    session_argument,
+    session_option,
+    target_options,
+)
 from recorder.cli.render import (
     CELL_CHARS,
     CONNECTION_COLUMNS,
@@ -36,8 +45,8 @@ if TYPE_CHECKING:
 
 @click.command()
 @target_options
-@click.argument("session")
-@output_option(jsonl=False)
+@session_argument
+@output_option()
 def show(config_path: str | None, database: str | None, session: str, fmt: str) -> None:
     """What happened in one session (its id, or the start of it), on one screen.
 
@@ -49,7 +58,7 @@ def show(config_path: str | None, database: str | None, session: str, fmt: str) 
     Example: recorder show session_1795692537464
     """
     target = load(config_path, database)
-    text = fmt != "json"
+    text = fmt == "table"
     with reading(target) as recordings:
         row = recordings.session(session)
         if text:  # at once: the rest reads every frame of the session
@@ -71,7 +80,7 @@ def show(config_path: str | None, database: str | None, session: str, fmt: str) 
     out["partly"] = partly(vars(row))
     out["clock_notes"] = clock_notes(vars(row))
     out["left_out"]["tasks"] = tasks.left_out
-    click.echo(json.dumps(out, ensure_ascii=False, indent=2))
+    document(out, fmt)
 
 
 def _outcome(task: Task, story: Story) -> Task:
@@ -255,7 +264,7 @@ def connections(
 
 @click.command()
 @target_options
-@click.option("--session", "session_id", help="Tasks of this session (its id or the start of it).")
+@session_option("Tasks of this session")
 @limit_option(50)
 @output_option()
 def tasks(
@@ -274,7 +283,7 @@ def tasks(
 
 @click.command()
 @target_options
-@output_option(jsonl=False)
+@output_option()
 def stats(config_path: str | None, database: str | None, fmt: str) -> None:
     """Frames by type and by day, sessions by status, the busiest sessions, the database's
     size and the daemon's last reported metrics.
@@ -297,8 +306,8 @@ def stats(config_path: str | None, database: str | None, fmt: str) -> None:
         "daemon": st.daemon,
         "daemon_reported_at": when(st.daemon_at_us) or None,
     }
-    if fmt == "json":
-        click.echo(json.dumps(info, ensure_ascii=False, indent=2))
+    if fmt != "table":
+        document(info, fmt)
         return
     size = st.database_bytes
     click.echo(

@@ -18,6 +18,7 @@ from recorder.cli.options import (
     output_option,
     parse_moment,
     reading,
+    session_option,
     target_options,
     time_options,
 )
@@ -68,7 +69,7 @@ def frame_filters(fn: Any) -> Any:
         "--type", "type_", help="Frames of this type (stream_chunk, session_status_update, ...)."
     )(fn)
     fn = click.option("--task", help="Frames of this task: its id or its description.")(fn)
-    return click.option("--session", "session_id", help="Frames of this session.")(fn)
+    return session_option("Frames of this session")(fn)
 
 
 def _filter(filters: dict[str, Any], **more: Any) -> Any:
@@ -114,7 +115,7 @@ def frames(
     target = load(config_path, database)
     out = FrameWriter(fmt)
     with reading(target) as recordings:
-        for frame in recordings.frames(query):
+        for frame in recordings.frames(recordings.named(query)):
             out.write(frame)
     out.finish()
 
@@ -142,13 +143,7 @@ def _in_the_background() -> None:
     show_default=True,
     help="Start with the newest N frames already recorded.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "jsonl"]),
-    default="table",
-    show_default=True,
-)
+@output_option(stream=True)
 def tail(
     config_path: str | None, database: str | None, last: int, fmt: str, **filters: Any
 ) -> None:
@@ -164,7 +159,8 @@ def tail(
     _in_the_background()
     with reading(target) as recordings:
         try:
-            for frame in recordings.follow(_filter(filters), last=last, poll=TAIL_POLL):
+            query = recordings.named(_filter(filters))
+            for frame in recordings.follow(query, last=last, poll=TAIL_POLL):
                 out.write(frame)
         except KeyboardInterrupt:
             pass
@@ -172,7 +168,7 @@ def tail(
 
 @click.command()
 @target_options
-@output_option(jsonl=False)
+@output_option()
 def status(config_path: str | None, database: str | None, fmt: str) -> None:
     """Is a recorder running on this database, is it connected, what has it recorded?
 
@@ -197,8 +193,8 @@ def status(config_path: str | None, database: str | None, fmt: str) -> None:
         database=target.shown,
         lock_error=lock_error,
     )
-    if fmt == "json":
-        click.echo(json.dumps(info))
+    if fmt != "table":
+        click.echo(json.dumps(info))  # one line for json too, as it always was
     else:
         for line in lines(info):
             click.echo(line)

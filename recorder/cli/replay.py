@@ -19,6 +19,7 @@ from recorder.cli.options import (
     UsageFailure,
     load,
     reading,
+    session_argument,
     target_options,
 )
 from recorder.times import parse_when
@@ -105,7 +106,7 @@ def _check_modes(
 
 @click.command()
 @target_options
-@click.argument("session")
+@session_argument
 @pace_options
 @click.option(
     "--against",
@@ -219,7 +220,7 @@ def _jsonl(timed: Any) -> None:
 
 @click.command()
 @target_options
-@click.argument("session")
+@session_argument
 @click.option(
     "--format",
     "fmt",

@@ -173,17 +173,26 @@ class SqliteReader:
         return taken
 
     def size_bytes(self) -> int | None:
-        return sum(
-            p.stat().st_size
-            for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm"))
-            if p.exists()
-        )
+        return files_bytes(self.path)
 
     def close(self) -> None:
         self.conn.close()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+
+def files_bytes(path: Path) -> int:
+    """What a SQLite database takes on disk: the file, its -wal (a running recorder's
+    latest commits, often most of it) and its -shm; what `recorder status` and
+    /metrics report."""
+    total = 0
+    for part in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            total += part.stat().st_size
+        except FileNotFoundError:
+            pass  # no WAL: checkpointed and closed, or never written
+    return total
 
 
 def _needs_private_copy(exc: sqlite3.OperationalError) -> bool:

@@ -23,7 +23,7 @@ from recorder.db import pages
 from recorder.db.cleanup_reads import CleanupReads
 from recorder.db.follow import Follower
 from recorder.db.pages import FrameFilter
-from recorder.db.readonly import Reader, ReadError, first_row, open_reader
+from recorder.db.readonly import Reader, first_row, open_reader
 from recorder.db.rows import (
     FRAME_COLUMNS,
     Connection,
@@ -33,17 +33,14 @@ from recorder.db.rows import (
     Tally,
     Task,
 )
+from recorder.db.session_ids import NoSuchSession, SessionIds
 from recorder.db.story_reads import StoryReads
 from recorder.protocol.kept import Kept
 from recorder.protocol.statuses import ACTIVE_SQL
 from recorder.protocol.story import KEEP
-from recorder.protocol.tame import on_one_line, read_object
+from recorder.protocol.tame import read_object
 
 __all__ = ["FrameFilter", "NoSuchSession", "Recordings", "Stats", "Status"]
-
-
-class NoSuchSession(ReadError):
-    """No session, or more than one, matches what the user typed."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +69,7 @@ class Stats:
     daemon_at_us: int | None
 
 
-class Recordings(CleanupReads, StoryReads):
+class Recordings(CleanupReads, StoryReads, SessionIds):
     """One database's recordings, read-only."""
 
     def __init__(self, reader: Reader) -> None:
@@ -111,22 +108,6 @@ class Recordings(CleanupReads, StoryReads):
         limit_sql = f" LIMIT {int(limit)}" if limit else ""
         sql = f"SELECT * FROM sessions{where} ORDER BY first_seen_us DESC, id DESC{limit_sql}"
         return [Session.of(r) for r in self.reader.rows(sql, params)]
-
-    def session(self, text: str) -> Session:
-        """The session whose id is ``text`` or starts with it (exactly one must)."""
-        exact = first_row(self.reader, "SELECT * FROM sessions WHERE id = :id", {"id": text})
-        if exact is not None:
-            return Session.of(exact)
-        found = self.reader.rows(
-            f"SELECT * FROM sessions WHERE {self.backend.starts_with('id')} ORDER BY id LIMIT 6",
-            {"prefix": text, "beyond": text + "\U0010ffff", "n": len(text)},
-        )
-        if not found:
-            raise NoSuchSession(f"no recorded session matches {text!r} (see `recorder sessions`)")
-        if len(found) > 1:
-            names = ", ".join(on_one_line(row["id"]) for row in found[:5])
-            raise NoSuchSession(f"{text!r} matches more than one session: {names}, ...")
-        return Session.of(found[0])
 
     def session_status(self, session_id: str) -> str | None:
         row = first_row(self.reader, "SELECT status FROM sessions WHERE id = :s", {"s": session_id})
@@ -194,9 +175,10 @@ class Recordings(CleanupReads, StoryReads):
         wait: Callable[[float], None] = time.sleep,
     ) -> Iterator[Frame]:
         """The newest ``last`` frames, then every frame committed later, as they come,
-        until the caller stops. Each look is a short statement, and so is each page."""
+        until the caller stops (and a session's spawn request, when it is attributed
+        to the session). Each look is a short statement, and so is each page."""
         seen = self.newest_frame_id()
-        follower = Follower(self, f, seen)
+        follower = Follower(self, f, seen, late_spawn=True)
         if last:
             for frame in self.frames(replace(f, last=last, through_id=seen)):
                 follower.printed(frame.id)
@@ -265,9 +247,7 @@ class Recordings(CleanupReads, StoryReads):
             "(SELECT coalesce(sum(frame_count), 0) FROM connections WHERE role = 'proxy')"
             " AS proxied",
         )
-        found = first_row(
-            self.reader, "SELECT * FROM instances WHERE name = :name", {"name": instance}
-        )
+        found = self.instance(instance)
         assert counts is not None
         link = Connection.of(last_conn) if last_conn is not None else None
         return Status(
@@ -278,9 +258,14 @@ class Recordings(CleanupReads, StoryReads):
             session_count=int(counts["sessions"]),
             active_sessions=int(counts["active"]),
             database_bytes=self.reader.size_bytes(),
-            instance=Instance.of(found) if found is not None else None,
+            instance=found,
             proxied_frames=int(counts["proxied"]),
         )
+
+    def instance(self, name: str) -> Instance | None:
+        """What the recorder ``name`` last said about itself (its heartbeat), if it ran."""
+        row = first_row(self.reader, "SELECT * FROM instances WHERE name = :name", {"name": name})
+        return Instance.of(row) if row is not None else None
 
     def holder(self, instance: str) -> str | None:
         """Who runs the recorder ``instance`` (its lock), or None; CannotTell."""

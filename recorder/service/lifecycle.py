@@ -24,19 +24,18 @@ import structlog
 from recorder.addresses import split_listen
 from recorder.capture.link import Link
 from recorder.capture.proxy import Proxy
-from recorder.cleanup.jobs import Cleanup
+from recorder.cleanup.jobs import Cleanup, loaded
 from recorder.config import Config
 from recorder.db.backend import backend, display_database
 from recorder.db.locks import AlreadyRunning, InstanceLock
 from recorder.db.readonly import frames_since
-from recorder.pipeline.cleanup_ops import DatabaseBytes
 from recorder.pipeline.ops import Heartbeat, Ping
 from recorder.pipeline.writer import KILL_WAIT, Writer, WriterError
 from recorder.service.metrics import render, serve_metrics
 from recorder.service.notify import Notifier
 from recorder.service.reloading import Reloads
 from recorder.service.snapshot import Snapshot, taken
-from recorder.service.space import FULL_ERRNOS, FullDisk
+from recorder.service.space import FULL_ERRNOS, FullDisk, measured
 from recorder.service.stopping import (
     COUNT_WITHIN,
     Loss,
@@ -123,6 +122,7 @@ class Service:
         if cleanup.wanted:
             cleanup.start()
             self.cleanup = cleanup
+        await self.beat()  # at once: a previous run's row must not speak for this one
         log.info(
             "recorder started",
             daemon=link.safe_url,
@@ -218,7 +218,8 @@ class Service:
         """The heartbeat row (`recorder status`): at start, every few seconds, at the stop."""
         import json
 
-        info = self.snapshot().heartbeat() | {"stopped": stopped}
+        cleanup = loaded(self.cleanup, self.config)
+        info = self.snapshot().heartbeat() | {"stopped": stopped, "cleanup": cleanup}
         row = Heartbeat(
             self.config.storage.instance,
             os.getpid(),
@@ -232,7 +233,7 @@ class Service:
     async def refresh(self) -> None:
         """The heartbeat row, and the database's size for /metrics."""
         await self.beat()
-        self.database_bytes = await self.writer.perform(DatabaseBytes())
+        self.database_bytes = await measured(self.writer, self.config.storage.url)
 
     async def _ping(self) -> None:
         await self.writer.perform(Ping())

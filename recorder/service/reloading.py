@@ -90,6 +90,12 @@ class Reloads:
         service.config = dataclasses.replace(service.config, log=new.log, cleanup=new.cleanup)
         now = set(service.cleanup.policies) if service.cleanup is not None else set()
         removed = sorted(before - now)
+        try:
+            # At once, not at the next beat: `recorder cleanup policies` reads what is
+            # loaded from it, and would call the file's edits not yet reloaded.
+            await service.beat()
+        except Exception as exc:
+            log.warning("could not write the heartbeat", error=str(exc))
         # An emptied file, or one whose [cleanup] went missing, is easy to reload by
         # mistake: say what stops being done, louder than the routine line.
         (log.warning if removed else log.info)(

@@ -13,11 +13,17 @@ import asyncio
 import errno
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from recorder.db.backend import backend, display_database
+from recorder.db.readonly import files_bytes
+from recorder.pipeline.cleanup_ops import DatabaseBytes
 from recorder.service.notify import Notifier
+
+if TYPE_CHECKING:
+    from recorder.pipeline.writer import Writer
 
 log = structlog.get_logger("recorder.service")
 
@@ -124,3 +130,13 @@ class FullDisk:
             return False
         log.info("disk has room again; starting", available=available(self.path))
         return True
+
+
+async def measured(writer: Writer, url: str) -> int:
+    """The database's size for /metrics, as `recorder status` counts it: a file with
+    its -wal and -shm (the WAL left out, a busy recorder's 3 MiB read as 240 KiB); a
+    server's database as the writer measures it (what storage.max_db_size holds)."""
+    path = backend(url).path
+    if path is not None:
+        return await asyncio.to_thread(files_bytes, path)
+    return await writer.perform(DatabaseBytes())
