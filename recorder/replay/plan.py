@@ -108,6 +108,9 @@ class Cue:
     t: float
     frame: ReplayFrame | None = None
     gap: Gap | None = None
+    # A gap before the first frame played ("before") or after the last ("after"):
+    # marked, and no time of the replay's. "" for a gap between frames.
+    edge: str = ""
 
     @property
     def at_us(self) -> int:
@@ -118,10 +121,15 @@ class Cue:
 
 
 def timeline(frames: Iterable[ReplayFrame], gaps: Sequence[Gap]) -> Iterator[Cue]:
-    """Frames and gaps merged by time, each with its recorded time (the first at 0).
+    """Frames and gaps merged by time, each with its recorded time (the first frame
+    at 0).
 
-    A gap counts as an event at its start, so the frame after it comes the gap's
-    length later: the silence is kept, and marked.
+    A gap between two frames counts as an event at its start, so the frame after it
+    comes the gap's length later: the silence is kept, and marked (how much of it a
+    player waits is the pace's: :mod:`recorder.replay.timing`). A gap before the first
+    frame or after the last is marked at that frame's time: nothing happened in it
+    that the replay could show, and a daemon's ``startedAt`` a year before the
+    recording must not make a replay wait a year.
     """
     line = Timeline(gaps)
     for frame in frames:
@@ -153,6 +161,9 @@ class Timeline:
         while self._g < len(self._pending) and self._pending[self._g].start_us <= frame.received_us:
             gap = self._pending[self._g]
             self._g += 1
+            if self._last_us is None:  # before the first frame: marked, not timed
+                cues.append(Cue(self._t, gap=gap, edge="before"))
+                continue
             self._advance(gap.start_us)
             self._last = None
             self._reached(gap.start_us)
@@ -171,11 +182,8 @@ class Timeline:
         return cues
 
     def end(self) -> list[Cue]:
-        """The gaps after the last frame."""
-        cues = []
-        for gap in self._pending[self._g :]:
-            self._advance(gap.start_us)
-            self._reached(gap.start_us)
-            cues.append(Cue(self._t, gap=gap))
+        """The gaps after the last frame: marked at its time."""
+        edge = "after" if self._last_us is not None else "before"
+        cues = [Cue(self._t, gap=gap, edge=edge) for gap in self._pending[self._g :]]
         self._g = len(self._pending)
         return cues

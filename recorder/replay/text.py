@@ -56,9 +56,35 @@ def show(cue: Cue) -> Shown | None:
     )
 
 
+def duration(seconds: float) -> str:
+    """``seconds`` as written in a marker: exact, and past two minutes also in the
+    units a person reads (``29210541.0 s (338 d 2 h)``)."""
+    exact = f"{seconds:.1f} s"
+    if seconds < 120:
+        return exact
+    units = (("d", 86_400), ("h", 3600), ("min", 60), ("s", 1))
+    left = int(seconds)
+    at = next(i for i, (_, size) in enumerate(units) if left >= size)
+    (big, big_size), (small, small_size) = units[at], units[at + 1]
+    shown = f"{left // big_size} {big}"
+    if left % big_size >= small_size:
+        shown += f" {left % big_size // small_size} {small}"
+    return f"{exact} ({shown})"
+
+
+def _gap(cue: Cue) -> Shown:
+    assert cue.gap is not None
+    label = f"{duration(cue.gap.seconds)} with no recording connection"
+    if cue.edge == "before":
+        label += ", before the first frame played (not waited)"
+    elif cue.edge == "after":
+        label += ", after the last frame played (not waited)"
+    return Shown(kind="gap", label=label)
+
+
 def _shown(cue: Cue) -> Shown | None:
     if cue.gap is not None:
-        return Shown(kind="gap", label=f"{cue.gap.seconds:.1f} s with no recording connection")
+        return _gap(cue)
     frame = cue.frame
     assert frame is not None
     obj = _object(cue)
