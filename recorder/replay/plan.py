@@ -1,28 +1,34 @@
 """Which of a session's frames a replay plays, and when: pure, over small types.
 
 A session can be carried by several connections: the passive link (status
-broadcasts), one or more UIs through the proxy (the conversation: stream chunks,
-tool calls, task replies), and after a reconnect more than one of each. By default
-a replay plays the daemon-to-client frames of the conversation that created the
-session (the proxied connection that sent its ``spawn_session``), followed across
-that UI's reconnects (later conversations from the same host), plus the frames of
-the session that only the link saw (while none of those conversations was open).
-Without a creating conversation (a session the daemon started, or one spawned by
-a client not using the proxy), every proxied conversation that overlapped the
-session takes that place.
+broadcasts), one or more UIs through the proxy (the conversation: requests, stream
+chunks, tool calls, task replies), and after a reconnect more than one of each. A
+replay plays one conversation: that of the UI that created the session (the proxied
+connection that sent its ``spawn_session``), followed across that UI's reconnects,
+plus the frames of the session that only the link saw (while none of those
+conversations was open). It plays the daemon's frames and the UI's requests.
+
+A reconnect is told from a second browser tab by more than its address (a second tab
+from the same machine has the same one): it opened after the conversation before it
+had closed, not beside it, and it asked about the session (it sent a request the
+recording attributes to the session). A tab that only watched asked nothing: its
+copies of the status broadcasts are never played. Without a creating conversation
+(a session the daemon started, or one spawned by a client not using the proxy), the
+first proxied connection that asked about the session takes its place.
 
 Timing: within a connection from the recorded monotonic clock (exact), across
 connections from the receive times. A span with no recording connection is a
-:class:`Cue` of its own (a gap), never collapsed.
+:class:`Cue` of its own (a gap), never collapsed; one before the first frame played
+or after the last is marked at the frame's time, taking none.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from recorder.protocol.frames import IN
+from recorder.protocol.frames import IN, OUT
 from recorder.protocol.story import Gap, Recording
 
 
@@ -44,7 +50,7 @@ class ReplayFrame(NamedTuple):
 class Choice:
     """The connections a replay plays from."""
 
-    # Played whole (their daemon-to-client frames).
+    # Played whole (their daemon-to-client frames, and the requests the UI sent).
     conversations: frozenset[int]
     # When they were open: a link frame inside these spans is a duplicate.
     spans: tuple[tuple[int, int], ...]
@@ -52,6 +58,7 @@ class Choice:
     only: int | None = None
 
     def plays(self, frame: ReplayFrame, roles: dict[int, str]) -> bool:
+        """Whether ``frame`` is one of the daemon's frames the replay plays."""
         if frame.direction != IN:
             return False
         if self.only is not None:
@@ -62,6 +69,17 @@ class Choice:
             return False
         at = frame.received_us
         return not any(opened <= at <= closed for opened, closed in self.spans)
+
+    def asks(self, frame: ReplayFrame, roles: dict[int, str]) -> bool:
+        """Whether ``frame`` is a request the UI of a played conversation sent (the
+        link's requests are the recorder's own, not the conversation's)."""
+        if frame.direction != OUT or roles.get(frame.connection_id) == "link":
+            return False
+        return frame.connection_id in self.conversations or frame.connection_id == self.only
+
+    def tells(self, frame: ReplayFrame, roles: dict[int, str]) -> bool:
+        """Whether a replay shows ``frame``: the daemon's side, or what was asked."""
+        return self.plays(frame, roles) or self.asks(frame, roles)
 
 
 def _host(addr: str | None) -> str | None:
@@ -75,28 +93,39 @@ def choose(
     end_us: int,
     now_us: int,
     only: int | None = None,
+    asked: Container[int] = frozenset(),
 ) -> Choice:
-    """The conversations to play for a session spanning [start, end]."""
-    proxies = [r for r in recordings if r.role == "proxy"]
+    """The conversations to play for a session spanning [start, end]: the creator's
+    (``creator``, the connection that sent its spawn), then each reconnect of it.
+
+    ``asked`` holds the proxied connections that sent a request naming the session (a
+    container that may look each up as it is asked: only candidates are)."""
     if only is not None:
         return Choice(frozenset(), (), only)
-    chosen: list[Recording]
-    first = next((r for r in proxies if r.id == creator), None)
-    if first is not None:
-        chosen = [first] + [
+    proxies = sorted(
+        (
             r
-            for r in proxies
-            if r.id != first.id
-            and r.opened_us >= first.opened_us
+            for r in recordings
+            if r.role == "proxy"
             and r.opened_us <= end_us
-            and _host(r.client_addr) == _host(first.client_addr)
-        ]
-    else:
-        chosen = [
-            r
-            for r in proxies
-            if r.opened_us <= end_us and (r.closed_us is None or r.closed_us >= start_us)
-        ]
+            and (r.closed_us is None or r.closed_us >= start_us)
+        ),
+        key=lambda r: (r.opened_us, r.id),
+    )
+    lead = next((r for r in proxies if r.id == creator), None)
+    if lead is None:
+        lead = next((r for r in proxies if r.id in asked), None)
+    chosen = [] if lead is None else [lead]
+    for r in proxies:
+        last = chosen[-1] if chosen else None
+        if (
+            last is not None
+            and last.closed_us is not None
+            and r.opened_us >= last.closed_us  # after it, not beside it
+            and _host(r.client_addr) == _host(chosen[0].client_addr)
+            and r.id in asked  # last: it may be a lookup
+        ):
+            chosen.append(r)
     spans = tuple((r.opened_us, r.closed_us if r.closed_us is not None else now_us) for r in chosen)
     return Choice(frozenset(r.id for r in chosen), spans)
 

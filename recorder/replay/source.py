@@ -16,7 +16,7 @@ from recorder.db.pages import PAGE_ROWS
 from recorder.db.recordings import FrameFilter, Recordings
 from recorder.db.rows import Frame
 from recorder.db.rows import Session as SessionRow
-from recorder.protocol.frames import IN, OPCODE_TEXT
+from recorder.protocol.frames import IN, OPCODE_TEXT, OUT
 from recorder.protocol.statuses import TERMINAL_STATUSES
 from recorder.protocol.story import Gap, Recording, gaps, span
 from recorder.replay.plan import Choice, Cue, ReplayFrame, choose, timeline
@@ -66,17 +66,60 @@ class Session:
         return {r.id: r.role for r in self.recordings}
 
 
+class Asked:
+    """Which proxied connections sent a request naming the session (one the
+    recording attributes to it), for :func:`~recorder.replay.plan.choose`: each is
+    looked up when it is asked about, once, among the session's frames of that
+    connection's lifetime only."""
+
+    def __init__(self, reader: Recordings, session_id: str, recordings: list[Recording]) -> None:
+        self.reader = reader
+        self.session_id = session_id
+        self._by_id = {r.id: r for r in recordings}
+        self._known: dict[int, bool] = {}
+
+    def __contains__(self, connection: object) -> bool:
+        if not isinstance(connection, int) or connection not in self._by_id:
+            return False
+        if connection not in self._known:
+            r = self._by_id[connection]
+            wanted = FrameFilter(
+                session_id=self.session_id,
+                direction=OUT,
+                connection_id=connection,
+                since_us=r.opened_us,
+                until_us=None if r.closed_us is None else r.closed_us + 1,
+                limit=1,
+            )
+            self._known[connection] = any(True for _ in self.reader.frames(wanted))
+        return self._known[connection]
+
+
+def _recorded_span(reader: Recordings, session_id: str) -> tuple[int, int] | None:
+    """When the session's first and last recorded frames were received."""
+    first = next(iter(reader.frames(FrameFilter(session_id=session_id, limit=1))), None)
+    last = next(iter(reader.frames(FrameFilter(session_id=session_id, last=1))), None)
+    if first is None or last is None:
+        return None
+    return first.received_at_us, last.received_at_us
+
+
 def open_session(reader: Recordings, text: str, connection: int | None = None) -> Session:
     """The session ``text`` names (an id or its start), and the replay's plan for it."""
     row = reader.session(text)
     start, ended = span(vars(row))
     now = now_us()
     end = ended if ended is not None else now
-    recordings = reader.recordings_around(start, end)
+    # The connections up while it was active, and while its frames were recorded: a
+    # UI that reconnected to stop a session the daemon says had ended is its own.
+    recorded = _recorded_span(reader, row.id)
+    around = (start, end) if recorded is None else (min(start, recorded[0]), max(end, recorded[1]))
+    recordings = reader.recordings_around(*around)
     creator_id = reader.spawned_on(row.id)
     if connection is not None and connection not in {r.id for r in recordings}:
         recordings += reader.recordings_of([connection])
-    choice = choose(recordings, creator_id, start, end, now, only=connection)
+    asked = Asked(reader, row.id, recordings)
+    choice = choose(recordings, creator_id, *around, now, only=connection, asked=asked)
     found = gaps(start, end, recordings, now) if connection is None else []
     return Session(row, recordings, choice, found, creator_id)
 
@@ -96,6 +139,13 @@ def _stale(session: Session, roles: dict[int, str], batch: list[ReplayFrame]) ->
         return False  # one connection, whatever else opens or closes
     if any(f.connection_id not in roles for f in batch):
         return True
+    # A request from a UI the replay does not play: a reconnect that has now asked.
+    chosen = session.choice.conversations
+    if any(
+        f.direction == OUT and roles[f.connection_id] == "proxy" and f.connection_id not in chosen
+        for f in batch
+    ):
+        return True
     open_chosen = any(
         r.closed_us is None for r in session.recordings if r.id in session.choice.conversations
     )
@@ -109,7 +159,8 @@ def _replan(reader: Recordings, session: Session) -> None:
     start, _ = span(vars(session.row))
     now = now_us()
     session.recordings = reader.recordings_around(start, now)
-    session.choice = choose(session.recordings, session.creator, start, now, now)
+    asked = Asked(reader, session.id, session.recordings)
+    session.choice = choose(session.recordings, session.creator, start, now, now, asked=asked)
 
 
 def _pages(reader: Recordings, session: Session, after: int = 0) -> Iterator[list[ReplayFrame]]:

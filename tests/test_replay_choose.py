@@ -1,0 +1,134 @@
+"""Which conversation a replay plays, pure: the UI that created the session, followed
+across its reconnects, told from a second tab of the same machine by continuity
+(opened after the one before closed) and by what it asked (the session's id)."""
+
+from __future__ import annotations
+
+from recorder.protocol.frames import IN, OUT
+from recorder.protocol.story import Recording
+from recorder.replay.plan import Choice, ReplayFrame, choose
+
+HOST = "10.0.0.1"
+NOW = 10_000
+
+
+def link(cid: int, opened: int = 0, closed: int | None = None) -> Recording:
+    return Recording(cid, "link", "ws://daemon", None, opened, closed, None, None, None)
+
+
+def ui(cid: int, opened: int, closed: int | None, host: str = HOST) -> Recording:
+    addr = f"{host}:{40000 + cid}"  # every connection has a port of its own
+    return Recording(cid, "proxy", "ws://daemon", addr, opened, closed, None, None, None)
+
+
+class Lookups:
+    """What choose() asked about: a container that notes each lookup, as the read
+    side's (a query each) would cost."""
+
+    def __init__(self, asked: set[int]) -> None:
+        self.asked = asked
+        self.looked_up: list[int] = []
+
+    def __contains__(self, cid: object) -> bool:
+        assert isinstance(cid, int)
+        self.looked_up.append(cid)
+        return cid in self.asked
+
+
+def chosen(recordings: list[Recording], creator: int | None, asked: set[int]) -> list[int]:
+    choice = choose(recordings, creator, 100, 900, NOW, asked=frozenset(asked))
+    return sorted(choice.conversations)
+
+
+def test_a_reconnect_that_asks_is_followed_and_a_tab_that_watched_is_not() -> None:
+    recordings = [
+        link(1),
+        ui(2, 100, 400),  # tab A: spawns the session
+        ui(3, 150, 800),  # tab B, same machine, beside A: only watches
+        ui(4, 450, 700),  # A again, after it closed: asks for the session
+    ]
+    assert chosen(recordings, 2, {4}) == [2, 4]
+    # B asked too (a second tab that sends a task): still beside A, not A's reconnect.
+    assert chosen(recordings, 2, {3, 4}) == [2, 4]
+    # A reconnect that only watched is not played either.
+    assert chosen(recordings, 2, set()) == [2]
+
+
+def test_continuity_counts_from_the_last_connection_played() -> None:
+    recordings = [
+        ui(2, 100, 200),
+        ui(3, 210, 300),  # opened after A closed, asked nothing: a watching tab
+        ui(4, 250, 500),  # asked, opened after A closed (beside the watcher: no matter)
+        ui(5, 400, 600),  # asked, but beside 4, the reconnect played
+        ui(6, 510, None),  # asked, after 4 closed: the next reconnect
+    ]
+    assert chosen(recordings, 2, {4, 5, 6}) == [2, 4, 6]
+    # The spans hide the link's duplicates while each was open; an open one, till now.
+    choice = choose(recordings, 2, 100, 900, NOW, asked=frozenset({4, 5, 6}))
+    assert choice.spans == ((100, 200), (250, 500), (510, NOW))
+
+
+def test_a_reconnect_is_from_the_same_machine() -> None:
+    recordings = [ui(2, 100, 200), ui(3, 300, 400, host="10.0.0.2")]
+    assert chosen(recordings, 2, {3}) == [2]
+
+
+def test_only_candidates_are_looked_up() -> None:
+    """A lookup costs a query: the tab beside the creator, and other machines' UIs,
+    are not even asked about."""
+    recordings = [
+        ui(2, 100, 300),
+        ui(3, 150, 800),
+        ui(4, 200, 900, host="10.0.0.2"),
+        ui(5, 350, 500),
+        ui(6, 600, 700, host="10.0.0.2"),  # after 5, from elsewhere
+    ]
+    lookups = Lookups({5, 6})
+    choice = choose(recordings, 2, 100, 900, NOW, asked=lookups)
+    assert sorted(choice.conversations) == [2, 5]
+    assert lookups.looked_up == [5]
+
+
+def test_without_a_creator_the_first_ui_that_asked_leads() -> None:
+    recordings = [
+        link(1),
+        ui(2, 100, 900),  # only watched
+        ui(3, 200, 300),  # asked: leads
+        ui(4, 250, 600),  # asked beside it: not played
+        ui(5, 350, 600),  # asked after it closed: its reconnect
+    ]
+    assert chosen(recordings, None, {3, 4, 5}) == [3, 5]
+    # Nobody asked: no UI's copies, the link's frames are the replay.
+    assert chosen(recordings, None, set()) == []
+    # A creator outside the session's connections: as if none.
+    assert chosen(recordings, 99, {4}) == [4]
+
+
+def test_connections_outside_the_session_are_not_played() -> None:
+    recordings = [ui(2, 100, 200), ui(3, 950, 990), ui(4, 10, 50)]
+    assert chosen(recordings, 2, {3, 4}) == [2]
+
+
+def test_only_one_connection() -> None:
+    choice = choose([ui(2, 100, 200), ui(3, 300, 400)], 2, 100, 900, NOW, only=3, asked={2, 3})
+    assert choice == Choice(frozenset(), (), 3)
+
+
+def frame(cid: int, direction: str, at: int = 150) -> ReplayFrame:
+    return ReplayFrame(1, cid, 1, direction, at, 0, "x", True, b"{}")
+
+
+def test_what_a_choice_plays_and_tells() -> None:
+    roles = {1: "link", 2: "proxy", 3: "proxy"}
+    choice = Choice(frozenset({2}), ((100, 200),))
+    # The conversation's both directions; the other tab's neither.
+    assert choice.plays(frame(2, IN), roles) and not choice.plays(frame(2, OUT), roles)
+    assert choice.asks(frame(2, OUT), roles) and choice.tells(frame(2, OUT), roles)
+    assert not choice.tells(frame(3, IN), roles) and not choice.tells(frame(3, OUT), roles)
+    # The link's frames while the conversation was open are its duplicates; after, the
+    # replay's. The link's requests are the recorder's own, never the UI's.
+    assert not choice.tells(frame(1, IN, 150), roles)
+    assert choice.tells(frame(1, IN, 250), roles)
+    assert not choice.tells(frame(1, OUT, 250), roles)
+    only_link = Choice(frozenset(), (), 1)
+    assert only_link.tells(frame(1, IN), roles) and not only_link.tells(frame(1, OUT), roles)
