@@ -1,12 +1,16 @@
 """Which conversation a replay plays, pure: the UI that created the session, followed
 across its reconnects, told from a second tab of the same machine by continuity
-(opened after the one before closed) and by what it asked (the session's id)."""
+(opened after the one before closed) and by what it asked (the session's id); and
+what it asked, shown."""
 
 from __future__ import annotations
 
+import json
+
 from recorder.protocol.frames import IN, OUT
 from recorder.protocol.story import Recording
-from recorder.replay.plan import Choice, ReplayFrame, choose
+from recorder.replay.plan import Choice, Cue, ReplayFrame, choose
+from recorder.replay.text import show
 
 HOST = "10.0.0.1"
 NOW = 10_000
@@ -132,3 +136,23 @@ def test_what_a_choice_plays_and_tells() -> None:
     assert not choice.tells(frame(1, OUT, 250), roles)
     only_link = Choice(frozenset(), (), 1)
     assert only_link.tells(frame(1, IN), roles) and not only_link.tells(frame(1, OUT), roles)
+
+
+def request(data: bytes) -> Cue:
+    return Cue(0.0, ReplayFrame(1, 2, 1, OUT, 0, 0, "execute_task", True, data))
+
+
+def test_what_was_asked_is_shown_as_text_never_obeyed() -> None:
+    hostile = "\x1b]52;c;cm0gLXJmIH4=\x07 clear\x1b[2J\nline two \u202egnp.exe"
+    asked = {"type": "execute_task", "payload": {"sessionId": "s", "task": hostile}}
+    shown = show(request(json.dumps(asked).encode()))
+    assert shown is not None and shown.kind == "asked"
+    assert shown.label.startswith('execute_task: "') and "line two" in shown.label
+    # No character a terminal would obey, and one line.
+    assert shown.label.isprintable() and "\x1b" not in shown.label
+    spawn = {"type": "spawn_session", "payload": {"task": {"description": "x" * 10_000}}}
+    long = show(request(json.dumps(spawn).encode()))
+    assert long is not None and long.label.startswith('spawn_session: "xxx')
+    assert len(long.label) < 200  # a line, not the 10 000 characters
+    odd = show(request(b"\xff\xfe not json"))
+    assert odd is not None and (odd.kind, odd.label) == ("asked", "execute_task, 11 bytes")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +15,8 @@ from click.testing import CliRunner
 from recorder.cli import cli
 from recorder.db.recordings import FrameFilter, Recordings
 from recorder.db.rows import Frame
-from recorder.protocol.frames import IN
-from tests.two_tabs import TwoTabs, record
+from recorder.protocol.frames import IN, OUT
+from tests.two_tabs import FOLLOW_UP, SPAWN_TASK, TwoTabs, record
 
 
 @dataclass
@@ -71,3 +72,51 @@ def test_the_replay_plays_no_frame_of_the_tab_that_only_watched(tabs: Tabs) -> N
         if f["type"] == "session_status_update"
     ]
     assert statuses.count("stopped") == 1
+
+
+def test_the_replay_tells_what_tab_a_asked(tabs: Tabs) -> None:
+    out = invoke("replay", "--database", str(tabs.rec.path), tabs.rec.session, "--instant")
+    asked = [line for line in out.stdout.splitlines() if line.startswith("[asked] ")]
+    assert asked == [
+        f'[asked] spawn_session: "{SPAWN_TASK}"',
+        f'[asked] execute_task: "{FOLLOW_UP}"',
+        "[asked] session_status",  # after the reconnect
+        "[asked] stop_session",
+    ]
+    assert out.stdout.splitlines()[0] == asked[0]
+
+
+def test_jsonl_plays_both_directions_and_says_so(tabs: Tabs) -> None:
+    played = replayed(tabs, "--format", "jsonl")
+    sent = [f for f in played if f["direction"] == OUT]
+    assert [f["type"] for f in sent] == [
+        "spawn_session",
+        "execute_task",
+        "session_status",
+        "stop_session",
+    ]
+    assert {f["connection_id"] for f in sent} == set(tabs.tab_a)
+    # What the daemon sent tab A's first connection, as tab A received it there.
+    received = [
+        json.loads(f["payload"])
+        for f in played
+        if f["connection_id"] == tabs.tab_a[0] and f["direction"] == IN
+    ]
+    assert received and [m for m in received if m not in tabs.rec.tab_a] == []
+    assert [f["id"] for f in played] == sorted(f["id"] for f in played)
+    help_text = invoke("replay", "--help").stdout
+    assert "both directions" in " ".join(help_text.split())
+
+
+def test_an_export_marks_what_was_asked(tabs: Tabs, tmp_path: Path) -> None:
+    cast = tmp_path / "session.cast"
+    db = str(tabs.rec.path)
+    invoke("export", "--database", db, tabs.rec.session, "--output", str(cast))
+    _, *events = [json.loads(line) for line in cast.read_text().splitlines()]
+    markers = [e[2] for e in events if e[1] == "m" and e[2].startswith("asked: ")]
+    assert markers[:2] == [
+        f'asked: spawn_session: "{SPAWN_TASK}"',
+        f'asked: execute_task: "{FOLLOW_UP}"',
+    ]
+    lines = invoke("export", "--database", db, tabs.rec.session, "--format", "jsonl").stdout
+    assert {json.loads(line)["direction"] for line in lines.splitlines()} == {IN, OUT}

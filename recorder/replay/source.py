@@ -171,7 +171,8 @@ def _pages(reader: Recordings, session: Session, after: int = 0) -> Iterator[lis
 
 
 def frames(reader: Recordings, session: Session, *, follow: bool = False) -> Iterator[ReplayFrame]:
-    """The frames the replay plays, in recording order; with ``follow``, then those
+    """The frames the replay shows (the daemon's it plays, and the requests of the
+    conversations it plays), in recording order; with ``follow``, then those
     committed later, until the session has ended and nothing more came for
     :data:`FOLLOW_SETTLE` (a proxied UI's last frames may be committed after the link's
     copy of the end), or the caller stops."""
@@ -182,7 +183,7 @@ def frames(reader: Recordings, session: Session, *, follow: bool = False) -> Ite
             follower.printed(frame.id)
             follower.seen = frame.id
             _known(reader, roles, frame)
-            if session.choice.plays(frame, roles):
+            if session.choice.tells(frame, roles):
                 yield frame
     quiet_since = time.monotonic()
     while follow:
@@ -199,7 +200,7 @@ def frames(reader: Recordings, session: Session, *, follow: bool = False) -> Ite
             roles = session.roles
         for frame in page:
             _known(reader, roles, frame)
-            if session.choice.plays(frame, roles):
+            if session.choice.tells(frame, roles):
                 yield frame
 
 
