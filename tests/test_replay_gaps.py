@@ -15,17 +15,21 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from websockets.asyncio.client import connect
 
 from recorder.cli import cli
 from recorder.db.migrations import upgrade_sync
+from recorder.db.recordings import Recordings
 from recorder.db.sqlite import SqliteWriterDatabase
 from recorder.db.write import Store
 from recorder.pipeline.classifier import Classifier
 from recorder.protocol.frames import IN
 from recorder.protocol.story import Gap
+from recorder.replay import source
 from recorder.replay.plan import Cue, ReplayFrame, timeline
 from recorder.replay.text import show
 from recorder.replay.timing import GAP_WAIT, Pace, paced
+from tests.serve_client import serving, url
 
 YEAR_US = 365 * 86_400 * 1_000_000
 
@@ -188,3 +192,17 @@ def test_an_export_of_it_keeps_the_frames_times(year_long: Path, tmp_path: Path)
     _, *events = [json.loads(line) for line in cast.read_text().splitlines()]
     chunks = [e[0] for e in events if e[1] == "o" and e[2] in ("one\r\n", "four\r\n")]
     assert chunks == pytest.approx([0.0, STEP_S * (len(CHUNKS) - 1)], abs=1e-6)
+
+
+async def test_a_served_replay_is_not_held_by_the_gap(year_long: Path) -> None:
+    """A UI pointed at --serve gets the first chunk at once, not only the hello."""
+    with Recordings.open(f"sqlite:///{year_long}") as reader:
+        stream = source.Stream(reader, source.open_session(reader, SID))
+        try:
+            async with serving(stream, pace=Pace()) as server, connect(url(server)) as ws:
+                started = time.monotonic()
+                got = [json.loads(await ws.recv()) for _ in range(3)]  # hello, status, "one"
+                assert got[2]["data"]["chunk"] == CHUNKS[0]
+                assert time.monotonic() - started < 1.0
+        finally:
+            stream.close()
