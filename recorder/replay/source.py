@@ -19,6 +19,7 @@ from recorder.db.rows import Session as SessionRow
 from recorder.protocol.frames import IN, OPCODE_TEXT, OUT
 from recorder.protocol.statuses import TERMINAL_STATUSES
 from recorder.protocol.story import Gap, Recording, gaps, span
+from recorder.replay.asked import Asked, recorded_span
 from recorder.replay.plan import Choice, Cue, ReplayFrame, choose, timeline
 from recorder.times import now_us
 
@@ -66,44 +67,6 @@ class Session:
         return {r.id: r.role for r in self.recordings}
 
 
-class Asked:
-    """Which proxied connections sent a request naming the session (one the
-    recording attributes to it), for :func:`~recorder.replay.plan.choose`: each is
-    looked up when it is asked about, once, among the session's frames of that
-    connection's lifetime only."""
-
-    def __init__(self, reader: Recordings, session_id: str, recordings: list[Recording]) -> None:
-        self.reader = reader
-        self.session_id = session_id
-        self._by_id = {r.id: r for r in recordings}
-        self._known: dict[int, bool] = {}
-
-    def __contains__(self, connection: object) -> bool:
-        if not isinstance(connection, int) or connection not in self._by_id:
-            return False
-        if connection not in self._known:
-            r = self._by_id[connection]
-            wanted = FrameFilter(
-                session_id=self.session_id,
-                direction=OUT,
-                connection_id=connection,
-                since_us=r.opened_us,
-                until_us=None if r.closed_us is None else r.closed_us + 1,
-                limit=1,
-            )
-            self._known[connection] = any(True for _ in self.reader.frames(wanted))
-        return self._known[connection]
-
-
-def _recorded_span(reader: Recordings, session_id: str) -> tuple[int, int] | None:
-    """When the session's first and last recorded frames were received."""
-    first = next(iter(reader.frames(FrameFilter(session_id=session_id, limit=1))), None)
-    last = next(iter(reader.frames(FrameFilter(session_id=session_id, last=1))), None)
-    if first is None or last is None:
-        return None
-    return first.received_at_us, last.received_at_us
-
-
 def open_session(reader: Recordings, text: str, connection: int | None = None) -> Session:
     """The session ``text`` names (an id or its start), and the replay's plan for it."""
     row = reader.session(text)
@@ -112,7 +75,7 @@ def open_session(reader: Recordings, text: str, connection: int | None = None) -
     end = ended if ended is not None else now
     # The connections up while it was active, and while its frames were recorded: a
     # UI that reconnected to stop a session the daemon says had ended is its own.
-    recorded = _recorded_span(reader, row.id)
+    recorded = recorded_span(reader, row.id)
     around = (start, end) if recorded is None else (min(start, recorded[0]), max(end, recorded[1]))
     recordings = reader.recordings_around(*around)
     creator_id = reader.spawned_on(row.id)
