@@ -20,9 +20,12 @@ def link(cid: int, opened: int = 0, closed: int | None = None) -> Recording:
     return Recording(cid, "link", "ws://daemon", None, opened, closed, None, None, None)
 
 
-def ui(cid: int, opened: int, closed: int | None, host: str = HOST) -> Recording:
+def ui(
+    cid: int, opened: int, closed: int | None, host: str = HOST, code: int | None = 1000
+) -> Recording:
     addr = f"{host}:{40000 + cid}"  # every connection has a port of its own
-    return Recording(cid, "proxy", "ws://daemon", addr, opened, closed, None, None, None)
+    code = None if closed is None else code
+    return Recording(cid, "proxy", "ws://daemon", addr, opened, closed, code, "client", None)
 
 
 class Lookups:
@@ -39,8 +42,10 @@ class Lookups:
         return cid in self.asked
 
 
-def chosen(recordings: list[Recording], creator: int | None, asked: set[int]) -> list[int]:
-    choice = choose(recordings, creator, 100, 900, NOW, asked=frozenset(asked))
+def chosen(
+    recordings: list[Recording], creator: int | None, asked: set[int], end: int = 900
+) -> list[int]:
+    choice = choose(recordings, creator, 100, end, max(NOW, end), asked=frozenset(asked))
     return sorted(choice.conversations)
 
 
@@ -70,6 +75,19 @@ def test_continuity_counts_from_the_last_connection_played() -> None:
     # The spans hide the link's duplicates while each was open; an open one, till now.
     choice = choose(recordings, 2, 100, 900, NOW, asked=frozenset({4, 5, 6}))
     assert choice.spans == ((100, 200), (250, 500), (510, NOW))
+
+
+def test_a_ui_that_was_lost_is_followed_by_a_reconnect_opened_before_its_loss_showed() -> None:
+    """A UI that vanished (1006: no close frame; 1011: the keepalive gave up) is
+    noticed late; its reconnect opened in between still follows it. One that closed
+    (1000, 1001) is over when it says so: a connection opened before is beside it."""
+    s = 1_000_000
+    for code, played in ((1006, [2, 3]), (1011, [2, 3]), (1000, [2]), (1001, [2])):
+        recordings = [ui(2, 0, 100 * s, code=code), ui(3, 70 * s, 200 * s)]
+        assert chosen(recordings, 2, {3}, end=300 * s) == played, code
+    # Not so long before: a tab opened 70 s before the loss was noticed is beside it.
+    recordings = [ui(2, 0, 100 * s, code=1006), ui(3, 30 * s, 200 * s)]
+    assert chosen(recordings, 2, {3}, end=300 * s) == [2]
 
 
 def test_a_reconnect_is_from_the_same_machine() -> None:

@@ -10,7 +10,8 @@ conversations was open). It plays the daemon's frames and the UI's requests.
 
 A reconnect is told from a second browser tab by more than its address (a second tab
 from the same machine has the same one): it opened after the conversation before it
-had closed, not beside it, and it asked about the session (it sent a request the
+had closed, not beside it (or, for one lost rather than closed, while its loss was
+still unnoticed), and it asked about the session (it sent a request the
 recording attributes to the session). A tab that only watched asked nothing: its
 copies of the status broadcasts are never played. Without a creating conversation
 (a session the daemon started, or one spawned by a client not using the proxy), the
@@ -86,6 +87,25 @@ def _host(addr: str | None) -> str | None:
     return addr.rpartition(":")[0] if addr else None
 
 
+# A UI that closed its connection says so (1000, or 1001 when the page goes away).
+CLEAN_CLOSES = (1000, 1001)
+# One that vanished (a network change, a laptop's sleep) is noticed by the proxy's
+# keepalive up to 40 s later (websockets pings every 20 s and waits 20 s for the
+# pong), and its reconnect may open before that: this much earlier still follows it.
+LOST_SLACK_US = 60_000_000
+
+
+def _follows(r: Recording, last: Recording) -> bool:
+    """Whether ``r`` opened after ``last`` closed (not beside it), or, when ``last``
+    was lost rather than closed, within the time its loss took to notice."""
+    if last.closed_us is None or r.opened_us <= last.opened_us:
+        return False
+    if r.opened_us >= last.closed_us:
+        return True
+    lost = last.close_code not in CLEAN_CLOSES
+    return lost and r.opened_us >= last.closed_us - LOST_SLACK_US
+
+
 def choose(
     recordings: Sequence[Recording],
     creator: int | None,
@@ -120,8 +140,7 @@ def choose(
         last = chosen[-1] if chosen else None
         if (
             last is not None
-            and last.closed_us is not None
-            and r.opened_us >= last.closed_us  # after it, not beside it
+            and _follows(r, last)
             and _host(r.client_addr) == _host(chosen[0].client_addr)
             and r.id in asked  # last: it may be a lookup
         ):
