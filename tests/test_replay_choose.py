@@ -126,6 +126,20 @@ def test_without_a_creator_the_first_ui_that_asked_leads() -> None:
     assert chosen(recordings, 99, {4}) == [4]
 
 
+def test_without_a_link_the_uis_copies_are_played_one_after_another() -> None:
+    """Nobody spawned it through the proxy, nobody asked, and no link was recording:
+    what the UIs received is its only record, played once (not two tabs' copies)."""
+    recordings = [
+        link(1, 0, 50),  # down before the session
+        ui(2, 100, 300),
+        ui(3, 150, 800),  # beside 2
+        ui(4, 350, 600, host="10.0.0.2"),  # after 2, from anywhere
+    ]
+    assert chosen(recordings, None, set()) == [2, 4]
+    # With a link up, the link's frames are the replay.
+    assert chosen([*recordings, link(5, 0, None)], None, set()) == []
+
+
 def test_connections_outside_the_session_are_not_played() -> None:
     recordings = [ui(2, 100, 200), ui(3, 950, 990), ui(4, 10, 50)]
     assert chosen(recordings, 2, {3, 4}) == [2]

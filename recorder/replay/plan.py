@@ -15,7 +15,9 @@ still unnoticed), and it asked about the session (it sent a request the
 recording attributes to the session). A tab that only watched asked nothing: its
 copies of the status broadcasts are never played. Without a creating conversation
 (a session the daemon started, or one spawned by a client not using the proxy), the
-first proxied connection that asked about the session takes its place.
+first proxied connection that asked about the session takes its place; when none
+did and no link was recording, the UIs' copies are all there is, and are played one
+connection after another.
 
 Timing: within a connection from the recorded monotonic clock (exact), across
 connections from the receive times. A span with no recording connection is a
@@ -122,29 +124,36 @@ def choose(
     container that may look each up as it is asked: only candidates are)."""
     if only is not None:
         return Choice(frozenset(), (), only)
-    proxies = sorted(
-        (
-            r
-            for r in recordings
-            if r.role == "proxy"
-            and r.opened_us <= end_us
-            and (r.closed_us is None or r.closed_us >= start_us)
-        ),
-        key=lambda r: (r.opened_us, r.id),
-    )
+    up = [
+        r
+        for r in recordings
+        if r.opened_us <= end_us and (r.closed_us is None or r.closed_us >= start_us)
+    ]
+    proxies = sorted((r for r in up if r.role == "proxy"), key=lambda r: (r.opened_us, r.id))
     lead = next((r for r in proxies if r.id == creator), None)
     if lead is None:
         lead = next((r for r in proxies if r.id in asked), None)
+    if lead is None and proxies and not any(r.role == "link" for r in up):
+        # No link recorded it and no UI asked: the UIs' copies are its only record,
+        # played one after another, never two beside each other.
+        return _played([r for r in proxies if r.id != proxies[0].id], [proxies[0]], now_us)
     chosen = [] if lead is None else [lead]
-    for r in proxies:
-        last = chosen[-1] if chosen else None
-        if (
-            last is not None
-            and _follows(r, last)
-            and _host(r.client_addr) == _host(chosen[0].client_addr)
-            and r.id in asked  # last: it may be a lookup
-        ):
-            chosen.append(r)
+    host = _host(lead.client_addr) if lead is not None else None
+    candidates = [r for r in proxies if _host(r.client_addr) == host]
+    return _played(candidates, chosen, now_us, asked)
+
+
+def _played(
+    candidates: list[Recording],
+    chosen: list[Recording],
+    now_us: int,
+    asked: Container[int] | None = None,
+) -> Choice:
+    """``chosen``, followed by each candidate that opened after the last one played
+    (and, unless ``asked`` is None, asked about the session)."""
+    for r in candidates:
+        if chosen and _follows(r, chosen[-1]) and (asked is None or r.id in asked):
+            chosen.append(r)  # ``in asked`` last: it may be a lookup
     spans = tuple((r.opened_us, r.closed_us if r.closed_us is not None else now_us) for r in chosen)
     return Choice(frozenset(r.id for r in chosen), spans)
 
