@@ -45,7 +45,7 @@ class Lookups:
 def chosen(
     recordings: list[Recording], creator: int | None, asked: set[int], end: int = 900
 ) -> list[int]:
-    choice = choose(recordings, creator, 100, end, max(NOW, end), asked=frozenset(asked))
+    choice = choose(recordings, creator, 100, end, max(NOW, end), took_part=frozenset(asked))
     return sorted(choice.conversations)
 
 
@@ -73,7 +73,7 @@ def test_continuity_counts_from_the_last_connection_played() -> None:
     ]
     assert chosen(recordings, 2, {4, 5, 6}) == [2, 4, 6]
     # The spans hide the link's duplicates while each was open; an open one, till now.
-    choice = choose(recordings, 2, 100, 900, NOW, asked=frozenset({4, 5, 6}))
+    choice = choose(recordings, 2, 100, 900, NOW, took_part=frozenset({4, 5, 6}))
     assert choice.spans == ((100, 200), (250, 500), (510, NOW))
 
 
@@ -106,7 +106,7 @@ def test_only_candidates_are_looked_up() -> None:
         ui(6, 600, 700, host="10.0.0.2"),  # after 5, from elsewhere
     ]
     lookups = Lookups({5, 6})
-    choice = choose(recordings, 2, 100, 900, NOW, asked=lookups)
+    choice = choose(recordings, 2, 100, 900, NOW, took_part=lookups)
     assert sorted(choice.conversations) == [2, 5]
     assert lookups.looked_up == [5]
 
@@ -146,7 +146,7 @@ def test_connections_outside_the_session_are_not_played() -> None:
 
 
 def test_only_one_connection() -> None:
-    choice = choose([ui(2, 100, 200), ui(3, 300, 400)], 2, 100, 900, NOW, only=3, asked={2, 3})
+    choice = choose([ui(2, 100, 200), ui(3, 300, 400)], 2, 100, 900, NOW, only=3, took_part={2, 3})
     assert choice == Choice(frozenset(), (), 3)
 
 

@@ -16,6 +16,7 @@ from recorder.cli import cli
 from recorder.db.recordings import FrameFilter, Recordings
 from recorder.db.rows import Frame
 from recorder.protocol.frames import IN, OUT
+from recorder.replay.took_part import TookPart
 from tests.two_tabs import FOLLOW_UP, SPAWN_TASK, TwoTabs, record
 
 
@@ -120,3 +121,83 @@ def test_an_export_marks_what_was_asked(tabs: Tabs, tmp_path: Path) -> None:
     ]
     lines = invoke("export", "--database", db, tabs.rec.session, "--format", "jsonl").stdout
     assert {json.loads(line)["direction"] for line in lines.splitlines()} == {IN, OUT}
+
+
+def test_which_connections_took_part(tabs: Tabs) -> None:
+    """The lookup choose() makes, on the real recording: tab A's connections took
+    part in the conversation, tab B (status broadcasts only) did not."""
+    with Recordings.open(f"sqlite:///{tabs.rec.path}") as reader:
+        recordings = reader.recordings_of([tabs.link, *tabs.tab_a, tabs.tab_b])
+        took_part = TookPart(reader, tabs.rec.session, recordings)
+        assert [cid in took_part for cid in (*tabs.tab_a, tabs.tab_b)] == [True, True, False]
+
+
+UNATTRIBUTED = "session_1795692537464_unattributed"
+
+
+def test_a_conversation_whose_spawn_was_not_attributed_is_still_the_one_played(
+    tmp_path: Path,
+) -> None:
+    """The spawn's text did not match the session the daemon made (so no connection
+    is its creator, and the UI named the session in no request), but only that UI was
+    sent its stream: it is the conversation, and the tab beside it, which got the
+    status broadcasts, is not."""
+    path = tmp_path / "recorder.db"
+
+    def status(state: str) -> dict[str, Any]:
+        return {"type": "session_status_update", "session": {"id": UNATTRIBUTED, "status": state}}
+
+    chunk = {"type": "stream_chunk", "data": {"sessionId": UNATTRIBUTED, "chunk": "only to A\n"}}
+    spawn = {"type": "spawn_session", "payload": {"orchestratorId": "o", "task": "other"}}
+    asyncio.run(
+        write(
+            path,
+            [
+                ("link", None, [(IN, 3, status("running")), (IN, 6, status("completed"))]),
+                (
+                    "proxy",
+                    "10.0.0.1:1",
+                    [(OUT, 2, spawn), (IN, 3, status("running")), (IN, 4, chunk)],
+                ),
+                ("proxy", "10.0.0.1:2", [(IN, 3, status("running")), (IN, 6, status("completed"))]),
+            ],
+        )
+    )
+    out = invoke("replay", "--database", str(path), UNATTRIBUTED, "--instant")
+    # A's status and stream, then the end as the link saw it (A had closed): once each.
+    assert out.stdout.splitlines() == ["[status] running", "only to A", "[status] completed"]
+
+
+async def write(
+    path: Path, connections: list[tuple[str, str | None, list[tuple[str, int, dict[str, Any]]]]]
+) -> None:
+    """Each connection (role, client address, frames at seconds from T0), by the writer's
+    own code; a UI's connection closes a second after its last frame."""
+    from functools import partial
+
+    from recorder.db.migrations import upgrade_sync
+    from recorder.db.sqlite import SqliteWriterDatabase
+    from recorder.db.write import Store
+    from recorder.pipeline.classifier import Classifier
+
+    t0 = 1_795_692_537_000_000
+    db = SqliteWriterDatabase(f"sqlite+aiosqlite:///{path}")
+    await db.connect()
+    await db.run(upgrade_sync)
+    store = Store(db.dialect)
+    rows: list[tuple[Any, ...]] = []
+    closes = []
+    for role, client, frames in connections:
+        cid = await db.run(store.open_connection, role, "ws://127.0.0.1:8787", t0, client)
+        for seq, (way, at, obj) in enumerate(frames, 1):
+            rows.append(
+                (cid, seq, way, t0 + at * 1_000_000, at * 10**9, True, json.dumps(obj).encode())
+            )
+        if role == "proxy":
+            closes.append((cid, t0 + (frames[-1][1] + 1) * 1_000_000))
+    rows.sort(key=lambda row: row[3])
+    await db.run(store.write_batch, *Classifier().rows_and_index(rows))
+    close = partial(store.close_connection, code=1000, reason="", closed_by="client", error=None)
+    for cid, at in closes:
+        await db.run(close, cid, at)
+    await db.shutdown()

@@ -11,13 +11,14 @@ conversations was open). It plays the daemon's frames and the UI's requests.
 A reconnect is told from a second browser tab by more than its address (a second tab
 from the same machine has the same one): it opened after the conversation before it
 had closed, not beside it (or, for one lost rather than closed, while its loss was
-still unnoticed), and it asked about the session (it sent a request the
-recording attributes to the session). A tab that only watched asked nothing: its
-copies of the status broadcasts are never played. Without a creating conversation
-(a session the daemon started, or one spawned by a client not using the proxy), the
-first proxied connection that asked about the session takes its place; when none
-did and no link was recording, the UIs' copies are all there is, and are played one
-connection after another.
+still unnoticed), and it took part in the conversation: it asked about the session
+(sent a request the recording attributes to it), or was sent what the daemon sends
+only the client that asked (a stream, a task's reply). A tab that only watched got
+the status broadcasts every client gets, and nothing else: its copies are never
+played. Without a creating conversation (a session the daemon started, one spawned
+by a client not using the proxy, or a spawn the recording could not attribute), the
+first proxied connection that took part leads; when none did and no link was
+recording, the UIs' copies are all there is, played one connection after another.
 
 Timing: within a connection from the recorded monotonic clock (exact), across
 connections from the receive times. A span with no recording connection is a
@@ -115,13 +116,14 @@ def choose(
     end_us: int,
     now_us: int,
     only: int | None = None,
-    asked: Container[int] = frozenset(),
+    took_part: Container[int] = frozenset(),
 ) -> Choice:
     """The conversations to play for a session spanning [start, end]: the creator's
     (``creator``, the connection that sent its spawn), then each reconnect of it.
 
-    ``asked`` holds the proxied connections that sent a request naming the session (a
-    container that may look each up as it is asked: only candidates are)."""
+    ``took_part`` holds the proxied connections that took part in the session's
+    conversation: sent a request naming it, or were sent what only the client that
+    asked gets (a container that may look each up when asked: only candidates are)."""
     if only is not None:
         return Choice(frozenset(), (), only)
     up = [
@@ -132,7 +134,7 @@ def choose(
     proxies = sorted((r for r in up if r.role == "proxy"), key=lambda r: (r.opened_us, r.id))
     lead = next((r for r in proxies if r.id == creator), None)
     if lead is None:
-        lead = next((r for r in proxies if r.id in asked), None)
+        lead = next((r for r in proxies if r.id in took_part), None)
     if lead is None and proxies and not any(r.role == "link" for r in up):
         # No link recorded it and no UI asked: the UIs' copies are its only record,
         # played one after another, never two beside each other.
@@ -140,20 +142,20 @@ def choose(
     chosen = [] if lead is None else [lead]
     host = _host(lead.client_addr) if lead is not None else None
     candidates = [r for r in proxies if _host(r.client_addr) == host]
-    return _played(candidates, chosen, now_us, asked)
+    return _played(candidates, chosen, now_us, took_part)
 
 
 def _played(
     candidates: list[Recording],
     chosen: list[Recording],
     now_us: int,
-    asked: Container[int] | None = None,
+    took_part: Container[int] | None = None,
 ) -> Choice:
     """``chosen``, followed by each candidate that opened after the last one played
-    (and, unless ``asked`` is None, asked about the session)."""
+    (and, unless ``took_part`` is None, took part in the conversation)."""
     for r in candidates:
-        if chosen and _follows(r, chosen[-1]) and (asked is None or r.id in asked):
-            chosen.append(r)  # ``in asked`` last: it may be a lookup
+        if chosen and _follows(r, chosen[-1]) and (took_part is None or r.id in took_part):
+            chosen.append(r)  # ``in took_part`` last: it may be a lookup
     spans = tuple((r.opened_us, r.closed_us if r.closed_us is not None else now_us) for r in chosen)
     return Choice(frozenset(r.id for r in chosen), spans)
 

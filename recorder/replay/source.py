@@ -19,8 +19,8 @@ from recorder.db.rows import Session as SessionRow
 from recorder.protocol.frames import IN, OPCODE_TEXT, OUT
 from recorder.protocol.statuses import TERMINAL_STATUSES
 from recorder.protocol.story import Gap, Recording, gaps, span
-from recorder.replay.asked import Asked, recorded_span
 from recorder.replay.plan import Choice, Cue, ReplayFrame, choose, timeline
+from recorder.replay.took_part import BROADCASTS, TookPart, recorded_span
 from recorder.times import now_us
 
 if TYPE_CHECKING:
@@ -81,8 +81,8 @@ def open_session(reader: Recordings, text: str, connection: int | None = None) -
     creator_id = reader.spawned_on(row.id)
     if connection is not None and connection not in {r.id for r in recordings}:
         recordings += reader.recordings_of([connection])
-    asked = Asked(reader, row.id, recordings)
-    choice = choose(recordings, creator_id, *around, now, only=connection, asked=asked)
+    took_part = TookPart(reader, row.id, recordings)
+    choice = choose(recordings, creator_id, *around, now, only=connection, took_part=took_part)
     found = gaps(start, end, recordings, now) if connection is None else []
     return Session(row, recordings, choice, found, creator_id)
 
@@ -102,10 +102,12 @@ def _stale(session: Session, roles: dict[int, str], batch: list[ReplayFrame]) ->
         return False  # one connection, whatever else opens or closes
     if any(f.connection_id not in roles for f in batch):
         return True
-    # A request from a UI the replay does not play: a reconnect that has now asked.
+    # A UI the replay does not play, in the conversation now: a reconnect that asked.
     chosen = session.choice.conversations
     if any(
-        f.direction == OUT and roles[f.connection_id] == "proxy" and f.connection_id not in chosen
+        roles[f.connection_id] == "proxy"
+        and f.connection_id not in chosen
+        and (f.direction == OUT or f.type not in BROADCASTS)
         for f in batch
     ):
         return True
@@ -122,8 +124,9 @@ def _replan(reader: Recordings, session: Session) -> None:
     start, _ = span(vars(session.row))
     now = now_us()
     session.recordings = reader.recordings_around(start, now)
-    asked = Asked(reader, session.id, session.recordings)
-    session.choice = choose(session.recordings, session.creator, start, now, now, asked=asked)
+    took_part = TookPart(reader, session.id, session.recordings)
+    args = (session.recordings, session.creator, start, now, now)
+    session.choice = choose(*args, took_part=took_part)
 
 
 def _pages(reader: Recordings, session: Session, after: int = 0) -> Iterator[list[ReplayFrame]]:
