@@ -153,9 +153,9 @@ def replay(
     """Play a session as it happened (its id, or the start of it).
 
     One conversation: that of the UI that created the session, followed across its
-    reconnects (a connection opened after it closed that asked about the session),
-    with what only the recorder's own link saw. Another tab that only watched is not
-    played.
+    reconnects (a connection opened after it closed that asked about the session, or
+    was sent its stream), with what only the recorder's own link saw. Another tab that
+    only watched is not played.
 
     Stream text is written as it arrived; what the UI asked ([asked] execute_task:
     "..."), tool calls, status changes, task events, errors and gaps in the recording
