@@ -179,10 +179,14 @@ async def test_follow_plays_only_what_the_replay_chooses(
     finally:
         await rec.db.shutdown()
 
+    # The UI's requests are played too (both directions), the other UI's not.
+    spawn = (ui, {"type": "spawn_session", "payload": TASK})
     spawned = (ui, status("running", "session_spawned"))
-    expected = [(ui, status("running")), spawned, (ui, stream("one")), (ui, stream("two"))]
+    task = {"type": "execute_task", "payload": {"sessionId": FOLLOWED, "task": "T"}}
+    expected = [spawn, (ui, status("running")), spawned, (ui, stream("one"))]
+    expected += [(ui, task), (ui, stream("two"))]
     if not only_the_creator:
-        expected += [(again, stream("three")), (link, status("completed"))]
+        expected += [(again, stream("three")), (again, task), (link, status("completed"))]
     assert played == expected
     # What a replay of the finished session plays, too.
     after = CliRunner().invoke(cli, ["replay", *(a for a in args if a != "--follow")])

@@ -57,7 +57,8 @@ def pace_options(fn: Any) -> Any:
         "--max-idle",
         type=FiniteRange(min=0),
         metavar="SECONDS",
-        help="Cap every pause at this (recorded time).",
+        help="Cap every pause at this (recorded time). Without it, a gap in the "
+        "recording between two frames is waited at most 5 s.",
     )(fn)
     fn = click.option("--speed", type=FiniteRange(min=0.01), default=1.0, show_default=True)(fn)
     fn = click.option(
@@ -116,7 +117,13 @@ def _check_modes(
     "(not where the replay could not keep the recorded order).",
 )
 @click.option(
-    "--format", "fmt", type=click.Choice(["text", "jsonl"]), default="text", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "jsonl"]),
+    default="text",
+    show_default=True,
+    help="jsonl: the frames played, one JSON object a line as `frames` writes them, both "
+    "directions (the UI's requests, out; the daemon's frames, in).",
 )
 @click.option("--follow", is_flag=True, help="Keep playing what is still being recorded.")
 @click.option("--serve", metavar="HOST:PORT", help="Be the daemon for a real client instead.")
@@ -148,9 +155,16 @@ def replay(
 ) -> None:
     """Play a session as it happened (its id, or the start of it).
 
-    Stream text is written as it arrived; tool calls, status changes, task events,
-    errors and gaps in the recording are marked lines. On a terminal, space pauses
-    and resumes, `.` steps while paused, Ctrl-C stops.
+    One conversation: that of the UI that created the session, followed across its
+    reconnects (a connection opened after it closed that asked about the session, or
+    was sent its stream), with what only the recorder's own link saw. Another tab that
+    only watched is not played.
+
+    Stream text is written as it arrived; what the UI asked ([asked] execute_task:
+    "..."), tool calls, status changes, task events, errors and gaps in the recording
+    are marked lines. A gap before the first frame or after the last is marked and not
+    waited; one between frames is waited at most --max-idle, else 5 s. On a terminal,
+    space pauses and resumes, `.` steps while paused, Ctrl-C stops.
 
     Example: recorder replay session_1795692537464 --speed 4 --max-idle 2
     """
@@ -248,6 +262,10 @@ def export(
     connection: int | None,
 ) -> None:
     """Write a session as an asciicast v2 file (for `asciinema play`) or as JSONL frames.
+
+    The frames of the replay (see `recorder replay`): the UI's requests and the
+    daemon's frames, both directions in JSONL; in the cast, requests, tool calls,
+    status changes, task events, errors and gaps are markers.
 
     Example: recorder export session_1795692537464 --output session.cast --max-idle 2
     """

@@ -23,8 +23,9 @@ def asciicast(
 ) -> int:
     """Write an asciicast v2 file: a header line, then ``[time, code, data]`` events
     with times that never decrease. Stream text is output (``o``, with CRLF line
-    ends, as a terminal expects); tool calls, status changes, task events, errors and
-    gaps are markers (``m``) and also lines of output, so they show when played."""
+    ends, as a terminal expects); what the UI asked, tool calls, status changes, task
+    events, errors and gaps are markers (``m``) and also lines of output, so they show
+    when played."""
     header: dict[str, Any] = {
         "version": 2,
         "width": width,

@@ -1,28 +1,38 @@
 """Which of a session's frames a replay plays, and when: pure, over small types.
 
 A session can be carried by several connections: the passive link (status
-broadcasts), one or more UIs through the proxy (the conversation: stream chunks,
-tool calls, task replies), and after a reconnect more than one of each. By default
-a replay plays the daemon-to-client frames of the conversation that created the
-session (the proxied connection that sent its ``spawn_session``), followed across
-that UI's reconnects (later conversations from the same host), plus the frames of
-the session that only the link saw (while none of those conversations was open).
-Without a creating conversation (a session the daemon started, or one spawned by
-a client not using the proxy), every proxied conversation that overlapped the
-session takes that place.
+broadcasts), one or more UIs through the proxy (the conversation: requests, stream
+chunks, tool calls, task replies), and after a reconnect more than one of each. A
+replay plays one conversation: that of the UI that created the session (the proxied
+connection that sent its ``spawn_session``), followed across that UI's reconnects,
+plus the frames of the session that only the link saw (while none of those
+conversations was open). It plays the daemon's frames and the UI's requests.
+
+A reconnect is told from a second browser tab by more than its address (a second tab
+from the same machine has the same one): it opened after the conversation before it
+had closed, not beside it (or, for one lost rather than closed, while its loss was
+still unnoticed), and it took part in the conversation: it asked about the session
+(sent a request the recording attributes to it), or was sent what the daemon sends
+only the client that asked (a stream, a task's reply). A tab that only watched got
+the status broadcasts every client gets, and nothing else: its copies are never
+played. Without a creating conversation (a session the daemon started, one spawned
+by a client not using the proxy, or a spawn the recording could not attribute), the
+first proxied connection that took part leads; when none did and no link was
+recording, the UIs' copies are all there is, played one connection after another.
 
 Timing: within a connection from the recorded monotonic clock (exact), across
 connections from the receive times. A span with no recording connection is a
-:class:`Cue` of its own (a gap), never collapsed.
+:class:`Cue` of its own (a gap), never collapsed; one before the first frame played
+or after the last is marked at the frame's time, taking none.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from recorder.protocol.frames import IN
+from recorder.protocol.frames import IN, OUT
 from recorder.protocol.story import Gap, Recording
 
 
@@ -44,7 +54,7 @@ class ReplayFrame(NamedTuple):
 class Choice:
     """The connections a replay plays from."""
 
-    # Played whole (their daemon-to-client frames).
+    # Played whole (their daemon-to-client frames, and the requests the UI sent).
     conversations: frozenset[int]
     # When they were open: a link frame inside these spans is a duplicate.
     spans: tuple[tuple[int, int], ...]
@@ -52,6 +62,7 @@ class Choice:
     only: int | None = None
 
     def plays(self, frame: ReplayFrame, roles: dict[int, str]) -> bool:
+        """Whether ``frame`` is one of the daemon's frames the replay plays."""
         if frame.direction != IN:
             return False
         if self.only is not None:
@@ -63,9 +74,39 @@ class Choice:
         at = frame.received_us
         return not any(opened <= at <= closed for opened, closed in self.spans)
 
+    def asks(self, frame: ReplayFrame, roles: dict[int, str]) -> bool:
+        """Whether ``frame`` is a request the UI of a played conversation sent (the
+        link's requests are the recorder's own, not the conversation's)."""
+        if frame.direction != OUT or roles.get(frame.connection_id) == "link":
+            return False
+        return frame.connection_id in self.conversations or frame.connection_id == self.only
+
+    def tells(self, frame: ReplayFrame, roles: dict[int, str]) -> bool:
+        """Whether a replay shows ``frame``: the daemon's side, or what was asked."""
+        return self.plays(frame, roles) or self.asks(frame, roles)
+
 
 def _host(addr: str | None) -> str | None:
     return addr.rpartition(":")[0] if addr else None
+
+
+# A UI that closed its connection says so (1000, or 1001 when the page goes away).
+CLEAN_CLOSES = (1000, 1001)
+# One that vanished (a network change, a laptop's sleep) is noticed by the proxy's
+# keepalive up to 40 s later (websockets pings every 20 s and waits 20 s for the
+# pong), and its reconnect may open before that: this much earlier still follows it.
+LOST_SLACK_US = 60_000_000
+
+
+def _follows(r: Recording, last: Recording) -> bool:
+    """Whether ``r`` opened after ``last`` closed (not beside it), or, when ``last``
+    was lost rather than closed, within the time its loss took to notice."""
+    if last.closed_us is None or r.opened_us <= last.opened_us:
+        return False
+    if r.opened_us >= last.closed_us:
+        return True
+    lost = last.close_code not in CLEAN_CLOSES
+    return lost and r.opened_us >= last.closed_us - LOST_SLACK_US
 
 
 def choose(
@@ -75,28 +116,46 @@ def choose(
     end_us: int,
     now_us: int,
     only: int | None = None,
+    took_part: Container[int] = frozenset(),
 ) -> Choice:
-    """The conversations to play for a session spanning [start, end]."""
-    proxies = [r for r in recordings if r.role == "proxy"]
+    """The conversations to play for a session spanning [start, end]: the creator's
+    (``creator``, the connection that sent its spawn), then each reconnect of it.
+
+    ``took_part`` holds the proxied connections that took part in the session's
+    conversation: sent a request naming it, or were sent what only the client that
+    asked gets (a container that may look each up when asked: only candidates are)."""
     if only is not None:
         return Choice(frozenset(), (), only)
-    chosen: list[Recording]
-    first = next((r for r in proxies if r.id == creator), None)
-    if first is not None:
-        chosen = [first] + [
-            r
-            for r in proxies
-            if r.id != first.id
-            and r.opened_us >= first.opened_us
-            and r.opened_us <= end_us
-            and _host(r.client_addr) == _host(first.client_addr)
-        ]
-    else:
-        chosen = [
-            r
-            for r in proxies
-            if r.opened_us <= end_us and (r.closed_us is None or r.closed_us >= start_us)
-        ]
+    up = [
+        r
+        for r in recordings
+        if r.opened_us <= end_us and (r.closed_us is None or r.closed_us >= start_us)
+    ]
+    proxies = sorted((r for r in up if r.role == "proxy"), key=lambda r: (r.opened_us, r.id))
+    lead = next((r for r in proxies if r.id == creator), None)
+    if lead is None:
+        lead = next((r for r in proxies if r.id in took_part), None)
+    if lead is None and proxies and not any(r.role == "link" for r in up):
+        # No link recorded it and no UI asked: the UIs' copies are its only record,
+        # played one after another, never two beside each other.
+        return _played([r for r in proxies if r.id != proxies[0].id], [proxies[0]], now_us)
+    chosen = [] if lead is None else [lead]
+    host = _host(lead.client_addr) if lead is not None else None
+    candidates = [r for r in proxies if _host(r.client_addr) == host]
+    return _played(candidates, chosen, now_us, took_part)
+
+
+def _played(
+    candidates: list[Recording],
+    chosen: list[Recording],
+    now_us: int,
+    took_part: Container[int] | None = None,
+) -> Choice:
+    """``chosen``, followed by each candidate that opened after the last one played
+    (and, unless ``took_part`` is None, took part in the conversation)."""
+    for r in candidates:
+        if chosen and _follows(r, chosen[-1]) and (took_part is None or r.id in took_part):
+            chosen.append(r)  # ``in took_part`` last: it may be a lookup
     spans = tuple((r.opened_us, r.closed_us if r.closed_us is not None else now_us) for r in chosen)
     return Choice(frozenset(r.id for r in chosen), spans)
 
@@ -108,6 +167,9 @@ class Cue:
     t: float
     frame: ReplayFrame | None = None
     gap: Gap | None = None
+    # A gap before the first frame played ("before") or after the last ("after"):
+    # marked, and no time of the replay's. "" for a gap between frames.
+    edge: str = ""
 
     @property
     def at_us(self) -> int:
@@ -118,10 +180,15 @@ class Cue:
 
 
 def timeline(frames: Iterable[ReplayFrame], gaps: Sequence[Gap]) -> Iterator[Cue]:
-    """Frames and gaps merged by time, each with its recorded time (the first at 0).
+    """Frames and gaps merged by time, each with its recorded time (the first frame
+    at 0).
 
-    A gap counts as an event at its start, so the frame after it comes the gap's
-    length later: the silence is kept, and marked.
+    A gap between two frames counts as an event at its start, so the frame after it
+    comes the gap's length later: the silence is kept, and marked (how much of it a
+    player waits is the pace's: :mod:`recorder.replay.timing`). A gap before the first
+    frame or after the last is marked at that frame's time: nothing happened in it
+    that the replay could show, and a daemon's ``startedAt`` a year before the
+    recording must not make a replay wait a year.
     """
     line = Timeline(gaps)
     for frame in frames:
@@ -153,6 +220,9 @@ class Timeline:
         while self._g < len(self._pending) and self._pending[self._g].start_us <= frame.received_us:
             gap = self._pending[self._g]
             self._g += 1
+            if self._last_us is None:  # before the first frame: marked, not timed
+                cues.append(Cue(self._t, gap=gap, edge="before"))
+                continue
             self._advance(gap.start_us)
             self._last = None
             self._reached(gap.start_us)
@@ -171,11 +241,8 @@ class Timeline:
         return cues
 
     def end(self) -> list[Cue]:
-        """The gaps after the last frame."""
-        cues = []
-        for gap in self._pending[self._g :]:
-            self._advance(gap.start_us)
-            self._reached(gap.start_us)
-            cues.append(Cue(self._t, gap=gap))
+        """The gaps after the last frame: marked at its time."""
+        edge = "after" if self._last_us is not None else "before"
+        cues = [Cue(self._t, gap=gap, edge=edge) for gap in self._pending[self._g :]]
         self._g = len(self._pending)
         return cues

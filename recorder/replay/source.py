@@ -15,11 +15,12 @@ from recorder.db.pages import PAGE_ROWS
 from recorder.db.recordings import FrameFilter, Recordings
 from recorder.db.rows import Frame
 from recorder.db.rows import Session as SessionRow
-from recorder.protocol.frames import IN, OPCODE_TEXT
+from recorder.protocol.frames import IN, OPCODE_TEXT, OUT
 from recorder.protocol.statuses import TERMINAL_STATUSES
 from recorder.protocol.story import Gap, Recording, gaps, span
 from recorder.replay.matching import request_key
 from recorder.replay.plan import Choice, Cue, ReplayFrame, choose, timeline
+from recorder.replay.took_part import BROADCASTS, TookPart, recorded_span
 from recorder.times import now_us
 
 if TYPE_CHECKING:
@@ -72,11 +73,16 @@ def open_session(reader: Recordings, text: str, connection: int | None = None) -
     start, ended = span(vars(row))
     now = now_us()
     end = ended if ended is not None else now
-    recordings = reader.recordings_around(start, end)
+    # The connections up while it was active, and while its frames were recorded: a
+    # UI that reconnected to stop a session the daemon says had ended is its own.
+    recorded = recorded_span(reader, row.id)
+    around = (start, end) if recorded is None else (min(start, recorded[0]), max(end, recorded[1]))
+    recordings = reader.recordings_around(*around)
     creator_id = reader.spawned_on(row.id)
     if connection is not None and connection not in {r.id for r in recordings}:
         recordings += reader.recordings_of([connection])
-    choice = choose(recordings, creator_id, start, end, now, only=connection)
+    took_part = TookPart(reader, row.id, recordings)
+    choice = choose(recordings, creator_id, *around, now, only=connection, took_part=took_part)
     found = gaps(start, end, recordings, now) if connection is None else []
     return Session(row, recordings, choice, found, creator_id)
 
@@ -96,6 +102,15 @@ def _stale(session: Session, roles: dict[int, str], batch: list[ReplayFrame]) ->
         return False  # one connection, whatever else opens or closes
     if any(f.connection_id not in roles for f in batch):
         return True
+    # A UI the replay does not play, in the conversation now: a reconnect that asked.
+    chosen = session.choice.conversations
+    if any(
+        roles[f.connection_id] == "proxy"
+        and f.connection_id not in chosen
+        and (f.direction == OUT or f.type not in BROADCASTS)
+        for f in batch
+    ):
+        return True
     open_chosen = any(
         r.closed_us is None for r in session.recordings if r.id in session.choice.conversations
     )
@@ -109,7 +124,9 @@ def _replan(reader: Recordings, session: Session) -> None:
     start, _ = span(vars(session.row))
     now = now_us()
     session.recordings = reader.recordings_around(start, now)
-    session.choice = choose(session.recordings, session.creator, start, now, now)
+    took_part = TookPart(reader, session.id, session.recordings)
+    args = (session.recordings, session.creator, start, now, now)
+    session.choice = choose(*args, took_part=took_part)
 
 
 def _pages(reader: Recordings, session: Session, after: int = 0) -> Iterator[list[ReplayFrame]]:
@@ -120,7 +137,8 @@ def _pages(reader: Recordings, session: Session, after: int = 0) -> Iterator[lis
 
 
 def frames(reader: Recordings, session: Session, *, follow: bool = False) -> Iterator[ReplayFrame]:
-    """The frames the replay plays, in recording order; with ``follow``, then those
+    """The frames the replay shows (the daemon's it plays, and the requests of the
+    conversations it plays), in recording order; with ``follow``, then those
     committed later, until the session has ended and nothing more came for
     :data:`FOLLOW_SETTLE` (a proxied UI's last frames may be committed after the link's
     copy of the end), or the caller stops."""
@@ -131,7 +149,7 @@ def frames(reader: Recordings, session: Session, *, follow: bool = False) -> Ite
             follower.printed(frame.id)
             follower.seen = frame.id
             _known(reader, roles, frame)
-            if session.choice.plays(frame, roles):
+            if session.choice.tells(frame, roles):
                 yield frame
     quiet_since = time.monotonic()
     while follow:
@@ -148,7 +166,7 @@ def frames(reader: Recordings, session: Session, *, follow: bool = False) -> Ite
             roles = session.roles
         for frame in page:
             _known(reader, roles, frame)
-            if session.choice.plays(frame, roles):
+            if session.choice.tells(frame, roles):
                 yield frame
 
 

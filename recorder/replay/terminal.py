@@ -21,7 +21,7 @@ from recorder.replay.plan import Cue
 from recorder.replay.text import Shown, show
 from recorder.replay.timing import on_time
 
-COLOURS = {"error": "31", "gap": "33", "status": "36", "task": "35", "tool": "34"}
+COLOURS = {"asked": "32", "error": "31", "gap": "33", "status": "36", "task": "35", "tool": "34"}
 
 
 class Keys:

@@ -1,8 +1,10 @@
 """What a cue looks like when played as text: output, or a marked line. Pure.
 
 Stream chunks are the session's output, written as they arrived; everything
-else (tool calls, status changes, task events, errors, gaps) is a marker: a line
-of its own, so the text between markers reads as the model wrote it.
+else (what the UI asked, tool calls, status changes, task events, errors, gaps) is
+a marker: a line of its own, so the text between markers reads as the model wrote
+it. What a frame says is shown as text, never obeyed: a task text is quoted as JSON
+quotes it, and every marker is one line of printable characters.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from recorder.protocol.frames import OUT
 from recorder.protocol.tame import for_terminal, on_one_line, read_object
 from recorder.replay.plan import Cue
 
@@ -56,12 +59,57 @@ def show(cue: Cue) -> Shown | None:
     )
 
 
+def duration(seconds: float) -> str:
+    """``seconds`` as written in a marker: exact, and past two minutes also in the
+    units a person reads (``29210541.0 s (338 d 2 h)``)."""
+    exact = f"{seconds:.1f} s"
+    if seconds < 120:
+        return exact
+    units = (("d", 86_400), ("h", 3600), ("min", 60), ("s", 1))
+    left = int(seconds)
+    at = next(i for i, (_, size) in enumerate(units) if left >= size)
+    (big, big_size), (small, small_size) = units[at], units[at + 1]
+    shown = f"{left // big_size} {big}"
+    if left % big_size >= small_size:
+        shown += f" {left % big_size // small_size} {small}"
+    return f"{exact} ({shown})"
+
+
+def _gap(cue: Cue) -> Shown:
+    assert cue.gap is not None
+    label = f"{duration(cue.gap.seconds)} with no recording connection"
+    if cue.edge == "before":
+        label += ", before the first frame played (not waited)"
+    elif cue.edge == "after":
+        label += ", after the last frame played (not waited)"
+    return Shown(kind="gap", label=label)
+
+
+def _asked(obj: dict[str, Any] | None, frame_type: str | None, size: int) -> Shown:
+    """A request the UI sent: its type, and the task text it carried, quoted."""
+    if obj is None:
+        return Shown(kind="asked", label=f"{frame_type or 'not JSON'}, {size} bytes")
+    payload = obj.get("payload")
+    payload = payload if isinstance(payload, dict) else {}
+    task = payload.get("task")
+    if isinstance(task, dict):  # spawn_session carries the task as an object
+        task = task.get("description")
+    label = _short(str(obj.get("type")), 80)
+    if isinstance(task, str):
+        task = task[:200]  # a marker is cut at 160: a long text is not quoted whole
+    if task is not None:
+        label += ": " + _short(json.dumps(task, ensure_ascii=False))
+    return Shown(kind="asked", label=label)
+
+
 def _shown(cue: Cue) -> Shown | None:
     if cue.gap is not None:
-        return Shown(kind="gap", label=f"{cue.gap.seconds:.1f} s with no recording connection")
+        return _gap(cue)
     frame = cue.frame
     assert frame is not None
     obj = _object(cue)
+    if frame.direction == OUT:
+        return _asked(obj, frame.type, len(frame.data))
     if obj is None:
         return Shown(kind="frame", label=f"{frame.type or 'not JSON'}, {len(frame.data)} bytes")
     kind = frame.type or ""

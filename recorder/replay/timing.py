@@ -1,5 +1,11 @@
 """How long a replay waits before each cue: speed, idle cap, a window; and when
-each cue is due on a player's clock. Pure: the players pass their clock in."""
+each cue is due on a player's clock. Pure: the players pass their clock in.
+
+A gap in the recording between two frames is waited at most ``--max-idle`` when it
+is given, else at most :data:`GAP_WAIT`: its marker says how long it really was, and
+nobody wants to watch an hour of nothing. A gap before the first frame or after the
+last takes no time at all (:func:`recorder.replay.plan.timeline`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from recorder.replay.plan import Cue
+
+# Seconds of recorded time a gap between frames is waited, at most, without --max-idle.
+GAP_WAIT = 5.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,8 @@ class Pacer:
         self.pace = pace
         self.past = False  # past the window: nothing more plays
         self._previous: float | None = None
+        # The cue before was a gap between frames: the pause after it is its silence.
+        self._after_gap = False
 
     def pause(self, cue: Cue) -> float | None:
         """The wall-clock seconds to wait before ``cue``; None when it is not played
@@ -64,6 +75,9 @@ class Pacer:
         self._previous = cue.t
         if self.pace.max_idle is not None:
             pause = min(pause, self.pace.max_idle)
+        elif self._after_gap:
+            pause = min(pause, GAP_WAIT)
+        self._after_gap = cue.gap is not None and not cue.edge
         return 0.0 if self.pace.instant else pause / self.pace.speed
 
 
