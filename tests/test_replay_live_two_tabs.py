@@ -186,6 +186,11 @@ async def test_a_served_replay_takes_a_uis_own_task_texts(tabs: TwoTabs) -> None
                 while (reply := json.loads(await ws.recv()))["type"] != "task_completed":
                     pass
                 assert reply["taskId"] == FOLLOW_UP  # what the recording says happened
+                # Then tab A's reconnect, played on in this one connection: held too.
+                assert await logged() == (
+                    f"waiting for the client's session_status sessionId={tabs.session} "
+                    "(recorded request 3)"
+                )
     finally:
         proc.send_signal(signal.SIGINT)
         async with asyncio.timeout(TIMEOUT):
