@@ -1,11 +1,5 @@
-"""Where a benchmark's recorder writes, SQLite or PostgreSQL, and the benchmark's reads of it.
-
-A :class:`Database` is one fresh database for one measurement: the recorder writes it
-(:attr:`Database.url` is its ``storage.url``), the benchmark only reads it, with the
-same SQL on both backends (written once with ``?`` parameters). :func:`database_factory`
-makes one per measurement, a SQLite file (:class:`SqliteDatabase`) or a new database on
-a PostgreSQL server (:class:`PostgresDatabase`, dropped afterwards).
-"""
+"""Where a benchmark's recorder writes, a SQLite file or a new PostgreSQL database, and
+the benchmark's reads of it (the same SQL on both, written once with ``?`` parameters)."""
 
 from __future__ import annotations
 
@@ -19,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from harness import BenchError, cpu_seconds, poll_row, ro_connect
+from harness import BenchError, poll_row, ro_connect
 
 
 def pg_sql(sql: str) -> str:
@@ -29,12 +23,9 @@ def pg_sql(sql: str) -> str:
 
 
 class Database:
-    """One fresh database for one recorder measurement, and the benchmark's reads of it.
-
-    The recorder writes it (``url`` is its ``storage.url``); the benchmark only reads:
-    :meth:`scalar` while the recorder runs (None while the database or its tables do not
-    exist yet), :meth:`rows` afterwards. SQL is written once, with ``?`` parameters.
-    """
+    """One fresh database for one measurement: the recorder writes it (``url`` is its
+    ``storage.url``); the benchmark reads it, :meth:`scalar` while the recorder runs
+    (None while the tables do not exist yet), :meth:`rows` afterwards."""
 
     kind = ""
     url = ""
@@ -51,10 +42,6 @@ class Database:
             return next(rows, None)
         finally:
             rows.close()  # type: ignore[attr-defined]
-
-    def server_cpu(self) -> dict[int, float]:
-        """CPU-seconds of the database server's processes by pid (none for SQLite)."""
-        return {}
 
     def close(self) -> None:
         pass
@@ -143,18 +130,6 @@ class PostgresDatabase(Database):
         finally:
             self._run(transaction.rollback())
 
-    def server_cpu(self) -> dict[int, float]:
-        """The backends of this database (the recorders' connections, autovacuum) and the
-        server's background processes (WAL writer, checkpointer...), not our own backend."""
-        pids = self._run(
-            self._connection().fetch(
-                "SELECT pid FROM pg_stat_activity WHERE (datname = current_database()"
-                " OR datname IS NULL) AND pid <> pg_backend_pid()"
-            )
-        )
-        found = {row["pid"]: cpu_seconds(row["pid"], children=False) for row in pids}
-        return {pid: cpu for pid, cpu in found.items() if cpu == cpu}  # NaN: gone
-
     def close(self) -> None:
         try:
             if self._conn is not None:
@@ -183,8 +158,3 @@ def database_factory(url: str | None, keep: bool) -> Callable[[Path], Database]:
         return lambda workdir: SqliteDatabase(workdir / "bench.db")
     numbers = itertools.count(1)
     return lambda _: PostgresDatabase(url, f"bench_ingest_{os.getpid()}_{next(numbers)}", keep)
-
-
-def server_cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
-    """Server CPU over a window; a process that started inside it counts from zero."""
-    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())

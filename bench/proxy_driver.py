@@ -157,7 +157,7 @@ class Bench:
             "peer": cpu_seconds(self.peer.pid),
             "client": cpu_seconds(self.client.pid),
             "recorder": self.recorder.cpu(),
-            "recorder_main": self.recorder.main_cpu(),
+            "recorder_main": cpu_seconds(self.recorder.pid, children=False),
         }
 
     async def ask_client(self, spec: dict[str, Any], label: str, limit: float) -> bytes:

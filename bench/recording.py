@@ -1,13 +1,10 @@
-"""Run a recorder and watch it commit: the part every benchmark of ``recorder run`` shares.
+"""A recorder committing a firehose, as the benchmarks of ``recorder run`` watch it.
 
-* :class:`Recorder`: ``python -m recorder run --config <workdir>/config.toml`` as a
-  :class:`harness.Child`, with the CPU-seconds and peak RSS of its whole process tree
-  (service -> classifier -> database) and :meth:`Recorder.stop`, which gives its
-  :class:`Stopped` outcome (exit code after SIGTERM, and what its JSON log says);
-* :class:`Progress`: a connection's committed frames as polls see them, which fails
-  the benchmark when nothing is committed for too long, and :func:`steady_rate`;
-* :func:`migrate` (``recorder db upgrade``), and the SQL the benchmarks poll a
-  firehose connection with, the same on SQLite and PostgreSQL (``bench/databases.py``).
+:class:`Recorder` is ``recorder run`` as a :class:`harness.Child`, with the CPU and peak
+RSS of its process tree (service -> classifier -> database); :func:`wait_connected` and
+:func:`wait_committed` poll a :class:`databases.Database` until each recorder's link
+connection exists, then until its ``stream_end`` row is committed (frames commit in
+order, so every chunk before it is).
 """
 
 from __future__ import annotations
@@ -16,19 +13,21 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness import BenchError, Child, Deadline, cpu_seconds, log_outcome, wait_for_log
 
-# No proxy: the firehose benchmarks do not use it, and two recorders cannot both have
-# its default port.
-NO_PROXY = """
-[proxy]
-enabled = false
-"""
+if TYPE_CHECKING:
+    from databases import Database
 
+# No proxy: the firehose benchmarks do not use it, and two recorders cannot share its port.
+NO_PROXY = "\n[proxy]\nenabled = false\n"
 STARTED = re.compile(r'"event": "recorder started"')
+POLL_S = 0.05  # adds at most this much to a measured time
+STALL_S = 60.0  # no new commit for this long fails the benchmark
 
 # The benchmarks' reads of a firehose connection, the same SQL on both databases.
 LINK_SQL = "select min(id) from connections where instance = ?"
@@ -41,7 +40,7 @@ SPAN_SQL = (
 
 
 def process_tree(pid: int) -> list[int]:
-    """The pid and all its descendants (the recorder: service -> classifier -> database)."""
+    """The pid and all its descendants."""
     import psutil
 
     return [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]
@@ -56,8 +55,8 @@ def vm_hwm_kib(pid: int) -> int:
 
 @dataclass
 class Stopped:
-    """How a recorder ended after SIGTERM: its exit code (None if it hung), whether it
-    logged ``recorder stopped``, and the warnings and errors it logged."""
+    """How a recorder ended after SIGTERM: exit code (None: it hung), whether it logged
+    ``recorder stopped``, and its warnings and errors."""
 
     exit_code: int | None
     logged_stopped: bool
@@ -65,8 +64,7 @@ class Stopped:
 
 
 class Recorder:
-    """``recorder run`` with ``config`` (written to ``workdir/config.toml``), its output
-    in ``workdir/<name>.log``; always reaped by :meth:`kill`."""
+    """``recorder run`` with ``config`` (written to ``workdir/config.toml``)."""
 
     def __init__(
         self, workdir: Path, config: str, *, name: str = "recorder", die_with_parent: bool = False
@@ -78,55 +76,75 @@ class Recorder:
         self.pid = self.child.pid
 
     def wait_started(self, deadline: Deadline) -> None:
-        """Return once it has logged ``recorder started`` (its link and proxy are up)."""
+        """Once it has logged ``recorder started`` (its link and proxy are up)."""
         wait_for_log(self.child, STARTED, max(deadline.left(), 0.1))
 
-    def check_alive(self, instance: str) -> None:
-        if not self.child.alive():
-            raise BenchError(f"recorder {instance} exited early:\n{self.child.log()[-2000:]}")
+    def check_alive(self, instance: str = "") -> None:
+        self.child.check_alive()
 
     def cpu(self) -> float:
-        """CPU-seconds of its processes alive now, each one's own."""
+        """CPU-seconds of its processes alive now."""
         return sum(cpu_seconds(p, children=False) for p in process_tree(self.pid))
 
-    def main_cpu(self) -> float:
-        """CPU-seconds of the service process alone."""
-        return cpu_seconds(self.pid, children=False)
-
     def peak_rss_kib(self) -> int:
-        """``VmHWM`` of its processes, summed: an upper bound on the tree's peak (the
-        processes' peaks need not coincide, and shared libraries count once each)."""
+        """``VmHWM`` of its processes, summed: an upper bound on the tree's peak."""
         return sum(vm_hwm_kib(p) for p in process_tree(self.pid))
 
     def stop(self, timeout: float) -> Stopped:
-        """SIGTERM, then its exit code and log. One recorder at a time: a second SIGTERM
-        during its drain would stop it at once."""
+        """SIGTERM (one recorder at a time: a second SIGTERM during the drain stops it at
+        once), then its exit code and log."""
         exit_code = self.child.terminate(timeout)
-        stopped, warnings = log_outcome(self.child.log())
-        return Stopped(exit_code, stopped, warnings)
+        return Stopped(exit_code, *log_outcome(self.child.log()))
 
     def kill(self) -> None:
         self.child.kill()
 
 
 @dataclass
-class Progress:
-    """One connection's committed frames as the polls saw them: ``(time.time(), rows)``."""
+class Watched:
+    """One recorder's firehose connection as the polls saw it."""
 
-    what: str
-    stall: float  # seconds without a new commit before the benchmark fails
-    samples: list[tuple[float, int]] = field(default_factory=list)
-    _top: int = -1
-    _changed: float = field(default_factory=time.monotonic)
+    rec: Recorder
+    instance: str = "default"
+    cid: int = 0
+    done: float = 0.0  # wall clock when a poll first saw its stream_end committed
+    samples: list[tuple[float, int]] = field(default_factory=list)  # (time, frame_count)
 
-    def note(self, top: int) -> None:
-        self.samples.append((time.time(), top))
-        if top != self._top:
-            self._top, self._changed = top, time.monotonic()
-        elif time.monotonic() - self._changed > self.stall:
-            raise BenchError(
-                f"{self.what}: no frame committed for {self.stall:.0f} s (stuck at {top} rows)"
-            )
+
+def wait_connected(db: Database, watched: list[Watched], deadline: Deadline) -> None:
+    """Until each recorder's link connection row exists (migrated, firehose starting)."""
+    for w in watched:
+        while (cid := db.scalar(LINK_SQL, w.instance)) is None:
+            deadline.check("waiting for the recorder to connect")
+            w.rec.check_alive()
+            time.sleep(POLL_S)
+        w.cid = cid
+
+
+def wait_committed(
+    db: Database, watched: list[Watched], deadline: Deadline, each_poll: Callable[[], None]
+) -> None:
+    """Until each one's ``stream_end`` row is visible, noting its ``frame_count``;
+    ``each_poll`` runs at every poll (a check, a sample of its own)."""
+    pending = list(watched)
+    changed = time.monotonic()
+    while pending:
+        for w in list(pending):
+            if db.scalar(END_SQL, w.cid):
+                w.done = time.time()
+                pending.remove(w)
+                continue
+            deadline.check("waiting for the recorder to commit")
+            w.rec.check_alive()
+            top = db.scalar(PROGRESS_SQL, w.cid) or 0
+            if not w.samples or top != w.samples[-1][1]:
+                changed = time.monotonic()
+            elif time.monotonic() - changed > STALL_S:
+                raise BenchError(f"nothing committed for {STALL_S:.0f} s")
+            w.samples.append((time.time(), top))
+        each_poll()
+        if pending:
+            time.sleep(POLL_S)
 
 
 def steady_rate(progress: list[tuple[float, int]], frames: int) -> float:
@@ -139,7 +157,8 @@ def steady_rate(progress: list[tuple[float, int]], frames: int) -> float:
 
 
 def migrate(url: str, workdir: Path, deadline: Deadline) -> None:
-    """``recorder db upgrade`` on ``url``, before recorders start on it together."""
+    """``recorder db upgrade``: recorders started together on a new database would each
+    migrate it, and two migrations at once collide."""
     args = [sys.executable, "-m", "recorder", "db", "upgrade", "--database", url]
     child = Child("migrate", args, workdir)
     try:

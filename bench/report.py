@@ -1,8 +1,4 @@
-"""How the benchmarks summarize and print: medians, a table of named values, the machine.
-
-What they print beside it is in ``bench/harness.py``: :func:`harness.yes` for a check
-and :func:`harness.targets_line` for the targets.
-"""
+"""How the benchmarks summarize: medians over repeats, the machine, the code measured."""
 
 from __future__ import annotations
 
@@ -17,15 +13,13 @@ from typing import Any
 from harness import REPO
 
 
-def median(values: list[float]) -> float:
-    """The median; NaN for none."""
-    return statistics.median(values) if values else float("nan")
-
-
 def median_known(values: Iterable[float | None]) -> float:
     """The median of the values that were measured (not None, not NaN); NaN for none."""
     known = [v for v in values if v is not None and not math.isnan(v)]
     return statistics.median(known) if known else float("nan")
+
+
+median = median_known
 
 
 def machine() -> dict[str, Any]:
@@ -34,9 +28,8 @@ def machine() -> dict[str, Any]:
 
 
 def source_digest() -> str:
-    """Which recorder code was measured: SHA-256 over every recorder/**/*.py, subpackages
-    included, each file as its path relative to recorder/ and its bytes, in path order
-    (first 12 hex digits)."""
+    """Which recorder code was measured: SHA-256 over every recorder/**/*.py, as its path
+    relative to recorder/ and its bytes, in path order (12 hex digits)."""
     root = REPO / "recorder"
     h = hashlib.sha256()
     for rel in sorted(path.relative_to(root).as_posix() for path in root.rglob("*.py")):
