@@ -57,6 +57,7 @@ def scratch_dir(prefix: str, keep: bool) -> Iterator[Path]:
     try:
         yield root
     finally:
+        Child.kill_all()  # before their logs go
         if keep:
             print(f"kept {root}", file=sys.stderr)
         else:
