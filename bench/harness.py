@@ -39,8 +39,7 @@ class BenchError(Exception):
 
 class Deadline:
     def __init__(self, seconds: float) -> None:
-        self.at = time.monotonic() + seconds
-        self.seconds = seconds
+        self.at, self.seconds = time.monotonic() + seconds, seconds
 
     def left(self) -> float:
         return self.at - time.monotonic()
@@ -89,8 +88,7 @@ class Child:
         pipe_stdout: bool = False,
         die_with_parent: bool = False,
     ) -> None:
-        self.name = name
-        self.log_path = workdir / f"{name}.log"
+        self.name, self.log_path = name, workdir / f"{name}.log"
         self._log: IO[bytes] = open(self.log_path, "wb")
         # Nothing from the caller's environment may redirect the recorder (database, config).
         env = {k: v for k, v in os.environ.items() if not k.startswith("RECORDER_")}
@@ -196,30 +194,17 @@ def cpu_seconds(pid: int, children: bool = True) -> float:
 
 # --- the recorder: its configuration, its log, its SQLite file ---------------------------
 
-# No heartbeat within a run: each ping would be a frame the benchmark did not ask for.
-RECORDER_CONFIG = """\
-[daemon]
-url = "ws://127.0.0.1:{port}"
-
-[heartbeat]
-interval = 3600.0
-timeout = 600.0
-
-[storage]
-url = "{url}"
-{instance}shutdown_timeout = 60.0
-
-[log]
-level = "info"
-format = "json"
-"""
-
 
 def recorder_config(port: int, url: str, instance: str = "default") -> str:
     """A recorder whose daemon listens on ``port``, writing to ``url``; callers append
-    the sections they need ([proxy], [cleanup], ...)."""
-    line = "" if instance == "default" else f'instance = "{instance}"\n'
-    return RECORDER_CONFIG.format(port=port, url=url, instance=line)
+    the sections they need ([proxy], [cleanup], ...). No heartbeat within a run: each
+    ping would be a frame the benchmark did not ask for."""
+    return (
+        f'daemon = {{url = "ws://127.0.0.1:{port}"}}\n'
+        "heartbeat = {interval = 3600.0, timeout = 600.0}\n"
+        'log = {level = "info", format = "json"}\n'
+        f'[storage]\nurl = "{url}"\ninstance = "{instance}"\nshutdown_timeout = 60.0\n'
+    )
 
 
 def log_outcome(text: str) -> tuple[bool, list[str]]:

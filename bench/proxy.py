@@ -3,7 +3,7 @@ daemon directly in the same run: added one-way latency (p99) at 1 000 and 10 000
 frames/s and the throughput ratio, per direction; and every proxied frame recorded,
 byte-identical.
 
-Processes: the peer and the client (``bench/proxy_wire.py``) and ``recorder run`` with
+Processes: the peer (``bench/proxy_wire.py``), its client (here) and ``recorder run`` with
 ``daemon.url`` at the peer and ``proxy.listen`` on a free port, a fresh SQLite file.
 Each point runs direct, then proxied, back to back, ``--repeat`` times, after one
 warm-up each way; medians. Method and numbers: docs/BENCHMARKS.md. Exits 1 if a frame
@@ -13,8 +13,8 @@ was lost, altered or not recorded, 2 if the benchmark itself failed.
 from __future__ import annotations
 
 import argparse
-import json
-import select
+import asyncio
+import gc
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,9 +33,10 @@ from harness import (
     scratch_dir,
     wait_for_log,
 )
-from proxy_wire import LISTENING, digest
+from proxy_wire import LISTENING, client, digest
 from recording import Recorder
 from report import median
+from websockets.exceptions import WebSocketException
 
 WIRE = str(Path(__file__).resolve().parent / "proxy_wire.py")
 TARGET_ADDED_P99_MS = 2.0  # at 1 000 frames/s
@@ -43,47 +44,41 @@ TARGET_RATIO = 0.5
 
 
 class Bench:
-    """The peer, the recorder and the client of a run, and the measurements so far."""
+    """The peer and the recorder of a run, and the measurements so far."""
 
     def __init__(self, root: Path, deadline: Deadline) -> None:
         self.deadline, self.runs = deadline, list[dict[str, Any]]()
         self.db = SqliteDatabase(root / "bench.db")
-        self.peer = Child("peer", [sys.executable, WIRE, "peer"], root, die_with_parent=True)
+        self.peer = Child("peer", [sys.executable, WIRE], root, die_with_parent=True)
         self.peer_port = int(wait_for_log(self.peer, LISTENING, deadline.left()).group(1))
         self.proxy_port = free_port()
         config = recorder_config(self.peer_port, self.db.url)
         config += f'\n[proxy]\nlisten = "127.0.0.1:{self.proxy_port}"\n'
         self.recorder = Recorder(root, config, die_with_parent=True)
         self.recorder.wait_started(deadline)
-        args = [sys.executable, WIRE, "client"]
-        self.client = Child("client", args, root, pipe_stdin=True, pipe_stdout=True)
 
     def measure(self, kind: str, direction: str, rate: int, n: int, via: str) -> None:
-        """One measurement on one connection, direct to the peer or through the proxy."""
+        """One measurement on one connection, direct to the peer or through the proxy,
+        with the garbage collector off."""
         label = f"{kind} {direction} {rate or ''} {via}"
         self.deadline.check(label)
         port = self.peer_port if via == "direct" else self.proxy_port
-        # At least 2 000 frames/s flat out.
-        limit = min(max(self.deadline.left(), 1.0), n / (rate or 2000) + 60)
-        spec = {"base": f"ws://127.0.0.1:{port}", "dir": direction, "rate": rate, "n": n}
-        spec |= {"run": len(self.runs) + 1, "timeout": limit}
-        stdin, stdout = self.client.proc.stdin, self.client.proc.stdout
-        assert stdin is not None and stdout is not None
-        stdin.write((json.dumps(spec) + "\n").encode())
-        stdin.flush()
-        if not select.select([stdout], [], [], limit + 10)[0]:
-            raise BenchError(f"{label}: the client did not answer in {limit + 10:.0f} s")
-        if not (line := stdout.readline()):
-            raise BenchError(f"{label}: the client died:\n{self.client.log()[-2000:]}")
-        result: dict[str, Any] = json.loads(line)
-        if "error" in result:
-            raise BenchError(f"{label}: {result['error']}")
+        run = len(self.runs) + 1
+        url = f"ws://127.0.0.1:{port}/bench?dir={direction}&rate={rate}&n={n}&run={run}"
+        limit = min(max(self.deadline.left(), 1.0), n / (rate or 2000) + 60)  # >= 2 000/s
+        gc.collect()
+        gc.disable()
+        try:
+            result = asyncio.run(asyncio.wait_for(client(url, direction, rate, n), limit))
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            raise BenchError(f"{label}: {type(exc).__name__}: {exc}") from None
+        finally:
+            gc.enable()
         result |= {"label": label, "kind": kind, "dir": direction, "rate": rate, "via": via}
-        self.runs.append(result | {"run": spec["run"], "n": n})
+        self.runs.append(result | {"n": n, "run": run})
 
     def stop(self) -> dict[str, Any]:
-        """The client, then the recorder (SIGTERM: it must drain and exit 0)."""
-        self.client.kill()
+        """The recorder: SIGTERM, it must drain and exit 0."""
         stopped = self.recorder.stop(min(90.0, max(self.deadline.left(), 5.0)))
         return {"exit_code": stopped.exit_code, "logged_stopped": stopped.logged_stopped}
 

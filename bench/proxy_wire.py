@@ -1,6 +1,6 @@
-"""The two far ends of the proxy benchmark, each its own process: ``python
-bench/proxy_wire.py peer`` stands in for the daemon, ``python bench/proxy_wire.py client``
-for a UI and runs one measurement per line of JSON on stdin (one line of JSON out).
+"""The two far ends of the proxy benchmark: the peer (``python bench/proxy_wire.py``, its
+own process) stands in for the daemon, :func:`client` for a UI (in the driver's process,
+which does nothing else while it runs).
 
 The peer is used instead of ``recorder simulate`` because timing needs frames stamped
 when they are sent. Frames down (peer -> client) are shaped like ``stream_chunk``, up
@@ -35,6 +35,8 @@ HEADS = {
 GO = b'{"type":"bench_go"}'
 DONE = b'{"type":"bench_done"}'
 STAMP = re.compile(rb'"index":(\d+),"t":(\d+)\}')
+# Compression off everywhere: the proxy never negotiates it, so direct must not either.
+OPTIONS: dict[str, Any] = {"compression": None, "max_size": None, "ping_interval": None}
 LISTENING = re.compile(r"peer listening on 127\.0\.0\.1:(\d+)")
 
 
@@ -146,23 +148,19 @@ async def run_peer() -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    options: dict[str, Any] = {"compression": None, "max_size": None, "ping_interval": None}
-    async with serve(peer_handler, "127.0.0.1", 0, **options) as server:
+    async with serve(peer_handler, "127.0.0.1", 0, **OPTIONS) as server:
         port = server.sockets[0].getsockname()[1]
         print(f"peer listening on 127.0.0.1:{port}", file=sys.stderr, flush=True)
         await stop.wait()
 
 
-async def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    """One measurement on one connection: the receiver's analysis, whether the data
+async def client(url: str, direction: str, rate: int, n: int) -> dict[str, Any]:
+    """One measurement on one connection to ``url`` (its query says the same to the peer): the receiver's analysis, whether the data
     frames arrived unchanged, and the count and SHA-256 of every frame sent and
     received (the recorded rows are checked against them)."""
     from websockets.asyncio.client import connect
 
-    direction, rate, n = spec["dir"], spec["rate"], spec["n"]
-    url = f"{spec['base']}/bench?dir={direction}&rate={rate}&n={n}&run={spec['run']}"
-    options: dict[str, Any] = {"compression": None, "max_size": None, "ping_interval": None}
-    async with asyncio.timeout(spec["timeout"]), connect(url, **options) as ws:
+    async with connect(url, **OPTIONS) as ws:
         if direction == "down":
             await ws.send(GO.decode())
             recs = await receive(ws, n)
@@ -190,21 +188,5 @@ async def measure(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_client() -> None:
-    for line in sys.stdin:
-        gc.collect()
-        gc.disable()
-        try:
-            result = asyncio.run(measure(json.loads(line)))
-        except Exception as exc:
-            result = {"error": f"{type(exc).__name__}: {exc}"}
-        finally:
-            gc.enable()
-        print(json.dumps(result), flush=True)
-
-
 if __name__ == "__main__":
-    if sys.argv[1] == "peer":
-        asyncio.run(run_peer())
-    else:
-        run_client()
+    asyncio.run(run_peer())
