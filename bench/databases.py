@@ -16,19 +16,12 @@ from typing import Any
 from harness import BenchError, poll_row, ro_connect
 
 
-def pg_sql(sql: str) -> str:
-    """The benchmark's SQL is written once with ``?`` parameters; asyncpg wants $1, $2..."""
-    numbers = itertools.count(1)
-    return re.sub(r"\?", lambda _: f"${next(numbers)}", sql)
-
-
 class Database:
     """One fresh database for one measurement: the recorder writes it (``url`` is its
     ``storage.url``); the benchmark reads it, :meth:`scalar` while the recorder runs
     (None while the tables do not exist yet), :meth:`rows` afterwards."""
 
-    kind = ""
-    url = ""
+    kind = url = ""
 
     def scalar(self, sql: str, *params: Any) -> Any:
         raise NotImplementedError
@@ -37,11 +30,9 @@ class Database:
         raise NotImplementedError
 
     def row(self, sql: str, *params: Any) -> tuple[Any, ...] | None:
-        rows = self.rows(sql, *params)
-        try:
-            return next(rows, None)
-        finally:
-            rows.close()  # type: ignore[attr-defined]
+        for row in self.rows(sql, *params):  # the generator closes as it returns
+            return row
+        return None
 
     def close(self) -> None:
         pass
@@ -51,12 +42,10 @@ class SqliteDatabase(Database):
     kind = "sqlite"
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self.url = f"sqlite:///{path}"
+        self.path, self.url = path, f"sqlite:///{path}"
 
     def scalar(self, sql: str, *params: Any) -> Any:
-        row = poll_row(self.path, sql, params)
-        return None if row is None else row[0]
+        return (poll_row(self.path, sql, params) or (None,))[0]
 
     def rows(self, sql: str, *params: Any) -> Iterator[tuple[Any, ...]]:
         con = ro_connect(self.path)
@@ -67,17 +56,15 @@ class SqliteDatabase(Database):
 
 
 class PostgresDatabase(Database):
-    """A new database on the server of ``server`` (a PostgreSQL URL naming any database
-    the benchmark may connect to, to create and drop its own); dropped by :meth:`close`
-    unless ``keep``. The benchmark reads it over one asyncpg connection of its own."""
+    """A new database ``name`` on the server ``server`` names (any database there the
+    benchmark may connect to), read over one asyncpg connection; dropped by
+    :meth:`close` unless ``keep``."""
 
     kind = "postgresql"
 
     def __init__(self, server: str, name: str, keep: bool) -> None:
-        self.server = pg_url(server)
-        self.name = name
-        self.keep = keep
-        self.url = pg_url(server, name)
+        self.server, self.url = pg_url(server), pg_url(server, name)
+        self.name, self.keep = name, keep
         self._loop = asyncio.new_event_loop()
         self._conn: Any = None
         self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -109,12 +96,16 @@ class PostgresDatabase(Database):
             self._conn = self._run(asyncpg.connect(self.url, timeout=10, statement_cache_size=0))
         return self._conn
 
+    @staticmethod
+    def _sql(sql: str) -> str:
+        numbers = itertools.count(1)  # asyncpg wants $1, $2... for ?
+        return re.sub(r"\?", lambda _: f"${next(numbers)}", sql)
+
     def scalar(self, sql: str, *params: Any) -> Any:
-        """One statement in its own transaction; None while the tables do not exist yet."""
         import asyncpg
 
         try:
-            return self._run(self._connection().fetchval(pg_sql(sql), *params))
+            return self._run(self._connection().fetchval(self._sql(sql), *params))
         except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
             return None
 
@@ -124,7 +115,7 @@ class PostgresDatabase(Database):
         transaction = conn.transaction(readonly=True)
         self._run(transaction.start())
         try:
-            cursor = self._run(conn.cursor(pg_sql(sql), *params))
+            cursor = self._run(conn.cursor(self._sql(sql), *params))
             while chunk := self._run(cursor.fetch(10_000)):
                 yield from (tuple(row) for row in chunk)
         finally:
@@ -134,7 +125,6 @@ class PostgresDatabase(Database):
         try:
             if self._conn is not None:
                 self._run(self._conn.close())
-                self._conn = None
             if self.keep:
                 print(f"kept database {self.url}", file=sys.stderr)
             else:
@@ -145,11 +135,8 @@ class PostgresDatabase(Database):
 
 def pg_url(url: str, database: str | None = None) -> str:
     """``postgresql://...`` (for asyncpg, and for storage.url), with another database."""
-    parts = urllib.parse.urlsplit(url)
-    parts = parts._replace(scheme="postgresql")
-    if database is not None:
-        parts = parts._replace(path=f"/{database}")
-    return urllib.parse.urlunsplit(parts)
+    parts = urllib.parse.urlsplit(url)._replace(scheme="postgresql")
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{database}") if database else parts)
 
 
 def database_factory(url: str | None, keep: bool) -> Callable[[Path], Database]:

@@ -21,37 +21,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import firehose as fh
+import harness as h
+import recording as rc
 from databases import Database, database_factory
-from firehose import (
-    DEFAULT_SIZE,
-    FirehoseRows,
-    LossReport,
-    print_run_problems,
-    run_ceiling,
-    start_simulator,
-    verify_firehose,
-)
-from harness import (
-    Child,
-    Deadline,
-    alternate,
-    common_options,
-    finish,
-    recorder_config,
-    run,
-    scratch_dir,
-)
-from recording import (
-    NO_PROXY,
-    SPAN_SQL,
-    Recorder,
-    Watched,
-    migrate,
-    steady_rate,
-    vm_hwm_kib,
-    wait_committed,
-    wait_connected,
-)
+from firehose import DEFAULT_SIZE, FirehoseRows, LossReport, print_run_problems, start_simulator
+from recording import NO_PROXY, steady_rate, vm_hwm_kib
 from report import median
 
 # What bench/purge.py, compact.py and cleanup_runs.py import from here; new code should
@@ -65,51 +40,19 @@ TARGET_RSS_FRAMES = 1_000_000
 
 
 def measure(
-    args: argparse.Namespace, deadline: Deadline, make_db: Any, root: Path
+    args: argparse.Namespace, deadline: h.Deadline, make_db: Any, root: Path
 ) -> list[dict[str, Any]]:
     """One measurement: ``--recorders`` recorders, each committing its own firehose into
-    one fresh database at once; one result per recorder."""
+    one fresh database at once, and their rows checked; one result per recorder."""
     workdir = Path(tempfile.mkdtemp(prefix="recorder-", dir=root))
     db: Database = make_db(workdir)
-    names = ["default"] if args.recorders == 1 else ["bench-a", "bench-b"]
-    sims: list[Child] = []
-    watched: list[Watched] = []
     try:
-        if len(names) > 1:
-            migrate(db.url, workdir, deadline)
-        for name in names:
-            (wd := workdir / name).mkdir()
-            sim, port = start_simulator(args.frames, wd, deadline)
-            sims.append(sim)
-            config = recorder_config(port, db.url, name) + NO_PROXY
-            watched.append(Watched(Recorder(wd, config), name))
-        wait_connected(db, watched, deadline)
-        cpu0 = [w.rec.cpu() for w in watched]
-        wait_committed(db, watched, deadline, lambda: None)
-        cpu = [w.rec.cpu() - c for w, c in zip(watched, cpu0, strict=True)]
-        peaks = [w.rec.peak_rss_kib() / 1024 for w in watched]
-        stops = [w.rec.stop(min(90.0, max(deadline.left(), 1.0))) for w in watched]
-        results = []
-        for w, cpu_s, peak, stop in zip(watched, cpu, peaks, stops, strict=True):
-            first_us = (db.row(SPAN_SQL, w.cid) or (None,))[0]
-            results.append(
-                {
-                    "instance": w.instance,
-                    "fps": args.frames / (w.done - first_us / 1e6) if first_us else 0.0,
-                    "first": first_us / 1e6 if first_us else w.done,
-                    "done": w.done,
-                    "peak_rss_mb": peak,
-                    "recorder_cpu_s": cpu_s,
-                    "exit_code": stop.exit_code,
-                    "logged_stopped": stop.logged_stopped,
-                    "warnings": stop.warnings,
-                    "loss": asdict(verify_firehose(db, w.instance, args.frames)),
-                }
-            )
-        return results
+        names = ("default",) if args.recorders == 1 else ("bench-a", "bench-b")
+        runs = rc.record_firehose(db, workdir, args.frames, deadline, names)
+        for r in runs:
+            r["loss"] = asdict(fh.verify_firehose(db, r["instance"], args.frames))
+        return runs
     finally:
-        for child in [w.rec.child for w in watched] + sims:
-            child.stop()
         db.close()
 
 
@@ -154,7 +97,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=2, help="measurements of each kind (median)")
     p.add_argument("--database", metavar="URL", help="a PostgreSQL server; default: SQLite")
     p.add_argument("--recorders", type=int, choices=(1, 2), default=1, help="2: PostgreSQL")
-    common_options(p)
+    h.common_options(p)
     args = p.parse_args(argv)
     if args.frames < 1 or args.repeat < 1:
         p.error("--frames and --repeat must be at least 1")
@@ -168,16 +111,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Generous: 20 s of start-up per measurement, and at least 2 000 frames/s.
-    deadline = Deadline(2 * args.repeat * (20 + args.frames * args.recorders / 2000))
+    deadline = h.Deadline(2 * args.repeat * (20 + args.frames * args.recorders / 2000))
     make_db = database_factory(args.database, args.keep)
-    with scratch_dir("bench-ingest-", args.keep) as root:
+    with h.scratch_dir("bench-ingest-", args.keep) as root:
         kinds: dict[str, Callable[[Path], Any]] = {
-            "ceiling": partial(run_ceiling, args.frames, deadline=deadline),
+            "ceiling": partial(fh.run_ceiling, args.frames, deadline=deadline),
             "recorder": partial(measure, args, deadline, make_db),
         }
-        runs = alternate(args.repeat, root, kinds, args.json)
+        runs = h.alternate(args.repeat, root, kinds, args.json)
     summary, headline, targets = summarize(args, runs["ceiling"], runs["recorder"])
-    finish("ingest", summary, headline, targets, args)
+    h.finish("ingest", summary, headline, targets, args)
     if not args.json:
         for r in summary["recorder_runs"]:
             print_run_problems(r)
@@ -185,4 +128,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run(main))
+    raise SystemExit(h.run(main))

@@ -20,19 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import harness as h
 from databases import Database, SqliteDatabase
-from harness import (
-    BenchError,
-    Child,
-    Deadline,
-    common_options,
-    finish,
-    free_port,
-    recorder_config,
-    run,
-    scratch_dir,
-    wait_for_log,
-)
 from proxy_wire import LISTENING, client, digest
 from recording import Recorder
 from report import median
@@ -46,13 +35,13 @@ TARGET_RATIO = 0.5
 class Bench:
     """The peer and the recorder of a run, and the measurements so far."""
 
-    def __init__(self, root: Path, deadline: Deadline) -> None:
+    def __init__(self, root: Path, deadline: h.Deadline) -> None:
         self.deadline, self.runs = deadline, list[dict[str, Any]]()
         self.db = SqliteDatabase(root / "bench.db")
-        self.peer = Child("peer", [sys.executable, WIRE], root, die_with_parent=True)
-        self.peer_port = int(wait_for_log(self.peer, LISTENING, deadline.left()).group(1))
-        self.proxy_port = free_port()
-        config = recorder_config(self.peer_port, self.db.url)
+        self.peer = h.Child("peer", [sys.executable, WIRE], root, die_with_parent=True)
+        self.peer_port = int(h.wait_for_log(self.peer, LISTENING, deadline.left()).group(1))
+        self.proxy_port = h.free_port()
+        config = h.recorder_config(self.peer_port, self.db.url)
         config += f'\n[proxy]\nlisten = "127.0.0.1:{self.proxy_port}"\n'
         self.recorder = Recorder(root, config, die_with_parent=True)
         self.recorder.wait_started(deadline)
@@ -71,16 +60,11 @@ class Bench:
         try:
             result = asyncio.run(asyncio.wait_for(client(url, direction, rate, n), limit))
         except (OSError, TimeoutError, WebSocketException) as exc:
-            raise BenchError(f"{label}: {type(exc).__name__}: {exc}") from None
+            raise h.BenchError(f"{label}: {type(exc).__name__}: {exc}") from None
         finally:
             gc.enable()
         result |= {"label": label, "kind": kind, "dir": direction, "rate": rate, "via": via}
         self.runs.append(result | {"n": n, "run": run})
-
-    def stop(self) -> dict[str, Any]:
-        """The recorder: SIGTERM, it must drain and exit 0."""
-        stopped = self.recorder.stop(min(90.0, max(self.deadline.left(), 5.0)))
-        return {"exit_code": stopped.exit_code, "logged_stopped": stopped.logged_stopped}
 
 
 def verify(db: Database, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -178,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "--frames", type=int, default=0, help="throughput frames (100 000; quick 20 000)"
     )
     p.add_argument("--repeat", type=int, default=0, help="repeats of every point (2; quick 1)")
-    common_options(p)
+    h.common_options(p)
     args = p.parse_args(argv)
     if args.frames < 0 or args.repeat < 0:
         p.error("--frames and --repeat must not be negative")
@@ -189,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         ("latency", d, rate, int(rate * s)) for rate, s in seconds.items() for d in ("down", "up")
     ]
     points += [("throughput", d, 0, n) for d in ("down", "up")]
-    with scratch_dir("bench-proxy-", args.keep) as root:
-        bench = Bench(root, Deadline(600.0))
+    with h.scratch_dir("bench-proxy-", args.keep) as root:
+        bench = Bench(root, h.Deadline(600.0))
         for d in ("down", "up"):
             for via in ("direct", "proxy"):
                 bench.measure("warmup", d, 0, 5000, via)
@@ -202,14 +186,14 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 for via in ("direct", "proxy"):
                     bench.measure(kind, d, rate, frames, via)
-        stopped = bench.stop()
+        stopped = bench.recorder.stop(min(90.0, max(bench.deadline.left(), 5.0)))
         recorded = verify(bench.db, bench.runs)
     summary, headline, targets = summarize(bench.runs, recorded, stopped)
-    finish("proxy", summary, headline, targets, args)
+    h.finish("proxy", summary, headline, targets, args)
     for problem in recorded["problems"][:10]:
         print(f"  problem: {problem}", file=sys.stderr)
     return 0 if recorded["ok"] else 1
 
 
 if __name__ == "__main__":
-    raise SystemExit(run(main))
+    raise SystemExit(h.run(main))

@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from harness import BenchError, Child, Deadline, cpu_seconds, log_outcome, wait_for_log
+import harness as h
 
 if TYPE_CHECKING:
     from databases import Database
@@ -50,17 +50,7 @@ def vm_hwm_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
-    raise BenchError(f"no VmHWM for pid {pid}")
-
-
-@dataclass
-class Stopped:
-    """How a recorder ended after SIGTERM: exit code (None: it hung), whether it logged
-    ``recorder stopped``, and its warnings and errors."""
-
-    exit_code: int | None
-    logged_stopped: bool
-    warnings: list[str]
+    raise h.BenchError(f"no VmHWM for pid {pid}")
 
 
 class Recorder:
@@ -72,32 +62,28 @@ class Recorder:
         path = workdir / "config.toml"
         path.write_text(config)
         args = [sys.executable, "-m", "recorder", "run", "--config", str(path)]
-        self.child = Child(name, args, workdir, die_with_parent=die_with_parent)
+        self.child = h.Child(name, args, workdir, die_with_parent=die_with_parent)
         self.pid = self.child.pid
 
-    def wait_started(self, deadline: Deadline) -> None:
+    def wait_started(self, deadline: h.Deadline) -> None:
         """Once it has logged ``recorder started`` (its link and proxy are up)."""
-        wait_for_log(self.child, STARTED, max(deadline.left(), 0.1))
-
-    def check_alive(self, instance: str = "") -> None:
-        self.child.check_alive()
+        h.wait_for_log(self.child, STARTED, max(deadline.left(), 0.1))
 
     def cpu(self) -> float:
         """CPU-seconds of its processes alive now."""
-        return sum(cpu_seconds(p, children=False) for p in process_tree(self.pid))
+        return sum(h.cpu_seconds(p, children=False) for p in process_tree(self.pid))
 
     def peak_rss_kib(self) -> int:
         """``VmHWM`` of its processes, summed: an upper bound on the tree's peak."""
         return sum(vm_hwm_kib(p) for p in process_tree(self.pid))
 
-    def stop(self, timeout: float) -> Stopped:
+    def stop(self, timeout: float) -> dict[str, Any]:
         """SIGTERM (one recorder at a time: a second SIGTERM during the drain stops it at
-        once), then its exit code and log."""
+        once); its exit code (None: it hung), whether it logged ``recorder stopped``, and
+        the warnings and errors it logged."""
         exit_code = self.child.terminate(timeout)
-        return Stopped(exit_code, *log_outcome(self.child.log()))
-
-    def kill(self) -> None:
-        self.child.kill()
+        stopped, warnings = h.log_outcome(self.child.log())
+        return {"exit_code": exit_code, "logged_stopped": stopped, "warnings": warnings}
 
 
 @dataclass
@@ -111,18 +97,18 @@ class Watched:
     samples: list[tuple[float, int]] = field(default_factory=list)  # (time, frame_count)
 
 
-def wait_connected(db: Database, watched: list[Watched], deadline: Deadline) -> None:
+def wait_connected(db: Database, watched: list[Watched], deadline: h.Deadline) -> None:
     """Until each recorder's link connection row exists (migrated, firehose starting)."""
     for w in watched:
         while (cid := db.scalar(LINK_SQL, w.instance)) is None:
             deadline.check("waiting for the recorder to connect")
-            w.rec.check_alive()
+            w.rec.child.check_alive()
             time.sleep(POLL_S)
         w.cid = cid
 
 
 def wait_committed(
-    db: Database, watched: list[Watched], deadline: Deadline, each_poll: Callable[[], None]
+    db: Database, watched: list[Watched], deadline: h.Deadline, each_poll: Callable[[], None]
 ) -> None:
     """Until each one's ``stream_end`` row is visible, noting its ``frame_count``;
     ``each_poll`` runs at every poll (a check, a sample of its own)."""
@@ -135,16 +121,64 @@ def wait_committed(
                 pending.remove(w)
                 continue
             deadline.check("waiting for the recorder to commit")
-            w.rec.check_alive()
+            w.rec.child.check_alive()
             top = db.scalar(PROGRESS_SQL, w.cid) or 0
             if not w.samples or top != w.samples[-1][1]:
                 changed = time.monotonic()
             elif time.monotonic() - changed > STALL_S:
-                raise BenchError(f"nothing committed for {STALL_S:.0f} s")
+                raise h.BenchError(f"nothing committed for {STALL_S:.0f} s")
             w.samples.append((time.time(), top))
         each_poll()
         if pending:
             time.sleep(POLL_S)
+
+
+def record_firehose(
+    db: Database,
+    workdir: Path,
+    frames: int,
+    deadline: h.Deadline,
+    names: tuple[str, ...] = ("default",),
+    each_poll: Callable[[], None] = lambda: None,
+    committed: Callable[[list[dict[str, Any]]], None] = lambda _: None,
+) -> list[dict[str, Any]]:
+    """Recorders (``storage.instance`` ``names``), each with its own simulator, committing
+    a firehose into ``db`` at once. Per recorder: frames/s (N / (a poll sees its
+    ``stream_end`` committed - its first chunk's ``received_at_us``)), its CPU-seconds
+    and peak RSS over the firehose, and how it stopped. ``committed`` sees those before
+    they are stopped."""
+    from firehose import start_simulator
+
+    sims: list[h.Child] = []
+    watched: list[Watched] = []
+    try:
+        if len(names) > 1:
+            migrate(db.url, workdir, deadline)
+        for name in names:
+            (wd := workdir / name).mkdir()
+            sim, port = start_simulator(frames, wd, deadline)
+            sims.append(sim)
+            config = h.recorder_config(port, db.url, name) + NO_PROXY
+            watched.append(Watched(Recorder(wd, config), name))
+        wait_connected(db, watched, deadline)
+        cpu0 = [w.rec.cpu() for w in watched]
+        wait_committed(db, watched, deadline, each_poll)
+        runs = []
+        for w, cpu in zip(watched, cpu0, strict=True):
+            cpu = w.rec.cpu() - cpu
+            peak = w.rec.peak_rss_kib() / 1024
+            if not (first_us := (db.row(SPAN_SQL, w.cid) or (None,))[0]):
+                raise h.BenchError(f"{w.instance}: no stream_chunk rows")
+            first = first_us / 1e6
+            runs.append({"instance": w.instance, "fps": frames / (w.done - first), "first": first})
+            runs[-1] |= {"done": w.done, "recorder_cpu_s": cpu, "peak_rss_mb": peak}
+        committed(runs)
+        for w, run in zip(watched, runs, strict=True):
+            run |= w.rec.stop(min(90.0, max(deadline.left(), 1.0)))
+        return runs
+    finally:
+        for child in [w.rec.child for w in watched] + sims:
+            child.stop()
 
 
 def steady_rate(progress: list[tuple[float, int]], frames: int) -> float:
@@ -156,16 +190,16 @@ def steady_rate(progress: list[tuple[float, int]], frames: int) -> float:
     return (hi[1] - lo[1]) / (hi[0] - lo[0])
 
 
-def migrate(url: str, workdir: Path, deadline: Deadline) -> None:
+def migrate(url: str, workdir: Path, deadline: h.Deadline) -> None:
     """``recorder db upgrade``: recorders started together on a new database would each
     migrate it, and two migrations at once collide."""
     args = [sys.executable, "-m", "recorder", "db", "upgrade", "--database", url]
-    child = Child("migrate", args, workdir)
+    child = h.Child("migrate", args, workdir)
     try:
         code = child.proc.wait(timeout=max(min(deadline.left(), 120.0), 1.0))
     except subprocess.TimeoutExpired:
-        raise BenchError("`recorder db upgrade` did not finish") from None
+        raise h.BenchError("`recorder db upgrade` did not finish") from None
     finally:
         child.kill()
     if code != 0:
-        raise BenchError(f"`recorder db upgrade` failed:\n{child.log()[-2000:]}")
+        raise h.BenchError(f"`recorder db upgrade` failed:\n{child.log()[-2000:]}")

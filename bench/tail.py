@@ -21,20 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import harness as h
+import recording as rc
 from databases import SqliteDatabase
-from firehose import start_simulator
-from harness import (
-    BenchError,
-    Child,
-    Deadline,
-    alternate,
-    common_options,
-    finish,
-    recorder_config,
-    run,
-    scratch_dir,
-)
-from recording import NO_PROXY, POLL_S, SPAN_SQL, Recorder, Watched, wait_committed, wait_connected
 from report import median
 
 from recorder.db.sqlite import WAL_RESTART_BYTES
@@ -66,54 +55,46 @@ class Output:
         return self.frames
 
 
-def measure(frames: int, deadline: Deadline, with_tail: bool, root: Path) -> dict[str, Any]:
+def measure(frames: int, deadline: h.Deadline, with_tail: bool, root: Path) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="tail-" if with_tail else "alone-", dir=root))
     db = SqliteDatabase(workdir / "recorder.db")
     wal = Path(f"{db.path}-wal")
-    # Migrated first (as `recorder db upgrade` does it), so that tail can open it first.
-    build(db.path, [])
-    sim, port = start_simulator(frames, workdir, deadline)
+    build(db.path, [])  # migrated first (as `recorder db upgrade` does), for tail to open
     tail = None
     if with_tail:
         args = ["-m", "recorder", "tail", "--database", str(db.path), "--format", "jsonl"]
-        tail = Child("tail", [sys.executable, *args, "--last", str(10**9)], workdir)
-    w = Watched(Recorder(workdir, recorder_config(port, db.url) + NO_PROXY))
-    wal_peak = 0
+        tail = h.Child("tail", [sys.executable, *args, "--last", str(10**9)], workdir)
+    out: dict[str, Any] = {"tail": with_tail, "wal_peak_mb": 0.0}
 
     def each_poll() -> None:
-        nonlocal wal_peak
         if tail is not None:
             tail.check_alive()
-        wal_peak = max(wal_peak, wal.stat().st_size if wal.exists() else 0)
+        wal_mb = (wal.stat().st_size if wal.exists() else 0) / MIB
+        out["wal_peak_mb"] = max(out["wal_peak_mb"], wal_mb)
 
-    try:
-        wait_connected(db, [w], deadline)
-        cpu0 = w.rec.cpu()
-        wait_committed(db, [w], deadline, each_poll)
-        out: dict[str, Any] = {"tail": with_tail, "recorder_cpu_s": w.rec.cpu() - cpu0}
-        first_us = (db.row(SPAN_SQL, w.cid) or (None,))[0]
-        if first_us is None:
-            raise BenchError("no stream_chunk rows")
-        out |= {"fps": frames / (w.done - first_us / 1e6), "wal_peak_mb": wal_peak / MIB}
+    def committed(runs: list[dict[str, Any]]) -> None:
         out["committed"] = db.scalar("select count(*) from frames")
         if tail is not None:
-            out |= catch_up(tail, out["committed"], w.done)
-        w.rec.stop(60.0)
-        return out
+            out.update(catch_up(tail, out["committed"], runs[0]["done"]))
+
+    try:
+        [run] = rc.record_firehose(
+            db, workdir, frames, deadline, ("default",), each_poll, committed
+        )
+        return out | run
     finally:
-        for child in (tail, w.rec.child, sim):
-            if child is not None:
-                child.stop()
+        if tail is not None:
+            tail.stop()
 
 
-def catch_up(tail: Child, committed: int, done: float) -> dict[str, Any]:
+def catch_up(tail: h.Child, committed: int, done: float) -> dict[str, Any]:
     """What tail had printed when the firehose was committed (``done``), and how long
     after that it printed the rest (up to CATCH_UP_S); then Ctrl-C, as a person stops it."""
     output = Output(tail.log_path)
     out: dict[str, Any] = {"printed_at_end": output.count()}
     until = time.monotonic() + CATCH_UP_S
     while output.count() < committed and time.monotonic() < until:
-        time.sleep(POLL_S)
+        time.sleep(rc.POLL_S)
     out["caught_up_s"] = max(tail.log_path.stat().st_mtime - done, 0.0)
     tail.proc.send_signal(signal.SIGINT)
     try:
@@ -127,17 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--frames", type=int, default=1_000_000, help="firehose frames per run")
     p.add_argument("--repeat", type=int, default=2, help="runs of each kind (median)")
-    common_options(p)
+    h.common_options(p)
     args = p.parse_args(argv)
     if args.frames < 1 or args.repeat < 1:
         p.error("--frames and --repeat must be at least 1")
-    deadline = Deadline(2 * args.repeat * (60 + CATCH_UP_S + args.frames / 2000))
-    with scratch_dir("bench-tail-", args.keep) as root:
+    deadline = h.Deadline(2 * args.repeat * (60 + CATCH_UP_S + args.frames / 2000))
+    with h.scratch_dir("bench-tail-", args.keep) as root:
         kinds = {
             "without tail": lambda r: measure(args.frames, deadline, False, r),
             "with tail": lambda r: measure(args.frames, deadline, True, r),
         }
-        runs = alternate(args.repeat, root, kinds, args.json)
+        runs = h.alternate(args.repeat, root, kinds, args.json)
     alone, tailed = runs["without tail"], runs["with tail"]
     fps_alone, fps_tail = median(r["fps"] for r in alone), median(r["fps"] for r in tailed)
     wal_tail = max(r["wal_peak_mb"] for r in tailed)
@@ -163,9 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         f"ratio_ge_{TARGET_RATIO}": ratio >= TARGET_RATIO,
         f"wal_lt_{TARGET_WAL_BYTES // MIB}MiB": wal_tail * MIB < TARGET_WAL_BYTES,
     }
-    finish("tail", summary | {"runs": alone + tailed}, headline, targets, args)
+    h.finish("tail", summary | {"runs": alone + tailed}, headline, targets, args)
     return 0 if complete else 1
 
 
 if __name__ == "__main__":
-    raise SystemExit(run(main))
+    raise SystemExit(h.run(main))
