@@ -1,5 +1,5 @@
 """What every benchmark shares: its processes, its baseline measured in the same run
-(:func:`alternate`), and its ending (``--json``, ``--keep``, ``--history``).
+(:func:`alternate`), medians, and its ending (``--json``, ``--keep``, ``--history``).
 
 The scripts run as ``python bench/<name>.py``, which puts this folder on ``sys.path``
 (``from harness import ...``); importing this module puts the repository there too, so
@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import json
+import math
 import os
 import re
 import shutil
 import signal
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, ClassVar, TypeVar
 
@@ -30,7 +33,6 @@ if str(REPO) not in sys.path:  # a plain checkout, not installed
     sys.path.insert(0, str(REPO))
 
 T = TypeVar("T")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class BenchError(Exception):
@@ -61,9 +63,6 @@ def scratch_dir(prefix: str, keep: bool) -> Iterator[Path]:
             print(f"kept {root}", file=sys.stderr)
         else:
             shutil.rmtree(root, ignore_errors=True)
-
-
-# --- processes ---------------------------------------------------------------------------
 
 
 def _die_with_parent() -> None:
@@ -171,28 +170,18 @@ def free_port() -> int:
 def cpu_seconds(pid: int, children: bool = True) -> float:
     """utime + stime of a live process and (``children``) its live descendants; NaN if
     the process is gone."""
-    total, todo, seen = 0.0, [pid], set()
-    while todo:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            if p == pid:
-                return float("nan")
-            continue
-        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
-        if not children:
-            break
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        total: float = sum(proc.cpu_times()[:2])
+        procs = proc.children(recursive=True) if children else []
+    except psutil.NoSuchProcess:
+        return float("nan")
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += sum(p.cpu_times()[:2])
     return total
-
-
-# --- the recorder: its configuration, its log, its SQLite file ---------------------------
 
 
 def recorder_config(port: int, url: str, instance: str = "default") -> str:
@@ -232,9 +221,6 @@ def poll_row(db: Path, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...
     except sqlite3.Error:
         return None
     return tuple(row) if row is not None else None
-
-
-# --- the page cache (cold reads) ---------------------------------------------------------
 
 
 def resident_fraction(path: Path) -> float:
@@ -287,7 +273,10 @@ def drop_page_cache(paths: list[Path]) -> str:
     return "fadvise"
 
 
-# --- the baseline in the same run, medians, the ending ----------------------------------
+def median(values: Iterable[float | None]) -> float:
+    """The median of the values that were measured (not None, not NaN); NaN for none."""
+    known = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.median(known) if known else float("nan")
 
 
 def alternate(
@@ -364,10 +353,17 @@ def finish(
         add_history_row(bench, headline, targets)
 
 
+def source_digest() -> str:
+    """Which recorder code was measured: SHA-256 over every recorder/**/*.py, as its path
+    relative to recorder/ and its bytes, in path order (12 hex digits)."""
+    root, digest = REPO / "recorder", hashlib.sha256()
+    for rel in sorted(path.relative_to(root).as_posix() for path in root.rglob("*.py")):
+        digest.update(rel.encode() + b"\0" + (root / rel).read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def add_history_row(bench: str, headline: dict[str, str], targets: dict[str, bool]) -> None:
     """One dated line under the runs table: which bench, which code, its headline."""
-    from report import source_digest  # report imports this module
-
     day = time.strftime("%Y-%m-%d", time.gmtime())
     figures = "; ".join(f"{k} {v}" for k, v in headline.items()).replace("|", "/")
     missed = ", ".join(name for name, met in targets.items() if not met) or "none"
@@ -377,7 +373,7 @@ def add_history_row(bench: str, headline: dict[str, str], targets: dict[str, boo
         text = text.rstrip("\n") + (
             f"\n\n{HISTORY_HEADING}\n\n"
             "Rows appended by `make bench HISTORY=1` (`--history`): the day, the bench, the\n"
-            "recorder code measured (`report.source_digest`), its headline figures beside\n"
+            "recorder code measured (`harness.source_digest`), its headline figures beside\n"
             "their baselines, and the targets it missed.\n\n"
             "| day | bench | code | headline | missed |\n"
             "| --- | --- | --- | --- | --- |\n"

@@ -27,7 +27,6 @@ import recording as rc
 from databases import Database, database_factory
 from firehose import DEFAULT_SIZE, FirehoseRows, LossReport, print_run_problems, start_simulator
 from recording import NO_PROXY, steady_rate, vm_hwm_kib
-from report import median
 
 # What bench/purge.py, compact.py and cleanup_runs.py import from here; new code should
 # import them from firehose.py and recording.py, where they live.
@@ -61,8 +60,8 @@ def summarize(
 ) -> tuple[dict[str, Any], dict[str, str], dict[str, bool]]:
     """The summary ``--json`` prints, the headline figures and the targets."""
     recs = [r for m in runs for r in m]
-    ceiling = median(c["fps"] for c in ceilings)
-    fps = median(r["fps"] for r in recs)
+    ceiling = h.median(c["fps"] for c in ceilings)
+    fps = h.median(r["fps"] for r in recs)
     peak = max(r["peak_rss_mb"] for r in recs)
     zero_loss = all(r["loss"]["ok"] for r in recs)
     where = "PostgreSQL" if args.database else "SQLite"
@@ -78,7 +77,9 @@ def summarize(
     if args.recorders > 1:
         # All the recorders' frames / (the last stream_end seen - the first chunk received).
         spans = [max(r["done"] for r in m) - min(r["first"] for r in m) for m in runs]
-        combined = median(len(m) * args.frames / span for m, span in zip(runs, spans, strict=True))
+        combined = h.median(
+            len(m) * args.frames / span for m, span in zip(runs, spans, strict=True)
+        )
         headline["recorder/ceiling"] = f"{fps / ceiling:.2f} each ({fps:,.0f} / {ceiling:,.0f})"
         headline["combined"] = f"{combined:,.0f} frames/s ({combined / ceiling:.2f})"
         summary["combined_fps"] = combined

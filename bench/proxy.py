@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import itertools
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,15 @@ import harness as h
 from databases import Database, SqliteDatabase
 from proxy_wire import LISTENING, client, digest
 from recording import Recorder
-from report import median
 from websockets.exceptions import WebSocketException
 
 WIRE = str(Path(__file__).resolve().parent / "proxy_wire.py")
 TARGET_ADDED_P99_MS = 2.0  # at 1 000 frames/s
 TARGET_RATIO = 0.5
+FRAMES_SQL = (
+    "select payload, payload_bytes, opcode from frames"
+    " where connection_id = ? and direction = ? order by seq"
+)
 
 
 class Bench:
@@ -87,12 +91,7 @@ def verify(db: Database, runs: list[dict[str, Any]]) -> dict[str, Any]:
         if closed is None or count != r["sent"][0] + r["received"][0]:
             problems.append(f"{r['label']}: connection row missing, open or miscounted")
         for direction, (want, sha) in (("out", r["sent"]), ("in", r["received"])):
-            sql = "select payload, payload_bytes, opcode from frames"
-            rows = list(
-                db.rows(
-                    sql + " where connection_id = ? and direction = ? order by seq", cid, direction
-                )
-            )
+            rows = list(db.rows(FRAMES_SQL, cid, direction))
             checked += len(rows)
             got = digest(p.encode() if p is not None else bytes(b) for p, b, _ in rows)
             if len(rows) != want or got != sha or any(op != 1 for *_, op in rows):
@@ -105,54 +104,39 @@ def verify(db: Database, runs: list[dict[str, Any]]) -> dict[str, Any]:
 def summarize(
     runs: list[dict[str, Any]], recorded: dict[str, Any], stopped: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, str], dict[str, bool]]:
-    """Added latency per repeat (direct and proxied ran back to back), then medians."""
+    """Direct and proxied ran back to back: what the proxy adds is taken per pair, then
+    the median over the repeats."""
 
     def pairs(kind: str, d: str, rate: int = 0) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        same = [r for r in runs if (r["kind"], r["dir"], r["rate"]) == (kind, d, rate)]
-        return list(zip(same[0::2], same[1::2], strict=True))  # (direct, proxy)
+        same = [r["receiver"] for r in runs if (r["kind"], r["dir"], r["rate"]) == (kind, d, rate)]
+        return list(zip(same[0::2], same[1::2], strict=True))  # (direct, proxied)
 
-    summary: dict[str, Any] = {"latency": {}, "throughput": {}}
+    summary: dict[str, Any] = {"recorded": recorded, "recorder": stopped, "runs": runs}
     headline: dict[str, str] = {}
-    for rate in (1000, 10000):
-        added = {}
-        for d in ("down", "up"):
-            lat = [
-                (x["receiver"]["lat_ms"], y["receiver"]["lat_ms"])
-                for x, y in pairs("latency", d, rate)
-            ]
-            summary["latency"][f"{d} {rate}/s"] = row = {
-                "direct_p99": median(x["p99"] for x, _ in lat),
-                "proxy_p99": median(y["p99"] for _, y in lat),
-                "added_p50": median(y["p50"] - x["p50"] for x, y in lat),
-                "added_p99": median(y["p99"] - x["p99"] for x, y in lat),
-            }
-            added[d] = row["added_p99"]
-            headline[f"added p99 {d} at {rate}/s"] = (
-                f"{row['added_p99']:+.2f} ms ({row['proxy_p99']:.2f} / {row['direct_p99']:.2f})"
-            )
-    ratios = {}
+    for rate, d in itertools.product((1000, 10000), ("down", "up")):
+        lat = [(x["lat_ms"], y["lat_ms"]) for x, y in pairs("latency", d, rate)]
+        direct, proxied = h.median(x["p99"] for x, _ in lat), h.median(y["p99"] for _, y in lat)
+        summary[f"added_p50_ms_{d}_{rate}"] = h.median(y["p50"] - x["p50"] for x, y in lat)
+        added = summary[f"added_p99_ms_{d}_{rate}"] = h.median(y["p99"] - x["p99"] for x, y in lat)
+        headline[f"added p99 {d} at {rate}/s"] = f"{added:+.2f} ms ({proxied:.2f} / {direct:.2f})"
     for d in ("down", "up"):
         tp = pairs("throughput", d)
-        direct, proxied = (
-            median(x["receiver"]["fps"] for x, _ in tp),
-            median(y["receiver"]["fps"] for _, y in tp),
-        )
-        ratios[d] = proxied / direct
-        summary["throughput"][d] = {"direct_fps": direct, "proxy_fps": proxied, "ratio": ratios[d]}
-        headline[f"throughput {d}"] = f"{ratios[d]:.2f} ({proxied:,.0f} / {direct:,.0f} frames/s)"
-    headline["every frame recorded"] = (
-        f"{'yes' if recorded['ok'] else 'NO'} ({recorded['frames_checked']:,} frames)"
-    )
+        direct, proxied = h.median(x["fps"] for x, _ in tp), h.median(y["fps"] for _, y in tp)
+        ratio = summary[f"throughput_ratio_{d}"] = proxied / direct
+        headline[f"throughput {d}"] = f"{ratio:.2f} ({proxied:,.0f} / {direct:,.0f} frames/s)"
+    checked = f"{recorded['frames_checked']:,} frames"
+    headline["every frame recorded"] = f"{h.yes(recorded['ok'])} ({checked})"
     targets = {
         "added_p99_lt_2ms_at_1000": all(
-            summary["latency"][f"{d} 1000/s"]["added_p99"] < TARGET_ADDED_P99_MS
-            for d in ("down", "up")
+            summary[f"added_p99_ms_{d}_1000"] < TARGET_ADDED_P99_MS for d in ("down", "up")
         ),
-        "throughput_ratio_ge_0.5": all(r >= TARGET_RATIO for r in ratios.values()),
+        "throughput_ratio_ge_0.5": all(
+            summary[f"throughput_ratio_{d}"] >= TARGET_RATIO for d in ("down", "up")
+        ),
         "every_frame_recorded": recorded["ok"],
         "clean_stop": stopped["exit_code"] == 0 and stopped["logged_stopped"],
     }
-    return summary | {"recorded": recorded, "recorder": stopped, "runs": runs}, headline, targets
+    return summary, headline, targets
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,9 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(repeat):
             for kind, d, rate, frames in points:
                 if not args.json:
-                    print(
-                        f"[{i + 1}/{repeat}] {kind} {d} {rate or ''}", file=sys.stderr, flush=True
-                    )
+                    print(f"[{i + 1}/{repeat}] {kind} {d} {rate or ''}", file=sys.stderr)
                 for via in ("direct", "proxy"):
                     bench.measure(kind, d, rate, frames, via)
         stopped = bench.recorder.stop(min(90.0, max(bench.deadline.left(), 5.0)))

@@ -155,9 +155,9 @@ async def run_peer() -> None:
 
 
 async def client(url: str, direction: str, rate: int, n: int) -> dict[str, Any]:
-    """One measurement on one connection to ``url`` (its query says the same to the peer): the receiver's analysis, whether the data
-    frames arrived unchanged, and the count and SHA-256 of every frame sent and
-    received (the recorded rows are checked against them)."""
+    """One measurement on one connection to ``url`` (whose query tells the peer the
+    same): the receiver's analysis, whether the data frames arrived unchanged, and the
+    count and SHA-256 of every frame sent and received, to check the recorded rows."""
     from websockets.asyncio.client import connect
 
     async with connect(url, **OPTIONS) as ws:

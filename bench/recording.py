@@ -1,11 +1,6 @@
-"""A recorder committing a firehose, as the benchmarks of ``recorder run`` watch it.
-
-:class:`Recorder` is ``recorder run`` as a :class:`harness.Child`, with the CPU and peak
-RSS of its process tree (service -> classifier -> database); :func:`wait_connected` and
-:func:`wait_committed` poll a :class:`databases.Database` until each recorder's link
-connection exists, then until its ``stream_end`` row is committed (frames commit in
-order, so every chunk before it is).
-"""
+"""A recorder committing a firehose, as the benchmarks of ``recorder run`` watch it:
+:class:`Recorder`, the polls of its database (:func:`wait_connected`,
+:func:`wait_committed`), and :func:`record_firehose`, which puts them together."""
 
 from __future__ import annotations
 
@@ -14,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,7 +66,7 @@ class Recorder:
 
     def cpu(self) -> float:
         """CPU-seconds of its processes alive now."""
-        return sum(h.cpu_seconds(p, children=False) for p in process_tree(self.pid))
+        return h.cpu_seconds(self.pid)
 
     def peak_rss_kib(self) -> int:
         """``VmHWM`` of its processes, summed: an upper bound on the tree's peak."""
@@ -94,7 +89,7 @@ class Watched:
     instance: str = "default"
     cid: int = 0
     done: float = 0.0  # wall clock when a poll first saw its stream_end committed
-    samples: list[tuple[float, int]] = field(default_factory=list)  # (time, frame_count)
+    top: int = -1  # its frame_count at the last poll
 
 
 def wait_connected(db: Database, watched: list[Watched], deadline: h.Deadline) -> None:
@@ -110,8 +105,8 @@ def wait_connected(db: Database, watched: list[Watched], deadline: h.Deadline) -
 def wait_committed(
     db: Database, watched: list[Watched], deadline: h.Deadline, each_poll: Callable[[], None]
 ) -> None:
-    """Until each one's ``stream_end`` row is visible, noting its ``frame_count``;
-    ``each_poll`` runs at every poll (a check, a sample of its own)."""
+    """Until each one's ``stream_end`` row is visible; fails if no ``frame_count`` moves
+    for STALL_S. ``each_poll`` runs at every poll (a check, a sample of its own)."""
     pending = list(watched)
     changed = time.monotonic()
     while pending:
@@ -122,12 +117,10 @@ def wait_committed(
                 continue
             deadline.check("waiting for the recorder to commit")
             w.rec.child.check_alive()
-            top = db.scalar(PROGRESS_SQL, w.cid) or 0
-            if not w.samples or top != w.samples[-1][1]:
-                changed = time.monotonic()
+            if (top := db.scalar(PROGRESS_SQL, w.cid) or 0) != w.top:
+                w.top, changed = top, time.monotonic()
             elif time.monotonic() - changed > STALL_S:
                 raise h.BenchError(f"nothing committed for {STALL_S:.0f} s")
-            w.samples.append((time.time(), top))
         each_poll()
         if pending:
             time.sleep(POLL_S)

@@ -24,7 +24,6 @@ from typing import Any
 import harness as h
 import recording as rc
 from databases import SqliteDatabase
-from report import median
 
 from recorder.db.sqlite import WAL_RESTART_BYTES
 from recorder.simulator.database import build
@@ -120,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         runs = h.alternate(args.repeat, root, kinds, args.json)
     alone, tailed = runs["without tail"], runs["with tail"]
-    fps_alone, fps_tail = median(r["fps"] for r in alone), median(r["fps"] for r in tailed)
+    fps_alone, fps_tail = h.median(r["fps"] for r in alone), h.median(r["fps"] for r in tailed)
     wal_tail = max(r["wal_peak_mb"] for r in tailed)
     ratio = fps_tail / fps_alone
     complete = all(
