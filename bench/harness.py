@@ -13,6 +13,7 @@ import ctypes
 import hashlib
 import json
 import math
+import mmap
 import os
 import re
 import shutil
@@ -226,32 +227,19 @@ def poll_row(db: Path, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...
 def resident_fraction(path: Path) -> float:
     """The share of a file's pages in the page cache (``mincore`` over a mapping, which
     reads nothing); NaN if the kernel would not say."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    int_ = ctypes.c_int
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, int_, int_, int_, ctypes.c_long]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
     try:
-        fd = os.open(path, os.O_RDONLY)
+        with open(path, "rb") as f:
+            if (size := os.fstat(f.fileno()).st_size) == 0:
+                return 0.0
+            # Private (copy-on-write) only so that ctypes may take its address.
+            with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) as m:
+                vec = (ctypes.c_ubyte * -(-size // mmap.PAGESIZE))()
+                start = ctypes.c_char.from_buffer(m)
+                ok = ctypes.CDLL(None).mincore(ctypes.byref(start), ctypes.c_size_t(size), vec)
+                del start  # the mapping cannot close while ctypes holds it
+                return sum(b & 1 for b in bytes(vec)) / len(vec) if ok == 0 else float("nan")
     except OSError:
         return float("nan")
-    try:
-        if (size := os.fstat(fd).st_size) == 0:
-            return 0.0
-        addr = libc.mmap(None, size, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
-        if addr is None or addr == ctypes.c_void_p(-1).value:
-            return float("nan")
-        try:
-            pages = (size + os.sysconf("SC_PAGE_SIZE") - 1) // os.sysconf("SC_PAGE_SIZE")
-            vec = (ctypes.c_ubyte * pages)()
-            if libc.mincore(addr, size, vec) != 0:
-                return float("nan")
-            return sum(b & 1 for b in bytes(vec)) / pages
-        finally:
-            libc.munmap(addr, size)
-    finally:
-        os.close(fd)
 
 
 def drop_page_cache(paths: list[Path]) -> str:
