@@ -1,15 +1,13 @@
 """A recorder committing a firehose, as the benchmarks of ``recorder run`` watch it:
-:class:`Recorder`, the polls of its database (:func:`wait_connected`,
-:func:`wait_committed`), and :func:`record_firehose`, which puts them together."""
+:class:`Recorder`, the polls of its database (:func:`wait_committed`), and
+:func:`record_firehose`, which puts them together."""
 
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,16 +47,18 @@ def vm_hwm_kib(pid: int) -> int:
 
 
 class Recorder:
-    """``recorder run`` with ``config`` (written to ``workdir/config.toml``)."""
+    """``recorder run`` with ``config`` (written to ``workdir/config.toml``), and its
+    firehose connection as :func:`wait_committed` sees it."""
 
     def __init__(
-        self, workdir: Path, config: str, *, name: str = "recorder", die_with_parent: bool = False
+        self, workdir: Path, config: str, instance: str = "default", die_with_parent: bool = False
     ) -> None:
-        path = workdir / "config.toml"
-        path.write_text(config)
+        (path := workdir / "config.toml").write_text(config)
         args = [sys.executable, "-m", "recorder", "run", "--config", str(path)]
-        self.child = h.Child(name, args, workdir, die_with_parent=die_with_parent)
-        self.pid = self.child.pid
+        self.child = h.Child("recorder", args, workdir, die_with_parent=die_with_parent)
+        self.pid, self.instance = self.child.pid, instance
+        self.cid = self.top = 0  # its link connection; that connection's frame_count
+        self.cpu0 = self.done = 0.0  # its CPU when connected; when stream_end was seen
 
     def wait_started(self, deadline: h.Deadline) -> None:
         """Once it has logged ``recorder started`` (its link and proxy are up)."""
@@ -81,44 +81,25 @@ class Recorder:
         return {"exit_code": exit_code, "logged_stopped": stopped, "warnings": warnings}
 
 
-@dataclass
-class Watched:
-    """One recorder's firehose connection as the polls saw it."""
-
-    rec: Recorder
-    instance: str = "default"
-    cid: int = 0
-    done: float = 0.0  # wall clock when a poll first saw its stream_end committed
-    top: int = -1  # its frame_count at the last poll
-
-
-def wait_connected(db: Database, watched: list[Watched], deadline: h.Deadline) -> None:
-    """Until each recorder's link connection row exists (migrated, firehose starting)."""
-    for w in watched:
-        while (cid := db.scalar(LINK_SQL, w.instance)) is None:
-            deadline.check("waiting for the recorder to connect")
-            w.rec.child.check_alive()
-            time.sleep(POLL_S)
-        w.cid = cid
-
-
 def wait_committed(
-    db: Database, watched: list[Watched], deadline: h.Deadline, each_poll: Callable[[], None]
+    db: Database, recs: list[Recorder], deadline: h.Deadline, each_poll: Callable[[], None]
 ) -> None:
-    """Until each one's ``stream_end`` row is visible; fails if no ``frame_count`` moves
-    for STALL_S. ``each_poll`` runs at every poll (a check, a sample of its own)."""
-    pending = list(watched)
-    changed = time.monotonic()
+    """Until each recorder's link connection row exists (its CPU clock starts there),
+    then until its ``stream_end`` row is visible; fails if no ``frame_count`` moves for
+    STALL_S. ``each_poll`` runs at every poll (a check, a sample of its own)."""
+    pending, changed = list(recs), time.monotonic()
     while pending:
-        for w in list(pending):
-            if db.scalar(END_SQL, w.cid):
-                w.done = time.time()
-                pending.remove(w)
-                continue
+        for r in list(pending):
             deadline.check("waiting for the recorder to commit")
-            w.rec.child.check_alive()
-            if (top := db.scalar(PROGRESS_SQL, w.cid) or 0) != w.top:
-                w.top, changed = top, time.monotonic()
+            r.child.check_alive()
+            if not r.cid:
+                if (cid := db.scalar(LINK_SQL, r.instance)) is not None:
+                    r.cid, r.cpu0 = cid, r.cpu()
+            elif db.scalar(END_SQL, r.cid):
+                r.done = time.time()
+                pending.remove(r)
+            elif (top := db.scalar(PROGRESS_SQL, r.cid) or 0) != r.top:
+                r.top, changed = top, time.monotonic()
             elif time.monotonic() - changed > STALL_S:
                 raise h.BenchError(f"nothing committed for {STALL_S:.0f} s")
         each_poll()
@@ -142,35 +123,33 @@ def record_firehose(
     they are stopped."""
     from firehose import start_simulator
 
-    sims: list[h.Child] = []
-    watched: list[Watched] = []
+    from recorder.simulator.database import build
+
+    children: list[h.Child] = []
+    recs: list[Recorder] = []
     try:
-        if len(names) > 1:
-            migrate(db.url, workdir, deadline)
+        if len(names) > 1:  # migrated first: two recorders' migrations at once collide
+            build(db.url, [])
         for name in names:
             (wd := workdir / name).mkdir()
             sim, port = start_simulator(frames, wd, deadline)
-            sims.append(sim)
-            config = h.recorder_config(port, db.url, name) + NO_PROXY
-            watched.append(Watched(Recorder(wd, config), name))
-        wait_connected(db, watched, deadline)
-        cpu0 = [w.rec.cpu() for w in watched]
-        wait_committed(db, watched, deadline, each_poll)
+            recs.append(Recorder(wd, h.recorder_config(port, db.url, name) + NO_PROXY, name))
+            children += [sim, recs[-1].child]
+        wait_committed(db, recs, deadline, each_poll)
         runs = []
-        for w, cpu in zip(watched, cpu0, strict=True):
-            cpu = w.rec.cpu() - cpu
-            peak = w.rec.peak_rss_kib() / 1024
-            if not (first_us := (db.row(SPAN_SQL, w.cid) or (None,))[0]):
-                raise h.BenchError(f"{w.instance}: no stream_chunk rows")
+        for r in recs:
+            cpu, peak = r.cpu() - r.cpu0, r.peak_rss_kib() / 1024
+            if not (first_us := (db.row(SPAN_SQL, r.cid) or (None,))[0]):
+                raise h.BenchError(f"{r.instance}: no stream_chunk rows")
             first = first_us / 1e6
-            runs.append({"instance": w.instance, "fps": frames / (w.done - first), "first": first})
-            runs[-1] |= {"done": w.done, "recorder_cpu_s": cpu, "peak_rss_mb": peak}
+            runs.append({"instance": r.instance, "fps": frames / (r.done - first), "first": first})
+            runs[-1] |= {"done": r.done, "recorder_cpu_s": cpu, "peak_rss_mb": peak}
         committed(runs)
-        for w, run in zip(watched, runs, strict=True):
-            run |= w.rec.stop(min(90.0, max(deadline.left(), 1.0)))
+        for r, run in zip(recs, runs, strict=True):
+            run |= r.stop(min(90.0, max(deadline.left(), 1.0)))
         return runs
     finally:
-        for child in [w.rec.child for w in watched] + sims:
+        for child in children:
             child.stop()
 
 
@@ -181,18 +160,3 @@ def steady_rate(progress: list[tuple[float, int]], frames: int) -> float:
     if lo is None or hi is None or hi[0] <= lo[0]:
         return float("nan")
     return (hi[1] - lo[1]) / (hi[0] - lo[0])
-
-
-def migrate(url: str, workdir: Path, deadline: h.Deadline) -> None:
-    """``recorder db upgrade``: recorders started together on a new database would each
-    migrate it, and two migrations at once collide."""
-    args = [sys.executable, "-m", "recorder", "db", "upgrade", "--database", url]
-    child = h.Child("migrate", args, workdir)
-    try:
-        code = child.proc.wait(timeout=max(min(deadline.left(), 120.0), 1.0))
-    except subprocess.TimeoutExpired:
-        raise h.BenchError("`recorder db upgrade` did not finish") from None
-    finally:
-        child.kill()
-    if code != 0:
-        raise h.BenchError(f"`recorder db upgrade` failed:\n{child.log()[-2000:]}")
