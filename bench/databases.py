@@ -66,9 +66,10 @@ class PostgresDatabase(Database):
         self.server, self.url = pg_url(server), pg_url(server, name)
         self.name, self.keep = name, keep
         self._loop = asyncio.new_event_loop()
-        self._conn: Any = None
         self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         self._admin(f'CREATE DATABASE "{name}"')
+        # No statement cache: the migrations change the tables under the polls.
+        self._conn = self._run(asyncpg_connect(self.url, statement_cache_size=0))
 
     def _run(self, coro: Any) -> Any:
         return self._loop.run_until_complete(coro)
@@ -77,7 +78,7 @@ class PostgresDatabase(Database):
         import asyncpg
 
         async def run() -> None:
-            conn = await asyncpg.connect(self.server, timeout=10)
+            conn = await asyncpg_connect(self.server)
             try:
                 await conn.execute(sql)
             finally:
@@ -88,14 +89,6 @@ class PostgresDatabase(Database):
         except (OSError, asyncpg.PostgresError) as exc:
             raise BenchError(f"PostgreSQL at {self.server}: {sql}: {exc}") from None
 
-    def _connection(self) -> Any:
-        import asyncpg
-
-        if self._conn is None:
-            # No statement cache: the migrations change the tables under the polls.
-            self._conn = self._run(asyncpg.connect(self.url, timeout=10, statement_cache_size=0))
-        return self._conn
-
     @staticmethod
     def _sql(sql: str) -> str:
         numbers = itertools.count(1)  # asyncpg wants $1, $2... for ?
@@ -105,17 +98,16 @@ class PostgresDatabase(Database):
         import asyncpg
 
         try:
-            return self._run(self._connection().fetchval(self._sql(sql), *params))
+            return self._run(self._conn.fetchval(self._sql(sql), *params))
         except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
             return None
 
     def rows(self, sql: str, *params: Any) -> Iterator[tuple[Any, ...]]:
         """Through a cursor in one read-only transaction, 10 000 rows at a time."""
-        conn = self._connection()
-        transaction = conn.transaction(readonly=True)
+        transaction = self._conn.transaction(readonly=True)
         self._run(transaction.start())
         try:
-            cursor = self._run(conn.cursor(self._sql(sql), *params))
+            cursor = self._run(self._conn.cursor(self._sql(sql), *params))
             while chunk := self._run(cursor.fetch(10_000)):
                 yield from (tuple(row) for row in chunk)
         finally:
@@ -123,14 +115,19 @@ class PostgresDatabase(Database):
 
     def close(self) -> None:
         try:
-            if self._conn is not None:
-                self._run(self._conn.close())
+            self._run(self._conn.close())
             if self.keep:
                 print(f"kept database {self.url}", file=sys.stderr)
             else:
                 self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
         finally:
             self._loop.close()
+
+
+def asyncpg_connect(url: str, **options: Any) -> Any:
+    import asyncpg
+
+    return asyncpg.connect(url, timeout=10, **options)
 
 
 def pg_url(url: str, database: str | None = None) -> str:
