@@ -29,11 +29,6 @@ class Database:
     def rows(self, sql: str, *params: Any) -> Iterator[tuple[Any, ...]]:
         raise NotImplementedError
 
-    def row(self, sql: str, *params: Any) -> tuple[Any, ...] | None:
-        for row in self.rows(sql, *params):  # the generator closes as it returns
-            return row
-        return None
-
     def close(self) -> None:
         pass
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import json
 import math
@@ -66,10 +67,14 @@ def scratch_dir(prefix: str, keep: bool) -> Iterator[Path]:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the benchmark dies (PR_SET_PDEATHSIG)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+def _child_setup(die_with_parent: bool) -> None:
+    """In the child, before exec: Ctrl-C acts as at a terminal (a benchmark started in
+    the background has SIGINT ignored, which exec keeps), and with ``die_with_parent``
+    SIGTERM comes when the benchmark dies (PR_SET_PDEATHSIG)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if die_with_parent:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
 
 
 class Child:
@@ -101,7 +106,7 @@ class Child:
             stderr=self._log,
             cwd=workdir,
             env=env,
-            preexec_fn=_die_with_parent if die_with_parent else None,
+            preexec_fn=functools.partial(_child_setup, die_with_parent),
         )
         self.pid = self.proc.pid
         Child.live.add(self)
@@ -138,10 +143,9 @@ class Child:
 
     def kill(self) -> None:
         Child.live.discard(self)
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None:
-                with contextlib.suppress(OSError):
-                    pipe.close()
+        for pipe in filter(None, (self.proc.stdin, self.proc.stdout)):
+            with contextlib.suppress(OSError):
+                pipe.close()
         if self.alive():
             self.proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -359,11 +363,9 @@ def add_history_row(bench: str, headline: dict[str, str], targets: dict[str, boo
     text = HISTORY.read_text() if HISTORY.exists() else "# Benchmarks: history\n"
     if HISTORY_HEADING not in text:
         text = text.rstrip("\n") + (
-            f"\n\n{HISTORY_HEADING}\n\n"
-            "Rows appended by `make bench HISTORY=1` (`--history`): the day, the bench, the\n"
-            "recorder code measured (`harness.source_digest`), its headline figures beside\n"
-            "their baselines, and the targets it missed.\n\n"
-            "| day | bench | code | headline | missed |\n"
-            "| --- | --- | --- | --- | --- |\n"
+            f"\n\n{HISTORY_HEADING}\n\nRows appended by `make bench HISTORY=1` (`--history`): the"
+            " day, the bench, the recorder code measured (`harness.source_digest`), its headline"
+            " figures beside their baselines, and the targets it missed.\n\n"
+            "| day | bench | code | headline | missed |\n| --- | --- | --- | --- | --- |\n"
         )
     HISTORY.write_text(text.rstrip("\n") + "\n" + row)

@@ -139,7 +139,7 @@ def record_firehose(
         runs = []
         for r in recs:
             cpu, peak = r.cpu() - r.cpu0, r.peak_rss_kib() / 1024
-            if not (first_us := (db.row(SPAN_SQL, r.cid) or (None,))[0]):
+            if not (first_us := db.scalar(SPAN_SQL, r.cid)):
                 raise h.BenchError(f"{r.instance}: no stream_chunk rows")
             first = first_us / 1e6
             runs.append({"instance": r.instance, "fps": frames / (r.done - first), "first": first})
