@@ -21,7 +21,7 @@ class Database:
     ``storage.url``); the benchmark reads it, :meth:`scalar` while the recorder runs
     (None while the tables do not exist yet), :meth:`rows` afterwards."""
 
-    kind = url = ""
+    url = ""
 
     def scalar(self, sql: str, *params: Any) -> Any:
         raise NotImplementedError
@@ -34,8 +34,6 @@ class Database:
 
 
 class SqliteDatabase(Database):
-    kind = "sqlite"
-
     def __init__(self, path: Path) -> None:
         self.path, self.url = path, f"sqlite:///{path}"
 
@@ -55,34 +53,23 @@ class PostgresDatabase(Database):
     benchmark may connect to), read over one asyncpg connection; dropped by
     :meth:`close` unless ``keep``."""
 
-    kind = "postgresql"
-
     def __init__(self, server: str, name: str, keep: bool) -> None:
+        import asyncpg
+
         self.server, self.url = pg_url(server), pg_url(server, name)
         self.name, self.keep = name, keep
         self._loop = asyncio.new_event_loop()
-        self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        self._admin(f'CREATE DATABASE "{name}"')
-        # No statement cache: the migrations change the tables under the polls.
-        self._conn = self._run(asyncpg_connect(self.url, statement_cache_size=0))
+        try:
+            self._admin = self._run(asyncpg.connect(self.server, timeout=10))
+            self._run(self._admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            self._run(self._admin.execute(f'CREATE DATABASE "{name}"'))
+            # No statement cache: the migrations change the tables under the polls.
+            self._conn = self._run(asyncpg.connect(self.url, timeout=10, statement_cache_size=0))
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise BenchError(f"PostgreSQL at {self.server}: {exc}") from None
 
     def _run(self, coro: Any) -> Any:
         return self._loop.run_until_complete(coro)
-
-    def _admin(self, sql: str) -> None:
-        import asyncpg
-
-        async def run() -> None:
-            conn = await asyncpg_connect(self.server)
-            try:
-                await conn.execute(sql)
-            finally:
-                await conn.close()
-
-        try:
-            self._run(run())
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise BenchError(f"PostgreSQL at {self.server}: {sql}: {exc}") from None
 
     @staticmethod
     def _sql(sql: str) -> str:
@@ -114,15 +101,12 @@ class PostgresDatabase(Database):
             if self.keep:
                 print(f"kept database {self.url}", file=sys.stderr)
             else:
-                self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+                self._run(
+                    self._admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+                )
+            self._run(self._admin.close())
         finally:
             self._loop.close()
-
-
-def asyncpg_connect(url: str, **options: Any) -> Any:
-    import asyncpg
-
-    return asyncpg.connect(url, timeout=10, **options)
 
 
 def pg_url(url: str, database: str | None = None) -> str:

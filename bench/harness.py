@@ -122,10 +122,10 @@ class Child:
         if not self.alive():
             raise BenchError(f"{self.name} exited early:\n{self.log()[-2000:]}")
 
-    def terminate(self, timeout: float) -> int | None:
-        """SIGTERM, wait up to ``timeout``; the exit code, or None if it hung."""
+    def terminate(self, timeout: float, sig: int = signal.SIGTERM) -> int | None:
+        """SIGTERM (or ``sig``), wait up to ``timeout``; the exit code, or None if it hung."""
         if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout=max(timeout, 0.1))
         except subprocess.TimeoutExpired:

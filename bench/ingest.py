@@ -43,10 +43,9 @@ def measure(
 ) -> list[dict[str, Any]]:
     """One measurement: ``--recorders`` recorders, each committing its own firehose into
     one fresh database at once, and their rows checked; one result per recorder."""
-    workdir = Path(tempfile.mkdtemp(prefix="recorder-", dir=root))
-    db: Database = make_db(workdir)
+    db: Database = make_db(workdir := Path(tempfile.mkdtemp(prefix="recorder-", dir=root)))
+    names = ("default",) if args.recorders == 1 else ("bench-a", "bench-b")
     try:
-        names = ("default",) if args.recorders == 1 else ("bench-a", "bench-b")
         runs = rc.record_firehose(db, workdir, args.frames, deadline, names)
         for r in runs:
             r["loss"] = asdict(fh.verify_firehose(db, r["instance"], args.frames))
@@ -71,9 +70,8 @@ def summarize(
         "zero loss": "yes" if zero_loss else "NO",
         "peak RSS": f"{peak:.1f} MB",
     }
-    summary = {"frames": args.frames, "database": where, "ceiling_fps": ceiling}
-    summary |= {"recorder_fps": fps, "ratio": fps / ceiling, "zero_loss": zero_loss}
-    summary |= {"recorder_peak_rss_mb": peak, "ceiling_runs": ceilings, "recorder_runs": recs}
+    summary = {"frames": args.frames, "database": where, "ratio": fps / ceiling}
+    summary |= {"zero_loss": zero_loss, "ceiling_runs": ceilings, "recorder_runs": recs}
     if args.recorders > 1:
         # All the recorders' frames / (the last stream_end seen - the first chunk received).
         spans = [max(r["done"] for r in m) - min(r["first"] for r in m) for m in runs]
@@ -92,7 +90,7 @@ def summarize(
     return summary, headline, targets
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--frames", type=int, default=200_000, help="firehose frames per run")
     p.add_argument("--repeat", type=int, default=2, help="measurements of each kind (median)")
@@ -106,11 +104,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--database takes a PostgreSQL URL (postgresql://...); SQLite is the default")
     if args.recorders > 1 and not args.database:
         p.error("--recorders 2 needs --database postgresql://... (one SQLite file has one writer)")
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     # Generous: 20 s of start-up per measurement, and at least 2 000 frames/s.
     deadline = h.Deadline(2 * args.repeat * (20 + args.frames * args.recorders / 2000))
     make_db = database_factory(args.database, args.keep)

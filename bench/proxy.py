@@ -153,21 +153,17 @@ def main(argv: list[str] | None = None) -> int:
     repeat = args.repeat or (1 if args.quick else 2)
     n = args.frames or (20_000 if args.quick else 100_000)
     seconds = {1000: 1.0, 10000: 0.5} if args.quick else {1000: 3.0, 10000: 2.0}
-    points = [
-        ("latency", d, rate, int(rate * s)) for rate, s in seconds.items() for d in ("down", "up")
-    ]
+    points = [("latency", d, r, int(r * s)) for r, s in seconds.items() for d in ("down", "up")]
     points += [("throughput", d, 0, n) for d in ("down", "up")]
+    # One warm-up each way first: checked in the database, not reported.
+    plan = [("warmup", d, 0, 5000) for d in ("down", "up")] + points * repeat
     with h.scratch_dir("bench-proxy-", args.keep) as root:
         bench = Bench(root, h.Deadline(600.0))
-        for d in ("down", "up"):
+        for kind, d, rate, frames in plan:
+            if not args.json:
+                print(f"{kind} {d} {rate or ''}", file=sys.stderr)
             for via in ("direct", "proxy"):
-                bench.measure("warmup", d, 0, 5000, via)
-        for i in range(repeat):
-            for kind, d, rate, frames in points:
-                if not args.json:
-                    print(f"[{i + 1}/{repeat}] {kind} {d} {rate or ''}", file=sys.stderr)
-                for via in ("direct", "proxy"):
-                    bench.measure(kind, d, rate, frames, via)
+                bench.measure(kind, d, rate, frames, via)
         stopped = bench.recorder.stop(min(90.0, max(bench.deadline.left(), 5.0)))
         recorded = verify(bench.db, bench.runs)
     summary, headline, targets = summarize(bench.runs, recorded, stopped)

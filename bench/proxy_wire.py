@@ -52,10 +52,10 @@ def frame_builder(direction: str, n: int) -> Callable[[int, int], str]:
 
 def digest(frames: Iterable[bytes]) -> str:
     """SHA-256 over length-prefixed frames, in order."""
-    h = hashlib.sha256()
+    sha = hashlib.sha256()
     for data in frames:
-        h.update(len(data).to_bytes(8, "big") + data)
-    return h.hexdigest()
+        sha.update(len(data).to_bytes(8, "big") + data)
+    return sha.hexdigest()
 
 
 async def send_frames(ws: Any, direction: str, rate: int, n: int) -> list[bytes]:
@@ -77,11 +77,6 @@ async def send_frames(ws: Any, direction: str, rate: int, n: int) -> list[bytes]
     return [frame.encode() for frame in sent]
 
 
-def percentile(values: list[int], p: float) -> int:
-    """Nearest rank on sorted values."""
-    return values[min(len(values) - 1, max(0, math.ceil(p / 100 * len(values)) - 1))]
-
-
 def analyze(recs: list[tuple[int, bytes]], n: int) -> dict[str, Any]:
     """Latency and rate of received data frames ``(receive ns, bytes)``, parsed only
     after the run (the receiver only appends while frames arrive)."""
@@ -97,7 +92,8 @@ def analyze(recs: list[tuple[int, bytes]], n: int) -> dict[str, Any]:
     out: dict[str, Any] = {"received": len(recs), "in_order": in_order}
     out["sha"] = digest(d for _, d in recs)
     if lat:
-        out["lat_ms"] = {f"p{p}": percentile(lat, p) / 1e6 for p in (50, 99, 100)}
+        rank = {p: max(0, math.ceil(p / 100 * len(lat)) - 1) for p in (50, 99, 100)}  # nearest
+        out["lat_ms"] = {f"p{p}": lat[i] / 1e6 for p, i in rank.items()}
     if len(recs) >= 2 and (span := recs[-1][0] - recs[0][0]) > 0:
         out["fps"] = len(recs) / (span / 1e9)
     return out

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -77,10 +76,8 @@ def measure(frames: int, deadline: h.Deadline, with_tail: bool, root: Path) -> d
             out.update(catch_up(tail, out["committed"], runs[0]["done"]))
 
     try:
-        [run] = rc.record_firehose(
-            db, workdir, frames, deadline, ("default",), each_poll, committed
-        )
-        return out | run
+        run = rc.record_firehose(db, workdir, frames, deadline, ("default",), each_poll, committed)
+        return out | run[0]
     finally:
         if tail is not None:
             tail.stop()
@@ -95,11 +92,7 @@ def catch_up(tail: h.Child, committed: int, done: float) -> dict[str, Any]:
     while output.count() < committed and time.monotonic() < until:
         time.sleep(rc.POLL_S)
     out["caught_up_s"] = max(tail.log_path.stat().st_mtime - done, 0.0)
-    tail.proc.send_signal(signal.SIGINT)
-    try:
-        out["tail_exit"] = tail.proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        out["tail_exit"] = None
+    out["tail_exit"] = tail.terminate(30, signal.SIGINT)
     return out | {"printed": output.count(), "tail_strays": output.strays}
 
 
