@@ -1,10 +1,6 @@
 """What every benchmark shares: its processes, its baseline measured in the same run
 (:func:`alternate`), medians, and its ending (``--json``, ``--keep``, ``--history``).
-
-The scripts run as ``python bench/<name>.py``, which puts this folder on ``sys.path``
-(``from harness import ...``); importing this module puts the repository there too, so
-that ``recorder`` imports from a plain checkout. Methods: docs/BENCHMARKS.md.
-"""
+Importing it puts the repository on ``sys.path``, for ``recorder`` in a plain checkout."""
 
 from __future__ import annotations
 

@@ -2,10 +2,8 @@
 ``websockets`` client reading the same firehose in the same run; zero loss; peak RSS.
 
 Each measurement has a fresh simulator (``recorder simulate --firehose N``) and a fresh
-database: a SQLite file, or with ``--database postgresql://...`` a new database on that
-server (dropped afterwards unless ``--keep``). Ceiling and recorder alternate
-``--repeat`` times; medians. Recorder rate = N / (wall clock when a poll sees the
-``stream_end`` row committed - ``received_at_us`` of the first chunk). ``--recorders 2``
+database: a SQLite file, or with ``--database postgresql://...`` a new database there.
+Ceiling and recorder alternate ``--repeat`` times; medians. ``--recorders 2``
 (PostgreSQL): two recorders, each with its own firehose, into one database at once.
 Method and numbers: docs/BENCHMARKS.md. Exits 1 if a frame was lost or altered, 2 if
 the benchmark itself failed.

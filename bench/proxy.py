@@ -1,13 +1,9 @@
 """Proxy benchmark: what recording through the proxy costs a UI, against talking to the
 daemon directly in the same run: added one-way latency (p99) at 1 000 and 10 000
-frames/s and the throughput ratio, per direction; and every proxied frame recorded,
-byte-identical.
-
-Processes: the peer (``bench/proxy_wire.py``), its client (here) and ``recorder run`` with
-``daemon.url`` at the peer and ``proxy.listen`` on a free port, a fresh SQLite file.
-Each point runs direct, then proxied, back to back, ``--repeat`` times, after one
-warm-up each way; medians. Method and numbers: docs/BENCHMARKS.md. Exits 1 if a frame
-was lost, altered or not recorded, 2 if the benchmark itself failed.
+frames/s and the throughput ratio, per direction; every proxied frame recorded,
+byte-identical. Each point runs direct then proxied, back to back, ``--repeat`` times;
+medians. Method and numbers: docs/BENCHMARKS.md. Exits 1 if a frame was lost, altered
+or not recorded, 2 if the benchmark itself failed.
 """
 
 from __future__ import annotations
@@ -72,9 +68,8 @@ class Bench:
 
 
 def verify(db: Database, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each proxied run's connection (found by the ``run=`` in its URL): per direction,
-    as many rows as frames that way, a SHA-256 over their payloads in ``seq`` order equal
-    to the client's over the wire, stored as text; ``frame_count`` and closed."""
+    """Each proxied run's connection (by the ``run=`` in its URL): per direction, the rows
+    and a SHA-256 over their payloads in ``seq`` order as on the wire; closed, counted."""
     problems, checked = [], 0
     conns = {
         int(parse_qs(urlsplit(url).query)["run"][0]): (cid, count, closed)

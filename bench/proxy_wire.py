@@ -1,13 +1,9 @@
-"""The two far ends of the proxy benchmark: the peer (``python bench/proxy_wire.py``, its
-own process) stands in for the daemon, :func:`client` for a UI (in the driver's process,
-which does nothing else while it runs).
-
-The peer is used instead of ``recorder simulate`` because timing needs frames stamped
-when they are sent. Frames down (peer -> client) are shaped like ``stream_chunk``, up
-like a ``session_status`` request; each carries ``"index":i,"t":<monotonic_ns at send>``
-and is padded to about :data:`FRAME_BYTES`. CLOCK_MONOTONIC is one clock for every
-process, so receive time - ``t`` is the one-way latency. Only connections whose path
-starts with ``/bench`` take part; the recorder's own link (``/``) is read and ignored.
+"""The two far ends of the proxy benchmark: the peer (``python bench/proxy_wire.py``)
+stands in for the daemon, which cannot stamp frames as it sends them; :func:`client`
+for a UI. Frames down are shaped like ``stream_chunk``, up like ``session_status``, each
+about :data:`FRAME_BYTES` with ``"index":i,"t":<monotonic_ns at send>``: CLOCK_MONOTONIC
+is one clock for every process, so receive time - ``t`` is the one-way latency. Only
+paths under ``/bench`` take part; the recorder's own link (``/``) is read and ignored.
 """
 
 from __future__ import annotations

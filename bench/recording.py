@@ -73,9 +73,8 @@ class Recorder:
         return sum(vm_hwm_kib(p) for p in process_tree(self.pid))
 
     def stop(self, timeout: float) -> dict[str, Any]:
-        """SIGTERM (one recorder at a time: a second SIGTERM during the drain stops it at
-        once); its exit code (None: it hung), whether it logged ``recorder stopped``, and
-        the warnings and errors it logged."""
+        """SIGTERM (one at a time: a second one during the drain stops it at once); its exit
+        code (None: it hung), whether it logged ``recorder stopped``, and its warnings."""
         exit_code = self.child.terminate(timeout)
         stopped, warnings = h.log_outcome(self.child.log())
         return {"exit_code": exit_code, "logged_stopped": stopped, "warnings": warnings}
@@ -116,11 +115,9 @@ def record_firehose(
     each_poll: Callable[[], None] = lambda: None,
     committed: Callable[[list[dict[str, Any]]], None] = lambda _: None,
 ) -> list[dict[str, Any]]:
-    """Recorders (``storage.instance`` ``names``), each with its own simulator, committing
-    a firehose into ``db`` at once. Per recorder: frames/s (N / (a poll sees its
-    ``stream_end`` committed - its first chunk's ``received_at_us``)), its CPU-seconds
-    and peak RSS over the firehose, and how it stopped. ``committed`` sees those before
-    they are stopped."""
+    """Recorders ``names``, each with its own simulator, committing a firehose into ``db``
+    at once; per recorder, frames/s (N / (a poll sees ``stream_end`` - the first chunk's
+    ``received_at_us``)), CPU and peak RSS, and its stop (``committed`` runs before it)."""
     from firehose import start_simulator
 
     from recorder.simulator.database import build
