@@ -16,24 +16,11 @@ from typing import Any
 from harness import BenchError, poll_row, ro_connect
 
 
-class Database:
-    """One fresh database for one measurement: the recorder writes it (``url`` is its
-    ``storage.url``); the benchmark reads it, :meth:`scalar` while the recorder runs
-    (None while the tables do not exist yet), :meth:`rows` afterwards."""
+class SqliteDatabase:
+    """A file for one measurement: the recorder writes it (``url`` is its ``storage.url``);
+    the benchmark reads it, :meth:`scalar` while the recorder runs (None while the tables
+    do not exist yet), :meth:`rows` afterwards."""
 
-    url = ""
-
-    def scalar(self, sql: str, *params: Any) -> Any:
-        raise NotImplementedError
-
-    def rows(self, sql: str, *params: Any) -> Iterator[tuple[Any, ...]]:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-
-class SqliteDatabase(Database):
     def __init__(self, path: Path) -> None:
         self.path, self.url = path, f"sqlite:///{path}"
 
@@ -47,8 +34,11 @@ class SqliteDatabase(Database):
         finally:
             con.close()
 
+    def close(self) -> None:
+        pass
 
-class PostgresDatabase(Database):
+
+class PostgresDatabase:
     """A new database ``name`` on the server ``server`` names (any database there the
     benchmark may connect to), read over one asyncpg connection; dropped by
     :meth:`close` unless ``keep``."""
@@ -113,6 +103,10 @@ def pg_url(url: str, database: str | None = None) -> str:
     """``postgresql://...`` (for asyncpg, and for storage.url), with another database."""
     parts = urllib.parse.urlsplit(url)._replace(scheme="postgresql")
     return urllib.parse.urlunsplit(parts._replace(path=f"/{database}") if database else parts)
+
+
+# One fresh database for one measurement, either kind.
+Database = SqliteDatabase | PostgresDatabase
 
 
 def database_factory(url: str | None, keep: bool) -> Callable[[Path], Database]:

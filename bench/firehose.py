@@ -43,7 +43,7 @@ async def bare_client(url: str, frames: int) -> dict[str, Any]:
     """Receive until stream_end, doing nothing with the frames (in its own process)."""
     from websockets.asyncio.client import connect
 
-    chunks = nbytes = 0
+    chunks = 0
     first = end = 0.0
     async with connect(url, max_size=None, ping_interval=None) as ws:
         recv = ws.recv
@@ -53,11 +53,10 @@ async def bare_client(url: str, frames: int) -> dict[str, Any]:
                 if not chunks:
                     first = time.perf_counter()
                 chunks += 1
-                nbytes += len(data)
             elif data.startswith(END_PREFIX):
                 end = time.perf_counter()
                 break
-    return {"chunks": chunks, "bytes": nbytes, "seconds": end - first}
+    return {"chunks": chunks, "seconds": end - first}
 
 
 def run_ceiling(frames: int, root: Path, deadline: Deadline) -> dict[str, float]:
@@ -78,8 +77,7 @@ def run_ceiling(frames: int, root: Path, deadline: Deadline) -> dict[str, float]
     result = json.loads(out)
     if result["chunks"] != frames:
         raise BenchError(f"bare client saw {result['chunks']} chunks, expected {frames}")
-    seconds = result["seconds"]
-    return {"fps": frames / seconds, "seconds": seconds, "frame_bytes": result["bytes"] / frames}
+    return {"fps": frames / result["seconds"], "seconds": result["seconds"]}
 
 
 @dataclass
