@@ -359,9 +359,10 @@ def add_history_row(bench: str, headline: dict[str, str], targets: dict[str, boo
     text = HISTORY.read_text() if HISTORY.exists() else "# Benchmarks: history\n"
     if HISTORY_HEADING not in text:
         text = text.rstrip("\n") + (
-            f"\n\n{HISTORY_HEADING}\n\nRows appended by `make bench HISTORY=1` (`--history`): the"
-            " day, the bench, the recorder code measured (`harness.source_digest`), its headline"
-            " figures beside their baselines, and the targets it missed.\n\n"
+            f"\n\n{HISTORY_HEADING}\n\n"
+            "Rows appended by `make bench HISTORY=1` (`--history`): the day, the bench, the\n"
+            "recorder code measured (`harness.source_digest`), its headline figures beside\n"
+            "their baselines, and the targets it missed.\n\n"
             "| day | bench | code | headline | missed |\n| --- | --- | --- | --- | --- |\n"
         )
     HISTORY.write_text(text.rstrip("\n") + "\n" + row)

@@ -21,7 +21,6 @@ import harness as h
 from databases import Database, SqliteDatabase
 from proxy_wire import LISTENING, client, digest
 from recording import Recorder
-from websockets.exceptions import WebSocketException
 
 WIRE = str(Path(__file__).resolve().parent / "proxy_wire.py")
 TARGET_ADDED_P99_MS = 2.0  # at 1 000 frames/s
@@ -59,7 +58,7 @@ class Bench:
         gc.disable()
         try:
             result = asyncio.run(asyncio.wait_for(client(url, direction, rate, n), limit))
-        except (OSError, TimeoutError, WebSocketException) as exc:
+        except Exception as exc:  # whatever stopped the client stops the benchmark
             raise h.BenchError(f"{label}: {type(exc).__name__}: {exc}") from None
         finally:
             gc.enable()
