@@ -65,7 +65,7 @@ def summarize(
     headline = {
         "frames": f"{args.frames:,} into {where}, {args.repeat} run(s) of each kind, medians",
         "recorder/ceiling": f"{fps / ceiling:.2f} ({fps:,.0f} / {ceiling:,.0f} frames/s)",
-        "zero loss": "yes" if zero_loss else "NO",
+        "zero loss": h.yes(zero_loss),
         "peak RSS": f"{peak:.1f} MB",
     }
     summary = {"frames": args.frames, "database": where, "ratio": fps / ceiling}
