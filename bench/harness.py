@@ -1,61 +1,45 @@
-"""Process and database plumbing shared by the benchmarks in this folder.
-
-``bench/ingest.py`` and ``bench/proxy.py`` each start the recorder and its counterparts
-as separate processes, watch them through ``/proc`` and their logs, and read the
-recorder's SQLite file read-only afterwards. This module holds those pieces once:
-
-* :class:`BenchError` (the benchmark itself failed), :class:`Deadline` (the overall
-  time limit) and :func:`scratch_dir` (the temporary directory of a run);
-* :class:`Child`, a child process with its output in a log file, started with
-  :func:`child_env`, and :func:`wait_for_log` to wait for a line in that log;
-* :func:`free_port` for a listener on loopback, and :func:`recorder_config`, the
-  recorder's configuration file;
-* :func:`cpu_seconds` from ``/proc``;
-* :func:`ro_connect` (read-only SQLite), :func:`poll_row` (a read while the recorder
-  writes) and :func:`log_outcome` (what the recorder's JSON log says about its stop);
-* :func:`drop_page_cache` and :func:`resident_fraction`, for cold-cache measurements.
-
-The scripts run as ``python bench/<name>.py``, which puts this folder on ``sys.path``;
-that is how ``from harness import ...`` finds this module, in the benchmark and in the
-helper processes it starts from its own file. Importing it also puts the repository
-on ``sys.path``, so that ``recorder`` imports from a plain checkout.
-"""
+"""What every benchmark shares: its processes, its baseline measured in the same run
+(:func:`alternate`), medians, and its ending (``--json``, ``--keep``, ``--history``).
+Importing it puts the repository on ``sys.path``, for ``recorder`` in a plain checkout."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
+import hashlib
 import json
+import math
+import mmap
 import os
 import re
 import shutil
 import signal
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, Any, ClassVar, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # a plain checkout, not installed
     sys.path.insert(0, str(REPO))
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PR_SET_PDEATHSIG = 1
+T = TypeVar("T")
 
 
 class BenchError(Exception):
-    """The benchmark itself could not run (not a recorder result)."""
+    """The benchmark itself could not run (not a recorder result): exit status 2."""
 
 
 class Deadline:
     def __init__(self, seconds: float) -> None:
-        self.at = time.monotonic() + seconds
-        self.seconds = seconds
+        self.at, self.seconds = time.monotonic() + seconds, seconds
 
     def left(self) -> float:
         return self.at - time.monotonic()
@@ -72,65 +56,27 @@ def scratch_dir(prefix: str, keep: bool) -> Iterator[Path]:
     try:
         yield root
     finally:
+        Child.kill_all()  # before their logs go
         if keep:
             print(f"kept {root}", file=sys.stderr)
         else:
             shutil.rmtree(root, ignore_errors=True)
 
 
-# --- processes ---------------------------------------------------------------------------
-
-
-def child_env() -> dict[str, str]:
-    # Nothing from the caller's environment may redirect the recorder (database, config).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECORDER_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the benchmark dies, however it dies."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def cpu_seconds(pid: int, children: bool = True) -> float:
-    """utime + stime of a live process and of its live descendants (the recorder's
-    classifier and database processes).
-
-    With ``children=False``, of the process alone. NaN if the process is gone.
-    """
-    total = 0.0
-    todo, seen = [pid], set()
-    while todo:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            if p == pid:
-                return float("nan")
-            continue
-        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
-        if not children:
-            break
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-    return total
+def _child_setup(die_with_parent: bool) -> None:
+    """In the child, before exec: Ctrl-C acts as at a terminal (a benchmark started in
+    the background has SIGINT ignored, which exec keeps), and with ``die_with_parent``
+    SIGTERM comes when the benchmark dies (PR_SET_PDEATHSIG)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if die_with_parent:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
 
 
 class Child:
-    """A child process whose output goes to a file; always reaped by :meth:`kill`.
+    """A child process whose output goes to ``workdir/<name>.log``; reaped by :meth:`kill`
+    (or by :meth:`kill_all`, which every benchmark's ending calls)."""
 
-    stdin and stdout are pipes only where asked for (``pipe_stdin``, ``pipe_stdout``);
-    ``die_with_parent`` has the kernel SIGTERM the child if the benchmark dies.
-    """
-
-    # Every child still running, so that main() can stop them whatever went wrong.
     live: ClassVar[set[Child]] = set()
 
     def __init__(
@@ -143,17 +89,20 @@ class Child:
         pipe_stdout: bool = False,
         die_with_parent: bool = False,
     ) -> None:
-        self.name = name
-        self.log_path = workdir / f"{name}.log"
+        self.name, self.log_path = name, workdir / f"{name}.log"
         self._log: IO[bytes] = open(self.log_path, "wb")
+        # Nothing from the caller's environment may redirect the recorder (database, config).
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RECORDER_")}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        env["PYTHONUNBUFFERED"] = "1"
         self.proc = subprocess.Popen(
             args,
             stdin=subprocess.PIPE if pipe_stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE if pipe_stdout else self._log,
             stderr=self._log,
             cwd=workdir,
-            env=child_env(),
-            preexec_fn=_die_with_parent if die_with_parent else None,
+            env=env,
+            preexec_fn=functools.partial(_child_setup, die_with_parent),
         )
         self.pid = self.proc.pid
         Child.live.add(self)
@@ -165,33 +114,34 @@ class Child:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def terminate(self, timeout: float) -> int | None:
-        """SIGTERM, wait up to ``timeout``; returns the exit code or None if it hung."""
+    def check_alive(self) -> None:
+        if not self.alive():
+            raise BenchError(f"{self.name} exited early:\n{self.log()[-2000:]}")
+
+    def terminate(self, timeout: float, sig: int = signal.SIGTERM) -> int | None:
+        """SIGTERM (or ``sig``), wait up to ``timeout``; the exit code, or None if it hung."""
         if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout=max(timeout, 0.1))
         except subprocess.TimeoutExpired:
             return None
 
     def stop(self, timeout: float = 5.0) -> None:
-        """:meth:`terminate`, then :meth:`kill` (which also reaps it and closes its log):
-        for a child whose exit code does not matter (a simulator, a peer)."""
+        """For a child whose exit code does not matter (a simulator, a peer)."""
         self.terminate(timeout)
         self.kill()
 
     @classmethod
     def kill_all(cls) -> None:
-        """Kill every child not yet killed: what main() does last, however the run ended."""
         for child in list(cls.live):
             child.kill()
 
     def kill(self) -> None:
         Child.live.discard(self)
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None:
-                with contextlib.suppress(OSError):
-                    pipe.close()
+        for pipe in filter(None, (self.proc.stdin, self.proc.stdout)):
+            with contextlib.suppress(OSError):
+                pipe.close()
         if self.alive():
             self.proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -200,8 +150,7 @@ class Child:
 
 
 def wait_for_log(child: Child, pattern: re.Pattern[str], seconds: float) -> re.Match[str]:
-    """The first match of ``pattern`` in the child's log, waiting up to ``seconds`` (30 at
-    most); BenchError if the child exits or the time is up first."""
+    """The first match of ``pattern`` in the child's log within ``seconds`` (30 at most)."""
     until = time.monotonic() + min(30.0, seconds)
     while time.monotonic() < until:
         if (m := pattern.search(child.log())) is not None:
@@ -219,36 +168,45 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-# --- the recorder's configuration --------------------------------------------------------
+def cpu_seconds(pid: int, children: bool = True) -> float:
+    """utime + stime of a live process and (``children``) its live descendants; NaN if
+    the process is gone."""
+    import psutil
 
-# No heartbeat within a run: each one is a ping the recorder sends and records, frames
-# the benchmarks did not ask for. Callers append the sections they need ([proxy], ...).
-RECORDER_CONFIG = """\
-[daemon]
-url = "ws://127.0.0.1:{port}"
-
-[heartbeat]
-interval = 3600.0
-timeout = 600.0
-
-[storage]
-url = "{url}"
-{instance}shutdown_timeout = 60.0
-
-[log]
-level = "info"
-format = "json"
-"""
+    try:
+        proc = psutil.Process(pid)
+        total: float = sum(proc.cpu_times()[:2])
+        procs = proc.children(recursive=True) if children else []
+    except psutil.NoSuchProcess:
+        return float("nan")
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += sum(p.cpu_times()[:2])
+    return total
 
 
 def recorder_config(port: int, url: str, instance: str = "default") -> str:
-    """The configuration file of a recorder whose daemon listens on ``port`` and whose
-    ``storage.url`` is ``url``; ``storage.instance`` is left out for ``default``."""
-    line = "" if instance == "default" else f'instance = "{instance}"\n'
-    return RECORDER_CONFIG.format(port=port, url=url, instance=line)
+    """A recorder whose daemon listens on ``port``, writing to ``url``; callers append
+    the sections they need ([proxy], [cleanup], ...). No heartbeat within a run: each
+    ping would be a frame the benchmark did not ask for."""
+    return (
+        f'daemon = {{url = "ws://127.0.0.1:{port}"}}\n'
+        "heartbeat = {interval = 3600.0, timeout = 600.0}\n"
+        'log = {level = "info", format = "json"}\n'
+        f'[storage]\nurl = "{url}"\ninstance = "{instance}"\nshutdown_timeout = 60.0\n'
+    )
 
 
-# --- the recorder's output ---------------------------------------------------------------
+def log_outcome(text: str) -> tuple[bool, list[str]]:
+    """From the recorder's JSON log: did it log ``recorder stopped``, and its warnings."""
+    events = []
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            if isinstance(obj := json.loads(line), dict):
+                events.append(obj)
+    stopped = any(e.get("event") == "recorder stopped" for e in events)
+    bad = ("warning", "error", "critical")
+    return stopped, [f"{e['level']}: {e.get('event')}" for e in events if e.get("level") in bad]
 
 
 def ro_connect(db: Path) -> sqlite3.Connection:
@@ -256,112 +214,37 @@ def ro_connect(db: Path) -> sqlite3.Connection:
 
 
 def poll_row(db: Path, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
-    """One row of a database a recorder is writing, in one short read transaction; None
-    while the file or its tables do not exist yet (or no row)."""
+    """One row of a file a recorder is writing, in one short read; None while the file
+    or its tables do not exist yet (or no row)."""
     try:
-        con = ro_connect(db)
+        with contextlib.closing(ro_connect(db)) as con:
+            row = con.execute(sql, params).fetchone()
     except sqlite3.Error:
         return None
-    try:
-        row = con.execute(sql, params).fetchone()
-        return tuple(row) if row is not None else None
-    except sqlite3.Error:
-        return None
-    finally:
-        con.close()
-
-
-def parse_log(text: str) -> list[dict[str, Any]]:
-    events = []
-    for line in text.splitlines():
-        with contextlib.suppress(ValueError):
-            obj = json.loads(line)
-            if isinstance(obj, dict):
-                events.append(obj)
-    return events
-
-
-def log_outcome(text: str) -> tuple[bool, list[str]]:
-    """From the recorder's JSON log: did it log ``recorder stopped``, and its warnings
-    and errors (``level: event``)."""
-    events = parse_log(text)
-    stopped = any(e.get("event") == "recorder stopped" for e in events)
-    warnings = [
-        f"{e.get('level')}: {e.get('event')}"
-        for e in events
-        if e.get("level") in ("warning", "error", "critical")
-    ]
-    return stopped, warnings
-
-
-def yes(flag: bool) -> str:
-    """How the benchmarks print a check: a missed one stands out."""
-    return "yes" if flag else "NO"
-
-
-def targets_line(targets: dict[str, bool]) -> str:
-    return "  targets: " + ", ".join(f"{name} {yes(met)}" for name, met in targets.items())
-
-
-# --- the page cache ----------------------------------------------------------------------
-
-PROT_READ = 1
-MAP_SHARED = 1
-
-
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_size_t,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_long,
-    ]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
-    return libc
+    return tuple(row) if row is not None else None
 
 
 def resident_fraction(path: Path) -> float:
-    """The share of a file's pages that are in the page cache (``mincore``); NaN if the
-    kernel would not say. Mapping the file does not read it."""
+    """The share of a file's pages in the page cache (``mincore`` over a mapping, which
+    reads nothing); NaN if the kernel would not say."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        with open(path, "rb") as f:
+            if (size := os.fstat(f.fileno()).st_size) == 0:
+                return 0.0
+            # Private (copy-on-write) only so that ctypes may take its address.
+            with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) as m:
+                vec = (ctypes.c_ubyte * -(-size // mmap.PAGESIZE))()
+                start = ctypes.c_char.from_buffer(m)
+                ok = ctypes.CDLL(None).mincore(ctypes.byref(start), ctypes.c_size_t(size), vec)
+                del start  # the mapping cannot close while ctypes holds it
+                return sum(b & 1 for b in bytes(vec)) / len(vec) if ok == 0 else float("nan")
     except OSError:
         return float("nan")
-    try:
-        size = os.fstat(fd).st_size
-        if size == 0:
-            return 0.0
-        libc = _libc()
-        addr = libc.mmap(None, size, PROT_READ, MAP_SHARED, fd, 0)
-        if addr is None or addr == ctypes.c_void_p(-1).value:
-            return float("nan")
-        try:
-            page = os.sysconf("SC_PAGE_SIZE")
-            pages = (size + page - 1) // page
-            vec = (ctypes.c_ubyte * pages)()
-            if libc.mincore(addr, size, vec) != 0:
-                return float("nan")
-            return sum(b & 1 for b in bytes(vec)) / pages
-        finally:
-            libc.munmap(addr, size)
-    finally:
-        os.close(fd)
 
 
 def drop_page_cache(paths: list[Path]) -> str:
-    """Before a cold measurement: empty the page cache; returns how.
-
-    ``drop_caches``: ``sync``, then ``1`` into ``/proc/sys/vm/drop_caches`` (root, and a
-    writable ``/proc/sys``): every clean page of every file goes, the interpreter's and
-    the libraries' too. Otherwise ``fadvise``: ``posix_fadvise(POSIX_FADV_DONTNEED)`` on
-    each of ``paths`` (any user who can open them; clean pages only, so they are synced
-    first). Check the outcome with :func:`resident_fraction`.
-    """
+    """Empty the page cache before a cold measurement; returns how: ``drop_caches`` (root:
+    every clean page of every file) or ``fadvise`` (DONTNEED on ``paths``, synced first)."""
     os.sync()
     with contextlib.suppress(OSError):
         with open("/proc/sys/vm/drop_caches", "w") as f:
@@ -378,7 +261,47 @@ def drop_page_cache(paths: list[Path]) -> str:
     return "fadvise"
 
 
-# --- the common options and the common ending ---------------------------------------------
+def median(values: Iterable[float | None]) -> float:
+    """The median of the values that were measured (not None, not NaN); NaN for none."""
+    known = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.median(known) if known else float("nan")
+
+
+def alternate(
+    repeat: int, root: Path, kinds: dict[str, Callable[[Path], T]], quiet: bool = False
+) -> dict[str, list[T]]:
+    """Each kind measured in turn, ``repeat`` times (the baseline first): a baseline and
+    its measurement see the same machine, whatever else runs on it."""
+    runs: dict[str, list[T]] = {kind: [] for kind in kinds}
+    for i in range(repeat):
+        for kind, measure in kinds.items():
+            if not quiet:
+                print(f"run {i + 1}/{repeat}: {kind} ...", file=sys.stderr, flush=True)
+            runs[kind].append(measure(root))
+    return runs
+
+
+def run(main: Callable[[], int]) -> int:
+    """A benchmark's ``main``: exit 2 with one line if the benchmark itself failed, and
+    every child stopped however it ended (SIGTERM included)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return main()
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        Child.kill_all()
+
+
+def yes(flag: bool) -> str:
+    """How the benchmarks print a check: a missed one stands out."""
+    return "yes" if flag else "NO"
+
+
+def targets_line(targets: dict[str, bool]) -> str:
+    return "  targets: " + ", ".join(f"{name} {yes(met)}" for name, met in targets.items())
+
 
 HISTORY = REPO / "docs" / "benchmarks-history.md"
 HISTORY_HEADING = "## Runs"
@@ -403,15 +326,12 @@ def finish(
     args: Any,
 ) -> None:
     """How every benchmark ends: the summary as JSON (``--json``) or its headline figures
-    and targets as lines; with ``--history``, the headline as a dated row of the runs
-    table in docs/benchmarks-history.md (made under :data:`HISTORY_HEADING` if missing).
-
-    ``headline`` is the few figures a reader compares across days, already formatted,
-    each beside its baseline where it has one (e.g. ``"0.53 (133 560 / 252 803 f/s)"``).
-    """
+    (formatted, each beside its baseline) and targets as lines; ``--history`` appends
+    the headline as a dated row to docs/benchmarks-history.md."""
     if args.json:
         print(json.dumps(summary | {"targets": targets}, indent=2, default=str))
     else:
+        print(f"{bench} benchmark")
         width = max((len(k) for k in headline), default=0)
         for name, value in headline.items():
             print(f"  {name:<{width}}  {value}")
@@ -421,10 +341,17 @@ def finish(
         add_history_row(bench, headline, targets)
 
 
+def source_digest() -> str:
+    """Which recorder code was measured: SHA-256 over every recorder/**/*.py, as its path
+    relative to recorder/ and its bytes, in path order (12 hex digits)."""
+    root, digest = REPO / "recorder", hashlib.sha256()
+    for rel in sorted(path.relative_to(root).as_posix() for path in root.rglob("*.py")):
+        digest.update(rel.encode() + b"\0" + (root / rel).read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def add_history_row(bench: str, headline: dict[str, str], targets: dict[str, bool]) -> None:
     """One dated line under the runs table: which bench, which code, its headline."""
-    from report import source_digest  # report imports this module
-
     day = time.strftime("%Y-%m-%d", time.gmtime())
     figures = "; ".join(f"{k} {v}" for k, v in headline.items()).replace("|", "/")
     missed = ", ".join(name for name, met in targets.items() if not met) or "none"
@@ -434,9 +361,8 @@ def add_history_row(bench: str, headline: dict[str, str], targets: dict[str, boo
         text = text.rstrip("\n") + (
             f"\n\n{HISTORY_HEADING}\n\n"
             "Rows appended by `make bench HISTORY=1` (`--history`): the day, the bench, the\n"
-            "recorder code measured (`report.source_digest`), its headline figures beside\n"
+            "recorder code measured (`harness.source_digest`), its headline figures beside\n"
             "their baselines, and the targets it missed.\n\n"
-            "| day | bench | code | headline | missed |\n"
-            "| --- | --- | --- | --- | --- |\n"
+            "| day | bench | code | headline | missed |\n| --- | --- | --- | --- | --- |\n"
         )
     HISTORY.write_text(text.rstrip("\n") + "\n" + row)

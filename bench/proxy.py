@@ -1,183 +1,171 @@
-"""Proxy benchmark: what does recording through the proxy cost a UI, next to talking direct?
-
-Method (three separate processes besides this driver, everything on 127.0.0.1):
-
-* **The peer** stands in for the daemon (``proxy_peer.py``, a small ``websockets``
-  server). It is used instead of ``recorder simulate`` because timing needs frames
-  stamped at the moment they are sent, and the simulator has no hook for that. Frames
-  from the peer are shaped like the protocol's ``stream_chunk``
-  (``{"type":"stream_chunk","data":{"sessionId":...,"chunk":...,"metadata":{"type":"text",
-  "index":i,"t":<monotonic_ns at send>}}}``), frames to it like a client's
-  ``session_status`` request with the same ``index``/``t`` pair; both are padded to
-  about 180 bytes. Only connections whose path starts with ``/bench`` take part (the
-  proxy forwards the request path and query); the recorder's own passive link (path
-  ``/``) is read and ignored.
-* **The client** (``proxy_client.py``, its own process) runs one measurement per line
-  of JSON it reads on stdin, and prints one line of JSON per result.
-* **The recorder**: ``python -m recorder run --config <tmp>/config.toml`` with
-  ``daemon.url`` at the peer, ``proxy.listen`` on a free port and a fresh SQLite file.
-
-Every measurement is one WebSocket connection. ``down`` is peer -> client (what a UI
-receives), ``up`` is client -> peer. The sender stamps each frame with
-``time.monotonic_ns()`` right before ``send``; the receiver takes
-``time.monotonic_ns()`` right after ``recv``. CLOCK_MONOTONIC is one clock for every
-process on a machine, so the difference is the one-way latency (sender's send call,
-kernel, proxy if any, receiver's receive path). The receiver only appends
-``(receive time, bytes)`` to a list while frames arrive and parses the stamps
-afterwards; the client and the peer run with the garbage collector off during a
-measurement, so the harness adds as little noise as it can. Compression is off
-everywhere (the proxy never negotiates it, so a direct connection must not either).
-
-* **Latency** at a paced rate (1 000 and 10 000 frames/s): the sender sends
-  ``rate/1000`` frames every millisecond on a ``loop.time()`` schedule (catching up if
-  it wakes late) for a few seconds; the first 10 % of the frames are dropped as warm-up.
-  p50, p99 and max per direction, direct and proxied; "added" is proxied minus direct,
-  taken per repeat (the two ran back to back) and then the median over repeats.
-* **Throughput**: N frames (default 100 000) as fast as the sender can send them
-  (``await send`` per frame, so TCP back-pressure paces it). frames/s = N / (receive time
-  of the last frame - receive time of the first), measured by the receiver. For proxied
-  runs the driver also watches the database (read-only, every 50 ms, ``max(seq)`` of the
-  run's connection) and reports "recorded" frames/s = N / (moment every row of the run
-  is committed - first receive): forwarding runs ahead of the database by at most the
-  writer's queue (``storage.queue_max_frames``) plus the batches in flight to the writer
-  processes (up to ``IN_FLIGHT`` = 3 batches of ``storage.batch_size``,
-  ``recorder/pipeline/writer.py``), then back-pressure couples the two.
-* **Every frame recorded**: after the recorder has been stopped with SIGTERM (it must
-  exit 0 and log ``recorder stopped``), each proxied measurement's connection row
-  (``connections.role = 'proxy'``, found by the ``run=`` id in its URL) is read back with
-  stdlib ``sqlite3``, read-only: per direction, the number of rows equals the number of
-  frames sent that way (data and control frames: ``bench_go``, ``bench_done``,
-  ``bench_result``) and a SHA-256 over every payload in ``seq`` order equals the one
-  the client computed over what it sent and received, so every payload is byte-identical,
-  not just a sample. The peer hashes what it sent / received too, so the benchmark also
-  checks that the proxy forwarded every data frame unchanged.
-
-Around every measurement the driver reads the CPU time (``/proc``) of the peer, the
-client and the recorder, the recorder including its child processes (the recorder's
-classifier and database processes), and reports CPU-seconds and "cores busy" (all three
-per wall-second), which shows whether the machine, rather than one process, was the
-limit. The output names the recorder code it measured (SHA-256 over every
-``recorder/**/*.py``, subpackages included) and says if that code changed during the run.
-
-Direct and proxied measurements of a point run back to back (direct first), point after
-point, ``--repeat`` times; medians are reported, because small shared machines are
-noisy. Before measuring, one short direct and proxied run each way warms everything up
-(those are verified in the database too, but not reported).
-
-Where the pieces are: the frames, their stamps and hashes in ``proxy_frames.py``; the
-processes and one measurement in ``proxy_driver.py``, over the shared ``recording.py``
-(the recorder process) and ``databases.py`` (its SQLite file); the check that every frame
-was recorded in ``proxy_rows.py``; the summary and table in ``proxy_report.py``.
-
-Usage::
-
-    python bench/proxy.py               # about 60 s
-    python bench/proxy.py --quick       # about 15 s
-    python bench/proxy.py --json
-
-Exits 0 when every frame was forwarded and recorded, 1 if one was lost or altered,
-2 if the benchmark itself failed. Missing a latency or throughput target is reported,
-not an exit status.
+"""Proxy benchmark: what recording through the proxy costs a UI, against talking to the
+daemon directly in the same run: added one-way latency (p99) at 1 000 and 10 000
+frames/s and the throughput ratio, per direction; every proxied frame recorded,
+byte-identical. Each point runs direct then proxied, back to back, ``--repeat`` times;
+medians. Method and numbers: docs/BENCHMARKS.md. Exits 1 if a frame was lost, altered
+or not recorded, 2 if the benchmark itself failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import signal
+import gc
+import itertools
 import sys
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
-from harness import BenchError, Deadline, scratch_dir
-from proxy_driver import Bench, Point
-from proxy_report import print_table, summarize
-from proxy_rows import verify
-from report import source_digest
+import harness as h
+from databases import Database, SqliteDatabase
+from proxy_wire import LISTENING, client, digest
+from recording import Recorder
+
+WIRE = str(Path(__file__).resolve().parent / "proxy_wire.py")
+TARGET_ADDED_P99_MS = 2.0  # at 1 000 frames/s
+TARGET_RATIO = 0.5
+FRAMES_SQL = (
+    "select payload, payload_bytes, opcode from frames"
+    " where connection_id = ? and direction = ? order by seq"
+)
 
 
-def plan(args: argparse.Namespace) -> list[tuple[str, Point]]:
-    if args.quick:
-        lat = [(1000, 1.0), (10000, 0.5)]
-        n = args.frames or 20_000
-    else:
-        lat = [(1000, 3.0), (10000, 2.0)]
-        n = args.frames or 100_000
-    points: list[tuple[str, Point]] = []
-    for rate, seconds in lat:
-        for d in ("down", "up"):
-            points.append((f"latency {d} {rate}/s", Point("latency", d, rate, int(rate * seconds))))
+class Bench:
+    """The peer and the recorder of a run, and the measurements so far."""
+
+    def __init__(self, root: Path, deadline: h.Deadline) -> None:
+        self.deadline, self.runs = deadline, list[dict[str, Any]]()
+        self.db = SqliteDatabase(root / "bench.db")
+        self.peer = h.Child("peer", [sys.executable, WIRE], root, die_with_parent=True)
+        self.peer_port = int(h.wait_for_log(self.peer, LISTENING, deadline.left()).group(1))
+        self.proxy_port = h.free_port()
+        config = h.recorder_config(self.peer_port, self.db.url)
+        config += f'\n[proxy]\nlisten = "127.0.0.1:{self.proxy_port}"\n'
+        self.recorder = Recorder(root, config, die_with_parent=True)
+        self.recorder.wait_started(deadline)
+
+    def measure(self, kind: str, direction: str, rate: int, n: int, via: str) -> None:
+        """One measurement on one connection, direct to the peer or through the proxy,
+        with the garbage collector off."""
+        label = f"{kind} {direction} {rate or ''} {via}"
+        self.deadline.check(label)
+        port = self.peer_port if via == "direct" else self.proxy_port
+        run = len(self.runs) + 1
+        url = f"ws://127.0.0.1:{port}/bench?dir={direction}&rate={rate}&n={n}&run={run}"
+        limit = min(max(self.deadline.left(), 1.0), n / (rate or 2000) + 60)  # >= 2 000/s
+        gc.collect()
+        gc.disable()
+        try:
+            result = asyncio.run(asyncio.wait_for(client(url, direction, rate, n), limit))
+        except Exception as exc:  # whatever stopped the client stops the benchmark
+            raise h.BenchError(f"{label}: {type(exc).__name__}: {exc}") from None
+        finally:
+            gc.enable()
+        result |= {"label": label, "kind": kind, "dir": direction, "rate": rate, "via": via}
+        self.runs.append(result | {"n": n, "run": run})
+
+
+def verify(db: Database, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each proxied run's connection (by the ``run=`` in its URL): per direction, the rows
+    and a SHA-256 over their payloads in ``seq`` order as on the wire; closed, counted."""
+    problems, checked = [], 0
+    conns = {
+        int(parse_qs(urlsplit(url).query)["run"][0]): (cid, count, closed)
+        for cid, url, count, closed in db.rows(
+            "select id, url, frame_count, closed_at_us from connections where role = 'proxy'"
+        )
+    }
+    for r in runs:
+        if not r["forwarded_ok"] or not r["receiver"].get("in_order"):
+            problems.append(f"{r['label']}: data frames missing, altered or out of order")
+        if r["via"] != "proxy":
+            continue
+        cid, count, closed = conns.pop(r["run"], (None, 0, None))
+        if closed is None or count != r["sent"][0] + r["received"][0]:
+            problems.append(f"{r['label']}: connection row missing, open or miscounted")
+        for direction, (want, sha) in (("out", r["sent"]), ("in", r["received"])):
+            rows = list(db.rows(FRAMES_SQL, cid, direction))
+            checked += len(rows)
+            got = digest(p.encode() if p is not None else bytes(b) for p, b, _ in rows)
+            if len(rows) != want or got != sha or any(op != 1 for *_, op in rows):
+                problems.append(f"{r['label']}: {direction} rows differ from the wire")
+    if conns:
+        problems.append(f"{len(conns)} proxy connections no measurement made")
+    return {"ok": not problems, "frames_checked": checked, "problems": problems}
+
+
+def summarize(
+    runs: list[dict[str, Any]], recorded: dict[str, Any], stopped: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, str], dict[str, bool]]:
+    """Direct and proxied ran back to back: what the proxy adds is taken per pair, then
+    the median over the repeats."""
+
+    def pairs(kind: str, d: str, rate: int = 0) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        same = [r["receiver"] for r in runs if (r["kind"], r["dir"], r["rate"]) == (kind, d, rate)]
+        return list(zip(same[0::2], same[1::2], strict=True))  # (direct, proxied)
+
+    summary: dict[str, Any] = {"recorded": recorded, "recorder": stopped, "runs": runs}
+    headline: dict[str, str] = {}
+    for rate, d in itertools.product((1000, 10000), ("down", "up")):
+        lat = [(x["lat_ms"], y["lat_ms"]) for x, y in pairs("latency", d, rate)]
+        direct, proxied = h.median(x["p99"] for x, _ in lat), h.median(y["p99"] for _, y in lat)
+        summary[f"added_p50_ms_{d}_{rate}"] = h.median(y["p50"] - x["p50"] for x, y in lat)
+        added = summary[f"added_p99_ms_{d}_{rate}"] = h.median(y["p99"] - x["p99"] for x, y in lat)
+        headline[f"added p99 {d} at {rate}/s"] = f"{added:+.2f} ms ({proxied:.2f} / {direct:.2f})"
     for d in ("down", "up"):
-        points.append((f"throughput {d}", Point("throughput", d, 0, n)))
-    return points
+        tp = pairs("throughput", d)
+        direct, proxied = h.median(x["fps"] for x, _ in tp), h.median(y["fps"] for _, y in tp)
+        ratio = summary[f"throughput_ratio_{d}"] = proxied / direct
+        headline[f"throughput {d}"] = f"{ratio:.2f} ({proxied:,.0f} / {direct:,.0f} frames/s)"
+    checked = f"{recorded['frames_checked']:,} frames"
+    headline["every frame recorded"] = f"{h.yes(recorded['ok'])} ({checked})"
+    targets = {
+        "added_p99_lt_2ms_at_1000": all(
+            summary[f"added_p99_ms_{d}_1000"] < TARGET_ADDED_P99_MS for d in ("down", "up")
+        ),
+        "throughput_ratio_ge_0.5": all(
+            summary[f"throughput_ratio_{d}"] >= TARGET_RATIO for d in ("down", "up")
+        ),
+        "every_frame_recorded": recorded["ok"],
+        "clean_stop": stopped["exit_code"] == 0 and stopped["logged_stopped"],
+    }
+    return summary, headline, targets
 
 
-async def drive(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
-    try:
-        return await _drive(args, bench)
-    finally:
-        bench.close_stdout()
-
-
-async def _drive(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
-    bench.start()
-    points = plan(args)
-    for d in ("down", "up"):
-        for via in ("direct", "proxy"):
-            await bench.measure(Point("warmup", d, 0, 5000), via, f"warm-up {d} {via}")
-    warmups = len(bench.runs)
-    for rep in range(args.repeat):
-        for label, point in points:
-            for via in ("direct", "proxy"):
-                if not args.json:
-                    print(f"[{rep + 1}/{args.repeat}] {label} {via}", file=sys.stderr, flush=True)
-                await bench.measure(point, via, f"{label} {via} #{rep + 1}")
-    recorder = bench.stop()
-    recorded = verify(bench.db, bench.runs)
-    return summarize(args, points, bench.runs[warmups:], recorder, recorded)
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--quick", action="store_true", help="short runs (about 15 s in all)")
     p.add_argument(
         "--frames", type=int, default=0, help="throughput frames (100 000; quick 20 000)"
     )
     p.add_argument("--repeat", type=int, default=0, help="repeats of every point (2; quick 1)")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--timeout", type=float, default=600.0, help="overall limit, seconds")
-    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    h.common_options(p)
     args = p.parse_args(argv)
-    if args.frames < 0 or args.repeat < 0 or args.timeout <= 0:
-        p.error("--frames and --repeat must not be negative, --timeout positive")
-    args.repeat = args.repeat or (1 if args.quick else 2)
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    deadline = Deadline(args.timeout)
-    # Other work on the machine shows in the numbers; the load average says how much there was.
-    args.loadavg_start = os.getloadavg()
-    args.source_start = source_digest()
-    # SIGTERM to the benchmark must still reach the finally blocks that stop the children.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with scratch_dir("bench-proxy-", args.keep) as root:
-        bench = Bench(root, deadline)
-        try:
-            summary = asyncio.run(asyncio.wait_for(drive(args, bench), deadline.left()))
-        except (BenchError, TimeoutError) as exc:
-            print(f"benchmark failed: {exc or 'overall timeout'}", file=sys.stderr)
-            return 2
-        finally:
-            bench.close()
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print_table(summary)
-    return 0 if summary["recorded"]["ok"] else 1
+    if args.frames < 0 or args.repeat < 0:
+        p.error("--frames and --repeat must not be negative")
+    repeat = args.repeat or (1 if args.quick else 2)
+    n = args.frames or (20_000 if args.quick else 100_000)
+    seconds = {1000: 1.0, 10000: 0.5} if args.quick else {1000: 3.0, 10000: 2.0}
+    points = [("latency", d, r, int(r * s)) for r, s in seconds.items() for d in ("down", "up")]
+    points += [("throughput", d, 0, n) for d in ("down", "up")]
+    # One warm-up each way first: checked in the database, not reported.
+    plan = [("warmup", d, 0, 5000) for d in ("down", "up")] + points * repeat
+    with h.scratch_dir("bench-proxy-", args.keep) as root:
+        bench = Bench(root, h.Deadline(600.0))
+        for kind, d, rate, frames in plan:
+            if not args.json:
+                print(f"{kind} {d} {rate or ''}", file=sys.stderr)
+            for via in ("direct", "proxy"):
+                bench.measure(kind, d, rate, frames, via)
+        stopped = bench.recorder.stop(min(90.0, max(bench.deadline.left(), 5.0)))
+        recorded = verify(bench.db, bench.runs)
+    summary, headline, targets = summarize(bench.runs, recorded, stopped)
+    h.finish("proxy", summary, headline, targets, args)
+    for problem in recorded["problems"][:10]:
+        print(f"  problem: {problem}", file=sys.stderr)
+    return 0 if recorded["ok"] else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(h.run(main))

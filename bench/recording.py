@@ -1,34 +1,26 @@
-"""Run a recorder and watch it commit: the part every benchmark of ``recorder run`` shares.
-
-* :class:`Recorder`: ``python -m recorder run --config <workdir>/config.toml`` as a
-  :class:`harness.Child`, with the CPU-seconds and peak RSS of its whole process tree
-  (service -> classifier -> database) and :meth:`Recorder.stop`, which gives its
-  :class:`Stopped` outcome (exit code after SIGTERM, and what its JSON log says);
-* :class:`Progress`: a connection's committed frames as polls see them, which fails
-  the benchmark when nothing is committed for too long, and :func:`steady_rate`;
-* :func:`migrate` (``recorder db upgrade``), and the SQL the benchmarks poll a
-  firehose connection with, the same on SQLite and PostgreSQL (``bench/databases.py``).
-"""
+"""A recorder committing a firehose, as the benchmarks of ``recorder run`` watch it:
+:class:`Recorder`, the polls of its database (:func:`wait_committed`), and
+:func:`record_firehose`, which puts them together."""
 
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from harness import BenchError, Child, Deadline, cpu_seconds, log_outcome, wait_for_log
+import harness as h
 
-# No proxy: the firehose benchmarks do not use it, and two recorders cannot both have
-# its default port.
-NO_PROXY = """
-[proxy]
-enabled = false
-"""
+if TYPE_CHECKING:
+    from databases import Database
 
+# No proxy: the firehose benchmarks do not use it, and two recorders cannot share its port.
+NO_PROXY = "\n[proxy]\nenabled = false\n"
 STARTED = re.compile(r'"event": "recorder started"')
+POLL_S = 0.05  # adds at most this much to a measured time
+STALL_S = 60.0  # no new commit for this long fails the benchmark
 
 # The benchmarks' reads of a firehose connection, the same SQL on both databases.
 LINK_SQL = "select min(id) from connections where instance = ?"
@@ -41,7 +33,7 @@ SPAN_SQL = (
 
 
 def process_tree(pid: int) -> list[int]:
-    """The pid and all its descendants (the recorder: service -> classifier -> database)."""
+    """The pid and all its descendants."""
     import psutil
 
     return [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]
@@ -51,82 +43,111 @@ def vm_hwm_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
-    raise BenchError(f"no VmHWM for pid {pid}")
-
-
-@dataclass
-class Stopped:
-    """How a recorder ended after SIGTERM: its exit code (None if it hung), whether it
-    logged ``recorder stopped``, and the warnings and errors it logged."""
-
-    exit_code: int | None
-    logged_stopped: bool
-    warnings: list[str]
+    raise h.BenchError(f"no VmHWM for pid {pid}")
 
 
 class Recorder:
-    """``recorder run`` with ``config`` (written to ``workdir/config.toml``), its output
-    in ``workdir/<name>.log``; always reaped by :meth:`kill`."""
+    """``recorder run`` with ``config`` (written to ``workdir/config.toml``), and its
+    firehose connection as :func:`wait_committed` sees it."""
 
     def __init__(
-        self, workdir: Path, config: str, *, name: str = "recorder", die_with_parent: bool = False
+        self, workdir: Path, config: str, instance: str = "default", die_with_parent: bool = False
     ) -> None:
-        path = workdir / "config.toml"
-        path.write_text(config)
+        (path := workdir / "config.toml").write_text(config)
         args = [sys.executable, "-m", "recorder", "run", "--config", str(path)]
-        self.child = Child(name, args, workdir, die_with_parent=die_with_parent)
-        self.pid = self.child.pid
+        self.child = h.Child("recorder", args, workdir, die_with_parent=die_with_parent)
+        self.pid, self.instance = self.child.pid, instance
+        self.cid = self.top = 0  # its link connection; that connection's frame_count
+        self.cpu0 = self.done = 0.0  # its CPU when connected; when stream_end was seen
 
-    def wait_started(self, deadline: Deadline) -> None:
-        """Return once it has logged ``recorder started`` (its link and proxy are up)."""
-        wait_for_log(self.child, STARTED, max(deadline.left(), 0.1))
-
-    def check_alive(self, instance: str) -> None:
-        if not self.child.alive():
-            raise BenchError(f"recorder {instance} exited early:\n{self.child.log()[-2000:]}")
+    def wait_started(self, deadline: h.Deadline) -> None:
+        """Once it has logged ``recorder started`` (its link and proxy are up)."""
+        h.wait_for_log(self.child, STARTED, max(deadline.left(), 0.1))
 
     def cpu(self) -> float:
-        """CPU-seconds of its processes alive now, each one's own."""
-        return sum(cpu_seconds(p, children=False) for p in process_tree(self.pid))
-
-    def main_cpu(self) -> float:
-        """CPU-seconds of the service process alone."""
-        return cpu_seconds(self.pid, children=False)
+        """CPU-seconds of its processes alive now."""
+        return h.cpu_seconds(self.pid)
 
     def peak_rss_kib(self) -> int:
-        """``VmHWM`` of its processes, summed: an upper bound on the tree's peak (the
-        processes' peaks need not coincide, and shared libraries count once each)."""
+        """``VmHWM`` of its processes, summed: an upper bound on the tree's peak."""
         return sum(vm_hwm_kib(p) for p in process_tree(self.pid))
 
-    def stop(self, timeout: float) -> Stopped:
-        """SIGTERM, then its exit code and log. One recorder at a time: a second SIGTERM
-        during its drain would stop it at once."""
+    def stop(self, timeout: float) -> dict[str, Any]:
+        """SIGTERM (one at a time: a second one during the drain stops it at once); its exit
+        code (None: it hung), whether it logged ``recorder stopped``, and its warnings."""
         exit_code = self.child.terminate(timeout)
-        stopped, warnings = log_outcome(self.child.log())
-        return Stopped(exit_code, stopped, warnings)
-
-    def kill(self) -> None:
-        self.child.kill()
+        stopped, warnings = h.log_outcome(self.child.log())
+        return {"exit_code": exit_code, "logged_stopped": stopped, "warnings": warnings}
 
 
-@dataclass
-class Progress:
-    """One connection's committed frames as the polls saw them: ``(time.time(), rows)``."""
+def wait_committed(
+    db: Database, recs: list[Recorder], deadline: h.Deadline, each_poll: Callable[[], None]
+) -> None:
+    """Until each recorder's link connection row exists (its CPU clock starts there),
+    then until its ``stream_end`` row is visible; fails if no ``frame_count`` moves for
+    STALL_S. ``each_poll`` runs at every poll (a check, a sample of its own)."""
+    pending, changed = list(recs), time.monotonic()
+    while pending:
+        for r in list(pending):
+            deadline.check("waiting for the recorder to commit")
+            r.child.check_alive()
+            if not r.cid:
+                if (cid := db.scalar(LINK_SQL, r.instance)) is not None:
+                    r.cid, r.cpu0 = cid, r.cpu()
+            elif db.scalar(END_SQL, r.cid):
+                r.done = time.time()
+                pending.remove(r)
+            elif (top := db.scalar(PROGRESS_SQL, r.cid) or 0) != r.top:
+                r.top, changed = top, time.monotonic()
+            elif time.monotonic() - changed > STALL_S:
+                raise h.BenchError(f"nothing committed for {STALL_S:.0f} s")
+        each_poll()
+        if pending:
+            time.sleep(POLL_S)
 
-    what: str
-    stall: float  # seconds without a new commit before the benchmark fails
-    samples: list[tuple[float, int]] = field(default_factory=list)
-    _top: int = -1
-    _changed: float = field(default_factory=time.monotonic)
 
-    def note(self, top: int) -> None:
-        self.samples.append((time.time(), top))
-        if top != self._top:
-            self._top, self._changed = top, time.monotonic()
-        elif time.monotonic() - self._changed > self.stall:
-            raise BenchError(
-                f"{self.what}: no frame committed for {self.stall:.0f} s (stuck at {top} rows)"
-            )
+def record_firehose(
+    db: Database,
+    workdir: Path,
+    frames: int,
+    deadline: h.Deadline,
+    names: tuple[str, ...] = ("default",),
+    each_poll: Callable[[], None] = lambda: None,
+    committed: Callable[[list[dict[str, Any]]], None] = lambda _: None,
+) -> list[dict[str, Any]]:
+    """Recorders ``names``, each with its own simulator, committing a firehose into ``db``
+    at once; per recorder, frames/s (N / (a poll sees ``stream_end`` - the first chunk's
+    ``received_at_us``)), CPU and peak RSS, and its stop (``committed`` runs before it)."""
+    from firehose import start_simulator
+
+    from recorder.simulator.database import build
+
+    children: list[h.Child] = []
+    recs: list[Recorder] = []
+    try:
+        if len(names) > 1:  # migrated first: two recorders' migrations at once collide
+            build(db.url, [])
+        for name in names:
+            (wd := workdir / name).mkdir()
+            sim, port = start_simulator(frames, wd, deadline)
+            recs.append(Recorder(wd, h.recorder_config(port, db.url, name) + NO_PROXY, name))
+            children += [sim, recs[-1].child]
+        wait_committed(db, recs, deadline, each_poll)
+        runs = []
+        for r in recs:
+            cpu, peak = r.cpu() - r.cpu0, r.peak_rss_kib() / 1024
+            if not (first_us := db.scalar(SPAN_SQL, r.cid)):
+                raise h.BenchError(f"{r.instance}: no stream_chunk rows")
+            first = first_us / 1e6
+            runs.append({"instance": r.instance, "fps": frames / (r.done - first), "first": first})
+            runs[-1] |= {"done": r.done, "recorder_cpu_s": cpu, "peak_rss_mb": peak}
+        committed(runs)
+        for r, run in zip(recs, runs, strict=True):
+            run |= r.stop(min(90.0, max(deadline.left(), 1.0)))
+        return runs
+    finally:
+        for child in children:
+            child.stop()
 
 
 def steady_rate(progress: list[tuple[float, int]], frames: int) -> float:
@@ -136,17 +157,3 @@ def steady_rate(progress: list[tuple[float, int]], frames: int) -> float:
     if lo is None or hi is None or hi[0] <= lo[0]:
         return float("nan")
     return (hi[1] - lo[1]) / (hi[0] - lo[0])
-
-
-def migrate(url: str, workdir: Path, deadline: Deadline) -> None:
-    """``recorder db upgrade`` on ``url``, before recorders start on it together."""
-    args = [sys.executable, "-m", "recorder", "db", "upgrade", "--database", url]
-    child = Child("migrate", args, workdir)
-    try:
-        code = child.proc.wait(timeout=max(min(deadline.left(), 120.0), 1.0))
-    except subprocess.TimeoutExpired:
-        raise BenchError("`recorder db upgrade` did not finish") from None
-    finally:
-        child.kill()
-    if code != 0:
-        raise BenchError(f"`recorder db upgrade` failed:\n{child.log()[-2000:]}")
