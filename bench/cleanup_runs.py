@@ -38,46 +38,29 @@ TARGET_RATIO = 0.5
 
 # The policy, named "bench-<action>", matches the finished session only: the new
 # firehose's session has no status.
-CLEANUP_CONFIG = """
-[cleanup]
-poll = "0.2s"
+CLEANUP_CONFIG = (
+    '\n[cleanup]\npoll = "0.2s"\npolicies = [{{ name = "bench-{action}", action = "{action}",'
+    ' schedule = "every 1h", when = {{ status = ["completed"] }} }}]\n'
+)
 
-[[cleanup.policies]]
-name = "bench-{action}"
-schedule = "every 1h"
-action = "{action}"
-when = {{ status = ["completed"] }}
-"""
-
-# The action's own checks, once the recorder has stopped: (the copy, the audit row's
-# result text) -> problems.
+# The action's own checks, once the recorder stopped: (the copy, the audit's result) -> problems
 Check = Callable[[sqlite3.Connection, str], list[str]]
 
 
 @dataclass
-class Built:
+class Bench:
+    """One invocation: the built file (one finished session of the simulator's
+    firehose, ``session_frames`` rows) and what each run does with a copy of it."""
+
+    action: str
     path: Path
-    session_id: str
+    sid: str
     session_frames: int
-    seconds: float
-
-
-def build_finished(chunks: int, root: Path) -> Built:
-    """One session of ``chunks`` firehose frames on the recorder's link, then its
-    ``stream_end`` and ``completed`` status, along the recorder's write path."""
-    from recorder.simulator.database import build, firehose
-
-    db = root / "big.db"
-    built = build(db, [firehose(chunks)])
-    (sid,) = built.sessions
-    sql = "select status, frame_count, (select count(*) from frames where session_id = ?)"
-    row = h.poll_row(db, sql + " from sessions where id = ?", (sid, sid))
-    if row != ("completed", chunks + 2, chunks + 2):
-        raise h.BenchError(f"built {sid}: (status, frame_count, rows) {row}, not {chunks + 2}")
-    return Built(db, sid, chunks + 2, built.seconds)
-
-
-# --- one run: the recorder on a copy, polled --------------------------------------------
+    frames: int  # the firehose's, each run
+    ask_at: int  # committed firehose rows before the cleanup is asked for
+    deadline: h.Deadline
+    build_s: float = 0.0
+    check: Check = lambda con, result: []
 
 
 @dataclass
@@ -101,19 +84,6 @@ class Run:
     removed: int = 0  # rows of the finished session gone
 
 
-@dataclass
-class Bench:
-    """What the runs of one invocation share."""
-
-    action: str
-    built: Built
-    frames: int
-    ask_at: int  # committed firehose rows before the cleanup is asked for
-    check: Check
-    root: Path
-    deadline: h.Deadline
-
-
 def observe(bench: Bench, db: Path, ask: bool) -> tuple[list[Sample], h.Child]:
     """A recorder on ``db`` records a fresh firehose; if ``ask``, ``recorder cleanup
     run`` asks it for the policy once ``ask_at`` rows are committed and is waited for.
@@ -135,10 +105,8 @@ def observe(bench: Bench, db: Path, ask: bool) -> tuple[list[Sample], h.Child]:
                 if len(samples) == 1 or samples[-1].committed != samples[-2].committed:
                     changed = time.monotonic()
                 if ask and samples[-1].committed >= bench.ask_at:
-                    args = ["cleanup", "run", "--policy", f"bench-{bench.action}"]
-                    cleanup = h.Child(
-                        "cleanup", [*RECORDER, *args, "--config", str(config)], workdir
-                    )
+                    args = ["cleanup", "run", "--policy", f"bench-{bench.action}", "--config"]
+                    cleanup = h.Child("cleanup", [*RECORDER, *args, str(config)], workdir)
                     ask = False
             if cleanup is not None and not cleanup.alive():
                 if cleanup.proc.returncode != 0:
@@ -183,8 +151,8 @@ def longest_gap(samples: list[Sample], lo: float, hi: float) -> float:
 
 def measure(bench: Bench, kind: str) -> Run:
     """One run on a fresh copy of the built file: the baseline, or under the action."""
-    db = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=bench.root)) / "bench.db"
-    shutil.copyfile(bench.built.path, db)
+    db = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=bench.path.parent)) / "bench.db"
+    shutil.copyfile(bench.path, db)
     sql = "select (select max(id) from frames), (select max(id) from connections)"
     base = h.poll_row(db, sql) or (0, 0)
     samples, rec = observe(bench, db, kind != "baseline")
@@ -203,8 +171,7 @@ def measure(bench: Bench, kind: str) -> Run:
     with closing(h.ro_connect(db)) as con:
         run.problems = verify_firehose(con, n, base) + check_rollups(con)
         sql = "select count(*) from frames where session_id = ?"
-        left = con.execute(sql, (bench.built.session_id,)).fetchone()[0]
-        run.removed = bench.built.session_frames - left
+        run.removed = bench.session_frames - con.execute(sql, (bench.sid,)).fetchone()[0]
         if kind != "baseline":
             start, end, result = audit(con, f"bench-{bench.action}", run.problems)
             run.problems += bench.check(con, result)
@@ -223,20 +190,15 @@ def measure(bench: Bench, kind: str) -> Run:
     return run
 
 
-# --- the checks beside the firehose's -----------------------------------------------------
-
-
 def verify_firehose(con: sqlite3.Connection, frames: int, base: tuple[Any, ...]) -> list[str]:
     """The new firehose's rows, above the copy's last ``base`` (frame id, connection id):
-    one connection, each frame once, in a gap-free seq, byte-identical to the wire."""
+    one new connection, each frame once, in a gap-free seq, byte-identical to the wire."""
     sql = "select id, frame_count from connections where id > ?"
     if len(links := con.execute(sql, (base[1],)).fetchall()) != 1:
         return [f"{len(links)} new connections, expected 1 (the link reconnected?)"]
     check = FirehoseRows(frames)
-    sql = "select connection_id, seq, type, opcode, size, payload, payload_bytes from frames"
-    for connection_id, *row in con.execute(sql + " where id > ? order by id", (base[0],)):
-        if connection_id != links[0][0]:
-            return [f"a row of connection {connection_id} above the copy's last row"]
+    sql = "select seq, type, opcode, size, payload, payload_bytes from frames"
+    for row in con.execute(sql + " where id > ? order by id", (base[0],)):
         check.row(*row)
     return list(check.finish(int(links[0][1])).problems)
 
@@ -246,15 +208,13 @@ def check_rollups(con: sqlite3.Connection) -> list[str]:
     from recorder.protocol.index import DAY_US
 
     sql = "select c.id, c.frame_count, count(f.id) from connections c"
-    sql += " left join frames f on f.connection_id = c.id group by c.id"
-    rows = con.execute(sql).fetchall()
+    rows = con.execute(sql + " left join frames f on f.connection_id = c.id group by c.id")
     problems = [f"connection {c}: frame_count {n}, {m} rows" for c, n, m in rows if n != m]
     sql = "select day_us, type, direction, frames, bytes from frame_days where frames or bytes"
     kept = {r[:3]: r[3:] for r in con.execute(sql)}
     sql = f"select received_at_us - received_at_us % {DAY_US}, coalesce(type, ''), direction,"
-    counted = {
-        r[:3]: r[3:] for r in con.execute(sql + " count(*), sum(size) from frames group by 1, 2, 3")
-    }
+    sql += " count(*), sum(size) from frames group by 1, 2, 3"
+    counted = {r[:3]: r[3:] for r in con.execute(sql)}
     wrong = sorted(k for k in kept.keys() | counted.keys() if kept.get(k) != counted.get(k))
     return problems + [f"frame_days {k}: {kept.get(k)}, the rows {counted.get(k)}" for k in wrong]
 
@@ -262,8 +222,7 @@ def check_rollups(con: sqlite3.Connection) -> list[str]:
 def audit(con: sqlite3.Connection, policy: str, problems: list[str]) -> tuple[float, float, str]:
     """The policy's one audit row: its span (seconds since the epoch) and its result."""
     sql = "select started_us, ended_us, state, error, acted, actions from cleanup_runs"
-    rows = con.execute(sql + " where policy = ?", (policy,)).fetchall()
-    if not rows:
+    if not (rows := con.execute(sql + " where policy = ?", (policy,)).fetchall()):
         raise h.BenchError(f"no audit row for {policy}")
     results = [a.get("result", "") for a in json.loads(rows[0][5])]
     if len(rows) != 1 or rows[0][2:5] != ("done", None, 1) or len(results) != 1:
@@ -271,41 +230,50 @@ def audit(con: sqlite3.Connection, policy: str, problems: list[str]) -> tuple[fl
     return rows[0][0] / 1e6, rows[0][1] / 1e6, "".join(results[:1])
 
 
-# --- the bench ---------------------------------------------------------------------------
+def main(
+    action: str,
+    doc: str | None,
+    big: tuple[str, int],
+    frames: int,
+    ask_share: float,
+    check: Callable[[Bench], Check],
+) -> int:
+    """Options (``big``: the finished session's, ``--frames``: the firehose's), the
+    build, then the baseline and the action alternately, then finish(). Exits 1 if a
+    frame was lost or a check failed, 2 if the bench itself failed."""
+    from recorder.simulator.database import build, firehose
 
-
-def options(doc: str | None, big: str, big_default: int, frames_default: int) -> argparse.Namespace:
-    """The options of a cleanup bench: ``big`` (the finished session's frames),
-    ``--frames`` (the firehose), ``--repeat`` and :func:`harness.common_options`."""
     p = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
-    p.add_argument(big, type=int, default=big_default, dest="big", help="the session's frames")
-    p.add_argument("--frames", type=int, default=frames_default, help="firehose frames per run")
+    p.add_argument(big[0], type=int, default=big[1], dest="big", help="the session's frames")
+    p.add_argument("--frames", type=int, default=frames, help="firehose frames per run")
     p.add_argument("--repeat", type=int, default=2, help="runs of each kind (median)")
     h.common_options(p)
     args = p.parse_args()
     if args.frames < 1000 or args.big < 2 or args.repeat < 1:
-        p.error(f"--frames at least 1000, {big} at least 2, --repeat at least 1")
-    return args
-
-
-def main(
-    action: str, args: argparse.Namespace, ask_at: int, prepare: Callable[[Built], Check]
-) -> int:
-    """Build, then the baseline and the action alternately, then finish(). Exits 1 if
-    a frame was lost or a check failed, 2 if the bench itself failed."""
+        p.error(f"--frames at least 1000, {big[0]} at least 2, --repeat at least 1")
     # Generous: building, firehoses and the action at 2 000 frames/s, 60 s of starts a round.
-    big, frames = args.big, args.frames
-    deadline = h.Deadline(30 + big / 2000 + args.repeat * (60 + (2 * frames + big) / 2000))
+    n, rounds = args.big, args.repeat
+    deadline = h.Deadline(30 + n / 2000 + rounds * (60 + (2 * args.frames + n) / 2000))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     runs: list[Run] = []
     with h.scratch_dir(f"bench-{action}-", args.keep) as root:
+        ask_at = max(1, int(args.frames * ask_share))
+        bench = Bench(action, root / "big.db", "", 0, args.frames, ask_at, deadline)
         try:
-            print(f"building {big:,} frames ...", file=sys.stderr, flush=True)
-            built = build_finished(big, root)
-            bench = Bench(action, built, frames, ask_at, prepare(built), root, deadline)
-            for i in range(args.repeat):
+            print(f"building {n:,} frames ...", file=sys.stderr, flush=True)
+            # One session of firehose frames on the recorder's link, then its stream_end
+            # and completed status, along the recorder's write path.
+            built = build(bench.path, [firehose(n)])
+            (bench.sid,) = built.sessions
+            bench.build_s, bench.session_frames = built.seconds, n + 2
+            sql = "select status, frame_count, (select count(*) from frames where session_id = ?)"
+            row = h.poll_row(bench.path, sql + " from sessions where id = ?", (bench.sid,) * 2)
+            if row != ("completed", n + 2, n + 2):
+                raise h.BenchError(f"built: (status, frame_count, rows) {row}, not {n + 2}")
+            bench.check = check(bench)
+            for i in range(rounds):
                 for kind in ("baseline", action):
-                    print(f"run {i + 1}/{args.repeat}: {kind} ...", file=sys.stderr, flush=True)
+                    print(f"run {i + 1}/{rounds}: {kind} ...", file=sys.stderr, flush=True)
                     runs.append(measure(bench, kind))
         except h.BenchError as exc:
             print(f"benchmark failed: {exc}", file=sys.stderr)
@@ -315,41 +283,41 @@ def main(
     for run in runs:
         for problem in run.problems[:10]:
             print(f"FAILED ({run.kind}): {problem}", file=sys.stderr)
-    h.finish(action, *summarize(action, built, runs), args)
+    h.finish(action, *summarize(bench, runs), args)
     return 1 if any(r.problems for r in runs) else 0
 
 
 def summarize(
-    action: str, built: Built, runs: list[Run]
+    bench: Bench, runs: list[Run]
 ) -> tuple[dict[str, Any], dict[str, str], dict[str, bool]]:
     """Medians of each kind, the headline (the action beside the baseline), the targets."""
-
-    def med(kind: str, key: str) -> float:
-        return float(statistics.median(getattr(r, key) for r in runs if r.kind == kind))
-
-    keys = ("steady_fps", "gap_s", "db_peak_mib", "file_mb", "during_fps", "covered")
-    s = {f"{kind}_{key}": med(kind, key) for kind in ("baseline", action) for key in keys}
-    s |= {key: med(action, key) for key in ("action_s", "removed")}
-    normal, during, ratio = s["baseline_steady_fps"], s[f"{action}_during_fps"], 0.0
-    ratio = during / normal
+    base, ours = ([r for r in runs if (r.kind == "baseline") == b] for b in (True, False))
+    s: dict[str, Any] = {
+        f"{k}_{kind}": float(statistics.median(getattr(r, k) for r in rs))
+        for kind, rs in (("baseline", base), ("action", ours))
+        for k in asdict(runs[0])
+        if k not in ("kind", "problems")
+    }
+    ratio = s["during_fps_action"] / s["steady_fps_baseline"]
 
     def beside(key: str, unit: str) -> str:
-        ours, base = s[f"{action}_{key}"], s[f"baseline_{key}"]
-        return f"{ours / base:.2f} ({ours:,.1f} / {base:,.1f} {unit})"
+        a, b = s[f"{key}_action"], s[f"{key}_baseline"]
+        return f"{a / b:.2f} ({a:,.1f} / {b:,.1f} {unit})"
 
+    during, normal, span = s["during_fps_action"], s["steady_fps_baseline"], s["action_s_action"]
+    what = {"compact": "compaction"}.get(bench.action, bench.action)
     headline = {
-        f"ingest during the {action}": f"{ratio:.2f} ({during:,.0f} / {normal:,.0f} f/s)",
-        f"{action} (audit row)": f"{s['action_s']:.1f} s,"
-        f" {s[f'{action}_covered']:.0%} of it under the firehose's 10-90 %",
-        "longest commit gap": f"{s[f'{action}_gap_s']:.2f} s (baseline {s['baseline_gap_s']:.2f})",
+        f"ingest during the {what}": f"{ratio:.2f} ({during:,.0f} / {normal:,.0f} f/s)",
+        f"{what} (audit row)": f"{span:.1f} s, {s['covered_action']:.0%} of it measured",
+        "longest commit gap": f"{s['gap_s_action']:.2f} s (baseline {s['gap_s_baseline']:.2f})",
         "database process peak RSS": beside("db_peak_mib", "MiB"),
         "file after the stop": beside("file_mb", "MB"),
-        "rows removed": f"{s['removed']:,.0f} of the session's {built.session_frames:,}",
+        "rows removed": f"{s['removed_action']:,.0f} of the session's {bench.session_frames:,}",
     }
     targets = {
         "ratio_ge_0.5": ratio >= TARGET_RATIO,
         "zero_loss_and_checks": not any(r.problems for r in runs),
         "clean_stop": all(r.clean_stop for r in runs),
     }
-    summary = s | {"ratio": ratio, "build_s": built.seconds, "runs": [asdict(r) for r in runs]}
-    return summary, headline, targets
+    s |= {"ratio": ratio, "build_s": bench.build_s, "runs": [asdict(r) for r in runs]}
+    return s, headline, targets

@@ -1,20 +1,15 @@
 """Compaction benchmark: does recording go on, at bounded memory, while a large
 finished session is compacted?
 
-Measures, while the cleanup's ``compact`` action folds the ``stream_chunk`` frames of
-one finished session (``--chunks``, default 1 000 000) into ``stream_compacted`` frames
-in the writer's bounded steps, asked for once 10 % of the firehose is committed: the
-firehose's committed rate, the database process's peak RSS and the longest commit gap;
-against the same firehose (``--frames``, default 6 000 000, to outlast the compaction)
-into a fresh copy of the same database with no compaction, in the same invocation
-(``bench/cleanup_runs.py``). Checks: zero firehose loss, the rollups, and
-:func:`prepare`'s. Method, numbers and targets: docs/BENCHMARKS.md, "Compaction during
-ingest".
+Measures the firehose's committed rate, the database process's peak RSS and the longest
+commit gap while the ``compact`` action folds a finished session's ``--chunks``
+(1 000 000) ``stream_chunk`` frames into ``stream_compacted`` ones; against the same
+firehose (``--frames``, 6 000 000) into a fresh copy of the database with no compaction,
+in the same run (``cleanup_runs.py``). Method, numbers, targets, exit codes:
+docs/BENCHMARKS.md, "Compaction during ingest".
 
     python bench/compact.py                     # 1 000 000 chunks, firehose 6 000 000, 2 runs each
     python bench/compact.py --chunks 100000 --frames 500000 --repeat 1 --json
-
-Exits 1 if a check failed, 2 on a benchmark failure; a missed target is printed.
 """
 
 from __future__ import annotations
@@ -30,14 +25,14 @@ from firehose import DEFAULT_SIZE
 from harness import BenchError, ro_connect
 
 
-def prepare(built: cleanup_runs.Built) -> cleanup_runs.Check:
+def check(bench: cleanup_runs.Bench) -> cleanup_runs.Check:
     """The compaction's check, from the built session's chunks (their seqs, in id order,
     and their text): no chunk left; the compacted frames, in id order, hold the chunks'
     text in seq order; the session's frame_count; the audit row saying so."""
     from recorder.simulator import firehose_template
 
-    sid, chunks = built.session_id, built.session_frames - 2
-    with closing(ro_connect(built.path)) as con:
+    sid, chunks = bench.sid, bench.session_frames - 2
+    with closing(ro_connect(bench.path)) as con:
         sql = "select seq, payload from frames where session_id = ? and type = ? order by id"
         rows = con.execute(sql, (sid, "stream_chunk"))
         seq, payload = next(rows, (0, ""))
@@ -47,7 +42,7 @@ def prepare(built: cleanup_runs.Built) -> cleanup_runs.Check:
         raise BenchError(f"built: {len(seqs)} chunks, not {chunks} as the simulator makes them")
     text = json.loads(payload)["data"]["chunk"]  # the same filler in every chunk
 
-    def check(con: sqlite3.Connection, result: str) -> list[str]:
+    def compacted(con: sqlite3.Connection, result: str) -> list[str]:
         sql = "select count(*) from frames where session_id = ? and type = 'stream_chunk'"
         problems = [f"{n} chunks of {sid} left" for n in con.execute(sql, (sid,)).fetchone() if n]
         written = held = 0
@@ -57,12 +52,8 @@ def prepare(built: cleanup_runs.Built) -> cleanup_runs.Check:
             written += 1
             n, (first, last) = len(data["text"]) // len(text), data["seqs"]
             span = seqs[held : held + n] or array("q", [-1])  # none: no seq matches
-            if len(span) != n or (data["chunks"], first, last, data["text"]) != (
-                n,
-                span[0],
-                span[-1],
-                text * n,
-            ):
+            got = (data["chunks"], first, last, data["text"])
+            if len(span) != n or got != (n, span[0], span[-1], text * n):
                 problems.append(f"compacted frame {written} is not the {n} chunks after {held}")
                 break
             held += n
@@ -76,9 +67,9 @@ def prepare(built: cleanup_runs.Built) -> cleanup_runs.Check:
             problems.append(f"audit row: {result!r}, not {chunks} chunks into {written}")
         return problems
 
-    return check
+    return compacted
 
 
 if __name__ == "__main__":
-    args = cleanup_runs.options(__doc__, "--chunks", 1_000_000, 6_000_000)
-    sys.exit(cleanup_runs.main("compact", args, args.frames // 10, prepare))
+    # Once 10 % of the firehose is committed, so that the compaction runs under it.
+    sys.exit(cleanup_runs.main("compact", __doc__, ("--chunks", 1_000_000), 6_000_000, 0.1, check))
