@@ -116,12 +116,14 @@ def measure_all(db: Path, repeat: int) -> dict[str, dict[str, float]]:
         "q=c.execute('select payload from frames where session_id=? order by id', (sys.argv[2],));"
         "print(q.fetchone()[0]); [r for r in q]"
     )
+    # The served replay last: it imports websockets here, which would count in the peak
+    # RSS of every child forked after it (a child's counts what it had before exec).
     runs: dict[str, Callable[[], dict[str, float]]] = {
         "replay --instant (text)": lambda: measure(replay),
         "replay --instant --format jsonl": lambda: measure([*replay, "--format", "jsonl"]),
+        BASELINE: lambda: measure([py, "-c", baseline, str(db), sid]),
         "show": lambda: measure([*base, "show", "--database", str(db), sid]),
         SERVE: lambda: measure_serve([*replay, "--serve", "127.0.0.1:0"], replies),
-        BASELINE: lambda: measure([py, "-c", baseline, str(db), sid]),
     }
     results = {}
     for name, once in runs.items():
