@@ -23,13 +23,6 @@ import firehose as fh
 import harness as h
 import recording as rc
 from databases import Database, database_factory
-from firehose import DEFAULT_SIZE, FirehoseRows, LossReport, print_run_problems, start_simulator
-from recording import NO_PROXY, steady_rate, vm_hwm_kib
-
-# What bench/purge.py, compact.py and cleanup_runs.py import from here; new code should
-# import them from firehose.py and recording.py, where they live.
-__all__ = ["DEFAULT_SIZE", "NO_PROXY", "FirehoseRows", "LossReport", "print_run_problems"]
-__all__ += ["start_simulator", "steady_rate", "vm_hwm_kib"]
 
 TARGET_RATIO = 0.5
 TARGET_RSS_MB = 150.0
@@ -115,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     h.finish("ingest", summary, headline, targets, args)
     if not args.json:
         for r in summary["recorder_runs"]:
-            print_run_problems(r)
+            fh.print_run_problems(r)
     return 0 if summary["zero_loss"] else 1
 
 

@@ -149,11 +149,3 @@ def record_firehose(
         for child in children:
             child.stop()
 
-
-def steady_rate(progress: list[tuple[float, int]], frames: int) -> float:
-    """Committed rows/s between 10 % and 90 % of the frames: no start-up, no final flush."""
-    lo = next((p for p in progress if p[1] >= frames // 10), None)
-    hi = next((p for p in progress if p[1] >= frames * 9 // 10), None)
-    if lo is None or hi is None or hi[0] <= lo[0]:
-        return float("nan")
-    return (hi[1] - lo[1]) / (hi[0] - lo[0])
