@@ -148,4 +148,3 @@ def record_firehose(
     finally:
         for child in children:
             child.stop()
-
