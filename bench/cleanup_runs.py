@@ -38,8 +38,8 @@ TARGET_RATIO = 0.5
 # The policy, named "bench-<action>", matches the finished session only: the new
 # firehose's session has no status.
 CLEANUP_CONFIG = (
-    '\n[cleanup]\npoll = "0.2s"\npolicies = [{{ name = "bench-{action}", action = "{action}",'
-    ' schedule = "every 1h", when = {{ status = ["completed"] }} }}]\n'
+    '\n[cleanup]\npoll = "0.2s"\npolicies = [{ name = "bench-ACTION", action = "ACTION",'
+    ' schedule = "every 1h", when = { status = ["completed"] } }]\n'
 )
 
 # The action's own checks, once the recorder stopped: (the copy, the audit's result) -> problems
@@ -90,8 +90,8 @@ def observe(bench: Bench, db: Path, ask: bool) -> tuple[list[Sample], h.Child]:
     workdir, base = db.parent, int((h.poll_row(db, "select max(id) from frames") or (0,))[0])
     sim, port = start_simulator(bench.frames, workdir, bench.deadline)
     config = workdir / "config.toml"
-    text = h.recorder_config(port, f"sqlite:///{db}") + NO_PROXY + CLEANUP_CONFIG
-    config.write_text(text.format(action=bench.action))
+    policy = CLEANUP_CONFIG.replace("ACTION", bench.action)
+    config.write_text(h.recorder_config(port, f"sqlite:///{db}") + NO_PROXY + policy)
     rec = h.Child("recorder", [*RECORDER, "run", "--config", str(config)], workdir)
     cleanup: h.Child | None = None
     samples: list[Sample] = []
