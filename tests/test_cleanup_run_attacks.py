@@ -7,9 +7,11 @@ them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import websockets
 from recorder.cleanup.jobs import Cleanup, Direct
 from recorder.config import Config
 from recorder.pipeline.classifier import Classifier
+from recorder.pipeline.cleanup_ops import TakeRequests
 from recorder.protocol.frames import IN
 from recorder.times import now_us
 from tests.cleanup_scripts import (
@@ -228,3 +231,80 @@ async def test_history_does_not_call_a_run_in_progress_interrupted(tmp_path: Pat
         await handle.shutdown()
         await lock.give_back()
     assert [r["state"] for r in json.loads(shown.stdout)] == ["running"]
+
+
+class _PollFaults(Direct):
+    """Operations run directly, but the cleanup's poll for requests fails the first
+    time (a disk error) and waits for ever the second (a writer held up)."""
+
+    def __init__(self, db: Any, store: Any) -> None:
+        super().__init__(db, store)
+        self.polls = 0
+        self.held = asyncio.Event()
+
+    async def perform(self, operation: Any) -> Any:
+        if isinstance(operation, TakeRequests):
+            self.polls += 1
+            if self.polls == 1:
+                raise OSError("disk I/O error")
+            self.held.set()
+            await asyncio.Event().wait()
+        return await super().perform(operation)
+
+
+async def test_a_poll_that_fails_or_that_the_stop_cuts_short_is_one_line(tmp_path: Path) -> None:
+    """APScheduler reports a job that raised, or that its shutdown cancelled, with
+    `Job "Cleanup.take_requests ..." raised an exception` and a traceback: a poll held
+    up behind the writer when the service stopped printed one at each such stop. The
+    poll's failure is now one line of our own, and the stop's cancellation none."""
+    from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
+    from structlog.testing import capture_logs
+
+    from recorder.cleanup.jobs import REQUESTS
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    fast = '[cleanup]\npoll = "0.05s"\n' + policy("p", "purge", 'status = ["completed"]')
+    config = config_for(tmp_path, url, fast)
+    handle, store, _ = await open_db(url)
+    ended: list[int] = []
+    two = asyncio.Event()
+
+    def seen(event: Any) -> None:
+        if event.job_id == REQUESTS:
+            ended.append(event.code)
+            if len(ended) == 2:
+                two.set()
+
+    try:
+        faults = _PollFaults(handle, store)
+        cleanup = Cleanup(config, faults, None)
+        with capture_logs() as logs, _apscheduler_records() as records:
+            cleanup.start()
+            assert cleanup._scheduler is not None
+            cleanup._scheduler.add_listener(seen, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+            await asyncio.wait_for(faults.held.wait(), 10)
+            await cleanup.stop()
+            await asyncio.wait_for(two.wait(), 10)
+    finally:
+        await handle.shutdown()
+    assert ended == [EVENT_JOB_EXECUTED, EVENT_JOB_EXECUTED]
+    assert [r.getMessage() for r in records if r.levelno >= logging.ERROR] == []
+    failed = [e for e in logs if e["event"] == "cleanup requests could not be read"]
+    assert [(e["log_level"], e["error"]) for e in failed] == [("error", "OSError: disk I/O error")]
+
+
+@contextlib.contextmanager
+def _apscheduler_records() -> Iterator[list[logging.LogRecord]]:
+    """What APScheduler logs meanwhile (Cleanup.start sets its level to ERROR)."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger, handler = logging.getLogger("apscheduler"), Keep()
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)

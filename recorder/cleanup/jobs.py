@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
@@ -155,7 +156,8 @@ class Cleanup:
         scheduler = AsyncIOScheduler(timezone=UTC)
         self._schedule(scheduler)
         poll = IntervalTrigger(seconds=self.config.cleanup.poll)
-        scheduler.add_job(self.take_requests, poll, id=REQUESTS, **OPTIONS)
+        requests = ("cleanup requests could not be read", self.take_requests)
+        scheduler.add_job(quietly, poll, args=requests, id=REQUESTS, **OPTIONS)
         # Once, now: runs a kill cut short are history, not "running".
         scheduler.add_job(self._end_interrupted, id=INTERRUPTED)
         scheduler.start()
@@ -167,7 +169,8 @@ class Cleanup:
                 job = trigger(policy)
                 scheduler.add_job(self._scheduled, job, args=(policy,), id=policy.name, **OPTIONS)
         if self.config.storage.max_db_bytes is not None:
-            scheduler.add_job(self.keep_under_size, trigger(SIZE_POLICY), id=MAX_SIZE, **OPTIONS)
+            size = ("the size limit could not be checked", self.keep_under_size)
+            scheduler.add_job(quietly, trigger(SIZE_POLICY), args=size, id=MAX_SIZE, **OPTIONS)
 
     def apply(self, config: Config) -> None:
         """A reload: the new policies replace the old on the running schedule. Runs in
@@ -286,3 +289,15 @@ class Cleanup:
             except Exception as exc:  # its audit row could not be written
                 result = json.dumps({"error": f"the run could not start: {error_line(exc)}"})
         await self.writer.perform(AnswerRequest(request_id, now_us(), result))
+
+
+async def quietly(what: str, job: Callable[[], Awaitable[None]]) -> None:
+    """A scheduled job that ends, whatever happens, without APScheduler's report: it
+    logs a job that raised, or that the stop cancelled mid-way (a poll waiting for the
+    writer when the service stops), as an error with its traceback."""
+    try:
+        await job()
+    except asyncio.CancelledError:
+        pass  # the stop: the next start does what is left
+    except Exception as exc:
+        log.error(what, error=error_line(exc))
