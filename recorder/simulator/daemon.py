@@ -205,20 +205,7 @@ class Simulator(DaemonServer):
         session_id = f"session_{created}_{random_base36(rng)}"
         while session_id in self.sessions:
             session_id = f"session_{created}_{random_base36(rng)}"
-        session = SimSession(
-            id=session_id,
-            orchestrator_id=request.orchestrator_id,
-            task_id=f"task_{created}",
-            description=request.description,
-            task_type=request.task_type,
-            priority=request.priority,
-            task_status=request.task_status,
-            session_type=request.session_type,
-            memory_profile=request.memory_profile,
-            created_ms=created,
-            rng=random.Random(rng.getrandbits(64)),
-            autonomous=autonomous,
-        )
+        session = SimSession.spawned(session_id, request, created, rng, autonomous=autonomous)
         self.sessions[session_id] = session
         self._spawned_total += 1
         return session

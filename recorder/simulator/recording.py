@@ -137,19 +137,7 @@ class _Session:
         base = "session_firehose_" if plan.firehose else "session_"
         self.id = f"{base}{start_ms}_{random_base36(rng)}"
         request = autonomous_request(rng)
-        self.session = SimSession(
-            id=self.id,
-            orchestrator_id=request.orchestrator_id,
-            task_id=f"task_{start_ms}",
-            description=request.description,
-            task_type=request.task_type,
-            priority=request.priority,
-            task_status=request.task_status,
-            session_type=request.session_type,
-            memory_profile=request.memory_profile,
-            created_ms=start_ms,
-            rng=random.Random(rng.getrandbits(64)),
-        )
+        self.session = SimSession.spawned(self.id, request, start_ms, rng)
         self.request = request
 
     def at(self) -> int:

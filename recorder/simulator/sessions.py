@@ -120,6 +120,32 @@ class SimSession:
     errors_encountered: int = 0
     response_times: list[int] = field(default_factory=list)
 
+    @classmethod
+    def spawned(
+        cls,
+        session_id: str,
+        request: SpawnRequest,
+        created_ms: int,
+        rng: random.Random,
+        *,
+        autonomous: bool = False,
+    ) -> SimSession:
+        """The session a spawn request makes, as the daemon starts it at ``created_ms``."""
+        return cls(
+            id=session_id,
+            orchestrator_id=request.orchestrator_id,
+            task_id=f"task_{created_ms}",
+            description=request.description,
+            task_type=request.task_type,
+            priority=request.priority,
+            task_status=request.task_status,
+            session_type=request.session_type,
+            memory_profile=request.memory_profile,
+            created_ms=created_ms,
+            rng=random.Random(rng.getrandbits(64)),
+            autonomous=autonomous,
+        )
+
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
