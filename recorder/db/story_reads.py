@@ -14,7 +14,7 @@ from recorder.db.readonly import Reader, Row
 from recorder.db.rows import Connection, Session
 from recorder.protocol.frames import IN
 from recorder.protocol.story import READ_TYPES, Recording, Story, StoryFrame, Teller, span
-from recorder.protocol.tame import read_object
+from recorder.protocol.tame import read_object, tamed
 from recorder.protocol.timeline import LISTED, listed
 from recorder.times import now_us
 
@@ -72,9 +72,10 @@ class StoryReads:
             grep=session.id,
         )
         for r in pages.frames(self.reader, f, columns):
-            entry = listed(read_object(r["payload"] or ""), session.id)
+            # A listing may name thousands of sessions: only this one's entry is kept.
+            entry = listed(read_object(r["payload"] or "", deep=True), session.id)
             if entry is not None:
-                yield _story_frame(r, {"session": entry})
+                yield _story_frame(r, {"session": tamed(entry)})
 
     def recordings_around(self, start: int, end: int) -> list[Recording]:
         """The connections that were up at some point of [start, end]."""
