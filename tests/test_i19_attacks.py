@@ -11,11 +11,14 @@ from pathlib import Path
 
 import orjson
 from click.testing import CliRunner
+from websockets.sync.client import connect as connect_sync
 
 from recorder.cli import cli
 from recorder.pipeline.classifier import Classifier
-from recorder.protocol.frames import IN
+from recorder.protocol.frames import IN, OUT
 from tests.helpers import writer_database
+from tests.test_read_guards import TIMEOUT
+from tests.test_serve_guards import served
 
 T0_US = 1_795_692_537_000_000
 SID = "session_1795692537464_attacked"
@@ -27,10 +30,13 @@ def invoke(*args: str) -> str:
     return result.stdout
 
 
-async def recorded(db: Path, frames: list[tuple[str, bytes]]) -> None:
-    """``frames`` (direction, data), a millisecond apart on one link, recorded by the
-    writer's own code."""
+async def recorded(db: Path, frames: list[tuple[str, bytes]], role: str = "link") -> None:
+    """``frames`` (direction, data), a millisecond apart on one connection (the link,
+    or a UI's through the proxy), recorded by the writer's own code."""
     store_db, store, cid = await writer_database(f"sqlite:///{db}")
+    if role != "link":
+        address = "127.0.0.1:50000"
+        cid = await store_db.run(store.open_connection, role, "ws://daemon", T0_US, address)
     rows = [
         (cid, i, d, T0_US + i * 1000, i * 1_000_000, True, data)
         for i, (d, data) in enumerate(frames, 1)
@@ -89,3 +95,36 @@ def test_show_reads_a_big_daemons_listings_at_the_speed_of_parsing_them(
     assert story["connections"][0]["listed"] == listings
     listed = took[SID] - took[unlisted["id"]]
     assert listed < 2 * parse, (listed, parse)
+
+
+# --- replay --serve --wait-for-client: what a request is matched by ----------------------
+
+
+def test_wait_for_client_matches_a_request_whose_id_is_a_lone_surrogate(tmp_path: Path) -> None:
+    """Crash. matching.request_key encoded the request's type and ids as UTF-8, and
+    JSON may spell a lone surrogate (``"\\ud800"``), which UTF-8 cannot encode: a
+    recording holding such a request made `replay --serve --wait-for-client` die with
+    a traceback before it listened, and a client sending one ended its own connection
+    with the server's traceback in the log. The key now keeps such an id as it is."""
+    hostile = b'"\\ud800"'
+    asked = (
+        b'{"type":"execute_task","payload":{"sessionId":"' + SID.encode() + b'",'
+        b'"parentId":' + hostile + b',"task":"t"}}'
+    )
+    db = tmp_path / "r.db"
+    running = session_frame("session_status_update", "running")
+    completed = session_frame("session_status_update", "completed")
+    asyncio.run(recorded(db, [(IN, running), (OUT, asked), (IN, completed)], "proxy"))
+    server, address = served(db, SID, "--wait-for-client")
+    try:
+        with connect_sync(address) as ws:
+            ws.recv(timeout=TIMEOUT)  # the hello
+            assert json.loads(ws.recv(timeout=TIMEOUT)) == json.loads(running)
+            ws.send('{"type":"ping"}')
+            assert ws.recv(timeout=TIMEOUT) == '{"type":"pong"}'  # and no reply before it
+            ws.send(asked.decode())  # the client's request names the same ids
+            assert json.loads(ws.recv(timeout=TIMEOUT)) == json.loads(completed)
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=TIMEOUT)
+    assert b"Traceback" not in err, err.decode()
