@@ -16,6 +16,7 @@ from websockets.sync.client import connect as connect_sync
 from recorder.cli import cli
 from recorder.pipeline.classifier import Classifier
 from recorder.protocol.frames import IN, OUT
+from recorder.replay.live import substitute
 from tests.helpers import writer_database
 from tests.test_read_guards import TIMEOUT
 from tests.test_serve_guards import served
@@ -128,3 +129,24 @@ def test_wait_for_client_matches_a_request_whose_id_is_a_lone_surrogate(tmp_path
         server.terminate()
         _, err = server.communicate(timeout=TIMEOUT)
     assert b"Traceback" not in err, err.decode()
+
+
+# --- replay --against: the ids it puts in its requests -----------------------------------
+
+
+def test_against_substitutes_each_recorded_id_once_where_new_ids_are_old_ones() -> None:
+    """Wrong request sent. substitute() replaced one id after another in the same
+    bytes, so where a new id is itself a recorded one (a daemon that numbers tasks
+    across sessions: task_5 and task_6 recorded, task_6 and task_7 now), the request
+    naming task_5 was rewritten to task_6 and then again to task_7: the replay asked
+    about the wrong task, and blamed the daemon for the answer. Each recorded id is
+    now replaced once, in one pass."""
+    data = b'{"type":"cancel_task","payload":{"taskId":"task_5","otherId":"task_6"}}'
+    ids = {"task_5": "task_6", "task_6": "task_7"}
+    assert json.loads(substitute(data, ids)) == {
+        "type": "cancel_task",
+        "payload": {"taskId": "task_6", "otherId": "task_7"},
+    }
+    # An id that is part of another is not touched, and none is replaced twice.
+    more = b'["s", "s_1", "\\"s\\"", "s"]'
+    assert json.loads(substitute(more, {"s": "s_1", "s_1": "s"})) == ["s_1", "s", '"s"', "s_1"]

@@ -49,6 +49,7 @@ import asyncio
 import functools
 import itertools
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -86,11 +87,18 @@ class LiveReplayError(Exception):
 
 
 def substitute(data: bytes, ids: dict[str, str]) -> bytes:
-    """``data`` with each ``"old"`` JSON string replaced by ``"new"``."""
-    for old, new in ids.items():
-        quoted = json.dumps(old, ensure_ascii=False).encode()
-        data = data.replace(quoted, json.dumps(new, ensure_ascii=False).encode())
-    return data
+    """``data`` with each ``"old"`` JSON string replaced by ``"new"``, in one pass: a
+    new id may be a recorded one (a daemon that numbers across sessions), and must not
+    be replaced again."""
+    if not ids:
+        return data
+    quoted = {_quoted(old): _quoted(new) for old, new in ids.items()}
+    pattern = re.compile(b"|".join(re.escape(old) for old in quoted))
+    return pattern.sub(lambda m: quoted[m.group()], data)
+
+
+def _quoted(text: str) -> bytes:
+    return json.dumps(text, ensure_ascii=False).encode()
 
 
 class _Live:
