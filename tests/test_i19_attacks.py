@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 from click.testing import CliRunner
@@ -150,3 +151,72 @@ def test_against_substitutes_each_recorded_id_once_where_new_ids_are_old_ones() 
     # An id that is part of another is not touched, and none is replaced twice.
     more = b'["s", "s_1", "\\"s\\"", "s"]'
     assert json.loads(substitute(more, {"s": "s_1", "s_1": "s"})) == ["s_1", "s", '"s"', "s_1"]
+
+
+# --- replay: one conversation, followed across a reconnect -------------------------------
+
+
+async def lost_and_reconnected(db: Path) -> None:
+    """A UI spawns a session on connection A, whose network goes (the proxy notices 40 s
+    later: 1006); it reconnects meanwhile (B, same machine) and asks about the session.
+    Until A is closed, the daemon's broadcasts are relayed on both."""
+    store_db, store, link = await writer_database(f"sqlite:///{db}")
+    second = 1_000_000
+
+    def closing(cid: int, at: int, code: int) -> Any:
+        return lambda c: store.close_connection(
+            c, cid, at, code=code, reason="", closed_by="proxy", error=None
+        )
+
+    await store_db.run(closing(link, 2, 1000))
+    opened = [
+        await store_db.run(store.open_connection, "proxy", "ws://d", T0_US + at, address)
+        for at, address in ((0, "127.0.0.1:50001"), (70 * second, "127.0.0.1:50002"))
+    ]
+    a, b = opened
+    task = {"orchestratorId": "o", "task": {"description": "Do it"}}
+    spawn = json.dumps({"type": "spawn_session", "payload": task}).encode()
+    ask = json.dumps({"type": "session_status", "payload": {"sessionId": SID}}).encode()
+    sent = [
+        (a, OUT, 1, spawn),
+        (a, IN, 2, session_frame("session_status_update", "running")),
+        (a, IN, 3, session_frame("session_spawned", "running")),
+        (b, OUT, 71, ask),
+        (b, IN, 72, session_frame("session_status_update", "running")),
+        (a, IN, 80, session_frame("session_status_update", "completed")),
+        (b, IN, 80, session_frame("session_status_update", "completed")),
+    ]
+    frames = [
+        (cid, seq, d, T0_US + at * second + seq, (at * second + seq) * 1000, True, data)
+        for seq, (cid, d, at, data) in enumerate(sent, 1)
+    ]
+    rows, index = Classifier().rows_and_index(frames)
+    await store_db.run(store.write_batch, rows, index)
+    await store_db.run(closing(a, T0_US + 100 * second, 1006))
+    await store_db.run(closing(b, T0_US + 200 * second, 1000))
+    await store_db.shutdown()
+
+
+def test_a_reconnect_before_the_loss_was_noticed_plays_each_broadcast_once(
+    tmp_path: Path,
+) -> None:
+    """Wrong output: the replay added what never happened. A UI whose connection is lost
+    (not closed) reconnects before the proxy notices; plan.choose rightly follows it to
+    the new connection, but played both connections whole, so every broadcast of the
+    overlap (here the session's completion) was played twice, once from the connection
+    whose client was gone. A lost conversation is now played up to when its reconnect
+    opened."""
+    db = tmp_path / "r.db"
+    asyncio.run(lost_and_reconnected(db))
+    out = invoke("replay", "--database", str(db), SID, "--instant")
+    assert out.splitlines() == [
+        '[asked] spawn_session: "Do it"',
+        "[status] running",
+        "[status] running (spawned)",
+        "[asked] session_status",
+        "[status] running",
+        "[status] completed",
+    ]
+    jsonl = ("--format", "jsonl", "--instant")
+    lines = invoke("replay", "--database", str(db), SID, *jsonl).splitlines()
+    assert [json.loads(line)["connection_id"] for line in lines] == [1 + 1, 2, 2, 3, 3, 3]

@@ -240,9 +240,7 @@ def conversation(reader: Recordings, session: Session) -> Conversation:
 def _is_request(session: Session, frame: ReplayFrame) -> bool:
     """A frame the client sent on a connection the replay plays."""
     choice = session.choice
-    return frame.direction != IN and (
-        frame.connection_id in choice.conversations or frame.connection_id == choice.only
-    )
+    return frame.direction != IN and (choice.carries(frame) or frame.connection_id == choice.only)
 
 
 class Stream:
