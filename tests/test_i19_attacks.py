@@ -57,46 +57,77 @@ def session_frame(kind: str, state: str) -> bytes:
 # --- show: the sessions_list replies that named the session ---------------------------
 
 
-def test_show_reads_a_big_daemons_listings_at_the_speed_of_parsing_them(
-    tmp_path: Path,
-) -> None:
-    """Stall. `show` reads every sessions_list reply that named the session over its
-    span, and the recorder keeps seeing a finished session for as long as the daemon
-    lists it. Each reply was read with read_object, which tames the whole object
-    (every string of every entry) once it holds more than 64 brackets: a daemon with
-    5 000 sessions, polled 1 000 times, made `show` take 22 s for one listed entry
-    a time. Only the session's own entry is kept, so only it is tamed now."""
-    others = [
+def listings_of(state: str, others: int = 3000) -> bytes:
+    """A big daemon's sessions_list: ``others`` sessions, and ours in ``state``."""
+    entries = [
         {"id": f"session_other_{k}", "status": "completed", "task": {"id": "t", "description": "x"}}
-        for k in range(3000)
+        for k in range(others)
     ]
-    listing = json.dumps(
-        {"type": "sessions_list", "sessions": [*others, {"id": SID, "status": "completed"}]}
-    ).encode()
+    entries.append({"id": SID, "status": state})
+    return json.dumps({"type": "sessions_list", "sessions": entries}).encode()
+
+
+def show_times(
+    tmp_path: Path, listings: list[tuple[str, bytes]]
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """How long `show` takes for a session never listed (the baseline: the command
+    itself), and for ours, whose span holds ``listings``; and ours's story."""
     unlisted = {"id": f"{SID}_unlisted", "status": "completed"}
     frames = [
         (IN, json.dumps({"type": "session_status_update", "session": unlisted}).encode()),
         (IN, session_frame("session_spawned", "running")),
-        (IN, session_frame("session_status_update", "completed")),
+        *listings,
     ]
-    listings = 100
-    frames += [(IN, listing)] * listings
     db = tmp_path / "r.db"
     asyncio.run(recorded(db, frames))
-
-    started = time.perf_counter()
-    for _ in range(listings):
-        orjson.loads(listing)
-    parse = time.perf_counter() - started
-
     took = {}
     for sid in (unlisted["id"], SID):
         started = time.perf_counter()
         story = json.loads(invoke("show", "--database", str(db), sid, "--json"))
         took[sid] = time.perf_counter() - started
+    return {"baseline": took[unlisted["id"]], "listed": took[SID]}, story
+
+
+def parse_time(data: bytes, times: int) -> float:
+    started = time.perf_counter()
+    for _ in range(times):
+        orjson.loads(data)
+    return time.perf_counter() - started
+
+
+def test_show_reads_a_big_daemons_listings_at_the_speed_of_parsing_them(
+    tmp_path: Path,
+) -> None:
+    """Stall. `show` reads every sessions_list reply that named the session while it
+    ran. Each reply was read with read_object, which tames the whole object (every
+    string of every entry) once it holds more than 64 brackets: a daemon with 5 000
+    sessions, polled 1 000 times, made `show` take 22 s for one entry a reply, 4.5
+    times the parse. Only the session's own entry is kept, so only it is tamed now."""
+    listing, listings = listings_of("running"), 100
+    frames = [(IN, listing)] * listings
+    frames.append((IN, session_frame("session_status_update", "completed")))
+    took, story = show_times(tmp_path, frames)
     assert story["connections"][0]["listed"] == listings
-    listed = took[SID] - took[unlisted["id"]]
-    assert listed < 2 * parse, (listed, parse)
+    assert [c["status"] for c in story["timeline"]] == ["running", "completed"]
+    parse = parse_time(listing, listings)
+    assert took["listed"] - took["baseline"] < 2 * parse, (took, parse)
+
+
+def test_show_of_an_ended_session_does_not_read_the_daemons_later_listings(
+    tmp_path: Path,
+) -> None:
+    """Stall. The recorder sees a session for as long as the daemon lists it, which a
+    daemon does with an ended session until it restarts: `show` of a session that
+    ended a month ago read (and parsed) every sessions_list reply of that month, for
+    statuses that could not change (minutes for 500 000 replies of 20 KB). Listings
+    are read now up to the status the session ended in."""
+    listing, listings = listings_of("completed"), 200
+    frames = [(IN, session_frame("session_status_update", "completed"))]
+    frames += [(IN, listing)] * listings
+    took, story = show_times(tmp_path, frames)
+    assert [c["status"] for c in story["timeline"]] == ["running", "completed"]
+    parse = parse_time(listing, listings)
+    assert took["listed"] - took["baseline"] < parse / 4, (took, parse)
 
 
 # --- replay --serve --wait-for-client: what a request is matched by ----------------------

@@ -5,7 +5,7 @@ recording connections around a session. Part of
 from __future__ import annotations
 
 import heapq
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
 from recorder.db import pages
@@ -33,7 +33,14 @@ class StoryReads:
         a time, with the entries of the sessions_list replies that named it, and folded
         into its story (``longest``, ``tasks``: see :class:`Teller`)."""
         teller = Teller(vars(session), longest=longest, tasks=tasks)
-        frames = (self._story_frames(session), self._listings(session))
+        course = teller.course
+
+        def ended() -> bool:
+            # Past its final status a listing tells nothing new, and a daemon lists an
+            # ended session for as long as it runs: months of replies, read for nothing.
+            return course.over and course.status == session.status
+
+        frames = (self._story_frames(session), self._listings(session, ended))
         for frame in heapq.merge(*frames, key=lambda f: f.id):
             teller.add(frame)
         start, end = span(vars(session))
@@ -56,10 +63,11 @@ class StoryReads:
             obj = (read_object(payload) or {}) if payload else None
             yield _story_frame(r, obj)
 
-    def _listings(self, session: Session) -> Iterator[StoryFrame]:
+    def _listings(self, session: Session, ended: Callable[[], bool]) -> Iterator[StoryFrame]:
         """The sessions_list replies that named the session, each as a frame of its
-        entry (:data:`~recorder.protocol.timeline.LISTED`). Through the index by type,
-        over the span the recorder saw the session in (listings widen it too)."""
+        entry (:data:`~recorder.protocol.timeline.LISTED`), until ``ended()``. Through
+        the index by type, over the span the recorder saw the session in (listings
+        widen it too)."""
         columns = (
             "id, connection_id, seq, direction, received_at_us, monotonic_ns, type, task_id, "
             "size, payload"
@@ -72,6 +80,8 @@ class StoryReads:
             grep=session.id,
         )
         for r in pages.frames(self.reader, f, columns):
+            if ended():
+                return
             # A listing may name thousands of sessions: only this one's entry is kept.
             entry = listed(read_object(r["payload"] or "", deep=True), session.id)
             if entry is not None:
