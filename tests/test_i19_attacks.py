@@ -126,6 +126,7 @@ def test_show_of_an_ended_session_does_not_read_the_daemons_later_listings(
     frames += [(IN, listing)] * listings
     took, story = show_times(tmp_path, frames)
     assert [c["status"] for c in story["timeline"]] == ["running", "completed"]
+    assert story["connections"][0]["listed"] == 0  # every one came after its end
     parse = parse_time(listing, listings)
     assert took["listed"] - took["baseline"] < parse / 4, (took, parse)
 

@@ -42,7 +42,8 @@ class StoryReads:
 
         frames = (self._story_frames(session), self._listings(session, ended))
         for frame in heapq.merge(*frames, key=lambda f: f.id):
-            teller.add(frame)
+            if frame.type != LISTED or not ended():  # one may have been read ahead
+                teller.add(frame)
         start, end = span(vars(session))
         recordings = self.recordings_around(start, max(end or now_us(), session.last_seen_us))
         # The connections that carried the session's frames outside that span too (a
