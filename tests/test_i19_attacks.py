@@ -5,6 +5,8 @@ loopback. Each test failed before its fix."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import time
 from pathlib import Path
@@ -12,12 +14,18 @@ from typing import Any
 
 import orjson
 from click.testing import CliRunner
+from websockets.asyncio.server import serve
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as connect_sync
 
 from recorder.cli import cli
+from recorder.db.recordings import Recordings
 from recorder.pipeline.classifier import Classifier
 from recorder.protocol.frames import IN, OUT
-from recorder.replay.live import substitute
+from recorder.replay import source
+from recorder.replay.live import replay_live, substitute
+from recorder.replay.timing import Pace
+from tests.conftest import proxy_recording_config
 from tests.helpers import writer_database
 from tests.test_read_guards import TIMEOUT
 from tests.test_serve_guards import served
@@ -252,3 +260,53 @@ def test_a_reconnect_before_the_loss_was_noticed_plays_each_broadcast_once(
     jsonl = ("--format", "jsonl", "--instant")
     lines = invoke("replay", "--database", str(db), SID, *jsonl).splitlines()
     assert [json.loads(line)["connection_id"] for line in lines] == [1 + 1, 2, 2, 3, 3, 3]
+
+
+# --- replay --against: a daemon that will not stop talking ----------------------------
+
+
+async def test_against_a_daemon_that_floods_ends_with_it_said_and_bounded_memory(
+    tmp_path: Path,
+) -> None:
+    """Grows without bound. The live replay kept every reply about the session for the
+    comparison, each error reply's text whole, for as long as it waited (a reply up to
+    5 minutes, the end up to one): a daemon version that answered a spawn with error
+    frames of 100 KB in a loop grew the replay to 3 GB in 10 s, and the report listed
+    8 081 findings. It now stops reading past ten times the recorded replies and 1 000
+    (stream chunks aside, which it keeps as one shared tuple each), says so as the
+    daemon's finding, and keeps an error's text to its start and a digest of the rest."""
+    spawn = json.dumps({"type": "spawn_session", "payload": {"orchestratorId": "o"}}).encode()
+    hello = b'{"type":"health_check_response","healthy":true}'
+    db = tmp_path / "r.db"
+    frames = [(IN, hello), (OUT, spawn), (IN, session_frame("session_spawned", "completed"))]
+    await recorded(db, frames, "proxy")
+    big = json.dumps({"type": "error", "error": "x" * 20_000})
+    small = json.dumps({"type": "error", "error": "y"})
+
+    async def daemon(ws: Any) -> None:
+        await ws.send(hello.decode())
+        await ws.recv()
+        with contextlib.suppress(ConnectionClosed):
+            for sent in itertools.count():
+                await ws.send(big if sent % 100 == 0 else small)
+
+    config = proxy_recording_config(tmp_path, "ws://127.0.0.1:1", db)
+    reader = Recordings.open(f"sqlite:///{db}")
+    try:
+        conversation = source.conversation(reader, source.open_session(reader, SID))
+    finally:
+        reader.close()
+    started = time.monotonic()
+    async with serve(daemon, "127.0.0.1", 0) as server, asyncio.timeout(TIMEOUT):
+        address = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        result = await replay_live(config, address, conversation, pace=Pace(instant=True))
+    assert time.monotonic() - started < 5  # not the 10 s the end is waited for
+    report = result.to_json()
+    assert report["daemon_differed"] is True
+    (flooded,) = [f for f in report["findings"] if f["kind"] == "flood"]
+    assert "more than 1010 replies" in flooded["cause"], flooded
+    assert not [f for f in report["findings"] if f["kind"] == "closed"]  # it did not close
+    assert report["replayed_replies"] == 1011
+    kept = [f["replayed"]["error"] for f in report["findings"] if f["kind"] == "new"]
+    assert max(len(error) for error in kept) < 1100
+    assert kept[0] == "x" * 1000 + f"… (20,000 chars, digest {kept[0][-17:-1]})"

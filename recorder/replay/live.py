@@ -31,7 +31,9 @@ nothing else changes (whitespace, key order, an id inside a longer string, binar
 **Ending.** After the last request: until the counterpart of the recorded last reply
 (not a chunk) has come, then until nothing about the session has come for half a
 second; or the daemon closes; at the latest after twice the recorded time from the
-last request to the last reply plus 10 s, at most a minute.
+last request to the last reply plus 10 s, at most a minute. A daemon that sends more
+than ten times the recorded replies and 1 000 (stream chunks aside) is flooding: the
+replay stops there, and says so.
 
 **Recording, comparing.** Recorded like a proxied conversation, with role ``replay``.
 Compared (:mod:`recorder.replay.compare`): the recorded replies on the connections
@@ -48,8 +50,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-import json
-import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -69,7 +69,7 @@ from recorder.protocol.frames import IN, OUT
 from recorder.protocol.requests import LIST_SESSIONS
 from recorder.replay.compare import Comparison, Hitch, Reply, compare, kind, summarise
 from recorder.replay.source import Conversation
-from recorder.replay.steps import Plan, Slot, Step, announced, plan
+from recorder.replay.steps import Plan, Slot, Step, announced, plan, substitute
 from recorder.replay.timing import Pace
 from recorder.times import now_us
 
@@ -79,26 +79,16 @@ ID_WAIT = 30.0
 REPLY_MARGIN, REPLY_MAX = 30.0, 300.0
 END_MARGIN, END_MAX = 10.0, 60.0
 SETTLE = 0.5
+# Replies about the session (stream chunks aside) past which a daemon is flooding:
+# this many times the recorded ones, and this many more.
+FLOOD_TIMES, FLOOD_MORE = 10, 1000
+# Every chunk's reply is this one tuple: a stream of millions holds a pointer each.
+CHUNK: Reply = ("stream_chunk", None, None)
 LIST_EVERY = 0.25  # between two list_sessions while an id is learned
 
 
 class LiveReplayError(Exception):
     """The replay could not start (daemon unreachable or refusing, database writer)."""
-
-
-def substitute(data: bytes, ids: dict[str, str]) -> bytes:
-    """``data`` with each ``"old"`` JSON string replaced by ``"new"``, in one pass: a
-    new id may be a recorded one (a daemon that numbers across sessions), and must not
-    be replaced again."""
-    if not ids:
-        return data
-    quoted = {_quoted(old): _quoted(new) for old, new in ids.items()}
-    pattern = re.compile(b"|".join(re.escape(old) for old in quoted))
-    return pattern.sub(lambda m: quoted[m.group()], data)
-
-
-def _quoted(text: str) -> bytes:
-    return json.dumps(text, ensure_ascii=False).encode()
 
 
 class _Live:
@@ -118,6 +108,12 @@ class _Live:
         # Sessions the daemon named before our spawn: none of them is the one it made.
         self.older: set[str] = set()
         self.lists = 0  # sessions_list replies received
+        # The replies kept for the comparison (stream chunks aside), and how many at
+        # most: past them the daemon floods.
+        self.said = 0
+        recorded = sum(f.type != "stream_chunk" for f in the_plan.replies)
+        self.most = FLOOD_TIMES * recorded + FLOOD_MORE
+        self.flooded = False
         self.changed = asyncio.Condition()
 
     @property
@@ -181,7 +177,9 @@ class _Live:
             # Only the daemon's ids: a client's (a task's text) is never rewritten.
             if old in self.plan.assigned and new is not None and old not in self.ids:
                 self.ids[old] = new
-        self.replies.append(summarise(is_text, data))
+        reply = summarise(is_text, data)
+        self.said += reply != CHUNK
+        self.replies.append(CHUNK if reply == CHUNK else reply)
 
     def has(self, slot: Slot | None) -> bool:
         return slot is None or self.counts[slot[0]] >= slot[1] or self.closed
@@ -197,12 +195,21 @@ class _Live:
 
     async def receive(self) -> None:
         try:
-            while True:
+            while self.said <= self.most:
                 is_text, data = await self.ws.recv_raw()
                 await self.record(IN, is_text, data)
                 self.see(is_text, data)
                 async with self.changed:
                     self.changed.notify_all()
+            self.flooded = True
+            self.events.append(("flood", f"the daemon sent more than {self.most} replies "
+                                "about the session (stream chunks aside): the replay stopped "
+                                "there, and recorded no more"))  # fmt: skip
+            self.closed = True
+            async with self.changed:
+                self.changed.notify_all()
+            while True:  # read on, unkept, for the close handshake to get through
+                await self.ws.recv_raw()
         except ConnectionClosed:
             pass
         finally:
@@ -295,7 +302,7 @@ class _Live:
     def comparison(self, sent: int, ended: str, close: tuple[int | None, str | None]) -> Comparison:
         steps, (code, reason) = len(self.plan.steps), close
         said = f"{code} {reason}" if reason else f"{code}"
-        if ended == "closed":
+        if ended == "closed" and not self.flooded:
             self.events.append(("closed", f"the daemon closed the connection ({said}) after "
                                 f"{sent} of {steps} requests, before the recorded end"))  # fmt: skip
         elif ended.endswith("then closed"):
