@@ -8,12 +8,14 @@ import asyncio
 import contextlib
 import itertools
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 from click.testing import CliRunner
+from websockets.asyncio.client import connect as connect_async
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as connect_sync
@@ -25,10 +27,14 @@ from recorder.protocol.frames import IN, OUT
 from recorder.replay import source
 from recorder.replay.live import replay_live, substitute
 from recorder.replay.timing import Pace
+from recorder.simulator import Simulator
 from tests.conftest import proxy_recording_config
 from tests.helpers import writer_database
+from tests.postmortem_recording import spawn_request
 from tests.test_read_guards import TIMEOUT
+from tests.test_replay_live_two_tabs import published, record_published
 from tests.test_serve_guards import served
+from tests.two_tabs import SPAWN_TASK
 
 T0_US = 1_795_692_537_000_000
 SID = "session_1795692537464_attacked"
@@ -310,3 +316,40 @@ async def test_against_a_daemon_that_floods_ends_with_it_said_and_bounded_memory
     kept = [f["replayed"]["error"] for f in report["findings"] if f["kind"] == "new"]
     assert max(len(error) for error in kept) < 1100
     assert kept[0] == "x" * 1000 + f"… (20,000 chars, digest {kept[0][-17:-1]})"
+
+
+async def test_against_a_daemon_that_ran_the_same_task_before_learns_its_own_session(
+    tmp_path: Path,
+) -> None:
+    """Wrong request sent, and the daemon blamed. Against a daemon that names a new
+    session only in sessions_list while its first run goes on, the replay learned the
+    new id from the first listed session with the spawn's orchestrator and task text
+    that the daemon had not named to it before the spawn. Replayed a second time
+    against the same daemon (to check a fix, say), the first replay's session was
+    listed too, with the same orchestrator and text (here still running): the
+    follow-up went there, and the daemon was reported different (exit 1, "2 missing,
+    1 changed"). The replay now asks which sessions the daemon has just before its
+    spawn."""
+    rec = await record_published(tmp_path / "recorder.db", tmp_path)
+    async with Simulator(published()) as sim:
+        async with connect_async(sim.url) as ws, asyncio.timeout(TIMEOUT):
+            await ws.recv()  # the hello
+            await ws.send(json.dumps(spawn_request("vp_tabs", SPAWN_TASK)))
+            listed: list[Any] = []
+            while not listed:  # the daemon has it (running still, as ours will be)
+                await ws.send(json.dumps({"type": "list_sessions"}))
+                while (said := json.loads(await ws.recv()))["type"] != "sessions_list":
+                    pass
+                listed = said["sessions"]
+            earlier = listed[0]["id"]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "recorder", "replay", "--database", str(rec.path),
+            rec.session, "--against", sim.url, "--json", "--instant",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        async with asyncio.timeout(TIMEOUT):
+            out, err = await proc.communicate()
+    report = json.loads(out or b"null")
+    assert report is not None, err.decode()
+    assert report["session"]["replayed"] not in (None, earlier, rec.session), report
+    assert proc.returncode == 0 and report["same"] is True, report["findings"]

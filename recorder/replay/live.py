@@ -16,8 +16,9 @@ its middle, a conversation would name sessions the daemon never made.
 
 **Ids.** A session created by the conversation's ``spawn_session`` gets a new id,
 learned as the UI learned it: from the first reply after our spawn that names a
-session the daemon did not have before it, with the spawn's orchestrator and task
-description: a ``session_status_update`` (broadcast) or an entry of a
+session the daemon did not have before it (it is asked, ``list_sessions``, just before:
+an earlier replay's session has the same orchestrator and task), with the spawn's
+orchestrator and task description: a ``session_status_update`` (broadcast) or an entry of a
 ``sessions_list``; or from any frame only the requester gets (stream, tool call, task,
 ``session_spawned``). A request that names the session while its new id is still
 unknown (the UI had it from ``list_sessions`` while the spawn ran; the daemon says
@@ -76,6 +77,7 @@ from recorder.times import now_us
 __all__ = ["LiveReplayError", "Plan", "Step", "check_url", "plan", "replay_live", "substitute"]
 
 ID_WAIT = 30.0
+ID_ASK = 5.0  # for a sessions_list, before the spawn
 REPLY_MARGIN, REPLY_MAX = 30.0, 300.0
 END_MARGIN, END_MAX = 10.0, 60.0
 SETTLE = 0.5
@@ -264,6 +266,10 @@ class _Live:
                                f"in the recording; it did not come within {wait:.0f} s: sent anyway")  # fmt: skip
             await asyncio.sleep(max(start + _pause(step.pause, self.pace) - loop.time(), 0.0))
             is_text, data = step.frame.is_text, step.frame.data
+            if step.frame.type == "spawn_session" and not self.spawn_sent and self.plan.spawn:
+                seen = self.lists  # the sessions the daemon has: none is the one it makes
+                if await self.send(True, LIST_SESSIONS.encode()):
+                    await self.until(functools.partial(lambda n: self.lists > n, seen), ID_ASK)
             if is_text and self.plan.session.encode() in data and self.session is None:
                 await self.learn_id(sent + 1, step)
             if is_text:
