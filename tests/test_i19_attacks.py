@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from click.testing import CliRunner
 from websockets.asyncio.client import connect as connect_async
 from websockets.asyncio.server import serve
@@ -25,10 +26,12 @@ from recorder.db.recordings import Recordings
 from recorder.pipeline.classifier import Classifier
 from recorder.protocol.frames import IN, OUT
 from recorder.replay import source
-from recorder.replay.live import replay_live, substitute
+from recorder.replay.live import LiveReplayError, replay_live, substitute
 from recorder.replay.timing import Pace
 from recorder.simulator import Simulator
 from tests.conftest import proxy_recording_config
+from tests.faults import test_full_disk
+from tests.faults.test_full_disk import fill
 from tests.helpers import writer_database
 from tests.postmortem_recording import spawn_request
 from tests.test_read_guards import TIMEOUT
@@ -353,3 +356,49 @@ async def test_against_a_daemon_that_ran_the_same_task_before_learns_its_own_ses
     assert report is not None, err.decode()
     assert report["session"]["replayed"] not in (None, earlier, rec.session), report
     assert proc.returncode == 0 and report["same"] is True, report["findings"]
+
+
+# A tmpfs of 4 MiB (the test is skipped where none can be mounted).
+tiny_disk = test_full_disk.small_disk
+
+
+async def test_against_on_a_full_disk_ends_and_says_so(tiny_disk: Path) -> None:
+    """Stall. The live replay records the new conversation through a writer of its
+    own, which retries a write the disk has no room for, every half second, as the
+    recorder does while it waits for room; and the replay's end waited for the writer
+    to record the connection's close: on a full disk `replay --against` never ended,
+    and said nothing. Its end now waits at most storage.shutdown_timeout, and then it
+    stops with the reason."""
+    db = tiny_disk / "r.db"
+    spawn = json.dumps({"type": "spawn_session", "payload": {"orchestratorId": "o"}}).encode()
+    hello = b'{"type":"health_check_response","healthy":true}'
+    frames = [(IN, hello), (OUT, spawn), (IN, session_frame("session_spawned", "completed"))]
+    await recorded(db, frames, "proxy")
+    config = proxy_recording_config(
+        tiny_disk.parent, "ws://127.0.0.1:1", db, storage={"shutdown_timeout": 1.0}
+    )
+    reader = Recordings.open(f"sqlite:///{db}")
+    try:
+        conversation = source.conversation(reader, source.open_session(reader, SID))
+    finally:
+        reader.close()
+    chunk = json.dumps({"type": "stream_chunk", "data": {"sessionId": "s_2", "chunk": "x" * 9000}})
+
+    async def daemon(ws: Any) -> None:
+        await ws.send(hello.decode())
+        async for message in ws:
+            if "list_sessions" in str(message):
+                await ws.send('{"type":"sessions_list","sessions":[]}')
+            else:
+                fill(tiny_disk)
+                for _ in range(20):
+                    await ws.send(chunk)
+                spawned = {"id": "s_2", "status": "completed"}
+                await ws.send(json.dumps({"type": "session_spawned", "session": spawned}))
+
+    started = time.monotonic()
+    async with serve(daemon, "127.0.0.1", 0) as server, asyncio.timeout(TIMEOUT):
+        address = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        with pytest.raises(LiveReplayError, match="did not take"):
+            await replay_live(config, address, conversation, pace=Pace(instant=True))
+    assert time.monotonic() - started < 5

@@ -56,19 +56,17 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
-from websockets.uri import parse_uri
+from websockets.exceptions import ConnectionClosed
 
 from recorder.addresses import redact_url
-from recorder.capture.dial import Dialer, describe_close
-from recorder.capture.handshake import USER_AGENT
+from recorder.capture.dial import describe_close
 from recorder.config import Config
-from recorder.pipeline.writer import Writer, WriterError
+from recorder.pipeline.writer import KILL_WAIT, Writer, WriterError
 from recorder.protocol.classify import classify
 from recorder.protocol.frames import IN, OUT
 from recorder.protocol.requests import LIST_SESSIONS
 from recorder.replay.compare import Comparison, Hitch, Reply, compare, kind, summarise
+from recorder.replay.daemon import LiveReplayError, check_url, dial
 from recorder.replay.source import Conversation
 from recorder.replay.steps import Plan, Slot, Step, announced, plan, substitute
 from recorder.replay.timing import Pace
@@ -87,10 +85,6 @@ FLOOD_TIMES, FLOOD_MORE = 10, 1000
 # Every chunk's reply is this one tuple: a stream of millions holds a pointer each.
 CHUNK: Reply = ("stream_chunk", None, None)
 LIST_EVERY = 0.25  # between two list_sessions while an id is learned
-
-
-class LiveReplayError(Exception):
-    """The replay could not start (daemon unreachable or refusing, database writer)."""
 
 
 class _Live:
@@ -352,7 +346,7 @@ async def replay_live(
         raise LiveReplayError(str(exc)) from None
     running = asyncio.create_task(writer.run(), name="replay-writer")
     try:
-        ws = await _dial(config, url)
+        ws = await dial(config, url)
         cid = await writer.open_connection("replay", redact_url(url), None)
         live = _Live(plan(recorded), ws, writer, cid, pace or Pace())
         reader = asyncio.create_task(live.receive(), name="replay-receive")
@@ -361,39 +355,28 @@ async def replay_live(
             sent, ended = await live.send_all()
         finally:
             await ws.close()
-            await asyncio.gather(reader, return_exceptions=True)
-            code, reason, closed_by = describe_close(ws, "replay ended")
-            await writer.close_connection(cid, code=code, reason=reason, closed_by=closed_by)
+            # A writer that cannot commit (a full disk: it retries, as the recorder
+            # does) holds the reader and the close: the replay ends anyway, and says so.
+            async with asyncio.timeout(s.shutdown_timeout) as drain:
+                await asyncio.gather(reader, return_exceptions=True)
+                code, reason, closed_by = describe_close(ws, "replay ended")
+                await writer.close_connection(cid, code=code, reason=reason, closed_by=closed_by)
         return live.comparison(sent, ended, (code, reason))
+    except TimeoutError:
+        if not drain.expired():
+            raise
+        raise LiveReplayError(
+            f"the database did not take the replay's frames within {s.shutdown_timeout:g} s "
+            "(storage.shutdown_timeout): a full disk, or writes it refuses (see the log)"
+        ) from None
     finally:
         writer.stop()
-        await running
+        done, _ = await asyncio.wait((running,), timeout=s.shutdown_timeout)
+        if not done:
+            writer.kill_and_wait()  # nothing more can be committed; the run sees it gone
+            await asyncio.wait((running,), timeout=KILL_WAIT)
         await writer.close()
-
-
-def check_url(url: str) -> None:
-    """LiveReplayError unless ``url`` is a ws:// or wss:// URL websockets can dial."""
-    try:
-        parse_uri(url)
-    except (ValueError, InvalidURI) as exc:
-        # websockets names the URL in some of its messages: never with its secrets.
-        reason = str(exc).replace(url, redact_url(url))
-        raise LiveReplayError(f"not a daemon URL (ws://HOST:PORT): {reason}") from None
-
-
-async def _dial(config: Config, url: str) -> Any:
-    dialer = Dialer(config.daemon, url)
-    try:
-        return await dialer.dial(
-            url,
-            additional_headers=dialer.add_credentials(Headers()),
-            user_agent_header=USER_AGENT,
-            compression=None,
-            close_timeout=5,
-        )
-    except InvalidStatus as exc:
-        body = (exc.response.body or b"").decode(errors="replace")[:200]
-        error = f"refused: HTTP {exc.response.status_code} {body}"
-    except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ValueError) as exc:
-        error = str(exc) or type(exc).__name__
-    raise LiveReplayError(f"cannot replay to {redact_url(url)}: {error}")
+        if done:
+            await running  # a writer that died says so, as it always did
+        elif running.done() and not running.cancelled():
+            running.exception()  # it died of the kill: the reason is said above
