@@ -226,12 +226,15 @@ async def lost_and_reconnected(db: Path) -> None:
     task = {"orchestratorId": "o", "task": {"description": "Do it"}}
     spawn = json.dumps({"type": "spawn_session", "payload": task}).encode()
     ask = json.dumps({"type": "session_status", "payload": {"sessionId": SID}}).encode()
+    words = {"sessionId": SID, "chunk": "the last words\n"}
+    chunk = json.dumps({"type": "stream_chunk", "data": words}).encode()
     sent = [
         (a, OUT, 1, spawn),
         (a, IN, 2, session_frame("session_status_update", "running")),
         (a, IN, 3, session_frame("session_spawned", "running")),
         (b, OUT, 71, ask),
         (b, IN, 72, session_frame("session_status_update", "running")),
+        (a, IN, 75, chunk),  # only the requester's connection gets its stream
         (a, IN, 80, session_frame("session_status_update", "completed")),
         (b, IN, 80, session_frame("session_status_update", "completed")),
     ]
@@ -253,8 +256,8 @@ def test_a_reconnect_before_the_loss_was_noticed_plays_each_broadcast_once(
     (not closed) reconnects before the proxy notices; plan.choose rightly follows it to
     the new connection, but played both connections whole, so every broadcast of the
     overlap (here the session's completion) was played twice, once from the connection
-    whose client was gone. A lost conversation is now played up to when its reconnect
-    opened."""
+    whose client was gone. A lost conversation's broadcasts are now played up to when
+    its reconnect opened; what only it carried (its stream) still plays."""
     db = tmp_path / "r.db"
     asyncio.run(lost_and_reconnected(db))
     out = invoke("replay", "--database", str(db), SID, "--instant")
@@ -264,11 +267,12 @@ def test_a_reconnect_before_the_loss_was_noticed_plays_each_broadcast_once(
         "[status] running (spawned)",
         "[asked] session_status",
         "[status] running",
+        "the last words",
         "[status] completed",
     ]
     jsonl = ("--format", "jsonl", "--instant")
     lines = invoke("replay", "--database", str(db), SID, *jsonl).splitlines()
-    assert [json.loads(line)["connection_id"] for line in lines] == [1 + 1, 2, 2, 3, 3, 3]
+    assert [json.loads(line)["connection_id"] for line in lines] == [2, 2, 2, 3, 3, 2, 3]
 
 
 # --- replay --against: a daemon that will not stop talking ----------------------------

@@ -11,8 +11,8 @@ conversations was open). It plays the daemon's frames and the UI's requests.
 A reconnect is told from a second browser tab by more than its address (a second tab
 from the same machine has the same one): it opened after the conversation before it
 had closed, not beside it (or, for one lost rather than closed, while its loss was
-still unnoticed: the lost one is then played up to when its reconnect opened, as the
-daemon's broadcasts went to both), and it took part in the conversation: it asked
+still unnoticed: the daemon's broadcasts went to both meanwhile, and the lost one's
+copies are not played), and it took part in the conversation: it asked
 about the session (sent a request the recording attributes to it), or was sent what
 the daemon sends only the client that asked (a stream, a task's reply). A tab that only watched got
 the status broadcasts every client gets, and nothing else: its copies are never
@@ -63,15 +63,16 @@ class Choice:
     # Only this connection (``--connection``), or None.
     only: int | None = None
     # A conversation lost, not closed, whose reconnect opened before the loss was
-    # noticed: connection -> when the reconnect opened. What it carried from then on
-    # went to a client that was gone (the daemon's broadcasts went to both).
+    # noticed: connection -> when the reconnect opened. The daemon's broadcasts from
+    # then on went to both: the reconnect's copies are played.
     superseded: dict[int, int] = field(default_factory=dict)
 
     def carries(self, frame: ReplayFrame) -> bool:
-        """Whether ``frame`` is on a played conversation, while that was the UI's."""
+        """Whether ``frame`` is on a played conversation, and no copy of one played."""
         if frame.connection_id not in self.conversations:
             return False
-        return frame.received_us < self.superseded.get(frame.connection_id, frame.received_us + 1)
+        since = self.superseded.get(frame.connection_id)
+        return since is None or frame.received_us < since or frame.type not in BROADCASTS
 
     def plays(self, frame: ReplayFrame, roles: dict[int, str]) -> bool:
         """Whether ``frame`` is one of the daemon's frames the replay plays."""
@@ -96,6 +97,10 @@ class Choice:
     def tells(self, frame: ReplayFrame, roles: dict[int, str]) -> bool:
         """Whether a replay shows ``frame``: the daemon's side, or what was asked."""
         return self.plays(frame, roles) or self.asks(frame, roles)
+
+
+# What the daemon sends every client: a second client's copies of these are copies.
+BROADCASTS = frozenset({"session_status_update", "daemon_status_update"})
 
 
 def _host(addr: str | None) -> str | None:

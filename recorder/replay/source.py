@@ -19,8 +19,8 @@ from recorder.protocol.frames import IN, OPCODE_TEXT, OUT
 from recorder.protocol.statuses import TERMINAL_STATUSES
 from recorder.protocol.story import Gap, Recording, gaps, span
 from recorder.replay.matching import request_key
-from recorder.replay.plan import Choice, Cue, ReplayFrame, choose, timeline
-from recorder.replay.took_part import BROADCASTS, TookPart, recorded_span
+from recorder.replay.plan import BROADCASTS, Choice, Cue, ReplayFrame, choose, timeline
+from recorder.replay.took_part import TookPart, recorded_span
 from recorder.times import now_us
 
 if TYPE_CHECKING:
