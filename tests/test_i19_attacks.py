@@ -8,6 +8,9 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
+import select
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -406,3 +409,44 @@ async def test_against_on_a_full_disk_ends_and_says_so(tiny_disk: Path) -> None:
         with pytest.raises(LiveReplayError, match="did not take"):
             await replay_live(config, address, conversation, pace=Pace(instant=True))
     assert time.monotonic() - started < 5
+
+
+# --- tail --session: a session that is not there (yet) -----------------------------------
+
+
+def test_tail_says_when_its_session_names_no_recorded_one(tmp_path: Path) -> None:
+    """Silent. Every session option takes the start of an id, resolved once, when the
+    command starts; `tail --session PREFIX` started before the session exists follows
+    frames whose session is exactly PREFIX: it printed nothing, ever, and did not say
+    why. It now says so when it starts."""
+    db = tmp_path / "r.db"
+    asyncio.run(recorded(db, [(IN, session_frame("session_status_update", "running"))]))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECORDER_")}
+    args = ["tail", "--database", str(db), "--session", "session_2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recorder", *args], stderr=subprocess.PIPE, env=env
+    )
+    assert proc.stderr is not None
+    try:
+        # Said at once, if at all (the follower prints nothing until Ctrl-C).
+        ready, _, _ = select.select([proc.stderr], [], [], 3)
+        said = proc.stderr.readline().decode() if ready else ""
+    finally:
+        proc.terminate()
+        proc.wait(TIMEOUT)
+    assert "no recorded session is 'session_2' or starts with it" in said, said
+    # One that is there (here by its start) is followed without a word.
+    args[-1] = SID[:12]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recorder", *args, "--last", "1", "--format", "jsonl"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None
+    try:
+        assert SID in proc.stdout.readline().decode()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=TIMEOUT)
+    assert b"no recorded session" not in err
