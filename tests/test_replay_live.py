@@ -129,7 +129,9 @@ async def test_a_replay_against_the_same_daemon_reproduces_the_conversation(
         "and direction = 'out' order by seq",
         cid,
     )
-    assert [r["type"] for r in sent] == ["spawn_session", "execute_task"]
+    # The sessions the daemon has are asked first: none of them is the one it makes.
+    assert [r["type"] for r in sent] == ["list_sessions", "spawn_session", "execute_task"]
+    sent = sent[1:]
     execute = json.loads(sent[1]["payload"])
     assert execute["payload"] == {"sessionId": new_session, "task": "Fix it"}
     assert sent[1]["session_id"] == new_session

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -163,7 +164,8 @@ def story_lines(told: list[Task], tasks: Kept[Task], story: Story) -> list[str]:
     lines += ["", f"Frames: {sum(story.by_type.values())}", "  " + pairs(story.by_type)]
     if story.connections:
         lines += ["", "Recorded by"]
-        table = table_lines(SHARE_COLUMNS, story.connections, indent="  ")
+        did = Column("DID", functools.partial(_did, ended=story.end_us is not None))
+        table = table_lines((*SHARE_COLUMNS[:-1], did), story.connections, indent="  ")
         lines += _with_left_out(table, 1 + keep, story.left_out["connections"], "connections")
     lines += [""]
     if story.gaps:
@@ -211,12 +213,15 @@ def _course_lines(told: list[Task], tasks: Kept[Task], story: Story) -> list[str
     return lines
 
 
-def _did(share: ConnectionShare) -> str:
+def _did(share: ConnectionShare, ended: bool = False) -> str:
     """What a connection did in the session: its requests about it, or that it only
-    watched; and how many sessions_list replies it got that named it."""
+    watched; and how many sessions_list replies it got that named it (up to its end,
+    where it ``ended``: later ones are not read)."""
     asked = ", ".join(k if n == 1 else f"{k} x{n}" for k, n in share.asked.items())
     did = f"asked {asked}" if asked else "watched only"
-    return did + (f"; saw it in {share.listed} sessions_list" if share.listed else "")
+    if not share.listed:
+        return did
+    return did + f"; saw it in {share.listed} sessions_list" + (" up to its end" if ended else "")
 
 
 def _tool_input(call: Any) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -23,7 +23,11 @@ from recorder.cli.options import (
     time_options,
 )
 from recorder.cli.render import SESSION_COLUMNS, FrameWriter, emit, session_json
+from recorder.db.session_ids import NoSuchSession
 from recorder.protocol.frames import IN, OUT
+
+if TYPE_CHECKING:
+    from recorder.db.recordings import Recordings
 
 # How often `recorder tail` looks for newly committed frames.
 TAIL_POLL = 0.2
@@ -120,6 +124,21 @@ def frames(
     out.finish()
 
 
+def _unknown_session(recordings: Recordings, session: str | None) -> None:
+    """Say so where ``--session`` names no recorded session: what was typed is resolved
+    once, as tail starts, and then followed as an exact id."""
+    if session is None:
+        return
+    try:
+        recordings.session(session)
+    except NoSuchSession:
+        click.echo(
+            f"no recorded session is {session!r} or starts with it yet: "
+            "following frames of exactly that session (a prefix is resolved as tail starts)",
+            err=True,
+        )
+
+
 def _in_the_background() -> None:
     """Run on what the recorder leaves of the CPU: behind a firehose a follower prints
     as fast as it can read, on the cores the recorder needs. A SCHED_IDLE task runs
@@ -160,6 +179,7 @@ def tail(
     with reading(target) as recordings:
         try:
             query = recordings.named(_filter(filters))
+            _unknown_session(recordings, query.session_id)
             for frame in recordings.follow(query, last=last, poll=TAIL_POLL):
                 out.write(frame)
         except KeyboardInterrupt:

@@ -5,7 +5,7 @@ recording connections around a session. Part of
 from __future__ import annotations
 
 import heapq
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
 from recorder.db import pages
@@ -14,7 +14,7 @@ from recorder.db.readonly import Reader, Row
 from recorder.db.rows import Connection, Session
 from recorder.protocol.frames import IN
 from recorder.protocol.story import READ_TYPES, Recording, Story, StoryFrame, Teller, span
-from recorder.protocol.tame import read_object
+from recorder.protocol.tame import read_object, tamed
 from recorder.protocol.timeline import LISTED, listed
 from recorder.times import now_us
 
@@ -33,9 +33,17 @@ class StoryReads:
         a time, with the entries of the sessions_list replies that named it, and folded
         into its story (``longest``, ``tasks``: see :class:`Teller`)."""
         teller = Teller(vars(session), longest=longest, tasks=tasks)
-        frames = (self._story_frames(session), self._listings(session))
+        course = teller.course
+
+        def ended() -> bool:
+            # Past its final status a listing tells nothing new, and a daemon lists an
+            # ended session for as long as it runs: months of replies, read for nothing.
+            return course.over and course.status == session.status
+
+        frames = (self._story_frames(session), self._listings(session, ended))
         for frame in heapq.merge(*frames, key=lambda f: f.id):
-            teller.add(frame)
+            if frame.type != LISTED or not ended():  # one may have been read ahead
+                teller.add(frame)
         start, end = span(vars(session))
         recordings = self.recordings_around(start, max(end or now_us(), session.last_seen_us))
         # The connections that carried the session's frames outside that span too (a
@@ -56,10 +64,11 @@ class StoryReads:
             obj = (read_object(payload) or {}) if payload else None
             yield _story_frame(r, obj)
 
-    def _listings(self, session: Session) -> Iterator[StoryFrame]:
+    def _listings(self, session: Session, ended: Callable[[], bool]) -> Iterator[StoryFrame]:
         """The sessions_list replies that named the session, each as a frame of its
-        entry (:data:`~recorder.protocol.timeline.LISTED`). Through the index by type,
-        over the span the recorder saw the session in (listings widen it too)."""
+        entry (:data:`~recorder.protocol.timeline.LISTED`), until ``ended()``. Through
+        the index by type, over the span the recorder saw the session in (listings
+        widen it too)."""
         columns = (
             "id, connection_id, seq, direction, received_at_us, monotonic_ns, type, task_id, "
             "size, payload"
@@ -72,9 +81,12 @@ class StoryReads:
             grep=session.id,
         )
         for r in pages.frames(self.reader, f, columns):
-            entry = listed(read_object(r["payload"] or ""), session.id)
+            if ended():
+                return
+            # A listing may name thousands of sessions: only this one's entry is kept.
+            entry = listed(read_object(r["payload"] or "", deep=True), session.id)
             if entry is not None:
-                yield _story_frame(r, {"session": entry})
+                yield _story_frame(r, {"session": tamed(entry)})
 
     def recordings_around(self, start: int, end: int) -> list[Recording]:
         """The connections that were up at some point of [start, end]."""

@@ -25,8 +25,11 @@ MAX_DEPTH = 64
 DEEPER = "…"
 
 
-def read_object(data: str | bytes) -> dict[str, Any] | None:
-    """A frame's JSON object, tamed (see the module); None if it is not one."""
+def read_object(data: str | bytes, *, deep: bool = False) -> dict[str, Any] | None:
+    """A frame's JSON object, tamed (see the module); None if it is not one. With
+    ``deep``, its nesting (at most orjson's 1 024) is left for the caller to
+    :func:`tamed` in the part it keeps: taming a whole sessions_list of thousands of
+    entries costs several times its parse."""
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -39,6 +42,8 @@ def read_object(data: str | bytes) -> dict[str, Any] | None:
         return tamed(obj) if type(obj) is dict else None
     if type(obj) is not dict:
         return None
+    if deep:
+        return obj
     # orjson's strings and numbers are safe already; only nesting is left, and it
     # cannot be deeper than the number of brackets (most frames have a handful).
     if isinstance(data, bytes):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -39,6 +40,8 @@ from recorder.protocol.tame import read_object
 
 # (frame type, status, error text): the parts of a reply a comparison looks at.
 Reply = tuple[str | None, str | None, str | None]
+# An error text longer than this is kept as its start and a digest of the rest.
+LONGEST_ERROR = 1000
 
 # Types that end up in one kind: an outcome that changed is a change, not a
 # missing reply plus a new one.
@@ -78,6 +81,12 @@ def summarise(is_text: bool, data: bytes) -> Reply:
         error = inner["result"].get("error")  # a failed tool call
     if error is not None and not isinstance(error, str):
         error = json.dumps(error, ensure_ascii=False, sort_keys=True)
+    if error is not None and len(error) > LONGEST_ERROR:
+        # Kept for every reply of a conversation: the start, and a digest of the rest
+        # with its ids masked, so that two texts still compare as they did.
+        rest = normalise_error(error[LONGEST_ERROR:]) or ""
+        digest = hashlib.blake2b(rest.encode(errors="surrogatepass"), digest_size=8).hexdigest()
+        error = f"{error[:LONGEST_ERROR]}… ({len(error):,} chars, digest {digest})"
     return type_, status if isinstance(status, str) else None, error
 
 

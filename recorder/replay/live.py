@@ -16,8 +16,9 @@ its middle, a conversation would name sessions the daemon never made.
 
 **Ids.** A session created by the conversation's ``spawn_session`` gets a new id,
 learned as the UI learned it: from the first reply after our spawn that names a
-session the daemon did not have before it, with the spawn's orchestrator and task
-description: a ``session_status_update`` (broadcast) or an entry of a
+session the daemon did not have before it (it is asked, ``list_sessions``, just before:
+an earlier replay's session has the same orchestrator and task), with the spawn's
+orchestrator and task description: a ``session_status_update`` (broadcast) or an entry of a
 ``sessions_list``; or from any frame only the requester gets (stream, tool call, task,
 ``session_spawned``). A request that names the session while its new id is still
 unknown (the UI had it from ``list_sessions`` while the spawn ran; the daemon says
@@ -31,7 +32,9 @@ nothing else changes (whitespace, key order, an id inside a longer string, binar
 **Ending.** After the last request: until the counterpart of the recorded last reply
 (not a chunk) has come, then until nothing about the session has come for half a
 second; or the daemon closes; at the latest after twice the recorded time from the
-last request to the last reply plus 10 s, at most a minute.
+last request to the last reply plus 10 s, at most a minute. A daemon that sends more
+than ten times the recorded replies and 1 000 (stream chunks aside) is flooding: the
+replay stops there, and says so.
 
 **Recording, comparing.** Recorded like a proxied conversation, with role ``replay``.
 Compared (:mod:`recorder.replay.compare`): the recorded replies on the connections
@@ -48,49 +51,40 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-import json
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
-from websockets.uri import parse_uri
+from websockets.exceptions import ConnectionClosed
 
 from recorder.addresses import redact_url
-from recorder.capture.dial import Dialer, describe_close
-from recorder.capture.handshake import USER_AGENT
+from recorder.capture.dial import describe_close
 from recorder.config import Config
-from recorder.pipeline.writer import Writer, WriterError
+from recorder.pipeline.writer import KILL_WAIT, Writer, WriterError
 from recorder.protocol.classify import classify
 from recorder.protocol.frames import IN, OUT
 from recorder.protocol.requests import LIST_SESSIONS
 from recorder.replay.compare import Comparison, Hitch, Reply, compare, kind, summarise
+from recorder.replay.daemon import LiveReplayError, check_url, dial
 from recorder.replay.source import Conversation
-from recorder.replay.steps import Plan, Slot, Step, announced, plan
+from recorder.replay.steps import Plan, Slot, Step, announced, plan, substitute
 from recorder.replay.timing import Pace
 from recorder.times import now_us
 
 __all__ = ["LiveReplayError", "Plan", "Step", "check_url", "plan", "replay_live", "substitute"]
 
 ID_WAIT = 30.0
+ID_ASK = 5.0  # for a sessions_list, before the spawn
 REPLY_MARGIN, REPLY_MAX = 30.0, 300.0
 END_MARGIN, END_MAX = 10.0, 60.0
 SETTLE = 0.5
+# Replies about the session (stream chunks aside) past which a daemon is flooding:
+# this many times the recorded ones, and this many more.
+FLOOD_TIMES, FLOOD_MORE = 10, 1000
+# Every chunk's reply is this one tuple: a stream of millions holds a pointer each.
+CHUNK: Reply = ("stream_chunk", None, None)
 LIST_EVERY = 0.25  # between two list_sessions while an id is learned
-
-
-class LiveReplayError(Exception):
-    """The replay could not start (daemon unreachable or refusing, database writer)."""
-
-
-def substitute(data: bytes, ids: dict[str, str]) -> bytes:
-    """``data`` with each ``"old"`` JSON string replaced by ``"new"``."""
-    for old, new in ids.items():
-        quoted = json.dumps(old, ensure_ascii=False).encode()
-        data = data.replace(quoted, json.dumps(new, ensure_ascii=False).encode())
-    return data
 
 
 class _Live:
@@ -110,6 +104,12 @@ class _Live:
         # Sessions the daemon named before our spawn: none of them is the one it made.
         self.older: set[str] = set()
         self.lists = 0  # sessions_list replies received
+        # The replies kept for the comparison (stream chunks aside), and how many at
+        # most: past them the daemon floods.
+        self.said = 0
+        recorded = sum(f.type != "stream_chunk" for f in the_plan.replies)
+        self.most = FLOOD_TIMES * recorded + FLOOD_MORE
+        self.flooded = False
         self.changed = asyncio.Condition()
 
     @property
@@ -173,7 +173,9 @@ class _Live:
             # Only the daemon's ids: a client's (a task's text) is never rewritten.
             if old in self.plan.assigned and new is not None and old not in self.ids:
                 self.ids[old] = new
-        self.replies.append(summarise(is_text, data))
+        reply = summarise(is_text, data)
+        self.said += reply != CHUNK
+        self.replies.append(CHUNK if reply == CHUNK else reply)
 
     def has(self, slot: Slot | None) -> bool:
         return slot is None or self.counts[slot[0]] >= slot[1] or self.closed
@@ -189,12 +191,21 @@ class _Live:
 
     async def receive(self) -> None:
         try:
-            while True:
+            while self.said <= self.most:
                 is_text, data = await self.ws.recv_raw()
                 await self.record(IN, is_text, data)
                 self.see(is_text, data)
                 async with self.changed:
                     self.changed.notify_all()
+            self.flooded = True
+            self.events.append(("flood", f"the daemon sent more than {self.most} replies "
+                                "about the session (stream chunks aside): the replay stopped "
+                                "there, and recorded no more"))  # fmt: skip
+            self.closed = True
+            async with self.changed:
+                self.changed.notify_all()
+            while True:  # read on, unkept, for the close handshake to get through
+                await self.ws.recv_raw()
         except ConnectionClosed:
             pass
         finally:
@@ -249,6 +260,10 @@ class _Live:
                                f"in the recording; it did not come within {wait:.0f} s: sent anyway")  # fmt: skip
             await asyncio.sleep(max(start + _pause(step.pause, self.pace) - loop.time(), 0.0))
             is_text, data = step.frame.is_text, step.frame.data
+            if step.frame.type == "spawn_session" and not self.spawn_sent and self.plan.spawn:
+                seen = self.lists  # the sessions the daemon has: none is the one it makes
+                if await self.send(True, LIST_SESSIONS.encode()):
+                    await self.until(functools.partial(lambda n: self.lists > n, seen), ID_ASK)
             if is_text and self.plan.session.encode() in data and self.session is None:
                 await self.learn_id(sent + 1, step)
             if is_text:
@@ -287,7 +302,7 @@ class _Live:
     def comparison(self, sent: int, ended: str, close: tuple[int | None, str | None]) -> Comparison:
         steps, (code, reason) = len(self.plan.steps), close
         said = f"{code} {reason}" if reason else f"{code}"
-        if ended == "closed":
+        if ended == "closed" and not self.flooded:
             self.events.append(("closed", f"the daemon closed the connection ({said}) after "
                                 f"{sent} of {steps} requests, before the recorded end"))  # fmt: skip
         elif ended.endswith("then closed"):
@@ -331,7 +346,7 @@ async def replay_live(
         raise LiveReplayError(str(exc)) from None
     running = asyncio.create_task(writer.run(), name="replay-writer")
     try:
-        ws = await _dial(config, url)
+        ws = await dial(config, url)
         cid = await writer.open_connection("replay", redact_url(url), None)
         live = _Live(plan(recorded), ws, writer, cid, pace or Pace())
         reader = asyncio.create_task(live.receive(), name="replay-receive")
@@ -340,39 +355,28 @@ async def replay_live(
             sent, ended = await live.send_all()
         finally:
             await ws.close()
-            await asyncio.gather(reader, return_exceptions=True)
-            code, reason, closed_by = describe_close(ws, "replay ended")
-            await writer.close_connection(cid, code=code, reason=reason, closed_by=closed_by)
+            # A writer that cannot commit (a full disk: it retries, as the recorder
+            # does) holds the reader and the close: the replay ends anyway, and says so.
+            async with asyncio.timeout(s.shutdown_timeout) as drain:
+                await asyncio.gather(reader, return_exceptions=True)
+                code, reason, closed_by = describe_close(ws, "replay ended")
+                await writer.close_connection(cid, code=code, reason=reason, closed_by=closed_by)
         return live.comparison(sent, ended, (code, reason))
+    except TimeoutError:
+        if not drain.expired():
+            raise
+        raise LiveReplayError(
+            f"the database did not take the replay's frames within {s.shutdown_timeout:g} s "
+            "(storage.shutdown_timeout): a full disk, or writes it refuses (see the log)"
+        ) from None
     finally:
         writer.stop()
-        await running
+        done, _ = await asyncio.wait((running,), timeout=s.shutdown_timeout)
+        if not done:
+            writer.kill_and_wait()  # nothing more can be committed; the run sees it gone
+            await asyncio.wait((running,), timeout=KILL_WAIT)
         await writer.close()
-
-
-def check_url(url: str) -> None:
-    """LiveReplayError unless ``url`` is a ws:// or wss:// URL websockets can dial."""
-    try:
-        parse_uri(url)
-    except (ValueError, InvalidURI) as exc:
-        # websockets names the URL in some of its messages: never with its secrets.
-        reason = str(exc).replace(url, redact_url(url))
-        raise LiveReplayError(f"not a daemon URL (ws://HOST:PORT): {reason}") from None
-
-
-async def _dial(config: Config, url: str) -> Any:
-    dialer = Dialer(config.daemon, url)
-    try:
-        return await dialer.dial(
-            url,
-            additional_headers=dialer.add_credentials(Headers()),
-            user_agent_header=USER_AGENT,
-            compression=None,
-            close_timeout=5,
-        )
-    except InvalidStatus as exc:
-        body = (exc.response.body or b"").decode(errors="replace")[:200]
-        error = f"refused: HTTP {exc.response.status_code} {body}"
-    except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ValueError) as exc:
-        error = str(exc) or type(exc).__name__
-    raise LiveReplayError(f"cannot replay to {redact_url(url)}: {error}")
+        if done:
+            await running  # a writer that died says so, as it always did
+        elif running.done() and not running.cancelled():
+            running.exception()  # it died of the kill: the reason is said above

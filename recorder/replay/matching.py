@@ -51,7 +51,8 @@ def request_key(data: bytes) -> bytes:
     if obj is None:
         return hashlib.blake2b(b"raw:" + data, digest_size=16).digest()
     key = json.dumps([obj["type"], named_ids(obj)], sort_keys=True, ensure_ascii=False)
-    return hashlib.blake2b(key.encode(), digest_size=16).digest()
+    # JSON may spell a lone surrogate ("\ud800"), which UTF-8 cannot: kept as it is.
+    return hashlib.blake2b(key.encode(errors="surrogatepass"), digest_size=16).digest()
 
 
 def describe(data: bytes) -> str:

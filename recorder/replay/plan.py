@@ -11,9 +11,10 @@ conversations was open). It plays the daemon's frames and the UI's requests.
 A reconnect is told from a second browser tab by more than its address (a second tab
 from the same machine has the same one): it opened after the conversation before it
 had closed, not beside it (or, for one lost rather than closed, while its loss was
-still unnoticed), and it took part in the conversation: it asked about the session
-(sent a request the recording attributes to it), or was sent what the daemon sends
-only the client that asked (a stream, a task's reply). A tab that only watched got
+still unnoticed: the daemon's broadcasts went to both meanwhile, and the lost one's
+copies are not played), and it took part in the conversation: it asked
+about the session (sent a request the recording attributes to it), or was sent what
+the daemon sends only the client that asked (a stream, a task's reply). A tab that only watched got
 the status broadcasts every client gets, and nothing else: its copies are never
 played. Without a creating conversation (a session the daemon started, one spawned
 by a client not using the proxy, or a spawn the recording could not attribute), the
@@ -29,7 +30,8 @@ or after the last is marked at the frame's time, taking none.
 from __future__ import annotations
 
 from collections.abc import Container, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any, NamedTuple
 
 from recorder.protocol.frames import IN, OUT
@@ -60,6 +62,17 @@ class Choice:
     spans: tuple[tuple[int, int], ...]
     # Only this connection (``--connection``), or None.
     only: int | None = None
+    # A conversation lost, not closed, whose reconnect opened before the loss was
+    # noticed: connection -> when the reconnect opened. The daemon's broadcasts from
+    # then on went to both: the reconnect's copies are played.
+    superseded: dict[int, int] = field(default_factory=dict)
+
+    def carries(self, frame: ReplayFrame) -> bool:
+        """Whether ``frame`` is on a played conversation, and no copy of one played."""
+        if frame.connection_id not in self.conversations:
+            return False
+        since = self.superseded.get(frame.connection_id)
+        return since is None or frame.received_us < since or frame.type not in BROADCASTS
 
     def plays(self, frame: ReplayFrame, roles: dict[int, str]) -> bool:
         """Whether ``frame`` is one of the daemon's frames the replay plays."""
@@ -68,7 +81,7 @@ class Choice:
         if self.only is not None:
             return frame.connection_id == self.only
         if frame.connection_id in self.conversations:
-            return True
+            return self.carries(frame)
         if roles.get(frame.connection_id) != "link":
             return False
         at = frame.received_us
@@ -79,11 +92,15 @@ class Choice:
         link's requests are the recorder's own, not the conversation's)."""
         if frame.direction != OUT or roles.get(frame.connection_id) == "link":
             return False
-        return frame.connection_id in self.conversations or frame.connection_id == self.only
+        return self.carries(frame) or frame.connection_id == self.only
 
     def tells(self, frame: ReplayFrame, roles: dict[int, str]) -> bool:
         """Whether a replay shows ``frame``: the daemon's side, or what was asked."""
         return self.plays(frame, roles) or self.asks(frame, roles)
+
+
+# What the daemon sends every client: a second client's copies of these are copies.
+BROADCASTS = frozenset({"session_status_update", "daemon_status_update"})
 
 
 def _host(addr: str | None) -> str | None:
@@ -157,7 +174,12 @@ def _played(
         if chosen and _follows(r, chosen[-1]) and (took_part is None or r.id in took_part):
             chosen.append(r)  # ``in took_part`` last: it may be a lookup
     spans = tuple((r.opened_us, r.closed_us if r.closed_us is not None else now_us) for r in chosen)
-    return Choice(frozenset(r.id for r in chosen), spans)
+    superseded = {
+        r.id: after.opened_us
+        for r, after in pairwise(chosen)
+        if r.closed_us is not None and after.opened_us < r.closed_us
+    }
+    return Choice(frozenset(r.id for r in chosen), spans, superseded=superseded)
 
 
 @dataclass(frozen=True)

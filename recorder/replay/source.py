@@ -19,8 +19,8 @@ from recorder.protocol.frames import IN, OPCODE_TEXT, OUT
 from recorder.protocol.statuses import TERMINAL_STATUSES
 from recorder.protocol.story import Gap, Recording, gaps, span
 from recorder.replay.matching import request_key
-from recorder.replay.plan import Choice, Cue, ReplayFrame, choose, timeline
-from recorder.replay.took_part import BROADCASTS, TookPart, recorded_span
+from recorder.replay.plan import BROADCASTS, Choice, Cue, ReplayFrame, choose, timeline
+from recorder.replay.took_part import TookPart, recorded_span
 from recorder.times import now_us
 
 if TYPE_CHECKING:
@@ -240,9 +240,7 @@ def conversation(reader: Recordings, session: Session) -> Conversation:
 def _is_request(session: Session, frame: ReplayFrame) -> bool:
     """A frame the client sent on a connection the replay plays."""
     choice = session.choice
-    return frame.direction != IN and (
-        frame.connection_id in choice.conversations or frame.connection_id == choice.only
-    )
+    return frame.direction != IN and (choice.carries(frame) or frame.connection_id == choice.only)
 
 
 class Stream:

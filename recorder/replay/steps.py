@@ -4,6 +4,8 @@ recorded conversation turned into steps, pure (the module docstring of
 
 from __future__ import annotations
 
+import json
+import re
 from collections import Counter
 from typing import Any, NamedTuple
 
@@ -89,3 +91,18 @@ def plan(recorded: Conversation) -> Plan:
     key = announced(classify(spawn.data, True).obj, "payload") if spawn else None
     end = last[0] if last else None
     return Plan(recorded.session.id, key, steps, replies, slots, end, tail, frozenset(assigned))
+
+
+def substitute(data: bytes, ids: dict[str, str]) -> bytes:
+    """``data`` with each ``"old"`` JSON string replaced by ``"new"``, in one pass: a
+    new id may be a recorded one (a daemon that numbers across sessions), and must not
+    be replaced again."""
+    if not ids:
+        return data
+    quoted = {_quoted(old): _quoted(new) for old, new in ids.items()}
+    pattern = re.compile(b"|".join(re.escape(old) for old in quoted))
+    return pattern.sub(lambda m: quoted[m.group()], data)
+
+
+def _quoted(text: str) -> bytes:
+    return json.dumps(text, ensure_ascii=False).encode()

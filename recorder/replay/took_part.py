@@ -7,10 +7,7 @@ from __future__ import annotations
 from recorder.db.recordings import FrameFilter, Recordings
 from recorder.protocol.frames import IN
 from recorder.protocol.story import Recording
-
-# What the daemon sends every client: a connection that received only these, and
-# sent nothing naming the session, only watched.
-BROADCASTS = frozenset({"session_status_update", "daemon_status_update"})
+from recorder.replay.plan import BROADCASTS
 
 
 class TookPart:
@@ -42,6 +39,8 @@ class TookPart:
             since_us=r.opened_us,
             until_us=None if r.closed_us is None else r.closed_us + 1,
         )
+        # A connection that received only broadcasts, and sent nothing naming the
+        # session, only watched.
         for frame in self.reader.frames(wanted):
             if frame.direction != IN or frame.type not in BROADCASTS:
                 return True
