@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 from recorder.cli import cli
 from tests.conversations import S1, S2, fill
-from tests.test_service import Recorder
+from tests.service_process import Recorder
 
 SETPRIV = shutil.which("setpriv")
 NOBODY = 65534

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,38 +21,7 @@ from recorder.config import Config
 from recorder.simulator import Simulator, SimulatorOptions
 from tests.conftest import running
 from tests.helpers import frozen, grandchildren
-from tests.test_systemd import Listener
-
-TIMEOUT = 30
-
-
-class Recorder:
-    """`recorder run` as a real process, ready when it has told NOTIFY_SOCKET so."""
-
-    def __init__(self, tmp_path: Path, config: Path, name: str = "rec") -> None:
-        self.log_path = tmp_path / f"{name}.log"
-        self.err_path = tmp_path / f"{name}.err"
-        self.listener = Listener(tmp_path / f"{name}.notify")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "recorder", "run", "--config", str(config)],
-            env={**os.environ, "NOTIFY_SOCKET": str(self.listener.path)},
-            # The log is on stdout (journald's stream); stderr would carry a traceback.
-            stdout=self.log_path.open("wb"),
-            stderr=self.err_path.open("wb"),
-        )
-
-    def errors(self) -> str:
-        return self.err_path.read_text()
-
-    def ready(self) -> dict[str, str]:
-        return self.listener.until("READY")[-1]
-
-    def log(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line]
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(TIMEOUT)
+from tests.service_process import TIMEOUT, Recorder, Recording
 
 
 @pytest.fixture
@@ -201,7 +167,6 @@ async def test_reloads_run_one_at_a_time_and_only_while_running(
     folded into one more; none before the start or after the stop began; every
     RELOADING=1 followed by its READY=1; one cleanup schedule running at the end."""
     from recorder.service.lifecycle import Service
-    from tests.test_systemd import Recording
 
     notifier = Recording({})
     service = Service(make_config("ws://127.0.0.1:9", storage={"retention": "30d"}), notifier)

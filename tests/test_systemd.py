@@ -27,6 +27,7 @@ from recorder.service.notify import Notifier
 from recorder.service.watch import watch
 from recorder.times import now_us
 from tests.helpers import frozen, grandchildren, recorder_process
+from tests.service_process import Listener, Recording
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "orchestrator-recorder.service"
@@ -98,28 +99,6 @@ def test_notifier_writes_datagrams_to_an_abstract_socket() -> None:
     assert Notifier({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1"}).watchdog is None
 
 
-class Listener:
-    """A NOTIFY_SOCKET for a real `recorder run`: the messages, in order."""
-
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(30)
-        self.path = path
-
-    def next(self) -> dict[str, str]:
-        data = self.sock.recv(65536).decode()
-        return dict(line.split("=", 1) for line in data.splitlines())
-
-    def until(self, key: str) -> list[dict[str, str]]:
-        seen = []
-        while True:
-            message = self.next()
-            seen.append(message)
-            if key in message:
-                return seen
-
-
 def start(tmp_path: Path, config: Path, notify: Path, **env: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "recorder", "run", "--config", str(config)],
@@ -185,27 +164,6 @@ def test_the_watchdog_stops_while_the_loop_is_blocked() -> None:
         task.cancel()
 
     asyncio.run(scenario())
-
-
-class Recording(Notifier):
-    """What the service tells systemd, kept in order; ``watchdogs`` counts WATCHDOG=1."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        super().__init__(env)
-        self.sent: list[dict[str, str | int]] = []
-        self.watchdogs = 0
-        self.changed = asyncio.Event()
-
-    def send(self, **fields: str | int) -> bool:
-        self.sent.append(fields)
-        self.watchdogs += "WATCHDOG" in fields
-        self.changed.set()
-        return True
-
-    async def wait_watchdogs(self, n: int) -> None:
-        while self.watchdogs < n:
-            self.changed.clear()
-            await self.changed.wait()
 
 
 async def test_the_watchdog_goes_on_while_a_write_waits_on_a_locked_database(

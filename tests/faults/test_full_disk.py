@@ -25,7 +25,7 @@ from recorder.service.stopping import Loss, settle
 from recorder.simulator import Simulator, SimulatorOptions
 from tests.conftest import write_config
 from tests.helpers import recorder_process
-from tests.test_systemd import Listener
+from tests.service_process import Listener
 
 TIMEOUT = 30
 

@@ -108,7 +108,7 @@ def vm_hwm_kb(pid: int) -> int:
 
 async def test_a_frame_over_the_limit_is_refused_from_its_header(tmp_path: Path) -> None:
     """A client announcing a 100 MiB frame is closed (1009) before the service buffers it."""
-    from tests.test_service import Recorder
+    from tests.service_process import Recorder
 
     async with Simulator(SimulatorOptions(port=0)) as sim:
         with socket.socket() as probe:
