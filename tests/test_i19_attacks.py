@@ -32,12 +32,11 @@ from recorder.replay import source
 from recorder.replay.live import LiveReplayError, replay_live, substitute
 from recorder.replay.timing import Pace
 from recorder.simulator import Simulator
-from tests.conftest import proxy_recording_config
+from tests.conftest import TIMEOUT, proxy_recording_config
 from tests.faults import test_full_disk
 from tests.faults.test_full_disk import fill
 from tests.helpers import writer_database
 from tests.postmortem_recording import spawn_request
-from tests.test_read_guards import TIMEOUT
 from tests.test_replay_live_two_tabs import published, record_published
 from tests.test_serve_guards import served
 from tests.two_tabs import SPAWN_TASK

@@ -10,56 +10,21 @@ import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
 
 from recorder.cli import cli
-from recorder.pipeline.classifier import Classifier
 from recorder.protocol.frames import IN, OUT
 from recorder.times import format_us, now_us
+from tests.cleanup_scripts import SECOND, chunk, status
+from tests.conftest import TIMEOUT
 from tests.helpers import writer_database
+from tests.writer_batches import commit, write
 
-SECOND = 1_000_000
-TIMEOUT = 20
 # The first and last this many of each long list `show` keeps (story.KEEP).
 KEEP = 10
-
-
-def status(sid: str, state: str, **more: str) -> bytes:
-    return json.dumps(
-        {"type": "session_status_update", "session": {"id": sid, "status": state, **more}}
-    ).encode()
-
-
-def chunk(sid: str, text: str) -> bytes:
-    return json.dumps({"type": "stream_chunk", "data": {"sessionId": sid, "chunk": text}}).encode()
-
-
-# (connection, seq, direction, received_us, monotonic_ns, is_text, data)
-Frame = tuple[int, int, str, int, int, bool, bytes]
-
-
-async def write(url: str, batches: Callable[[Any, Any, int], Any]) -> None:
-    """Batches written by the writer's own code: ``batches(db, store, closed_link)`` is
-    awaited with a migrated database whose first connection (opened at 1 µs) is closed."""
-    db, store, first = await writer_database(url)
-    try:
-        await db.run(
-            lambda c: store.close_connection(
-                c, first, 2, code=1000, reason="", closed_by="recorder", error=None
-            )
-        )
-        await batches(db, store, first)
-    finally:
-        await db.shutdown()
-
-
-async def commit(db: Any, store: Any, frames: list[Frame]) -> None:
-    rows, index = Classifier().rows_and_index(frames)
-    await db.run(store.write_batch, rows, index)
 
 
 def cli_lines(*args: str) -> list[str]:

@@ -20,7 +20,9 @@ from websockets.sync.client import connect as connect_sync
 
 from recorder.protocol.frames import IN, OUT
 from recorder.times import now_us
-from tests.test_read_guards import SECOND, TIMEOUT, Frame, commit, status, write
+from tests.cleanup_scripts import SECOND, status
+from tests.conftest import TIMEOUT
+from tests.writer_batches import Frame, commit, write
 
 # --- replay --serve: frames it reads past --------------------------------------------------
 
