@@ -17,9 +17,9 @@ from pathlib import Path
 from recorder.config import Config
 from recorder.simulator import Simulator, SimulatorOptions
 from tests.conftest import TIMEOUT, running, write_config
+from tests.deaf_clients import deaf_client, wait_backed_up
 from tests.helpers import free_port, query, recorder_process, wait_until
 from tests.raw_daemon import SlowNetworkDaemon, StubbornDaemon
-from tests.test_serve_guards import deaf_client, wait_backed_up
 
 T = 10
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from recorder.protocol.frames import IN, OUT
 from recorder.times import now_us
 from tests.cleanup_scripts import SECOND, status
 from tests.conftest import TIMEOUT
+from tests.deaf_clients import deaf_client, wait_backed_up
 from tests.writer_batches import Frame, commit, write
 
 # --- replay --serve: frames it reads past --------------------------------------------------
@@ -96,44 +96,6 @@ def served(db_path: Path, sid: str, *more: str) -> tuple[subprocess.Popen[bytes]
     line = proc.stderr.readline().decode()
     assert "as a daemon on ws://" in line, line
     return proc, line.split()[-1]
-
-
-def deaf_client(url: str) -> socket.socket:
-    """A client that completes its handshake and then reads nothing, ever."""
-    host, port = url.removeprefix("ws://").rsplit(":", 1)
-    conn = socket.socket()
-    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    conn.connect((host, int(port)))
-    conn.sendall(
-        b"GET / HTTP/1.1\r\nHost: replay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    return conn
-
-
-def send_queue(client: socket.socket) -> int | None:
-    """Bytes the server has queued in the kernel towards ``client`` (from /proc/net/tcp)."""
-    port = client.getpeername()[1]
-    mine = client.getsockname()[1]
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[1].endswith(f":{port:04X}") and fields[2].endswith(f":{mine:04X}"):
-            return int(fields[4].split(":")[0], 16)
-    return None
-
-
-def wait_backed_up(clients: list[socket.socket]) -> None:
-    """Until the server's kernel queue towards each client has stopped moving (full:
-    the client reads nothing), looked at every 0.2 s."""
-    deadline = time.monotonic() + TIMEOUT
-    last: list[int | None] = []
-    while True:
-        now = [send_queue(c) for c in clients]
-        if now == last and all(q for q in now):
-            return
-        assert time.monotonic() < deadline, now
-        last = now
-        time.sleep(0.2)  # the kernel tells no one: polled
 
 
 def a_long_session(path: Path, count: int) -> str:
