@@ -1,13 +1,17 @@
 """A client of ``recorder replay --serve``'s ReplayServer, for its tests: the server on
 a free loopback port in the test's event loop, and a client that sees each frame's
-opcode and exact bytes."""
+opcode and exact bytes; or the command itself as a subprocess."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -79,3 +83,19 @@ async def ask(ws: RecordingClientConnection, obj: dict[str, Any]) -> dict[str, A
 
 def wire(frame: ReplayFrame) -> Wire:
     return frame.is_text, frame.data
+
+
+def served(db_path: Path, sid: str, *more: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`recorder replay SID --serve 127.0.0.1:0 --instant MORE` and its URL."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECORDER_")}
+    args = ["replay", "--database", str(db_path), sid, "--serve", "127.0.0.1:0", "--instant"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recorder", *args, *more],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stderr is not None
+    line = proc.stderr.readline().decode()
+    assert "as a daemon on ws://" in line, line
+    return proc, line.split()[-1]

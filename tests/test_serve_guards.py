@@ -22,6 +22,7 @@ from recorder.times import now_us
 from tests.cleanup_scripts import SECOND, status
 from tests.conftest import TIMEOUT
 from tests.deaf_clients import deaf_client, wait_backed_up
+from tests.serve_client import served
 from tests.writer_batches import Frame, commit, write
 
 # --- replay --serve: frames it reads past --------------------------------------------------
@@ -80,22 +81,6 @@ def test_serve_answers_while_it_reads_past_frames_it_does_not_play(tmp_path: Pat
 
 
 # --- replay --serve: clients that do not read, and --wait-for-client on a long session ---
-
-
-def served(db_path: Path, sid: str, *more: str) -> tuple[subprocess.Popen[bytes], str]:
-    """`recorder replay SID --serve 127.0.0.1:0 --instant MORE` and its URL."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECORDER_")}
-    args = ["replay", "--database", str(db_path), sid, "--serve", "127.0.0.1:0", "--instant"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "recorder", *args, *more],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
-    assert proc.stderr is not None
-    line = proc.stderr.readline().decode()
-    assert "as a daemon on ws://" in line, line
-    return proc, line.split()[-1]
 
 
 def a_long_session(path: Path, count: int) -> str:
