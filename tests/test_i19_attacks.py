@@ -37,8 +37,8 @@ from tests.faults import test_full_disk
 from tests.faults.test_full_disk import fill
 from tests.helpers import writer_database
 from tests.postmortem_recording import spawn_request
+from tests.published_tab import published, record_published
 from tests.serve_client import served
-from tests.test_replay_live_two_tabs import published, record_published
 from tests.two_tabs import SPAWN_TASK
 
 T0_US = 1_795_692_537_000_000

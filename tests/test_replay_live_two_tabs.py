@@ -22,23 +22,12 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 
-from recorder.config import load_config
 from recorder.simulator import Simulator, SimulatorOptions
-from tests.conftest import running, write_config
 from tests.postmortem_recording import spawn_request
-from tests.two_tabs import FOLLOW_UP, SPAWN_TASK, TwoTabs, record
+from tests.published_tab import published, record_published
+from tests.two_tabs import FOLLOW_UP, SPAWN_TASK, TwoTabs, daemon, record
 
 TIMEOUT = 60
-
-
-def daemon(**changes: Any) -> SimulatorOptions:
-    """The daemon the recording was made against (tests/two_tabs.py), as a fresh one."""
-    opts = SimulatorOptions(
-        port=0, chunk_delay=0.05, chunks_per_task=(6, 6), seed=11, fail_rate=0.0
-    )
-    for name, value in changes.items():
-        setattr(opts, name, value)
-    return opts
 
 
 @pytest.fixture(scope="module")
@@ -81,41 +70,6 @@ async def test_the_same_daemon_answers_as_recorded(tabs: TwoTabs) -> None:
     # The follow-up went out before the daemon said session_spawned, as tab A's did.
     assert frames.index(("out", "execute_task")) < frames.index(("in", "session_spawned"))
     assert tabs.outcomes == {FOLLOW_UP: "task_completed"}
-
-
-def published(**changes: Any) -> SimulatorOptions:
-    """Like the published daemon (1.0.39): no stream frames, and a spawn announced to
-    nobody until session_spawned, after the first run: only sessions_list names it."""
-    return daemon(streams=False, spawn_broadcast=False, **changes)
-
-
-async def record_published(path: Path, tmp: Path) -> TwoTabs:
-    """Tab A alone, against such a daemon, learning the id as the web UI does."""
-    rec = TwoTabs(path)
-    async with Simulator(published()) as sim:
-        sections: dict[str, dict[str, Any]] = {
-            "daemon": {"url": sim.url},
-            "storage": {"url": f"sqlite:///{path}", "commit_interval": 0.05},
-            "proxy": {"listen": "127.0.0.1:0"},
-        }
-        config = load_config(write_config(tmp / "config.toml", sections), env={})
-        async with running(config) as svc, asyncio.timeout(TIMEOUT):
-            assert svc.proxy is not None
-            async with connect(f"ws://127.0.0.1:{svc.proxy.port}") as ws:
-                await ws.recv()  # the hello
-                await ws.send(json.dumps(spawn_request("vp_tabs", SPAWN_TASK)))
-                while not rec.session:
-                    await ws.send(json.dumps({"type": "list_sessions"}))
-                    while (listed := json.loads(await ws.recv()))["type"] != "sessions_list":
-                        pass
-                    rec.session = next((s["id"] for s in listed["sessions"]), "")
-                task = {"sessionId": rec.session, "task": FOLLOW_UP}
-                await ws.send(json.dumps({"type": "execute_task", "payload": task}))
-                seen: set[str] = set()
-                while not {"session_spawned", "task_completed"} <= seen:
-                    seen.add(json.loads(await ws.recv())["type"])
-            await svc.writer.flush()
-    return rec
 
 
 @pytest.fixture(scope="module")

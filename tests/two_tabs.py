@@ -50,6 +50,17 @@ class TwoTabs:
     outcomes: dict[str, str] = field(default_factory=dict)
 
 
+def daemon(**changes: Any) -> SimulatorOptions:
+    """The daemon the recording is made against, as a fresh one, with ``changes``. The
+    follow-up arrives while the first run is still under way: slow chunks."""
+    opts = SimulatorOptions(
+        port=0, chunk_delay=0.05, chunks_per_task=(6, 6), seed=11, fail_rate=0.0
+    )
+    for name, value in changes.items():
+        setattr(opts, name, value)
+    return opts
+
+
 async def _read(ws: ClientConnection, into: list[dict[str, Any]]) -> dict[str, Any]:
     message: dict[str, Any] = json.loads(await ws.recv())
     into.append(message)
@@ -96,11 +107,7 @@ async def _tab_a_again(url: str, rec: TwoTabs) -> None:
 
 async def record(path: Path, tmp: Path) -> TwoTabs:
     rec = TwoTabs(path)
-    # The follow-up arrives while the first run is still under way: slow chunks.
-    opts = SimulatorOptions(
-        port=0, chunk_delay=0.05, chunks_per_task=(6, 6), seed=11, fail_rate=0.0
-    )
-    async with Simulator(opts) as sim:
+    async with Simulator(daemon()) as sim:
         config = proxy_recording_config(tmp, sim.url, path)
         async with running(config) as svc:
             assert svc.proxy is not None
