@@ -32,9 +32,9 @@ from recorder.replay import source
 from recorder.replay.live import LiveReplayError, replay_live, substitute
 from recorder.replay.timing import Pace
 from recorder.simulator import Simulator
+from tests import full_disk
 from tests.conftest import TIMEOUT, proxy_recording_config
-from tests.faults import test_full_disk
-from tests.faults.test_full_disk import fill
+from tests.full_disk import fill
 from tests.helpers import writer_database
 from tests.postmortem_recording import spawn_request
 from tests.published_tab import published, record_published
@@ -365,7 +365,7 @@ async def test_against_a_daemon_that_ran_the_same_task_before_learns_its_own_ses
 
 
 # A tmpfs of 4 MiB (the test is skipped where none can be mounted).
-tiny_disk = test_full_disk.small_disk
+tiny_disk = full_disk.small_disk
 
 
 async def test_against_on_a_full_disk_ends_and_says_so(tiny_disk: Path) -> None:

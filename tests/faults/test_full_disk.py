@@ -5,7 +5,6 @@ and says exactly what it lost. The disk is a tmpfs of a few MiB mounted for the 
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import os
 import signal
@@ -13,53 +12,25 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from recorder.service.space import FULL_BELOW, disk_full, room_again
 from recorder.service.stopping import Loss, settle
 from recorder.simulator import Simulator, SimulatorOptions
+from tests import full_disk
 from tests.conftest import write_config
+from tests.full_disk import fill
 from tests.helpers import recorder_process
 from tests.service_process import Listener
 
 TIMEOUT = 30
 
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs, unmounted after the test."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mount = ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)]
-    mounted = subprocess.run(mount, capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=True)
-
-
-def fill(disk: Path) -> Path:
-    """A file that takes every byte left on ``disk``."""
-    path = disk / "filler"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        for chunk in (1 << 16, 1 << 12, 1):
-            try:
-                while True:
-                    os.write(fd, b"\0" * chunk)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-    finally:
-        os.close(fd)
-    return path
+# A 4 MiB tmpfs: pytest finds a fixture by its name in the module, and a parameter of
+# that name would shadow an imported one.
+small_disk = full_disk.small_disk
 
 
 def frames_in(db: Path) -> int:
