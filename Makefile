@@ -24,7 +24,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 # The story in two minutes: a simulated daemon, the recorder, and a UI-like client
 # talking to the daemon through the recorder's proxy; then what the recorder saw.
