@@ -34,6 +34,7 @@ COMMANDS = {
     "pin": "recorder.cli.cleanup:pin",
     "unpin": "recorder.cli.cleanup:unpin",
     "db": "recorder.cli.db:db",
+    "web": "recorder.cli.web:web",
     "simulate": "recorder.cli.simulate:simulate",
 }
 

@@ -40,6 +40,7 @@ from recorder.protocol.tame import on_one_line
 from recorder.protocol.timeline import clock_notes
 
 if TYPE_CHECKING:
+    from recorder.db.recordings import Recordings
     from recorder.protocol.kept import Kept
     from recorder.protocol.story import Story
 
@@ -82,6 +83,18 @@ def show(config_path: str | None, database: str | None, session: str, fmt: str) 
     out["clock_notes"] = clock_notes(vars(row))
     out["left_out"]["tasks"] = tasks.left_out
     document(out, fmt)
+
+
+def show_lines(recordings: Recordings, session: str) -> list[str]:
+    """What ``recorder show`` prints of a session, as lines (the web console's story
+    page shows them); NoSuchSession if none is ``session`` or starts with it."""
+    row = recordings.session(session)
+    tasks = recordings.session_tasks(row.id)
+    wanted = [t.task_id for t in tasks.items]
+    story = recordings.story(row, longest=VALUE_CHARS, tasks=wanted)
+    told = [_outcome(t, story) for t in tasks.items]
+    lines = name_lines(vars(row)) + span_lines(vars(row), story) + story_lines(told, tasks, story)
+    return [on_one_line(line) for line in lines]
 
 
 def _outcome(task: Task, story: Story) -> Task:

@@ -23,6 +23,7 @@ from recorder.config.sections import (
     ENV_METRICS_TOKEN,
     ENV_PROXY_TOKEN,
     ENV_TOKEN,
+    ENV_WEB_TOKEN,
     SECTIONS,
     Config,
     ConfigError,
@@ -33,6 +34,7 @@ from recorder.config.sections import (
     ProxyConfig,
     ReconnectConfig,
     StorageConfig,
+    WebConfig,
 )
 from recorder.protocol.policy import PolicyError
 
@@ -43,6 +45,7 @@ __all__ = [
     "ENV_METRICS_TOKEN",
     "ENV_PROXY_TOKEN",
     "ENV_TOKEN",
+    "ENV_WEB_TOKEN",
     "SECTIONS",
     "Config",
     "ConfigError",
@@ -53,6 +56,7 @@ __all__ = [
     "ProxyConfig",
     "ReconnectConfig",
     "StorageConfig",
+    "WebConfig",
     "load_config",
     "normalize_database_url",
 ]
@@ -151,6 +155,7 @@ ENV_OVERRIDES = (
     (ENV_DATABASE_URL, "storage", "url"),
     (ENV_PROXY_TOKEN, "proxy", "token"),
     (ENV_METRICS_TOKEN, "metrics", "token"),
+    (ENV_WEB_TOKEN, "web", "token"),
 )
 
 

@@ -91,6 +91,8 @@ def checked(config: Config, env: Mapping[str, str]) -> Config:
     if config.daemon.ca_file is not None:
         _check_ca_file(src, config.daemon.ca_file)
     _check_proxy(src, config)
+    if config.web.listen:
+        web_needs_token(src, "web.listen", config.web.listen, config.web.token)
     storage = dataclasses.replace(
         config.storage, url=normalize_database_url(src, config.storage.url, env)
     )
@@ -128,7 +130,7 @@ def _check_proxy(src: str, config: Config) -> None:
 
 # Secrets travel in HTTP headers, which carry ASCII: a token with other characters
 # would be sent and compared as different bytes by different clients, and fail for ever.
-SECRETS = ("daemon.token", "daemon.api_key", "proxy.token", "metrics.token")
+SECRETS = ("daemon.token", "daemon.api_key", "proxy.token", "metrics.token", "web.token")
 
 
 def _check_secrets(src: str, config: Config) -> None:
@@ -140,6 +142,17 @@ def _check_secrets(src: str, config: Config) -> None:
             raise ConfigError(
                 f"{src}: {dotted}: must be printable ASCII (it is sent in an HTTP header)"
             )
+
+
+def web_needs_token(src: str, dotted: str, listen: str, token: str | None) -> None:
+    """Refuse a console other machines reach without a token: it shows every recorded
+    byte, the daemon's credentials in spawn requests included."""
+    host = _listen_host(src, dotted, listen, "127.0.0.1:8789")
+    if not is_loopback(host) and not token:
+        raise ConfigError(
+            f"{src}: {dotted}: {listen} is reachable from other machines; "
+            "set web.token (or RECORDER_WEB_TOKEN)"
+        )
 
 
 def _listen_host(src: str, dotted: str, listen: str, example: str) -> str:

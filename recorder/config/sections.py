@@ -15,6 +15,7 @@ ENV_API_KEY = "RECORDER_DAEMON_API_KEY"
 ENV_DATABASE_URL = "RECORDER_DATABASE_URL"
 ENV_PROXY_TOKEN = "RECORDER_PROXY_TOKEN"
 ENV_METRICS_TOKEN = "RECORDER_METRICS_TOKEN"
+ENV_WEB_TOKEN = "RECORDER_WEB_TOKEN"
 
 MiB = 1024 * 1024
 
@@ -108,6 +109,19 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    # host:port of the web console; empty: `recorder web` listens on DEFAULT_WEB_LISTEN.
+    listen: str = ""
+    # Browsers present it as Authorization: Bearer, or once as ?token= (then a cookie);
+    # wanted on every address other machines reach.
+    token: str | None = field(default=None, repr=False)
+
+
+# Where `recorder web` listens unless told: loopback, beside the proxy's 8788.
+DEFAULT_WEB_LISTEN = "127.0.0.1:8789"
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "auto"
@@ -122,6 +136,7 @@ class Config:
     proxy: ProxyConfig = ProxyConfig()
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
+    web: WebConfig = WebConfig()
     cleanup: CleanupConfig = field(default_factory=CleanupConfig)
     # Where the settings came from, for messages.
     source: str = "<defaults>"
@@ -139,5 +154,6 @@ SECTIONS: dict[str, type[Any]] = {
     "proxy": ProxyConfig,
     "log": LogConfig,
     "metrics": MetricsConfig,
+    "web": WebConfig,
     "cleanup": CleanupConfig,
 }

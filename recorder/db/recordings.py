@@ -93,9 +93,18 @@ class Recordings(CleanupReads, StoryReads, SessionIds):
     # --- sessions ---------------------------------------------------------------------
 
     def sessions(
-        self, *, status: str | None = None, since_us: int | None = None, limit: int = 50
+        self,
+        *,
+        status: str | None = None,
+        since_us: int | None = None,
+        limit: int = 50,
+        orchestrator: str | None = None,
+        text: str | None = None,
+        before: str | None = None,
     ) -> list[Session]:
-        """Newest first (by when the recorder first saw them)."""
+        """Newest first (by when the recorder first saw them). ``text``: in the task
+        description; ``before``: only sessions listed after that session's id (a page's
+        key, not an offset: the next page costs what the first did)."""
         conds: list[str] = []
         params: dict[str, Any] = {}
         if status is not None:
@@ -104,6 +113,16 @@ class Recordings(CleanupReads, StoryReads, SessionIds):
         if since_us is not None:
             conds.append("last_seen_us >= :since_us")
             params["since_us"] = since_us
+        if orchestrator is not None:
+            conds.append("orchestrator_id = :orchestrator")
+            params["orchestrator"] = orchestrator
+        if text is not None:
+            conds.append(self.backend.contains("task_description", "text"))
+            params["text"] = text
+        if before is not None:
+            key = "(SELECT first_seen_us FROM sessions WHERE id = :before)"
+            conds.append(f"(first_seen_us < {key} OR (first_seen_us = {key} AND id < :before))")
+            params["before"] = before
         where = " WHERE " + " AND ".join(conds) if conds else ""
         limit_sql = f" LIMIT {int(limit)}" if limit else ""
         sql = f"SELECT * FROM sessions{where} ORDER BY first_seen_us DESC, id DESC{limit_sql}"

@@ -1,0 +1,1 @@
+"""The web console: the recordings in a browser, read-only (``recorder web``)."""

@@ -1,0 +1,89 @@
+"""The console's ASGI app over one database, read-only: routes, headers, the token.
+
+Every read opens the database read-only through :class:`Recordings`, runs in a worker
+thread (the event loop never waits on SQLite or a driver) and closes it again, so no
+read snapshot outlives a request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from recorder.db.recordings import Recordings
+from recorder.web import pages
+from recorder.web.auth import TokenGate
+
+T = TypeVar("T")
+
+# No inline script or style, nothing from elsewhere: a recorded byte that slipped
+# through escaping still could not run.
+CSP = (
+    "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+HEADERS = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
+
+class Hardened:
+    """ASGI middleware: the security headers on every response, errors included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_hardened(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                names = {name for name, _ in HEADERS}
+                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
+                message["headers"] = kept + HEADERS
+            await send(message)
+
+        await self.app(scope, receive, send_hardened)
+
+
+class Reads:
+    """Short reads of one database, each in a worker thread."""
+
+    def __init__(self, url: str, shown: str) -> None:
+        self.url = url
+        self.shown = shown
+
+    async def __call__(self, read: Callable[[Recordings], T]) -> T:
+        return await run_in_threadpool(self._read, read)
+
+    def _read(self, read: Callable[[Recordings], T]) -> T:
+        with Recordings.open(self.url, self.shown) as recordings:
+            return read(recordings)
+
+
+def create_app(url: str, shown: str, token: str | None = None) -> Starlette:
+    """The console over the database at ``url`` (named ``shown`` in messages); with
+    ``token``, only to requests that carry it."""
+    reads = Reads(url, shown)
+    routes = [
+        Route("/", pages.sessions_page(reads), methods=["GET"]),
+        Route("/api/sessions", pages.sessions_api(reads), methods=["GET"]),
+        Route("/sessions/{session_id:path}", pages.session_page(reads), methods=["GET"]),
+        Mount("/static", StaticFiles(packages=[("recorder.web", "static")]), name="static"),
+    ]
+    # Outermost first: the headers go on the token's 401 and redirect too.
+    middleware = [Middleware(Hardened)]
+    if token:
+        middleware.append(Middleware(TokenGate, token=token))
+    return Starlette(routes=routes, middleware=middleware)

@@ -1,0 +1,201 @@
+"""The web console (`recorder web`, first slice): the sessions list and its JSON, a
+session's story, escaping of hostile recordings, the headers, GET only, the token.
+
+Real parts: recordings written by the writer's own code, the real `recorder web` as a
+subprocess on 127.0.0.1 port 0, real HTTP requests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+
+from recorder.cli import cli
+from tests.cleanup_scripts import SECOND, Script, record
+
+CSP = (
+    "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+HOSTILE = ["<script>alert(1)</script>", '" onerror="x', "javascript:alert(1)", "{{7*7}}"]
+
+
+def session_frame(sid: str, status: str, orchestrator: str, description: str) -> bytes:
+    session = {
+        "id": sid,
+        "status": status,
+        "orchestratorId": orchestrator,
+        "type": "chat",
+        "task": {"id": f"t-{sid}", "description": description},
+    }
+    return json.dumps({"type": "session_status_update", "session": session}).encode()
+
+
+def write(db: Path, script: Script) -> None:
+    asyncio.run(record(f"sqlite:///{db}", script))
+
+
+@contextmanager
+def served(db: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`recorder web` on a free port; its URL, once it listens."""
+    command = [sys.executable, "-m", "recorder", "web", "--database", str(db)]
+    proc = subprocess.Popen(
+        [*command, "--listen", "127.0.0.1:0", *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        found = re.search(r"http://\S+/", line)
+        assert found, line
+        yield found.group(0).rstrip("/")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stderr is not None:
+            rest = proc.stderr.read()
+            assert "Traceback" not in rest, rest
+            proc.stderr.close()
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+OPENER = urllib.request.build_opener(NoRedirect)
+
+
+def get(url: str, method: str = "GET", **headers: str) -> tuple[int, Message, str]:
+    request = urllib.request.Request(url, method=method, headers=headers)
+    try:
+        with OPENER.open(request, timeout=10) as response:
+            return response.status, response.headers, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read().decode()
+
+
+def ids_in(html: str) -> list[str]:
+    return re.findall(r'<td class="id"><a href="/sessions/[^"]*">([^<]*)</a>', html)
+
+
+def test_sessions_newest_first_paged_by_key_with_json_and_get_only(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    states = ["completed", "failed", "running"]
+    write(
+        db,
+        [
+            (i * SECOND, "in", session_frame(f"s{i:03d}", states[i % 3], f"o{i % 2}", f"job {i}"))
+            for i in range(1, 61)
+        ],
+    )
+    with served(db) as url:
+        code, headers, first = get(url + "/")
+        assert code == 200 and headers["Content-Security-Policy"] == CSP
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        assert ids_in(first) == [f"s{i:03d}" for i in range(60, 10, -1)]
+        assert "job 60" in first and "chat" in first and "o0" in first
+        after = re.search(r'rel="next" href="([^"]*)"', first)
+        assert after is not None and "before=s011" in after.group(1)
+        _, _, second = get(url + after.group(1).replace("&amp;", "&"))
+        assert ids_in(second) == [f"s{i:03d}" for i in range(10, 0, -1)]
+        assert 'rel="next"' not in second
+
+        _, _, failed = get(url + "/?status=failed&orchestrator=o1&q=job+1")
+        assert ids_in(failed) == ["s019", "s013", "s001"]
+
+        code, headers, body = get(url + "/api/sessions?before=s011")
+        assert code == 200 and headers["Content-Type"] == "application/json"
+        page = json.loads(body)
+        args = ["sessions", "--database", str(db), "--format", "json", "--limit", "0"]
+        cli_rows = json.loads(CliRunner().invoke(cli, args).output)
+        assert page["sessions"] == cli_rows[50:] and page["next_before"] is None
+        assert json.loads(get(url + "/api/sessions")[2])["next_before"] == "s011"
+
+        for method in ("POST", "PUT", "DELETE"):
+            code, headers, _ = get(url + "/", method=method)
+            assert code == 405 and headers["Content-Security-Policy"] == CSP
+        assert get(url + "/api/sessions", method="POST")[0] == 405
+        code, headers, css = get(url + "/static/console.css")
+        assert code == 200 and "table.sessions" in css
+
+
+def test_hostile_recording_is_shown_as_text(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    script: Script = [
+        (i * SECOND, "in", session_frame(payload, "running", payload, f"do {payload} now"))
+        for i, payload in enumerate(HOSTILE, 1)
+    ]
+    write(db, script)
+    with served(db) as url:
+        pages = [get(url + "/")]
+        for href in re.findall(r'<td class="id"><a href="([^"]*)"', pages[0][2]):
+            assert href.startswith("/sessions/")
+            pages.append(get(url + href))
+        assert len(pages) == 1 + len(HOSTILE)
+        for code, headers, html in pages:
+            assert code == 200 and headers["Content-Security-Policy"] == CSP
+            assert "<script" not in html and '" onerror="' not in html
+            assert 'href="javascript:' not in html and "do 49 now" not in html
+        listing = pages[0][2]
+        assert listing.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 3  # id, orchestrator, task
+        assert (
+            listing.count("{{7*7}}") == 3
+            and ">49<" not in listing
+            and "&#34; onerror=&#34;x" in listing
+        )
+        stories = "".join(html for _, _, html in pages[1:])
+        assert "do &lt;script&gt;alert(1)&lt;/script&gt; now" in stories
+        assert "do {{7*7}} now" in stories
+
+
+def test_non_loopback_listen_without_token_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    write(db, [(SECOND, "in", session_frame("s1", "running", "o", "d"))])
+    env = {k: v for k, v in os.environ.items() if k != "RECORDER_WEB_TOKEN"}
+    command = [sys.executable, "-m", "recorder", "web", "--database", str(db)]
+    config = tmp_path / "c.toml"
+    config.write_text('[web]\nlisten = "0.0.0.0:0"\n')
+    for args in (["--listen", "0.0.0.0:0"], ["--listen", "[::]:0"], ["-c", str(config)]):
+        done = subprocess.run(
+            [*command, *args], capture_output=True, text=True, env=env, timeout=30
+        )
+        assert done.returncode == 2, done.stderr
+        assert len(done.stderr.splitlines()) == 1 and "web.token" in done.stderr
+
+
+def test_token_bearer_query_and_cookie(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    write(db, [(SECOND, "in", session_frame("s1", "running", "o", "d"))])
+    token = "s3cret-token"
+    with served(db, env={"RECORDER_WEB_TOKEN": token}) as url:
+        code, headers, _ = get(url + "/")
+        assert code == 401 and headers["Content-Security-Policy"] == CSP
+        assert get(url + "/api/sessions")[0] == 401
+        assert get(url + "/", Authorization="Bearer wrong")[0] == 401
+        assert get(url + "/?token=wrong")[0] == 401
+        assert get(url + "/", Authorization=f"Bearer {token}")[0] == 200
+
+        code, headers, _ = get(url + f"/?status=running&token={token}")
+        assert code == 303 and headers["Location"] == "/?status=running"
+        cookie = headers["Set-Cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+        assert token not in cookie
+        pair = cookie.split(";")[0]
+        code, _, html = get(url + "/?status=running", Cookie=pair)
+        assert code == 200 and ids_in(html) == ["s1"]
+        assert get(url + "/", Cookie=pair[:-1] + "0")[0] == 401
