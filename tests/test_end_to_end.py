@@ -285,6 +285,17 @@ def test_the_wheel_carries_every_subpackage(wheel: Wheel) -> None:
     assert [p for p in installed if p != "recorder.migrations"] == source_packages
 
 
+def test_the_wheel_carries_the_web_consoles_files(wheel: Wheel) -> None:
+    """Its templates and style sheet are package data: `recorder web` renders from them."""
+    probe = wheel.run(
+        "import importlib.resources as r, recorder.web.pages as p;"
+        " p.TEMPLATES.get_template('sessions.html');"
+        " print(p.__file__, (r.files('recorder.web') / 'static' / 'console.css').is_file())"
+    )
+    assert str(wheel.root / "recorder") not in probe.stdout, "the test must run the installed copy"
+    assert probe.stdout.split()[-1] == "True", probe.stderr
+
+
 def test_wheel_carries_the_migrations(wheel: Wheel) -> None:
     """`recorder db upgrade`, installed from the wheel, from an unrelated directory."""
     db = wheel.elsewhere / "new.db"
