@@ -48,8 +48,11 @@ def write(db: Path, script: Script) -> None:
 
 
 @contextmanager
-def served(db: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """`recorder web` on a free port; its URL, once it listens."""
+def served(
+    db: Path, *args: str, env: dict[str, str] | None = None, secret: str = "\0"
+) -> Iterator[str]:
+    """`recorder web` on a free port; its URL, once it listens. Whatever it says on
+    stderr holds no traceback and never ``secret``."""
     command = [sys.executable, "-m", "recorder", "web", "--database", str(db)]
     proc = subprocess.Popen(
         [*command, "--listen", "127.0.0.1:0", *args],
@@ -68,7 +71,7 @@ def served(db: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[
         proc.wait(timeout=10)
         if proc.stderr is not None:
             rest = proc.stderr.read()
-            assert "Traceback" not in rest, rest
+            assert "Traceback" not in rest and secret not in rest, rest
             proc.stderr.close()
 
 
@@ -126,6 +129,12 @@ def test_sessions_newest_first_paged_by_key_with_json_and_get_only(tmp_path: Pat
         assert page["sessions"] == cli_rows[50:] and page["next_before"] is None
         assert json.loads(get(url + "/api/sessions")[2])["next_before"] == "s011"
 
+        code, _, said = get(url + "/?since=nonsense")
+        assert code == 400 and "since" in said
+        assert get(url + "/sessions/nobody")[0] == 404
+        db.unlink()  # a database gone while the console serves: one line, not a traceback
+        code, _, said = get(url + "/api/sessions")
+        assert code == 503 and len(said.splitlines()) == 1
         for method in ("POST", "PUT", "DELETE"):
             code, headers, _ = get(url + "/", method=method)
             assert code == 405 and headers["Content-Security-Policy"] == CSP
@@ -182,7 +191,7 @@ def test_token_bearer_query_and_cookie(tmp_path: Path) -> None:
     db = tmp_path / "r.db"
     write(db, [(SECOND, "in", session_frame("s1", "running", "o", "d"))])
     token = "s3cret-token"
-    with served(db, env={"RECORDER_WEB_TOKEN": token}) as url:
+    with served(db, env={"RECORDER_WEB_TOKEN": token}, secret=token) as url:
         code, headers, _ = get(url + "/")
         assert code == 401 and headers["Content-Security-Policy"] == CSP
         assert get(url + "/api/sessions")[0] == 401
@@ -198,4 +207,5 @@ def test_token_bearer_query_and_cookie(tmp_path: Path) -> None:
         pair = cookie.split(";")[0]
         code, _, html = get(url + "/?status=running", Cookie=pair)
         assert code == 200 and ids_in(html) == ["s1"]
-        assert get(url + "/", Cookie=pair[:-1] + "0")[0] == 401
+        forged = pair[:-1] + ("1" if pair.endswith("0") else "0")
+        assert get(url + "/", Cookie=forged)[0] == 401

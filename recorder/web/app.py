@@ -13,10 +13,13 @@ from typing import TypeVar
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from recorder.db.readonly import ReadError
 from recorder.db.recordings import Recordings
 from recorder.web import pages
 from recorder.web.auth import TokenGate
@@ -72,6 +75,11 @@ class Reads:
             return read(recordings)
 
 
+async def unreadable(_request: Request, exc: Exception) -> Response:
+    """A database that cannot be read now (gone, locked, down): one line, not a trace."""
+    return PlainTextResponse(f"503: {exc}\n", status_code=503)
+
+
 def create_app(url: str, shown: str, token: str | None = None) -> Starlette:
     """The console over the database at ``url`` (named ``shown`` in messages); with
     ``token``, only to requests that carry it."""
@@ -86,4 +94,6 @@ def create_app(url: str, shown: str, token: str | None = None) -> Starlette:
     middleware = [Middleware(Hardened)]
     if token:
         middleware.append(Middleware(TokenGate, token=token))
-    return Starlette(routes=routes, middleware=middleware)
+    return Starlette(
+        routes=routes, middleware=middleware, exception_handlers={ReadError: unreadable}
+    )
