@@ -43,13 +43,18 @@ def session_frame(sid: str, status: str, orchestrator: str, description: str) ->
     return json.dumps({"type": "session_status_update", "session": session}).encode()
 
 
-def write(db: Path, script: Script) -> None:
-    asyncio.run(record(f"sqlite:///{db}", script))
+def write(db: Path | str, script: Script) -> None:
+    """``script`` recorded by the writer's code into a SQLite file or a PostgreSQL URL."""
+    if isinstance(db, Path):
+        url = f"sqlite:///{db}"
+    else:
+        url = db.replace("postgresql://", "postgresql+asyncpg://")  # the writer's driver
+    asyncio.run(record(url, script))
 
 
 @contextmanager
 def served(
-    db: Path, *args: str, env: dict[str, str] | None = None, secret: str = "\0"
+    db: Path | str, *args: str, env: dict[str, str] | None = None, secret: str = "\0"
 ) -> Iterator[str]:
     """`recorder web` on a free port; its URL, once it listens. Whatever it says on
     stderr holds no traceback and never ``secret``."""
@@ -209,3 +214,36 @@ def test_token_bearer_query_and_cookie(tmp_path: Path) -> None:
         assert code == 200 and ids_in(html) == ["s1"]
         forged = pair[:-1] + ("1" if pair.endswith("0") else "0")
         assert get(url + "/", Cookie=forged)[0] == 401
+
+
+def test_postgresql_filters_and_pages_ties_by_id(pg_url: str) -> None:
+    """The same list over PostgreSQL; sessions first seen at the same microsecond page
+    by id, none repeated or skipped at a page's edge."""
+    script: Script = [
+        (SECOND * (1 + i // 20), "in", session_frame(f"p{i:03d}", "running", "o", f"Job {i}"))
+        for i in range(70)
+    ]
+    write(pg_url, script)
+    seen: list[str] = []
+    with served(pg_url) as url:
+        after: str | None = ""
+        while after is not None:
+            page = json.loads(get(url + "/api/sessions" + (f"?before={after}" if after else ""))[2])
+            seen += [row["id"] for row in page["sessions"]]
+            after = page["next_before"]
+        _, _, found = get(url + "/?q=Job+6&status=running&orchestrator=o")
+    newest_first = sorted(range(70), key=lambda i: (-(i // 20), -i))
+    assert seen == [f"p{i:03d}" for i in newest_first]
+    assert ids_in(found) == [
+        "p069",
+        "p068",
+        "p067",
+        "p066",
+        "p065",
+        "p064",
+        "p063",
+        "p062",
+        "p061",
+        "p060",
+        "p006",
+    ]
