@@ -190,6 +190,12 @@ def test_non_loopback_listen_without_token_is_refused(tmp_path: Path) -> None:
         )
         assert done.returncode == 2, done.stderr
         assert len(done.stderr.splitlines()) == 1 and "web.token" in done.stderr
+    config.write_text('[web]\ntoken = "t\u00f6ken"\n')
+    done = subprocess.run(
+        [*command, "-c", str(config)], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert done.returncode == 2 and "web.token: must be printable ASCII" in done.stderr
+    assert "t\u00f6ken" not in done.stderr  # a secret is not repeated
 
 
 def test_token_bearer_query_and_cookie(tmp_path: Path) -> None:
