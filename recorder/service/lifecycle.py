@@ -39,6 +39,7 @@ from recorder.service.space import FULL_ERRNOS, FullDisk, measured
 from recorder.service.stopping import (
     COUNT_WITHIN,
     Loss,
+    at_once,
     close_producers,
     count,
     finished,
@@ -346,26 +347,9 @@ class Service:
         killed (nothing more is committed) and the database counted, here, with
         nothing else running. With nothing lost the stop stays a clean one: exit 0,
         as the first signal would have."""
-        if self.said is not None:
-            code, lost = self.said
-            log.warning(
-                "stopping at once on a second signal; what the stop cost is said above",
-                lost=lost,
-            )
-            os._exit(code)
-        writer = getattr(self, "writer", None)
-        loss = Loss(0, 0)
-        failed = False
-        if writer is not None and writer.running:
-            failed = writer.died is not None
-            if not writer.kill_and_wait():
-                log.error("writer processes did not exit after SIGKILL; counting anyway")
-            loss = count(writer, self.config.storage.url, self.first_frame_id, COUNT_WITHIN)
-        if loss.lost == 0 and not failed:
-            log.warning("stopping at once on a second signal; nothing was lost", lost=0)
-            os._exit(0)
-        log.error("stopping at once on a second signal; frames were not committed", **loss.fields())
-        os._exit(1)
+        at_once(
+            self.said, getattr(self, "writer", None), self.config.storage.url, self.first_frame_id
+        )
 
 
 async def main(config: Config) -> int:

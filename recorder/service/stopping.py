@@ -10,10 +10,11 @@ have been committed without their answer coming back.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
@@ -140,3 +141,27 @@ async def finished(task: asyncio.Future[Any], seconds: float, *, cancel: bool = 
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     return False
+
+
+def at_once(
+    said: tuple[int, int] | None, writer: Writer | None, url: str, first_frame_id: int
+) -> NoReturn:
+    """The exit on a second stop signal (see ``Service.force_exit``)."""
+    if said is not None:
+        code, lost = said
+        log.warning(
+            "stopping at once on a second signal; what the stop cost is said above", lost=lost
+        )
+        os._exit(code)
+    loss = Loss(0, 0)
+    failed = False
+    if writer is not None and writer.running:
+        failed = writer.died is not None
+        if not writer.kill_and_wait():
+            log.error("writer processes did not exit after SIGKILL; counting anyway")
+        loss = count(writer, url, first_frame_id, COUNT_WITHIN)
+    if loss.lost == 0 and not failed:
+        log.warning("stopping at once on a second signal; nothing was lost", lost=0)
+        os._exit(0)
+    log.error("stopping at once on a second signal; frames were not committed", **loss.fields())
+    os._exit(1)
