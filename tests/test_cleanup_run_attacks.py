@@ -166,6 +166,18 @@ def test_a_policy_may_not_take_a_built_in_policys_name(tmp_path: Path) -> None:
         config_for(tmp_path, "sqlite:///x.db", failed_only)
 
 
+async def finished_a_day_ago(tmp_path: Path) -> tuple[Path, str, Config]:
+    """A database with one session of 5 000 frames, completed a day ago, and a config
+    whose policy "bye" purges completed sessions."""
+    db = tmp_path / "r.db"
+    url = f"sqlite:///{db}"
+    t = now_us() - DAY
+    script = [(t, IN, status("s", "running"))]
+    script += [(t + i, IN, chunk("s", "x")) for i in range(1, 5000)]
+    await record(url, [*script, (t + 5000, IN, status("s", "completed"))])
+    return db, url, config_for(tmp_path, url, policy("bye", "purge", 'status = ["completed"]'))
+
+
 async def test_a_reload_does_not_cut_short_a_run_someone_asked_for(tmp_path: Path) -> None:
     """`recorder cleanup run` asks the service; a SIGHUP arrived while that run purged:
     the reload stopped the old cleanup, which cancelled the run half-way, and the CLI
@@ -175,13 +187,7 @@ async def test_a_reload_does_not_cut_short_a_run_someone_asked_for(tmp_path: Pat
     from recorder.db.cleanup_records import ask
     from recorder.pipeline.cleanup_ops import PurgeSome
 
-    db = tmp_path / "r.db"
-    url = f"sqlite:///{db}"
-    t = now_us() - DAY
-    script = [(t, IN, status("s", "running"))]
-    script += [(t + i, IN, chunk("s", "x")) for i in range(1, 5000)]
-    await record(url, [*script, (t + 5000, IN, status("s", "completed"))])
-    config = config_for(tmp_path, url, policy("bye", "purge", 'status = ["completed"]'))
+    db, url, config = await finished_a_day_ago(tmp_path)
     handle, store, _ = await open_db(url)
     try:
         request = await handle.run(ask, "bye", False, now_us(), "default")
@@ -210,13 +216,7 @@ async def test_history_does_not_call_a_run_in_progress_interrupted(tmp_path: Pat
     from recorder.db.locks import FileLock
     from recorder.pipeline.cleanup_ops import PurgeSome
 
-    db = tmp_path / "r.db"
-    url = f"sqlite:///{db}"
-    t = now_us() - DAY
-    script = [(t, IN, status("s", "running"))]
-    script += [(t + i, IN, chunk("s", "x")) for i in range(1, 5000)]
-    await record(url, [*script, (t + 5000, IN, status("s", "completed"))])
-    config = config_for(tmp_path, url, policy("bye", "purge", 'status = ["completed"]'))
+    db, url, config = await finished_a_day_ago(tmp_path)
     handle, store, _ = await open_db(url)
     lock = FileLock(db, str(db))
     await lock.acquire()
