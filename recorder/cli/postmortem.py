@@ -60,18 +60,29 @@ def show(config_path: str | None, database: str | None, session: str, fmt: str) 
     Example: recorder show session_1795692537464
     """
     target = load(config_path, database)
-    text = fmt == "table"
+    if fmt != "table":
+        with reading(target) as recordings:
+            out = show_json(recordings, session)
+        document(out, fmt)
+        return
     with reading(target) as recordings:
         row = recordings.session(session)
-        if text:  # at once: the rest reads every frame of the session
-            _echo(name_lines(vars(row)))
+        _echo(name_lines(vars(row)))  # at once: the rest reads every frame of the session
         tasks = recordings.session_tasks(row.id)
         wanted = [t.task_id for t in tasks.items]
-        story = recordings.story(row, longest=VALUE_CHARS if text else None, tasks=wanted)
+        story = recordings.story(row, longest=VALUE_CHARS, tasks=wanted)
     told = [_outcome(t, story) for t in tasks.items]
-    if text:
-        _echo(span_lines(vars(row), story) + story_lines(told, tasks, story))
-        return
+    _echo(span_lines(vars(row), story) + story_lines(told, tasks, story))
+
+
+def show_json(recordings: Recordings, session: str) -> dict[str, Any]:
+    """What ``recorder show --format json`` prints of a session, every value whole
+    (the web console's ``/api/sessions/{id}`` answers the same); NoSuchSession."""
+    row = recordings.session(session)
+    tasks = recordings.session_tasks(row.id)
+    wanted = [t.task_id for t in tasks.items]
+    story = recordings.story(row, longest=None, tasks=wanted)
+    told = [_outcome(t, story) for t in tasks.items]
     out: dict[str, Any] = {
         "session": session_json(row),
         "tasks": [task_json(t) for t in told],
@@ -82,7 +93,7 @@ def show(config_path: str | None, database: str | None, session: str, fmt: str) 
     out["partly"] = partly(vars(row))
     out["clock_notes"] = clock_notes(vars(row))
     out["left_out"]["tasks"] = tasks.left_out
-    document(out, fmt)
+    return out
 
 
 def show_lines(recordings: Recordings, session: str) -> list[str]:

@@ -15,14 +15,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recorder.db.readonly import ReadError
 from recorder.db.recordings import Recordings
-from recorder.web import pages
+from recorder.web import frames, live, replay, session, sessions, stats
 from recorder.web.auth import TokenGate
+from recorder.web.paths import session_route
+from recorder.web.render import api_error, page_error
 
 T = TypeVar("T")
 
@@ -84,10 +86,22 @@ def create_app(url: str, shown: str, token: str | None = None) -> Starlette:
     """The console over the database at ``url`` (named ``shown`` in messages); with
     ``token``, only to requests that carry it."""
     reads = Reads(url, shown)
+
+    async def no_page(_request: Request) -> Response:
+        return page_error(404, "no such page")
+
+    async def no_api(_request: Request) -> Response:
+        return api_error(404, "no such resource")
+
+    session_pages = {"": session.story_page(reads), **replay.pages(reads)}
+    session_api = {"": session.story_api(reads), **frames.api(reads), **replay.api(reads)}
     routes = [
-        Route("/", pages.sessions_page(reads), methods=["GET"]),
-        Route("/api/sessions", pages.sessions_api(reads), methods=["GET"]),
-        Route("/sessions/{session_id:path}", pages.session_page(reads), methods=["GET"]),
+        *sessions.routes(reads),
+        session_route("/sessions", session_pages, no_page),
+        session_route("/api/sessions", session_api, no_api),
+        *frames.routes(reads),
+        *live.routes(reads),
+        *stats.routes(reads),
         Mount("/static", StaticFiles(packages=[("recorder.web", "static")]), name="static"),
     ]
     # Outermost first: the headers go on the token's 401 and redirect too.

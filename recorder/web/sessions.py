@@ -1,48 +1,25 @@
-"""The console's pages and their JSON: what each shows of :class:`Recordings`.
-
-Every recorded byte is hostile: templates escape everything (Jinja2's autoescape),
-links carry recorded ids only percent-encoded in our own paths, and no page has an
-inline script or style (the CSP forbids them).
-"""
+"""The sessions list (``/``) and its JSON (``/api/sessions``): newest first, filtered,
+paged by key."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
-from urllib.parse import quote, urlencode
+from typing import Any
+from urllib.parse import urlencode
 
-from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from recorder.cli.render import session_json, when
 from recorder.db.recordings import Recordings
 from recorder.db.rows import Session
-from recorder.db.session_ids import NoSuchSession
 from recorder.protocol.story import span
 from recorder.times import now_us, parse_when
-
-T = TypeVar("T")
-Endpoint = Callable[[Request], Awaitable[Response]]
+from recorder.web.render import BadQuery, Endpoint, Reader, api_error, html, session_href
 
 # Sessions on one page of the list.
 PAGE = 50
-
-TEMPLATES = Environment(
-    loader=PackageLoader("recorder.web", "templates"),
-    autoescape=select_autoescape(default=True, default_for_string=True),
-)
-
-
-class Reader(Protocol):
-    """Runs one short read of the database (:class:`recorder.web.app.Reads`)."""
-
-    async def __call__(self, read: Callable[[Recordings], T]) -> T: ...
-
-
-class BadQuery(ValueError):
-    """A filter in the URL that means nothing (a since that is not a time)."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +78,7 @@ def took(row: Session) -> str:
 def session_view(row: Session) -> dict[str, Any]:
     return {
         "id": row.id,
-        "href": "/sessions/" + quote(row.id, safe=""),
+        "href": session_href(row.id),
         "status": row.status or "?",
         "orchestrator": row.orchestrator_id or "",
         "type": row.session_type or "",
@@ -110,10 +87,6 @@ def session_view(row: Session) -> dict[str, Any]:
         "first_seen": when(row.first_seen_us),
         "took": took(row),
     }
-
-
-def html(template: str, status: int = 200, **values: Any) -> HTMLResponse:
-    return HTMLResponse(TEMPLATES.get_template(template).render(**values), status_code=status)
 
 
 def sessions_page(reads: Reader) -> Endpoint:
@@ -139,21 +112,14 @@ def sessions_api(reads: Reader) -> Endpoint:
         try:
             rows, after = await reads(filters.read)
         except BadQuery as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+            return api_error(400, str(exc))
         return JSONResponse({"sessions": [session_json(r) for r in rows], "next_before": after})
 
     return api
 
 
-def session_page(reads: Reader) -> Endpoint:
-    from recorder.cli.postmortem import show_lines
-
-    async def page(request: Request) -> Response:
-        wanted = request.path_params["session_id"]
-        try:
-            lines = await reads(lambda r: show_lines(r, wanted))
-        except NoSuchSession as exc:
-            return html("error.html", 404, message=str(exc))
-        return html("session.html", session_id=wanted, story="\n".join(lines))
-
-    return page
+def routes(reads: Reader) -> list[Route]:
+    return [
+        Route("/", sessions_page(reads), methods=["GET"]),
+        Route("/api/sessions", sessions_api(reads), methods=["GET"]),
+    ]

@@ -1,0 +1,11 @@
+"""The database at a glance (``/stats``, ``/api/stats``). Not built yet."""
+
+from __future__ import annotations
+
+from starlette.routing import Route
+
+from recorder.web.render import Reader
+
+
+def routes(reads: Reader) -> list[Route]:
+    return []
