@@ -1,104 +1,23 @@
-"""The web console (`recorder web`, first slice): the sessions list and its JSON, a
-session's story, escaping of hostile recordings, the headers, GET only, the token.
+"""The web console (`recorder web`): the sessions list and its JSON, a session's
+story, escaping of hostile recordings, the headers, GET only, the token.
 
 Real parts: recordings written by the writer's own code, the real `recorder web` as a
 subprocess on 127.0.0.1 port 0, real HTTP requests."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
 import subprocess
 import sys
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
-from email.message import Message
 from pathlib import Path
-from typing import Any
 
 from click.testing import CliRunner
 
 from recorder.cli import cli
-from tests.cleanup_scripts import SECOND, Script, record
-
-CSP = (
-    "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; "
-    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-)
-HOSTILE = ["<script>alert(1)</script>", '" onerror="x', "javascript:alert(1)", "{{7*7}}"]
-
-
-def session_frame(sid: str, status: str, orchestrator: str, description: str) -> bytes:
-    session = {
-        "id": sid,
-        "status": status,
-        "orchestratorId": orchestrator,
-        "type": "chat",
-        "task": {"id": f"t-{sid}", "description": description},
-    }
-    return json.dumps({"type": "session_status_update", "session": session}).encode()
-
-
-def write(db: Path | str, script: Script) -> None:
-    """``script`` recorded by the writer's code into a SQLite file or a PostgreSQL URL."""
-    if isinstance(db, Path):
-        url = f"sqlite:///{db}"
-    else:
-        url = db.replace("postgresql://", "postgresql+asyncpg://")  # the writer's driver
-    asyncio.run(record(url, script))
-
-
-@contextmanager
-def served(
-    db: Path | str, *args: str, env: dict[str, str] | None = None, secret: str = "\0"
-) -> Iterator[str]:
-    """`recorder web` on a free port; its URL, once it listens. Whatever it says on
-    stderr holds no traceback and never ``secret``."""
-    command = [sys.executable, "-m", "recorder", "web", "--database", str(db)]
-    proc = subprocess.Popen(
-        [*command, "--listen", "127.0.0.1:0", *args],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-    try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        found = re.search(r"http://\S+/", line)
-        assert found, line
-        yield found.group(0).rstrip("/")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        if proc.stderr is not None:
-            rest = proc.stderr.read()
-            assert "Traceback" not in rest and secret not in rest, rest
-            proc.stderr.close()
-
-
-class NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-OPENER = urllib.request.build_opener(NoRedirect)
-
-
-def get(url: str, method: str = "GET", **headers: str) -> tuple[int, Message, str]:
-    request = urllib.request.Request(url, method=method, headers=headers)
-    try:
-        with OPENER.open(request, timeout=10) as response:
-            return response.status, response.headers, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers, exc.read().decode()
-
-
-def ids_in(html: str) -> list[str]:
-    return re.findall(r'<td class="id"><a href="/sessions/[^"]*">([^<]*)</a>', html)
+from tests.cleanup_scripts import SECOND, Script
+from tests.web_console import CSP, HOSTILE, chromium, get, ids_in, served, session_frame, write
 
 
 def test_sessions_newest_first_paged_by_key_with_json_and_get_only(tmp_path: Path) -> None:
@@ -253,3 +172,27 @@ def test_postgresql_filters_and_pages_ties_by_id(pg_url: str) -> None:
         "p060",
         "p006",
     ]
+
+
+def test_in_a_browser_the_list_leads_to_a_story(tmp_path: Path) -> None:
+    """Chromium shows the recorded sessions; clicking one opens its story."""
+    db = tmp_path / "r.db"
+    write(
+        db,
+        [
+            (SECOND, "in", session_frame("s-old", "completed", "o", "first job")),
+            (2 * SECOND, "in", session_frame("s/new", "failed", "o", "second job")),
+        ],
+    )
+    with served(db) as url, chromium() as browser:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(url + "/")
+        rows = page.locator("table.sessions tbody tr")
+        assert rows.count() == 2 and "s/new" in rows.nth(0).inner_text()
+        page.get_by_role("link", name="s/new").click()
+        page.wait_for_url("**/sessions/s%2Fnew")
+        story = page.locator("pre.story").inner_text()
+        assert "second job" in story and "failed" in story
+        assert errors == []
