@@ -27,21 +27,22 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -n 2
 
 # The story in two minutes: a simulated daemon, the recorder, and a UI-like client
-# talking to the daemon through the recorder's proxy; then what the recorder saw.
+# talking to the daemon through the recorder's proxy; then what the recorder saw, and
+# the web console on it, which stays up until Ctrl-C.
 # Ports the OS says are free, not a real daemon's 8787 and 8788 (DEMO_PORT=8787 and
 # DEMO_PROXY_PORT=8788 choose them). The daemon and the recorder run in process groups
 # of their own (ALONE): Ctrl-C, or `timeout`, signals the shell's group alone, and the
 # shell stops each of them with one signal: the recorder stops cleanly, not "at once
 # on a second signal".
-FREE_PORTS = $(BIN)/python -c 'import socket; s = [socket.socket() for _ in range(3)]; [x.bind(("127.0.0.1", 0)) for x in s]; print(*(x.getsockname()[1] for x in s))'
+FREE_PORTS = $(BIN)/python -c 'import socket; s = [socket.socket() for _ in range(4)]; [x.bind(("127.0.0.1", 0)) for x in s]; print(*(x.getsockname()[1] for x in s))'
 ALONE = $(BIN)/python -c 'import os, sys; os.setpgid(0, 0); os.execv(sys.argv[1], sys.argv[1:])'
 
 demo: $(STAMP)
 	@rm -f demo.db demo.db-wal demo.db-shm demo.sessions
 	@set -e; \
 	set -- $$($(FREE_PORTS)); \
-	port=$${DEMO_PORT:-$$1}; proxy=$${DEMO_PROXY_PORT:-$$2}; serve=$$3; \
-	printf '[daemon]\nurl = "ws://127.0.0.1:%s"\n[proxy]\nlisten = "127.0.0.1:%s"\n[storage]\nurl = "sqlite:///demo.db"\ncommit_interval = 0.2\n' $$port $$proxy > demo.toml; \
+	port=$${DEMO_PORT:-$$1}; proxy=$${DEMO_PROXY_PORT:-$$2}; serve=$$3; web=$${DEMO_WEB_PORT:-$$4}; \
+	printf '[daemon]\nurl = "ws://127.0.0.1:%s"\n[proxy]\nlisten = "127.0.0.1:%s"\n[storage]\nurl = "sqlite:///demo.db"\ncommit_interval = 0.2\n[web]\nlisten = "127.0.0.1:%s"\n' $$port $$proxy $$web > demo.toml; \
 	$(ALONE) $(BIN)/recorder simulate --port $$port --sessions 3 --session-interval 2 --seed 7 --status-interval 5 2>demo-daemon.log & sim=$$!; \
 	$(ALONE) $(BIN)/recorder run --config demo.toml >demo.log 2>&1 & rec=$$!; \
 	stopped=; \
@@ -60,6 +61,7 @@ demo: $(STAMP)
 	echo "  $(BIN)/recorder export --database demo.db $$sid --output demo.cast   # then: asciinema play demo.cast"; \
 	echo "  $(BIN)/recorder replay --database demo.db $$sid --serve 127.0.0.1:$$serve   # point a UI at it"; \
 	echo "  $(BIN)/recorder stats --database demo.db"; \
+	echo; echo "The web console, up until Ctrl-C: http://127.0.0.1:$$web/"; \
 	wait $$rec
 
 # Every benchmark at its defaults; `make bench HISTORY=1` also appends each one's

@@ -43,27 +43,12 @@ def web(config_path: str | None, database: str | None, listen: str | None) -> No
 
 def _serve(url: str, shown: str, host: str, port: int, token: str | None) -> None:
     import asyncio
-    import socket
 
-    import uvicorn
+    from recorder.web.server import address, bind, server
 
-    from recorder.web.app import create_app
-
-    # Bound here, before serving: the URL printed is one that already accepts connections
-    # (port 0 included), with nothing to wait for.
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
+        sock = bind(host, port)
     except OSError as exc:
-        sock.close()
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.listen(128)
-    bound = sock.getsockname()
-    shown_host = f"[{bound[0]}]" if family == socket.AF_INET6 else bound[0]
-    click.echo(f"web console on http://{shown_host}:{bound[1]}/", err=True)
-    app = create_app(url, shown, token)
-    # No access log: it would carry ?token= (and the token gate answers it anyway).
-    config = uvicorn.Config(app, access_log=False, log_level="warning")
-    asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))
+    click.echo(f"web console on {address(sock)}", err=True)
+    asyncio.run(server(url, shown, token).serve(sockets=[sock]))

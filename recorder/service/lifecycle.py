@@ -77,6 +77,8 @@ class Service:
         self._writer_task: asyncio.Task[None]
         self._link_task: asyncio.Task[None]
         self._metrics_server: Any = None
+        # The web console, when [web] listen asks for it (recorder.web.server.Embedded).
+        self.console: Any = None
 
     # --- the run ---------------------------------------------------------------------
 
@@ -176,6 +178,8 @@ class Service:
             await finished(self.reload_task, left())
         if self._metrics_server is not None:
             self._metrics_server.close()
+        if self.console is not None:
+            await finished(asyncio.ensure_future(self.console.stop()), left())
         if self.cleanup is not None:
             await finished(asyncio.ensure_future(self.cleanup.stop()), left())
         exit_code = await close_producers(self.link, self._link_task, self.proxy, left)
@@ -305,8 +309,8 @@ class Service:
             return None
 
     async def _listen(self) -> bool:
-        """The proxy, or /metrics on its own port when the proxy is off; False (said)
-        when one cannot listen."""
+        """The proxy, or /metrics on its own port when the proxy is off, and the web
+        console; False (said) when one cannot listen."""
         config = self.config
         if config.proxy.enabled:
             self.proxy = Proxy(config, self.writer)
@@ -326,6 +330,15 @@ class Service:
             except OSError as exc:
                 log.error("metrics cannot listen", listen=config.metrics.listen, error=exc.strerror)
                 return False
+        if config.web.listen:
+            from recorder.web.server import embedded  # its imports only when it is wanted
+
+            try:
+                self.console = await embedded(config.storage.url, config.web)
+            except OSError as exc:
+                log.error("web console cannot listen", listen=config.web.listen, error=exc.strerror)
+                return False
+            log.info("web console listening", url=self.console.url)
         return True
 
     # --- signals -----------------------------------------------------------------------
