@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config.example.toml
 
-.PHONY: install run test lint demo bench clean
+.PHONY: install run test lint demo bench screenshots clean
 
 install: $(STAMP)
 
@@ -19,8 +19,8 @@ run: $(STAMP)
 	$(BIN)/recorder run --config $(CONFIG)
 
 lint: $(STAMP)
-	$(BIN)/ruff check recorder tests bench alembic
-	$(BIN)/ruff format --check recorder tests bench alembic
+	$(BIN)/ruff check recorder tests bench alembic docs
+	$(BIN)/ruff format --check recorder tests bench alembic docs
 	$(BIN)/mypy
 
 test: $(STAMP) lint
@@ -69,6 +69,10 @@ demo: $(STAMP)
 bench: $(STAMP)
 	@set -e; for b in ingest proxy query replay purge compact tail; do \
 		echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py $(if $(HISTORY),--history,); done
+
+# The README's pictures of the web console, taken in the system's Chromium.
+screenshots: $(STAMP)
+	$(BIN)/python docs/screenshots.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info demo.db demo.db-wal demo.db-shm demo.log demo-daemon.log demo.toml demo.sessions demo.cast
