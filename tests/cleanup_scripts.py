@@ -53,7 +53,8 @@ async def open_db(url: str, instance: str = "default") -> tuple[WriterDatabase, 
 
 async def record(url: str, *scripts: Script, instance: str = "default") -> None:
     """Each script one batch of the writer's own code (or more, of BATCH frames at
-    most), on one link connection, frames received at the given times."""
+    most), on one link connection, frames received at the given times. A frame that is
+    not UTF-8 is recorded as a binary one."""
     db, store, cid = await open_db(url, instance)
     try:
         classifier = Classifier()
@@ -62,12 +63,20 @@ async def record(url: str, *scripts: Script, instance: str = "default") -> None:
             frames = []
             for at, direction, data in script:
                 seq += 1
-                frames.append((cid, seq, direction, at, seq, True, data))
+                frames.append((cid, seq, direction, at, seq, _utf8(data), data))
             for start in range(0, len(frames), BATCH):
                 rows, index = classifier.rows_and_index(frames[start : start + BATCH])
                 await db.run(store.write_batch, rows, index)
     finally:
         await db.shutdown()
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def config_file(tmp_path: Path, db: Path, policies: str = "", storage: str = "") -> Path:
