@@ -196,3 +196,24 @@ def test_in_a_browser_the_list_leads_to_a_story(tmp_path: Path) -> None:
         story = page.locator("pre.story").inner_text()
         assert "second job" in story and "failed" in story
         assert errors == []
+
+
+def test_in_a_browser_the_token_once_then_the_cookie(tmp_path: Path) -> None:
+    """Chromium without the token gets 401; with ?token= once, the address bar loses it
+    and the cookie carries the browser on, to every page and to the API."""
+    db = tmp_path / "r.db"
+    write(db, [(SECOND, "in", session_frame("s1", "running", "o", "a job"))])
+    token = "br0wser-token"
+    with served(db, env={"RECORDER_WEB_TOKEN": token}, secret=token) as url, chromium() as b:
+        page = b.new_page()
+        response = page.goto(url + "/?status=running")
+        assert response is not None and response.status == 401
+        response = page.goto(url + f"/?status=running&token={token}")
+        assert response is not None and response.status == 200
+        assert page.url == url + "/?status=running" and token not in page.url
+        page.get_by_role("link", name="s1").click()
+        page.wait_for_url("**/sessions/s1")
+        assert "a job" in page.locator("pre.story").inner_text()
+        assert page.evaluate("document.cookie") == ""  # HttpOnly: no script can read it
+        api = page.request.get(url + "/api/sessions")
+        assert api.status == 200 and api.json()["sessions"][0]["id"] == "s1"
