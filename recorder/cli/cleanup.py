@@ -200,28 +200,31 @@ def _write(target: Target, fn: Any) -> Any:
         return asyncio.run(go())
 
 
-def _emit_runs(rows: list[CleanupRun], fmt: str) -> None:
-    def as_json(r: CleanupRun) -> dict[str, Any]:
-        return {
-            "id": r.id,
-            "policy": r.policy,
-            "action": r.action,
-            "trigger": r.trigger,
-            "dry_run": bool(r.dry_run),
-            # running, done or interrupted; its end is its last step's time until done.
-            "state": r.state,
-            "started": format_us(r.started_us),
-            "ended": format_us(r.ended_us),
-            "matched": r.matched,
-            "acted": r.acted,
-            # Frames purged or compacted, counted as each step committed.
-            "frames": r.frames,
-            "actions": json.loads(r.actions),
-            "error": r.error,
-            # A copy made before migration 0007 does not say.
-            "instance": r.instance,
-        }
+def run_json(r: CleanupRun) -> dict[str, Any]:
+    """A cleanup run as ``recorder cleanup history --format json`` prints it (the web
+    console's ``/api/stats`` too)."""
+    return {
+        "id": r.id,
+        "policy": r.policy,
+        "action": r.action,
+        "trigger": r.trigger,
+        "dry_run": bool(r.dry_run),
+        # running, done or interrupted; its end is its last step's time until done.
+        "state": r.state,
+        "started": format_us(r.started_us),
+        "ended": format_us(r.ended_us),
+        "matched": r.matched,
+        "acted": r.acted,
+        # Frames purged or compacted, counted as each step committed.
+        "frames": r.frames,
+        "actions": json.loads(r.actions),
+        "error": r.error,
+        # A copy made before migration 0007 does not say.
+        "instance": r.instance,
+    }
 
+
+def _emit_runs(rows: list[CleanupRun], fmt: str) -> None:
     columns = (
         Column("RUN", lambda r: r.id, right=True),
         Column("STARTED", lambda r: when(r.started_us)),
@@ -232,7 +235,7 @@ def _emit_runs(rows: list[CleanupRun], fmt: str) -> None:
         Column("ACTED", lambda r: r.acted, right=True),
         Column("ERROR / RESULTS", _outcome),
     )
-    emit(rows, fmt, columns, as_json, "cleanup runs")
+    emit(rows, fmt, columns, run_json, "cleanup runs")
 
 
 def _outcome(run: CleanupRun) -> str:

@@ -34,13 +34,13 @@ from recorder.cli.render import (
     task_json,
     when,
 )
-from recorder.db.rows import Task
+from recorder.db.rows import Session, Task
 from recorder.protocol.story import ConnectionShare, partly
 from recorder.protocol.tame import on_one_line
 from recorder.protocol.timeline import clock_notes
 
 if TYPE_CHECKING:
-    from recorder.db.recordings import Recordings
+    from recorder.db.recordings import Recordings, Stats
     from recorder.protocol.kept import Kept
     from recorder.protocol.story import Story
 
@@ -97,15 +97,21 @@ def show_json(recordings: Recordings, session: str) -> dict[str, Any]:
 
 
 def show_lines(recordings: Recordings, session: str) -> list[str]:
-    """What ``recorder show`` prints of a session, as lines (the web console's story
-    page shows them); NoSuchSession if none is ``session`` or starts with it."""
+    """What ``recorder show`` prints of a session, as lines; NoSuchSession if none is
+    ``session`` or starts with it."""
+    return told_story(recordings, session)[0]
+
+
+def told_story(recordings: Recordings, session: str) -> tuple[list[str], Session, Story]:
+    """:func:`show_lines`, with the session's row and its story (the web console's
+    story page shows the lines and draws the story's gaps): read once."""
     row = recordings.session(session)
     tasks = recordings.session_tasks(row.id)
     wanted = [t.task_id for t in tasks.items]
     story = recordings.story(row, longest=VALUE_CHARS, tasks=wanted)
     told = [_outcome(t, story) for t in tasks.items]
     lines = name_lines(vars(row)) + span_lines(vars(row), story) + story_lines(told, tasks, story)
-    return [on_one_line(line) for line in lines]
+    return [on_one_line(line) for line in lines], row, story
 
 
 def _outcome(task: Task, story: Story) -> Task:
@@ -322,19 +328,7 @@ def stats(config_path: str | None, database: str | None, fmt: str) -> None:
     target = load(config_path, database)
     with reading(target) as recordings:
         st = recordings.stats()
-    info: dict[str, Any] = {
-        "frames_by_type": {(t.type or "(none)"): int(t.frames) for t in st.by_type},
-        "frames_by_day": {when(t.day_us)[:10]: int(t.frames) for t in st.by_day},
-        "bytes_by_day": {when(t.day_us)[:10]: int(t.bytes) for t in st.by_day},
-        "sessions_by_status": dict(st.by_status),
-        "busiest_sessions": [
-            {"id": s.id, "status": s.status, "frames": int(s.frame_count)} for s in st.busiest
-        ],
-        "database": target.shown,
-        "database_bytes": st.database_bytes,
-        "daemon": st.daemon,
-        "daemon_reported_at": when(st.daemon_at_us) or None,
-    }
+    info = stats_json(st, target.shown)
     if fmt != "table":
         document(info, fmt)
         return
@@ -361,3 +355,21 @@ def stats(config_path: str | None, database: str | None, fmt: str) -> None:
         click.echo(f"  status {shown(status)}, uptime {shown(uptime)} ms")
         if isinstance(metrics, dict):
             click.echo("  " + pairs(metrics))
+
+
+def stats_json(st: Stats, database: str) -> dict[str, Any]:
+    """What ``recorder stats --format json`` prints (the web console's ``/api/stats``
+    carries the same under "stats"); ``database`` as the user named it."""
+    return {
+        "frames_by_type": {(t.type or "(none)"): int(t.frames) for t in st.by_type},
+        "frames_by_day": {when(t.day_us)[:10]: int(t.frames) for t in st.by_day},
+        "bytes_by_day": {when(t.day_us)[:10]: int(t.bytes) for t in st.by_day},
+        "sessions_by_status": dict(st.by_status),
+        "busiest_sessions": [
+            {"id": s.id, "status": s.status, "frames": int(s.frame_count)} for s in st.busiest
+        ],
+        "database": database,
+        "database_bytes": st.database_bytes,
+        "daemon": st.daemon,
+        "daemon_reported_at": when(st.daemon_at_us) or None,
+    }

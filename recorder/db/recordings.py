@@ -34,7 +34,9 @@ from recorder.db.rows import (
     Task,
 )
 from recorder.db.session_ids import NoSuchSession, SessionIds
+from recorder.db.stats_reads import StatsReads
 from recorder.db.story_reads import StoryReads
+from recorder.db.strip_reads import StripReads
 from recorder.protocol.kept import Kept
 from recorder.protocol.statuses import ACTIVE_SQL
 from recorder.protocol.story import KEEP
@@ -69,7 +71,7 @@ class Stats:
     daemon_at_us: int | None
 
 
-class Recordings(CleanupReads, StoryReads, SessionIds):
+class Recordings(CleanupReads, StatsReads, StoryReads, StripReads, SessionIds):
     """One database's recordings, read-only."""
 
     def __init__(self, reader: Reader) -> None:
@@ -101,10 +103,13 @@ class Recordings(CleanupReads, StoryReads, SessionIds):
         orchestrator: str | None = None,
         text: str | None = None,
         before: str | None = None,
+        newer_than: str | None = None,
     ) -> list[Session]:
         """Newest first (by when the recorder first saw them). ``text``: in the task
         description; ``before``: only sessions listed after that session's id (a page's
-        key, not an offset: the next page costs what the first did)."""
+        key, not an offset: the next page costs what the first did); ``newer_than``:
+        only sessions listed before that one, the ``limit`` of them nearest to it (a
+        list that grows at its top takes the next ``limit`` without a hole)."""
         conds: list[str] = []
         params: dict[str, Any] = {}
         if status is not None:
@@ -123,10 +128,17 @@ class Recordings(CleanupReads, StoryReads, SessionIds):
             key = "(SELECT first_seen_us FROM sessions WHERE id = :before)"
             conds.append(f"(first_seen_us < {key} OR (first_seen_us = {key} AND id < :before))")
             params["before"] = before
+        order = "DESC"
+        if newer_than is not None:
+            key = "(SELECT first_seen_us FROM sessions WHERE id = :newer)"
+            conds.append(f"(first_seen_us > {key} OR (first_seen_us = {key} AND id > :newer))")
+            params["newer"] = newer_than
+            order = "ASC"  # up from the key, then turned newest first
         where = " WHERE " + " AND ".join(conds) if conds else ""
         limit_sql = f" LIMIT {int(limit)}" if limit else ""
-        sql = f"SELECT * FROM sessions{where} ORDER BY first_seen_us DESC, id DESC{limit_sql}"
-        return [Session.of(r) for r in self.reader.rows(sql, params)]
+        sql = f"SELECT * FROM sessions{where} ORDER BY first_seen_us {order}, id {order}{limit_sql}"
+        found = [Session.of(r) for r in self.reader.rows(sql, params)]
+        return found[::-1] if order == "ASC" else found
 
     def session_status(self, session_id: str) -> str | None:
         row = first_row(self.reader, "SELECT status FROM sessions WHERE id = :s", {"s": session_id})
