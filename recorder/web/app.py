@@ -101,7 +101,7 @@ def create_app(url: str, shown: str, token: str | None = None) -> Starlette:
         session_route("/api/sessions", session_api, no_api),
         *frames.routes(reads),
         *live.routes(reads),
-        *stats.routes(reads),
+        *stats.routes(reads, shown),
         Mount("/static", StaticFiles(packages=[("recorder.web", "static")]), name="static"),
     ]
     # Outermost first: the headers go on the token's 401 and redirect too.
