@@ -1,5 +1,6 @@
 """The sessions list (``/``) and its JSON (``/api/sessions``): newest first, filtered,
-paged by key."""
+paged by key; and the sessions newer than the list's top row (``newer_than``), which
+the list page's script (static/sessions.js) polls for to insert them live."""
 
 from __future__ import annotations
 
@@ -31,13 +32,31 @@ class Filters:
     orchestrator: str | None = None
     q: str | None = None
     before: str | None = None
+    # The id of the list's top row: only sessions listed above it (the newest PAGE
+    # nearest to it), for a list that grows at its top.
+    newer_than: str | None = None
 
     @classmethod
     def of(cls, request: Request) -> Filters:
         def get(name: str) -> str | None:
             return request.query_params.get(name) or None
 
-        return cls(get("status"), get("since"), get("orchestrator"), get("q"), get("before"))
+        found = cls(
+            get("status"),
+            get("since"),
+            get("orchestrator"),
+            get("q"),
+            get("before"),
+            get("newer_than"),
+        )
+        if found.before is not None and found.newer_than is not None:
+            raise BadQuery("before and newer_than: one page is older, the other newer; not both")
+        return found
+
+    @property
+    def live(self) -> bool:
+        """Whether the list shows its newest page, where new sessions appear."""
+        return self.before is None and self.newer_than is None
 
     def since_us(self) -> int | None:
         if self.since is None:
@@ -55,14 +74,23 @@ class Filters:
             orchestrator=self.orchestrator,
             text=self.q,
             before=self.before,
+            newer_than=self.newer_than,
             limit=PAGE + 1,
         )
         more = len(found) > PAGE
+        if self.newer_than is not None:
+            # Newest first, the extra one (furthest from the key) first of all: the
+            # PAGE nearest the key are given, and the next poll takes the rest.
+            return found[-PAGE:], (found[-PAGE].id if more else None)
         return found[:PAGE], (found[PAGE - 1].id if more else None)
 
     def link(self, before: str) -> str:
         """This list's URL for the page after the session ``before``."""
-        kept = {k: v for k, v in vars(self).items() if v is not None and k != "before"}
+        kept = {
+            k: v
+            for k, v in vars(self).items()
+            if v is not None and k not in ("before", "newer_than")
+        }
         return "/?" + urlencode({**kept, "before": before})
 
 
@@ -76,9 +104,18 @@ def took(row: Session) -> str:
 
 
 def session_view(row: Session) -> dict[str, Any]:
+    """A row of the list as the page shows it, each cell text (and the link's path)."""
     return {
         "id": row.id,
         "href": session_href(row.id),
+        **cells(row),
+    }
+
+
+def cells(row: Session) -> dict[str, Any]:
+    """What the list's cells show of a session but its id; the live list's script
+    builds new rows of these (``rows`` of a ``newer_than`` answer)."""
+    return {
         "status": row.status or "?",
         "orchestrator": row.orchestrator_id or "",
         "type": row.session_type or "",
@@ -91,8 +128,8 @@ def session_view(row: Session) -> dict[str, Any]:
 
 def sessions_page(reads: Reader) -> Endpoint:
     async def page(request: Request) -> Response:
-        filters = Filters.of(request)
         try:
+            filters = Filters.of(request)
             rows, after = await reads(filters.read)
         except BadQuery as exc:
             return html("error.html", 400, message=str(exc))
@@ -100,7 +137,9 @@ def sessions_page(reads: Reader) -> Endpoint:
             "sessions.html",
             sessions=[session_view(r) for r in rows],
             filters=filters,
-            next_href=filters.link(after) if after is not None else None,
+            next_href=filters.link(after)
+            if after is not None and filters.newer_than is None
+            else None,
         )
 
     return page
@@ -108,12 +147,22 @@ def sessions_page(reads: Reader) -> Endpoint:
 
 def sessions_api(reads: Reader) -> Endpoint:
     async def api(request: Request) -> Response:
-        filters = Filters.of(request)
         try:
+            filters = Filters.of(request)
             rows, after = await reads(filters.read)
         except BadQuery as exc:
             return api_error(400, str(exc))
-        return JSONResponse({"sessions": [session_json(r) for r in rows], "next_before": after})
+        if filters.newer_than is None:
+            return JSONResponse({"sessions": [session_json(r) for r in rows], "next_before": after})
+        return JSONResponse(
+            {
+                "sessions": [session_json(r) for r in rows],
+                # The list's cells of each, as text (the page's script shows them).
+                "rows": [cells(r) for r in rows],
+                # More newer than these: ask again with newer_than the first one's id.
+                "more": after is not None,
+            }
+        )
 
     return api
 
