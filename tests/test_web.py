@@ -18,6 +18,9 @@ from click.testing import CliRunner
 from recorder.cli import cli
 from tests.cleanup_scripts import SECOND, Script
 from tests.web_console import CSP, HOSTILE, chromium, get, ids_in, served, session_frame, write
+from tests.web_recordings import write_beside
+
+OWN_SCRIPT = '<script src="/static/sessions.js" defer></script>'
 
 
 def test_sessions_newest_first_paged_by_key_with_json_and_get_only(tmp_path: Path) -> None:
@@ -80,14 +83,16 @@ def test_hostile_recording_is_shown_as_text(tmp_path: Path) -> None:
             assert href.startswith("/sessions/")
             pages.append(get(url + href))
         assert len(pages) == 1 + len(HOSTILE)
-        for code, headers, html in pages:
+        for code, headers, page in pages:
             assert code == 200 and headers["Content-Security-Policy"] == CSP
+            html = page.replace(OWN_SCRIPT, "")  # the live list's, a file of ours
             assert "<script" not in html and '" onerror="' not in html
             assert 'href="javascript:' not in html and "do 49 now" not in html
         listing = pages[0][2]
-        assert listing.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 3  # id, orchestrator, task
+        # The row's data-id and link, the orchestrator, the task.
+        assert listing.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 4
         assert (
-            listing.count("{{7*7}}") == 3
+            listing.count("{{7*7}}") == 4
             and ">49<" not in listing
             and "&#34; onerror=&#34;x" in listing
         )
@@ -217,3 +222,88 @@ def test_in_a_browser_the_token_once_then_the_cookie(tmp_path: Path) -> None:
         assert page.evaluate("document.cookie") == ""  # HttpOnly: no script can read it
         api = page.request.get(url + "/api/sessions")
         assert api.status == 200 and api.json()["sessions"][0]["id"] == "s1"
+
+
+def test_newer_than_gives_the_sessions_above_a_row_nearest_first_by_key(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    write(
+        db,
+        [
+            (i * SECOND, "in", session_frame(f"s{i:03d}", "running", "o", f"job {i}"))
+            for i in range(1, 61)
+        ],
+    )
+    with served(db) as url:
+        page = json.loads(get(url + "/api/sessions?newer_than=s005")[2])
+        assert [s["id"] for s in page["sessions"]] == [f"s{i:03d}" for i in range(55, 5, -1)]
+        assert page["more"] is True and page["rows"][0]["task"] == "job 55"
+        assert page["rows"][0]["status"] == "running" and page["rows"][0]["frames"] == 1
+        rest = json.loads(get(url + "/api/sessions?newer_than=s055")[2])
+        assert [s["id"] for s in rest["sessions"]] == ["s060", "s059", "s058", "s057", "s056"]
+        assert rest["more"] is False
+        assert json.loads(get(url + "/api/sessions?newer_than=s060")[2])["sessions"] == []
+        filtered = json.loads(get(url + "/api/sessions?newer_than=s050&q=job+5")[2])
+        assert [s["id"] for s in filtered["sessions"]] == [f"s{i:03d}" for i in range(59, 50, -1)]
+        code, _, said = get(url + "/api/sessions?newer_than=s050&before=s010")
+        assert code == 400 and "newer_than" in said
+        assert get(url + "/?newer_than=s050&before=s010")[0] == 400
+
+
+def test_in_a_browser_new_sessions_appear_on_top_and_what_the_reader_reads_stays(
+    tmp_path: Path,
+) -> None:
+    """A session recorded after the list opened appears at its top within a few
+    seconds; scrolled down, the row the reader looks at does not move."""
+    db = tmp_path / "r.db"
+    write(
+        db,
+        [
+            (i * SECOND, "in", session_frame(f"s{i:03d}", "running", "o", f"job {i}"))
+            for i in range(1, 61)
+        ],
+    )
+    hostile = "<b>new</b>/" + HOSTILE[0]
+    with served(db) as url, chromium() as browser:
+        page = browser.new_page(viewport={"width": 1000, "height": 500})
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(url + "/")
+        rows = page.locator("table.sessions tbody tr")
+        assert rows.count() == 50
+        watched = page.locator('tr[data-id="s030"]')
+        watched.scroll_into_view_if_needed()
+        page.mouse.wheel(0, 120)
+        page.wait_for_function("() => window.scrollY > 0")
+        top = watched.evaluate("row => row.getBoundingClientRect().top")
+        write_beside(
+            db, [(100 * SECOND, "in", session_frame(hostile, "failed", "o", "new <i>job</i>"))]
+        )
+        page.wait_for_function(
+            "() => document.querySelectorAll('table.sessions tbody tr').length === 51",
+            timeout=10_000,
+        )
+        # Scrolling is by whole pixels, rows are not: within one.
+        assert abs(watched.evaluate("row => row.getBoundingClientRect().top") - top) < 1
+        first = rows.nth(0)
+        assert first.locator("td.id a").inner_text() == hostile
+        assert first.locator("td.task").inner_text() == "new <i>job</i>"
+        assert first.locator("b, i, script").count() == 0
+        href = first.locator("td.id a").get_attribute("href")
+        assert href == "/sessions/%3Cb%3Enew%3C%2Fb%3E%2F%3Cscript%3Ealert(1)%3C%2Fscript%3E"
+        assert "1 new session" in page.locator("#live-note").inner_text()
+
+        # At the top, the reader is watching for new sessions: they appear in view.
+        page.evaluate("window.scrollTo(0, 0)")
+        write_beside(
+            db, [(101 * SECOND, "in", session_frame("s-newest", "running", "o", "newest"))]
+        )
+        page.wait_for_function(
+            "() => document.querySelector('table.sessions tbody tr').dataset.id === 's-newest'",
+            timeout=10_000,
+        )
+        assert page.evaluate("window.scrollY") == 0
+        assert rows.nth(0).is_visible() and rows.nth(1).get_attribute("data-id") == hostile
+        rows.nth(1).locator("td.id a").click()
+        page.wait_for_url("**/sessions/%3Cb%3Enew*")
+        assert "new <i>job</i>" in page.locator("pre.story").inner_text()
+        assert errors == []

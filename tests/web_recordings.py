@@ -63,3 +63,14 @@ async def _record(url: str, links: Sequence[Link], instance: str) -> None:
                 await db.run(close, cid, link.closed_us)
     finally:
         await db.shutdown()
+
+
+def write_beside(db: Path | str, script: Script) -> None:
+    """:func:`tests.web_console.write` from a thread of its own: Playwright's sync API
+    runs an event loop in the test's thread, and the writer's code needs one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.web_console import write
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(write, db, script).result()
