@@ -56,6 +56,9 @@ class FrameFilter:
     limit: int = 0
     # The newest N, still printed oldest first.
     last: int = 0
+    # Only the frames of these types, and every frame the client sent (the frames a
+    # session's story reads one by one).
+    read_types: tuple[str, ...] | None = None
 
 
 def _conditions(reader: Reader, f: FrameFilter) -> tuple[list[str], dict[str, Any]]:
@@ -87,6 +90,11 @@ def _conditions(reader: Reader, f: FrameFilter) -> tuple[list[str], dict[str, An
     if f.grep is not None:
         conds.append(reader.backend.contains("payload", "grep"))
         params["grep"] = f.grep
+    if f.read_types is not None:
+        names = [f"read_type_{i}" for i in range(len(f.read_types))]
+        params |= dict(zip(names, f.read_types, strict=True))
+        listed = ", ".join(f":{name}" for name in names) or "NULL"
+        conds.append(f"(direction = 'out' OR type IN ({listed}))")
     return conds, params
 
 

@@ -18,6 +18,10 @@ from recorder.protocol.tame import read_object, tamed
 from recorder.protocol.timeline import LISTED, listed
 from recorder.times import now_us
 
+# Read one by one: the types whose object the story reads, and a task's reply, which it
+# knows by its type and task id. The daemon's other frames are only counted.
+ONE_BY_ONE = (*READ_TYPES, "task_completed")
+
 
 class StoryReads:
     reader: Reader
@@ -40,7 +44,11 @@ class StoryReads:
             # ended session for as long as it runs: months of replies, read for nothing.
             return course.over and course.status == session.status
 
-        frames = (self._story_frames(session), self._listings(session, ended))
+        frames = (
+            self._story_frames(session),
+            iter(self._counted(session)),
+            self._listings(session, ended),
+        )
         for frame in heapq.merge(*frames, key=lambda f: f.id):
             if frame.type != LISTED or not ended():  # one may have been read ahead
                 teller.add(frame)
@@ -54,15 +62,51 @@ class StoryReads:
         return teller.told(recordings, now_us())
 
     def _story_frames(self, session: Session) -> Iterator[StoryFrame]:
+        """The frames the story reads one by one: those whose object it reads, those
+        it knows by their type and task (a task's reply), and what the client sent."""
         wanted = ", ".join(f"'{t}'" for t in READ_TYPES)
         columns = (
             "id, connection_id, seq, direction, received_at_us, monotonic_ns, type, task_id, "
             f"size, CASE WHEN type IN ({wanted}) THEN payload END AS payload"
         )
-        for r in pages.frames(self.reader, FrameFilter(session_id=session.id), columns):
+        f = FrameFilter(session_id=session.id, read_types=ONE_BY_ONE)
+        for r in pages.frames(self.reader, f, columns):
             payload = r["payload"]
             obj = (read_object(payload) or {}) if payload else None
             yield _story_frame(r, obj)
+
+    def _counted(self, session: Session) -> list[StoryFrame]:
+        """The daemon's other frames (stream chunks, mostly), which the story only
+        counts: counted in SQL, per connection and type, a window of ids at a time (no
+        statement holds a snapshot for long), each count at its first frame, in id
+        order. A 100 000-chunk session folded in Python took half a second."""
+        bounds = self.reader.rows(
+            "SELECT min(id) AS lo, max(id) AS hi FROM frames WHERE session_id = :s",
+            {"s": session.id},
+        )
+        lo, hi = (bounds[0]["lo"], bounds[0]["hi"]) if bounds else (None, None)
+        if lo is None or hi is None:
+            return []
+        names = [f"t{i}" for i in range(len(ONE_BY_ONE))]
+        listed = ", ".join(f":{n}" for n in names)
+        sql = (
+            "SELECT connection_id, type, count(*) AS n, min(id) AS id, "
+            "min(received_at_us) AS at FROM frames WHERE session_id = :s "
+            f"AND direction = 'in' AND (type IS NULL OR type NOT IN ({listed})) "
+            "AND id >= :lo AND id < :hi GROUP BY connection_id, type"
+        )
+        params: dict[str, Any] = {"s": session.id, **dict(zip(names, ONE_BY_ONE, strict=True))}
+        found: dict[tuple[int, str | None], StoryFrame] = {}
+        for start in range(int(lo), int(hi) + 1, pages.ID_WINDOW):
+            for r in self.reader.rows(sql, params | {"lo": start, "hi": start + pages.ID_WINDOW}):
+                key = (int(r["connection_id"]), r["type"])
+                seen = found.get(key)
+                n = int(r["n"]) + (seen.counted if seen is not None else 0)
+                first = seen if seen is not None else r
+                at = first.received_us if isinstance(first, StoryFrame) else int(first["at"])
+                id_ = first.id if isinstance(first, StoryFrame) else int(first["id"])
+                found[key] = StoryFrame(id_, key[0], 0, IN, at, 0, key[1], None, 0, None, n)
+        return sorted(found.values(), key=lambda f: f.id)
 
     def _listings(self, session: Session, ended: Callable[[], bool]) -> Iterator[StoryFrame]:
         """The sessions_list replies that named the session, each as a frame of its

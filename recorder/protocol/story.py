@@ -44,6 +44,9 @@ class StoryFrame(NamedTuple):
     size: int
     # The parsed JSON object, for the types a story reads (None for the rest).
     obj: dict[str, Any] | None
+    # The frames it stands for: a connection's frames of a type the story only counts
+    # (stream chunks), folded into one at the first of them.
+    counted: int = 1
 
 
 class Recording(NamedTuple):
@@ -235,9 +238,9 @@ class Teller:
         if frame.type != LISTED:  # a listing is no frame of the session's
             kind = frame.type or "(not JSON)"
             if kind in self.by_type or len(self.by_type) < MAX_TYPES:
-                self.by_type[kind] += 1
+                self.by_type[kind] += frame.counted
             else:  # a daemon that makes up types cannot make the counter grow
-                self.by_type[OTHER_TYPES] += 1
+                self.by_type[OTHER_TYPES] += frame.counted
         if frame.obj is None:
             return
         if frame.type in ("tool_call_start", "tool_call_result"):

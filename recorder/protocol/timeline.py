@@ -153,7 +153,7 @@ class Course:
         if frame.type == LISTED:
             conduct.listed += 1
         else:
-            conduct.frames += 1
+            conduct.frames += frame.counted
         if frame.direction == OUT:
             if frame.type is not None:
                 conduct.ask(frame.type)
