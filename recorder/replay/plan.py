@@ -218,16 +218,48 @@ def timeline(frames: Iterable[ReplayFrame], gaps: Sequence[Gap]) -> Iterator[Cue
     yield from line.end()
 
 
+class Mark(NamedTuple):
+    """Where a :class:`Timeline` stands between two frames: all it needs to go on
+    later, from a new instance (a web player's next page)."""
+
+    # Gaps already placed (an index into the session's gaps, by start).
+    gaps: int
+    t: float
+    # The frame played last (its connection and monotonic clock), unless a gap came
+    # after it; the latest receive time reached.
+    last_connection: int | None
+    last_monotonic_ns: int
+    last_us: int | None
+
+
 class Timeline:
     """:func:`timeline`, a frame at a time: for a player that reads its frames
     itself, as they are due (``--serve``)."""
 
-    def __init__(self, gaps: Sequence[Gap]) -> None:
+    def __init__(self, gaps: Sequence[Gap], at: Mark | None = None) -> None:
         self._pending = sorted(gaps, key=lambda gap: gap.start_us)
         self._g = 0
         self._t = 0.0
         self._last: ReplayFrame | None = None
         self._last_us: int | None = None
+        if at is not None:
+            self._g, self._t, self._last_us = min(at.gaps, len(self._pending)), at.t, at.last_us
+            if at.last_connection is not None:
+                # Only its connection and clock count for what follows.
+                self._last = ReplayFrame(
+                    0, at.last_connection, 0, IN, 0, at.last_monotonic_ns, None, False, b""
+                )
+
+    def mark(self) -> Mark:
+        """Where it stands now: ``Timeline(gaps, at=mark)`` goes on from here."""
+        last = self._last
+        return Mark(
+            self._g,
+            self._t,
+            last.connection_id if last is not None else None,
+            last.monotonic_ns if last is not None else 0,
+            self._last_us,
+        )
 
     def _advance(self, to_us: int) -> None:
         if self._last_us is not None:
@@ -239,16 +271,8 @@ class Timeline:
     def add(self, frame: ReplayFrame) -> list[Cue]:
         """The gaps that began before ``frame``, then the frame."""
         cues = []
-        while self._g < len(self._pending) and self._pending[self._g].start_us <= frame.received_us:
-            gap = self._pending[self._g]
-            self._g += 1
-            if self._last_us is None:  # before the first frame: marked, not timed
-                cues.append(Cue(self._t, gap=gap, edge="before"))
-                continue
-            self._advance(gap.start_us)
-            self._last = None
-            self._reached(gap.start_us)
-            cues.append(Cue(self._t, gap=gap))
+        while (gap_cue := self.gap_before(frame)) is not None:
+            cues.append(gap_cue)
         last = self._last
         if last is not None and last.connection_id == frame.connection_id:
             self._t += max(0.0, (frame.monotonic_ns - last.monotonic_ns) / 1e9)
@@ -261,6 +285,21 @@ class Timeline:
         self._reached(frame.received_us)
         cues.append(Cue(self._t, frame=frame))
         return cues
+
+    def gap_before(self, frame: ReplayFrame) -> Cue | None:
+        """The next gap that began before ``frame``, if any, placed (:meth:`add`
+        places them all: a player that marks where each cue starts takes them one by
+        one)."""
+        if self._g >= len(self._pending) or self._pending[self._g].start_us > frame.received_us:
+            return None
+        gap = self._pending[self._g]
+        self._g += 1
+        if self._last_us is None:  # before the first frame: marked, not timed
+            return Cue(self._t, gap=gap, edge="before")
+        self._advance(gap.start_us)
+        self._last = None
+        self._reached(gap.start_us)
+        return Cue(self._t, gap=gap)
 
     def end(self) -> list[Cue]:
         """The gaps after the last frame: marked at its time."""

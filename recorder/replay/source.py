@@ -337,3 +337,20 @@ class Stream:
                     played.append(frame)
             return played, page[-1].id
         return [], None
+
+
+def told_pages(
+    reader: Recordings, session: Session, after: int = 0
+) -> Iterator[tuple[list[ReplayFrame], int]]:
+    """The session after id ``after``, a page read at a time: the frames of each page
+    a text replay shows (as :func:`frames` without ``follow``: the daemon's played,
+    and what was asked), maybe none, and the page's last id. A caller that stops
+    early leaves no statement open."""
+    roles = session.roles
+    for page in _pages(reader, session, after):
+        told = []
+        for frame in page:
+            _known(reader, roles, frame)
+            if session.choice.tells(frame, roles):
+                told.append(frame)
+        yield told, page[-1].id
