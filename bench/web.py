@@ -20,7 +20,6 @@ Exits 1 if a page answered wrongly, 2 if the benchmark itself failed.
 from __future__ import annotations
 
 import argparse
-import re
 import sqlite3
 import sys
 import tempfile
@@ -35,10 +34,9 @@ from urllib.parse import quote
 import harness as h
 import web_memory
 import web_replay
-from web_common import Served, database, fetch
+from web_common import Served, console, database, fetch
 
 TARGET_PAGE_S = 0.3
-SERVING = re.compile(r"web console on (http://127\.0\.0\.1:\d+)/")
 NEWEST = "SELECT * FROM sessions ORDER BY first_seen_us DESC, id DESC LIMIT 51"
 SESSION = "SELECT * FROM sessions WHERE id = ?"
 BY_TYPE = "SELECT type, count(*) FROM frames WHERE session_id = ? GROUP BY type"
@@ -123,10 +121,7 @@ def measure(page: Page, base: str, db: Path, repeat: int) -> None:
 
 def latency(served: Served, args: argparse.Namespace, root: Path) -> tuple[list[Page], float]:
     """Every page measured on one ``recorder web``; then its PSS once idle."""
-    argv = [sys.executable, "-m", "recorder", "web", "--database", str(served.path)]
-    web = h.Child("web", [*argv, "--listen", "127.0.0.1:0"], root, die_with_parent=True)
-    try:
-        base = h.wait_for_log(web, SERVING, 30).group(1)
+    with console(served.path, root) as (web, base):
         measured = pages(served)
         for page in measured:
             print(f"  {page.name} ...", file=sys.stderr, flush=True)
@@ -134,8 +129,6 @@ def latency(served: Served, args: argparse.Namespace, root: Path) -> tuple[list[
         web.check_alive()
         time.sleep(args.idle)
         pss = web_memory.pss_kib(web.pid) / 1024
-    finally:
-        web.stop()
     return measured, pss
 
 
@@ -150,7 +143,7 @@ def main() -> int:
     add("--sessions", type=int, default=4096, help="sessions in the database")
     add("--busiest", type=int, default=100_000, help="frames of its busiest session")
     add("--repeat", type=int, default=9, help="requests of each page (median, max)")
-    add("--memory-repeat", type=int, default=2, help="idle services of each kind")
+    add("--memory-repeat", type=int, default=3, help="idle services of each kind")
     add("--idle", type=float, default=3.0, help="seconds idle before PSS is read")
     add("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "recorder-bench-web")
     add("--rebuild", action="store_true", help="build the database again")

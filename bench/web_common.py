@@ -10,14 +10,18 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import harness as h
 from query import QUERY_SIDE, SESSION_MINUTES, TASKS, WRITER_SOURCES
 
+SERVING = re.compile(r"web console on (http://127\.0\.0\.1:\d+)/")
 BUILD_VERSION = 1  # bump when the database built changes
 DAYS_PER_10K_SESSIONS = 30  # query.py's density: about 7 sessions at once
 BUSIEST_MINUTES = 180.0
@@ -97,3 +101,14 @@ def fetch(base: str, path: str) -> tuple[float, int, str]:
     finally:
         conn.close()
     return time.perf_counter() - t0, response.status, body.decode(errors="replace")
+
+
+@contextmanager
+def console(db: Path, workdir: Path) -> Iterator[tuple[h.Child, str]]:
+    """``recorder web`` over ``db`` on 127.0.0.1 port 0: the child and its URL."""
+    argv = [sys.executable, "-m", "recorder", "web", "--database", str(db)]
+    web = h.Child("web", [*argv, "--listen", "127.0.0.1:0"], workdir, die_with_parent=True)
+    try:
+        yield web, h.wait_for_log(web, SERVING, 30).group(1)
+    finally:
+        web.stop()
