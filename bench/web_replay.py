@@ -1,7 +1,7 @@
 """The busiest session's replay page in the system's Chromium (Playwright, as the tests
 launch it): the time from ``goto`` to its first streamed text on the page, and the JS
 heap the page holds once it has played on for ``PLAY_S`` (after a garbage collection,
-through CDP). The page is asked to start at that text's second (``t``) at ``SPEED``,
+through CDP), and its renderer process's PSS beside it. The page is asked to start at that text's second (``t``) at ``SPEED``,
 so the time is the page's, not the session's pacing. A tree whose console has no
 replay page yet (404) is said, not failed: its targets are left out."""
 
@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import harness as h
 from web_common import Served, console, fetch
+from web_memory import own_pss_kib
 
 TARGET_START_S = 1.0
 TARGET_HEAP_MB = 200.0
@@ -79,6 +80,7 @@ def in_chromium(url: str, text: str) -> dict[str, Any]:
             page.wait_for_timeout(PLAY_S * 1000)  # it plays on: what it holds meanwhile
             cdp.send("HeapProfiler.collectGarbage")
             metrics = {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
+            renderer = renderer_pss_kib() / 1024
         except Error as exc:
             raise h.BenchError(f"the replay page in Chromium: {exc.message[:300]}") from None
         finally:
@@ -89,7 +91,23 @@ def in_chromium(url: str, text: str) -> dict[str, Any]:
         "heap_mb": metrics["JSHeapUsedSize"] / MIB,
         "heap_total_mb": metrics["JSHeapTotalSize"] / MIB,
         "dom_nodes": int(metrics["Nodes"]),
+        "renderer_pss_mb": renderer,
     }
+
+
+def renderer_pss_kib() -> int:
+    """The PSS of the page's renderer: the largest of Chromium's renderer processes
+    under this one (a spare one may be waiting beside it)."""
+    import psutil
+
+    found = [0]
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if "--type=renderer" in proc.cmdline():
+                found.append(own_pss_kib(proc.pid))
+        except (psutil.Error, OSError):
+            continue  # gone meanwhile
+    return max(found)
 
 
 def headline(replay: dict[str, Any]) -> dict[str, str]:
@@ -98,7 +116,8 @@ def headline(replay: dict[str, Any]) -> dict[str, str]:
     return {
         "replay": (
             f"first text {replay['first_cue_s'] * 1e3:.0f} ms; JS heap {replay['heap_mb']:.1f} MB"
-            f" used ({replay['heap_total_mb']:.1f} allocated), {replay['dom_nodes']:,} DOM nodes"
+            f" used ({replay['heap_total_mb']:.1f} allocated), {replay['dom_nodes']:,} DOM nodes,"
+            f" renderer PSS {replay['renderer_pss_mb']:.0f} MB"
             f" after {PLAY_S:.0f} s at {SPEED}x"
         )
     }
