@@ -8,7 +8,7 @@ request; the baseline, in the same run and alternating with it, is stdlib ``sqli
 in this process running the minimal query of the same answer (the 50 newest sessions;
 a session's row and its frames counted by type). Memory (``web_memory``): ``recorder
 run`` idle without and with ``[web] listen``, PSS from /proc/PID/smaps_rollup; and
-``recorder web`` alone. Replay in Chromium (``web_replay``). Method, numbers,
+``recorder web`` alone. Replay in Chromium (``web_replay_page``). Method, numbers,
 targets: docs/BENCHMARKS.md, "Web console".
 
     python bench/web.py                   # 1 000 000 frames, 4 096 sessions
@@ -33,7 +33,7 @@ from urllib.parse import quote
 
 import harness as h
 import web_memory
-import web_replay
+import web_replay_page as web_replay
 from web_common import Served, console, database, fetch
 
 TARGET_PAGE_S = 0.3
