@@ -33,7 +33,7 @@ from urllib.parse import quote
 
 import harness as h
 import web_memory
-import web_replay_page as web_replay
+import web_replay_page
 from web_common import Served, console, database, fetch
 
 TARGET_PAGE_S = 0.3
@@ -156,7 +156,7 @@ def main() -> int:
     with h.scratch_dir("bench-web-", args.keep) as root:
         measured, web_pss = latency(served, args, root)
         memory = web_memory.measure(root, args.memory_repeat, args.idle, args.json)
-        replay = web_replay.measure(served, root)
+        replay = web_replay_page.measure(served, root)
     headline, targets = {}, {}
     for page in measured:
         for problem in page.problems:
@@ -173,8 +173,8 @@ def main() -> int:
         targets[f"{page.name}<0.3s"] = mid < TARGET_PAGE_S
     headline |= web_memory.headline(memory) | {"recorder web PSS": f"{web_pss:.1f} MB"}
     targets |= web_memory.targets(memory)
-    headline |= web_replay.headline(replay)
-    targets |= web_replay.targets(replay)
+    headline |= web_replay_page.headline(replay)
+    targets |= web_replay_page.targets(replay)
     summary = {
         "database": {k: str(v) for k, v in asdict(served).items()},
         "pages": [page.summary() for page in measured],
