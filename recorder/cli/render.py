@@ -250,6 +250,12 @@ def frame_json(row: Frame) -> dict[str, Any]:
     return out
 
 
+def frame_line(row: Frame) -> bytes:
+    """One frame as ``--format json`` and ``jsonl`` write it (without the line's end):
+    the console's download writes the same bytes."""
+    return json.dumps(frame_json(row), ensure_ascii=False).encode()
+
+
 def frame_text(row: Frame) -> str | None:
     """The exact frame text, or None when the frame is binary or not valid UTF-8."""
     if row.payload is not None:
@@ -287,7 +293,7 @@ class FrameWriter:
         if self.fmt == "table":
             out.write(self._line(row).encode())
         else:
-            line = json.dumps(frame_json(row), ensure_ascii=False).encode()
+            line = frame_line(row)
             out.write(line if self.fmt == "json" else line + b"\n")
         if self.flush_each:
             out.flush()

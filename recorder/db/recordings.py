@@ -22,6 +22,7 @@ from typing import Any
 from recorder.db import pages
 from recorder.db.cleanup_reads import CleanupReads
 from recorder.db.follow import Follower
+from recorder.db.frame_reads import FrameReads
 from recorder.db.pages import FrameFilter
 from recorder.db.readonly import Reader, first_row, open_reader
 from recorder.db.rows import (
@@ -71,7 +72,7 @@ class Stats:
     daemon_at_us: int | None
 
 
-class Recordings(CleanupReads, StatsReads, StoryReads, StripReads, SessionIds):
+class Recordings(CleanupReads, FrameReads, StatsReads, StoryReads, StripReads, SessionIds):
     """One database's recordings, read-only."""
 
     def __init__(self, reader: Reader) -> None:
