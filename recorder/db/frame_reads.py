@@ -50,6 +50,9 @@ class LiveCursor:
 
     after: int
     given: set[int] = field(default_factory=set)
+    # A stream resumed after this id: what the window read again holds up to it was
+    # handed out before, and is not again.
+    resumed: int = 0
 
 
 def scans(f: FrameFilter) -> bool:
@@ -163,6 +166,9 @@ class FrameReads:
         for frame in _frames(self.reader, wanted, HEAD_COLUMNS):
             if frame.id in cursor.given:
                 continue
+            if frame.id <= cursor.resumed:
+                cursor.given.add(frame.id)
+                continue
             if len(taken) == most:
                 last_read = taken[-1].id
                 break
@@ -170,6 +176,7 @@ class FrameReads:
         if behind:
             cursor.given.update(frame.id for frame in taken)
         cursor.after = max(cursor.after, last_read)
+        cursor.resumed = 0
         cursor.given = {i for i in cursor.given if i > cursor.after - behind}
         return taken
 
