@@ -83,7 +83,7 @@ class FrameQuery:
         text: dict[str, Any] = {f.name: params.get(f.name) or None for f in fields(cls)}
         after = number("after", text["after"]) if text["after"] else None
         before = number("before", text["before"], 1) if text["before"] else None
-        if params.get("newest"):
+        if params.get("newest") and before is None and after is None:
             before = INT64_MAX
         if after is not None and before is not None:
             raise BadQuery("after and before: a page has one key, not both")
