@@ -98,7 +98,7 @@ class Events:
 
     def frames(self, count: int) -> list[dict[str, object]]:
         """The next ``count`` frames (cursor events skipped)."""
-        found = []
+        found: list[dict[str, object]] = []
         while len(found) < count:
             kind, ident, data = self.next()
             if kind == "message":
