@@ -23,9 +23,9 @@ HEAD_COLUMNS = FRAME_COLUMNS.replace(
     "payload, payload_bytes",
     f"substr(payload, 1, {PREVIEW_CHARS}) AS payload, NULL AS payload_bytes",
 )
-# Ids one page of a filter no index serves scans, at most: 10 of the pages module's
+# Ids one page of a filter no index serves scans, at most: 5 of the pages module's
 # windows, a few tens of milliseconds on SQLite.
-SCAN_IDS = 200_000
+SCAN_IDS = 100_000
 # Ids a live cursor reads again behind it where ids commit out of order (the
 # follower's LOOKBACK, recorder.db.follow).
 LOOKBACK = 20_000
