@@ -286,14 +286,23 @@ def test_the_wheel_carries_every_subpackage(wheel: Wheel) -> None:
 
 
 def test_the_wheel_carries_the_web_consoles_files(wheel: Wheel) -> None:
-    """Its templates and style sheet are package data: `recorder web` renders from them."""
+    """Its templates, scripts and style sheets are package data: every file of the
+    source tree's, so that a page added later cannot be left out of the wheel."""
+    here = Path(__file__).parent.parent / "recorder" / "web"
+    wanted = sorted(
+        f"{folder}/{f.name}"
+        for folder in ("static", "templates")
+        for f in (here / folder).iterdir()
+    )
     probe = wheel.run(
-        "import importlib.resources as r, recorder.web.pages as p;"
+        "import importlib.resources as r, recorder.web.render as p;"
         " p.TEMPLATES.get_template('sessions.html');"
-        " print(p.__file__, (r.files('recorder.web') / 'static' / 'console.css').is_file())"
+        " w = r.files('recorder.web');"
+        " print(p.__file__, *sorted(f'{d}/{f.name}' for d in ('static', 'templates')"
+        " for f in (w / d).iterdir()))"
     )
     assert str(wheel.root / "recorder") not in probe.stdout, "the test must run the installed copy"
-    assert probe.stdout.split()[-1] == "True", probe.stderr
+    assert probe.stdout.split()[1:] == wanted, probe.stderr
 
 
 def test_wheel_carries_the_migrations(wheel: Wheel) -> None:
