@@ -23,14 +23,6 @@ function atBottom() {
   return feed.scrollHeight - feed.scrollTop - feed.clientHeight < 4;
 }
 
-function cell(tr, text, className) {
-  const td = document.createElement("td");
-  if (className) td.className = className;
-  td.textContent = text;
-  tr.appendChild(td);
-  return td;
-}
-
 function link(text, href) {
   const a = document.createElement("a");
   a.href = href;

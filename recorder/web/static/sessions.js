@@ -38,14 +38,6 @@
     return "/api/sessions?" + params.toString();
   }
 
-  function cell(row, text, className) {
-    var td = document.createElement("td");
-    if (className) td.className = className;
-    td.textContent = text;
-    row.appendChild(td);
-    return td;
-  }
-
   function rowOf(session, shown) {
     var tr = document.createElement("tr");
     tr.dataset.id = session.id;
