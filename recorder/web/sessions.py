@@ -97,9 +97,15 @@ class Filters:
 def took(row: Session) -> str:
     """How long the session ran, as the recording shows it (running: until now)."""
     start, end = span(vars(row))
-    seconds = max(0, ((end if end is not None else now_us()) - start) // 1_000_000)
+    micros = max(0, (end if end is not None else now_us()) - start)
+    seconds = micros // 1_000_000
     parts = [(seconds // 3600, "h"), (seconds % 3600 // 60, "min"), (seconds % 60, "s")]
-    shown = " ".join(f"{n} {unit}" for n, unit in parts if n) or "0 s"
+    # Under a minute, tenths: a session of 0.8 s is not one of "0 s".
+    shown = (
+        f"{micros / 1e6:.1f} s"
+        if seconds < 60
+        else " ".join(f"{n} {unit}" for n, unit in parts if n)
+    )
     return shown if end is not None else f"{shown}, running"
 
 
