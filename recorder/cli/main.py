@@ -28,6 +28,7 @@ COMMANDS = {
     "frames": "recorder.cli.query:frames",
     "tail": "recorder.cli.query:tail",
     "stats": "recorder.cli.postmortem:stats",
+    "report": "recorder.cli.report:report",
     "replay": "recorder.cli.replay:replay",
     "export": "recorder.cli.replay:export",
     "cleanup": "recorder.cli.cleanup:cleanup",

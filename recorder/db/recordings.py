@@ -25,6 +25,7 @@ from recorder.db.follow import Follower
 from recorder.db.frame_reads import FrameReads
 from recorder.db.pages import FrameFilter
 from recorder.db.readonly import Reader, first_row, open_reader
+from recorder.db.report_reads import ReportReads
 from recorder.db.rows import (
     FRAME_COLUMNS,
     Connection,
@@ -72,7 +73,9 @@ class Stats:
     daemon_at_us: int | None
 
 
-class Recordings(CleanupReads, FrameReads, StatsReads, StoryReads, StripReads, SessionIds):
+class Recordings(
+    CleanupReads, FrameReads, ReportReads, StatsReads, StoryReads, StripReads, SessionIds
+):
     """One database's recordings, read-only."""
 
     def __init__(self, reader: Reader) -> None:
