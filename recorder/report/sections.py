@@ -71,7 +71,7 @@ def duration(us: int) -> str:
 
 
 def _sessions(r: Report) -> Section:
-    line = f"{r.sessions:,} sessions seen"
+    line = f"{_count(r.sessions, 'session')} seen"
     return Section(
         "Sessions by status",
         [line],
@@ -106,7 +106,7 @@ def _failed(r: Report) -> Section:
 
 
 def _tools(r: Report) -> Section:
-    lines = [f"{r.tool_calls:,} calls, {r.tools_failed:,} failed"]
+    lines = [f"{_count(r.tool_calls, 'call')}, {r.tools_failed:,} failed"]
     rows = [
         [
             name(t.name),
@@ -140,7 +140,7 @@ def _slowest(r: Report) -> Section:
 def _tokens(r: Report) -> Section:
     t = r.tokens
     lines = [
-        f"{t.sessions_total:,} tokens used by {t.sessions_reporting:,} sessions, "
+        f"{t.sessions_total:,} tokens used by {_count(t.sessions_reporting, 'session')}, "
         "as each last reported"
     ]
     if t.daemon_last is not None and t.daemon_last.tokens is not None:
