@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from recorder.cleanup.settings import parse_cleanup
+from recorder.config.alerts import parse_alerts
 from recorder.config.checks import checked, normalize_database_url
 from recorder.config.sections import (
     ENV_API_KEY,
@@ -97,6 +98,12 @@ def load_config(
             try:
                 sections[key] = parse_cleanup(value)
             except PolicyError as exc:
+                raise ConfigError(f"{source}: {exc}") from None
+            continue
+        if key == "alerts":
+            try:
+                sections[key] = parse_alerts(value, env)
+            except ConfigError as exc:
                 raise ConfigError(f"{source}: {exc}") from None
             continue
         sections[key] = _build_section(source, key, SECTIONS[key], value)

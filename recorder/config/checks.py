@@ -93,6 +93,8 @@ def checked(config: Config, env: Mapping[str, str]) -> Config:
     _check_proxy(src, config)
     if config.web.listen:
         web_needs_token(src, "web.listen", config.web.listen, config.web.token)
+    if config.web.public_url:
+        _check_public_url(src, config.web.public_url)
     storage = dataclasses.replace(
         config.storage, url=normalize_database_url(src, config.storage.url, env)
     )
@@ -162,6 +164,26 @@ def _listen_host(src: str, dotted: str, listen: str, example: str) -> str:
         raise ConfigError(
             f"{src}: {dotted}: expected host:port (like {example}), got {listen!r}"
         ) from None
+
+
+def _check_public_url(src: str, url: str) -> None:
+    """The console's address, which notifications carry to phones and chat rooms:
+    a plain http(s) URL, with no credentials to carry along."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError as exc:
+        raise ConfigError(f"{src}: web.public_url: not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"{src}: web.public_url: expected http(s)://host[/path], got {redact_url(url)!r}"
+        )
+    if "@" in parts.netloc or parts.query or parts.fragment:
+        # Every notification would hand the credentials or the token to its readers.
+        raise ConfigError(
+            f"{src}: web.public_url: no credentials, query or fragment: it is sent in "
+            "every notification"
+        )
 
 
 def _check_ws_url(src: str, dotted: str, url: str) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from recorder.addresses import split_listen
+from recorder.alerts.spec import AlertsConfig
 from recorder.cleanup.settings import CleanupConfig
 
 ENV_CONFIG = "RECORDER_CONFIG"
@@ -115,6 +116,9 @@ class WebConfig:
     # Browsers present it as Authorization: Bearer, or once as ?token= (then a cookie);
     # wanted on every address other machines reach.
     token: str | None = field(default=None, repr=False)
+    # The console's address as people reach it ("https://recorder.example.net"): alert
+    # notifications link to a session's page under it. Empty: they carry no link.
+    public_url: str = ""
 
 
 # Where `recorder web` listens unless told: loopback, beside the proxy's 8788.
@@ -138,6 +142,7 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     web: WebConfig = WebConfig()
     cleanup: CleanupConfig = field(default_factory=CleanupConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     # Where the settings came from, for messages.
     source: str = "<defaults>"
 
@@ -156,4 +161,5 @@ SECTIONS: dict[str, type[Any]] = {
     "metrics": MetricsConfig,
     "web": WebConfig,
     "cleanup": CleanupConfig,
+    "alerts": AlertsConfig,
 }

@@ -1,0 +1,10 @@
+"""Alerts: rules over what the recorder sees (frames as they are classified, and the
+service's own state on a timer), the alerts they raise, and how a notification says
+one. Pure: storing and sending them is the service's.
+
+- :mod:`~recorder.alerts.spec`: rules and targets as data, ``mask_url``;
+- :mod:`~recorder.alerts.rules`: :class:`Rules`, the entry point;
+- :mod:`~recorder.alerts.frames` and :mod:`~recorder.alerts.conditions`: the matching;
+- :mod:`~recorder.alerts.occurrence`: what a rule raises, and its repeat memory;
+- :mod:`~recorder.alerts.notify`: the notification's one line.
+"""
