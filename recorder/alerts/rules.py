@@ -38,6 +38,8 @@ class Rules:
         self._others = tuple(r for r in self.frame_rules if r.when.kind != "unknown_type")
         self._statuses = any(r.when.kind == "session_status" for r in self.frame_rules)
         self.memory = FrameMemory(KNOWN_TYPES)
+        # The same set as the memory's: a frame of a known type costs one lookup more.
+        self._known = self.memory.types
         self.gate = Gate()
 
     @classmethod
@@ -57,8 +59,10 @@ class Rules:
     ) -> Sequence[Occurrence]:
         """The alerts one classified frame raises. ``session_id`` is the frame's own or
         the one attribution gave it (an error reply's). Cheap for a frame no rule reads:
-        one set lookup (two with unknown_type)."""
+        one set lookup (two with unknown_type): about a tenth of classifying it."""
         type_ = info.type
+        if type_ not in self._types and (not self._unknown or type_ in self._known):
+            return _NONE
         unknown = bool(self._unknown) and self.memory.new_type(frame, info)
         if not unknown and type_ not in self._types:
             return _NONE
