@@ -459,3 +459,15 @@ def test_keys_are_the_same_after_a_restart() -> None:
             ("drift", "type session_paused", "once"),
         ]
     )
+
+
+def test_a_reload_keeps_what_the_rules_remember() -> None:
+    r, wire = rules(FAILED + CONDITIONS), Wire()
+    assert len(wire.feed(r, (1, IN, status_update("s", "failed")))) == 1
+    down = Snapshot(link_up=False, link_since_us=T0)
+    assert len(r.on_conditions(down, T0 + 300 * S)) == 2
+    changed = CONDITIONS.replace('repeat = "1h"', 'repeat = "2h"')
+    again = r.reloaded(parse_alerts(tomllib.loads(TARGETS + FAILED + changed)["alerts"], {}))
+    assert wire.feed(again, (1, IN, status_update("s", "failed"))) == []
+    # The rule that stayed the same stays raised; the one that changed starts anew.
+    assert [a.rule for a in again.on_conditions(down, T0 + 301 * S)] == ["link-down-quiet"]

@@ -62,6 +62,12 @@ class Conditions:
         self.rules = tuple(r for r in rules if r.condition)
         self._raised: dict[str, _Raised] = {}
 
+    def keep(self, old: Conditions) -> None:
+        """Take over ``old``'s raised conditions, for the rules that stay as they were
+        (a reload): a condition does not alert anew because the file was read again."""
+        kept = {r.name for r in self.rules if r in old.rules}
+        self._raised = {k: v for k, v in old._raised.items() if k in kept}
+
     def evaluate(self, snapshot: Snapshot, now_us: int) -> list[Occurrence]:
         """The alerts and resolutions due at ``now_us``."""
         out: list[Occurrence] = []

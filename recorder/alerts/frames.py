@@ -21,7 +21,7 @@ import orjson
 from recorder.alerts.occurrence import MAX_SUBJECTS
 from recorder.alerts.spec import Rule
 from recorder.protocol.classify import Classified, id_or_none, text_or_none
-from recorder.protocol.frames import IN, OUT, FrameTuple
+from recorder.protocol.frames import F_CONNECTION, F_DIRECTION, IN, OUT, FrameTuple
 from recorder.protocol.tame import tamed
 
 # What the daemon's protocol defines (docs/daemon-integration, frames of daemon 1.0.39):
@@ -98,7 +98,7 @@ class FrameMemory:
     def status_changes(self, frame: FrameTuple, info: Classified) -> list[tuple[str, str, str]]:
         """The sessions whose status this frame changes: (session id, status, task text)."""
         obj = info.obj
-        if obj is None or frame[2] != IN:
+        if obj is None or frame[F_DIRECTION] != IN:
             return []
         if info.type == "sessions_list":
             listed = obj.get("sessions")
@@ -128,7 +128,7 @@ class FrameMemory:
         """Whether the frame is from the daemon and of a type it never sent before (it
         is then known); past MAX_TYPES types, none is new."""
         type_ = info.type
-        if type_ is None or frame[2] != IN or type_ in self.types:
+        if type_ is None or frame[F_DIRECTION] != IN or type_ in self.types:
             return False
         return self.know(type_)
 
@@ -158,7 +158,7 @@ def matches(
     :meth:`FrameMemory.status_changes`, computed once for every rule."""
     when = rule.when
     kind = when.kind
-    subject = session_id if session_id is not None else f"connection {frame[0]}"
+    subject = session_id if session_id is not None else f"connection {frame[F_CONNECTION]}"
     if kind == "session_status":
         for sid, status, text in changes:
             if status in when.values:
@@ -166,11 +166,11 @@ def matches(
     elif kind == "task_status":
         task_status = TASK_STATUSES.get(info.type or "")
         direction = OUT if info.type == "execute_task" else IN
-        if task_status in when.values and frame[2] == direction and info.obj is not None:
+        if task_status in when.values and frame[F_DIRECTION] == direction and info.obj is not None:
             error = text_or_none(info.obj.get("error"))
             yield subject, f"task {task_status}", error or info.task_id or "", session_id
     elif kind == "error_reply":
-        if info.type == "error" and frame[2] == IN:
+        if info.type == "error" and frame[F_DIRECTION] == IN:
             text = _error_text(info)
             if when.matches is None or _search(when.matches, text):
                 yield subject, "error reply", text, session_id
@@ -211,7 +211,7 @@ def _tool(
                 yield subject, f"{what} called", text, session_id
             return
         waiting = memory.waiting.setdefault(rule.name, OrderedDict())
-        key = (frame[0], name)
+        key = (frame[F_CONNECTION], name)
         queue = waiting.get(key)
         if queue is None:
             queue = waiting[key] = deque(maxlen=MAX_WAITING)
@@ -221,7 +221,7 @@ def _tool(
         return
     if not when.result_status:
         return
-    queue = memory.waiting.get(rule.name, OrderedDict()).get((frame[0], name))
+    queue = memory.waiting.get(rule.name, OrderedDict()).get((frame[F_CONNECTION], name))
     started = queue.popleft() if queue else None
     status = data.get("status")
     if type(status) is not str or status not in when.result_status:

@@ -46,6 +46,15 @@ class Rules:
     def from_config(cls, config: AlertsConfig) -> Rules:
         return cls(config.rules)
 
+    def reloaded(self, config: AlertsConfig) -> Rules:
+        """New rules (SIGHUP) that keep what these remember: statuses and types seen,
+        when each rule last alerted for each subject, and the conditions raised, for
+        the rules whose name stays."""
+        new = Rules.from_config(config)
+        new.memory, new._known, new.gate = self.memory, self.memory.types, self.gate
+        new.conditions.keep(self.conditions)
+        return new
+
     def seed(self, *, types: Iterable[str] = (), statuses: Iterable[tuple[str, str]] = ()) -> None:
         """What the recording knew before this process: the frame types the daemon has
         sent (none of them is new), and each session's status (only a change alerts)."""

@@ -133,6 +133,8 @@ def _check_proxy(src: str, config: Config) -> None:
 # Secrets travel in HTTP headers, which carry ASCII: a token with other characters
 # would be sent and compared as different bytes by different clients, and fail for ever.
 SECRETS = ("daemon.token", "daemon.api_key", "proxy.token", "metrics.token", "web.token")
+# Alert targets' URLs are secrets too, of any shape: recorder.config.alerts checks them
+# without repeating them, and recorder.alerts.spec.mask_url is how one is shown.
 
 
 def _check_secrets(src: str, config: Config) -> None:
