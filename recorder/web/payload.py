@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass
 
 from recorder.cli.render import frame_text
@@ -17,6 +18,8 @@ TEXT_SHOWN = 256 * 1024
 # Bytes of a binary frame shown as hex and as base64.
 BINARY_SHOWN = 16 * 1024
 HEX_ROW = 16
+# A lone surrogate: JSON may escape one ("\\ud800"), UTF-8 cannot encode it.
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -77,11 +80,13 @@ def _text(head: Frame) -> str | None:
 
 
 def pretty_json(text: str) -> str | None:
-    """``text`` indented, if it is JSON; None if not (or too deep to walk)."""
+    """``text`` indented, if it is JSON; None if not (or too deep to walk). A lone
+    surrogate the JSON escaped stays escaped, as it was sent: the page is UTF-8."""
     try:
-        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+        pretty = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
     except (ValueError, RecursionError):
         return None
+    return SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", pretty)
 
 
 def hex_dump(data: bytes) -> str:
