@@ -76,8 +76,12 @@ class TokenGate:
 
     def _redirect(self, scope: Scope, query: list[tuple[str, str]]) -> Response:
         rest = urlencode([(name, value) for name, value in query if name != QUERY])
-        # "//host/x" would be a link to another site: the path stays on this one.
-        path = "/" + quote(scope["path"]).lstrip("/")
+        # The path as it was sent: decoded, a session id's %2F would become a slash and
+        # the link another page. "//host/x" would be a link to another site, "/\\host"
+        # too for a browser: the path stays on this one.
+        raw = scope.get("raw_path") or scope["path"].encode()
+        sent = raw.split(b"?", 1)[0]
+        path = "/" + quote(sent, safe="/%!$&'()*+,;=:@~").lstrip("/")
         response = RedirectResponse(path + ("?" + rest if rest else ""), status_code=303)
         response.set_cookie(COOKIE, self.cookie, httponly=True, samesite="strict", path="/")
         return response
