@@ -13,6 +13,7 @@ import uvicorn
 
 from recorder.config.sections import WebConfig
 from recorder.web.app import create_app
+from recorder.web.connections import Guarded
 
 # Seconds a request still running at the stop is given to finish.
 GRACE = 1
@@ -44,7 +45,11 @@ def server(url: str, shown: str, token: str | None) -> uvicorn.Server:
     # A page being read when the console stops (a live feed) is cut after a moment:
     # uvicorn would otherwise wait for the browser to leave.
     config = uvicorn.Config(
-        app, access_log=False, log_level="warning", timeout_graceful_shutdown=GRACE
+        app,
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=GRACE,
+        http=Guarded,  # a client that never finishes asking holds no socket for ever
     )
     return uvicorn.Server(config)
 
