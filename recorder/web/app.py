@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+from anyio import CapacityLimiter, to_thread
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -27,6 +27,9 @@ from recorder.web.paths import session_route
 from recorder.web.render import api_error, page_error
 
 T = TypeVar("T")
+# Reads run at once, at most: a read may hold a whole frame (up to daemon.max_frame_bytes)
+# and parse it, and in `recorder run` the memory and the CPU are the service's.
+MOST_READS = 4
 
 # No inline script or style, nothing from elsewhere: a recorded byte that slipped
 # through escaping still could not run.
@@ -68,9 +71,10 @@ class Reads:
     def __init__(self, url: str, shown: str) -> None:
         self.url = url
         self.shown = shown
+        self.limiter = CapacityLimiter(MOST_READS)
 
     async def __call__(self, read: Callable[[Recordings], T]) -> T:
-        return await run_in_threadpool(self._read, read)
+        return await to_thread.run_sync(self._read, read, limiter=self.limiter)
 
     def _read(self, read: Callable[[Recordings], T]) -> T:
         with Recordings.open(self.url, self.shown) as recordings:
