@@ -40,7 +40,7 @@ def listings_of(state: str, others: int = 3000) -> bytes:
 
 
 def show_times(
-    tmp_path: Path, listings: list[tuple[str, bytes]], parse: bytes, rounds: int = 2
+    tmp_path: Path, listings: list[tuple[str, bytes]], parse: bytes, rounds: int = 4
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """How long `show` takes for a session never listed (the baseline: the command
     itself), for ours, whose span holds ``listings``, and how long orjson takes to parse
