@@ -29,6 +29,7 @@ COMMANDS = {
     "tail": "recorder.cli.query:tail",
     "stats": "recorder.cli.postmortem:stats",
     "report": "recorder.cli.report:report",
+    "alerts": "recorder.cli.alerts:alerts",
     "replay": "recorder.cli.replay:replay",
     "export": "recorder.cli.replay:export",
     "cleanup": "recorder.cli.cleanup:cleanup",
