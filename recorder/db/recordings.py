@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from recorder.db import pages
+from recorder.db.alert_reads import AlertReads
 from recorder.db.cleanup_reads import CleanupReads
 from recorder.db.follow import Follower
 from recorder.db.frame_reads import FrameReads
@@ -74,7 +75,14 @@ class Stats:
 
 
 class Recordings(
-    CleanupReads, FrameReads, ReportReads, StatsReads, StoryReads, StripReads, SessionIds
+    AlertReads,
+    CleanupReads,
+    FrameReads,
+    ReportReads,
+    StatsReads,
+    StoryReads,
+    StripReads,
+    SessionIds,
 ):
     """One database's recordings, read-only."""
 

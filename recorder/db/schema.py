@@ -31,6 +31,9 @@ from recorder.protocol.statuses import ACTIVE_SQL
 
 __all__ = [
     "active_session",
+    "alert_deliveries",
+    "alert_targets",
+    "alerts",
     "cleanup_matches",
     "cleanup_requests",
     "cleanup_runs",
@@ -307,4 +310,77 @@ instances = Table(
     Column("heartbeat_us", BigInteger, nullable=False),
     # JSON: the link's state, its last error, the proxy's clients, frames recorded.
     Column("state", Text, nullable=False),
+)
+
+
+# --- alerts -----------------------------------------------------------------------
+
+# The outbox: every alert the rules raise, written before anything is sent (migration
+# 0012). (rule, subject, occurrence, kind) is the dedupe key: the same alert raised
+# again, after a restart too, is this row, and is not sent again.
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    # The recorder that raised it (storage.instance).
+    Column("instance", Text, nullable=False, server_default="default"),
+    Column("rule", Text, nullable=False),
+    # "alert", or "resolved": a condition that ended.
+    Column("kind", String(16), nullable=False),
+    # The session id, else what the rule watches ("connection 3", "type T", a condition).
+    Column("subject", Text, nullable=False),
+    # Tells repeats apart: "once", or the repeat window, or when the condition began.
+    Column("occurrence", Text, nullable=False),
+    # What happened in a few words, and the matched text: one line, shortened, escaped.
+    Column("what", Text, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("session_id", Text, nullable=True),
+    # When it happened (the frame's receive time, or the evaluation's), and the frame.
+    Column("at_us", BigInteger, nullable=False),
+    Column("connection_id", BigInteger, nullable=True),
+    Column("seq", BigInteger, nullable=True),
+    # When it was stored, on the recorder's clock: `recorder alerts --since` reads it.
+    Column("raised_us", BigInteger, nullable=False),
+    UniqueConstraint("rule", "subject", "occurrence", "kind"),
+    Index(None, "raised_us"),
+)
+
+# Each alert's delivery to each of its targets (by name, as in [alerts.targets]): a
+# row per pair, until it is delivered, retried with backoff at next_us.
+alert_targets = Table(
+    "alert_targets",
+    metadata,
+    Column("alert_id", Id, ForeignKey("alerts.id"), primary_key=True),
+    Column("target", Text, primary_key=True),
+    Column("done", SmallInteger, nullable=False, server_default="0"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    # When the next attempt is due; null once delivered, so that the index below holds
+    # only the pending pairs.
+    Column("next_us", BigInteger, nullable=True),
+    # The target's last answer, one line, its URL masked.
+    Column("last_answer", Text, nullable=True),
+)
+
+# Pending and due, oldest first (the deliverer's one read). Partial: delivered pairs,
+# nearly all of them, stay out; `next_us <= ?` implies `IS NOT NULL` on both databases.
+Index(
+    None,
+    alert_targets.c.next_us,
+    sqlite_where=alert_targets.c.next_us.is_not(None),
+    postgresql_where=alert_targets.c.next_us.is_not(None),
+)
+
+# Every attempt to deliver an alert to a target, and what the target answered.
+alert_deliveries = Table(
+    "alert_deliveries",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("alert_id", Id, ForeignKey("alerts.id"), nullable=False),
+    Column("target", Text, nullable=False),
+    # 1 for the first attempt at this (alert, target).
+    Column("attempt", Integer, nullable=False),
+    Column("at_us", BigInteger, nullable=False),
+    Column("ok", SmallInteger, nullable=False),
+    Column("answer", Text, nullable=False),
+    Index(None, "alert_id", "id"),
 )

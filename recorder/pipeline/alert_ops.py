@@ -1,0 +1,64 @@
+"""The alert outbox's operations on the writer line: storing raised alerts, and each
+delivery attempt (:mod:`recorder.db.alerts`), in order with the frame batches.
+
+Storing an alert with the batch whose frame raised it: a later step gives
+:class:`~recorder.pipeline.ops.WriteRows` the batch's alerts and has
+``Store.write_batches`` call :func:`recorder.db.alerts.insert_alerts` inside its
+transaction, so that no crash keeps a frame and loses the alert it raised.
+:class:`RaiseAlerts` is for alerts raised apart from a batch (conditions on a timer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from recorder.db.alerts import RaisedAlert
+from recorder.pipeline.ops import Operation
+
+if TYPE_CHECKING:
+    from recorder.db.connection import WriterDatabase
+    from recorder.db.write import Store
+
+
+@dataclass(frozen=True, slots=True)
+class RaiseAlerts(Operation[list[int]]):
+    """Alerts into the outbox, each with its targets (``RaisedAlert.notify``), due at
+    once; those stored before (same dedupe key) are ignored. Answers the new ids."""
+
+    raised: tuple[RaisedAlert, ...]
+    raised_us: int
+
+    async def run(self, db: WriterDatabase, store: Store) -> list[int]:
+        from recorder.db.alerts import raise_alerts
+
+        ids = await db.run(raise_alerts, self.raised, store.instance, self.raised_us)
+        return ids
+
+
+@dataclass(frozen=True, slots=True)
+class RecordDelivery(Operation[None]):
+    """One attempt to deliver an alert to a target and what it answered: delivered
+    (``ok``), or due again at ``next_us``."""
+
+    alert_id: int
+    target: str
+    attempt: int
+    at_us: int
+    ok: bool
+    answer: str
+    next_us: int
+
+    async def run(self, db: WriterDatabase, store: Store) -> None:
+        from recorder.db.alerts import record_delivery
+
+        await db.run(
+            record_delivery,
+            self.alert_id,
+            self.target,
+            self.attempt,
+            self.at_us,
+            self.ok,
+            self.answer,
+            self.next_us,
+        )
