@@ -19,7 +19,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import text
 
 from recorder.alerts.delivery import Deliverer, Retry, ThreadReads, retry_delay
-from recorder.alerts.send import mask_url, scrub, with_timeouts
+from recorder.alerts.send import scrub, with_timeouts
+from recorder.alerts.spec import mask_url
 from recorder.db.alert_reads import AlertRecord
 from recorder.db.alerts import RaisedAlert, insert_alerts
 from recorder.db.schema import alert_deliveries, alert_targets, alerts, metadata
