@@ -21,7 +21,10 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from recorder.alerts.spec import AlertsConfig
 
 _HEADER = struct.Struct("!Q")
 PR_SET_PDEATHSIG = 1
@@ -40,6 +43,8 @@ class Settings:
     # A recorder has used this database before (its lock file says so): a file
     # SQLite cannot open may then be set aside even without SQLite's header.
     used_before: bool = False
+    # The [alerts] configuration, for the classifier's frame rules (None: no alerts).
+    alerts: AlertsConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,9 @@
 """The classifier process's work on a batch: rows to insert and what they say.
 
-It keeps one piece of state across batches, the per-connection memory that
-attributes spawn requests and error replies to their sessions
-(:class:`~recorder.protocol.attribution.Attribution`); everything else is a pure
+It keeps state across batches: the per-connection memory that attributes spawn
+requests and error replies to their sessions
+(:class:`~recorder.protocol.attribution.Attribution`), and, when alert rules are set,
+what they remember (:class:`~recorder.alerts.rules.Rules`); everything else is a pure
 function of the frames.
 """
 
@@ -17,12 +18,15 @@ from recorder.protocol.frames import OPCODE_BINARY, OPCODE_TEXT, OUT, FrameTuple
 from recorder.protocol.index import IndexBatch
 
 if TYPE_CHECKING:
+    from recorder.alerts.rules import Rules
     from recorder.db.write import FrameRow
 
 
 class Classifier:
-    def __init__(self) -> None:
+    def __init__(self, rules: Rules | None = None) -> None:
         self.attribution = Attribution()
+        # The alert rules that look at frames (recorder.alerts), when any are set.
+        self.rules = rules
 
     def rows_and_index(self, batch: Sequence[FrameTuple]) -> tuple[list[FrameRow], IndexBatch]:
         """Classify a batch: the rows to insert and what they say about sessions and tasks."""
@@ -32,6 +36,7 @@ class Classifier:
         add = index.add
         see = self.attribution.see
         waiting = self.attribution.waiting
+        alerting = self.rules.on_frame if self.rules is not None else None
         for frame in batch:
             cid, seq, direction, received, mono, is_text, data = frame
             info = classify(data, is_text)
@@ -63,6 +68,10 @@ class Classifier:
                 )
             )
             add(frame, info, session_id, size)
+            if alerting is not None:
+                raised = alerting(frame, info, session_id)
+                if raised:
+                    index.alerts.extend(raised)
             if spawn is not None and info.session_id is not None:
                 index.attribute(spawn[0], spawn[1], info.session_id, received)
         return rows, index

@@ -70,6 +70,8 @@ class CloseConnection(Operation[None]):
 
     def prepared(self, classifier: Classifier) -> CloseConnection:
         classifier.attribution.forget(self.connection_id)
+        if classifier.rules is not None:
+            classifier.rules.forget(self.connection_id)
         return self
 
     async def run(self, db: WriterDatabase, store: Store) -> None:
@@ -206,6 +208,8 @@ def _without_index(
         "database refused a value read from the frames; writing them without their index",
         error=refused,
         frames=frames,
+        # What the frames said is not stored, nor the alerts read from it.
+        alerts_dropped=sum(len(index.alerts) for _, index in parts),
     )
     return [(unindexed(r), index.counts_only()) for r, index in parts]
 

@@ -33,6 +33,7 @@ from recorder.pipeline.faults import short_error
 from recorder.pipeline.ops import Operation, Ping, WriteRows, write_together
 
 if TYPE_CHECKING:
+    from recorder.alerts.rules import Rules
     from recorder.db.connection import WriterDatabase
     from recorder.db.write import Store
 
@@ -73,7 +74,7 @@ async def _classifier(
     """Prepare operations on their way to the database process; relay the answers back."""
     process, db_in, db_out = await spawn("database_entry")
     await send(db_out, settings)
-    classifier = Classifier()
+    classifier = Classifier(_rules(settings))
     _settle_gc()
 
     async def upward() -> None:
@@ -93,6 +94,17 @@ async def _classifier(
         db_out.close()
         await answers
         await process.wait()
+
+
+def _rules(settings: Settings) -> Rules | None:
+    """The frame rules of the configuration, or None when it has none (nothing is
+    evaluated per frame then)."""
+    alerts = settings.alerts
+    if alerts is None or not any(not rule.condition for rule in alerts.rules):
+        return None
+    from recorder.alerts.rules import Rules
+
+    return Rules.from_config(alerts)
 
 
 async def _migration(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -32,6 +32,9 @@ from recorder.pipeline.ops import (
 from recorder.pipeline.writer_metrics import WriterMetrics
 from recorder.protocol.frames import F_RECEIVED, FrameTuple
 from recorder.times import now_us
+
+if TYPE_CHECKING:
+    from recorder.alerts.spec import AlertsConfig
 
 log = structlog.get_logger("recorder.pipeline")
 T = TypeVar("T")
@@ -81,6 +84,7 @@ class Writer:
         instance: str = "default",
         unclean: bool = False,
         used_before: bool = False,
+        alerts: AlertsConfig | None = None,
     ) -> None:
         self.url = url
         self.batch_size = batch_size
@@ -92,7 +96,9 @@ class Writer:
         self.committed = 0
         self.commits = 0
         self.metrics = WriterMetrics()
-        self._settings = Settings(url, log_level, log_format, instance, unclean, used_before)
+        self._settings = Settings(
+            url, log_level, log_format, instance, unclean, used_before, alerts
+        )
         self._stopping = False
         self._progress = asyncio.Condition()
         self._flush_targets = 0

@@ -45,6 +45,9 @@ class IndexBatch:
     # spawn_session requests in this batch, (connection id, seq): their rows' ids are
     # noted as they are stored, for their attribution later.
     spawns: list[tuple[int, int]] = field(default_factory=list)
+    # The alerts its frames raised (recorder.alerts.occurrence.Occurrence): stored in the
+    # outbox in the frames' own transaction, so a committed frame's alert is never lost.
+    alerts: list[Any] = field(default_factory=list)
 
     @property
     def connection_frames(self) -> dict[int, int]:

@@ -289,6 +289,7 @@ class Service:
                 instance=s.instance,
                 unclean=self.unclean,
                 used_before=self.used_before,
+                alerts=config.alerts,
             )
             try:
                 before, after = await writer.start()
