@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
 
+from recorder.alerts.notify import message, title
 from recorder.alerts.send import send
 from recorder.alerts.spec import mask_url
 from recorder.db.alert_reads import Alert, Due
 from recorder.pipeline.alert_ops import RecordDelivery
-from recorder.protocol.tame import one_line
 from recorder.times import now_us
 
 if TYPE_CHECKING:
@@ -43,8 +43,6 @@ T = TypeVar("T")
 THREADS = 4
 # Due deliveries read at a time.
 BATCH = 100
-# Recorded strings named in a default notification (rule, session): about this long.
-NAME_LIMIT = 120
 
 
 class Reads(Protocol):
@@ -76,14 +74,9 @@ def retry_delay(attempt: int, base: float, cap: float, rand: float) -> float:
 
 
 def default_message(alert: Alert) -> tuple[str, str]:
-    """A plain notification: ``rule: subject``, and ``[rule] what, session S: "text"``."""
-    rule = one_line(alert.rule, NAME_LIMIT)
-    body = f"[{rule}] {alert.what}"
-    if alert.session_id is not None:
-        body += f", session {one_line(alert.session_id, NAME_LIMIT)}"
-    if alert.text:
-        body += f': "{alert.text}"'
-    return f"{rule}: {one_line(alert.subject, NAME_LIMIT)}", body
+    """The notification's title and body (:mod:`recorder.alerts.notify`), without a
+    link to the web console."""
+    return title(alert), message(alert)
 
 
 class ThreadReads:

@@ -8,13 +8,29 @@ target that renders Markdown or HTML is sent it as plain text (the delivery's pa
 
 from __future__ import annotations
 
+from typing import Protocol
 from urllib.parse import quote
 
-from recorder.alerts.occurrence import Occurrence
 from recorder.protocol.tame import one_line
 
 # Session ids are the daemon's: a hostile one may be long.
 ID_LIMIT = 120
+
+
+class Said(Protocol):
+    """What a notification says of an alert: a raised Occurrence, or a stored row
+    (recorder.db.alert_reads.Alert) has these."""
+
+    @property
+    def rule(self) -> str: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def what(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def session_id(self) -> str | None: ...
 
 
 def session_url(public_url: str, session_id: str) -> str:
@@ -23,7 +39,7 @@ def session_url(public_url: str, session_id: str) -> str:
     return public_url.rstrip("/") + "/sessions/" + quote(session_id, safe="")
 
 
-def message(alert: Occurrence, public_url: str = "") -> str:
+def message(alert: Said, public_url: str = "") -> str:
     """``[rule] what, session S: "matched text" https://…/sessions/S``; a condition's
     ``[rule] link down for 6m 3s``, its end ``[rule] link down resolved: link up``."""
     line = f"[{one_line(alert.rule, ID_LIMIT)}] {alert.what}"
@@ -36,6 +52,6 @@ def message(alert: Occurrence, public_url: str = "") -> str:
     return line
 
 
-def title(alert: Occurrence) -> str:
+def title(alert: Said) -> str:
     """A notification's title, for targets that show one: the rule and the subject."""
     return f"{one_line(alert.rule, ID_LIMIT)}: {one_line(alert.subject, ID_LIMIT)}"

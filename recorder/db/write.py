@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from itertools import chain
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import func, literal_column, select, update
 from sqlalchemy.engine import Connection, Dialect
@@ -227,9 +227,23 @@ class Store:
             for _, index in batches:
                 if index.attributions:
                     self._attribute(conn, index.attributions)
+            raised = [a for _, index in batches for a in index.alerts]
+            if raised:
+                self._store_alerts(conn, raised)
         if rows and self._reuses_ids:
             # Committed: the frames start above every retired id, until the next purge.
             self._retired_seen = retirements
+
+    def _store_alerts(self, conn: Connection, raised: list[Any]) -> None:
+        """The alerts the batches' frames raised, in their transaction: no crash keeps
+        a frame and loses its alert (recorder.db.alerts)."""
+        from dataclasses import asdict
+
+        from recorder.db.alerts import RaisedAlert, insert_alerts
+        from recorder.times import now_us
+
+        stored = [RaisedAlert(**asdict(a)) for a in raised]
+        insert_alerts(conn, stored, self.instance, now_us())
 
     def holds(
         self, conn: Connection, batches: Sequence[tuple[Sequence[FrameRow], IndexBatch]]

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from recorder.db.alerts import RaisedAlert
-from recorder.pipeline.ops import Operation
+from recorder.pipeline.ops import Operation, Ping
 
 if TYPE_CHECKING:
+    from recorder.alerts.spec import AlertsConfig
     from recorder.db.connection import WriterDatabase
     from recorder.db.write import Store
+    from recorder.pipeline.classifier import Classifier
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,3 +64,20 @@ class RecordDelivery(Operation[None]):
             self.answer,
             self.next_us,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadRules(Operation[None]):
+    """SIGHUP: the classifier's frame rules as ``[alerts]`` says now, keeping what the
+    old ones remember (statuses, types, when each last alerted)."""
+
+    alerts: AlertsConfig
+
+    def prepared(self, classifier: Classifier) -> Operation[None]:
+        from recorder.alerts.rules import Rules
+
+        if classifier.rules is not None:
+            classifier.rules = classifier.rules.reloaded(self.alerts)
+        elif any(not rule.condition for rule in self.alerts.rules):
+            classifier.rules = Rules.from_config(self.alerts)
+        return Ping()

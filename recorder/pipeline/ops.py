@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("recorder.pipeline")
 T = TypeVar("T")
+# A batch's answer counts the alerts it stored under this key (no connection is 0).
+ALERTS = (0, "alerts")
 
 
 class Operation(Generic[T]):
@@ -148,11 +150,14 @@ class WriteRows(Operation[dict[tuple[int, str], tuple[int, int]]]):
         return (await write_together(db, store, [self]))[0]
 
     def tally(self) -> dict[tuple[int, str], tuple[int, int]]:
-        """Frames and bytes per (connection, direction): what :meth:`run` answers."""
+        """Frames and bytes per (connection, direction): what :meth:`run` answers; and
+        under :data:`ALERTS`, how many alerts the batch stored (the deliverer is woken)."""
         tally: dict[tuple[int, str], tuple[int, int]] = {}
         for (cid, _, direction, _), (n, size) in self.index.tallies.items():
             old = tally.get((cid, direction), (0, 0))
             tally[(cid, direction)] = (old[0] + n, old[1] + size)
+        if self.index.alerts:
+            tally[ALERTS] = (len(self.index.alerts), 0)
         return tally
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
@@ -21,6 +22,7 @@ import structlog
 from recorder.pipeline.batching import Batcher, FrameQueue
 from recorder.pipeline.channel import Answer, Pidfds, Ready, Settings, receive, send, spawn
 from recorder.pipeline.ops import (
+    ALERTS,
     ActiveSessions,
     CloseConnection,
     CloseDangling,
@@ -96,6 +98,8 @@ class Writer:
         self.committed = 0
         self.commits = 0
         self.metrics = WriterMetrics()
+        # Called when a batch stored alerts its frames raised (the deliverer's wake-up).
+        self.on_alerts: Callable[[], None] | None = None
         self._settings = Settings(
             url, log_level, log_format, instance, unclean, used_before, alerts
         )
@@ -370,6 +374,8 @@ class Writer:
         try:
             shipped = time.monotonic()
             tally = await self._call(WriteFrames(batch))
+            if tally.pop(ALERTS, None) is not None and self.on_alerts is not None:
+                self.on_alerts()
             self.metrics.committed(tally, time.monotonic() - shipped, batch[-1][F_RECEIVED])
             self.committed += len(batch)
             async with self._progress:

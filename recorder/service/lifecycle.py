@@ -77,8 +77,10 @@ class Service:
         self._writer_task: asyncio.Task[None]
         self._link_task: asyncio.Task[None]
         self._metrics_server: Any = None
-        # The web console, when [web] listen asks for it (recorder.web.server.Embedded).
+        # The web console, when [web] listen asks for it (recorder.web.server.Embedded),
+        # and the alerts, when [alerts] has rules (recorder.service.alerting.Alerting).
         self.console: Any = None
+        self.alerting: Any = None
 
     # --- the run ---------------------------------------------------------------------
 
@@ -125,6 +127,10 @@ class Service:
         if cleanup.wanted:
             cleanup.start()
             self.cleanup = cleanup
+        if config.alerts.rules:
+            from recorder.service.alerting import alerting
+
+            self.alerting = alerting(config, writer, self.snapshot)
         await self.beat()  # at once: a previous run's row must not speak for this one
         log.info(
             "recorder started",
@@ -178,8 +184,9 @@ class Service:
             await finished(self.reload_task, left())
         if self._metrics_server is not None:
             self._metrics_server.close()
-        if self.console is not None:
-            await finished(asyncio.ensure_future(self.console.stop()), left())
+        for part in (self.console, self.alerting):
+            if part is not None:
+                await finished(asyncio.ensure_future(part.stop()), left())
         if self.cleanup is not None:
             await finished(asyncio.ensure_future(self.cleanup.stop()), left())
         exit_code = await close_producers(self.link, self._link_task, self.proxy, left)
@@ -334,13 +341,8 @@ class Service:
         if config.web.listen:
             from recorder.web.server import embedded  # its imports only when it is wanted
 
-            try:
-                self.console = await embedded(config.storage.url, config.web)
-            except OSError as exc:
-                log.error("web console cannot listen", listen=config.web.listen, error=exc.strerror)
-                return False
-            log.info("web console listening", url=self.console.url)
-        return True
+            self.console = await embedded(config.storage.url, config.web)
+        return self.console is not None or not config.web.listen
 
     # --- signals -----------------------------------------------------------------------
 

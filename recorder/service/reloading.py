@@ -13,7 +13,8 @@ import structlog
 from recorder import logs
 from recorder.cleanup.jobs import Cleanup
 from recorder.cleanup.settings import check_schedules
-from recorder.config import ConfigError, load_config
+from recorder.config import Config, ConfigError, load_config
+from recorder.pipeline.alert_ops import ReloadRules
 from recorder.protocol.policy import PolicyError
 
 if TYPE_CHECKING:
@@ -66,6 +67,18 @@ class Reloads:
                 status = "running"
             notifier.send(READY=1, STATUS=status)
 
+    async def _alerts(self, new: Config) -> None:
+        """The alert rules and targets as the file says now (started if it has rules
+        and the service had none; left running with none, which raise nothing)."""
+        service = self.service
+        if service.alerting is not None:
+            await service.alerting.reload(new)
+        elif new.alerts.rules:
+            from recorder.service.alerting import alerting
+
+            await service.writer.perform(ReloadRules(new.alerts))
+            service.alerting = alerting(new, service.writer, service.snapshot)
+
     async def _reload(self) -> None:
         service = self.service
         source = service.config.source
@@ -87,7 +100,10 @@ class Reloads:
             if cleanup.wanted:
                 cleanup.start()
                 service.cleanup = cleanup
-        service.config = dataclasses.replace(service.config, log=new.log, cleanup=new.cleanup)
+        await self._alerts(new)
+        service.config = dataclasses.replace(
+            service.config, log=new.log, cleanup=new.cleanup, alerts=new.alerts
+        )
         now = set(service.cleanup.policies) if service.cleanup is not None else set()
         removed = sorted(before - now)
         try:

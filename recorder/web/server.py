@@ -79,12 +79,21 @@ class Embedded:
         await self._server.shutdown(sockets=[self.sock])
 
 
-async def embedded(url: str, web: WebConfig) -> Embedded:
-    """The console of ``[web]`` over the service's database, listening; OSError if it
-    cannot."""
+async def embedded(url: str, web: WebConfig) -> Embedded | None:
+    """The console of ``[web]`` over the service's database, listening; None (said in
+    the log) when it cannot listen."""
+    import structlog
+
     from recorder.addresses import split_listen
     from recorder.db.backend import display_database
 
-    console = Embedded(url, display_database(url), web.token, bind(*split_listen(web.listen)))
+    log = structlog.get_logger("recorder.service")
+    try:
+        sock = bind(*split_listen(web.listen))
+    except OSError as exc:
+        log.error("web console cannot listen", listen=web.listen, error=exc.strerror)
+        return None
+    console = Embedded(url, display_database(url), web.token, sock)
     await console.start()
+    log.info("web console listening", url=console.url)
     return console

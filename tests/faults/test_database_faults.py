@@ -13,6 +13,7 @@ import pytest
 
 from recorder.config import Config
 from recorder.db.integrity import HEADER
+from recorder.db.migrations import head_revision
 from recorder.pipeline.writer import Writer
 from recorder.protocol.frames import IN, Frame
 from recorder.service.lifecycle import Service
@@ -136,10 +137,12 @@ async def test_a_database_a_newer_recorder_migrated_is_refused_in_one_line(
     assert upgrade.exit_code == 1
     assert upgrade.stderr == (
         "Error: the database's schema is revision '9999', which this recorder does not"
-        " know (its newest is 0011): a newer recorder wrote it\n"
+        f" know (its newest is {head_revision()}): a newer recorder wrote it\n"
     )
     current = await invoke("db", "current")
-    assert current.stdout == "9999 (head: 0011; unknown to this recorder: a newer one wrote it)\n"
+    assert current.stdout == (
+        f"9999 (head: {head_revision()}; unknown to this recorder: a newer one wrote it)\n"
+    )
     assert await run_once(make_config("ws://127.0.0.1:9")) == 2
     out = capsys.readouterr()
     assert "a newer recorder wrote it" in out.out + out.err and "Traceback" not in out.out + out.err

@@ -1,0 +1,149 @@
+"""Alerts raised by the running service and delivered to a real target on loopback
+(Apprise's ``json://`` posting to tests/alert_hooks.Hook): frame rules evaluated as
+the writer classifies, condition rules on a timer, and the outbox across a target that
+is down and a service restarted meanwhile.
+
+Real parts: the simulated daemon on port 0, the real service in this loop, its writer
+processes, SQLite under tmp_path, Apprise."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.client import connect
+
+from recorder.config import Config, load_config
+from recorder.simulator.daemon import Simulator
+from recorder.simulator.options import SimulatorOptions
+from tests.alert_hooks import Hook
+from tests.conftest import TIMEOUT, proxy_recording_config, running
+from tests.helpers import query, wait_until
+from tests.postmortem_recording import spawn_request, status_of
+from tests.proxy_peers import proxy_url
+
+
+def alerting_config(tmp: Path, daemon: str, db: Path, hook: Hook, rules: str) -> Config:
+    """The service recording ``daemon`` into ``db``, its alerts posted to ``hook``."""
+    # The conftest's configuration file, and the alerts after it.
+    proxy_recording_config(tmp, daemon, db, reconnect={"base": 0.1, "cap": 0.2})
+    path = tmp / "config.toml"
+    path.write_text(f'{path.read_text()}\n[alerts.targets]\nops = "{hook.url()}"\n{rules}')
+    return load_config(path, env={})
+
+
+FRAME_RULES = """
+[[alerts.rules]]
+name = "session-failed"
+when = { session_status = ["failed"] }
+notify = ["ops"]
+
+[[alerts.rules]]
+name = "any-tool"
+when = { tool = "*", input_matches = "." }
+notify = ["ops"]
+"""
+
+
+async def posts_until(hook: Hook, count: int) -> list[dict[str, Any]]:
+    return [await hook.next_post(TIMEOUT) for _ in range(count)]
+
+
+async def test_a_failed_session_alerts_once_and_a_completed_one_does_not(tmp_path: Path) -> None:
+    hook = await Hook().start()
+    opts = SimulatorOptions(port=0, chunk_delay=0.001, seed=3, fail_rate=0.0, fail_tasks=("Break",))
+    try:
+        async with Simulator(opts) as sim:
+            config = alerting_config(tmp_path, sim.url, tmp_path / "r.db", hook, FRAME_RULES)
+            async with running(config) as svc, connect(proxy_url(svc)) as ui:
+                await ui.recv()  # the hello
+                await ui.send(json.dumps(spawn_request("vp_ok", "Fine work")))
+                done = await status_of(ui, None, "completed")
+                await ui.send(json.dumps(spawn_request("vp_bad", "Break")))
+                failed = await status_of(ui, None, "failed")
+                # The failure, and the completed session's first tool call (the
+                # failing one called none): each once, whatever copies the link and
+                # the proxy recorded of the same status.
+                said = await posts_until(hook, 2)
+                await svc.writer.flush()
+                stored = await query(svc, "select rule, subject from alerts order by id")
+    finally:
+        await hook.stop()
+    assert sorted(stored) == [("any-tool", done), ("session-failed", failed)]
+    bodies = sorted(p["message"] for p in said)
+    assert bodies[0].startswith("[any-tool] tool ") and f"session {done}" in bodies[0]
+    assert '"path"' in bodies[0]  # the input, quoted
+    assert bodies[1] == f'[session-failed] session failed, session {failed}: "Break"'
+    assert all(p["title"] for p in said)
+
+
+LINK_RULE = """
+[[alerts.rules]]
+name = "daemon-down"
+when = { link_down_for = "1s" }
+notify = ["ops"]
+resolve = true
+"""
+
+
+async def test_a_link_down_for_longer_than_the_rule_alerts_then_resolves(tmp_path: Path) -> None:
+    hook = await Hook().start()
+    try:
+        async with Simulator(SimulatorOptions(port=0, seed=3)) as first:
+            port = first.port
+            config = alerting_config(tmp_path, first.url, tmp_path / "r.db", hook, LINK_RULE)
+            async with running(config) as svc:
+                await first.wait_connections(1, timeout=TIMEOUT)
+                await first.disconnect_all()
+                await first.stop()  # down: every reconnect refused
+                down = await hook.next_post(TIMEOUT)
+                async with Simulator(SimulatorOptions(port=port, seed=3)):
+                    back = await hook.next_post(TIMEOUT)
+                stored = await query(svc, "select kind from alerts order by id")
+    finally:
+        await hook.stop()
+    assert down["message"].startswith("[daemon-down] link down")
+    assert back["message"].startswith("[daemon-down]") and "resolved" in back["message"]
+    assert [r.kind for r in stored] == ["alert", "resolved"]
+
+
+async def test_a_target_down_and_a_restart_meanwhile_still_get_the_alert_once(
+    tmp_path: Path,
+) -> None:
+    hook = Hook()  # not started: its port refuses connections
+    opts = SimulatorOptions(port=0, chunk_delay=0.001, seed=3, fail_rate=0.0, fail_tasks=("Break",))
+    rule = FRAME_RULES.split("[[alerts.rules]]")[1]
+    async with Simulator(opts) as sim:
+        config = alerting_config(
+            tmp_path, sim.url, tmp_path / "r.db", hook, "[[alerts.rules]]" + rule
+        )
+        async with running(config) as svc, connect(proxy_url(svc)) as ui:
+            await ui.recv()
+            await ui.send(json.dumps(spawn_request("vp_bad", "Break")))
+            failed = await status_of(ui, None, "failed")
+
+            async def tried() -> bool:
+                return bool(await query(svc, "select 1 from alert_deliveries where ok = 0"))
+
+            await wait_until(svc, tried, timeout=TIMEOUT)
+        await hook.start()
+        try:
+            async with running(config) as again:
+                post = await hook.next_post(TIMEOUT)
+                await again.writer.flush()
+
+                async def delivered() -> bool:
+                    rows = await query(again, "select 1 from alert_deliveries where ok = 1")
+                    return bool(rows)
+
+                await wait_until(again, delivered, timeout=TIMEOUT)
+                attempts = await query(again, "select ok from alert_deliveries order by id")
+                pending = await query(
+                    again, "select 1 from alert_targets where next_us is not null"
+                )
+        finally:
+            await hook.stop()
+    assert post["message"] == f'[session-failed] session failed, session {failed}: "Break"'
+    assert [a.ok for a in attempts][-1] and sum(a.ok for a in attempts) == 1
+    assert not pending and hook.accepted == 1
