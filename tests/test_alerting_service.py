@@ -43,6 +43,11 @@ notify = ["ops"]
 name = "any-tool"
 when = { tool = "*", input_matches = "." }
 notify = ["ops"]
+
+[[alerts.rules]]
+name = "daemon-errors"
+when = { error_reply = true }
+notify = ["ops"]
 """
 
 
@@ -62,19 +67,29 @@ async def test_a_failed_session_alerts_once_and_a_completed_one_does_not(tmp_pat
                 done = await status_of(ui, None, "completed")
                 await ui.send(json.dumps(spawn_request("vp_bad", "Break")))
                 failed = await status_of(ui, None, "failed")
-                # The failure, and the completed session's first tool call (the
-                # failing one called none): each once, whatever copies the link and
-                # the proxy recorded of the same status.
-                said = await posts_until(hook, 2)
+                # A request the daemon cannot read: its error names no session, and is
+                # given to the one the request named.
+                await ui.send(
+                    json.dumps({"type": "execute_task", "payload": {"sessionId": failed}})
+                )
+                # The failure, the error, and the completed session's first tool call
+                # (the failing one called none): each once, whatever copies the link
+                # and the proxy recorded of the same status.
+                said = await posts_until(hook, 3)
                 await svc.writer.flush()
                 stored = await query(svc, "select rule, subject from alerts order by id")
     finally:
         await hook.stop()
-    assert sorted(stored) == [("any-tool", done), ("session-failed", failed)]
+    assert sorted(stored) == [
+        ("any-tool", done),
+        ("daemon-errors", failed),
+        ("session-failed", failed),
+    ]
     bodies = sorted(p["message"] for p in said)
     assert bodies[0].startswith("[any-tool] tool ") and f"session {done}" in bodies[0]
     assert '"path"' in bodies[0]  # the input, quoted
-    assert bodies[1] == f'[session-failed] session failed, session {failed}: "Break"'
+    assert bodies[1] == f'[daemon-errors] error reply, session {failed}: "Invalid message format"'
+    assert bodies[2] == f'[session-failed] session failed, session {failed}: "Break"'
     assert all(p["title"] for p in said)
 
 
@@ -147,3 +162,29 @@ async def test_a_target_down_and_a_restart_meanwhile_still_get_the_alert_once(
     assert post["message"] == f'[session-failed] session failed, session {failed}: "Break"'
     assert [a.ok for a in attempts][-1] and sum(a.ok for a in attempts) == 1
     assert not pending and hook.accepted == 1
+
+
+async def test_sighup_loads_rules_into_a_service_that_had_none(tmp_path: Path) -> None:
+    """SIGHUP's reload: the frame rules reach the classifier process, the targets the
+    deliverer, in a service started without [alerts]."""
+    hook = await Hook().start()
+    opts = SimulatorOptions(port=0, chunk_delay=0.001, seed=3, fail_rate=0.0, fail_tasks=("Break",))
+    try:
+        async with Simulator(opts) as sim:
+            config = proxy_recording_config(tmp_path, sim.url, tmp_path / "r.db")
+            async with running(config) as svc, connect(proxy_url(svc)) as ui:
+                assert svc.alerting is None
+                path = tmp_path / "config.toml"
+                rule = FRAME_RULES.split("[[alerts.rules]]")[1]
+                path.write_text(
+                    f'{path.read_text()}\n[alerts.targets]\nops = "{hook.url()}"\n'
+                    f"[[alerts.rules]]{rule}"
+                )
+                await svc.reload()
+                await ui.recv()
+                await ui.send(json.dumps(spawn_request("vp_bad", "Break")))
+                failed = await status_of(ui, None, "failed")
+                post = await hook.next_post(TIMEOUT)
+    finally:
+        await hook.stop()
+    assert post["message"] == f'[session-failed] session failed, session {failed}: "Break"'
