@@ -22,11 +22,13 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
 
 from recorder.alerts.notify import message, title
+from recorder.alerts.occurrence import REPORT
 from recorder.alerts.send import send
 from recorder.alerts.spec import mask_url
 from recorder.db.alert_reads import Alert, Due
@@ -238,7 +240,8 @@ class Deliverer:
     async def _deliver(self, pair: Due, url: str) -> bool:
         """One attempt, recorded; whether the target took the alert."""
         title, body = self._message(pair.alert)
-        ok, answer = await self._send(pair.target, url, title, body)
+        markdown = pair.alert.kind == REPORT  # the digest: markdown, escaped by its renderer
+        ok, answer = await self._send(pair.target, url, title, body, markdown)
         attempt = pair.attempts + 1
         at = self._clock()
         delay = retry_delay(attempt, self.retry.base, self.retry.cap, self._rng.random())
@@ -270,12 +273,14 @@ class Deliverer:
         )
         return False
 
-    async def _send(self, target: str, url: str, title: str, body: str) -> tuple[bool, str]:
+    async def _send(
+        self, target: str, url: str, title: str, body: str, markdown: bool = False
+    ) -> tuple[bool, str]:
         """Send in a thread of the pool, waiting for it ``retry.timeout`` at most."""
         timeout = self.retry.timeout
         await self._slots.acquire()
         future: asyncio.Future[tuple[bool, str]] = asyncio.wrap_future(
-            self._pool.submit(send, url, title, body, timeout)
+            self._pool.submit(partial(send, markdown=markdown), url, title, body, timeout)
         )
         future.add_done_callback(lambda _: self._slots.release())
         try:

@@ -4,6 +4,8 @@ session and the rule, quotes the matched text, and links to the session's page.
 Everything in it that a recording supplied (session ids, tool names, matched text)
 has been made one printable line (:func:`~recorder.protocol.tame.one_line`); a
 target that renders Markdown or HTML is sent it as plain text (the delivery's part).
+The one exception is the scheduled digest (kind ``report``): its title, and the
+report's markdown, every recorded string in it escaped by the report's renderer.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from typing import Protocol
 from urllib.parse import quote
 
+from recorder.alerts.occurrence import REPORT
 from recorder.protocol.tame import one_line
 
 # Session ids are the daemon's: a hostile one may be long.
@@ -23,6 +26,8 @@ class Said(Protocol):
 
     @property
     def rule(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
     @property
     def subject(self) -> str: ...
     @property
@@ -41,7 +46,10 @@ def session_url(public_url: str, session_id: str) -> str:
 
 def message(alert: Said, public_url: str = "") -> str:
     """``[rule] what, session S: "matched text" https://…/sessions/S``; a condition's
-    ``[rule] link down for 6m 3s``, its end ``[rule] link down resolved: link up``."""
+    ``[rule] link down for 6m 3s``, its end ``[rule] link down resolved: link up``;
+    a digest's report, whole."""
+    if alert.kind == REPORT:
+        return alert.text
     line = f"[{one_line(alert.rule, ID_LIMIT)}] {alert.what}"
     if alert.session_id is not None:
         line += f", session {one_line(alert.session_id, ID_LIMIT)}"
@@ -53,5 +61,8 @@ def message(alert: Said, public_url: str = "") -> str:
 
 
 def title(alert: Said) -> str:
-    """A notification's title, for targets that show one: the rule and the subject."""
+    """A notification's title, for targets that show one: the rule and the subject;
+    a digest's "Recorder report <since> to <until>"."""
+    if alert.kind == REPORT:
+        return alert.what
     return f"{one_line(alert.rule, ID_LIMIT)}: {one_line(alert.subject, ID_LIMIT)}"

@@ -16,6 +16,9 @@ MAX_SUBJECTS = 65_536
 
 ALERT = "alert"
 RESOLVED = "resolved"
+# The report as a scheduled digest (recorder.alerts.digest): its text is the report's
+# markdown, escaped by its renderer, and is sent as markdown.
+REPORT = "report"
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class Occurrence:
     """
 
     rule: str
-    # ALERT, or RESOLVED: a condition that ended (rules with resolve = true).
+    # ALERT, or RESOLVED: a condition that ended (rules with resolve = true); REPORT.
     kind: str
     subject: str
     occurrence: str

@@ -66,9 +66,12 @@ def with_timeouts(url: str, seconds: float) -> str:
     return joined + ("#" + fragment if fragment else "")
 
 
-def send(url: str, title: str, body: str, timeout: float) -> tuple[bool, str]:
+def send(
+    url: str, title: str, body: str, timeout: float, *, markdown: bool = False
+) -> tuple[bool, str]:
     """Send one notification to the Apprise ``url``; whether the target took it, and
-    its answer (Apprise's log of the call), scrubbed. Never raises."""
+    its answer (Apprise's log of the call), scrubbed. Never raises. ``markdown``: the
+    body is markdown whose recorded text is escaped (the report's digest)."""
     try:
         import apprise
 
@@ -79,13 +82,14 @@ def send(url: str, title: str, body: str, timeout: float) -> tuple[bool, str]:
         if not notifier.add(with_timeouts(url, timeout / 2)):
             return False, f"not a URL Apprise can send to: {mask_url(url)}"
         # Plain text: what a recording supplied must not become a target's Markdown
-        # or HTML. log_level INFO: the answer says "Sent ..." when it went.
+        # or HTML; but the digest's markdown, whose renderer escaped every recorded
+        # string, is markdown (targets that render none get it converted to text).
+        # log_level INFO: the answer says "Sent ..." when it went.
         # No timeout= here: with one, Apprise returns when it ends but leaves the
         # send running in a thread of its own pool, where the deliverer can no longer
         # see that the target still holds a thread. cto/rto end a silent target.
-        result = notifier.notify(
-            body=body, title=title, body_format=apprise.NotifyFormat.TEXT, log_level=logging.INFO
-        )
+        fmt = apprise.NotifyFormat.MARKDOWN if markdown else apprise.NotifyFormat.TEXT
+        result = notifier.notify(body=body, title=title, body_format=fmt, log_level=logging.INFO)
         # Each service's own lines (the call's say "Notifying 1 service(s).").
         said = " ".join(entry.message for service in result for entry in service.logs())
         answer = f"{result.status.name.lower()}: {said}" if said else result.status.name.lower()

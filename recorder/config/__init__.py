@@ -17,6 +17,7 @@ from typing import Any
 from recorder.cleanup.settings import parse_cleanup
 from recorder.config.alerts import parse_alerts
 from recorder.config.checks import checked, normalize_database_url
+from recorder.config.report import check_report, parse_report
 from recorder.config.sections import (
     ENV_API_KEY,
     ENV_CONFIG,
@@ -100,14 +101,15 @@ def load_config(
             except PolicyError as exc:
                 raise ConfigError(f"{source}: {exc}") from None
             continue
-        if key == "alerts":
+        if key in ("alerts", "report"):
             try:
-                sections[key] = parse_alerts(value, env)
+                sections[key] = parse_alerts(value, env) if key == "alerts" else parse_report(value)
             except ConfigError as exc:
                 raise ConfigError(f"{source}: {exc}") from None
             continue
         sections[key] = _build_section(source, key, SECTIONS[key], value)
     config = Config(**sections, source=source)
+    check_report(source, config)
     config = _apply_env(config, env)
     return checked(config, env)
 

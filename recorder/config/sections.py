@@ -126,6 +126,17 @@ DEFAULT_WEB_LISTEN = "127.0.0.1:8789"
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    # When the service sends `recorder report` as a digest: cron, in UTC ("0 8 * * *").
+    # Empty: never.
+    schedule: str = ""
+    # Its targets: names from [alerts.targets].
+    notify: tuple[str, ...] = ()
+    # The window it covers, up to when it is sent (seconds; "1d" in the file).
+    since: float = 86400.0
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "auto"
@@ -143,6 +154,7 @@ class Config:
     web: WebConfig = WebConfig()
     cleanup: CleanupConfig = field(default_factory=CleanupConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    report: ReportConfig = ReportConfig()
     # Where the settings came from, for messages.
     source: str = "<defaults>"
 
@@ -162,4 +174,5 @@ SECTIONS: dict[str, type[Any]] = {
     "web": WebConfig,
     "cleanup": CleanupConfig,
     "alerts": AlertsConfig,
+    "report": ReportConfig,
 }

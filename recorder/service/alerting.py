@@ -7,7 +7,8 @@ the deliverer is woken. The condition rules (the link down, the daemon silent, t
 recording behind, the writer's fault, the database's size, the disk) look at the
 service's own state here, every few seconds, and their alerts go through the writer
 like any other database work. Delivery never waits on the writer or holds it: sends run
-in the deliverer's threads.
+in the deliverer's threads. The report's digest (``[report] schedule``) is sent through
+the same outbox (:mod:`recorder.service.digest`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from recorder.alerts.rules import Rules
 from recorder.db.alerts import RaisedAlert
 from recorder.db.backend import backend
 from recorder.pipeline.alert_ops import RaiseAlerts, ReloadRules
+from recorder.service.digest import Digest
 from recorder.times import now_us
 
 if TYPE_CHECKING:
@@ -47,7 +49,8 @@ CHECK_AT_LEAST = 0.2
 
 
 class Alerting:
-    """Started with the service when ``[alerts]`` has rules; stopped with it."""
+    """Started with the service when ``[alerts]`` has rules or ``[report]`` a schedule;
+    stopped with it."""
 
     def __init__(self, config: Config, writer: Writer, snapshot: Callable[[], Snapshot]) -> None:
         self.writer = writer
@@ -56,14 +59,16 @@ class Alerting:
         self.public_url = config.web.public_url
         path = backend(config.storage.url).path
         self.disk = path.parent if path is not None else None
+        reads = ThreadReads(config.storage.url)
         self.deliverer = Deliverer(
-            ThreadReads(config.storage.url),
+            reads,
             writer.perform,
             {t.name: t.url for t in config.alerts.targets},
             message=self._message,
             instance=config.storage.instance,
         )
         writer.on_alerts = self.deliverer.raised
+        self.digest = Digest(config.report, reads, self.store, config.storage.instance)
         # Since when the queue is full, and the writer gone (this process's looks).
         self._behind_since: int | None = None
         self._fault_since: int | None = None
@@ -74,19 +79,22 @@ class Alerting:
             asyncio.create_task(self.deliverer.run(), name="alert delivery"),
             asyncio.create_task(self._watch(), name="alert conditions"),
         ]
+        self.digest.start()
 
     async def stop(self) -> None:
+        await self.digest.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def reload(self, config: Config) -> None:
-        """SIGHUP: the rules and the targets as the file says now; the frame rules in
-        the classifier process, through the writer."""
+        """SIGHUP: the rules, the targets and the digest's schedule as the file says
+        now; the frame rules in the classifier process, through the writer."""
         await self.writer.perform(ReloadRules(config.alerts))
         self.rules = self.rules.reloaded(config.alerts)
         self.public_url = config.web.public_url
         self.deliverer.retarget({t.name: t.url for t in config.alerts.targets})
+        await self.digest.reload(config.report)
 
     def _message(self, alert: Alert) -> tuple[str, str]:
         return title(alert), message(alert, self.public_url or "")
@@ -105,11 +113,13 @@ class Alerting:
             except Exception as exc:  # a look that fails is tried again at the next
                 log.warning("cannot look at the alert conditions", error=str(exc))
 
-    async def store(self, raised: list[Occurrence]) -> None:
-        """Alerts raised apart from a batch, into the outbox; the deliverer is woken."""
+    async def store(self, raised: list[Occurrence]) -> list[int]:
+        """Alerts raised apart from a batch, into the outbox; the deliverer is woken.
+        The new alerts' ids (those stored before are left out)."""
         rows = tuple(RaisedAlert(**asdict(o)) for o in raised)
-        await self.writer.perform(RaiseAlerts(rows, now_us()))
+        ids = await self.writer.perform(RaiseAlerts(rows, now_us()))
         self.deliverer.raised()
+        return ids
 
     def state(self) -> State:
         """The service's state as the condition rules read it."""
@@ -143,8 +153,8 @@ def _free_bytes(path: Path | None) -> int | None:
 
 
 def alerting(config: Config, writer: Writer, snapshot: Callable[[], Snapshot]) -> Alerting | None:
-    """The service's alerting, started; None when ``[alerts]`` has no rules."""
-    if not config.alerts.rules:
+    """The service's alerting, started; None when there are no rules and no digest."""
+    if not config.alerts.rules and not config.report.schedule:
         return None
     started = Alerting(config, writer, snapshot)
     started.start()

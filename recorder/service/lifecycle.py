@@ -78,7 +78,7 @@ class Service:
         self._link_task: asyncio.Task[None]
         self._metrics_server: Any = None
         # The web console, when [web] listen asks for it (recorder.web.server.Embedded),
-        # and the alerts, when [alerts] has rules (recorder.service.alerting.Alerting).
+        # and the alerts, with rules or a digest (recorder.service.alerting.Alerting).
         self.console: Any = None
         self.alerting: Any = None
 
@@ -127,7 +127,7 @@ class Service:
         if cleanup.wanted:
             cleanup.start()
             self.cleanup = cleanup
-        if config.alerts.rules:
+        if config.alerts.rules or config.report.schedule:
             from recorder.service.alerting import alerting
 
             self.alerting = alerting(config, writer, self.snapshot)

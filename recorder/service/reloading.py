@@ -68,12 +68,13 @@ class Reloads:
             notifier.send(READY=1, STATUS=status)
 
     async def _alerts(self, new: Config) -> None:
-        """The alert rules and targets as the file says now (started if it has rules
-        and the service had none; left running with none, which raise nothing)."""
+        """The alert rules, targets and digest as the file says now (started if it has
+        rules or a digest and the service had neither; left running with none, which
+        raise nothing)."""
         service = self.service
         if service.alerting is not None:
             await service.alerting.reload(new)
-        elif new.alerts.rules:
+        elif new.alerts.rules or new.report.schedule:
             from recorder.service.alerting import alerting
 
             await service.writer.perform(ReloadRules(new.alerts))
@@ -102,7 +103,7 @@ class Reloads:
                 service.cleanup = cleanup
         await self._alerts(new)
         service.config = dataclasses.replace(
-            service.config, log=new.log, cleanup=new.cleanup, alerts=new.alerts
+            service.config, log=new.log, cleanup=new.cleanup, alerts=new.alerts, report=new.report
         )
         now = set(service.cleanup.policies) if service.cleanup is not None else set()
         removed = sorted(before - now)
