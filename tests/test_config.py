@@ -39,6 +39,7 @@ def test_example_config_is_complete_and_equals_the_defaults() -> None:
     assert example.reconnect == defaults.reconnect and example.heartbeat == defaults.heartbeat
     assert example.cleanup == defaults.cleanup and example.alerts == defaults.alerts
     assert example.web.public_url == defaults.web.public_url == ""
+    assert example.report == defaults.report
     text = (ROOT / "config.example.toml").read_text()
     from recorder.config import SECTIONS
 
