@@ -16,24 +16,29 @@ import asyncio
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
 
+from recorder.alerts.delivery import Deliverer, ThreadReads
 from recorder.alerts.digest import cron, digest, latest_run, next_run
 from recorder.alerts.notify import message, title
 from recorder.alerts.occurrence import REPORT
 from recorder.config import Config, ConfigError, load_config
+from recorder.db.alerts import RaisedAlert
 from recorder.db.recordings import Recordings
+from recorder.pipeline.alert_ops import RaiseAlerts
 from recorder.report import build_report, render
 from recorder.report.render import markdown_text
 from recorder.simulator.daemon import Simulator
 from recorder.simulator.options import SimulatorOptions
-from tests.alert_hooks import Hook
+from recorder.times import now_us
+from tests.alert_hooks import Hook, Recorded
 from tests.conftest import TIMEOUT, proxy_recording_config, running
-from tests.helpers import query
+from tests.helpers import query, writer_database
 from tests.postmortem_recording import spawn_request, status_of
 from tests.proxy_peers import proxy_url
 
@@ -147,6 +152,42 @@ def test_a_digest_is_its_title_and_the_whole_markdown() -> None:
     assert title(alert) == "Recorder report A to B" and message(alert, "https://x") == body
     other = digest(run, "t", body, 42, ("ops",), "lab")
     assert other.subject != alert.subject  # recorders sharing a database: one each
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'recorder.db'}"
+    pg: str = request.getfixturevalue("pg_url")
+    return pg.replace("postgresql://", "postgresql+asyncpg://")
+
+
+async def test_a_long_digest_is_stored_whole_and_posted_as_its_markdown(url: str) -> None:
+    """The outbox takes a report of any length on both databases, and the deliverer
+    sends a digest's title and whole markdown (not an alert's one line)."""
+    rows = "".join(f"| session\\_{i:05} | failed | é\\-\\|x |\n" for i in range(6000))
+    body = "# Recorder report A to B\n\n| session | status | note |\n| --- | --- | --- |\n" + rows
+    run = datetime(2025, 3, 4, 8, 0, tzinfo=UTC)
+    raised = RaisedAlert(**asdict(digest(run, "Recorder report A to B", body, 1, ("ops",), "x")))
+    hook = await Hook().start()
+    db, store, _ = await writer_database(url)
+    try:
+        w = Recorded(db, store)
+        assert len(await w.perform(RaiseAlerts((raised,), now_us()))) == 1
+        assert await w.perform(RaiseAlerts((raised,), now_us())) == []  # the same run
+        deliverer = Deliverer(ThreadReads(url), w.perform, {"ops": hook.url()})
+        task = asyncio.create_task(deliverer.run())
+        try:
+            post = await hook.next_post(TIMEOUT)
+            assert (await w.next_delivery(TIMEOUT)).ok
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await db.shutdown()
+        await hook.stop()
+    assert len(body) > 200_000
+    assert post["title"] == "Recorder report A to B" and post["message"] == body.rstrip()
 
 
 REPORT_TARGETS = '[alerts.targets]\nops = "json://127.0.0.1:9/hook"\n'
