@@ -38,7 +38,7 @@ from recorder.simulator.options import SimulatorOptions
 from recorder.times import now_us
 from tests.alert_hooks import Hook, Recorded
 from tests.conftest import TIMEOUT, proxy_recording_config, running
-from tests.helpers import query, writer_database
+from tests.helpers import query, wait_until, writer_database
 from tests.postmortem_recording import spawn_request, status_of
 from tests.proxy_peers import proxy_url
 
@@ -97,6 +97,11 @@ async def test_the_digest_is_the_report_sent_once_across_a_restart_then_reschedu
         config = config_with(tmp_path, daemon, hook, report_section(daily_at(first)))
         async with running(config) as svc:
             post = await hook.next_post(TIMEOUT)
+
+            async def delivered() -> bool:  # recorded: the restart must not send it again
+                return bool(await query(svc, "select 1 from alert_deliveries where ok = 1"))
+
+            await wait_until(svc, delivered, timeout=TIMEOUT)
             stored = await query(svc, "select occurrence, at_us, text from alerts")
         # Restarted within the hour: the same run, found stored, is not sent again.
         async with running(config) as again:
@@ -173,7 +178,8 @@ async def test_a_long_digest_is_stored_whole_and_posted_as_its_markdown(url: str
     db, store, _ = await writer_database(url)
     try:
         w = Recorded(db, store)
-        assert len(await w.perform(RaiseAlerts((raised,), now_us()))) == 1
+        ids: list[int] = await w.perform(RaiseAlerts((raised,), now_us()))
+        assert len(ids) == 1
         assert await w.perform(RaiseAlerts((raised,), now_us())) == []  # the same run
         deliverer = Deliverer(ThreadReads(url), w.perform, {"ops": hook.url()})
         task = asyncio.create_task(deliverer.run())
