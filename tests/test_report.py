@@ -211,3 +211,15 @@ def test_recorded_text_cannot_attack_any_format(tmp_path: Path) -> None:
     text = render(report, "text")
     assert "\x1b" not in text and "\u202e" not in text and "\x07" not in text
     assert any(a[:10] in md or a[:10] in text for a in ATTACKS)
+
+
+def test_markdown_escapes_what_would_be_syntax_and_leaves_numbers_as_they_read() -> None:
+    from recorder.report.render import markdown_text
+
+    assert markdown_text("2026-12-05 09:28:11 UTC, 0.026 s, 62.16 %") == (
+        "2026-12-05 09:28:11 UTC, 0.026 s, 62.16 %"
+    )
+    assert markdown_text("[x](javascript:alert(1)) http://1.2.3.4 a@b.c") == (
+        r"\[x\]\(javascript\:alert\(1\)\) http\://1.2.3.4 a\@b\.c"
+    )
+    assert markdown_text("1. item") == r"1\. item" and markdown_text("- 5") == r"\- 5"

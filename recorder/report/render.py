@@ -47,9 +47,21 @@ def render(report: Report, fmt: str) -> str:
     raise ValueError(f"unknown format {fmt!r}")
 
 
+# Between two digits (2026-12-05, 09:28:11, 0.026) these make no link, list or
+# heading: left as they are, so that a digest reads as it renders.
+_BETWEEN_DIGITS = re.compile(r"(?<=\d)[-.:](?=\d)")
+
+
 def markdown_text(text: str) -> str:
     """``text`` with every character markdown would read as syntax escaped."""
-    return _MARKDOWN.sub(r"\\\1", text)
+    return _MARKDOWN.sub(_escaped, text)
+
+
+def _escaped(found: re.Match[str]) -> str:
+    at = found.start()
+    if _BETWEEN_DIGITS.match(found.string, at):
+        return found.group(1)
+    return "\\" + found.group(1)
 
 
 def _text(report: Report, parts: list[Section]) -> str:
