@@ -309,6 +309,13 @@ def session_argument(fn: F) -> F:
     return click.argument("session", metavar="SESSION", callback=_session_text)(fn)
 
 
+def optional_session_argument(fn: F) -> F:
+    """``[SESSION]``, as ``session`` (None when not given)."""
+    return click.argument("session", metavar="[SESSION]", required=False, callback=_session_text)(
+        fn
+    )
+
+
 def check_span(since: int | None, until: int | None) -> None:
     if since is not None and until is not None and since > until:
         raise click.UsageError("--since is later than --until")

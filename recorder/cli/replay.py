@@ -18,10 +18,12 @@ from recorder.cli.options import (
     FiniteRange,
     UsageFailure,
     load,
+    optional_session_argument,
     reading,
     session_argument,
     target_options,
 )
+from recorder.cli.otel_export import otlp_options
 from recorder.times import parse_when
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+(?:\.\d+)?)s?)?$")
@@ -234,13 +236,14 @@ def _jsonl(timed: Any) -> None:
 
 @click.command()
 @target_options
-@session_argument
+@optional_session_argument
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["asciicast", "jsonl"]),
+    type=click.Choice(["asciicast", "jsonl", "otlp"]),
     default="asciicast",
     show_default=True,
+    help="otlp: sessions as OpenTelemetry traces (OTLP/HTTP, or OTLP JSON lines).",
 )
 @click.option(
     "--output", "-o", type=click.Path(dir_okay=False, writable=True), help="File (default: stdout)."
@@ -252,23 +255,45 @@ def _jsonl(timed: Any) -> None:
     help="idle_time_limit of the cast.",
 )
 @click.option("--connection", type=Count(), help="This connection only.")
+@otlp_options
 def export(
     config_path: str | None,
     database: str | None,
-    session: str,
+    session: str | None,
     fmt: str,
     output: str | None,
     max_idle: float | None,
     connection: int | None,
+    **otlp: Any,
 ) -> None:
-    """Write a session as an asciicast v2 file (for `asciinema play`) or as JSONL frames.
+    """Write a session as an asciicast v2 file (for `asciinema play`) or as JSONL frames;
+    or sessions as OpenTelemetry traces (--format otlp).
 
     The frames of the replay (see `recorder replay`): the UI's requests and the
     daemon's frames, both directions in JSONL; in the cast, requests, tool calls,
     status changes, task events, errors and gaps are markers.
 
+    --format otlp sends every session seen since --since (all: without it), or the
+    one --session names, to --endpoint (else [otel] endpoint) over OTLP/HTTP, or
+    writes them to --output as OTLP JSON lines. Tool arguments and results, task
+    descriptions and stream text only with --content (or [otel] content = true).
+
     Example: recorder export session_1795692537464 --output session.cast --max-idle 2
+
+    Example: recorder export --format otlp --since 7d --endpoint http://127.0.0.1:4318
     """
+    if fmt == "otlp":
+        from recorder.cli.otel_export import export_otlp
+
+        if max_idle is not None or connection is not None:
+            raise UsageFailure("--format otlp: --max-idle and --connection are for a replay")
+        export_otlp(load(config_path, database), session, output, **otlp)
+        return
+    given = [f"--{k.replace('_', '-')}" for k, v in otlp.items() if v not in (None, False)]
+    if given:
+        raise UsageFailure(f"{given[0]} is for --format otlp")
+    if session is None:
+        raise UsageFailure("Missing argument 'SESSION'.")
     from recorder.cli.render import frame_json
     from recorder.replay import source
     from recorder.replay.export import asciicast

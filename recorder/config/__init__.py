@@ -18,6 +18,7 @@ from recorder.cleanup.settings import parse_cleanup
 from recorder.config.alerts import parse_alerts
 from recorder.config.checks import checked, normalize_database_url
 from recorder.config.report import check_report, parse_report
+from recorder.config.otel import parse_otel
 from recorder.config.sections import (
     ENV_API_KEY,
     ENV_CONFIG,
@@ -107,7 +108,13 @@ def load_config(
             except ConfigError as exc:
                 raise ConfigError(f"{source}: {exc}") from None
             continue
+        if key == "otel":
+            continue  # below, with its environment fallbacks even when absent
         sections[key] = _build_section(source, key, SECTIONS[key], value)
+    try:
+        sections["otel"] = parse_otel(raw.get("otel", {}), env)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     config = Config(**sections, source=source)
     check_report(source, config)
     config = _apply_env(config, env)

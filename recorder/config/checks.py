@@ -132,7 +132,15 @@ def _check_proxy(src: str, config: Config) -> None:
 
 # Secrets travel in HTTP headers, which carry ASCII: a token with other characters
 # would be sent and compared as different bytes by different clients, and fail for ever.
-SECRETS = ("daemon.token", "daemon.api_key", "proxy.token", "metrics.token", "web.token")
+# A table of them (otel.headers) is checked value by value.
+SECRETS = (
+    "daemon.token",
+    "daemon.api_key",
+    "proxy.token",
+    "metrics.token",
+    "web.token",
+    "otel.headers",
+)
 # Alert targets' URLs are secrets too, of any shape: recorder.config.alerts checks them
 # without repeating them, and recorder.alerts.spec.mask_url is how one is shown.
 
@@ -141,11 +149,14 @@ def _check_secrets(src: str, config: Config) -> None:
     for dotted in SECRETS:
         name, key = dotted.split(".")
         value = getattr(getattr(config, name), key)
-        if value is not None and not (value.isascii() and value.isprintable()):
-            # The value is a secret: it is not repeated.
-            raise ConfigError(
-                f"{src}: {dotted}: must be printable ASCII (it is sent in an HTTP header)"
-            )
+        values = value.items() if isinstance(value, Mapping) else [(None, value)]
+        for part, secret in values:
+            if secret is not None and not (secret.isascii() and secret.isprintable()):
+                # The value is a secret: it is not repeated.
+                where = dotted if part is None else f"{dotted}.{part}"
+                raise ConfigError(
+                    f"{src}: {where}: must be printable ASCII (it is sent in an HTTP header)"
+                )
 
 
 def web_needs_token(src: str, dotted: str, listen: str, token: str | None) -> None:

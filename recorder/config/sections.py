@@ -9,6 +9,7 @@ from typing import Any
 from recorder.addresses import split_listen
 from recorder.alerts.spec import AlertsConfig
 from recorder.cleanup.settings import CleanupConfig
+from recorder.otel.settings import OtelConfig
 
 ENV_CONFIG = "RECORDER_CONFIG"
 ENV_TOKEN = "RECORDER_DAEMON_TOKEN"
@@ -155,6 +156,7 @@ class Config:
     cleanup: CleanupConfig = field(default_factory=CleanupConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     report: ReportConfig = ReportConfig()
+    otel: OtelConfig = field(default_factory=OtelConfig)
     # Where the settings came from, for messages.
     source: str = "<defaults>"
 
@@ -175,4 +177,5 @@ SECTIONS: dict[str, type[Any]] = {
     "cleanup": CleanupConfig,
     "alerts": AlertsConfig,
     "report": ReportConfig,
+    "otel": OtelConfig,
 }

@@ -24,6 +24,7 @@ from recorder.db.alert_reads import AlertReads
 from recorder.db.cleanup_reads import CleanupReads
 from recorder.db.follow import Follower
 from recorder.db.frame_reads import FrameReads
+from recorder.db.otel_reads import OtelReads
 from recorder.db.pages import FrameFilter
 from recorder.db.readonly import Reader, first_row, open_reader
 from recorder.db.report_reads import ReportReads
@@ -78,6 +79,7 @@ class Recordings(
     AlertReads,
     CleanupReads,
     FrameReads,
+    OtelReads,
     ReportReads,
     StatsReads,
     StoryReads,
