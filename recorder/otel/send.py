@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -177,6 +178,9 @@ class Endpoint:
         return sent
 
 
+_ERRNO = re.compile(r"\[Errno -?\d+\] ([^\"')\]]+)")
+
+
 class _Reasons(logging.Handler):
     """The exporter's log records while it sends, kept instead of printed: the
     first error becomes ExportFailed's one line."""
@@ -186,8 +190,14 @@ class _Reasons(logging.Handler):
         self.said = said
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno >= logging.ERROR:
-            text = " ".join(record.getMessage().split())
+        text = " ".join(record.getMessage().split())
+        # A connection's failure is deep in urllib3's text: its errno's words say it.
+        cause = _ERRNO.search(text)
+        if cause is not None:
+            self.said.append(cause.group(1).strip().lower())
+        elif "due to timeout" in text:
+            self.said.append("no success within the timeout, retries included")
+        elif record.levelno >= logging.ERROR:
             self.said.append(text[:300])
 
 
