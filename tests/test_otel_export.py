@@ -230,7 +230,8 @@ def test_an_endpoint_that_is_down_is_one_line_and_exit_1(db: Path, tmp_path: Pat
         str(config(tmp_path)),
         "--endpoint",
         f"http://user:pw@127.0.0.1:{port}",
-        env={"OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "1"},
+        # One retry after about a second (its warning names the cause), none after.
+        env={"OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "3"},
     )
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
