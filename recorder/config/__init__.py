@@ -17,8 +17,8 @@ from typing import Any
 from recorder.cleanup.settings import parse_cleanup
 from recorder.config.alerts import parse_alerts
 from recorder.config.checks import checked, normalize_database_url
-from recorder.config.report import check_report, parse_report
 from recorder.config.otel import parse_otel
+from recorder.config.report import check_report, parse_report
 from recorder.config.sections import (
     ENV_API_KEY,
     ENV_CONFIG,
