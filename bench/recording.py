@@ -114,10 +114,12 @@ def record_firehose(
     names: tuple[str, ...] = ("default",),
     each_poll: Callable[[], None] = lambda: None,
     committed: Callable[[list[dict[str, Any]]], None] = lambda _: None,
+    extra_config: str = "",
 ) -> list[dict[str, Any]]:
     """Recorders ``names``, each with its own simulator, committing a firehose into ``db``
     at once; per recorder, frames/s (N / (a poll sees ``stream_end`` - the first chunk's
-    ``received_at_us``)), CPU and peak RSS, and its stop (``committed`` runs before it)."""
+    ``received_at_us``)), CPU and peak RSS, and its stop (``committed`` runs before it).
+    ``extra_config`` is appended to each recorder's configuration (an [alerts] table)."""
     from firehose import start_simulator
 
     from recorder.simulator.database import build
@@ -130,7 +132,8 @@ def record_firehose(
         for name in names:
             (wd := workdir / name).mkdir()
             sim, port = start_simulator(frames, wd, deadline)
-            recs.append(Recorder(wd, h.recorder_config(port, db.url, name) + NO_PROXY, name))
+            config = h.recorder_config(port, db.url, name) + NO_PROXY + extra_config
+            recs.append(Recorder(wd, config, name))
             children += [sim, recs[-1].child]
         wait_committed(db, recs, deadline, each_poll)
         runs = []
