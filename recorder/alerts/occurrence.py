@@ -61,6 +61,11 @@ def shown(text: str) -> str:
     return one_line(text, TEXT_LIMIT)
 
 
+def window_us(repeat: float) -> int:
+    """A rule's ``repeat`` as the gate counts it: microseconds, at least one."""
+    return max(int(repeat * 1_000_000), 1)
+
+
 class Gate:
     """When each (rule, subject) last alerted, bounded: ``repeat`` seconds must pass
     before it alerts again; a rule without one alerts once per subject."""
@@ -68,6 +73,14 @@ class Gate:
     def __init__(self, limit: int = MAX_SUBJECTS) -> None:
         self._last: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._limit = limit
+
+    def holds(self, key: tuple[str, str], window_us: int | None, at_us: int) -> bool:
+        """Whether :meth:`passes` would refuse rule ``key[0]`` for subject ``key[1]``
+        at ``at_us`` (noting nothing); ``window_us``: :func:`window_us` of its repeat. A
+        frame rule that fires on most frames asks this first, and builds no match
+        while it is quiet."""
+        last = self._last.get(key)
+        return last is not None and (window_us is None or at_us - last < window_us)
 
     def passes(self, rule: str, subject: str, repeat: float | None, at_us: int) -> str | None:
         """The occurrence id if the rule may alert for ``subject`` at ``at_us`` (and
@@ -79,7 +92,7 @@ class Gate:
                 return None
             occurrence = "once"
         else:
-            window = max(int(repeat * 1_000_000), 1)
+            window = window_us(repeat)
             if last is not None and at_us - last < window:
                 return None
             occurrence = str(at_us // window)
