@@ -29,7 +29,7 @@ import structlog
 
 from recorder.alerts.notify import message, title
 from recorder.alerts.occurrence import REPORT
-from recorder.alerts.send import send
+from recorder.alerts.send import send, warm
 from recorder.alerts.spec import mask_url
 from recorder.db.alert_reads import Alert, Due
 from recorder.pipeline.alert_ops import RecordDelivery
@@ -126,6 +126,7 @@ class Deliverer:
         self._instance = instance
         self._clock = clock
         self._rng = rng or random.Random()
+        warm()
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="alert-send")
         # A send holds a slot until its thread returns, past its timeout too: a send
         # never waits in the pool's queue, where its timeout would be spent.

@@ -98,6 +98,20 @@ def send(
         return False, scrub(f"{type(exc).__name__}: {exc}", url)
 
 
+def warm() -> None:
+    """Import Apprise and load its plugins (about 0.2 CPU-seconds, once per process):
+    the service calls it as it starts, before its link reads a frame, so that the first
+    alert's send does not take it from the link in the middle of a recording (a
+    thread's import holds the GIL). Never raises: a send says what went wrong."""
+    try:
+        import apprise
+
+        _quiet(logging.getLogger("apprise"))
+        apprise.Apprise().add("json://127.0.0.1/")  # a URL loads the plugin table
+    except Exception:
+        pass
+
+
 def _quiet(apprise_log: logging.Logger) -> None:
     """Apprise's log lines stay out of the recorder's log, where they would quote a
     URL Apprise cannot parse, secrets and all; each call's lines come back in its
