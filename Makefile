@@ -67,7 +67,7 @@ demo: $(STAMP)
 # Every benchmark at its defaults; `make bench HISTORY=1` also appends each one's
 # headline figures to docs/benchmarks-history.md.
 bench: $(STAMP)
-	@set -e; for b in ingest proxy query replay purge compact tail web; do \
+	@set -e; for b in ingest proxy query replay purge compact tail web alerts; do \
 		echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py $(if $(HISTORY),--history,); done
 
 # The README's pictures of the web console, taken in the system's Chromium.

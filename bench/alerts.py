@@ -144,6 +144,10 @@ def summarize(
     for kind in KINDS:
         of_plain = "" if kind == "no alerts" else f", {ratio[kind] / plain:.2f} of no alerts"
         headline[kind] = f"ratio {ratio[kind]:.2f} ({fps[kind]:,.0f} frames/s{of_plain})"
+    cpu = {kind: _cpu_us(args.frames, runs[kind]) for kind in KINDS}
+    headline["CPU µs/frame"] = "; ".join(
+        f"{kind}: " + ", ".join(f"{p} {us:.2f}" for p, us in cpu[kind].items()) for kind in KINDS
+    )
     for kind in ("hung target", "answering target"):
         headline[f"  {kind.split()[0]}: alerts"] = "; ".join(_alerts_line(r) for r in runs[kind])
     none, rules = classifier["none fps"], classifier["bench rules fps"]
@@ -161,7 +165,8 @@ def summarize(
     )
     headline["zero loss, every alert"] = f"{h.yes(zero_loss)}, {h.yes(all_alerts)}"
     summary = {"frames": args.frames, "database": where, "every_s": args.every}
-    summary |= {"ceiling_fps": ceiling, "fps": fps, "ratio": ratio, "classifier": classifier}
+    summary |= {"ceiling_fps": ceiling, "fps": fps, "ratio": ratio, "cpu_us_per_frame": cpu}
+    summary["classifier"] = classifier
     summary |= {"zero_loss": zero_loss, "every_alert": all_alerts, "runs": runs}
     targets = {"zero_loss": zero_loss, "every_alert_stored": all_alerts}
     targets["clean_stop"] = all(r["exit_code"] == 0 and r["logged_stopped"] for r in recs)
@@ -170,6 +175,14 @@ def summarize(
         targets[f"{name}_ratio_ge_{TARGET_RATIO}"] = ratio[kind] >= TARGET_RATIO
         targets[f"{name}_ge_{TARGET_OF_PLAIN}_of_plain"] = ratio[kind] >= TARGET_OF_PLAIN * plain
     return summary, headline, targets
+
+
+def _cpu_us(frames: int, runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Median CPU-µs per frame of each of the recorder's processes: a figure that moves
+    less than frames/s when other jobs share the machine."""
+    return {
+        p: h.median(r["cpu_s"].get(p) for r in runs) / frames * 1e6 for p in ("service", *PROCESSES)
+    }
 
 
 def _alerts_line(r: dict[str, Any]) -> str:
