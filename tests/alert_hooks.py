@@ -40,6 +40,8 @@ class Hook:
         # Connections accepted, and those open now.
         self.accepted = 0
         self.open = 0
+        # Set once a request has been read whole (a hung hook's too).
+        self.asked = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
 
@@ -76,6 +78,7 @@ class Hook:
                 if name.strip().lower() == "content-length":
                     length = int(value)
             body = await reader.readexactly(length)
+            self.asked.set()
             if self.hang:
                 await asyncio.Event().wait()  # until stopped
             if self.trickle:

@@ -8,7 +8,10 @@ processes, SQLite under tmp_path, Apprise."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ from recorder.simulator.daemon import Simulator
 from recorder.simulator.options import SimulatorOptions
 from tests.alert_hooks import Hook
 from tests.conftest import TIMEOUT, proxy_recording_config, running
-from tests.helpers import query, wait_until
+from tests.helpers import free_port, query, recorder_process, wait_until
 from tests.postmortem_recording import spawn_request, status_of
 from tests.proxy_peers import proxy_url
 
@@ -188,3 +191,40 @@ async def test_sighup_loads_rules_into_a_service_that_had_none(tmp_path: Path) -
     finally:
         await hook.stop()
     assert post["message"] == f'[session-failed] session failed, session {failed}: "Break"'
+
+
+async def test_a_send_hanging_at_the_stop_does_not_hold_the_exit(tmp_path: Path) -> None:
+    """SIGTERM while a target holds a send (its socket timeouts not yet spent): the
+    process exits at once, cleanly; the alert stays due for the next start."""
+    hook = await Hook(hang=True).start()
+    proxy = free_port()
+    opts = SimulatorOptions(port=0, chunk_delay=0.001, seed=3, fail_rate=0.0, fail_tasks=("Break",))
+    try:
+        async with Simulator(opts) as sim:
+            rule = FRAME_RULES.split("[[alerts.rules]]")[1]
+            config = tmp_path / "c.toml"
+            config.write_text(
+                f'[daemon]\nurl = "{sim.url}"\n[proxy]\nlisten = "127.0.0.1:{proxy}"\n'
+                f'[storage]\nurl = "sqlite:///{tmp_path / "r.db"}"\ncommit_interval = 0.05\n'
+                f'[log]\nformat = "json"\n[alerts.targets]\nops = "{hook.url()}"\n'
+                f"[[alerts.rules]]{rule}"
+            )
+            proc = await recorder_process("run", "-c", str(config), merge_stderr=True)
+            assert proc.stdout is not None
+            async with asyncio.timeout(TIMEOUT):
+                while b"recorder started" not in await proc.stdout.readline():
+                    pass
+                async with connect(f"ws://127.0.0.1:{proxy}") as ui:
+                    await ui.recv()
+                    await ui.send(json.dumps(spawn_request("vp_bad", "Break")))
+                    await status_of(ui, None, "failed")
+                await hook.asked.wait()  # the send is hanging now
+                proc.send_signal(signal.SIGTERM)
+                t0 = time.monotonic()
+                rest = (await proc.stdout.read()).decode()
+                assert await proc.wait() == 0
+            took = time.monotonic() - t0
+    finally:
+        await hook.stop()
+    assert took < 3, took  # the send's own timeouts are 10 s each
+    assert "recorder stopped" in rest and "Traceback" not in rest

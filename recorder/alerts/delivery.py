@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import threading
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("recorder.alerts")
 T = TypeVar("T")
 
-# Sends at once, at most: the pool's threads.
+# Sends at once, at most: each in a thread of its own.
 THREADS = 4
 # Due deliveries read at a time.
 BATCH = 100
@@ -99,6 +99,36 @@ class ThreadReads:
             return read(recordings)
 
 
+def in_daemon_thread(work: Callable[[], T]) -> asyncio.Future[T]:
+    """``work()`` in a thread of its own, its result on the running loop. A daemon
+    thread: a send still hanging when the service stops (its socket timeouts not yet
+    spent) must not hold the process's exit, as a pool's threads would (the
+    interpreter joins them at exit)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result = work()
+        except BaseException as exc:  # handed to the loop, raised where it is awaited
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(settle, None, exc)
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=run, name="alert-send", daemon=True).start()
+    return future
+
+
 class Deliverer:
     """Delivers the outbox's alerts: :meth:`run` is the service's task,
     :meth:`raised` wakes it when alerts were stored, :meth:`retarget` takes reloaded
@@ -127,9 +157,8 @@ class Deliverer:
         self._clock = clock
         self._rng = rng or random.Random()
         warm()
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="alert-send")
-        # A send holds a slot until its thread returns, past its timeout too: a send
-        # never waits in the pool's queue, where its timeout would be spent.
+        # A send holds a slot until its thread returns, past its timeout too: at most
+        # ``threads`` threads send at once, a hung target's among them.
         self._slots = asyncio.Semaphore(threads)
         self._wake = asyncio.Event()
         # Targets being sent to; targets with a thread still running past its
@@ -159,7 +188,7 @@ class Deliverer:
         self._wake.set()
 
     async def run(self) -> None:
-        """Deliver until cancelled (once: cancelling it shuts its threads down)."""
+        """Deliver until cancelled."""
         try:
             while True:
                 self._wake.clear()
@@ -180,7 +209,6 @@ class Deliverer:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             # Threads still sending end with their timeouts; nothing waits for them.
-            self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def _round(self) -> float:
         """Start sending what is due to each free target; seconds until the next look."""
@@ -280,9 +308,7 @@ class Deliverer:
         """Send in a thread of the pool, waiting for it ``retry.timeout`` at most."""
         timeout = self.retry.timeout
         await self._slots.acquire()
-        future: asyncio.Future[tuple[bool, str]] = asyncio.wrap_future(
-            self._pool.submit(partial(send, markdown=markdown), url, title, body, timeout)
-        )
+        future = in_daemon_thread(partial(send, url, title, body, timeout, markdown=markdown))
         future.add_done_callback(lambda _: self._slots.release())
         try:
             async with asyncio.timeout(timeout):

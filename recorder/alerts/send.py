@@ -76,7 +76,13 @@ def send(
         import apprise
 
         _quiet(logging.getLogger("apprise"))
-        notifier = apprise.Apprise()
+        # The send runs here, in the deliverer's daemon thread, and not in Apprise's
+        # own pool, whose threads the interpreter joins at exit (a hung target would
+        # hold the service's exit for its socket timeouts): no async_mode, and no
+        # service_timeout, with which Apprise hands even a single send to its pool.
+        # The socket timeouts (cto/rto) and the deliverer's own wait bound it.
+        asset = apprise.AppriseAsset(async_mode=False, service_timeout=0)
+        notifier = apprise.Apprise(asset=asset)
         # Connect and read, each half the time: the thread ends about when the
         # deliverer stops waiting for it.
         if not notifier.add(with_timeouts(url, timeout / 2)):
