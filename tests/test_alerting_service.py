@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
 
 from recorder.config import Config, load_config
 from recorder.simulator.daemon import Simulator
@@ -228,3 +229,44 @@ async def test_a_send_hanging_at_the_stop_does_not_hold_the_exit(tmp_path: Path)
         await hook.stop()
     assert took < 3, took  # the send's own timeouts are 10 s each
     assert "recorder stopped" in rest and "Traceback" not in rest
+
+
+async def test_a_destructive_tool_call_alerts_with_its_session_and_input_cut_and_escaped(
+    tmp_path: Path,
+) -> None:
+    """A daemon whose agent runs `rm -rf`: the alert names the session and quotes the
+    input, one line, shortened, its control characters written out."""
+    sid = "session_rm"
+    command = "rm -rf build/ \x1b[2J<b>" + "x" * 600
+    script = [
+        {"type": "health_check_response", "status": "healthy"},
+        {"type": "session_status_update", "session": {"id": sid, "status": "running"}},
+        {
+            "type": "tool_call_start",
+            "data": {"sessionId": sid, "toolName": "run_shell", "toolInput": {"command": command}},
+        },
+    ]
+
+    async def daemon(ws: ServerConnection) -> None:
+        for message in script:
+            await ws.send(json.dumps(message))
+        await ws.wait_closed()
+
+    hook = await Hook().start()
+    rules = (
+        '[[alerts.rules]]\nname = "destructive-shell"\n'
+        'when = { tool = "run_*", input_matches = "rm\\\\s+-rf" }\nnotify = ["ops"]\n'
+    )
+    try:
+        async with serve(daemon, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            url = f"ws://127.0.0.1:{port}"
+            config = alerting_config(tmp_path, url, tmp_path / "r.db", hook, rules)
+            async with running(config):
+                post = await hook.next_post(TIMEOUT)
+    finally:
+        await hook.stop()
+    said = post["message"]
+    assert said.startswith(f'[destructive-shell] tool run_shell called, session {sid}: "')
+    assert "rm -rf build/" in said and "\x1b" not in said and "\\u001b[2J<b>" in said
+    assert "\n" not in said and len(said) < 300 and said.count("x") < 250
