@@ -22,6 +22,7 @@ from typing import Any
 from recorder.db import pages
 from recorder.db.alert_reads import AlertReads
 from recorder.db.cleanup_reads import CleanupReads
+from recorder.db.export_reads import ExportReads
 from recorder.db.follow import Follower
 from recorder.db.frame_reads import FrameReads
 from recorder.db.otel_reads import OtelReads
@@ -78,6 +79,7 @@ class Stats:
 class Recordings(
     AlertReads,
     CleanupReads,
+    ExportReads,
     FrameReads,
     OtelReads,
     ReportReads,

@@ -42,6 +42,8 @@ __all__ = [
     "frames",
     "instances",
     "metadata",
+    "otel_endpoints",
+    "otel_exports",
     "pins",
     "retired_ids",
     "sessions",
@@ -383,4 +385,48 @@ alert_deliveries = Table(
     Column("ok", SmallInteger, nullable=False),
     Column("answer", Text, nullable=False),
     Index(None, "alert_id", "id"),
+)
+
+# --- the OpenTelemetry live export ---------------------------------------------------
+
+# Sessions that reach a final status, or go idle, in order of when they did: the live
+# export's read (recorder.db.export_reads) walks these from its cursor (migration 0013).
+# The unfinished ones by last_seen_us, apart: finished sessions, nearly all of them,
+# stay out. `x > ?` implies `x IS NOT NULL` on both databases.
+Index(
+    None,
+    sessions.c.finished_us,
+    sqlite_where=sessions.c.finished_us.is_not(None),
+    postgresql_where=sessions.c.finished_us.is_not(None),
+)
+Index(
+    "ix_sessions_last_seen_us_unfinished",
+    sessions.c.last_seen_us,
+    sqlite_where=sessions.c.finished_us.is_(None),
+    postgresql_where=sessions.c.finished_us.is_(None),
+)
+
+# Each endpoint the live export sends to, by a hash of its traces URL (never the
+# headers), and since when: what was recorded before is the backfill's.
+otel_endpoints = Table(
+    "otel_endpoints",
+    metadata,
+    Column("endpoint_key", Text, primary_key=True),
+    Column("since_us", BigInteger, nullable=False),
+)
+
+# The export cursor: each session sent to an endpoint, once its send was answered.
+# due_us is when the session became due (its final status, else its last sighting):
+# the newest one is where the next look starts.
+otel_exports = Table(
+    "otel_exports",
+    metadata,
+    Column("endpoint_key", Text, primary_key=True),
+    Column("session_id", Text, primary_key=True),
+    Column("due_us", BigInteger, nullable=False),
+    Column("exported_us", BigInteger, nullable=False),
+    Column("spans", Integer, nullable=False),
+    # The trace's id, in hex: what to look for in the backend.
+    Column("trace_id", Text, nullable=False),
+    Index(None, "endpoint_key", "due_us"),
 )

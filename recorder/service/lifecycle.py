@@ -31,6 +31,7 @@ from recorder.db.locks import AlreadyRunning, InstanceLock
 from recorder.db.readonly import frames_since
 from recorder.pipeline.ops import Heartbeat, Ping
 from recorder.pipeline.writer import KILL_WAIT, Writer, WriterError
+from recorder.service.exporting import Exporting, exporting
 from recorder.service.metrics import render, serve_metrics
 from recorder.service.notify import Notifier
 from recorder.service.reloading import Reloads
@@ -81,6 +82,7 @@ class Service:
         # and the alerts, with rules or a digest (recorder.service.alerting.Alerting).
         self.console: Any = None
         self.alerting: Any = None
+        self.exporting: Exporting | None = None  # with [otel] endpoint
 
     # --- the run ---------------------------------------------------------------------
 
@@ -131,6 +133,7 @@ class Service:
             from recorder.service.alerting import alerting
 
             self.alerting = alerting(config, writer, self.snapshot)
+        self.exporting = exporting(config, writer)
         await self.beat()  # at once: a previous run's row must not speak for this one
         log.info(
             "recorder started",
@@ -184,7 +187,7 @@ class Service:
             await finished(self.reload_task, left())
         if self._metrics_server is not None:
             self._metrics_server.close()
-        for part in (self.console, self.alerting):
+        for part in (self.console, self.alerting, self.exporting):
             if part is not None:
                 await finished(asyncio.ensure_future(part.stop()), left())
         if self.cleanup is not None:

@@ -16,6 +16,7 @@ from recorder.cleanup.settings import check_schedules
 from recorder.config import Config, ConfigError, load_config
 from recorder.pipeline.alert_ops import ReloadRules
 from recorder.protocol.policy import PolicyError
+from recorder.service.exporting import reexport
 
 if TYPE_CHECKING:
     from recorder.service.lifecycle import Service
@@ -102,8 +103,14 @@ class Reloads:
                 cleanup.start()
                 service.cleanup = cleanup
         await self._alerts(new)
+        service.exporting = await reexport(service.exporting, new, service.writer)
         service.config = dataclasses.replace(
-            service.config, log=new.log, cleanup=new.cleanup, alerts=new.alerts, report=new.report
+            service.config,
+            log=new.log,
+            cleanup=new.cleanup,
+            alerts=new.alerts,
+            report=new.report,
+            otel=new.otel,
         )
         now = set(service.cleanup.policies) if service.cleanup is not None else set()
         removed = sorted(before - now)
