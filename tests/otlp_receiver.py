@@ -6,6 +6,7 @@ the writer's own code at chosen times."""
 from __future__ import annotations
 
 import json
+import queue
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +39,12 @@ class Received:
         default_factory=list
     )
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Each request's spans as it arrives: tests wait on it with a timeout.
+    arrived: queue.Queue[list[Any]] = field(default_factory=queue.Queue)
+
+    def next_spans(self, timeout: float) -> list[Any]:
+        """The spans of the next request (queue.Empty after ``timeout`` seconds)."""
+        return self.arrived.get(timeout=timeout)
 
     def spans(self) -> list[tuple[dict[str, Any], Any]]:
         """Every span received, with its resource's attributes."""
@@ -61,9 +68,10 @@ def attributes(kvs: Any) -> dict[str, Any]:
 
 
 @contextmanager
-def receiver() -> Iterator[tuple[str, Received]]:
-    """An OTLP/HTTP receiver on 127.0.0.1:0: its base URL, and what it received."""
-    got = Received()
+def receiver(port: int = 0, got: Received | None = None) -> Iterator[tuple[str, Received]]:
+    """An OTLP/HTTP receiver on 127.0.0.1 (``port``: any free one): its base URL, and
+    what it received (``got``: added to what a receiver before it received)."""
+    got = got if got is not None else Received()
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -72,6 +80,8 @@ def receiver() -> Iterator[tuple[str, Received]]:
             request.ParseFromString(body)
             with got.lock:
                 got.requests.append((self.path, dict(self.headers.items()), request))
+            spans = [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+            got.arrived.put(spans)
             reply = ExportTraceServiceResponse().SerializeToString()
             self.send_response(200)
             self.send_header("Content-Type", "application/x-protobuf")
@@ -82,7 +92,7 @@ def receiver() -> Iterator[tuple[str, Received]]:
         def log_message(self, *_: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

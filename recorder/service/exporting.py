@@ -105,6 +105,7 @@ class Exporting:
         self._sending: asyncio.Future[int] | None = None
         self._known = False  # the cursor has the endpoint's row
         self._wake = asyncio.Event()
+        self._rounded = asyncio.Condition()
         self.rounds = self.exported = self.failures = 0
         self.settings(config.otel)
 
@@ -163,10 +164,19 @@ class Exporting:
                     attempt=self.failures,
                     retry_in_s=round(wait, 1),
                 )
-            self.rounds += 1
+            async with self._rounded:
+                self.rounds += 1
+                self._rounded.notify_all()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
+
+    async def rounds_after(self, rounds: int) -> int:
+        """Once ``rounds`` rounds have ended (``rounds`` from now: ``self.rounds + n``);
+        how many have."""
+        async with self._rounded:
+            await self._rounded.wait_for(lambda: self.rounds >= rounds)
+            return self.rounds
 
     async def _round(self) -> bool:
         """Export the sessions due now, up to BATCH; whether more may be due."""
