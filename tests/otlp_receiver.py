@@ -71,17 +71,17 @@ def attributes(kvs: Any) -> dict[str, Any]:
 def receiver(port: int = 0, got: Received | None = None) -> Iterator[tuple[str, Received]]:
     """An OTLP/HTTP receiver on 127.0.0.1 (``port``: any free one): its base URL, and
     what it received (``got``: added to what a receiver before it received)."""
-    got = got if got is not None else Received()
+    into = got if got is not None else Received()
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             request = ExportTraceServiceRequest()
             request.ParseFromString(body)
-            with got.lock:
-                got.requests.append((self.path, dict(self.headers.items()), request))
+            with into.lock:
+                into.requests.append((self.path, dict(self.headers.items()), request))
             spans = [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
-            got.arrived.put(spans)
+            into.arrived.put(spans)
             reply = ExportTraceServiceResponse().SerializeToString()
             self.send_response(200)
             self.send_header("Content-Type", "application/x-protobuf")
@@ -96,7 +96,7 @@ def receiver(port: int = 0, got: Received | None = None) -> Iterator[tuple[str, 
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", got
+        yield f"http://127.0.0.1:{server.server_address[1]}", into
     finally:
         server.shutdown()
         server.server_close()
