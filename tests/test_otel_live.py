@@ -258,3 +258,19 @@ async def test_the_due_sessions_come_in_the_order_they_became_due_from_the_curso
     assert await due() == ["late"]
     # The next look starts 120 s before the newest due time sent, not before the start.
     assert (await asyncio.to_thread(read))[1] == at(1)
+
+
+async def test_sighup_starts_the_export_in_a_service_that_had_none(tmp_path: Path) -> None:
+    with receiver() as (url, got):
+        traces = Traces(got)
+        async with Simulator(OPTIONS) as sim:
+            config = proxy_recording_config(tmp_path, sim.url, tmp_path / "r.db")
+            async with running(config) as svc, connect(proxy_url(svc)) as ui:
+                assert svc.exporting is None
+                await ui.recv()
+                otel_config(tmp_path, sim.url, url)  # the same file, with [otel] now
+                await svc.reload()
+                sid = await spawned(ui, "Fine work")
+                await traces.until(sid)
+                await exported(svc, sid)
+    assert traces.roots() == {sid: 1}
