@@ -24,12 +24,12 @@ import hashlib
 import os
 import random
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING
 
 import structlog
 
-from recorder.alerts.delivery import Reads, ThreadReads, retry_delay
+from recorder.alerts.delivery import Reads, ThreadReads, in_daemon_thread, retry_delay
 from recorder.db.export_reads import due_at
 from recorder.db.otel_exports import Exported
 from recorder.otel.build import Shape
@@ -98,9 +98,9 @@ class Exporting:
         self.instance = config.storage.instance
         self._reads = reads or ThreadReads(config.storage.url)
         self._rng = rng or random.Random()
-        # One thread: at most one send in flight, a send that outlives its timeout
-        # included (the next one queues behind it).
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="otel-export")
+        # The send in flight, in a daemon thread of its own (a send still waiting for
+        # an answer at the stop must not hold the process's exit): at most one, a send
+        # that outlived its timeout included (a round meanwhile fails, and waits).
         self._task: asyncio.Task[None] | None = None
         self._sending: asyncio.Future[int] | None = None
         self._known = False  # the cursor has the endpoint's row
@@ -128,8 +128,6 @@ class Exporting:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        # A send still running ends with its timeout; nothing waits for it.
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def reload(self, otel: OtelConfig) -> None:
         """SIGHUP: the endpoint, headers, delay and content as the file says now. A new
@@ -199,8 +197,7 @@ class Exporting:
         traces = [t for _, t in built if t is not None]
         if not traces:
             raise RoundFailed(f"no trace could be read of {len(built)} sessions due")
-        loop = asyncio.get_running_loop()
-        self._sending = sending = loop.run_in_executor(self._pool, endpoint.send, traces)
+        self._sending = sending = in_daemon_thread(partial(endpoint.send, traces))
         try:
             async with asyncio.timeout(self.timeout + GRACE):
                 await asyncio.shield(sending)
