@@ -111,5 +111,10 @@ def _check_header(where: str, name: Any, secret: Any) -> None:
     if not isinstance(secret, str):
         raise ConfigError(f"{where}: expected a string")
     # The value is a secret: it is not repeated.
-    if not secret or not (secret.isascii() and secret.isprintable()):
-        raise ConfigError(f"{where}: must be printable ASCII, not empty (it is sent as a header)")
+    # Nor spaces at its ends: HTTP strips them, and requests refuses a value that starts
+    # with one, quoting it in its error.
+    if not secret or secret != secret.strip() or not (secret.isascii() and secret.isprintable()):
+        raise ConfigError(
+            f"{where}: must be printable ASCII, not empty, without spaces at its ends "
+            "(it is sent as a header)"
+        )

@@ -169,13 +169,22 @@ class Endpoint:
                 with _reasons() as said:
                     result = exporter.export(spans)
                 if result is not SpanExportResult.SUCCESS:
-                    reason = said[0] if said else "no reason given"
+                    reason = _unsaid(said[0], self.headers) if said else "no reason given"
                     where = shown_endpoint(traces_url(self.url))
                     raise ExportFailed(f"{where} did not take the spans: {reason}")
                 sent += len(spans)
         finally:
             exporter.shutdown()  # type: ignore[no-untyped-call]
         return sent
+
+
+def _unsaid(reason: str, headers: Mapping[str, str]) -> str:
+    """``reason`` without the headers' values: requests quotes a value it refuses
+    (``Invalid leading whitespace ... in header value: ' KEY'``), and they are secrets."""
+    for secret in sorted({v.strip() for v in headers.values()}, key=len, reverse=True):
+        if secret:
+            reason = reason.replace(secret, "***")
+    return reason
 
 
 _ERRNO = re.compile(r"\[Errno -?\d+\] ([^\"')\]]+)")
