@@ -128,7 +128,9 @@ async def test_a_session_the_endpoint_refuses_for_good_holds_back_no_other(
         async with Simulator(OPTIONS) as sim:
             proxy_recording_config(tmp_path, sim.url, tmp_path / "r.db")
             path = tmp_path / "config.toml"
-            path.write_text(f'{path.read_text()}\n[otel]\nendpoint = "{url}"\nexport_after = "0.1s"\n')
+            path.write_text(
+                f'{path.read_text()}\n[otel]\nendpoint = "{url}"\nexport_after = "0.1s"\n'
+            )
             config = load_config(path, env={})
             async with running(config) as svc, connect(proxy_url(svc)) as ui:
                 await ui.recv()
