@@ -45,13 +45,6 @@ def _config(tmp_path: Path, when: str) -> Path:
     return path
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a rule's regex runs on Python's backtracking re over up to 256 KiB "
-    "(SEARCH_LIMIT): a plausible rule (\\s+-rf, .*rm -rf) is quadratic, a minute "
-    "per hostile frame in the classifier, which holds the writer; needs a "
-    "linear-time engine (google-re2) or a far smaller limit, a choice for the lead",
-)
 @pytest.mark.parametrize(
     ("when", "frame"),
     [

@@ -108,7 +108,7 @@ RULE = '[[alerts.rules]]\nname = "r"\nnotify = ["ops"]\n'
             '[[alerts.rules]]\nname = "destructive-shell"\nnotify = []\n'
             'when = { tool = "run_shell", input_matches = "rm(-rf" }\n',
             "alerts.rules[destructive-shell].when.input_matches: bad regex 'rm(-rf': "
-            "missing ), unterminated subpattern at position 2",
+            "missing ): rm(-rf (RE2 syntax)",
         ),
         (RULE, 'alerts.rules[r].when: expected a table, like { session_status = ["failed"] }'),
         (RULE + "when = {}\n", "alerts.rules[r].when: expected exactly one condition, got none"),
@@ -250,6 +250,6 @@ def test_a_bad_rule_stops_the_real_process_with_one_line_and_no_secret(tmp_path:
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"Error: {path}: alerts.rules[destructive-shell].when.input_matches: bad regex "
-        "'rm\\\\s+-rf(': missing ), unterminated subpattern at position 8"
+        "'rm\\\\s+-rf(': missing ): rm\\s+-rf( (RE2 syntax)"
     ]
     assert SECRET not in proc.stdout + proc.stderr and not db.exists()

@@ -17,6 +17,7 @@ from recorder.alerts.notify import message, title
 from recorder.alerts.occurrence import ALERT, RESOLVED, TEXT_LIMIT, Occurrence
 from recorder.alerts.rules import Rules
 from recorder.alerts.spec import mask_url
+from recorder.config import ConfigError
 from recorder.config.alerts import parse_alerts
 from recorder.pipeline.classifier import Classifier
 from recorder.protocol.classify import classify
@@ -471,3 +472,32 @@ def test_a_reload_keeps_what_the_rules_remember() -> None:
     assert wire.feed(again, (1, IN, status_update("s", "failed"))) == []
     # The rule that stayed the same stays raised; the one that changed starts anew.
     assert [a.rule for a in again.on_conditions(down, T0 + 301 * S)] == ["link-down-quiet"]
+
+
+def test_rule_regexes_are_re2_linear_in_the_text_and_take_any_text() -> None:
+    """No backtracking: what a frame holds cannot make a rule take seconds (attacks in
+    test_alert_attacks). A lone surrogate in the input's text is searched as U+FFFD."""
+    r = rules(
+        '[[alerts.rules]]\nname = "rm"\nnotify = []\n'
+        'when = { tool = "*", input_matches = "rm\\\\s+-rf" }\n'
+    )
+    found = Wire().feed(
+        r,
+        (
+            1,
+            IN,
+            {
+                "type": "tool_call_start",
+                "data": {
+                    "sessionId": "s",
+                    "toolName": "sh",
+                    "toolInput": {"cmd": "\ud800 rm  -rf /"},
+                },
+            },
+        ),
+    )
+    assert [a.rule for a in found] == ["rm"]
+    with pytest.raises(ConfigError, match=r"bad regex '\(\?<=a\)b': .*\(RE2 syntax\)"):
+        rules(
+            '[[alerts.rules]]\nname = "x"\nnotify = []\nwhen = { tool = "*", input_matches = "(?<=a)b" }\n'
+        )

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from recorder.alerts.occurrence import MAX_SUBJECTS
-from recorder.alerts.spec import Rule
+from recorder.alerts.spec import Pattern, Rule
 from recorder.protocol.classify import Classified, id_or_none, text_or_none
 from recorder.protocol.frames import F_CONNECTION, F_DIRECTION, IN, OUT, FrameTuple
 from recorder.protocol.tame import tamed
@@ -244,8 +244,12 @@ def input_text(value: Any) -> str:
         return json.dumps(tamed(value), ensure_ascii=False, separators=(",", ":"))
 
 
-def _search(pattern: re.Pattern[str], text: str) -> bool:
-    return pattern.search(text, 0, SEARCH_LIMIT) is not None
+def _search(pattern: Pattern, text: str) -> bool:
+    text = text[:SEARCH_LIMIT]
+    try:
+        return pattern.search(text) is not None
+    except UnicodeEncodeError:  # RE2 reads UTF-8: a lone surrogate is written as U+FFFD
+        return pattern.search(text.encode("utf-8", "replace").decode()) is not None
 
 
 _GLOBS: dict[str, re.Pattern[str]] = {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
+from typing import Protocol
 
 # Frame rules, evaluated on every classified frame (see recorder.alerts.frames).
 FRAME_KINDS = (
@@ -35,6 +36,15 @@ CONDITION_KINDS = (
 KINDS = FRAME_KINDS + CONDITION_KINDS
 
 
+class Pattern(Protocol):
+    """A compiled rule regex (RE2's, which matches in time linear in the text)."""
+
+    @property
+    def pattern(self) -> str: ...
+
+    def search(self, text: str) -> object | None: ...
+
+
 @dataclass(frozen=True)
 class When:
     """One rule's condition: ``kind`` (one of :data:`KINDS`) and what it takes."""
@@ -45,7 +55,8 @@ class When:
     # tool: a name or a glob (fnmatch, case-sensitive).
     tool: str | None = None
     # tool: a regex searched in the tool input's JSON text; error_reply: in its text.
-    matches: re.Pattern[str] | None = None
+    # An RE2 pattern (recorder.config.alerts): linear in the text, whatever the frame.
+    matches: Pattern | None = None
     # tool: the results' statuses ("failed"); empty: the start alone decides.
     result_status: tuple[str, ...] = ()
     # link_down_for, silent_for, recording_behind: seconds.
