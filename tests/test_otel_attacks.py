@@ -111,13 +111,6 @@ def refusing() -> Iterator[tuple[str, Refusing]]:
         server.server_close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a 400 is retried for ever, with the same batch of due sessions: one session "
-    "an endpoint refuses for good holds back every session due after it (OTLP says a "
-    "client must not retry a 400); needs each refused session marked apart (a batch "
-    "split, a 'refused' state in the cursor), not a contained edit",
-)
 async def test_a_session_the_endpoint_refuses_for_good_holds_back_no_other(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

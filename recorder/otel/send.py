@@ -57,7 +57,29 @@ _EXPORTER_LOGGERS = (
 
 
 class ExportFailed(Exception):
-    """An endpoint did not take the spans: one line, without headers or credentials."""
+    """An endpoint did not take the spans: one line, without headers or credentials.
+    ``permanent``: it refused them for good (an HTTP 4xx the OTLP exporter does not
+    retry, such as 400): sending the same spans again would be refused again."""
+
+    def __init__(self, said: str, *, permanent: bool = False) -> None:
+        super().__init__(said)
+        self.permanent = permanent
+
+
+# The status of a refusal, as the OTLP exporter logs it ("... batch code: 400, ...").
+_CODE = re.compile(r"\bcode: (\d{3})\b")
+# What it retries itself, and a later request may see taken (OTLP/HTTP's retryable).
+_RETRYABLE = {408, 429}
+
+
+def refused_for_good(said: Iterable[str]) -> bool:
+    """Whether the exporter's lines say the endpoint refused the request for good."""
+    for line in said:
+        found = _CODE.search(line)
+        if found is not None:
+            code = int(found.group(1))
+            return 400 <= code < 500 and code not in _RETRYABLE
+    return False
 
 
 def readable_spans(trace: SessionTrace) -> list[ReadableSpan]:
@@ -171,7 +193,10 @@ class Endpoint:
                 if result is not SpanExportResult.SUCCESS:
                     reason = _unsaid(said[0], self.headers) if said else "no reason given"
                     where = shown_endpoint(traces_url(self.url))
-                    raise ExportFailed(f"{where} did not take the spans: {reason}")
+                    raise ExportFailed(
+                        f"{where} did not take the spans: {reason}",
+                        permanent=refused_for_good(said),
+                    )
                 sent += len(spans)
         finally:
             exporter.shutdown()  # type: ignore[no-untyped-call]

@@ -197,19 +197,56 @@ class Exporting:
         traces = [t for _, t in built if t is not None]
         if not traces:
             raise RoundFailed(f"no trace could be read of {len(built)} sessions due")
+        from recorder.otel.send import ExportFailed  # the SDK: only when exporting
+
+        refused: set[str] = set()
+        try:
+            await self._send(endpoint, traces)
+        except ExportFailed as exc:
+            if not exc.permanent:
+                raise
+            # Refused for good (a 400: OTLP says not to send it again): one by one, so
+            # that one session the endpoint will never take holds back no other.
+            refused = await self._each(endpoint, traces)
+            log.warning(
+                "sessions refused by the trace endpoint; not sent again",
+                endpoint=self.shown,
+                sessions=len(refused),
+                error=str(exc),
+            )
+        marks = tuple(
+            Exported(s.id, due_at(s), len(t.spans) if t else 0, t.trace_id.hex() if t else "")
+            if s.id not in refused
+            else Exported(s.id, due_at(s), 0, "")
+            for s, t in built
+        )
+        await self.writer.perform(MarkExported(key, marks, now_us()))
+        self.exported += len(traces)
+        return len(built) == BATCH
+
+    async def _send(self, endpoint: Endpoint, traces: list[SessionTrace]) -> None:
+        """Post ``traces`` in a thread of their own, waiting for it the send's timeout."""
         self._sending = sending = in_daemon_thread(partial(endpoint.send, traces))
         try:
             async with asyncio.timeout(self.timeout + GRACE):
                 await asyncio.shield(sending)
         except TimeoutError:
             raise RoundFailed(f"{self.shown} gave no answer within {self.timeout:g} s") from None
-        marks = tuple(
-            Exported(s.id, due_at(s), len(t.spans) if t else 0, t.trace_id.hex() if t else "")
-            for s, t in built
-        )
-        await self.writer.perform(MarkExported(key, marks, now_us()))
-        self.exported += len(traces)
-        return len(built) == BATCH
+
+    async def _each(self, endpoint: Endpoint, traces: list[SessionTrace]) -> set[str]:
+        """Each trace in a request of its own; the sessions refused for good. A
+        failure that is not a refusal ends the round (all is tried again later)."""
+        from recorder.otel.send import ExportFailed
+
+        refused = set()
+        for trace in traces:
+            try:
+                await self._send(endpoint, [trace])
+            except ExportFailed as exc:
+                if not exc.permanent:
+                    raise
+                refused.add(trace.session_id)
+        return refused
 
 
 def _built(recordings: Recordings, session: Session, shape: Shape) -> SessionTrace | None:
