@@ -46,6 +46,8 @@ log = structlog.get_logger("recorder.alerts")
 # when that is shorter (a link down for 2 s is seen within a second or so).
 CHECK_EVERY = 5.0
 CHECK_AT_LEAST = 0.2
+# Condition alerts kept while they cannot be stored, at most (the newest).
+UNSTORED = 1000
 
 
 class Alerting:
@@ -71,6 +73,8 @@ class Alerting:
         self.digest = Digest(config.report, reads, self.store, config.storage.instance)
         # Since when the queue is full, and the writer gone (this process's looks).
         self._behind_since: int | None = None
+        # Condition alerts raised and not stored yet (the writer failed meanwhile).
+        self._unstored: list[Occurrence] = []
         self._fault_since: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -107,10 +111,15 @@ class Alerting:
         while True:
             await asyncio.sleep(self._every())
             try:
-                raised = self.rules.on_conditions(self.state(), now_us())
-                if raised:
-                    await self.store(raised)
+                self._unstored += self.rules.on_conditions(self.state(), now_us())
+                if self._unstored:
+                    await self.store(self._unstored)
+                    self._unstored = []
             except Exception as exc:  # a look that fails is tried again at the next
+                # The conditions count what they raised as said: what could not be
+                # stored (a writer waiting for room on a full disk) is kept, and stored
+                # at a later look (its dedupe key keeps it one alert), the newest kept.
+                self._unstored = self._unstored[-UNSTORED:]
                 log.warning("cannot look at the alert conditions", error=str(exc))
 
     async def store(self, raised: list[Occurrence]) -> list[int]:
