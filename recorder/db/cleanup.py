@@ -21,11 +21,15 @@ from sqlalchemy.engine import Connection
 
 from recorder.db.retired import retire
 from recorder.db.schema import (
+    alert_deliveries,
+    alert_targets,
+    alerts,
     cleanup_matches,
     cleanup_runs,
     connections,
     frame_days,
     frames,
+    otel_exports,
     pins,
     sessions,
     tasks,
@@ -256,12 +260,27 @@ def uncount(conn: Connection, rows: Sequence[Any], session_id: str) -> None:
 
 
 def forget(conn: Connection, session_ids: Sequence[str]) -> None:
-    """The index rows of sessions whose frames are gone."""
+    """The index rows of sessions whose frames are gone, their delivered alerts (one
+    still due to a target stays, to be delivered), and their export cursor rows."""
     for start in range(0, len(session_ids), 500):
         chunk = session_ids[start : start + 500]
         conn.execute(delete(tasks).where(tasks.c.session_id.in_(chunk)))
         conn.execute(delete(cleanup_matches).where(cleanup_matches.c.session_id.in_(chunk)))
         conn.execute(delete(sessions).where(sessions.c.id.in_(chunk)))
+        _forget_alerts(conn, chunk)
+        conn.execute(delete(otel_exports).where(otel_exports.c.session_id.in_(chunk)))
+
+
+def _forget_alerts(conn: Connection, session_ids: Sequence[str]) -> None:
+    # Through the partial index of what is due: few rows, whatever the outbox holds.
+    due = select(alert_targets.c.alert_id).where(alert_targets.c.next_us.is_not(None))
+    found = select(alerts.c.id).where(alerts.c.session_id.in_(session_ids), alerts.c.id.not_in(due))
+    ids = [r[0] for r in conn.execute(found)]
+    if not ids:
+        return
+    conn.execute(delete(alert_deliveries).where(alert_deliveries.c.alert_id.in_(ids)))
+    conn.execute(delete(alert_targets).where(alert_targets.c.alert_id.in_(ids)))
+    conn.execute(delete(alerts).where(alerts.c.id.in_(ids)))
 
 
 # What a purge or compaction step reads of a frame: enough to take it out of the

@@ -345,6 +345,8 @@ alerts = Table(
     Column("raised_us", BigInteger, nullable=False),
     UniqueConstraint("rule", "subject", "occurrence", "kind"),
     Index(None, "raised_us"),
+    # A purged session takes its delivered alerts with it (recorder.db.cleanup.forget).
+    Index(None, "session_id"),
 )
 
 # Each alert's delivery to each of its targets (by name, as in [alerts.targets]): a
@@ -429,4 +431,5 @@ otel_exports = Table(
     # The trace's id, in hex: what to look for in the backend.
     Column("trace_id", Text, nullable=False),
     Index(None, "endpoint_key", "due_us"),
+    Index(None, "session_id"),
 )
