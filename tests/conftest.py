@@ -40,6 +40,16 @@ def pg_url() -> Iterator[str]:
     asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def either_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The writer's URL of a SQLite file under tmp_path, then of a PostgreSQL database:
+    a test taking it runs on both backends."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'recorder.db'}"
+    pg: str = request.getfixturevalue("pg_url")
+    return pg.replace("postgresql://", "postgresql+asyncpg://")
+
+
 @pytest.fixture(autouse=True)
 def _fresh_logging() -> Iterator[None]:
     """Commands run in this process (CliRunner) configure structlog for themselves;

@@ -34,12 +34,9 @@ SECRET = "s3cr3tT0ken"
 FAST = Retry(timeout=5.0, base=0.05, cap=0.2)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'recorder.db'}"
-    pg: str = request.getfixturevalue("pg_url")
-    return pg.replace("postgresql://", "postgresql+asyncpg://")
+@pytest.fixture
+def url(either_url: str) -> str:
+    return either_url
 
 
 @asynccontextmanager

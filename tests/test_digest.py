@@ -159,12 +159,9 @@ def test_a_digest_is_its_title_and_the_whole_markdown() -> None:
     assert other.subject != alert.subject  # recorders sharing a database: one each
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'recorder.db'}"
-    pg: str = request.getfixturevalue("pg_url")
-    return pg.replace("postgresql://", "postgresql+asyncpg://")
+@pytest.fixture
+def url(either_url: str) -> str:
+    return either_url
 
 
 async def test_a_long_digest_is_stored_whole_and_posted_as_its_markdown(url: str) -> None:

@@ -200,12 +200,9 @@ async def test_a_restart_in_the_middle_sends_nothing_twice(tmp_path: Path) -> No
     assert {r.id for r in sessions} == {before, after}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'recorder.db'}"
-    pg: str = request.getfixturevalue("pg_url")
-    return pg.replace("postgresql://", "postgresql+asyncpg://")
+@pytest.fixture
+def url(either_url: str) -> str:
+    return either_url
 
 
 async def test_the_due_sessions_come_in_the_order_they_became_due_from_the_cursor(

@@ -33,11 +33,16 @@ def url_of(db: Path | str) -> str:
     return db.replace("postgresql://", "postgresql+asyncpg://")  # the writer's driver
 
 
-def write_links(db: Path | str, links: Sequence[Link], instance: str = "default") -> None:
-    asyncio.run(_record(url_of(db), links, instance))
+def write_links(
+    db: Path | str, links: Sequence[Link], instance: str = "default", *, timed: bool = False
+) -> None:
+    """Each link connection with its frames. ``timed``: a frame's monotonic time is its
+    received time (in ns), so durations are differences of received times; else its
+    sequence number."""
+    asyncio.run(_record(url_of(db), links, instance, timed))
 
 
-async def _record(url: str, links: Sequence[Link], instance: str) -> None:
+async def _record(url: str, links: Sequence[Link], instance: str, timed: bool) -> None:
     db = await WriterDatabase.open(url)
     try:
         await db.run(upgrade_sync)
@@ -46,7 +51,7 @@ async def _record(url: str, links: Sequence[Link], instance: str) -> None:
         for link in links:
             cid = await db.run(store.open_connection, "link", "ws://daemon", link.opened_us)
             frames = [
-                (cid, seq, direction, at, seq, True, data)
+                (cid, seq, direction, at, at * 1000 if timed else seq, True, data)
                 for seq, (at, direction, data) in enumerate(link.script, 1)
             ]
             if frames:
