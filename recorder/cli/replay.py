@@ -16,6 +16,7 @@ import click
 from recorder.cli.options import (
     Count,
     FiniteRange,
+    Target,
     UsageFailure,
     load,
     optional_session_argument,
@@ -294,12 +295,23 @@ def export(
         raise UsageFailure(f"{given[0]} is for --format otlp")
     if session is None:
         raise UsageFailure("Missing argument 'SESSION'.")
+    _export_replay(load(config_path, database), session, fmt, output, max_idle, connection)
+
+
+def _export_replay(
+    target: Target,
+    session: str,
+    fmt: str,
+    output: str | None,
+    max_idle: float | None,
+    connection: int | None,
+) -> None:
+    """The frames of a session's replay as an asciicast, or as JSONL."""
     from recorder.cli.render import frame_json
     from recorder.replay import source
     from recorder.replay.export import asciicast
     from recorder.replay.timing import Pace, output_times, paced
 
-    target = load(config_path, database)
     with reading(target) as reader:
         plan = source.open_session(reader, session, connection)
         with output_file(output, target.url) as stream:
