@@ -37,6 +37,7 @@ from recorder.times import now_us
 
 if TYPE_CHECKING:
     from recorder.alerts.spec import AlertsConfig
+    from recorder.config import Config
 
 log = structlog.get_logger("recorder.pipeline")
 T = TypeVar("T")
@@ -72,6 +73,24 @@ class WriterError(Exception):
 
 class Writer:
     """The parent's handle on the writer processes."""
+
+    @classmethod
+    def of(cls, config: Config, *, unclean: bool = False, used_before: bool = False) -> Writer:
+        """The writer ``config`` describes: [storage], the log, the alerts' frame rules."""
+        s = config.storage
+        return cls(
+            s.url,
+            batch_size=s.batch_size,
+            commit_interval=s.commit_interval,
+            queue_max_frames=s.queue_max_frames,
+            queue_max_bytes=s.queue_max_bytes,
+            log_level=config.log.level,
+            log_format=config.log.format,
+            instance=s.instance,
+            unclean=unclean,
+            used_before=used_before,
+            alerts=config.alerts,
+        )
 
     def __init__(
         self,

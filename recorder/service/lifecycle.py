@@ -288,18 +288,8 @@ class Service:
         code. A SQLite database on a full disk is waited for, not given up on."""
         config, s = self.config, self.config.storage
         while True:
-            self.writer = writer = Writer(
-                s.url,
-                batch_size=s.batch_size,
-                commit_interval=s.commit_interval,
-                queue_max_frames=s.queue_max_frames,
-                queue_max_bytes=s.queue_max_bytes,
-                log_level=config.log.level,
-                log_format=config.log.format,
-                instance=s.instance,
-                unclean=self.unclean,
-                used_before=self.used_before,
-                alerts=config.alerts,
+            self.writer = writer = Writer.of(
+                config, unclean=self.unclean, used_before=self.used_before
             )
             try:
                 before, after = await writer.start()
