@@ -96,17 +96,18 @@ class StoryReads:
             "AND id >= :lo AND id < :hi GROUP BY connection_id, type"
         )
         params: dict[str, Any] = {"s": session.id, **dict(zip(names, ONE_BY_ONE, strict=True))}
-        found: dict[tuple[int, str | None], StoryFrame] = {}
+        counts: dict[tuple[int, str | None], int] = {}
+        # The windows come in id order: a key's first window holds its first frame.
+        first: dict[tuple[int, str | None], tuple[int, int]] = {}
         for start in range(int(lo), int(hi) + 1, pages.ID_WINDOW):
             for r in self.reader.rows(sql, params | {"lo": start, "hi": start + pages.ID_WINDOW}):
                 key = (int(r["connection_id"]), r["type"])
-                seen = found.get(key)
-                n = int(r["n"]) + (seen.counted if seen is not None else 0)
-                first = seen if seen is not None else r
-                at = first.received_us if isinstance(first, StoryFrame) else int(first["at"])
-                id_ = first.id if isinstance(first, StoryFrame) else int(first["id"])
-                found[key] = StoryFrame(id_, key[0], 0, IN, at, 0, key[1], None, 0, None, n)
-        return sorted(found.values(), key=lambda f: f.id)
+                counts[key] = counts.get(key, 0) + int(r["n"])
+                first.setdefault(key, (int(r["id"]), int(r["at"])))
+        return [
+            StoryFrame(id_, cid, 0, IN, at, 0, type_, None, 0, None, counts[(cid, type_)])
+            for (cid, type_), (id_, at) in sorted(first.items(), key=lambda item: item[1])
+        ]
 
     def _listings(self, session: Session, ended: Callable[[], bool]) -> Iterator[StoryFrame]:
         """The sessions_list replies that named the session, each as a frame of its
