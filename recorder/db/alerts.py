@@ -8,8 +8,9 @@ makes storing an alert idempotent: raised again, after a restart too, it is igno
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import insert, update
 from sqlalchemy.engine import Connection
@@ -17,14 +18,17 @@ from sqlalchemy.engine import Connection
 from recorder.db.backend import backend_of
 from recorder.db.schema import alert_deliveries, alert_targets, alerts
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 # The columns of the dedupe key, in the unique constraint's order.
 KEY = ("rule", "subject", "occurrence", "kind")
 
 
 class RaisedAlert(NamedTuple):
     """An alert to store: the fields of :class:`recorder.alerts.occurrence.Occurrence`,
-    in its order, as plain data (operations are pickled between processes):
-    ``RaisedAlert(**dataclasses.asdict(occurrence))``. ``notify``: its target names."""
+    in its order, as plain data (operations are pickled between processes), made by
+    :func:`raised_alerts`. ``notify``: its target names."""
 
     rule: str
     kind: str
@@ -37,6 +41,13 @@ class RaisedAlert(NamedTuple):
     connection_id: int | None = None
     seq: int | None = None
     notify: tuple[str, ...] = ()
+
+
+def raised_alerts(occurrences: Iterable[DataclassInstance]) -> tuple[RaisedAlert, ...]:
+    """Occurrences (:class:`recorder.alerts.occurrence.Occurrence`) as the outbox
+    stores them, field by field by name. Typed loosely: the db layer does not import
+    the rules' package, which imports it."""
+    return tuple(RaisedAlert(**asdict(o)) for o in occurrences)
 
 
 def raise_alerts(

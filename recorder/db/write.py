@@ -237,13 +237,10 @@ class Store:
     def _store_alerts(self, conn: Connection, raised: list[Any]) -> None:
         """The alerts the batches' frames raised, in their transaction: no crash keeps
         a frame and loses its alert (recorder.db.alerts)."""
-        from dataclasses import asdict
-
-        from recorder.db.alerts import RaisedAlert, insert_alerts
+        from recorder.db.alerts import insert_alerts, raised_alerts
         from recorder.times import now_us
 
-        stored = [RaisedAlert(**asdict(a)) for a in raised]
-        insert_alerts(conn, stored, self.instance, now_us())
+        insert_alerts(conn, raised_alerts(raised), self.instance, now_us())
 
     def holds(
         self, conn: Connection, batches: Sequence[tuple[Sequence[FrameRow], IndexBatch]]

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +26,7 @@ from recorder.alerts.conditions import Snapshot as State
 from recorder.alerts.delivery import Deliverer, ThreadReads
 from recorder.alerts.notify import message, title
 from recorder.alerts.rules import Rules
-from recorder.db.alerts import RaisedAlert
+from recorder.db.alerts import raised_alerts
 from recorder.db.backend import backend
 from recorder.pipeline.alert_ops import RaiseAlerts, ReloadRules
 from recorder.service.digest import Digest
@@ -125,8 +124,7 @@ class Alerting:
     async def store(self, raised: list[Occurrence]) -> list[int]:
         """Alerts raised apart from a batch, into the outbox; the deliverer is woken.
         The new alerts' ids (those stored before are left out)."""
-        rows = tuple(RaisedAlert(**asdict(o)) for o in raised)
-        ids = await self.writer.perform(RaiseAlerts(rows, now_us()))
+        ids = await self.writer.perform(RaiseAlerts(raised_alerts(raised), now_us()))
         self.deliverer.raised()
         return ids
 
