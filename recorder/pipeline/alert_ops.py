@@ -1,11 +1,11 @@
 """The alert outbox's operations on the writer line: storing raised alerts, and each
 delivery attempt (:mod:`recorder.db.alerts`), in order with the frame batches.
 
-Storing an alert with the batch whose frame raised it: a later step gives
-:class:`~recorder.pipeline.ops.WriteRows` the batch's alerts and has
-``Store.write_batches`` call :func:`recorder.db.alerts.insert_alerts` inside its
-transaction, so that no crash keeps a frame and loses the alert it raised.
-:class:`RaiseAlerts` is for alerts raised apart from a batch (conditions on a timer).
+An alert a frame raised is not stored here: the classifier puts it in the batch's
+``IndexBatch.alerts`` and ``Store.write_batches`` calls
+:func:`recorder.db.alerts.insert_alerts` inside the batch's transaction, so that no
+crash keeps a frame and loses the alert it raised. :class:`RaiseAlerts` is for alerts
+raised apart from a batch (conditions on a timer, the report's digest).
 """
 
 from __future__ import annotations
@@ -34,8 +34,7 @@ class RaiseAlerts(Operation[list[int]]):
     async def run(self, db: WriterDatabase, store: Store) -> list[int]:
         from recorder.db.alerts import raise_alerts
 
-        ids = await db.run(raise_alerts, self.raised, store.instance, self.raised_us)
-        return ids
+        return await db.run(raise_alerts, self.raised, store.instance, self.raised_us)
 
 
 @dataclass(frozen=True, slots=True)
