@@ -8,7 +8,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from recorder.addresses import default_state_dir, is_loopback, redact_url, split_listen
 from recorder.config.sections import SECTIONS, Config, ConfigError
@@ -182,11 +182,7 @@ def _listen_host(src: str, dotted: str, listen: str, example: str) -> str:
 def _check_public_url(src: str, url: str) -> None:
     """The console's address, which notifications carry to phones and chat rooms:
     a plain http(s) URL, with no credentials to carry along."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018  (raises ValueError on a bad port)
-    except ValueError as exc:
-        raise ConfigError(f"{src}: web.public_url: not a valid URL: {exc}") from None
+    parts = split_url(f"{src}: web.public_url", url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(
             f"{src}: web.public_url: expected http(s)://host[/path], got {redact_url(url)!r}"
@@ -199,12 +195,19 @@ def _check_public_url(src: str, url: str) -> None:
         )
 
 
-def _check_ws_url(src: str, dotted: str, url: str) -> None:
+def split_url(where: str, url: str) -> SplitResult:
+    """``url``'s parts; a ConfigError naming ``where`` if it does not parse, its port
+    included (urlsplit checks the port only when asked for it)."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018  (raises ValueError on a bad port)
     except ValueError as exc:
-        raise ConfigError(f"{src}: {dotted}: not a valid URL: {exc}") from None
+        raise ConfigError(f"{where}: not a valid URL: {exc}") from None
+    return parts
+
+
+def _check_ws_url(src: str, dotted: str, url: str) -> None:
+    parts = split_url(f"{src}: {dotted}", url)
     if parts.scheme not in ("ws", "wss"):
         raise ConfigError(
             f"{src}: {dotted}: must start with ws:// or wss://, got {redact_url(url)!r}"

@@ -11,8 +11,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
+from recorder.config.checks import split_url
 from recorder.config.sections import ConfigError
 from recorder.otel.settings import DEFAULT_MAX_ATTRIBUTE_BYTES, OtelConfig, shown_endpoint
 from recorder.protocol.policy import PolicyError, parse_duration
@@ -65,11 +66,8 @@ def parse_otel(raw: Mapping[str, Any], env: Mapping[str, str]) -> OtelConfig:
 
 
 def check_endpoint(where: str, url: str) -> None:
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018  (raises ValueError on a bad port)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: not a valid URL: {exc}") from None
+    """An OTLP/HTTP endpoint: an http(s) URL with a host."""
+    parts = split_url(where, url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(
             f"{where}: expected an OTLP/HTTP URL like http://127.0.0.1:4318, "
