@@ -5,7 +5,7 @@ Light at import: the OpenTelemetry libraries load only when a trace is exported.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -15,6 +15,7 @@ from recorder.cli.options import Target, UsageFailure, nothing, parse_moment, re
 if TYPE_CHECKING:
     from recorder.db.recordings import Recordings
     from recorder.otel.build import Shape
+    from recorder.otel.settings import OtelConfig
     from recorder.otel.spans import SessionTrace
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -62,9 +63,27 @@ def export_otlp(
     since: int | None,
 ) -> None:
     """The sessions asked for, as traces, to the endpoint or the file."""
-    from recorder.config import ConfigError
-    from recorder.config.otel import check_endpoint
+    wanted = _wanted(session, session_id, since)
+    settings = target.config.otel
+    url = _endpoint(endpoint, output, settings)
+    from recorder.otel.trace import shape_of
 
+    with reading(target) as recordings:
+        traces = Traces(recordings, wanted, since, shape_of(settings, content))
+        if output is not None:
+            spans, where = _write(traces, output, target.url), output
+        else:
+            assert url is not None
+            spans, where = _send(traces, url, settings.headers)
+    if not traces.count:
+        nothing("sessions")
+        return
+    sessions = f"{traces.count} session{'s' if traces.count != 1 else ''}"
+    click.echo(f"exported {sessions} ({spans} spans) to {where}", err=True)
+
+
+def _wanted(session: str | None, session_id: str | None, since: int | None) -> str | None:
+    """The one session asked for, as SESSION or --session; None: all (since --since)."""
     if session is not None and session_id is not None and session != session_id:
         raise UsageFailure("give the session once: SESSION or --session")
     wanted = session if session is not None else session_id
@@ -72,46 +91,50 @@ def export_otlp(
         raise UsageFailure(f"--session: expected a session id or the start of one, got {wanted!r}")
     if wanted is not None and since is not None:
         raise UsageFailure("--session and --since: give one")
-    settings = target.config.otel
-    if endpoint is not None and output is not None:
+    return wanted
+
+
+def _endpoint(given: str | None, output: str | None, settings: OtelConfig) -> str | None:
+    """The endpoint to send to (--endpoint, else [otel] endpoint), checked; None with
+    --output."""
+    if given is not None and output is not None:
         raise UsageFailure("--endpoint and --output: give one")
-    if output is None:
-        endpoint = endpoint if endpoint is not None else settings.endpoint or None
-        if endpoint is None:
-            raise UsageFailure(
-                "--format otlp: give --endpoint URL or --output FILE (or set [otel] endpoint)"
-            )
-        try:
-            check_endpoint("--endpoint", endpoint.strip())
-        except ConfigError as exc:
-            raise UsageFailure(str(exc)) from None
-    from recorder.otel.trace import shape_of
+    if output is not None:
+        return None
+    if given is None and not settings.endpoint:
+        raise UsageFailure(
+            "--format otlp: give --endpoint URL or --output FILE (or set [otel] endpoint)"
+        )
+    url = (given if given is not None else settings.endpoint).strip()
+    from recorder.config import ConfigError
+    from recorder.config.otel import check_endpoint
 
-    shape = shape_of(settings, content)
-    with reading(target) as recordings:
-        traces = Traces(recordings, wanted, since, shape)
-        if output is not None:
-            from recorder.cli.replay import output_file
-            from recorder.otel.send import write_lines
+    try:
+        check_endpoint("--endpoint", url)
+    except ConfigError as exc:
+        raise UsageFailure(str(exc)) from None
+    return url
 
-            with output_file(output, target.url) as stream:
-                spans = write_lines(traces, stream)
-            where = "-" if output == "-" else output
-        else:
-            assert endpoint is not None
-            from recorder.otel.send import Endpoint, ExportFailed
-            from recorder.otel.settings import shown_endpoint, traces_url
 
-            try:
-                spans = Endpoint(endpoint.strip(), settings.headers).send(traces)
-            except ExportFailed as exc:
-                raise click.ClickException(str(exc)) from None
-            where = shown_endpoint(traces_url(endpoint.strip()))
-    if not traces.count:
-        nothing("sessions")
-        return
-    sessions = f"{traces.count} session{'s' if traces.count != 1 else ''}"
-    click.echo(f"exported {sessions} ({spans} spans) to {where}", err=True)
+def _write(traces: Traces, output: str, database: str) -> int:
+    """The traces as OTLP JSON lines in ``output`` ("-": stdout); the spans written."""
+    from recorder.cli.replay import output_file
+    from recorder.otel.send import write_lines
+
+    with output_file(output, database) as stream:
+        return write_lines(traces, stream)
+
+
+def _send(traces: Traces, url: str, headers: Mapping[str, str]) -> tuple[int, str]:
+    """The traces posted to ``url``; the spans sent, and the URL as it may be shown."""
+    from recorder.otel.send import Endpoint, ExportFailed
+    from recorder.otel.settings import shown_endpoint, traces_url
+
+    try:
+        spans = Endpoint(url, headers).send(traces)
+    except ExportFailed as exc:
+        raise click.ClickException(str(exc)) from None
+    return spans, shown_endpoint(traces_url(url))
 
 
 class Traces:
@@ -131,6 +154,8 @@ class Traces:
             yield read_trace(self.recordings, row, self.shape)
 
     def _sessions(self) -> Iterator[Any]:
+        from recorder.db.otel_reads import SESSIONS_PAGE
+
         if self.session is not None:
             yield self.recordings.session(self.session)
             return
@@ -138,6 +163,6 @@ class Traces:
         while True:
             page = self.recordings.sessions_since(self.since, after)
             yield from page
-            if len(page) < 500:
+            if len(page) < SESSIONS_PAGE:
                 return
             after = page[-1].id

@@ -25,6 +25,8 @@ TRACE_COLUMNS = (
     "id, connection_id, direction, received_at_us, monotonic_ns, type, task_id, size, "
     f"CASE WHEN type IN ({_WANTED}) THEN payload END AS payload"
 )
+# Sessions a backfill reads at a time (sessions_since): a shorter page is the last.
+SESSIONS_PAGE = 500
 
 
 class OtelReads:
@@ -112,8 +114,8 @@ class OtelReads:
         return int(row["id"]) if row is not None and row["id"] is not None else 0
 
     def sessions_since(self, since_us: int | None, after: str | None = None) -> list[Session]:
-        """Sessions seen from ``since_us`` on (all: None), oldest first, a page of 500
-        after the session ``after`` (a key: the next page costs what the first did)."""
+        """Sessions seen from ``since_us`` on (all: None), oldest first, a page of
+        :data:`SESSIONS_PAGE` after the session ``after`` (a key: the next page costs what the first did)."""
         conds: list[str] = []
         params: dict[str, Any] = {}
         if since_us is not None:
@@ -124,5 +126,5 @@ class OtelReads:
             conds.append(f"(first_seen_us > {key} OR (first_seen_us = {key} AND id > :after))")
             params["after"] = after
         where = " WHERE " + " AND ".join(conds) if conds else ""
-        sql = f"SELECT * FROM sessions{where} ORDER BY first_seen_us, id LIMIT 500"
+        sql = f"SELECT * FROM sessions{where} ORDER BY first_seen_us, id LIMIT {SESSIONS_PAGE}"
         return [Session.of(r) for r in self.reader.rows(sql, params)]
