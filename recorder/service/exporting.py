@@ -214,12 +214,7 @@ class Exporting:
                 sessions=len(refused),
                 error=str(exc),
             )
-        marks = tuple(
-            Exported(s.id, due_at(s), len(t.spans) if t else 0, t.trace_id.hex() if t else "")
-            if s.id not in refused
-            else Exported(s.id, due_at(s), 0, "")
-            for s, t in built
-        )
+        marks = tuple(_mark(s, None if s.id in refused else t) for s, t in built)
         await self.writer.perform(MarkExported(key, marks, now_us()))
         self.exported += len(traces)
         return len(built) == BATCH
@@ -263,9 +258,16 @@ def _built(recordings: Recordings, session: Session, shape: Shape) -> SessionTra
         return None
 
 
+def _mark(session: Session, trace: SessionTrace | None) -> Exported:
+    """The cursor's row for a session done with: its trace's spans and id, or none
+    (a trace that could not be read, or that the endpoint refused for good)."""
+    if trace is None:
+        return Exported(session.id, due_at(session), 0, "")
+    return Exported(session.id, due_at(session), len(trace.spans), trace.trace_id.hex())
+
+
 def _one_line(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+    return (str(exc) or type(exc).__name__).splitlines()[0][:300]
 
 
 def exporting(config: Config, writer: Writer) -> Exporting | None:
