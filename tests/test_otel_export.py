@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from recorder.cli import cli
 from recorder.otel.fold import TraceFold, TraceFrame
@@ -57,6 +57,11 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         timeout=60,
         env={**os.environ, **(env or {})},
     )
+
+
+def export(db: Path, *args: str) -> Result:
+    """`recorder export --format otlp` over ``db``, in this process."""
+    return CliRunner().invoke(cli, ["export", "--format", "otlp", "--database", str(db), *args])
 
 
 def by_trace(spans: list[tuple[dict[str, Any], Any]]) -> dict[bytes, list[Any]]:
@@ -136,9 +141,7 @@ def test_a_session_becomes_one_trace_as_mapped(db: Path, tmp_path: Path) -> None
 
 def test_the_file_holds_the_ids_the_endpoint_got_and_again(db: Path, tmp_path: Path) -> None:
     with receiver() as (url, got):
-        sent = CliRunner().invoke(
-            cli, ["export", "--format", "otlp", "--database", str(db), "--endpoint", url]
-        )
+        sent = export(db, "--endpoint", url)
     assert sent.exit_code == 0, sent.output
     endpoint = {
         (s.trace_id.hex(), s.span_id.hex(), s.parent_span_id.hex(), s.name, s.start_time_unix_nano)
@@ -146,9 +149,7 @@ def test_the_file_holds_the_ids_the_endpoint_got_and_again(db: Path, tmp_path: P
     }
     for attempt in ("a", "b"):
         out = tmp_path / f"{attempt}.jsonl"
-        done = CliRunner().invoke(
-            cli, ["export", "--format", "otlp", "--database", str(db), "--output", str(out)]
-        )
+        done = export(db, "--output", str(out))
         assert done.exit_code == 0, done.output
         written = {
             (
@@ -169,22 +170,7 @@ def test_the_file_holds_the_ids_the_endpoint_got_and_again(db: Path, tmp_path: P
 def test_content_goes_in_only_when_asked_and_cut(db: Path, tmp_path: Path) -> None:
     out = tmp_path / "content.jsonl"
     conf = config(tmp_path, content="true", max_attribute_bytes="16")
-    done = CliRunner().invoke(
-        cli,
-        [
-            "export",
-            "--format",
-            "otlp",
-            "--database",
-            str(db),
-            "-c",
-            str(conf),
-            "--session",
-            SID,
-            "-o",
-            str(out),
-        ],
-    )
+    done = export(db, "-c", str(conf), "--session", SID, "-o", str(out))
     assert done.exit_code == 0, done.output
     text = out.read_text()
     spans = [
@@ -201,21 +187,7 @@ def test_content_goes_in_only_when_asked_and_cut(db: Path, tmp_path: Path) -> No
     )
     assert OTHER not in text  # --session: that one only
     # --no-content overrides the configuration.
-    done = CliRunner().invoke(
-        cli,
-        [
-            "export",
-            "--format",
-            "otlp",
-            "--database",
-            str(db),
-            "-c",
-            str(conf),
-            "--no-content",
-            "-o",
-            str(out),
-        ],
-    )
+    done = export(db, "-c", str(conf), "--no-content", "-o", str(out))
     assert done.exit_code == 0 and "rm -rf" not in out.read_text()
 
 
@@ -252,7 +224,7 @@ def test_an_endpoint_that_is_down_is_one_line_and_exit_1(db: Path, tmp_path: Pat
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(db: Path, args: list[str], says: str) -> None:
-    done = CliRunner().invoke(cli, ["export", "--format", "otlp", "--database", str(db), *args])
+    done = export(db, *args)
     assert done.exit_code == 2 and says in done.output and len(done.output.splitlines()) == 1
 
 
