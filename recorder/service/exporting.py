@@ -216,7 +216,7 @@ class Exporting:
             )
         marks = tuple(_mark(s, None if s.id in refused else t) for s, t in built)
         await self.writer.perform(MarkExported(key, marks, now_us()))
-        self.exported += len(traces)
+        self.exported += len(traces) - len(refused)  # refused for good: not exported
         return len(built) == BATCH
 
     async def _send(self, endpoint: Endpoint, traces: list[SessionTrace]) -> None:
